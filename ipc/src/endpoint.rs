@@ -1,0 +1,97 @@
+//! The connection between a master and one worker.
+//!
+//! The master calls [`spawn`]: it creates a private connection (a socketpair
+//! on Unix, a named pipe with an unguessable name and a token on Windows),
+//! starts the child with the variable [`ENDPOINT_ENV`] telling it where its
+//! end is, and returns the master's two halves. The child calls
+//! [`connect_worker`] once, early in `main`.
+
+use std::io::{self, Read, Write};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::sys;
+
+/// The environment variable through which a worker learns its endpoint.
+pub const ENDPOINT_ENV: &str = "PROCPOOL_ENDPOINT";
+
+static CLAIMED: AtomicBool = AtomicBool::new(false);
+
+/// The reading direction of a connection. EOF means the peer is gone.
+#[derive(Debug)]
+pub struct ReadHalf(sys::ReadHalf);
+
+/// The writing direction of a connection.
+#[derive(Debug)]
+pub struct WriteHalf(sys::WriteHalf);
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for WriteHalf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Starts `cmd` as a worker connected to this process.
+///
+/// The child ignores the terminal's interrupt (the master decides what
+/// Ctrl-C means) and dies with the master where the platform allows it.
+///
+/// # Errors
+/// Any I/O error creating the connection or starting the program; on
+/// Windows also a child that exits or fails to authenticate before it
+/// connects.
+pub fn spawn(cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)> {
+    let (child, r, w) = sys::spawn(cmd)?;
+    Ok((child, ReadHalf(r), WriteHalf(w)))
+}
+
+/// In a worker process, takes the connection to the master.
+///
+/// Returns `None` when this process was not started as a worker (the
+/// variable is absent). The variable is removed so programs the worker
+/// starts do not mistake themselves for workers. Only the first call can
+/// return `Some`.
+///
+/// # Errors
+/// The variable is present but names no usable endpoint.
+pub fn connect_worker() -> Option<io::Result<(ReadHalf, WriteHalf)>> {
+    let value = std::env::var_os(ENDPOINT_ENV)?;
+    if CLAIMED.swap(true, Ordering::SeqCst) {
+        return None;
+    }
+    sys::remove_env(ENDPOINT_ENV);
+    let value = value.to_string_lossy().into_owned();
+    Some(sys::connect(&value).map(|(r, w)| (ReadHalf(r), WriteHalf(w))))
+}
+
+/// Whether this process was started as a worker but has not (yet) taken its
+/// endpoint, meaning its `main` did not call the worker's `init` first.
+pub fn is_unclaimed_worker() -> bool {
+    !CLAIMED.load(Ordering::SeqCst) && std::env::var_os(ENDPOINT_ENV).is_some()
+}
+
+/// Makes this process ignore the terminal's interrupt (SIGINT on Unix,
+/// console control events on Windows), leaving Ctrl-C to the master.
+pub fn ignore_interrupts() {
+    sys::ignore_interrupts();
+}
+
+/// The environment variable through which the master tells a worker its
+/// maximum frame length (defaults to
+/// [`DEFAULT_MAX_FRAME_LEN`](crate::frame::DEFAULT_MAX_FRAME_LEN)).
+pub const MAX_FRAME_ENV: &str = "PROCPOOL_MAX_FRAME_LEN";
+
+/// The environment variable holding the worker id the master gave a worker.
+pub const WORKER_ID_ENV: &str = "PROCPOOL_WORKER_ID";

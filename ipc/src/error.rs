@@ -1,0 +1,79 @@
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+/// An error on a connection between a master and a worker.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IpcError {
+    /// A frame header announced more bytes than the configured maximum.
+    #[error("frame of {len} bytes exceeds the maximum frame length of {max} bytes")]
+    FrameTooLarge {
+        /// The announced (or attempted) frame length.
+        len: u64,
+        /// The configured maximum.
+        max: u32,
+    },
+    /// The stream ended in the middle of a frame.
+    #[error("connection closed in the middle of a frame ({read} of {expected} bytes received)")]
+    Truncated {
+        /// Bytes received.
+        read: usize,
+        /// Bytes the frame header announced (or the header length).
+        expected: usize,
+    },
+    /// A frame that does not parse as a protocol message.
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
+    /// The peer speaks another protocol version.
+    #[error("protocol version mismatch: this side speaks version {ours}, the peer speaks {theirs}")]
+    VersionMismatch {
+        /// Our protocol version.
+        ours: u32,
+        /// The peer's protocol version.
+        theirs: u32,
+    },
+    /// A value could not be encoded.
+    #[error("failed to encode a payload")]
+    Encode(#[source] bincode::error::EncodeError),
+    /// Bytes could not be decoded as the expected type.
+    #[error("failed to decode a payload")]
+    Decode(#[source] bincode::error::DecodeError),
+    /// The operating system reported an error.
+    #[error("i/o error on the connection")]
+    Io(#[from] io::Error),
+}
+
+/// Why one task failed inside a worker; travels from the worker to the master.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The task panicked; the panic was caught in the worker.
+    #[error("task panicked{}: {message}", location.as_deref().map(|l| format!(" at {l}")).unwrap_or_default())]
+    Panicked {
+        /// The panic message.
+        message: String,
+        /// `file:line:column` of the panic, when known.
+        location: Option<String>,
+    },
+    /// The task returned `Err(e)`; `message` is `e.to_string()`.
+    #[error("task failed: {message}")]
+    Failed {
+        /// The error's display text.
+        message: String,
+    },
+    /// The worker could not decode the task's input (the master and the
+    /// worker disagree on the input type).
+    #[error("worker could not decode the task input: {message}")]
+    DecodeInput {
+        /// What the decoder reported.
+        message: String,
+    },
+    /// The worker could not encode the task's output, or the encoded results
+    /// did not fit in one frame.
+    #[error("worker could not encode the task output: {message}")]
+    EncodeOutput {
+        /// What the encoder reported.
+        message: String,
+    },
+}

@@ -1,0 +1,292 @@
+//! Length-prefixed frames.
+//!
+//! A frame is a 4-byte little-endian length followed by that many bytes.
+//! The reader checks the length against a maximum *before* it allocates, and
+//! grows its buffer only as bytes actually arrive, so a hostile or corrupt
+//! header cannot make it allocate the announced size. A clean end of stream
+//! between frames is `Ok(false)`; an end inside a frame is
+//! [`IpcError::Truncated`].
+
+use std::io::{self, BufReader, BufWriter, Read, Write};
+
+use crate::IpcError;
+
+/// Default maximum frame length: 64 MiB.
+pub const DEFAULT_MAX_FRAME_LEN: u32 = 64 << 20;
+
+/// Length of the frame header.
+pub const HEADER_LEN: usize = 4;
+
+const BUF_CAPACITY: usize = 64 << 10;
+
+/// Reads frames from a byte stream through an internal buffer.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: BufReader<R>,
+    max: u32,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// Wraps `inner`; frames longer than `max` bytes are refused.
+    pub fn new(inner: R, max: u32) -> Self {
+        Self {
+            inner: BufReader::with_capacity(BUF_CAPACITY, inner),
+            max,
+        }
+    }
+
+    /// Whether bytes are already buffered (a next frame may be read without
+    /// a system call).
+    pub fn has_buffered(&self) -> bool {
+        !self.inner.buffer().is_empty()
+    }
+
+    /// Reads the next frame into `buf` (replacing its contents).
+    ///
+    /// Returns `Ok(false)` on a clean end of stream between frames. A peer
+    /// that went away (`BrokenPipe`/`ConnectionReset`, which is how a closed
+    /// peer reads on Windows pipes) counts as the end of the stream.
+    ///
+    /// # Errors
+    /// [`IpcError::FrameTooLarge`] before any allocation when the header
+    /// announces more than the maximum, [`IpcError::Truncated`] when the
+    /// stream ends inside a frame, [`IpcError::Io`] otherwise.
+    pub fn read_frame(&mut self, buf: &mut Vec<u8>) -> Result<bool, IpcError> {
+        buf.clear();
+        let mut header = [0u8; HEADER_LEN];
+        let got = read_full(&mut self.inner, &mut header)?;
+        if got == 0 {
+            return Ok(false);
+        }
+        if got < HEADER_LEN {
+            return Err(IpcError::Truncated {
+                read: got,
+                expected: HEADER_LEN,
+            });
+        }
+        let len = u32::from_le_bytes(header);
+        if len > self.max {
+            return Err(IpcError::FrameTooLarge {
+                len: len.into(),
+                max: self.max,
+            });
+        }
+        let len = len as usize;
+        // Reserve at most one buffer's worth up front; the rest grows as the
+        // bytes really arrive.
+        buf.reserve(len.min(BUF_CAPACITY));
+        let read = match (&mut self.inner).take(len as u64).read_to_end(buf) {
+            Ok(n) => n,
+            Err(e) if is_peer_gone(&e) => buf.len(),
+            Err(e) => return Err(e.into()),
+        };
+        if read < len {
+            return Err(IpcError::Truncated {
+                read,
+                expected: len,
+            });
+        }
+        Ok(true)
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &R {
+        self.inner.get_ref()
+    }
+}
+
+/// Reads until `buf` is full or the stream ends; returns how much was read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_peer_gone(&e) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// Whether `e` means the peer closed its end.
+pub fn is_peer_gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+/// Writes frames to a byte stream through an internal buffer.
+///
+/// Nothing reaches the stream until the buffer fills or [`flush`](Self::flush)
+/// is called, so a burst of small frames costs one system call.
+#[derive(Debug)]
+pub struct FrameWriter<W: Write> {
+    inner: BufWriter<W>,
+    max: u32,
+}
+
+impl<W: Write> FrameWriter<W> {
+    /// Wraps `inner`; frames longer than `max` bytes are refused.
+    pub fn new(inner: W, max: u32) -> Self {
+        Self {
+            inner: BufWriter::with_capacity(BUF_CAPACITY, inner),
+            max,
+        }
+    }
+
+    /// The configured maximum frame length.
+    pub fn max_frame_len(&self) -> u32 {
+        self.max
+    }
+
+    /// Buffers one frame whose body is the concatenation of `parts`.
+    ///
+    /// # Errors
+    /// [`IpcError::FrameTooLarge`] (nothing is written) when the body is
+    /// longer than the maximum; [`IpcError::Io`] when the stream fails.
+    pub fn write_frame(&mut self, parts: &[&[u8]]) -> Result<(), IpcError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let len32 =
+            u32::try_from(len)
+                .ok()
+                .filter(|&l| l <= self.max)
+                .ok_or(IpcError::FrameTooLarge {
+                    len: len as u64,
+                    max: self.max,
+                })?;
+        self.inner.write_all(&len32.to_le_bytes())?;
+        for part in parts {
+            self.inner.write_all(part)?;
+        }
+        Ok(())
+    }
+
+    /// Sends everything buffered.
+    ///
+    /// # Errors
+    /// [`IpcError::Io`] when the stream fails.
+    pub fn flush(&mut self) -> Result<(), IpcError> {
+        Ok(self.inner.flush()?)
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &W {
+        self.inner.get_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(bytes: &[u8]) -> Vec<Result<Vec<u8>, IpcError>> {
+        let mut r = FrameReader::new(bytes, 1024);
+        let mut out = Vec::new();
+        loop {
+            let mut buf = Vec::new();
+            match r.read_frame(&mut buf) {
+                Ok(true) => out.push(Ok(buf)),
+                Ok(false) => return out,
+                Err(e) => {
+                    out.push(Err(e));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut wire = Vec::new();
+        let mut w = FrameWriter::new(&mut wire, 1024);
+        w.write_frame(&[b"ab", b"cd"]).unwrap();
+        w.write_frame(&[]).unwrap();
+        w.flush().unwrap();
+        drop(w);
+        let got: Vec<_> = frames(&wire).into_iter().map(Result::unwrap).collect();
+        assert_eq!(got, vec![b"abcd".to_vec(), Vec::new()]);
+    }
+
+    #[test]
+    fn four_gib_header_is_refused_without_allocating() {
+        let mut r = FrameReader::new(&[0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3][..], u32::MAX - 1);
+        let mut buf = Vec::new();
+        let err = r.read_frame(&mut buf).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                IpcError::FrameTooLarge {
+                    len: 0xFFFF_FFFF,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            buf.capacity(),
+            0,
+            "nothing may be allocated for a refused frame"
+        );
+    }
+
+    #[test]
+    fn announced_size_below_max_is_not_preallocated() {
+        // 1 GiB announced, 3 bytes sent: the buffer grows with the bytes, not the header.
+        let mut r = FrameReader::new(&[0, 0, 0, 0x40, 1, 2, 3][..], u32::MAX);
+        let mut buf = Vec::new();
+        let err = r.read_frame(&mut buf).unwrap_err();
+        assert!(matches!(err, IpcError::Truncated { read: 3, .. }), "{err}");
+        assert!(
+            buf.capacity() <= BUF_CAPACITY,
+            "capacity {}",
+            buf.capacity()
+        );
+    }
+
+    #[test]
+    fn truncated_header_and_body() {
+        let got = frames(&[5, 0]);
+        assert!(matches!(
+            got[0],
+            Err(IpcError::Truncated {
+                read: 2,
+                expected: 4
+            })
+        ));
+        let got = frames(&[5, 0, 0, 0, b'a', b'b']);
+        assert!(matches!(
+            got[0],
+            Err(IpcError::Truncated {
+                read: 2,
+                expected: 5
+            })
+        ));
+    }
+
+    #[test]
+    fn garbage_bytes_are_an_error() {
+        let garbage: Vec<u8> = (0..64u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8 | 0x80)
+            .collect();
+        let got = frames(&garbage);
+        assert!(got.last().unwrap().is_err());
+    }
+
+    #[test]
+    fn oversized_write_is_refused() {
+        let mut wire = Vec::new();
+        let mut w = FrameWriter::new(&mut wire, 3);
+        assert!(matches!(
+            w.write_frame(&[b"abcd"]),
+            Err(IpcError::FrameTooLarge { len: 4, max: 3 })
+        ));
+        w.flush().unwrap();
+        drop(w);
+        assert!(wire.is_empty());
+    }
+}

@@ -1,0 +1,41 @@
+//! Bytes between processes for procpool.
+//!
+//! This crate is shared by the master side (`procpool-pool`) and the worker
+//! side (`procpool-worker`); users reach it through the `procpool` facade.
+//!
+//! - [`frame`]: length-prefixed frames over any byte stream, with the length
+//!   checked against a maximum before anything is allocated.
+//! - [`codec`]: serde + bincode 2, in one place so it can be swapped.
+//! - [`proto`]: the messages a master and a worker exchange.
+//! - [`task`]: the typed task declaration both sides name tasks by.
+//! - [`endpoint`]: the connection between a master and one worker (a
+//!   socketpair on Unix, an authenticated named pipe on Windows).
+//!
+//! # Example
+//!
+//! ```
+//! use procpool_ipc::frame::{FrameReader, FrameWriter, DEFAULT_MAX_FRAME_LEN};
+//!
+//! let mut wire = Vec::new();
+//! let mut w = FrameWriter::new(&mut wire, DEFAULT_MAX_FRAME_LEN);
+//! w.write_frame(&[b"hello"]).unwrap();
+//! w.flush().unwrap();
+//! drop(w);
+//!
+//! let mut r = FrameReader::new(&wire[..], DEFAULT_MAX_FRAME_LEN);
+//! let mut buf = Vec::new();
+//! assert!(r.read_frame(&mut buf).unwrap());
+//! assert_eq!(buf, b"hello");
+//! assert!(!r.read_frame(&mut buf).unwrap()); // clean end of stream
+//! ```
+
+pub mod codec;
+pub mod endpoint;
+mod error;
+pub mod frame;
+pub mod proto;
+mod sys;
+pub mod task;
+
+pub use error::{IpcError, TaskError};
+pub use task::Task;

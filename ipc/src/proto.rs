@@ -1,0 +1,272 @@
+//! The messages a master and a worker exchange, one per frame.
+//!
+//! Every frame body starts with a one-byte kind. Fixed-size fields are
+//! little-endian; task payloads are appended raw, so the master never
+//! re-encodes them and the worker decodes them exactly once.
+//!
+//! ```text
+//! HELLO    worker→master  kind=1 "PPOL" version:u32 pid:u32 tasks:bincode(Vec<String>)
+//! RUN      master→worker  kind=2 id:u64 task:u32 count:u32 payload (count encoded inputs)
+//! DONE     worker→master  kind=3 id:u64 count:u32 elapsed_ns:u64 payload (count encoded Result<Output, TaskError>)
+//! SHUTDOWN master→worker  kind=4
+//! ```
+//!
+//! The magic and version come first in `HELLO`, so a version mismatch is
+//! reported as such whatever else changed in later versions.
+
+use std::io::Write;
+
+use crate::IpcError;
+use crate::codec;
+use crate::frame::FrameWriter;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+const MAGIC: &[u8; 4] = b"PPOL";
+
+const HELLO: u8 = 1;
+const RUN: u8 = 2;
+const DONE: u8 = 3;
+const SHUTDOWN: u8 = 4;
+
+/// The first message of a worker: who it is and which tasks it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The worker's process id.
+    pub pid: u32,
+    /// Names of the tasks the worker's registry holds, in registry order:
+    /// the index of a name is the task number used in [`Message::Run`].
+    pub tasks: Vec<String>,
+}
+
+/// One protocol message, borrowing its payload from the frame body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Message<'a> {
+    /// Worker → master, first frame.
+    Hello(Hello),
+    /// Master → worker: run task number `task` on `count` inputs.
+    Run {
+        /// Chunk id, echoed in the matching [`Message::Done`].
+        id: u64,
+        /// Index into the worker's task list.
+        task: u32,
+        /// Number of inputs encoded in `payload`.
+        count: u32,
+        /// `count` encoded inputs, back to back.
+        payload: &'a [u8],
+    },
+    /// Worker → master: the results of one `Run`, in input order.
+    Done {
+        /// The id of the `Run`.
+        id: u64,
+        /// Number of results in `payload`.
+        count: u32,
+        /// Time the worker spent running the chunk.
+        elapsed_ns: u64,
+        /// `count` encoded `Result<Output, TaskError>`, back to back.
+        payload: &'a [u8],
+    },
+    /// Master → worker: finish and exit.
+    Shutdown,
+}
+
+/// Fixed-size fields as little-endian bytes.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], IpcError> {
+        if self.0.len() < n {
+            return Err(IpcError::Malformed("message shorter than its header"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u32(&mut self) -> Result<u32, IpcError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, IpcError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+}
+
+impl<'a> Message<'a> {
+    /// Parses a frame body.
+    ///
+    /// # Errors
+    /// [`IpcError::VersionMismatch`] for a `HELLO` of another version,
+    /// [`IpcError::Malformed`] or [`IpcError::Decode`] for anything that is
+    /// not a valid message.
+    pub fn decode(body: &'a [u8]) -> Result<Self, IpcError> {
+        let (&kind, rest) = body
+            .split_first()
+            .ok_or(IpcError::Malformed("empty frame"))?;
+        let mut c = Cursor(rest);
+        match kind {
+            HELLO => {
+                if c.take(4)? != MAGIC {
+                    return Err(IpcError::Malformed("first frame is not a procpool hello"));
+                }
+                let version = c.u32()?;
+                if version != PROTOCOL_VERSION {
+                    return Err(IpcError::VersionMismatch {
+                        ours: PROTOCOL_VERSION,
+                        theirs: version,
+                    });
+                }
+                let pid = c.u32()?;
+                let (tasks, used) = codec::decode::<Vec<String>>(c.0)?;
+                if used != c.0.len() {
+                    return Err(IpcError::Malformed("trailing bytes after hello"));
+                }
+                Ok(Message::Hello(Hello { pid, tasks }))
+            }
+            RUN => Ok(Message::Run {
+                id: c.u64()?,
+                task: c.u32()?,
+                count: c.u32()?,
+                payload: c.0,
+            }),
+            DONE => Ok(Message::Done {
+                id: c.u64()?,
+                count: c.u32()?,
+                elapsed_ns: c.u64()?,
+                payload: c.0,
+            }),
+            SHUTDOWN if rest.is_empty() => Ok(Message::Shutdown),
+            _ => Err(IpcError::Malformed("unknown message kind")),
+        }
+    }
+
+    /// Buffers this message as one frame on `w` (no flush).
+    ///
+    /// # Errors
+    /// [`IpcError::FrameTooLarge`] when the message exceeds the writer's
+    /// maximum (nothing is written), [`IpcError::Io`] when writing fails,
+    /// [`IpcError::Encode`] if a hello's task list cannot be encoded.
+    pub fn write<W: Write>(&self, w: &mut FrameWriter<W>) -> Result<(), IpcError> {
+        let mut head = [0u8; 21];
+        match self {
+            Message::Hello(hello) => {
+                let mut body = vec![HELLO];
+                body.extend_from_slice(MAGIC);
+                body.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+                body.extend_from_slice(&hello.pid.to_le_bytes());
+                codec::encode_into(&hello.tasks, &mut body)?;
+                w.write_frame(&[&body])
+            }
+            Message::Run {
+                id,
+                task,
+                count,
+                payload,
+            } => {
+                head[0] = RUN;
+                head[1..9].copy_from_slice(&id.to_le_bytes());
+                head[9..13].copy_from_slice(&task.to_le_bytes());
+                head[13..17].copy_from_slice(&count.to_le_bytes());
+                w.write_frame(&[&head[..17], payload])
+            }
+            Message::Done {
+                id,
+                count,
+                elapsed_ns,
+                payload,
+            } => {
+                head[0] = DONE;
+                head[1..9].copy_from_slice(&id.to_le_bytes());
+                head[9..13].copy_from_slice(&count.to_le_bytes());
+                head[13..21].copy_from_slice(&elapsed_ns.to_le_bytes());
+                w.write_frame(&[&head[..21], payload])
+            }
+            Message::Shutdown => w.write_frame(&[&[SHUTDOWN]]),
+        }
+    }
+}
+
+/// Bytes a `RUN` header adds to its payload inside a frame.
+pub const RUN_OVERHEAD: usize = 17;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader};
+
+    fn round_trip(msg: &Message<'_>) -> Vec<u8> {
+        let mut wire = Vec::new();
+        let mut w = FrameWriter::new(&mut wire, DEFAULT_MAX_FRAME_LEN);
+        msg.write(&mut w).unwrap();
+        w.flush().unwrap();
+        drop(w);
+        let mut body = Vec::new();
+        assert!(
+            FrameReader::new(&wire[..], DEFAULT_MAX_FRAME_LEN)
+                .read_frame(&mut body)
+                .unwrap()
+        );
+        body
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let msgs = [
+            Message::Hello(Hello {
+                pid: 42,
+                tasks: vec!["a".into(), "b".into()],
+            }),
+            Message::Run {
+                id: 1,
+                task: 2,
+                count: 3,
+                payload: b"xyz",
+            },
+            Message::Done {
+                id: 9,
+                count: 1,
+                elapsed_ns: 77,
+                payload: b"r",
+            },
+            Message::Shutdown,
+        ];
+        for msg in &msgs {
+            let body = round_trip(msg);
+            assert_eq!(&Message::decode(&body).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn version_mismatch_is_named() {
+        let mut body = round_trip(&Message::Hello(Hello {
+            pid: 1,
+            tasks: vec![],
+        }));
+        body[5..9].copy_from_slice(&99u32.to_le_bytes());
+        assert!(matches!(
+            Message::decode(&body),
+            Err(IpcError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: 99
+            })
+        ));
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors() {
+        for body in [
+            &[][..],
+            &[0],
+            &[RUN, 1, 2],
+            &[HELLO, b'X', b'X', b'X', b'X'],
+            &[SHUTDOWN, 1],
+            &[200],
+        ] {
+            assert!(Message::decode(body).is_err(), "{body:?}");
+        }
+    }
+}

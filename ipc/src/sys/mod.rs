@@ -1,0 +1,42 @@
+//! Platform backends behind one internal interface.
+//!
+//! Each backend (`unix.rs`, `windows.rs`) provides exactly these names:
+//!
+//! - `ReadHalf`, `WriteHalf`: the two directions of one master↔worker
+//!   connection; `Read`/`Write` + `Send`, usable from different threads at
+//!   the same time. A read returns `Ok(0)` (or `BrokenPipe`, which the frame
+//!   layer treats the same) once the peer has closed its end or died.
+//! - `spawn(cmd) -> io::Result<(Child, ReadHalf, WriteHalf)>`: master side.
+//!   Creates a fresh private connection, arranges for the child to find its
+//!   end through the [`ENDPOINT_ENV`](crate::endpoint::ENDPOINT_ENV) variable,
+//!   starts the child, and returns once the connection is usable. Blocks at
+//!   most until the child has connected (Windows) or failed to; on Unix it
+//!   does not block. The child ignores the terminal's interrupt, and dies
+//!   with the master where the platform allows (Linux parent-death signal,
+//!   Windows job object).
+//! - `connect(value) -> io::Result<(ReadHalf, WriteHalf)>`: worker side;
+//!   `value` is the variable's content. Called at most once per process.
+//! - `ignore_interrupts()`: the worker leaves Ctrl-C to its master.
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+use unix as imp;
+
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as imp;
+
+pub(crate) use imp::{ReadHalf, WriteHalf, connect, ignore_interrupts, spawn};
+
+#[cfg(test)]
+mod tests;
+
+/// Removes an environment variable of this process.
+pub(crate) fn remove_env(name: &str) {
+    // SAFETY: called from the worker's `init`, which its contract places at
+    // the top of `main`, before the program starts threads that could read
+    // the environment concurrently.
+    unsafe { std::env::remove_var(name) };
+}

@@ -1,0 +1,134 @@
+//! Unix backend: a `socketpair(AF_UNIX, SOCK_STREAM)` made by the master; the
+//! child's end is inherited at [`CHILD_FD`], every other descriptor is
+//! close-on-exec.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+use crate::endpoint::ENDPOINT_ENV;
+
+/// The descriptor a worker finds its end of the connection at.
+const CHILD_FD: RawFd = 3;
+
+/// The reading direction of a connection.
+#[derive(Debug)]
+pub(crate) struct ReadHalf(UnixStream);
+
+/// The writing direction of a connection.
+#[derive(Debug)]
+pub(crate) struct WriteHalf(UnixStream);
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for WriteHalf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn halves(stream: UnixStream) -> io::Result<(ReadHalf, WriteHalf)> {
+    Ok((ReadHalf(stream.try_clone()?), WriteHalf(stream)))
+}
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Clears or sets close-on-exec on `fd`.
+fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let flag = if on { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: fcntl(F_SETFD) on a descriptor the caller borrows; no memory is touched.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flag) }).map(drop)
+}
+
+pub(crate) fn spawn(mut cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)> {
+    // std creates both ends with SOCK_CLOEXEC, so no other child inherits them.
+    let (master, child_end) = UnixStream::pair()?;
+    let child_raw = child_end.as_raw_fd();
+    let master_pid = std::process::id();
+    cmd.env(ENDPOINT_ENV, format!("fd:{CHILD_FD}"));
+    let pre_exec = move || -> io::Result<()> {
+        // Only async-signal-safe calls from here on: we are between fork and exec.
+        if child_raw == CHILD_FD {
+            // SAFETY: F_SETFD on our own open descriptor.
+            cvt(unsafe { libc::fcntl(CHILD_FD, libc::F_SETFD, 0) })?;
+        } else {
+            // SAFETY: dup2 of an open descriptor onto CHILD_FD; the copy is not close-on-exec.
+            cvt(unsafe { libc::dup2(child_raw, CHILD_FD) })?;
+        }
+        // SAFETY: setting a signal disposition to SIG_IGN is async-signal-safe.
+        unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            // SAFETY: prctl with integer arguments only.
+            cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
+            // SAFETY: getppid has no preconditions.
+            if unsafe { libc::getppid() } as u32 != master_pid {
+                // The master died before the death signal was armed.
+                return Err(io::Error::other("master exited during spawn"));
+            }
+        }
+        let _ = master_pid;
+        Ok(())
+    };
+    // SAFETY: the closure only calls fcntl, dup2, signal, prctl and getppid,
+    // all async-signal-safe, and allocates nothing.
+    unsafe { cmd.pre_exec(pre_exec) };
+    let child = cmd.spawn()?;
+    // Our copy of the child's end must go, or we would never see EOF when the child dies.
+    drop(child_end);
+    let (r, w) = halves(master)?;
+    Ok((child, r, w))
+}
+
+pub(crate) fn connect(value: &str) -> io::Result<(ReadHalf, WriteHalf)> {
+    let fd: RawFd = value
+        .strip_prefix("fd:")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("bad endpoint {value:?}"),
+            )
+        })?;
+    // SAFETY: `fstat` only writes into the zeroed struct we pass.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on any integer is safe; an unopened fd yields EBADF.
+    cvt(unsafe { libc::fstat(fd, &mut st) })?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("endpoint fd {fd} is not a socket"),
+        ));
+    }
+    // SAFETY: the master put our end of the socketpair at `fd` for us alone;
+    // `endpoint::connect_worker` calls this at most once per process, so
+    // nothing else owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Tasks may start programs of their own: they must not inherit the
+    // connection, or our death would not read as EOF in the master.
+    set_cloexec(owned.as_fd(), true)?;
+    halves(UnixStream::from(owned))
+}
+
+pub(crate) fn ignore_interrupts() {
+    // SAFETY: setting SIGINT to SIG_IGN has no memory effects.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+}

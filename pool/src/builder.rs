@@ -1,0 +1,206 @@
+//! [`PoolBuilder`]: every knob of a pool, each with its default.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use procpool_ipc::Task;
+use procpool_ipc::frame::DEFAULT_MAX_FRAME_LEN;
+
+use crate::{Error, Pool};
+
+/// Settings shared by the pool handle and its supervisor.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) workers: usize,
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) envs: Vec<(OsString, OsString)>,
+    pub(crate) chunk_size: Option<usize>,
+    pub(crate) window: usize,
+    pub(crate) prefetch: usize,
+    pub(crate) max_frame_len: u32,
+    pub(crate) start_timeout: Duration,
+    pub(crate) grace_period: Duration,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) retries: u32,
+    pub(crate) max_tasks_per_worker: Option<u64>,
+    pub(crate) initializer: Option<&'static str>,
+}
+
+/// Configures and starts a [`Pool`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// # fn main() -> Result<(), procpool_pool::Error> {
+/// let pool = procpool_pool::Pool::builder()
+///     .workers(4)
+///     .chunk_size(16)
+///     .task_timeout(Duration::from_secs(30))
+///     .retries(1)
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use = "a builder does nothing until build() is called"]
+pub struct PoolBuilder {
+    workers: Option<usize>,
+    program: Option<PathBuf>,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    chunk_size: Option<usize>,
+    window: Option<usize>,
+    prefetch: Option<usize>,
+    max_frame_len: Option<u32>,
+    start_timeout: Option<Duration>,
+    grace_period: Option<Duration>,
+    task_timeout: Option<Duration>,
+    retries: u32,
+    max_tasks_per_worker: Option<u64>,
+    initializer: Option<&'static str>,
+}
+
+impl PoolBuilder {
+    /// Number of worker processes. Default: the number of CPUs
+    /// (`std::thread::available_parallelism`).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n.max(1));
+        self
+    }
+
+    /// Start this program as the workers instead of re-executing the
+    /// current executable. The program's `main` must call
+    /// `procpool::run_worker` (or `procpool::init`) with a registry that
+    /// holds the tasks the pool will run. Default: `std::env::current_exe()`.
+    pub fn worker_program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.program = Some(program.into());
+        self
+    }
+
+    /// Command-line arguments for each worker. Default: none.
+    pub fn worker_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets an environment variable in every worker. Default: workers
+    /// inherit the master's environment.
+    pub fn worker_env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    /// Items per chunk sent to a worker. Default: automatic — for `map`,
+    /// Python's rule (`len / (4 × workers)`, rounded up); for `imap`, adapted
+    /// to the measured task duration (about 2 ms of work per chunk).
+    pub fn chunk_size(mut self, n: usize) -> Self {
+        self.chunk_size = Some(n.max(1));
+        self
+    }
+
+    /// Most items an `imap` may have taken from its input and not yet
+    /// yielded: memory stays bounded however long the input. Default: 8192.
+    pub fn window(mut self, n: usize) -> Self {
+        self.window = Some(n.max(1));
+        self
+    }
+
+    /// Chunks queued at a worker beyond the one it runs, so it never waits
+    /// a round trip for its next task. Default: 2.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = Some(n);
+        self
+    }
+
+    /// Largest frame accepted on a worker connection, in bytes; larger
+    /// inputs or results are reported as [`Error::FrameTooLarge`].
+    /// Default: 64 MiB.
+    pub fn max_frame_len(mut self, bytes: u32) -> Self {
+        self.max_frame_len = Some(bytes.max(64));
+        self
+    }
+
+    /// How long a worker may take from start to handshake. Default: 30 s.
+    pub fn start_timeout(mut self, d: Duration) -> Self {
+        self.start_timeout = Some(d);
+        self
+    }
+
+    /// How long a graceful stop (drop, Ctrl-C) lets running tasks finish
+    /// before the workers are killed. Default: 5 s.
+    pub fn grace_period(mut self, d: Duration) -> Self {
+        self.grace_period = Some(d);
+        self
+    }
+
+    /// Kill a worker whose task runs longer than this; the caller gets
+    /// [`Error::Timeout`] and a replacement starts. For a chunk of n items
+    /// the limit is n × `d`. Default: none.
+    pub fn task_timeout(mut self, d: Duration) -> Self {
+        self.task_timeout = Some(d);
+        self
+    }
+
+    /// Resubmit a task whose worker died up to `n` times before returning
+    /// the error. Default: 0.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// Replace a worker after it has run `n` tasks (for leaky native code).
+    /// Default: never.
+    pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
+        self.max_tasks_per_worker = Some(n.max(1));
+        self
+    }
+
+    /// A task each worker runs once, before its first task, as Python's
+    /// `initializer`. A worker whose initializer fails is replaced.
+    /// Default: none.
+    pub fn initializer(mut self, task: Task<(), ()>) -> Self {
+        self.initializer = Some(task.name());
+        self
+    }
+
+    /// Starts the workers and waits for each to complete its handshake.
+    ///
+    /// # Errors
+    /// [`Error::NotInitialized`] when called from a worker whose `main`
+    /// did not call `init` first; [`Error::Spawn`], [`Error::Startup`] or
+    /// [`Error::VersionMismatch`] when a worker cannot start;
+    /// [`Error::UnknownTask`] when the initializer is not registered.
+    pub fn build(self) -> Result<Pool, Error> {
+        let program = match self.program {
+            Some(p) => p,
+            None => std::env::current_exe().map_err(|e| Error::Spawn {
+                program: PathBuf::from("<current executable>"),
+                source: e.into(),
+            })?,
+        };
+        let workers = self
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, Into::into));
+        let config = Config {
+            workers,
+            program,
+            args: self.args,
+            envs: self.envs,
+            chunk_size: self.chunk_size,
+            window: self.window.unwrap_or(8192),
+            prefetch: self.prefetch.unwrap_or(2),
+            max_frame_len: self.max_frame_len.unwrap_or(DEFAULT_MAX_FRAME_LEN),
+            start_timeout: self.start_timeout.unwrap_or(Duration::from_secs(30)),
+            grace_period: self.grace_period.unwrap_or(Duration::from_secs(5)),
+            task_timeout: self.task_timeout,
+            retries: self.retries,
+            max_tasks_per_worker: self.max_tasks_per_worker,
+            initializer: self.initializer,
+        };
+        Pool::start(config)
+    }
+}

@@ -1,0 +1,142 @@
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::Duration;
+
+use procpool_ipc::{IpcError, TaskError};
+
+/// Everything that can go wrong with a pool, a task or a worker.
+///
+/// Cheap to clone (sources are shared), so one worker death can be reported
+/// for every task it took down.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The task panicked or returned an error inside the worker.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The worker running the task died; `status` says how (the signal on
+    /// Unix, the exit code on Windows).
+    #[error("worker {worker_id} (pid {pid}) died while running the task: {status}")]
+    WorkerDied {
+        /// The worker's id (stable across restarts of its slot).
+        worker_id: usize,
+        /// The process id it had.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The task ran longer than the pool's `task_timeout`; its worker was
+    /// killed and replaced.
+    #[error("task exceeded its {timeout:?} timeout; worker {worker_id} (pid {pid}) was killed")]
+    Timeout {
+        /// The configured timeout.
+        timeout: Duration,
+        /// The worker's id.
+        worker_id: usize,
+        /// The killed worker's process id.
+        pid: u32,
+    },
+    /// No worker serves a task of this name.
+    #[error("unknown task {name:?}: the workers serve {available:?}")]
+    UnknownTask {
+        /// The requested name.
+        name: String,
+        /// What the workers' registry holds.
+        available: Vec<String>,
+    },
+    /// A worker speaks another protocol version (a stale worker binary).
+    #[error(
+        "worker {worker_id} speaks protocol version {theirs}, the master speaks {ours}; rebuild the worker program"
+    )]
+    VersionMismatch {
+        /// The worker's id.
+        worker_id: usize,
+        /// The master's version.
+        ours: u32,
+        /// The worker's version.
+        theirs: u32,
+    },
+    /// The worker program could not be started.
+    #[error("failed to start worker program {}", program.display())]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// A worker did not complete its handshake.
+    #[error(
+        "worker {worker_id} failed during start-up: {reason} (does the worker's main call procpool::init first?)"
+    )]
+    Startup {
+        /// The worker's id.
+        worker_id: usize,
+        /// What happened.
+        reason: String,
+    },
+    /// An input, or all inputs of one chunk, did not fit in one frame.
+    #[error("a message of {len} bytes exceeds the maximum frame length of {max} bytes")]
+    FrameTooLarge {
+        /// The encoded size.
+        len: u64,
+        /// The pool's `max_frame_len`.
+        max: u32,
+    },
+    /// A task input could not be encoded.
+    #[error("failed to encode a task input")]
+    Encode(#[source] Arc<IpcError>),
+    /// A task result could not be decoded (the master and the worker
+    /// disagree on the output type).
+    #[error("failed to decode a task result")]
+    Decode(#[source] Arc<IpcError>),
+    /// The connection to a worker failed in a way other than EOF.
+    #[error("connection to worker {worker_id} failed")]
+    Connection {
+        /// The worker's id.
+        worker_id: usize,
+        /// What failed.
+        #[source]
+        source: Arc<IpcError>,
+    },
+    /// The pool has been closed or is shutting down; it accepts no new work.
+    #[error("the pool is closed")]
+    Closed,
+    /// The pool was terminated before the task finished.
+    #[error("the pool was terminated before the task finished")]
+    Terminated,
+    /// A shutdown was requested (Ctrl-C, SIGTERM or
+    /// [`Pool::shutdown`](crate::Pool::shutdown)) before the task finished.
+    #[error("interrupted by a shutdown request")]
+    Interrupted,
+    /// Waiting timed out (the task itself may still finish).
+    #[error("timed out waiting for the result")]
+    WaitTimeout,
+    /// This process was started as a worker, yet tries to start a pool: its
+    /// `main` does not call `procpool::init` first.
+    #[error(
+        "this process is a procpool worker whose main did not call procpool::init() first; refusing to start a pool (that would start workers recursively)"
+    )]
+    NotInitialized,
+}
+
+impl Error {
+    /// Whether the task itself panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, Error::Task(TaskError::Panicked { .. }))
+    }
+
+    /// Whether the worker running the task died.
+    pub fn is_worker_died(&self) -> bool {
+        matches!(self, Error::WorkerDied { .. })
+    }
+
+    pub(crate) fn encode(e: IpcError) -> Self {
+        match e {
+            IpcError::FrameTooLarge { len, max } => Error::FrameTooLarge { len, max },
+            e => Error::Encode(Arc::new(e)),
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The master side of procpool: [`Pool`], its builder and its errors.
+//!
+//! Users reach this crate through the `procpool` facade, which also
+//! provides `init` for the worker side.
+#![forbid(unsafe_code)]
+
+mod builder;
+mod error;
+mod joinable;
+mod pool;
+mod stream;
+mod supervisor;
+
+pub use builder::PoolBuilder;
+pub use error::Error;
+pub use pool::{AsyncResult, Pool, Stats};
+pub use stream::Imap;

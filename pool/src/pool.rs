@@ -1,0 +1,499 @@
+//! [`Pool`]: the public face of the master side.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, select};
+use procpool_ipc::endpoint;
+use procpool_ipc::task::Payload;
+use procpool_ipc::{Task, TaskError, codec};
+
+use crate::builder::Config;
+use crate::stream::{Chunking, Imap};
+use crate::supervisor::{Chunk, Job, Msg, Outcome, Shared, Supervisor};
+use crate::{Error, PoolBuilder};
+
+/// A pool of worker processes.
+///
+/// Work is named by a [`Task`] declared once and registered in the workers
+/// (see `procpool::init`). Results come back in input order from
+/// [`map`](Self::map) and [`imap`](Self::imap), as they finish from
+/// [`imap_unordered`](Self::imap_unordered), one at a time from
+/// [`submit`](Self::submit).
+///
+/// Dropping the pool is graceful: queued and running tasks get the grace
+/// period (default 5 s) to finish, then the workers are killed. Every worker
+/// is reaped before `drop` returns.
+///
+/// ```no_run
+/// use procpool_ipc::Task;
+/// # use procpool_pool::Pool;
+/// const SQUARE: Task<u64, u64> = Task::new("square");
+/// // main() called procpool::init(Registry::new().task(SQUARE, |x| x * x)) first.
+/// # fn main() -> Result<(), procpool_pool::Error> {
+/// let pool = Pool::new(4)?;
+/// assert_eq!(pool.map(SQUARE, 0..5)?, [0, 1, 4, 9, 16]);
+/// # Ok(()) }
+/// ```
+pub struct Pool {
+    pub(crate) config: Arc<Config>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tx: Sender<Msg>,
+    tasks: Vec<String>,
+    stopped: Receiver<()>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.config.workers)
+            .field("program", &self.config.program)
+            .field("tasks", &self.tasks)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A snapshot of a pool's counters, in tasks (input items) and workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Tasks accepted.
+    pub submitted: u64,
+    /// Tasks whose result came back from a worker (including tasks that
+    /// panicked or returned an error).
+    pub completed: u64,
+    /// Tasks that failed without a result: worker died, timeout, stop.
+    pub failed: u64,
+    /// Tasks whose caller went away before they ran.
+    pub cancelled: u64,
+    /// Completed tasks that returned an error or panicked (counted when the
+    /// caller reads them).
+    pub task_errors: u64,
+    /// Tasks accepted and not yet completed, failed or cancelled.
+    pub in_flight: u64,
+    /// Worker processes running now.
+    pub workers_alive: usize,
+    /// Workers started to replace one that died or timed out.
+    pub workers_replaced: u64,
+}
+
+impl Pool {
+    /// Starts a pool of `workers` processes with default settings.
+    ///
+    /// # Errors
+    /// As [`PoolBuilder::build`].
+    pub fn new(workers: usize) -> Result<Pool, Error> {
+        Self::builder().workers(workers).build()
+    }
+
+    /// A builder for a pool with non-default settings.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    pub(crate) fn start(config: Config) -> Result<Pool, Error> {
+        if endpoint::is_unclaimed_worker() {
+            return Err(Error::NotInitialized);
+        }
+        let config = Arc::new(config);
+        let shared = Arc::new(Shared::new(config.workers));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let (stopped_tx, stopped) = crossbeam_channel::bounded::<()>(0);
+        let supervisor = Supervisor::new(
+            Arc::clone(&config),
+            Arc::clone(&shared),
+            tx.clone(),
+            rx,
+            ready_tx,
+        );
+        let handle = thread::Builder::new()
+            .name("procpool-supervisor".into())
+            .spawn(move || {
+                // Dropped when the supervisor is done: wakes `terminate` and `drop`.
+                let _stopped = stopped_tx;
+                supervisor.run();
+            })
+            .map_err(|e| Error::Spawn {
+                program: config.program.clone(),
+                source: Arc::new(e),
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok(tasks)) => Ok(Pool {
+                config,
+                shared,
+                tx,
+                tasks,
+                stopped,
+                supervisor: Mutex::new(Some(handle)),
+            }),
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = handle.join();
+                Err(Error::Terminated)
+            }
+        }
+    }
+
+    /// Number of worker slots.
+    pub fn workers(&self) -> usize {
+        self.config.workers
+    }
+
+    /// Names of the tasks the workers serve.
+    pub fn tasks(&self) -> &[String] {
+        &self.tasks
+    }
+
+    /// Process ids of the workers running now.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let pids = self
+            .shared
+            .pids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        pids.iter().flatten().copied().collect()
+    }
+
+    /// A snapshot of the pool's counters.
+    pub fn stats(&self) -> Stats {
+        let c = &self.shared.stats;
+        let submitted = c.submitted.load(Ordering::Relaxed);
+        let completed = c.completed.load(Ordering::Relaxed);
+        let failed = c.failed.load(Ordering::Relaxed);
+        let cancelled = c.cancelled.load(Ordering::Relaxed);
+        Stats {
+            submitted,
+            completed,
+            failed,
+            cancelled,
+            task_errors: c.task_errors.load(Ordering::Relaxed),
+            in_flight: submitted.saturating_sub(completed + failed + cancelled),
+            workers_alive: c.workers_alive.load(Ordering::Relaxed),
+            workers_replaced: c.workers_replaced.load(Ordering::Relaxed),
+        }
+    }
+
+    fn task_index(&self, name: &str) -> Result<u32, Error> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return Err(if self.shared.interrupted.load(Ordering::SeqCst) {
+                Error::Interrupted
+            } else {
+                Error::Closed
+            });
+        }
+        self.tasks
+            .iter()
+            .position(|t| t == name)
+            .and_then(|i| u32::try_from(i).ok())
+            .ok_or_else(|| Error::UnknownTask {
+                name: name.to_owned(),
+                available: self.tasks.clone(),
+            })
+    }
+
+    /// Runs `task` on every item and returns the outputs in input order.
+    ///
+    /// The input is split into chunks (the builder's `chunk_size`, or
+    /// Python's rule: `len / (4 × workers)` rounded up). Returns at the
+    /// first failed item; work not yet dispatched is then dropped.
+    ///
+    /// # Errors
+    /// The first error among the items ([`Error::Task`] for a panic or a
+    /// returned error, [`Error::WorkerDied`], [`Error::Timeout`], ...), or
+    /// [`Error::UnknownTask`], [`Error::Closed`], [`Error::Interrupted`].
+    pub fn map<I: Payload, O: Payload>(
+        &self,
+        task: Task<I, O>,
+        items: impl IntoIterator<Item = I>,
+    ) -> Result<Vec<O>, Error> {
+        let index = self.task_index(task.name())?;
+        let items: Vec<I> = items.into_iter().collect();
+        let len = items.len();
+        let chunk = self.config.chunk_size.unwrap_or_else(|| {
+            let per = self.config.workers * 4;
+            len.div_ceil(per).max(1)
+        });
+        let stream = Imap::new(
+            self,
+            index,
+            items.into_iter(),
+            true,
+            usize::MAX,
+            Chunking::Fixed(chunk),
+        );
+        let mut out = Vec::with_capacity(len);
+        for item in stream {
+            out.push(item?);
+        }
+        Ok(out)
+    }
+
+    /// Runs `task` on every item lazily, yielding one result per item in
+    /// input order.
+    ///
+    /// At most `window` items (a builder option, default 8192) are taken
+    /// from `items` and not yet yielded, so an endless input is fine.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTask`], [`Error::Closed`] or [`Error::Interrupted`]
+    /// up front; per-item errors come through the iterator.
+    pub fn imap<I: Payload, O: Payload, It: IntoIterator<Item = I>>(
+        &self,
+        task: Task<I, O>,
+        items: It,
+    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error> {
+        self.stream(task, items, true)
+    }
+
+    /// Like [`imap`](Self::imap), but yields results as they finish.
+    ///
+    /// # Errors
+    /// As [`imap`](Self::imap).
+    pub fn imap_unordered<I: Payload, O: Payload, It: IntoIterator<Item = I>>(
+        &self,
+        task: Task<I, O>,
+        items: It,
+    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error> {
+        self.stream(task, items, false)
+    }
+
+    fn stream<I: Payload, O: Payload, It: IntoIterator<Item = I>>(
+        &self,
+        task: Task<I, O>,
+        items: It,
+        ordered: bool,
+    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error> {
+        let index = self.task_index(task.name())?;
+        let window = self.config.window;
+        let chunking = match self.config.chunk_size {
+            Some(n) => Chunking::Fixed(n),
+            None => Chunking::Adaptive {
+                current: 1,
+                max: (window / (2 * self.config.workers * (self.config.prefetch + 1))).max(1),
+            },
+        };
+        Ok(Imap::new(
+            self,
+            index,
+            items.into_iter(),
+            ordered,
+            window,
+            chunking,
+        ))
+    }
+
+    /// Runs `task` on one input and waits for its output.
+    ///
+    /// # Errors
+    /// As [`AsyncResult::wait`].
+    pub fn apply<I: Payload, O: Payload>(&self, task: Task<I, O>, item: I) -> Result<O, Error> {
+        self.submit(task, item)?.wait()
+    }
+
+    /// Starts `task` on one input; the handle gives the output later.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTask`], [`Error::Closed`], [`Error::Interrupted`],
+    /// [`Error::Encode`] or [`Error::FrameTooLarge`].
+    pub fn submit<I: Payload, O: Payload>(
+        &self,
+        task: Task<I, O>,
+        item: I,
+    ) -> Result<AsyncResult<O>, Error> {
+        let index = self.task_index(task.name())?;
+        let mut payload = Vec::new();
+        codec::encode_into(&item, &mut payload).map_err(Error::encode)?;
+        let max = self.config.max_frame_len;
+        if payload.len() + procpool_ipc::proto::RUN_OVERHEAD > max as usize {
+            return Err(Error::FrameTooLarge {
+                len: (payload.len() + procpool_ipc::proto::RUN_OVERHEAD) as u64,
+                max,
+            });
+        }
+        let (sink, rx) = crossbeam_channel::bounded(1);
+        let job = Arc::new(Job {
+            sink,
+            cancelled: false.into(),
+        });
+        self.shared.stats.submitted.fetch_add(1, Ordering::Relaxed);
+        self.shared.accounting.add(1);
+        let chunk = Chunk {
+            job,
+            seq: 0,
+            task: index,
+            count: 1,
+            payload,
+            attempts: 0,
+        };
+        if self.tx.send(Msg::Submit(chunk)).is_err() {
+            self.shared.accounting.done(1);
+            return Err(Error::Terminated);
+        }
+        Ok(AsyncResult {
+            rx,
+            interrupt: self.shared.interrupt_rx.clone(),
+            shared: Arc::clone(&self.shared),
+            result: None,
+            _output: PhantomData,
+        })
+    }
+
+    /// Waits until every task submitted so far has finished (the
+    /// JoinableQueue `join`: each chunk's completion is its `task_done`).
+    ///
+    /// # Errors
+    /// [`Error::Interrupted`] if a shutdown is requested meanwhile.
+    pub fn join(&self) -> Result<(), Error> {
+        self.join_deadline(None).map(drop)
+    }
+
+    /// [`join`](Self::join) with a limit; `Ok(false)` when it ran out.
+    ///
+    /// # Errors
+    /// [`Error::Interrupted`] if a shutdown is requested meanwhile.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool, Error> {
+        self.join_deadline(Some(Instant::now() + timeout))
+    }
+
+    fn join_deadline(&self, deadline: Option<Instant>) -> Result<bool, Error> {
+        let interrupted = || self.shared.interrupted.load(Ordering::SeqCst);
+        let done = self.shared.accounting.join(deadline, interrupted);
+        if !done && interrupted() {
+            return Err(Error::Interrupted);
+        }
+        Ok(done)
+    }
+
+    /// Refuses new work from now on; work already accepted goes on.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Requests a graceful stop, as a first Ctrl-C does: nothing new is
+    /// dispatched, queued tasks fail with [`Error::Interrupted`], running
+    /// tasks get the grace period, and every blocked call on this pool
+    /// returns [`Error::Interrupted`] at once. Does not block.
+    pub fn shutdown(&self) {
+        self.shared.interrupt();
+        let _ = self.tx.send(Msg::Interrupt);
+    }
+
+    /// Kills every worker now and waits until they are reaped; unfinished
+    /// tasks fail with [`Error::Terminated`].
+    pub fn terminate(&self) {
+        self.shared.interrupt();
+        let _ = self.tx.send(Msg::Terminate);
+        self.wait_stopped();
+    }
+
+    fn wait_stopped(&self) {
+        // Disconnects when the supervisor thread ends, after reaping.
+        let _ = self.stopped.recv();
+        if let Some(handle) = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Shutdown);
+        self.wait_stopped();
+    }
+}
+
+/// The pending output of one [`Pool::submit`].
+///
+/// The result is kept once it arrives: [`try_get`](Self::try_get) and
+/// [`wait_timeout`](Self::wait_timeout) lend it, [`wait`](Self::wait) hands
+/// it over.
+pub struct AsyncResult<O> {
+    rx: Receiver<Outcome>,
+    interrupt: Receiver<()>,
+    shared: Arc<Shared>,
+    result: Option<Result<O, Error>>,
+    _output: PhantomData<fn() -> O>,
+}
+
+impl<O> fmt::Debug for AsyncResult<O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("ready", &self.result.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<O: Payload> AsyncResult<O> {
+    fn settle(&mut self, outcome: Result<Outcome, Error>) {
+        let result = outcome.and_then(|o| o.result).and_then(|r| {
+            let (value, _) = codec::decode::<Result<O, TaskError>>(&r.frame[r.payload_at..])
+                .map_err(|e| Error::Decode(Arc::new(e)))?;
+            value.map_err(|e| {
+                self.shared
+                    .stats
+                    .task_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                Error::Task(e)
+            })
+        });
+        self.result = Some(result);
+    }
+
+    fn poll(&mut self, deadline: Option<Instant>) {
+        if self.result.is_some() {
+            return;
+        }
+        let timeout = deadline.map_or(crossbeam_channel::never(), crossbeam_channel::at);
+        select! {
+            recv(self.rx) -> o => self.settle(o.map_err(|_| Error::Terminated)),
+            recv(self.interrupt) -> _ => {
+                // A result that is already here still counts.
+                let o = self.rx.try_recv().map_err(|_| Error::Interrupted);
+                self.settle(o);
+            }
+            recv(timeout) -> _ => {}
+        }
+    }
+
+    /// The result if it has arrived; never blocks.
+    pub fn try_get(&mut self) -> Option<&Result<O, Error>> {
+        if self.result.is_none() {
+            if let Ok(o) = self.rx.try_recv() {
+                self.settle(Ok(o));
+            } else if self.shared.interrupted.load(Ordering::SeqCst) {
+                self.settle(Err(Error::Interrupted));
+            }
+        }
+        self.result.as_ref()
+    }
+
+    /// Waits at most `timeout` for the result.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<&Result<O, Error>> {
+        self.poll(Some(Instant::now() + timeout));
+        self.result.as_ref()
+    }
+
+    /// Waits for the result.
+    ///
+    /// # Errors
+    /// The task's error ([`Error::Task`]), [`Error::WorkerDied`],
+    /// [`Error::Timeout`], [`Error::Interrupted`], [`Error::Terminated`], ...
+    pub fn wait(mut self) -> Result<O, Error> {
+        self.poll(None);
+        self.result.unwrap_or(Err(Error::Terminated))
+    }
+}

@@ -1,0 +1,370 @@
+//! The caller's side of a job: encodes inputs into chunks, submits them
+//! within a bounded window, and decodes results in order or as they come.
+//!
+//! `map`, `imap`, `imap_unordered` and `submit` are all this one machine
+//! with different settings.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::iter::Fuse;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::{Receiver, select};
+use procpool_ipc::proto::RUN_OVERHEAD;
+use procpool_ipc::task::Payload;
+use procpool_ipc::{TaskError, codec};
+
+use crate::supervisor::{Chunk, Job, Msg, Outcome, Results};
+use crate::{Error, Pool};
+
+/// How many items go into one chunk.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Chunking {
+    Fixed(usize),
+    /// Sized so that one chunk is about [`TARGET_CHUNK_NS`] of work.
+    Adaptive {
+        current: usize,
+        max: usize,
+    },
+}
+
+const TARGET_CHUNK_NS: u64 = 2_000_000;
+
+/// The iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`]:
+/// one `Result` per input item.
+///
+/// It takes items from its input only while fewer than the pool's `window`
+/// are in flight, so memory stays flat however long the input is. Dropping
+/// it cancels the work it has not dispatched yet.
+pub struct Imap<'p, I, O, It> {
+    pool: &'p Pool,
+    task: u32,
+    input: Fuse<It>,
+    job: Arc<Job>,
+    rx: Receiver<Outcome>,
+    ordered: bool,
+    window: usize,
+    chunking: Chunking,
+    /// Items taken from the input and not yet yielded.
+    outstanding: usize,
+    next_seq: u64,
+    next_yield: u64,
+    reorder: BTreeMap<u64, Outcome>,
+    ready: VecDeque<Outcome>,
+    current: Option<Current>,
+    input_done: bool,
+    ended: bool,
+    _types: PhantomData<fn(I) -> O>,
+}
+
+struct Current {
+    result: Result<Results, Error>,
+    offset: usize,
+    left: u32,
+}
+
+impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
+    pub(crate) fn new(
+        pool: &'p Pool,
+        task: u32,
+        input: It,
+        ordered: bool,
+        window: usize,
+        chunking: Chunking,
+    ) -> Self {
+        let (sink, rx) = crossbeam_channel::unbounded();
+        Self {
+            pool,
+            task,
+            input: input.fuse(),
+            job: Arc::new(Job {
+                sink,
+                cancelled: false.into(),
+            }),
+            rx,
+            ordered,
+            window: window.max(1),
+            chunking,
+            outstanding: 0,
+            next_seq: 0,
+            next_yield: 0,
+            reorder: BTreeMap::new(),
+            ready: VecDeque::new(),
+            current: None,
+            input_done: false,
+            ended: false,
+            _types: PhantomData,
+        }
+    }
+
+    fn chunk_size(&self) -> usize {
+        match self.chunking {
+            Chunking::Fixed(n) | Chunking::Adaptive { current: n, .. } => n,
+        }
+    }
+
+    fn learn(&mut self, count: u32, elapsed_ns: u64) {
+        if let Chunking::Adaptive { current, max } = &mut self.chunking {
+            let per_item = (elapsed_ns / u64::from(count.max(1))).max(1);
+            let ideal = usize::try_from(TARGET_CHUNK_NS / per_item).unwrap_or(usize::MAX);
+            // Grow at most 4× per step, so one fast outlier cannot make a giant chunk.
+            *current = ideal.clamp(1, (*current * 4).min(*max));
+        }
+    }
+
+    /// Takes inputs while the window has room, submitting them in chunks.
+    fn fill(&mut self) {
+        let limit = self.pool.config.max_frame_len as usize - RUN_OVERHEAD;
+        while !self.input_done && self.outstanding < self.window {
+            let want = self.chunk_size().min(self.window - self.outstanding);
+            let mut payload = Vec::new();
+            let mut count = 0u32;
+            while (count as usize) < want {
+                let Some(item) = self.input.next() else {
+                    self.input_done = true;
+                    break;
+                };
+                let mark = payload.len();
+                let encoded = codec::encode_into(&item, &mut payload).map_err(Error::encode);
+                let encoded = encoded.and_then(|()| {
+                    if payload.len() <= limit {
+                        Ok(())
+                    } else {
+                        Err(Error::FrameTooLarge {
+                            len: (payload.len() - mark + RUN_OVERHEAD) as u64,
+                            max: self.pool.config.max_frame_len,
+                        })
+                    }
+                });
+                match encoded {
+                    Ok(()) => count += 1,
+                    Err(Error::FrameTooLarge { .. }) if count > 0 => {
+                        // The chunk is full: send it, start the next with this item.
+                        payload.truncate(mark);
+                        self.submit(std::mem::take(&mut payload), count);
+                        count = 0;
+                        if codec::encode_into(&item, &mut payload).is_ok() && payload.len() <= limit
+                        {
+                            count = 1;
+                        } else {
+                            let len = (payload.len() + RUN_OVERHEAD) as u64;
+                            payload.clear();
+                            self.fail_locally(Error::FrameTooLarge {
+                                len,
+                                max: self.pool.config.max_frame_len,
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        payload.truncate(mark);
+                        if count > 0 {
+                            self.submit(std::mem::take(&mut payload), count);
+                            count = 0;
+                        }
+                        self.fail_locally(e);
+                    }
+                }
+            }
+            if count > 0 {
+                self.submit(payload, count);
+            }
+        }
+    }
+
+    fn submit(&mut self, payload: Vec<u8>, count: u32) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.outstanding += count as usize;
+        let shared = &self.pool.shared;
+        shared
+            .stats
+            .submitted
+            .fetch_add(u64::from(count), Ordering::Relaxed);
+        let chunk = Chunk {
+            job: Arc::clone(&self.job),
+            seq,
+            task: self.task,
+            count,
+            payload,
+            attempts: 0,
+        };
+        if shared.closed.load(Ordering::SeqCst) {
+            let error = if shared.interrupted.load(Ordering::SeqCst) {
+                Error::Interrupted
+            } else {
+                Error::Closed
+            };
+            shared
+                .stats
+                .failed
+                .fetch_add(u64::from(count), Ordering::Relaxed);
+            self.accept(Outcome {
+                seq,
+                count,
+                result: Err(error),
+            });
+            return;
+        }
+        shared.accounting.add(1);
+        if let Err(e) = self.pool.tx.send(Msg::Submit(chunk)) {
+            // The supervisor is gone: the pool has stopped.
+            let Msg::Submit(chunk) = e.into_inner() else {
+                unreachable!("we sent a Submit")
+            };
+            shared.accounting.done(1);
+            self.accept(Outcome {
+                seq: chunk.seq,
+                count: chunk.count,
+                result: Err(Error::Terminated),
+            });
+        }
+    }
+
+    /// One input that never left this process (it did not encode or fit).
+    fn fail_locally(&mut self, error: Error) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.outstanding += 1;
+        self.pool
+            .shared
+            .stats
+            .submitted
+            .fetch_add(1, Ordering::Relaxed);
+        self.pool
+            .shared
+            .stats
+            .failed
+            .fetch_add(1, Ordering::Relaxed);
+        self.accept(Outcome {
+            seq,
+            count: 1,
+            result: Err(error),
+        });
+    }
+
+    fn accept(&mut self, outcome: Outcome) {
+        if let Ok(r) = &outcome.result {
+            self.learn(outcome.count, r.elapsed_ns);
+        }
+        if self.ordered {
+            self.reorder.insert(outcome.seq, outcome);
+        } else {
+            self.ready.push_back(outcome);
+        }
+    }
+
+    fn next_outcome(&mut self) -> Option<Outcome> {
+        if self.ordered {
+            let outcome = self.reorder.remove(&self.next_yield)?;
+            self.next_yield += 1;
+            Some(outcome)
+        } else {
+            self.ready.pop_front()
+        }
+    }
+
+    /// The next item of the current chunk.
+    fn take_current(&mut self) -> Option<Result<O, Error>> {
+        let current = self.current.as_mut()?;
+        if current.left == 0 {
+            self.current = None;
+            return None;
+        }
+        current.left -= 1;
+        self.outstanding -= 1;
+        let item = match &current.result {
+            Err(e) => Err(e.clone()),
+            Ok(results) => {
+                let bytes = &results.frame[results.payload_at + current.offset..];
+                match codec::decode::<Result<O, TaskError>>(bytes) {
+                    Ok((result, used)) => {
+                        current.offset += used;
+                        result.map_err(|e| {
+                            self.pool
+                                .shared
+                                .stats
+                                .task_errors
+                                .fetch_add(1, Ordering::Relaxed);
+                            Error::Task(e)
+                        })
+                    }
+                    Err(e) => {
+                        // Without this item's length the rest of the chunk is lost too.
+                        let e = Error::Decode(Arc::new(e));
+                        current.result = Err(e.clone());
+                        Err(e)
+                    }
+                }
+            }
+        };
+        Some(item)
+    }
+
+    fn interrupted(&mut self) -> Option<Result<O, Error>> {
+        self.ended = true;
+        Some(Err(Error::Interrupted))
+    }
+}
+
+impl<I: Payload, O: Payload, It: Iterator<Item = I>> Iterator for Imap<'_, I, O, It> {
+    type Item = Result<O, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.ended {
+                return None;
+            }
+            if let Some(item) = self.take_current() {
+                return Some(item);
+            }
+            if self.pool.shared.interrupted.load(Ordering::SeqCst) {
+                return self.interrupted();
+            }
+            self.fill();
+            if let Some(outcome) = self.next_outcome() {
+                self.current = Some(Current {
+                    result: outcome.result,
+                    offset: 0,
+                    left: outcome.count,
+                });
+                continue;
+            }
+            if self.outstanding == 0 && self.input_done {
+                self.ended = true;
+                return None;
+            }
+            select! {
+                recv(self.rx) -> outcome => match outcome {
+                    Ok(outcome) => self.accept(outcome),
+                    // Unreachable while we hold `job.sink`; be safe anyway.
+                    Err(_) => return Some(Err(Error::Terminated)),
+                },
+                recv(self.pool.shared.interrupt_rx) -> _ => return self.interrupted(),
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let (lo, hi) = self.input.size_hint();
+        let pending = self.outstanding;
+        (lo + pending, hi.map(|h| h + pending))
+    }
+}
+
+impl<I, O, It> std::fmt::Debug for Imap<'_, I, O, It> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Imap")
+            .field("ordered", &self.ordered)
+            .field("window", &self.window)
+            .field("in_flight", &self.outstanding)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I, O, It> Drop for Imap<'_, I, O, It> {
+    fn drop(&mut self) {
+        // Chunks not yet dispatched are dropped by the supervisor.
+        self.job.cancelled.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,57 @@
+//! procpool: run work in a pool of worker **processes**, the way Python's
+//! `multiprocessing` does, without its traps.
+//!
+//! ```no_run
+//! use procpool::{Pool, Registry, Task};
+//!
+//! const SQUARE: Task<u64, u64> = Task::new("square");
+//!
+//! fn main() -> anyhow::Result<()> {
+//!     // First line of main: in a worker process this serves tasks and
+//!     // exits; in the master it returns at once.
+//!     procpool::init(Registry::new().task(SQUARE, |x| x * x));
+//!
+//!     let pool = Pool::new(4)?;
+//!     let squares = pool.map(SQUARE, 0..10)?;
+//!     assert_eq!(squares[9], 81);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # The re-exec contract
+//!
+//! A worker is this same executable started again (or a separate worker
+//! program, see [`PoolBuilder::worker_program`]). **Everything `main` does
+//! before [`init`] runs again in every worker**, so call it first. A worker
+//! whose `main` does not call `init` cannot start a pool of its own:
+//! [`Pool::new`] returns [`Error::NotInitialized`] instead of starting
+//! workers recursively.
+//!
+//! # Tasks
+//!
+//! A [`Task`] is a name with an input and an output type, declared once as a
+//! constant. The worker registers a function under it ([`Registry::task`],
+//! or [`Registry::try_task`] for a function returning `Result<T, E:
+//! Display>`); the master submits inputs by it. Types are checked at compile
+//! time on both sides; only the name and serde-encoded values cross the
+//! process boundary.
+//!
+//! ```compile_fail
+//! use procpool::{Pool, Task};
+//! const SQUARE: Task<u64, u64> = Task::new("square");
+//! fn wrong(pool: &Pool) {
+//!     // A string is not a u64: rejected at compile time.
+//!     let _ = pool.map(SQUARE, vec!["three".to_string()]);
+//! }
+//! ```
+//!
+//! # Errors
+//!
+//! A panic in a task, a returned error, a worker that dies, a task that
+//! times out, a value that fails to encode: each reaches the caller as an
+//! [`Error`] saying what happened. Nothing hangs, nothing is lost silently.
+#![forbid(unsafe_code)]
+
+pub use procpool_ipc::{Task, TaskError};
+pub use procpool_pool::{AsyncResult, Error, Imap, Pool, PoolBuilder, Stats};
+pub use procpool_worker::{Registry, init, run_worker};

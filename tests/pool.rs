@@ -1,0 +1,637 @@
+//! End-to-end tests of `Pool` with real worker processes.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a program talks to its user
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use common::*;
+use procpool::{Error, Pool, TaskError};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Test-only worker behaviours selected by this variable, for handshake
+/// failures no well-behaved worker produces.
+const FAKE_ENV: &str = "PROCPOOL_TEST_FAKE";
+
+fn fake_worker(kind: &str) -> ! {
+    match kind {
+        "bad_version" => {
+            let (mut r, mut w) = procpool_ipc::endpoint::connect_worker()
+                .expect("started as a worker")
+                .expect("endpoint");
+            let mut body = vec![1u8];
+            body.extend_from_slice(b"PPOL");
+            body.extend_from_slice(&99u32.to_le_bytes());
+            body.extend_from_slice(&std::process::id().to_le_bytes());
+            body.push(0); // empty task list
+            w.write_all(&(body.len() as u32).to_le_bytes()).unwrap();
+            w.write_all(&body).unwrap();
+            w.flush().unwrap();
+            let mut sink = Vec::new();
+            let _ = r.read_to_end(&mut sink); // until the master closes
+            std::process::exit(0)
+        }
+        _ => std::process::exit(3),
+    }
+}
+
+fn main() {
+    if let Ok(kind) = std::env::var(FAKE_ENV) {
+        fake_worker(&kind);
+    }
+    procpool::init(registry());
+    let args = libtest_mimic::Arguments::from_args();
+    let tests = vec![
+        trial(
+            "map_is_exact_and_ordered_for_every_chunk_size",
+            LIMIT,
+            map_exact,
+        ),
+        trial(
+            "panic_is_reported_and_pool_keeps_working",
+            LIMIT,
+            panic_reported,
+        ),
+        trial("returned_error_arrives_typed", LIMIT, returned_error),
+        trial(
+            "abort_in_task_is_worker_died_not_a_hang",
+            LIMIT,
+            abort_is_worker_died,
+        ),
+        trial("unknown_task_is_a_clear_error", LIMIT, unknown_task),
+        trial("worker_program_mode_runs_map", LIMIT, worker_program_map),
+        trial(
+            "worker_program_without_the_task_is_a_clear_error",
+            LIMIT,
+            worker_program_lacks_task,
+        ),
+        trial(
+            "version_mismatch_is_reported_at_start",
+            LIMIT,
+            version_mismatch,
+        ),
+        trial(
+            "worker_that_exits_at_start_is_reported",
+            LIMIT,
+            startup_exit,
+        ),
+        trial("drop_reaps_every_worker", LIMIT, drop_reaps),
+        trial("terminate_reaps_every_worker", LIMIT, terminate_reaps),
+        trial(
+            "close_then_join_then_drop_leaves_no_child",
+            LIMIT,
+            close_join,
+        ),
+        trial("join_waits_for_submitted_work", LIMIT, join_waits),
+        trial("submit_and_apply", LIMIT, submit_apply),
+        trial("oversized_input_is_frame_too_large", LIMIT, oversized_input),
+        trial("imap_is_lazy_and_bounded", LIMIT, imap_lazy),
+        trial("imap_order_and_unordered_exactly_once", LIMIT, imap_orders),
+        trial(
+            "worker_deaths_fail_only_their_tasks_and_are_replaced",
+            LIMIT,
+            deaths_without_retry,
+        ),
+        trial(
+            "retries_recover_from_worker_deaths",
+            LIMIT,
+            deaths_with_retry,
+        ),
+        trial("task_timeout_kills_and_replaces", LIMIT, task_timeout),
+        trial("max_tasks_per_worker_recycles", LIMIT, recycling),
+        trial("initializer_runs_once_per_worker", LIMIT, initializer),
+        trial(
+            "shutdown_from_another_thread_interrupts_map",
+            LIMIT,
+            shutdown_interrupts,
+        ),
+    ];
+    libtest_mimic::run(&args, tests).exit();
+}
+
+fn all_gone(pids: &[u32]) -> anyhow::Result<()> {
+    for &pid in pids {
+        ensure!(
+            !alive(pid),
+            "worker pid {pid} is still present after the pool stopped"
+        );
+    }
+    Ok(())
+}
+
+fn map_exact() -> anyhow::Result<()> {
+    let want: Vec<u64> = (0..10_000u64).map(|x| x * x).collect();
+    for chunk in [Some(1), Some(7), None] {
+        let mut b = Pool::builder().workers(2);
+        if let Some(c) = chunk {
+            b = b.chunk_size(c);
+        }
+        let pool = b.build()?;
+        ensure!(
+            pool.map(SQUARE, 0..10_000u64)? == want,
+            "chunk size {chunk:?}"
+        );
+        ensure!(
+            pool.map(SQUARE, Vec::<u64>::new())?.is_empty(),
+            "empty input"
+        );
+    }
+    Ok(())
+}
+
+fn panic_reported() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(4).build()?;
+    let err = pool.map(PANIC_ON_13, 0..100u64).unwrap_err();
+    match &err {
+        Error::Task(TaskError::Panicked { message, location }) => {
+            ensure!(message == "unlucky number 13", "message: {message}");
+            ensure!(
+                location.as_deref().is_some_and(|l| l.contains("common")),
+                "location: {location:?}"
+            );
+        }
+        other => anyhow::bail!("expected a panic error, got {other:?}"),
+    }
+    ensure!(
+        err.to_string().contains("unlucky number 13"),
+        "display: {err}"
+    );
+    // The pool still works, and no worker died for it.
+    ensure!(pool.map(SQUARE, 0..50u64)?.len() == 50);
+    ensure!(pool.stats().workers_replaced == 0);
+    Ok(())
+}
+
+fn returned_error() -> anyhow::Result<()> {
+    let pool = Pool::new(1)?;
+    ensure!(pool.apply(PARSE, "42".to_string())? == 42);
+    let err = pool.apply(PARSE, "forty-two".to_string()).unwrap_err();
+    ensure!(
+        matches!(&err, Error::Task(TaskError::Failed { message }) if message.contains("invalid digit")),
+        "{err:?}"
+    );
+    // anyhow takes it through std::error::Error.
+    let as_anyhow: anyhow::Error = err.into();
+    ensure!(as_anyhow.to_string().contains("task failed"));
+    Ok(())
+}
+
+fn abort_is_worker_died() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(1).build()?;
+    let started = Instant::now();
+    let err = pool.map(ABORT_ON_13, 0..200u64).unwrap_err();
+    ensure!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    match &err {
+        Error::WorkerDied { pid, status, .. } => {
+            ensure!(*pid > 0);
+            ensure!(!status.success(), "status {status}");
+            ensure!(err.to_string().contains(&pid.to_string()), "{err}");
+        }
+        other => anyhow::bail!("expected WorkerDied, got {other:?}"),
+    }
+    // A replacement started and the pool works.
+    ensure!(pool.map(SQUARE, 0..10u64)?.len() == 10);
+    Ok(())
+}
+
+fn unknown_task() -> anyhow::Result<()> {
+    const NOPE: procpool::Task<u64, u64> = procpool::Task::new("no_such_task");
+    let pool = Pool::new(1)?;
+    let err = pool.map(NOPE, 0..3u64).unwrap_err();
+    ensure!(
+        matches!(&err, Error::UnknownTask { name, available } if name == "no_such_task" && available.contains(&"square".to_string())),
+        "{err:?}"
+    );
+    ensure!(err.to_string().contains("no_such_task"));
+    // Also for an initializer: reported when the pool starts.
+    let err = Pool::builder()
+        .workers(1)
+        .initializer(procpool::Task::new("no_such_init"))
+        .build()
+        .unwrap_err();
+    ensure!(
+        matches!(&err, Error::UnknownTask { name, .. } if name == "no_such_init"),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+#[path = "../examples/shared/tasks.rs"]
+mod example_tasks;
+
+fn worker_program_map() -> anyhow::Result<()> {
+    let program = example("worker_program")?;
+    let pool = Pool::builder()
+        .workers(2)
+        .worker_program(&program)
+        .build()?;
+    ensure!(
+        pool.tasks()
+            .iter()
+            .any(|t| t == example_tasks::COLLATZ.name())
+    );
+    let steps = pool.map(example_tasks::COLLATZ, 1..=1000u64)?;
+    ensure!(steps[26] == 111, "collatz(27) = {}", steps[26]); // the famous long one
+    let pids = pool.worker_pids();
+    drop(pool);
+    all_gone(&pids)
+}
+
+fn worker_program_lacks_task() -> anyhow::Result<()> {
+    let program = example("worker_program")?;
+    let pool = Pool::builder()
+        .workers(1)
+        .worker_program(&program)
+        .build()?;
+    let err = pool.map(SQUARE, 0..3u64).unwrap_err();
+    ensure!(
+        matches!(&err, Error::UnknownTask { name, .. } if name == "square"),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+fn version_mismatch() -> anyhow::Result<()> {
+    let err = Pool::builder()
+        .workers(1)
+        .worker_env(FAKE_ENV, "bad_version")
+        .build()
+        .unwrap_err();
+    ensure!(
+        matches!(err, Error::VersionMismatch { theirs: 99, .. }),
+        "{err:?}"
+    );
+    ensure!(err.to_string().contains("version 99"), "{err}");
+    Ok(())
+}
+
+fn startup_exit() -> anyhow::Result<()> {
+    let err = Pool::builder()
+        .workers(2)
+        .worker_env(FAKE_ENV, "exit")
+        .build()
+        .unwrap_err();
+    ensure!(matches!(err, Error::Startup { .. }), "{err:?}");
+    ensure!(
+        err.to_string().contains("exited before its handshake"),
+        "{err}"
+    );
+    Ok(())
+}
+
+fn drop_reaps() -> anyhow::Result<()> {
+    let pool = Pool::new(3)?;
+    pool.map(SQUARE, 0..100u64)?;
+    let pids = pool.worker_pids();
+    ensure!(pids.len() == 3, "{pids:?}");
+    ensure!(
+        pids.iter().all(|&p| alive(p)),
+        "workers should be alive before drop"
+    );
+    drop(pool);
+    all_gone(&pids)
+}
+
+fn terminate_reaps() -> anyhow::Result<()> {
+    let pool = Pool::new(2)?;
+    let pending = pool.submit(SLEEP_MS, 60_000)?;
+    let pids = pool.worker_pids();
+    let started = Instant::now();
+    pool.terminate();
+    ensure!(
+        started.elapsed() < Duration::from_secs(5),
+        "terminate took {:?}",
+        started.elapsed()
+    );
+    all_gone(&pids)?;
+    let err = pending.wait().unwrap_err();
+    ensure!(matches!(err, Error::Terminated), "{err:?}");
+    ensure!(matches!(
+        pool.map(SQUARE, 0..1u64),
+        Err(Error::Interrupted | Error::Closed)
+    ));
+    Ok(())
+}
+
+fn close_join() -> anyhow::Result<()> {
+    let pool = Pool::new(2)?;
+    let handles: Vec<_> = (0..10u64)
+        .map(|i| pool.submit(SLEEP_MS, 10 + i))
+        .collect::<Result<_, _>>()?;
+    pool.close();
+    ensure!(matches!(pool.submit(SQUARE, 1), Err(Error::Closed)));
+    ensure!(
+        pool.join_timeout(Duration::from_secs(30))?,
+        "join timed out"
+    );
+    ensure!(pool.stats().in_flight == 0);
+    for (i, h) in handles.into_iter().enumerate() {
+        ensure!(h.wait()? == 10 + i as u64);
+    }
+    let pids = pool.worker_pids();
+    drop(pool);
+    all_gone(&pids)
+}
+
+fn join_waits() -> anyhow::Result<()> {
+    let pool = Pool::new(2)?;
+    let mut handles = Vec::new();
+    for i in 0..6u64 {
+        handles.push(pool.submit(SLEEP_MS, 20 * i)?);
+    }
+    pool.join()?;
+    // After join every handle is ready without waiting.
+    for mut h in handles {
+        ensure!(
+            h.try_get().is_some_and(|r| r.is_ok()),
+            "result not ready after join"
+        );
+    }
+    let s = pool.stats();
+    ensure!(
+        s.submitted == 6 && s.completed == 6 && s.in_flight == 0,
+        "{s:?}"
+    );
+    Ok(())
+}
+
+fn submit_apply() -> anyhow::Result<()> {
+    let pool = Pool::new(2)?;
+    ensure!(pool.apply(SQUARE, 12)? == 144);
+    let mut slow = pool.submit(SLEEP_MS, 300)?;
+    ensure!(slow.try_get().is_none(), "cannot be ready yet");
+    ensure!(slow.wait_timeout(Duration::from_millis(1)).is_none());
+    ensure!(
+        slow.wait_timeout(Duration::from_secs(20))
+            .is_some_and(|r| r.as_ref().is_ok_and(|&v| v == 300))
+    );
+    ensure!(slow.wait()? == 300);
+    Ok(())
+}
+
+fn oversized_input() -> anyhow::Result<()> {
+    const LEN: procpool::Task<Vec<u8>, usize> = procpool::Task::new("len");
+    let pool = Pool::builder().workers(1).max_frame_len(1024).build()?;
+    let _ = LEN; // not registered: the size check comes first for submit
+    let err = pool.submit(SQUARE, 1).map(drop);
+    ensure!(err.is_ok());
+    let err = pool.apply(PARSE, "x".repeat(4096)).unwrap_err();
+    ensure!(
+        matches!(err, Error::FrameTooLarge { max: 1024, .. }),
+        "{err:?}"
+    );
+    // In a stream, only the oversized item fails.
+    let items = vec!["1".to_string(), "y".repeat(4096), "3".to_string()];
+    let got: Vec<_> = pool.imap(PARSE, items)?.collect();
+    ensure!(
+        matches!(got[0], Ok(1))
+            && matches!(got[1], Err(Error::FrameTooLarge { .. }))
+            && matches!(got[2], Ok(3)),
+        "{got:?}"
+    );
+    Ok(())
+}
+
+fn imap_lazy() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let window = 1000;
+    let pool = Pool::builder().workers(2).window(window).build()?;
+    let pulled = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&pulled);
+    let input = (0..1_000_000u64).inspect(move |_| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    let mut yielded = 0u64;
+    let mut max_gap = 0;
+    for (i, r) in pool.imap(SQUARE, input)?.enumerate() {
+        ensure!(r? == (i as u64) * (i as u64));
+        yielded += 1;
+        let gap = pulled.load(Ordering::Relaxed) - yielded;
+        max_gap = max_gap.max(gap);
+        ensure!(
+            gap <= window as u64,
+            "pulled {} but yielded {yielded}",
+            pulled.load(Ordering::Relaxed)
+        );
+    }
+    ensure!(yielded == 1_000_000);
+    eprintln!("max pulled-minus-yielded gap: {max_gap} (window {window})");
+    Ok(())
+}
+
+fn imap_orders() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(3).build()?;
+    // Later items finish first: ordered output must still follow input order.
+    let input: Vec<u64> = (0..40).map(|i| (40 - i) % 7).collect();
+    let got: Vec<u64> = pool
+        .imap(SLEEP_MS, input.clone())?
+        .collect::<Result<_, _>>()?;
+    ensure!(got == input);
+    let mut got: Vec<u64> = pool
+        .imap_unordered(SQUARE, 0..5000u64)?
+        .collect::<Result<_, _>>()?;
+    got.sort_unstable();
+    ensure!(got == (0..5000u64).map(|x| x * x).collect::<Vec<_>>());
+    Ok(())
+}
+
+fn deaths_without_retry() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(1).build()?;
+    // Items 13 die: 113, 213, ... (mod 100 == 13) abort or SIGKILL themselves.
+    let input = 0..1000u64;
+    let got: Vec<_> = pool
+        .imap(
+            ABORT_ON_13,
+            input
+                .clone()
+                .map(|x| if x % 200 == 13 { 13 } else { x + 1000 }),
+        )?
+        .collect();
+    let got2: Vec<_> = pool
+        .imap(
+            SIGKILL_ON_13,
+            input.map(|x| if x % 200 == 113 { 13 } else { x + 1000 }),
+        )?
+        .collect();
+    for (results, name) in [(&got, "abort"), (&got2, "sigkill")] {
+        let dead: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_err())
+            .map(|(i, _)| i)
+            .collect();
+        ensure!(dead.len() == 5, "{name}: failed items {dead:?}");
+        for &i in &dead {
+            ensure!(
+                matches!(&results[i], Err(Error::WorkerDied { .. })),
+                "{name}: item {i}: {:?}",
+                results[i]
+            );
+        }
+        ensure!(
+            results.iter().filter(|r| r.is_ok()).count() == 995,
+            "{name}"
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        let signals: Vec<_> = got2
+            .iter()
+            .filter_map(|r| match r {
+                Err(Error::WorkerDied { status, .. }) => status.signal(),
+                _ => None,
+            })
+            .collect();
+        ensure!(
+            signals.iter().all(|&s| s == 9),
+            "expected SIGKILL, got {signals:?}"
+        );
+    }
+    let stats = pool.stats();
+    ensure!(stats.workers_replaced == 10, "{stats:?}");
+    ensure!(stats.workers_alive == 2, "{stats:?}");
+    Ok(())
+}
+
+fn deaths_with_retry() -> anyhow::Result<()> {
+    let dir = temp_dir("retry")?;
+    let dir_s = dir.to_string_lossy().into_owned();
+    let pool = Pool::builder()
+        .workers(2)
+        .chunk_size(1)
+        .retries(2)
+        .build()?;
+    // Every 100th item kills its worker on the first attempt only.
+    let items: Vec<(String, u64)> = (0..1000u64)
+        .map(|x| {
+            (
+                if x % 100 == 7 {
+                    dir_s.clone()
+                } else {
+                    String::new()
+                },
+                x,
+            )
+        })
+        .collect();
+    // Items with an empty dir never die (the marker path is relative "x": use a per-item check).
+    let items: Vec<(String, u64)> = items
+        .into_iter()
+        .map(|(d, x)| {
+            if d.is_empty() {
+                (dir.join("never").to_string_lossy().into_owned(), x)
+            } else {
+                (d, x)
+            }
+        })
+        .collect();
+    std::fs::create_dir_all(dir.join("never"))?;
+    for x in (0..1000u64).filter(|x| x % 100 != 7) {
+        std::fs::write(dir.join("never").join(x.to_string()), b"")?;
+    }
+    let got = pool
+        .map(DIE_ONCE, items)
+        .context("every item must succeed with retries")?;
+    ensure!(got == (0..1000u64).collect::<Vec<_>>());
+    ensure!(pool.stats().workers_replaced == 10, "{:?}", pool.stats());
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn task_timeout() -> anyhow::Result<()> {
+    let timeout = Duration::from_millis(500);
+    let pool = Pool::builder().workers(1).task_timeout(timeout).build()?;
+    let started = Instant::now();
+    let err = pool.apply(SLEEP_MS, 30_000).unwrap_err();
+    let took = started.elapsed();
+    ensure!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    ensure!(
+        took < timeout + Duration::from_secs(1),
+        "timeout took {took:?}"
+    );
+    ensure!(pool.apply(SQUARE, 3)? == 9, "pool must keep working");
+    ensure!(pool.stats().workers_replaced == 1);
+    Ok(())
+}
+
+fn recycling() -> anyhow::Result<()> {
+    let pool = Pool::builder()
+        .workers(2)
+        .chunk_size(1)
+        .max_tasks_per_worker(10)
+        .build()?;
+    let pids = pool.map(PID, 0..100u64)?;
+    let mut distinct = pids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    ensure!(
+        distinct.len() >= 10,
+        "only {} distinct pids",
+        distinct.len()
+    );
+    let live = pool.worker_pids();
+    drop(pool);
+    all_gone(&distinct)?;
+    all_gone(&live)
+}
+
+fn initializer() -> anyhow::Result<()> {
+    let pool = Pool::builder()
+        .workers(2)
+        .chunk_size(1)
+        .initializer(INIT)
+        .max_tasks_per_worker(5)
+        .build()?;
+    let got = pool.map(INIT_COUNT, 0..40u64)?;
+    for (pid, runs) in &got {
+        ensure!(*runs == 1, "worker {pid} ran its initializer {runs} times");
+    }
+    Ok(())
+}
+
+fn shutdown_interrupts() -> anyhow::Result<()> {
+    let pool = std::sync::Arc::new(
+        Pool::builder()
+            .workers(2)
+            .grace_period(Duration::from_secs(5))
+            .build()?,
+    );
+    let pids = pool.worker_pids();
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let stopper = {
+        let pool = std::sync::Arc::clone(&pool);
+        std::thread::spawn(move || {
+            // Wait until the map is really running before asking for the stop.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let _ = started_rx.recv_timeout(Duration::from_secs(20));
+            while pool.stats().completed < 2 && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            pool.shutdown();
+        })
+    };
+    started_tx.send(())?;
+    let started = Instant::now();
+    let err = pool.map(SLEEP_MS, vec![50u64; 400]).unwrap_err();
+    ensure!(matches!(err, Error::Interrupted), "{err:?}");
+    ensure!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    stopper
+        .join()
+        .map_err(|_| anyhow::anyhow!("stopper panicked"))?;
+    let pool = std::sync::Arc::into_inner(pool).context("sole owner")?;
+    drop(pool);
+    all_gone(&pids)
+}

@@ -1,0 +1,264 @@
+//! Named, typed tasks a worker can run.
+
+use std::cell::{Cell, RefCell};
+use std::fmt::{self, Display};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Once;
+
+use procpool_ipc::task::Payload;
+use procpool_ipc::{Task, TaskError, codec};
+
+/// Runs `count` encoded inputs from `payload`, appending `count` encoded
+/// `Result<Output, TaskError>` to `out`.
+pub(crate) type Runner = Box<dyn Fn(&[u8], u32, &mut Vec<u8>) + Send + Sync>;
+
+/// The tasks a worker serves, each under its [`Task`] name.
+///
+/// ```
+/// use procpool_ipc::Task;
+/// use procpool_worker::Registry;
+///
+/// const SQUARE: Task<u64, u64> = Task::new("square");
+/// const PARSE: Task<String, i64> = Task::new("parse");
+///
+/// let registry = Registry::new()
+///     .task(SQUARE, |x| x * x)
+///     .try_task(PARSE, |s: String| s.trim().parse::<i64>());
+/// assert_eq!(registry.names(), ["square", "parse"]);
+/// ```
+#[derive(Default)]
+pub struct Registry {
+    names: Vec<&'static str>,
+    runners: Vec<Runner>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("tasks", &self.names)
+            .finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `f` as the implementation of `task`.
+    ///
+    /// A panic inside `f` is caught and reaches the caller as
+    /// [`TaskError::Panicked`] with its message and location (unless the
+    /// program is built with `panic = "abort"`, in which case the worker
+    /// dies and the caller gets a worker-died error).
+    ///
+    /// # Panics
+    /// If a task of the same name is already registered.
+    pub fn task<I, O, F>(self, task: Task<I, O>, f: F) -> Self
+    where
+        I: Payload,
+        O: Payload,
+        F: Fn(I) -> O + Send + Sync + 'static,
+    {
+        self.add(task.name(), runner(move |input| Ok(f(input))))
+    }
+
+    /// Registers a fallible task: `Err(e)` reaches the caller as
+    /// [`TaskError::Failed`] carrying `e.to_string()`.
+    ///
+    /// # Panics
+    /// If a task of the same name is already registered.
+    pub fn try_task<I, O, E, F>(self, task: Task<I, O>, f: F) -> Self
+    where
+        I: Payload,
+        O: Payload,
+        E: Display,
+        F: Fn(I) -> Result<O, E> + Send + Sync + 'static,
+    {
+        self.add(
+            task.name(),
+            runner(move |input| {
+                f(input).map_err(|e| TaskError::Failed {
+                    message: e.to_string(),
+                })
+            }),
+        )
+    }
+
+    /// The registered task names, in registration order.
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+
+    pub(crate) fn runner(&self, index: u32) -> Option<&Runner> {
+        self.runners.get(index as usize)
+    }
+
+    fn add(mut self, name: &'static str, runner: Runner) -> Self {
+        assert!(
+            !self.names.contains(&name),
+            "procpool: task {name:?} is registered twice"
+        );
+        self.names.push(name);
+        self.runners.push(runner);
+        self
+    }
+}
+
+fn runner<I, O, F>(f: F) -> Runner
+where
+    I: Payload,
+    O: Payload,
+    F: Fn(I) -> Result<O, TaskError> + Send + Sync + 'static,
+{
+    Box::new(move |payload, count, out| {
+        let mut rest = payload;
+        let mut bad_input: Option<String> = None;
+        for _ in 0..count {
+            let result = match &bad_input {
+                Some(message) => Err(TaskError::DecodeInput {
+                    message: message.clone(),
+                }),
+                None => match codec::decode::<I>(rest) {
+                    Ok((input, used)) => {
+                        rest = &rest[used..];
+                        call_caught(|| f(input))
+                    }
+                    Err(e) => {
+                        // The rest of the chunk cannot be found without this item's length.
+                        let message = error_chain(&e);
+                        bad_input = Some(message.clone());
+                        Err(TaskError::DecodeInput { message })
+                    }
+                },
+            };
+            if let Err(e) = codec::encode_into(&result, out) {
+                let failed: Result<O, TaskError> = Err(TaskError::EncodeOutput {
+                    message: error_chain(&e),
+                });
+                codec::encode_into(&failed, out).expect("a TaskError always encodes");
+            }
+        }
+    })
+}
+
+/// `e` and its sources, joined by ": ".
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}
+
+thread_local! {
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs (once) a panic hook that, on a thread running a task, records
+/// the location instead of printing: the panic reaches the caller as data.
+/// Panics elsewhere go to the previous hook.
+pub(crate) fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if IN_TASK.with(Cell::get) {
+                let location = info.location().map(ToString::to_string);
+                PANIC_LOCATION.with(|l| *l.borrow_mut() = location);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+fn call_caught<O>(f: impl FnOnce() -> Result<O, TaskError>) -> Result<O, TaskError> {
+    IN_TASK.with(|t| t.set(true));
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    IN_TASK.with(|t| t.set(false));
+    result.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic with a non-string payload".to_owned());
+        Err(TaskError::Panicked {
+            message,
+            location: PANIC_LOCATION.with(|l| l.borrow_mut().take()),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HALF: Task<u32, u32> = Task::new("half");
+    const PARSE: Task<String, u8> = Task::new("parse");
+
+    fn run(reg: &Registry, index: u32, inputs: &[impl serde::Serialize]) -> Vec<u8> {
+        let mut payload = Vec::new();
+        for i in inputs {
+            codec::encode_into(i, &mut payload).unwrap();
+        }
+        let mut out = Vec::new();
+        reg.runner(index).unwrap()(&payload, inputs.len() as u32, &mut out);
+        out
+    }
+
+    fn results<O: Payload>(mut bytes: &[u8], n: usize) -> Vec<Result<O, TaskError>> {
+        (0..n)
+            .map(|_| {
+                let (r, used) = codec::decode(bytes).unwrap();
+                bytes = &bytes[used..];
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_catches_panics_and_failures() {
+        install_panic_hook();
+        let reg = Registry::new()
+            .task(HALF, |x| {
+                assert!(x % 2 == 0, "odd input {x}");
+                x / 2
+            })
+            .try_task(PARSE, |s: String| s.parse::<u8>());
+        let got = results::<u32>(&run(&reg, 0, &[4u32, 3, 8]), 3);
+        assert_eq!(got[0], Ok(2));
+        assert!(
+            matches!(&got[1], Err(TaskError::Panicked { message, location: Some(_) }) if message == "odd input 3")
+        );
+        assert_eq!(got[2], Ok(4));
+        let got = results::<u8>(&run(&reg, 1, &["7", "x"]), 2);
+        assert_eq!(got[0], Ok(7));
+        assert!(
+            matches!(&got[1], Err(TaskError::Failed { message }) if message.contains("invalid digit"))
+        );
+    }
+
+    #[test]
+    fn undecodable_input_fails_every_item_of_the_chunk() {
+        let reg = Registry::new().task(PARSE, |s: String| s.len() as u8);
+        let mut out = Vec::new();
+        reg.runner(0).unwrap()(&[0xFF, 0xFF], 2, &mut out);
+        let got = results::<u8>(&out, 2);
+        assert!(
+            got.iter()
+                .all(|r| matches!(r, Err(TaskError::DecodeInput { .. })))
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "registered twice")]
+    fn duplicate_names_panic() {
+        let _ = Registry::new().task(HALF, |x| x).task(HALF, |x| x);
+    }
+}

@@ -1,0 +1,206 @@
+//! The loop a worker runs.
+//!
+//! Two threads: a reader that takes frames off the connection as soon as
+//! they arrive (so the master's writes never wait on a busy worker), and the
+//! main thread, which runs tasks in order. Results are flushed before the
+//! next task starts, so a task that kills the process never takes an
+//! earlier task's result with it. When the
+//! connection reaches EOF the master is gone: the reader ends the process
+//! at once, even in the middle of a task.
+
+use std::io;
+use std::process;
+use std::thread;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, TryRecvError};
+use procpool_ipc::endpoint::{self, ReadHalf, WriteHalf};
+use procpool_ipc::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader, FrameWriter};
+use procpool_ipc::proto::{Hello, Message};
+use procpool_ipc::{IpcError, TaskError, codec};
+
+use crate::Registry;
+use crate::registry::{error_chain, install_panic_hook};
+
+/// Exit status of a worker that could not serve (bad endpoint, protocol error).
+const EXIT_FAILURE: i32 = 70;
+
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error("cannot open the endpoint named by {}", endpoint::ENDPOINT_ENV)]
+    Endpoint(#[source] io::Error),
+    #[error("connection to the master failed")]
+    Ipc(#[from] IpcError),
+    #[error("the master asked for task number {0}, which this worker does not have")]
+    UnknownTask(u32),
+    #[error("unexpected message from the master")]
+    Unexpected,
+}
+
+/// Serves tasks if this process was started as a worker, then exits;
+/// returns at once otherwise (in the master).
+///
+/// Call it first thing in `main`: **all code before it runs again in every
+/// worker**, and a worker that never reaches it would run the master's
+/// program instead (procpool's pool refuses to start from such a process).
+/// Call it before the program starts other threads: it edits the
+/// environment.
+///
+/// A worker exits when the master sends shutdown or closes the connection
+/// (the master died); it ignores the terminal's Ctrl-C, leaving that to the
+/// master.
+pub fn init(registry: Registry) {
+    if let Some(connection) = endpoint::connect_worker() {
+        serve_and_exit(registry, connection.map_err(ServeError::Endpoint));
+    }
+}
+
+/// Serves tasks and exits: the `main` of a dedicated worker program.
+///
+/// Exits with status 2 and a message on stderr when the program was not
+/// started by a procpool master.
+pub fn run_worker(registry: Registry) -> ! {
+    match endpoint::connect_worker() {
+        Some(connection) => serve_and_exit(registry, connection.map_err(ServeError::Endpoint)),
+        None => {
+            // The process ends here: stderr is the only place left to explain why.
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!(
+                    "this is a procpool worker program; a procpool Pool starts it (no {} in the environment)",
+                    endpoint::ENDPOINT_ENV
+                );
+            }
+            process::exit(2)
+        }
+    }
+}
+
+fn serve_and_exit(registry: Registry, connection: Result<(ReadHalf, WriteHalf), ServeError>) -> ! {
+    match connection.and_then(|(r, w)| serve(&registry, r, w)) {
+        Ok(()) => process::exit(0),
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &ServeError) -> ! {
+    // A worker that cannot serve ends here; stderr is all it has.
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("procpool worker {}: {}", process::id(), error_chain(e));
+    }
+    process::exit(EXIT_FAILURE)
+}
+
+fn max_frame_len() -> u32 {
+    std::env::var(endpoint::MAX_FRAME_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MAX_FRAME_LEN)
+}
+
+fn serve(registry: &Registry, r: ReadHalf, w: WriteHalf) -> Result<(), ServeError> {
+    endpoint::ignore_interrupts();
+    install_panic_hook();
+    let max = max_frame_len();
+    let mut writer = FrameWriter::new(w, max);
+    let hello = Hello {
+        pid: process::id(),
+        tasks: registry.names().iter().map(|s| (*s).to_owned()).collect(),
+    };
+    Message::Hello(hello).write(&mut writer)?;
+    writer.flush()?;
+
+    let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+    let (recycle_tx, recycle_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+    thread::Builder::new()
+        .name("procpool-worker-reader".into())
+        .spawn(move || {
+            let mut reader = FrameReader::new(r, max);
+            loop {
+                let mut buf = recycle_rx.try_recv().unwrap_or_default();
+                match reader.read_frame(&mut buf) {
+                    Ok(true) => {
+                        if tx.send(buf).is_err() {
+                            return;
+                        }
+                    }
+                    // The master closed the connection or died: nobody will read our results.
+                    Ok(false) => process::exit(0),
+                    Err(e) => fail(&e.into()),
+                }
+            }
+        })
+        .map_err(|e| ServeError::Ipc(e.into()))?;
+
+    let mut out = Vec::new();
+    while let Some(frame) = next_request(&rx, &mut writer)? {
+        match Message::decode(&frame)? {
+            Message::Run {
+                id,
+                task,
+                count,
+                payload,
+            } => {
+                let runner = registry.runner(task).ok_or(ServeError::UnknownTask(task))?;
+                // Results already computed go out before the next task runs:
+                // if that task brings the process down, they are not lost
+                // with it, and the master knows exactly which task did.
+                writer.flush()?;
+                out.clear();
+                let started = Instant::now();
+                runner(payload, count, &mut out);
+                let elapsed_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let done = Message::Done {
+                    id,
+                    count,
+                    elapsed_ns,
+                    payload: &out,
+                };
+                match done.write(&mut writer) {
+                    Err(IpcError::FrameTooLarge { len, max }) => {
+                        // Report every item as failed rather than lose the chunk.
+                        let message = format!(
+                            "the results take {len} bytes, more than the maximum frame length of {max}"
+                        );
+                        out.clear();
+                        for _ in 0..count {
+                            let failed: Result<(), TaskError> = Err(TaskError::EncodeOutput {
+                                message: message.clone(),
+                            });
+                            codec::encode_into(&failed, &mut out)?;
+                        }
+                        Message::Done {
+                            id,
+                            count,
+                            elapsed_ns,
+                            payload: &out,
+                        }
+                        .write(&mut writer)?;
+                    }
+                    other => other?,
+                }
+            }
+            Message::Shutdown => break,
+            _ => return Err(ServeError::Unexpected),
+        }
+        let _ = recycle_tx.send(frame);
+    }
+    writer.flush()?;
+    Ok(())
+}
+
+/// The next request, flushing buffered results before blocking.
+fn next_request(
+    rx: &Receiver<Vec<u8>>,
+    writer: &mut FrameWriter<WriteHalf>,
+) -> Result<Option<Vec<u8>>, ServeError> {
+    match rx.try_recv() {
+        Ok(frame) => Ok(Some(frame)),
+        Err(TryRecvError::Disconnected) => Ok(None),
+        Err(TryRecvError::Empty) => {
+            writer.flush()?;
+            Ok(rx.recv().ok())
+        }
+    }
+}
