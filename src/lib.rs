@@ -53,5 +53,8 @@
 #![forbid(unsafe_code)]
 
 pub use procpool_ipc::{Task, TaskError};
-pub use procpool_pool::{AsyncResult, Error, Imap, Pool, PoolBuilder, Stats};
+pub use procpool_pool::{
+    AsyncResult, EXIT_INTERRUPTED, Error, Imap, Pool, PoolBuilder, Stats, install_ctrlc_handler,
+    interrupted,
+};
 pub use procpool_worker::{Registry, init, run_worker};

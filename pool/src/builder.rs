@@ -58,6 +58,7 @@ pub struct PoolBuilder {
     retries: u32,
     max_tasks_per_worker: Option<u64>,
     initializer: Option<&'static str>,
+    handle_ctrlc: bool,
 }
 
 impl PoolBuilder {
@@ -167,14 +168,28 @@ impl PoolBuilder {
         self
     }
 
+    /// Installs procpool's Ctrl-C/SIGTERM handler (see
+    /// [`install_ctrlc_handler`](crate::install_ctrlc_handler)) when the pool
+    /// is built: the first signal stops every pool gracefully, the second
+    /// kills their workers. Default: not installed.
+    pub fn handle_ctrlc(mut self) -> Self {
+        self.handle_ctrlc = true;
+        self
+    }
+
     /// Starts the workers and waits for each to complete its handshake.
     ///
     /// # Errors
     /// [`Error::NotInitialized`] when called from a worker whose `main`
     /// did not call `init` first; [`Error::Spawn`], [`Error::Startup`] or
     /// [`Error::VersionMismatch`] when a worker cannot start;
-    /// [`Error::UnknownTask`] when the initializer is not registered.
+    /// [`Error::UnknownTask`] when the initializer is not registered;
+    /// [`Error::Signal`] when `handle_ctrlc` was asked for and the process
+    /// already has a Ctrl-C handler.
     pub fn build(self) -> Result<Pool, Error> {
+        if self.handle_ctrlc {
+            crate::install_ctrlc_handler()?;
+        }
         let program = match self.program {
             Some(p) => p,
             None => std::env::current_exe().map_err(|e| Error::Spawn {

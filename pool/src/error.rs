@@ -111,6 +111,13 @@ pub enum Error {
     /// [`Pool::shutdown`](crate::Pool::shutdown)) before the task finished.
     #[error("interrupted by a shutdown request")]
     Interrupted,
+    /// The Ctrl-C handler could not be installed (the process has one already).
+    #[error("cannot install the Ctrl-C handler")]
+    Signal {
+        /// What the `ctrlc` crate reported.
+        #[source]
+        source: Arc<ctrlc::Error>,
+    },
     /// Waiting timed out (the task itself may still finish).
     #[error("timed out waiting for the result")]
     WaitTimeout,

@@ -6,6 +6,7 @@
 
 mod builder;
 mod error;
+mod interrupt;
 mod joinable;
 mod pool;
 mod stream;
@@ -13,5 +14,6 @@ mod supervisor;
 
 pub use builder::PoolBuilder;
 pub use error::Error;
+pub use interrupt::{EXIT_INTERRUPTED, install_ctrlc_handler, interrupted};
 pub use pool::{AsyncResult, Pool, Stats};
 pub use stream::Imap;

@@ -124,14 +124,17 @@ impl Pool {
                 source: Arc::new(e),
             })?;
         match ready_rx.recv() {
-            Ok(Ok(tasks)) => Ok(Pool {
-                config,
-                shared,
-                tx,
-                tasks,
-                stopped,
-                supervisor: Mutex::new(Some(handle)),
-            }),
+            Ok(Ok(tasks)) => {
+                crate::interrupt::register(&shared, &tx);
+                Ok(Pool {
+                    config,
+                    shared,
+                    tx,
+                    tasks,
+                    stopped,
+                    supervisor: Mutex::new(Some(handle)),
+                })
+            }
             Ok(Err(e)) => {
                 let _ = handle.join();
                 Err(e)
@@ -412,7 +415,9 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         let _ = self.tx.send(Msg::Shutdown);
+        // Still registered while stopping: a Ctrl-C now cuts the grace period short.
         self.wait_stopped();
+        crate::interrupt::unregister(&self.shared);
     }
 }
 

@@ -315,6 +315,14 @@ impl Supervisor {
                     self.finish(chunk, Err(Error::Interrupted));
                 }
                 self.begin_drain();
+                // Running tasks finish; those queued behind them in the
+                // worker are dropped there and fail here when it exits.
+                for w in self.slots.iter_mut().filter_map(|s| s.worker.as_mut()) {
+                    if !w.shutdown_sent && w.killed.is_none() {
+                        w.shutdown_sent = Message::Shutdown.write(&mut w.writer).is_ok();
+                        w.dirty = true;
+                    }
+                }
             }
             Msg::Terminate => self.terminate(),
             Msg::Hello { slot, key, hello } => self.on_hello(slot, key, hello),
@@ -557,6 +565,9 @@ impl Supervisor {
                 pid,
             },
             (Some(Kill::Terminated), _) => Error::Terminated,
+            _ if w.shutdown_sent && self.shared.interrupted.load(Ordering::SeqCst) => {
+                Error::Interrupted
+            }
             (_, Some(e)) if !matches!(e, IpcError::Truncated { .. }) => Error::Connection {
                 worker_id,
                 source: Arc::new(e),
@@ -567,7 +578,7 @@ impl Supervisor {
                 status,
             },
         };
-        let stopping = matches!(self.phase, Phase::Stopping(_));
+        let stopping = matches!(self.phase, Phase::Stopping(_)) || w.shutdown_sent;
         let mut inflight = std::mem::take(&mut w.inflight);
         if let Some(Inflight {
             chunk: Some(mut chunk),
@@ -620,7 +631,9 @@ impl Supervisor {
             self.slots[slot].start_failures += 1;
             self.slots[slot].last_start_error = Some(e);
         }
-        let replace = matches!(self.phase, Phase::Running | Phase::Draining(_))
+        // While draining, a replacement is needed only for queued work.
+        let replace = (self.phase == Phase::Running
+            || matches!(self.phase, Phase::Draining(_)) && !self.pending.is_empty())
             && self.slots[slot].start_failures < MAX_START_FAILURES;
         if replace {
             if !w.retiring {

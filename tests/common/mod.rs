@@ -145,7 +145,8 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-/// The path of a built example program (`cargo test` builds examples).
+/// The path of a built example program. A plain `cargo test` builds the
+/// examples; `cargo test --test NAME` alone does not rebuild them.
 pub fn example(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe

@@ -6,10 +6,13 @@
 //! next task starts, so a task that kills the process never takes an
 //! earlier task's result with it. When the
 //! connection reaches EOF the master is gone: the reader ends the process
-//! at once, even in the middle of a task.
+//! at once, even in the middle of a task. On `SHUTDOWN` the running task
+//! finishes and its result is sent; tasks queued behind it are not started.
 
 use std::io;
 use std::process;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Instant;
 
@@ -113,6 +116,10 @@ fn serve(registry: &Registry, r: ReadHalf, w: WriteHalf) -> Result<(), ServeErro
 
     let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
     let (recycle_tx, recycle_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+    // Set by the reader when the master says shutdown: tasks queued behind
+    // the running one are then dropped, not run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_seen = Arc::clone(&stop);
     thread::Builder::new()
         .name("procpool-worker-reader".into())
         .spawn(move || {
@@ -121,6 +128,9 @@ fn serve(registry: &Registry, r: ReadHalf, w: WriteHalf) -> Result<(), ServeErro
                 let mut buf = recycle_rx.try_recv().unwrap_or_default();
                 match reader.read_frame(&mut buf) {
                     Ok(true) => {
+                        if matches!(Message::decode(&buf), Ok(Message::Shutdown)) {
+                            stop_seen.store(true, Ordering::SeqCst);
+                        }
                         if tx.send(buf).is_err() {
                             return;
                         }
@@ -135,6 +145,9 @@ fn serve(registry: &Registry, r: ReadHalf, w: WriteHalf) -> Result<(), ServeErro
 
     let mut out = Vec::new();
     while let Some(frame) = next_request(&rx, &mut writer)? {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
         match Message::decode(&frame)? {
             Message::Run {
                 id,
