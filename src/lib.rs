@@ -52,9 +52,11 @@
 //! [`Error`] saying what happened. Nothing hangs, nothing is lost silently.
 #![forbid(unsafe_code)]
 
+pub use procpool_ipc::pipe::{Pipe, PipeEnd, PipeReceiver, PipeSender};
+pub use procpool_ipc::queue::{GetError, JoinableQueue, PutError, Queue, QueueError, SimpleQueue};
 pub use procpool_ipc::{Task, TaskError};
 pub use procpool_pool::{
-    AsyncResult, EXIT_INTERRUPTED, Error, Imap, Pool, PoolBuilder, Stats, install_ctrlc_handler,
-    interrupted,
+    AsyncResult, EXIT_INTERRUPTED, Error, Imap, Pool, PoolBuilder, Process, Stats,
+    install_ctrlc_handler, interrupted,
 };
 pub use procpool_worker::{Registry, init, run_worker};

@@ -10,6 +10,9 @@
 //! - [`task`]: the typed task declaration both sides name tasks by.
 //! - [`endpoint`]: the connection between a master and one worker (a
 //!   socketpair on Unix, an authenticated named pipe on Windows).
+//! - [`link`]: the shared writing side of a connection.
+//! - [`queue`], [`pipe`]: queues and pipes shared between processes, held
+//!   by the [`hub`] (the master) and reached from workers by proxy.
 //!
 //! # Example
 //!
@@ -29,13 +32,19 @@
 //! assert!(!r.read_frame(&mut buf).unwrap()); // clean end of stream
 //! ```
 
+mod client;
 pub mod codec;
 pub mod endpoint;
 mod error;
 pub mod frame;
+pub mod hub;
+pub mod link;
+pub mod pipe;
 pub mod proto;
+pub mod queue;
 mod sys;
 pub mod task;
 
+pub use client::{dispatch as dispatch_to_proxies, install as install_hub_client};
 pub use error::{IpcError, TaskError};
 pub use task::Task;

@@ -9,7 +9,12 @@
 //! RUN      master→worker  kind=2 id:u64 task:u32 count:u32 payload (count encoded inputs)
 //! DONE     worker→master  kind=3 id:u64 count:u32 elapsed_ns:u64 payload (count encoded Result<Output, TaskError>)
 //! SHUTDOWN master→worker  kind=4
+//! HUB      worker→master  kind=5 req:u64 op:u8 queue:u64 arg:u64 payload   (a queue operation)
+//! REPLY    master→worker  kind=6 req:u64 status:u8 value:u64 payload      (its answer, if it wants one)
+//! DELIVER  master→worker  kind=7 queue:u64 closed:u8 payload              (an item for a subscribed getter)
 //! ```
+//!
+//! Queue operations are described in [`crate::queue`].
 //!
 //! The magic and version come first in `HELLO`, so a version mismatch is
 //! reported as such whatever else changed in later versions.
@@ -29,6 +34,9 @@ const HELLO: u8 = 1;
 const RUN: u8 = 2;
 const DONE: u8 = 3;
 const SHUTDOWN: u8 = 4;
+const HUB: u8 = 5;
+const REPLY: u8 = 6;
+const DELIVER: u8 = 7;
 
 /// The first message of a worker: who it is and which tasks it serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +78,40 @@ pub enum Message<'a> {
     },
     /// Master → worker: finish and exit.
     Shutdown,
+    /// Worker → master: an operation on a queue held by the master.
+    Hub {
+        /// Request id the reply carries; 0 when no reply is wanted.
+        req: u64,
+        /// Which operation (see [`crate::queue`]).
+        op: u8,
+        /// The queue's id.
+        queue: u64,
+        /// The operation's number (timeout, credit, count).
+        arg: u64,
+        /// An encoded item, for puts.
+        payload: &'a [u8],
+    },
+    /// Master → worker: the answer to a [`Message::Hub`].
+    Reply {
+        /// The request id.
+        req: u64,
+        /// Outcome code.
+        status: u8,
+        /// A number (a length).
+        value: u64,
+        /// An encoded item, if any.
+        payload: &'a [u8],
+    },
+    /// Master → worker: an item for a subscribed getter, or the notice that
+    /// the queue is closed and empty.
+    Deliver {
+        /// The queue's id.
+        queue: u64,
+        /// Whether this is the closed notice (then `payload` is empty).
+        closed: bool,
+        /// The encoded item.
+        payload: &'a [u8],
+    },
 }
 
 /// Fixed-size fields as little-endian bytes.
@@ -88,6 +130,9 @@ impl<'a> Cursor<'a> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
         ))
+    }
+    fn u8(&mut self) -> Result<u8, IpcError> {
+        Ok(self.take(1)?[0])
     }
     fn u64(&mut self) -> Result<u64, IpcError> {
         Ok(u64::from_le_bytes(
@@ -140,6 +185,24 @@ impl<'a> Message<'a> {
                 payload: c.0,
             }),
             SHUTDOWN if rest.is_empty() => Ok(Message::Shutdown),
+            HUB => Ok(Message::Hub {
+                req: c.u64()?,
+                op: c.u8()?,
+                queue: c.u64()?,
+                arg: c.u64()?,
+                payload: c.0,
+            }),
+            REPLY => Ok(Message::Reply {
+                req: c.u64()?,
+                status: c.u8()?,
+                value: c.u64()?,
+                payload: c.0,
+            }),
+            DELIVER => Ok(Message::Deliver {
+                queue: c.u64()?,
+                closed: c.u8()? != 0,
+                payload: c.0,
+            }),
             _ => Err(IpcError::Malformed("unknown message kind")),
         }
     }
@@ -151,7 +214,7 @@ impl<'a> Message<'a> {
     /// maximum (nothing is written), [`IpcError::Io`] when writing fails,
     /// [`IpcError::Encode`] if a hello's task list cannot be encoded.
     pub fn write<W: Write>(&self, w: &mut FrameWriter<W>) -> Result<(), IpcError> {
-        let mut head = [0u8; 21];
+        let mut head = [0u8; 26];
         match self {
             Message::Hello(hello) => {
                 let mut body = vec![HELLO];
@@ -186,6 +249,42 @@ impl<'a> Message<'a> {
                 w.write_frame(&[&head[..21], payload])
             }
             Message::Shutdown => w.write_frame(&[&[SHUTDOWN]]),
+            Message::Hub {
+                req,
+                op,
+                queue,
+                arg,
+                payload,
+            } => {
+                head[0] = HUB;
+                head[1..9].copy_from_slice(&req.to_le_bytes());
+                head[9] = *op;
+                head[10..18].copy_from_slice(&queue.to_le_bytes());
+                head[18..26].copy_from_slice(&arg.to_le_bytes());
+                w.write_frame(&[&head[..26], payload])
+            }
+            Message::Reply {
+                req,
+                status,
+                value,
+                payload,
+            } => {
+                head[0] = REPLY;
+                head[1..9].copy_from_slice(&req.to_le_bytes());
+                head[9] = *status;
+                head[10..18].copy_from_slice(&value.to_le_bytes());
+                w.write_frame(&[&head[..18], payload])
+            }
+            Message::Deliver {
+                queue,
+                closed,
+                payload,
+            } => {
+                head[0] = DELIVER;
+                head[1..9].copy_from_slice(&queue.to_le_bytes());
+                head[9] = u8::from(*closed);
+                w.write_frame(&[&head[..10], payload])
+            }
         }
     }
 }
@@ -233,6 +332,29 @@ mod tests {
                 payload: b"r",
             },
             Message::Shutdown,
+            Message::Hub {
+                req: 5,
+                op: 1,
+                queue: 7,
+                arg: 9,
+                payload: b"item",
+            },
+            Message::Reply {
+                req: 5,
+                status: 2,
+                value: 3,
+                payload: b"",
+            },
+            Message::Deliver {
+                queue: 7,
+                closed: true,
+                payload: b"",
+            },
+            Message::Deliver {
+                queue: 7,
+                closed: false,
+                payload: b"x",
+            },
         ];
         for msg in &msgs {
             let body = round_trip(msg);

@@ -26,6 +26,8 @@ pub(crate) struct Config {
     pub(crate) retries: u32,
     pub(crate) max_tasks_per_worker: Option<u64>,
     pub(crate) initializer: Option<&'static str>,
+    /// Start a replacement when a worker exits (false for a `Process`).
+    pub(crate) replace_workers: bool,
 }
 
 /// Configures and starts a [`Pool`].
@@ -59,6 +61,7 @@ pub struct PoolBuilder {
     max_tasks_per_worker: Option<u64>,
     initializer: Option<&'static str>,
     handle_ctrlc: bool,
+    single_process: bool,
 }
 
 impl PoolBuilder {
@@ -177,6 +180,12 @@ impl PoolBuilder {
         self
     }
 
+    /// One worker that is not replaced when it exits: a `Process`.
+    pub(crate) fn single_process(mut self) -> Self {
+        self.single_process = true;
+        self
+    }
+
     /// Starts the workers and waits for each to complete its handshake.
     ///
     /// # Errors
@@ -215,6 +224,7 @@ impl PoolBuilder {
             retries: self.retries,
             max_tasks_per_worker: self.max_tasks_per_worker,
             initializer: self.initializer,
+            replace_workers: !self.single_process,
         };
         Pool::start(config)
     }

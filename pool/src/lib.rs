@@ -9,6 +9,7 @@ mod error;
 mod interrupt;
 mod joinable;
 mod pool;
+mod process;
 mod stream;
 mod supervisor;
 
@@ -16,4 +17,5 @@ pub use builder::PoolBuilder;
 pub use error::Error;
 pub use interrupt::{EXIT_INTERRUPTED, install_ctrlc_handler, interrupted};
 pub use pool::{AsyncResult, Pool, Stats};
+pub use process::Process;
 pub use stream::Imap;

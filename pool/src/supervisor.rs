@@ -35,8 +35,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use procpool_ipc::endpoint::{self, ReadHalf, WriteHalf};
-use procpool_ipc::frame::{FrameReader, FrameWriter};
+use procpool_ipc::endpoint::{self, ReadHalf};
+use procpool_ipc::frame::FrameReader;
+use procpool_ipc::hub;
+use procpool_ipc::link::{Dirty, Link};
 use procpool_ipc::proto::{Hello, Message};
 use procpool_ipc::{IpcError, TaskError, codec};
 
@@ -202,7 +204,7 @@ struct Worker {
     key: u64,
     pid: u32,
     child: Child,
-    writer: FrameWriter<WriteHalf>,
+    link: Arc<Link>,
     spawned: Instant,
     ready: bool,
     /// Gets no new work; is told to shut down once idle.
@@ -319,7 +321,7 @@ impl Supervisor {
                 // worker are dropped there and fail here when it exits.
                 for w in self.slots.iter_mut().filter_map(|s| s.worker.as_mut()) {
                     if !w.shutdown_sent && w.killed.is_none() {
-                        w.shutdown_sent = Message::Shutdown.write(&mut w.writer).is_ok();
+                        w.shutdown_sent = Message::Shutdown.write(&mut w.link.lock()).is_ok();
                         w.dirty = true;
                     }
                 }
@@ -393,9 +395,11 @@ impl Supervisor {
         self.next_key += 1;
         let tx = self.tx.clone();
         let max = config.max_frame_len;
+        let link = Link::new(writer, max);
+        let reader_link = Arc::clone(&link);
         let started = thread::Builder::new()
             .name(format!("procpool-reader-{slot}"))
-            .spawn(move || read_worker(slot, key, reader, max, &tx));
+            .spawn(move || read_worker(slot, key, reader, &reader_link, max, &tx));
         if let Err(e) = started {
             let _ = child.kill();
             let _ = child.wait();
@@ -412,7 +416,7 @@ impl Supervisor {
             key,
             pid,
             child,
-            writer: FrameWriter::new(writer, max),
+            link,
             spawned: Instant::now(),
             ready: false,
             retiring: false,
@@ -480,7 +484,7 @@ impl Supervisor {
                     count: 1,
                     payload: &payload,
                 }
-                .write(&mut w.writer)
+                .write(&mut w.link.lock())
                 .is_ok();
             if sent {
                 w.inflight.push_back(Inflight {
@@ -632,8 +636,9 @@ impl Supervisor {
             self.slots[slot].last_start_error = Some(e);
         }
         // While draining, a replacement is needed only for queued work.
-        let replace = (self.phase == Phase::Running
-            || matches!(self.phase, Phase::Draining(_)) && !self.pending.is_empty())
+        let replace = self.config.replace_workers
+            && (self.phase == Phase::Running
+                || matches!(self.phase, Phase::Draining(_)) && !self.pending.is_empty())
             && self.slots[slot].start_failures < MAX_START_FAILURES;
         if replace {
             if !w.retiring {
@@ -725,7 +730,7 @@ impl Supervisor {
                 count: chunk.count,
                 payload: &chunk.payload,
             }
-            .write(&mut w.writer);
+            .write(&mut w.link.lock());
             match sent {
                 Ok(()) => {
                     w.assigned += u64::from(chunk.count);
@@ -770,12 +775,12 @@ impl Supervisor {
             };
             let idle = w.inflight.is_empty();
             if (w.retiring || stopping) && idle && !w.shutdown_sent && w.killed.is_none() {
-                w.shutdown_sent = Message::Shutdown.write(&mut w.writer).is_ok();
+                w.shutdown_sent = Message::Shutdown.write(&mut w.link.lock()).is_ok();
                 w.dirty = true;
             }
             if w.dirty {
                 w.dirty = false;
-                if let Err(e) = w.writer.flush() {
+                if let Err(e) = w.link.flush() {
                     tracing::warn!(worker_id = slot, pid = w.pid, error = %e, "cannot write to worker");
                     self.kill(slot, Kill::Broken);
                 }
@@ -908,18 +913,35 @@ fn reap(child: &mut Child) -> ExitStatus {
     }
 }
 
-/// The reader thread of one worker: turns frames into [`Msg`]s.
-fn read_worker(slot: usize, key: u64, reader: ReadHalf, max: u32, tx: &Sender<Msg>) {
+/// The reader thread of one worker: turns frames into [`Msg`]s, and serves
+/// the worker's queue operations itself (they never wait on the supervisor).
+fn read_worker(
+    slot: usize,
+    key: u64,
+    reader: ReadHalf,
+    link: &Arc<Link>,
+    max: u32,
+    tx: &Sender<Msg>,
+) {
     let mut reader = FrameReader::new(reader, max);
     let mut frame = Vec::new();
     let mut hello_seen = false;
+    // Replies and deliveries are flushed once the frames already read are handled.
+    let mut dirty = Dirty::default();
     let error = loop {
+        if !reader.has_buffered() {
+            dirty.flush();
+        }
         match reader.read_frame(&mut frame) {
             Ok(true) => {}
             Ok(false) => break None,
             Err(e) => break Some(e),
         }
         let msg = match Message::decode(&frame) {
+            Ok(msg @ Message::Hub { .. }) if hello_seen => {
+                hub::serve(link, &msg, &mut dirty);
+                continue;
+            }
             Ok(Message::Hello(hello)) if !hello_seen => {
                 hello_seen = true;
                 Msg::Hello { slot, key, hello }
@@ -949,5 +971,8 @@ fn read_worker(slot: usize, key: u64, reader: ReadHalf, max: u32, tx: &Sender<Ms
             return;
         }
     };
+    dirty.flush();
+    // What the hub had handed this worker and it had not taken goes back.
+    hub::disconnect(link.id());
     let _ = tx.send(Msg::Gone { slot, key, error });
 }

@@ -18,7 +18,8 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use procpool_ipc::endpoint::{self, ReadHalf, WriteHalf};
-use procpool_ipc::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader, FrameWriter};
+use procpool_ipc::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader};
+use procpool_ipc::link::Link;
 use procpool_ipc::proto::{Hello, Message};
 use procpool_ipc::{IpcError, TaskError, codec};
 
@@ -106,13 +107,14 @@ fn serve(registry: &Registry, r: ReadHalf, w: WriteHalf) -> Result<(), ServeErro
     endpoint::ignore_interrupts();
     install_panic_hook();
     let max = max_frame_len();
-    let mut writer = FrameWriter::new(w, max);
+    let link = Link::new(w, max);
     let hello = Hello {
         pid: process::id(),
         tasks: registry.names().iter().map(|s| (*s).to_owned()).collect(),
     };
-    Message::Hello(hello).write(&mut writer)?;
-    writer.flush()?;
+    link.send(&Message::Hello(hello))?;
+    // Queue handles that arrive in task inputs speak to the master over this link.
+    procpool_ipc::install_hub_client(Arc::clone(&link));
 
     let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
     let (recycle_tx, recycle_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
@@ -128,8 +130,11 @@ fn serve(registry: &Registry, r: ReadHalf, w: WriteHalf) -> Result<(), ServeErro
                 let mut buf = recycle_rx.try_recv().unwrap_or_default();
                 match reader.read_frame(&mut buf) {
                     Ok(true) => {
-                        if matches!(Message::decode(&buf), Ok(Message::Shutdown)) {
-                            stop_seen.store(true, Ordering::SeqCst);
+                        match Message::decode(&buf) {
+                            Ok(Message::Shutdown) => stop_seen.store(true, Ordering::SeqCst),
+                            // Answers for queue proxies go straight to their waiters.
+                            Ok(msg) if procpool_ipc::dispatch_to_proxies(&msg) => continue,
+                            _ => {}
                         }
                         if tx.send(buf).is_err() {
                             return;
@@ -144,7 +149,7 @@ fn serve(registry: &Registry, r: ReadHalf, w: WriteHalf) -> Result<(), ServeErro
         .map_err(|e| ServeError::Ipc(e.into()))?;
 
     let mut out = Vec::new();
-    while let Some(frame) = next_request(&rx, &mut writer)? {
+    while let Some(frame) = next_request(&rx, &link)? {
         if stop.load(Ordering::SeqCst) {
             break;
         }
@@ -159,7 +164,7 @@ fn serve(registry: &Registry, r: ReadHalf, w: WriteHalf) -> Result<(), ServeErro
                 // Results already computed go out before the next task runs:
                 // if that task brings the process down, they are not lost
                 // with it, and the master knows exactly which task did.
-                writer.flush()?;
+                link.flush()?;
                 out.clear();
                 let started = Instant::now();
                 runner(payload, count, &mut out);
@@ -170,6 +175,7 @@ fn serve(registry: &Registry, r: ReadHalf, w: WriteHalf) -> Result<(), ServeErro
                     elapsed_ns,
                     payload: &out,
                 };
+                let mut writer = link.lock();
                 match done.write(&mut writer) {
                     Err(IpcError::FrameTooLarge { len, max }) => {
                         // Report every item as failed rather than lose the chunk.
@@ -199,20 +205,17 @@ fn serve(registry: &Registry, r: ReadHalf, w: WriteHalf) -> Result<(), ServeErro
         }
         let _ = recycle_tx.send(frame);
     }
-    writer.flush()?;
+    link.flush()?;
     Ok(())
 }
 
 /// The next request, flushing buffered results before blocking.
-fn next_request(
-    rx: &Receiver<Vec<u8>>,
-    writer: &mut FrameWriter<WriteHalf>,
-) -> Result<Option<Vec<u8>>, ServeError> {
+fn next_request(rx: &Receiver<Vec<u8>>, link: &Link) -> Result<Option<Vec<u8>>, ServeError> {
     match rx.try_recv() {
         Ok(frame) => Ok(Some(frame)),
         Err(TryRecvError::Disconnected) => Ok(None),
         Err(TryRecvError::Empty) => {
-            writer.flush()?;
+            link.flush()?;
             Ok(rx.recv().ok())
         }
     }

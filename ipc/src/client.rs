@@ -1,0 +1,313 @@
+//! The worker's side of the hub: proxies for queues held by the master.
+//!
+//! The worker runtime [`install`]s the client with its connection's
+//! [`Link`] and hands every `REPLY` and `DELIVER` frame its reader thread
+//! receives to [`dispatch`]. Any thread of the worker (a task, or threads a
+//! task starts) may then use queue handles: requests carry ids, and replies
+//! find their waiter by id.
+//!
+//! Getting uses a subscription: the proxy grants the hub a credit, the hub
+//! pushes up to that many items, each item taken is acknowledged before it
+//! is returned (so the hub can give back what a dying process had not taken
+//! yet). The credit starts at one and doubles, up to [`MAX_CREDIT`], while
+//! the caller keeps finding the buffer empty right after a take — a fast
+//! consumer streams, a slow one holds at most a few items others could use.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::hub::{Wait, op, status};
+use crate::link::Link;
+use crate::proto::Message;
+use crate::queue::QueueError;
+
+/// Most items a subscription may hold unacknowledged in this process.
+pub(crate) const MAX_CREDIT: u64 = 256;
+
+/// A take this soon after the previous one that finds the buffer empty
+/// means the consumer is faster than the credit: double it.
+const FAST: Duration = Duration::from_millis(1);
+
+static CLIENT: OnceLock<Arc<Client>> = OnceLock::new();
+
+/// What a remote get found.
+#[derive(Debug)]
+pub(crate) enum Taken {
+    Item(Vec<u8>),
+    Empty,
+    Closed,
+}
+
+/// A reply: status, value, payload.
+pub(crate) type Reply = (u8, u64, Vec<u8>);
+
+#[derive(Debug)]
+pub(crate) struct Client {
+    link: Arc<Link>,
+    next_req: AtomicU64,
+    pending: Mutex<HashMap<u64, Sender<Reply>>>,
+    subs: Mutex<HashMap<u64, Arc<Sub>>>,
+}
+
+#[derive(Debug, Default)]
+struct Sub {
+    state: Mutex<SubState>,
+    arrived: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SubState {
+    buf: VecDeque<Vec<u8>>,
+    /// Closed and drained: no item will come.
+    closed: bool,
+    /// Closed: puts are refused.
+    put_closed: bool,
+    subscribed: bool,
+    credit: u64,
+    last_take: Option<Instant>,
+}
+
+/// Installs the client for this worker process (once).
+pub fn install(link: Arc<Link>) {
+    let _ = CLIENT.set(Arc::new(Client {
+        link,
+        next_req: AtomicU64::new(1),
+        pending: Mutex::new(HashMap::new()),
+        subs: Mutex::new(HashMap::new()),
+    }));
+}
+
+/// The installed client, in a worker process.
+pub(crate) fn client() -> Option<&'static Arc<Client>> {
+    CLIENT.get()
+}
+
+/// Routes a `REPLY` or `DELIVER` frame to whoever waits for it; returns
+/// false for any other message.
+pub fn dispatch(msg: &Message<'_>) -> bool {
+    let Some(client) = client() else {
+        return false;
+    };
+    match *msg {
+        Message::Reply {
+            req,
+            status: code,
+            value,
+            payload,
+        } => {
+            if req == 0 && code == status::CLOSED {
+                // The queue takes no more puts.
+                lock(&client.sub(value).state).put_closed = true;
+                return true;
+            }
+            let waiter = lock(&client.pending).remove(&req);
+            if let Some(tx) = waiter {
+                let _ = tx.send((code, value, payload.to_vec()));
+            }
+            true
+        }
+        Message::Deliver {
+            queue,
+            closed,
+            payload,
+        } => {
+            let sub = client.sub(queue);
+            let mut state = lock(&sub.state);
+            if closed {
+                state.closed = true;
+            } else {
+                state.buf.push_back(payload.to_vec());
+            }
+            drop(state);
+            sub.arrived.notify_all();
+            true
+        }
+        _ => false,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn deadline(wait: Wait) -> Option<Instant> {
+    match wait {
+        Wait::Until(d) => Some(d),
+        Wait::No => Some(Instant::now()),
+        Wait::Forever => None,
+    }
+}
+
+impl Client {
+    fn sub(&self, queue: u64) -> Arc<Sub> {
+        Arc::clone(lock(&self.subs).entry(queue).or_default())
+    }
+
+    /// Whether the hub told this process the queue takes no more puts.
+    pub(crate) fn is_closed(&self, queue: u64) -> bool {
+        lock(&self.sub(queue).state).put_closed
+    }
+
+    fn send(
+        &self,
+        req: u64,
+        code: u8,
+        queue: u64,
+        arg: u64,
+        payload: &[u8],
+    ) -> Result<(), QueueError> {
+        let msg = Message::Hub {
+            req,
+            op: code,
+            queue,
+            arg,
+            payload,
+        };
+        self.link.send(&msg).map_err(QueueError::from_ipc)
+    }
+
+    /// A one-way operation: returns once the frame is in the kernel.
+    pub(crate) fn oneway(
+        &self,
+        code: u8,
+        queue: u64,
+        arg: u64,
+        payload: &[u8],
+    ) -> Result<(), QueueError> {
+        self.send(0, code, queue, arg, payload)
+    }
+
+    fn register(&self) -> (u64, Receiver<Reply>) {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        lock(&self.pending).insert(req, tx);
+        (req, rx)
+    }
+
+    /// A request and its reply. With a deadline, a request still parked in
+    /// the hub when it passes is cancelled; the reply to the cancel (or the
+    /// real answer, if it won the race) is what comes back.
+    pub(crate) fn request(
+        &self,
+        code: u8,
+        queue: u64,
+        arg: u64,
+        payload: &[u8],
+        wait: Wait,
+    ) -> Result<Reply, QueueError> {
+        let (req, rx) = self.register();
+        if let Err(e) = self.send(req, code, queue, arg, payload) {
+            lock(&self.pending).remove(&req);
+            return Err(e);
+        }
+        let first = match deadline(wait) {
+            None => rx.recv().ok(),
+            Some(d) => rx.recv_deadline(d).ok(),
+        };
+        if let Some(reply) = first {
+            return Ok(reply);
+        }
+        self.oneway(op::CANCEL, queue, req, &[])?;
+        // The hub answers every request it parked: with the result or CANCELLED.
+        rx.recv().map_err(|_| QueueError::Disconnected)
+    }
+
+    /// Takes one item, subscribing first if needed.
+    pub(crate) fn get(&self, queue: u64, wait: Wait) -> Result<Taken, QueueError> {
+        let sub = self.sub(queue);
+        let mut state = lock(&sub.state);
+        if !state.subscribed {
+            state.subscribed = true;
+            state.credit = 1;
+            drop(state);
+            // With a reply, so a non-blocking get sees what is already there.
+            self.request(op::SUBSCRIBE, queue, 1, &[], Wait::Forever)?;
+            state = lock(&sub.state);
+        }
+        let deadline = deadline(wait);
+        loop {
+            if let Some(item) = state.buf.pop_front() {
+                state.last_take = Some(Instant::now());
+                drop(state);
+                // Acknowledged before the caller sees it: if this process
+                // dies now, the hub knows the item was taken.
+                self.oneway(op::ACK, queue, 1, &[])?;
+                return Ok(Taken::Item(item));
+            }
+            if state.closed {
+                return Ok(Taken::Closed);
+            }
+            if state.last_take.is_some_and(|t| t.elapsed() < FAST) && state.credit < MAX_CREDIT {
+                let more = state.credit;
+                state.credit += more;
+                state.last_take = None;
+                self.oneway(op::SUBSCRIBE, queue, more, &[])?;
+            }
+            state = match deadline {
+                None => sub
+                    .arrived
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let Some(left) = d.checked_duration_since(Instant::now()) else {
+                        return Ok(Taken::Empty);
+                    };
+                    sub.arrived
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Waits until an item is buffered here (or the queue is closed).
+    pub(crate) fn poll(&self, queue: u64, wait: Wait) -> Result<bool, QueueError> {
+        let sub = self.sub(queue);
+        let mut state = lock(&sub.state);
+        if !state.subscribed {
+            state.subscribed = true;
+            state.credit = 1;
+            drop(state);
+            self.request(op::SUBSCRIBE, queue, 1, &[], Wait::Forever)?;
+            state = lock(&sub.state);
+        }
+        let deadline = deadline(wait);
+        loop {
+            if !state.buf.is_empty() || state.closed {
+                return Ok(true);
+            }
+            state = match deadline {
+                None => sub
+                    .arrived
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let Some(left) = d.checked_duration_since(Instant::now()) else {
+                        return Ok(false);
+                    };
+                    sub.arrived
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Interprets a reply status as the queue API sees it.
+    pub(crate) fn check(status: u8, queue: u64) -> Result<(), QueueError> {
+        match status {
+            status::OK => Ok(()),
+            status::FULL | status::CANCELLED => Err(QueueError::Full),
+            status::CLOSED => Err(QueueError::Closed),
+            status::NO_QUEUE => Err(QueueError::NoSuchQueue { id: queue }),
+            status::TOO_MANY_TASK_DONE => Err(QueueError::TooManyTaskDone),
+            _ => Err(QueueError::Protocol),
+        }
+    }
+}

@@ -1,0 +1,602 @@
+//! The hub: queues held by the master, served to its own threads directly
+//! and to workers over their connections.
+//!
+//! # Remote operations
+//!
+//! A worker's proxy sends [`Message::Hub`] frames; the master's reader
+//! thread for that worker calls [`serve`]. Items are stored encoded, so the
+//! hub never needs their type.
+//!
+//! - `PUT` (unbounded queues) is one-way: once the frame is in the kernel
+//!   the item is as good as in the queue, since frames on a connection are
+//!   read in order, and before its end. A `PUT` that arrives after `close`
+//!   is still accepted: its sender had not seen the close.
+//! - `PUT_WAIT` (bounded queues) answers `OK`, `FULL` or `CLOSED`, or parks
+//!   until there is room. A waiting proxy that gives up sends `CANCEL`; the
+//!   hub answers `CANCELLED` if the put was still parked.
+//! - Getters subscribe with a credit: the hub pushes up to that many items
+//!   with [`Message::Deliver`]; each item the worker's code takes is
+//!   acknowledged (`ACK`, which also returns the credit). Items delivered
+//!   but not acknowledged when the connection ends go back to the front of
+//!   the queue: a process that dies in `get` loses nothing.
+//! - Delivered-but-unacknowledged items count towards `len` and capacity.
+//!
+//! # Lock order
+//!
+//! A queue's state lock, then a link's writer lock; never the reverse.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Instant;
+
+use crate::link::{Dirty, Link};
+use crate::proto::Message;
+
+/// Operation codes of [`Message::Hub`].
+pub(crate) mod op {
+    pub(crate) const PUT: u8 = 1;
+    pub(crate) const PUT_WAIT: u8 = 2;
+    pub(crate) const SUBSCRIBE: u8 = 3;
+    pub(crate) const ACK: u8 = 4;
+    pub(crate) const TASK_DONE: u8 = 5;
+    pub(crate) const JOIN: u8 = 6;
+    pub(crate) const LEN: u8 = 7;
+    pub(crate) const CLOSE: u8 = 8;
+    pub(crate) const CANCEL: u8 = 9;
+}
+
+/// Status codes of [`Message::Reply`].
+pub(crate) mod status {
+    pub(crate) const OK: u8 = 0;
+    pub(crate) const FULL: u8 = 1;
+    pub(crate) const CLOSED: u8 = 2;
+    pub(crate) const NO_QUEUE: u8 = 3;
+    pub(crate) const TOO_MANY_TASK_DONE: u8 = 4;
+    pub(crate) const CANCELLED: u8 = 5;
+    pub(crate) const BAD_REQUEST: u8 = 6;
+}
+
+/// How long a local operation may block.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Wait {
+    No,
+    Until(Instant),
+    Forever,
+}
+
+/// Why a local put failed.
+#[derive(Debug)]
+pub(crate) enum PutFail {
+    Full,
+    Closed,
+}
+
+/// Why a local get failed.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum GetFail {
+    Empty,
+    Closed,
+}
+
+/// Queue ids: the process id in the high half, so a queue made in a worker
+/// (for a pool of its own) never shares an id with one of its master's.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn next_id() -> u64 {
+    (u64::from(std::process::id()) << 32) | (NEXT_ID.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF)
+}
+static REGISTRY: Mutex<Vec<(u64, Weak<Core>)>> = Mutex::new(Vec::new());
+
+fn registry() -> MutexGuard<'static, Vec<(u64, Weak<Core>)>> {
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One queue held by this process.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub(crate) id: u64,
+    pub(crate) capacity: Option<usize>,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Vec<u8>>,
+    closed: bool,
+    /// Items put and not yet `task_done` (JoinableQueue accounting).
+    unfinished: u64,
+    /// Local threads blocked in `get`: they take precedence over
+    /// subscribers, which are fed only when nobody here waits.
+    local_getters: usize,
+    subs: Vec<Sub>,
+    next_sub: usize,
+    parked_puts: VecDeque<Parked>,
+    parked_joins: Vec<(Arc<Link>, u64)>,
+    /// Links that used this queue: told when it closes.
+    users: Vec<Arc<Link>>,
+}
+
+#[derive(Debug)]
+struct Sub {
+    link: Arc<Link>,
+    credit: u64,
+    unacked: VecDeque<Vec<u8>>,
+    closed_sent: bool,
+}
+
+#[derive(Debug)]
+struct Parked {
+    link: Arc<Link>,
+    req: u64,
+    item: Vec<u8>,
+}
+
+fn reply(link: &Arc<Link>, req: u64, status: u8, value: u64, dirty: &mut Dirty) {
+    if req == 0 {
+        return;
+    }
+    let msg = Message::Reply {
+        req,
+        status,
+        value,
+        payload: &[],
+    };
+    if link.write(&msg).is_ok() {
+        dirty.mark(link);
+    }
+}
+
+impl State {
+    fn len(&self) -> usize {
+        self.items.len() + self.subs.iter().map(|s| s.unacked.len()).sum::<usize>()
+    }
+
+    fn has_room(&self, capacity: Option<usize>) -> bool {
+        capacity.is_none_or(|c| self.len() < c)
+    }
+
+    /// Hands `item` to a subscriber with credit, or queues it.
+    fn push(&mut self, item: Vec<u8>, queue: u64, dirty: &mut Dirty) {
+        let item = if self.local_getters == 0 {
+            self.deliver(item, queue, dirty)
+        } else {
+            Some(item)
+        };
+        if let Some(item) = item {
+            self.items.push_back(item);
+        }
+    }
+
+    /// Delivers to the next subscriber with credit (round robin); returns
+    /// the item if none could take it.
+    fn deliver(&mut self, item: Vec<u8>, queue: u64, dirty: &mut Dirty) -> Option<Vec<u8>> {
+        let n = self.subs.len();
+        for k in 0..n {
+            let i = (self.next_sub + k) % n;
+            let sub = &mut self.subs[i];
+            if sub.credit == 0 {
+                continue;
+            }
+            let msg = Message::Deliver {
+                queue,
+                closed: false,
+                payload: &item,
+            };
+            if sub.link.write(&msg).is_err() {
+                // A broken link: its reader will report the end; stop feeding it.
+                sub.credit = 0;
+                continue;
+            }
+            dirty.mark(&sub.link);
+            sub.credit -= 1;
+            sub.unacked.push_back(item);
+            self.next_sub = (i + 1) % n;
+            return None;
+        }
+        Some(item)
+    }
+
+    /// Moves things along after any change: parked puts that now fit,
+    /// queued items for subscribers, closed notices, finished joins.
+    fn pump(&mut self, capacity: Option<usize>, queue: u64, dirty: &mut Dirty) {
+        if self.closed {
+            for p in self.parked_puts.drain(..) {
+                reply(&p.link, p.req, status::CLOSED, 0, dirty);
+            }
+        }
+        while self.has_room(capacity) {
+            let Some(p) = self.parked_puts.pop_front() else {
+                break;
+            };
+            self.unfinished += 1;
+            reply(&p.link, p.req, status::OK, 0, dirty);
+            self.push(p.item, queue, dirty);
+        }
+        if self.local_getters == 0 {
+            while let Some(item) = self.items.pop_front() {
+                if let Some(item) = self.deliver(item, queue, dirty) {
+                    self.items.push_front(item);
+                    break;
+                }
+            }
+        }
+        if self.closed && self.items.is_empty() {
+            for sub in self.subs.iter_mut().filter(|s| !s.closed_sent) {
+                let msg = Message::Deliver {
+                    queue,
+                    closed: true,
+                    payload: &[],
+                };
+                if sub.link.write(&msg).is_ok() {
+                    dirty.mark(&sub.link);
+                }
+                sub.closed_sent = true;
+            }
+        }
+        if self.unfinished == 0 {
+            for (link, req) in self.parked_joins.drain(..) {
+                reply(&link, req, status::OK, 0, dirty);
+            }
+        }
+    }
+}
+
+impl Core {
+    /// A new queue, registered so handles can find it by id.
+    pub(crate) fn new(capacity: Option<usize>) -> Arc<Core> {
+        let core = Arc::new(Core {
+            id: next_id(),
+            capacity,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        });
+        let mut reg = registry();
+        reg.retain(|(_, w)| w.strong_count() > 0);
+        reg.push((core.id, Arc::downgrade(&core)));
+        core
+    }
+
+    /// The live queue with this id, if any.
+    pub(crate) fn lookup(id: u64) -> Option<Arc<Core>> {
+        registry()
+            .iter()
+            .find(|(i, _)| *i == id)
+            .and_then(|(_, w)| w.upgrade())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits on the condition variable; false once `wait` has run out.
+    fn wait<'a>(&self, state: MutexGuard<'a, State>, wait: Wait) -> (MutexGuard<'a, State>, bool) {
+        match wait {
+            Wait::No => (state, false),
+            Wait::Forever => (
+                self.changed
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+                true,
+            ),
+            Wait::Until(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                None => (state, false),
+                Some(left) => {
+                    let (s, _) = self
+                        .changed
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    (s, true)
+                }
+            },
+        }
+    }
+
+    pub(crate) fn put(&self, item: Vec<u8>, wait: Wait) -> Result<(), PutFail> {
+        let mut dirty = Dirty::default();
+        let mut state = self.lock();
+        loop {
+            if state.closed {
+                return Err(PutFail::Closed);
+            }
+            if state.has_room(self.capacity) {
+                state.unfinished += 1;
+                state.push(item, self.id, &mut dirty);
+                state.pump(self.capacity, self.id, &mut dirty);
+                drop(state);
+                self.changed.notify_all();
+                return Ok(());
+            }
+            let (s, more) = self.wait(state, wait);
+            state = s;
+            if !more && !state.has_room(self.capacity) {
+                return Err(if state.closed {
+                    PutFail::Closed
+                } else {
+                    PutFail::Full
+                });
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, wait: Wait) -> Result<Vec<u8>, GetFail> {
+        let mut dirty = Dirty::default();
+        let mut state = self.lock();
+        loop {
+            if let Some(item) = state.items.pop_front() {
+                state.pump(self.capacity, self.id, &mut dirty);
+                drop(state);
+                self.changed.notify_all();
+                return Ok(item);
+            }
+            if state.closed {
+                return Err(GetFail::Closed);
+            }
+            state.local_getters += 1;
+            let (s, more) = self.wait(state, wait);
+            state = s;
+            state.local_getters -= 1;
+            if !more && state.items.is_empty() {
+                // Items queued while we waited may now go to subscribers.
+                state.pump(self.capacity, self.id, &mut dirty);
+                return Err(if state.closed {
+                    GetFail::Closed
+                } else {
+                    GetFail::Empty
+                });
+            }
+        }
+    }
+
+    /// Waits until an item can be taken (or the queue is closed and empty).
+    pub(crate) fn poll(&self, wait: Wait) -> bool {
+        let mut state = self.lock();
+        loop {
+            if !state.items.is_empty() || state.closed {
+                return true;
+            }
+            state.local_getters += 1;
+            let (s, more) = self.wait(state, wait);
+            state = s;
+            state.local_getters -= 1;
+            if !more {
+                return !state.items.is_empty() || state.closed;
+            }
+        }
+    }
+
+    /// Counts `n` items as done; false (and nothing counted) if that is more
+    /// than are unfinished.
+    pub(crate) fn task_done(&self, n: u64) -> bool {
+        let mut dirty = Dirty::default();
+        let mut state = self.lock();
+        if state.unfinished < n {
+            return false;
+        }
+        state.unfinished -= n;
+        state.pump(self.capacity, self.id, &mut dirty);
+        drop(state);
+        self.changed.notify_all();
+        true
+    }
+
+    /// Waits until every item put has been marked done; false on timeout.
+    pub(crate) fn join(&self, wait: Wait) -> bool {
+        let mut state = self.lock();
+        loop {
+            if state.unfinished == 0 {
+                return true;
+            }
+            let (s, more) = self.wait(state, wait);
+            state = s;
+            if !more {
+                return state.unfinished == 0;
+            }
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub(crate) fn unfinished(&self) -> u64 {
+        self.lock().unfinished
+    }
+
+    pub(crate) fn close(&self) {
+        let mut dirty = Dirty::default();
+        let mut state = self.lock();
+        if !state.closed {
+            state.closed = true;
+            for link in &state.users {
+                if link.write(&close_notice(self.id)).is_ok() {
+                    dirty.mark(link);
+                }
+            }
+            state.pump(self.capacity, self.id, &mut dirty);
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// One remote operation; see the module docs.
+    fn serve(
+        &self,
+        link: &Arc<Link>,
+        req: u64,
+        code: u8,
+        arg: u64,
+        payload: &[u8],
+        dirty: &mut Dirty,
+    ) {
+        let mut state = self.lock();
+        if !state.users.iter().any(|l| l.id() == link.id()) {
+            state.users.push(Arc::clone(link));
+        }
+        match code {
+            op::PUT => {
+                state.unfinished += 1;
+                state.push(payload.to_vec(), self.id, dirty);
+            }
+            op::PUT_WAIT => {
+                if state.closed {
+                    reply(link, req, status::CLOSED, 0, dirty);
+                } else if state.has_room(self.capacity) && state.parked_puts.is_empty() {
+                    state.unfinished += 1;
+                    state.push(payload.to_vec(), self.id, dirty);
+                    reply(link, req, status::OK, 0, dirty);
+                } else if arg == 0 {
+                    reply(link, req, status::FULL, 0, dirty);
+                } else {
+                    state.parked_puts.push_back(Parked {
+                        link: Arc::clone(link),
+                        req,
+                        item: payload.to_vec(),
+                    });
+                }
+            }
+            op::SUBSCRIBE => {
+                match state.subs.iter_mut().find(|s| s.link.id() == link.id()) {
+                    Some(sub) => sub.credit += arg,
+                    None => state.subs.push(Sub {
+                        link: Arc::clone(link),
+                        credit: arg,
+                        unacked: VecDeque::new(),
+                        closed_sent: false,
+                    }),
+                }
+                state.pump(self.capacity, self.id, dirty);
+                // After the deliveries: the proxy knows what is there now.
+                reply(link, req, status::OK, 0, dirty);
+            }
+            op::ACK => {
+                if let Some(sub) = state.subs.iter_mut().find(|s| s.link.id() == link.id()) {
+                    let n = usize::try_from(arg)
+                        .unwrap_or(usize::MAX)
+                        .min(sub.unacked.len());
+                    sub.unacked.drain(..n);
+                    sub.credit += n as u64;
+                }
+            }
+            op::TASK_DONE => {
+                if state.unfinished < arg {
+                    reply(
+                        link,
+                        req,
+                        status::TOO_MANY_TASK_DONE,
+                        state.unfinished,
+                        dirty,
+                    );
+                } else {
+                    state.unfinished -= arg;
+                    reply(link, req, status::OK, 0, dirty);
+                }
+            }
+            op::JOIN => {
+                if state.unfinished == 0 {
+                    reply(link, req, status::OK, 0, dirty);
+                } else {
+                    state.parked_joins.push((Arc::clone(link), req));
+                }
+            }
+            op::LEN => {
+                let len = state.len() as u64;
+                reply(link, req, status::OK, len, dirty);
+            }
+            op::CLOSE => {
+                drop(state);
+                self.close();
+                reply(link, req, status::OK, 0, dirty);
+                return;
+            }
+            op::CANCEL => {
+                let me = link.id();
+                if let Some(i) = state
+                    .parked_puts
+                    .iter()
+                    .position(|p| p.link.id() == me && p.req == arg)
+                {
+                    state.parked_puts.remove(i);
+                    reply(link, arg, status::CANCELLED, 0, dirty);
+                } else if let Some(i) = state
+                    .parked_joins
+                    .iter()
+                    .position(|(l, r)| l.id() == me && *r == arg)
+                {
+                    state.parked_joins.remove(i);
+                    reply(link, arg, status::CANCELLED, 0, dirty);
+                }
+            }
+            _ => reply(link, req, status::BAD_REQUEST, 0, dirty),
+        }
+        state.pump(self.capacity, self.id, dirty);
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// Forgets a connection that ended: what was delivered to it and not
+    /// acknowledged goes back to the front of the queue, in order.
+    fn disconnect(&self, link_id: u64, dirty: &mut Dirty) {
+        let mut state = self.lock();
+        let mut returned = VecDeque::new();
+        state.subs.retain_mut(|s| {
+            if s.link.id() == link_id {
+                returned.append(&mut s.unacked);
+                false
+            } else {
+                true
+            }
+        });
+        while let Some(item) = returned.pop_back() {
+            state.items.push_front(item);
+        }
+        state.parked_puts.retain(|p| p.link.id() != link_id);
+        state.parked_joins.retain(|(l, _)| l.id() != link_id);
+        state.users.retain(|l| l.id() != link_id);
+        state.pump(self.capacity, self.id, dirty);
+        drop(state);
+        self.changed.notify_all();
+    }
+}
+
+/// The notice that tells a connection's proxies a queue takes no more puts
+/// (a reply to no request; distinct from the subscribers' closed-and-empty
+/// notice, which comes after the last item).
+fn close_notice(queue: u64) -> Message<'static> {
+    Message::Reply {
+        req: 0,
+        status: status::CLOSED,
+        value: queue,
+        payload: &[],
+    }
+}
+
+/// Serves one [`Message::Hub`] from the connection `link`. Replies and
+/// deliveries are buffered on the links they go to, which are marked in
+/// `dirty` for the caller to flush.
+pub fn serve(link: &Arc<Link>, msg: &Message<'_>, dirty: &mut Dirty) {
+    let &Message::Hub {
+        req,
+        op: code,
+        queue,
+        arg,
+        payload,
+    } = msg
+    else {
+        return;
+    };
+    match Core::lookup(queue) {
+        Some(core) => core.serve(link, req, code, arg, payload, dirty),
+        None => reply(link, req, status::NO_QUEUE, 0, dirty),
+    }
+}
+
+/// Cleans up after a connection that ended (see [`Core`]'s `disconnect`).
+pub fn disconnect(link_id: u64) {
+    let cores: Vec<Arc<Core>> = registry().iter().filter_map(|(_, w)| w.upgrade()).collect();
+    let mut dirty = Dirty::default();
+    for core in cores {
+        core.disconnect(link_id, &mut dirty);
+    }
+}

@@ -1,0 +1,691 @@
+//! Queues shared between processes: [`Queue`], [`JoinableQueue`] and
+//! [`SimpleQueue`].
+//!
+//! A queue lives in the process that created it (normally the master): the
+//! *hub*. A handle is `Serialize`: passed to a task or a spawned process,
+//! it arrives there as a proxy that speaks to the hub over that worker's
+//! connection, so one queue is one object wherever it is used, and every
+//! item is delivered to exactly one getter.
+//!
+//! There is no feeder thread and no buffer between `put` and the hub: when
+//! `put` returns, the item is in the hub or in the kernel on its way there,
+//! so a process may exit right after `put` and the item is not lost. Items
+//! handed to a getter in another process that dies before taking them go
+//! back to the queue.
+//!
+//! The queue exists while a handle to it exists in the hub process; remote
+//! handles do not keep it alive.
+//!
+//! ```
+//! use procpool_ipc::queue::{Queue, GetError};
+//! use std::time::Duration;
+//!
+//! let q = Queue::bounded(2);
+//! q.put("a".to_string()).unwrap();
+//! q.put("b".to_string()).unwrap();
+//! assert!(q.try_put("c".to_string()).unwrap_err().is_full());
+//! assert_eq!(q.get().unwrap(), "a");
+//! q.close();
+//! assert_eq!(q.get().unwrap(), "b");
+//! assert!(matches!(q.get_timeout(Duration::from_secs(1)), Err(GetError::Closed)));
+//! ```
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::client::{self, Client, Taken};
+use crate::hub::{Core, GetFail, PutFail, Wait, op, status};
+use crate::task::Payload;
+use crate::{IpcError, codec};
+
+/// Why a queue operation failed, beyond full, empty and closed.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    /// The hub has no queue of this id: every handle in its process was
+    /// dropped.
+    #[error("no queue with id {id} in the hub (all of its handles there were dropped)")]
+    NoSuchQueue {
+        /// The queue id.
+        id: u64,
+    },
+    /// The item could not be encoded.
+    #[error("failed to encode the item")]
+    Encode(#[source] Arc<IpcError>),
+    /// An item could not be decoded as the queue's type.
+    #[error("failed to decode an item")]
+    Decode(#[source] Arc<IpcError>),
+    /// The connection to the hub failed.
+    #[error("lost the connection to the hub")]
+    Connection(#[source] Arc<IpcError>),
+    /// The hub process went away.
+    #[error("the hub process went away")]
+    Disconnected,
+    /// `task_done` was called more times than items were put.
+    #[error("task_done() called more times than there were items")]
+    TooManyTaskDone,
+    /// The queue is full.
+    #[error("the queue is full")]
+    Full,
+    /// The queue is closed.
+    #[error("the queue is closed")]
+    Closed,
+    /// The hub answered something this side does not understand.
+    #[error("unexpected answer from the hub")]
+    Protocol,
+}
+
+impl QueueError {
+    pub(crate) fn from_ipc(e: IpcError) -> Self {
+        QueueError::Connection(Arc::new(e))
+    }
+}
+
+/// A failed put; the item comes back.
+pub enum PutError<T> {
+    /// The queue is bounded and full (only from `try_put`/`put_timeout`).
+    Full(T),
+    /// The queue is closed.
+    Closed(T),
+    /// The item could not be encoded or sent.
+    Failed(T, QueueError),
+}
+
+impl<T> PutError<T> {
+    /// The item that was not put.
+    pub fn into_inner(self) -> T {
+        match self {
+            PutError::Full(t) | PutError::Closed(t) | PutError::Failed(t, _) => t,
+        }
+    }
+
+    /// Whether the queue was full.
+    pub fn is_full(&self) -> bool {
+        matches!(self, PutError::Full(_))
+    }
+
+    /// Whether the queue was closed.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, PutError::Closed(_))
+    }
+}
+
+impl<T> fmt::Debug for PutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PutError::Full(_) => f.write_str("Full(..)"),
+            PutError::Closed(_) => f.write_str("Closed(..)"),
+            PutError::Failed(_, e) => f.debug_tuple("Failed").field(&"..").field(e).finish(),
+        }
+    }
+}
+
+impl<T> fmt::Display for PutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PutError::Full(_) => f.write_str("the queue is full"),
+            PutError::Closed(_) => f.write_str("the queue is closed"),
+            PutError::Failed(..) => f.write_str("failed to put the item"),
+        }
+    }
+}
+
+impl<T> std::error::Error for PutError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PutError::Failed(_, e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A failed get.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GetError {
+    /// Nothing arrived in time (`try_get`, `get_timeout`).
+    #[error("the queue is empty")]
+    Empty,
+    /// The queue is closed and every item has been taken.
+    #[error("the queue is closed and empty")]
+    Closed,
+    /// The item could not be received or decoded.
+    #[error("failed to get an item")]
+    Failed(#[source] QueueError),
+}
+
+/// How a handle reaches its queue.
+#[derive(Clone)]
+enum Handle {
+    Local(Arc<Core>),
+    Remote {
+        id: u64,
+        bounded: bool,
+        client: &'static Arc<Client>,
+    },
+}
+
+impl Handle {
+    fn new(capacity: Option<usize>) -> Self {
+        Handle::Local(Core::new(capacity))
+    }
+
+    fn id(&self) -> u64 {
+        match self {
+            Handle::Local(core) => core.id,
+            Handle::Remote { id, .. } => *id,
+        }
+    }
+}
+
+/// What a handle looks like on the wire.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    id: u64,
+    bounded: bool,
+}
+
+fn wait_for(timeout: Duration) -> Wait {
+    Instant::now()
+        .checked_add(timeout)
+        .map_or(Wait::Forever, Wait::Until)
+}
+
+/// A multi-producer, multi-consumer FIFO queue shared between processes.
+///
+/// `len` and `is_empty` are snapshots: other processes may change the
+/// queue at any moment.
+pub struct Queue<T> {
+    handle: Handle,
+    _items: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+            _items: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let place = if matches!(self.handle, Handle::Local(_)) {
+            "local"
+        } else {
+            "remote"
+        };
+        f.debug_struct("Queue")
+            .field("id", &self.handle.id())
+            .field("hub", &place)
+            .finish()
+    }
+}
+
+impl<T: Payload> Default for Queue<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Payload> Queue<T> {
+    /// An unbounded queue held by this process.
+    pub fn new() -> Self {
+        Self::with_capacity(None)
+    }
+
+    /// A queue holding at most `capacity` items: `put` blocks while it is
+    /// full, in every process.
+    pub fn bounded(capacity: usize) -> Self {
+        Self::with_capacity(Some(capacity.max(1)))
+    }
+
+    fn with_capacity(capacity: Option<usize>) -> Self {
+        Self {
+            handle: Handle::new(capacity),
+            _items: PhantomData,
+        }
+    }
+
+    /// Adds an item, waiting for room if the queue is bounded and full.
+    ///
+    /// # Errors
+    /// [`PutError::Closed`], or [`PutError::Failed`] when the item cannot
+    /// be encoded or the hub cannot be reached; the item comes back.
+    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
+        self.put_wait(item, Wait::Forever)
+    }
+
+    /// Like [`put`](Self::put), waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// As [`put`](Self::put), plus [`PutError::Full`] when time ran out.
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
+        self.put_wait(item, wait_for(timeout))
+    }
+
+    /// Like [`put`](Self::put), but never waits for room.
+    ///
+    /// # Errors
+    /// As [`put`](Self::put), plus [`PutError::Full`].
+    pub fn try_put(&self, item: T) -> Result<(), PutError<T>> {
+        self.put_wait(item, Wait::No)
+    }
+
+    fn put_wait(&self, item: T, wait: Wait) -> Result<(), PutError<T>> {
+        let mut bytes = Vec::new();
+        if let Err(e) = codec::encode_into(&item, &mut bytes) {
+            return Err(PutError::Failed(item, QueueError::Encode(Arc::new(e))));
+        }
+        match &self.handle {
+            Handle::Local(core) => core.put(bytes, wait).map_err(|f| match f {
+                PutFail::Full => PutError::Full(item),
+                PutFail::Closed => PutError::Closed(item),
+            }),
+            Handle::Remote {
+                id,
+                bounded,
+                client,
+            } => {
+                if client.is_closed(*id) {
+                    return Err(PutError::Closed(item));
+                }
+                if !bounded {
+                    return client
+                        .oneway(op::PUT, *id, 0, &bytes)
+                        .map_err(|e| PutError::Failed(item, e));
+                }
+                let arg = u64::from(!matches!(wait, Wait::No));
+                let result = client
+                    .request(op::PUT_WAIT, *id, arg, &bytes, wait)
+                    .and_then(|(st, _, _)| Client::check(st, *id));
+                match result {
+                    Ok(()) => Ok(()),
+                    Err(QueueError::Full) => Err(PutError::Full(item)),
+                    Err(QueueError::Closed) => Err(PutError::Closed(item)),
+                    Err(e) => Err(PutError::Failed(item, e)),
+                }
+            }
+        }
+    }
+
+    /// Takes the oldest item, waiting until there is one.
+    ///
+    /// # Errors
+    /// [`GetError::Closed`] once the queue is closed and drained;
+    /// [`GetError::Failed`] when an item cannot be decoded or the hub
+    /// cannot be reached.
+    pub fn get(&self) -> Result<T, GetError> {
+        self.get_wait(Wait::Forever)
+    }
+
+    /// Like [`get`](Self::get), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get), plus [`GetError::Empty`] when time ran out.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+        self.get_wait(wait_for(timeout))
+    }
+
+    /// Like [`get`](Self::get), but never waits.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get), plus [`GetError::Empty`].
+    pub fn try_get(&self) -> Result<T, GetError> {
+        self.get_wait(Wait::No)
+    }
+
+    fn get_wait(&self, wait: Wait) -> Result<T, GetError> {
+        let bytes = match &self.handle {
+            Handle::Local(core) => core.get(wait).map_err(|f| match f {
+                GetFail::Empty => GetError::Empty,
+                GetFail::Closed => GetError::Closed,
+            })?,
+            Handle::Remote { id, client, .. } => {
+                match client.get(*id, wait).map_err(GetError::Failed)? {
+                    Taken::Item(bytes) => bytes,
+                    Taken::Empty => return Err(GetError::Empty),
+                    Taken::Closed => return Err(GetError::Closed),
+                }
+            }
+        };
+        codec::decode(&bytes)
+            .map(|(item, _)| item)
+            .map_err(|e| GetError::Failed(QueueError::Decode(Arc::new(e))))
+    }
+
+    /// Waits at most `timeout` until an item can be taken (or the queue is
+    /// closed and drained); whether one can.
+    pub(crate) fn poll(&self, timeout: Duration) -> bool {
+        match &self.handle {
+            Handle::Local(core) => core.poll(wait_for(timeout)),
+            Handle::Remote { id, client, .. } => {
+                client.poll(*id, wait_for(timeout)).unwrap_or(true)
+            }
+        }
+    }
+
+    /// Number of items in the queue now (a snapshot; 0 if the hub cannot be
+    /// reached). Items handed to a getter in another process and not yet
+    /// taken there still count.
+    pub fn len(&self) -> usize {
+        match &self.handle {
+            Handle::Local(core) => core.len(),
+            Handle::Remote { id, client, .. } => client
+                .request(op::LEN, *id, 0, &[], Wait::Forever)
+                .ok()
+                .filter(|(st, _, _)| *st == status::OK)
+                .map_or(0, |(_, n, _)| usize::try_from(n).unwrap_or(usize::MAX)),
+        }
+    }
+
+    /// Whether the queue is empty now (a snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Refuses further puts, in every process. Getters take what is left,
+    /// then get [`GetError::Closed`].
+    pub fn close(&self) {
+        match &self.handle {
+            Handle::Local(core) => core.close(),
+            Handle::Remote { id, client, .. } => {
+                let _ = client.request(op::CLOSE, *id, 0, &[], Wait::Forever);
+            }
+        }
+    }
+}
+
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let bounded = match &self.handle {
+            Handle::Local(core) => core.capacity.is_some(),
+            Handle::Remote { bounded, .. } => *bounded,
+        };
+        Wire {
+            id: self.handle.id(),
+            bounded,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Wire { id, bounded } = Wire::deserialize(d)?;
+        let handle = match (Core::lookup(id), client::client()) {
+            (Some(core), _) => Handle::Local(core),
+            (None, Some(client)) => Handle::Remote {
+                id,
+                bounded,
+                client,
+            },
+            (None, None) => {
+                return Err(D::Error::custom(format_args!(
+                    "queue {id} is not held by this process and this process is not a worker"
+                )));
+            }
+        };
+        Ok(Queue {
+            handle,
+            _items: PhantomData,
+        })
+    }
+}
+
+/// A [`Queue`] whose consumers confirm each item with
+/// [`task_done`](Self::task_done), so a producer can [`join`](Self::join)
+/// until every item put has been processed.
+///
+/// ```
+/// use procpool_ipc::queue::JoinableQueue;
+/// use std::time::Duration;
+///
+/// let q = JoinableQueue::new();
+/// q.put(1u32).unwrap();
+/// assert!(!q.join_timeout(Duration::from_millis(10)).unwrap());
+/// assert_eq!(q.get().unwrap(), 1);
+/// q.task_done().unwrap();
+/// assert!(q.join_timeout(Duration::from_secs(1)).unwrap());
+/// assert!(q.task_done().is_err()); // more task_done than items
+/// ```
+pub struct JoinableQueue<T> {
+    queue: Queue<T>,
+    /// Items this process took and not yet marked done (remote handles
+    /// check `task_done` against it without a round trip).
+    taken: Arc<AtomicU64>,
+}
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+            taken: Arc::clone(&self.taken),
+        }
+    }
+}
+
+impl<T> fmt::Debug for JoinableQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("JoinableQueue").field(&self.queue).finish()
+    }
+}
+
+impl<T> Deref for JoinableQueue<T> {
+    type Target = Queue<T>;
+    fn deref(&self) -> &Queue<T> {
+        &self.queue
+    }
+}
+
+impl<T: Payload> Default for JoinableQueue<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Payload> JoinableQueue<T> {
+    /// An unbounded joinable queue.
+    pub fn new() -> Self {
+        Self::from_queue(Queue::new())
+    }
+
+    /// A bounded joinable queue.
+    pub fn bounded(capacity: usize) -> Self {
+        Self::from_queue(Queue::bounded(capacity))
+    }
+
+    fn from_queue(queue: Queue<T>) -> Self {
+        Self {
+            queue,
+            taken: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Takes an item (see [`Queue::get`]); call [`task_done`](Self::task_done)
+    /// once it has been processed.
+    ///
+    /// # Errors
+    /// As [`Queue::get`].
+    pub fn get(&self) -> Result<T, GetError> {
+        self.count(self.queue.get())
+    }
+
+    /// As [`Queue::get_timeout`].
+    ///
+    /// # Errors
+    /// As [`Queue::get_timeout`].
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+        self.count(self.queue.get_timeout(timeout))
+    }
+
+    /// As [`Queue::try_get`].
+    ///
+    /// # Errors
+    /// As [`Queue::try_get`].
+    pub fn try_get(&self) -> Result<T, GetError> {
+        self.count(self.queue.try_get())
+    }
+
+    fn count(&self, r: Result<T, GetError>) -> Result<T, GetError> {
+        if r.is_ok() {
+            self.taken.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Marks one item taken from the queue as processed.
+    ///
+    /// In another process than the hub this does not wait for the hub: it
+    /// checks against the items this handle took instead.
+    ///
+    /// # Errors
+    /// [`QueueError::TooManyTaskDone`] when called more times than items
+    /// were put (in the hub) or taken through this handle (elsewhere).
+    pub fn task_done(&self) -> Result<(), QueueError> {
+        match &self.queue.handle {
+            Handle::Local(core) => {
+                if core.task_done(1) {
+                    let _ = self
+                        .taken
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                    Ok(())
+                } else {
+                    Err(QueueError::TooManyTaskDone)
+                }
+            }
+            Handle::Remote { id, client, .. } => {
+                self.taken
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .map_err(|_| QueueError::TooManyTaskDone)?;
+                client.oneway(op::TASK_DONE, *id, 1, &[])
+            }
+        }
+    }
+
+    /// Waits until every item put has been marked done.
+    ///
+    /// # Errors
+    /// [`QueueError`] when the hub cannot be reached.
+    pub fn join(&self) -> Result<(), QueueError> {
+        self.join_wait(Wait::Forever).map(drop)
+    }
+
+    /// Like [`join`](Self::join), for at most `timeout`; `Ok(false)` when
+    /// time ran out.
+    ///
+    /// # Errors
+    /// [`QueueError`] when the hub cannot be reached.
+    pub fn join_timeout(&self, timeout: Duration) -> Result<bool, QueueError> {
+        self.join_wait(wait_for(timeout))
+    }
+
+    fn join_wait(&self, wait: Wait) -> Result<bool, QueueError> {
+        match &self.queue.handle {
+            Handle::Local(core) => Ok(core.join(wait)),
+            Handle::Remote { id, client, .. } => {
+                let (st, _, _) = client.request(op::JOIN, *id, 0, &[], wait)?;
+                match st {
+                    status::CANCELLED => Ok(false),
+                    st => Client::check(st, *id).map(|()| true),
+                }
+            }
+        }
+    }
+
+    /// Items put and not yet marked done, in the hub (a snapshot; only
+    /// known in the hub process, `None` elsewhere).
+    pub fn unfinished(&self) -> Option<u64> {
+        match &self.queue.handle {
+            Handle::Local(core) => Some(core.unfinished()),
+            Handle::Remote { .. } => None,
+        }
+    }
+}
+
+impl<T> Serialize for JoinableQueue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.queue.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(JoinableQueue {
+            queue: Queue::deserialize(d)?,
+            taken: Arc::new(AtomicU64::new(0)),
+        })
+    }
+}
+
+/// The minimal queue: blocking `put` and `get`, nothing else to get wrong.
+pub struct SimpleQueue<T>(Queue<T>);
+
+impl<T> Clone for SimpleQueue<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> fmt::Debug for SimpleQueue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SimpleQueue").field(&self.0).finish()
+    }
+}
+
+impl<T: Payload> Default for SimpleQueue<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Payload> SimpleQueue<T> {
+    /// An unbounded queue.
+    pub fn new() -> Self {
+        Self(Queue::new())
+    }
+
+    /// Adds an item.
+    ///
+    /// # Errors
+    /// As [`Queue::put`].
+    pub fn put(&self, item: T) -> Result<(), PutError<T>> {
+        self.0.put(item)
+    }
+
+    /// Takes the oldest item, waiting until there is one.
+    ///
+    /// # Errors
+    /// As [`Queue::get`].
+    pub fn get(&self) -> Result<T, GetError> {
+        self.0.get()
+    }
+
+    /// Whether the queue is empty now (a snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<T> Serialize for SimpleQueue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for SimpleQueue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Queue::deserialize(d).map(SimpleQueue)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,387 @@
+//! Queue, JoinableQueue, SimpleQueue, Pipe and Process across real
+//! processes: every operation and error, and the promises (no feeder
+//! buffer, exactly-once delivery, nothing lost by a process that dies).
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a test program reports progress
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use common::*;
+use procpool::{
+    Error, GetError, JoinableQueue, Pipe, PipeEnd, Pool, Process, Queue, QueueError, Registry,
+    SimpleQueue, Task,
+};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// Puts `start..start + n` and returns `n`.
+const PRODUCE: Task<(Queue<u64>, u64, u64), u64> = Task::new("produce");
+/// Puts `n` items of 512 bytes, each starting with its sequence number.
+const FLOOD: Task<(Queue<Vec<u8>>, u64), u64> = Task::new("flood");
+/// Puts 0, 1, 2, ... until killed.
+const FLOOD_FOREVER: Task<Queue<u64>, ()> = Task::new("flood_forever");
+/// Signals readiness on the first queue, then waits on the second.
+const GET_ONE: Task<(SimpleQueue<()>, Queue<u64>), u64> = Task::new("get_one");
+/// Producer for the exactly-once test: puts `Some(start..start + n)`.
+const JQ_PRODUCE: Task<(JoinableQueue<Option<u64>>, u64, u64), u64> = Task::new("jq_produce");
+/// Consumer for the exactly-once test: (count, sum of items, sum of squares) until `None`.
+const JQ_CONSUME: Task<JoinableQueue<Option<u64>>, (u64, u64, u64)> = Task::new("jq_consume");
+/// Echoes numbers back until the pipe closes; returns how many.
+const ECHO: Task<PipeEnd<u64, u64>, u64> = Task::new("echo");
+/// Every remote operation and its error, as text.
+const REMOTE_OPS: Task<(JoinableQueue<u32>, Queue<u32>), Vec<String>> = Task::new("remote_ops");
+/// Reads strings until the queue closes.
+const READ_ALL: Task<Queue<String>, Vec<String>> = Task::new("read_all");
+
+fn registry() -> Registry {
+    common::registry()
+        .task(PRODUCE, |(q, start, n)| {
+            for i in start..start + n {
+                q.put(i).expect("put");
+            }
+            n
+        })
+        .task(FLOOD, |(q, n)| {
+            for i in 0..n {
+                let mut item = vec![0u8; 512];
+                item[..8].copy_from_slice(&i.to_le_bytes());
+                q.put(item).expect("put");
+            }
+            n
+        })
+        .task(FLOOD_FOREVER, |q| {
+            for i in 0.. {
+                q.put(i).expect("put");
+            }
+        })
+        .task(GET_ONE, |(ready, q)| {
+            ready.put(()).expect("ready");
+            q.get().expect("get")
+        })
+        .task(JQ_PRODUCE, |(q, start, n)| {
+            for i in start..start + n {
+                q.put(Some(i)).expect("put");
+            }
+            n
+        })
+        .task(JQ_CONSUME, |q| {
+            let (mut count, mut sum, mut squares) = (0u64, 0u64, 0u64);
+            loop {
+                let item = q.get().expect("get");
+                q.task_done().expect("task_done");
+                match item {
+                    Some(x) => {
+                        count += 1;
+                        sum = sum.wrapping_add(x);
+                        squares = squares.wrapping_add(x.wrapping_mul(x));
+                    }
+                    None => return (count, sum, squares),
+                }
+            }
+        })
+        .task(ECHO, |end| {
+            let mut n = 0;
+            while let Ok(x) = end.recv() {
+                end.send(x).expect("send");
+                n += 1;
+            }
+            n
+        })
+        .task(REMOTE_OPS, |(jq, bounded)| {
+            let mut log = Vec::new();
+            log.push(format!("try_get: {:?}", jq.try_get().err()));
+            log.push(format!(
+                "get_timeout: {:?}",
+                jq.get_timeout(Duration::from_millis(50)).err()
+            ));
+            log.push(format!("task_done: {:?}", jq.task_done().err()));
+            for i in 0..3 {
+                jq.put(i).expect("put");
+            }
+            log.push(format!("len: {}", jq.len()));
+            log.push(format!(
+                "get: {:?}",
+                jq.get_timeout(Duration::from_secs(10)).ok()
+            ));
+            log.push(format!("task_done: {:?}", jq.task_done().err()));
+            log.push(format!(
+                "join_timeout: {:?}",
+                jq.join_timeout(Duration::from_millis(50))
+            ));
+            // `bounded` has capacity 1 and holds one item already.
+            log.push(format!("try_put: {:?}", bounded.try_put(7).err()));
+            let t = Instant::now();
+            let timed_out = bounded.put_timeout(7, Duration::from_millis(100)).err();
+            log.push(format!(
+                "put_timeout: {timed_out:?} after >= 100 ms: {}",
+                t.elapsed() >= Duration::from_millis(100)
+            ));
+            log
+        })
+        .task(READ_ALL, |q| {
+            let mut got = Vec::new();
+            loop {
+                match q.get() {
+                    Ok(s) => got.push(s),
+                    Err(GetError::Closed) => return got,
+                    Err(e) => panic!("get failed: {e}"),
+                }
+            }
+        })
+}
+
+fn main() {
+    procpool::init(registry());
+    let args = libtest_mimic::Arguments::from_args();
+    let tests = vec![
+        trial(
+            "remote_operations_and_their_errors",
+            LIMIT,
+            remote_operations,
+        ),
+        trial(
+            "close_reaches_readers_in_other_processes",
+            LIMIT,
+            close_across,
+        ),
+        trial("bounded_put_blocks_across_processes", LIMIT, bounded_blocks),
+        trial(
+            "exit_right_after_put_loses_nothing_and_never_deadlocks",
+            LIMIT,
+            no_feeder_deadlock,
+        ),
+        trial(
+            "killed_writer_loses_nothing_put_accepted",
+            LIMIT,
+            killed_writer,
+        ),
+        trial(
+            "two_producers_two_consumers_exactly_once",
+            LIMIT,
+            exactly_once,
+        ),
+        trial("dying_getter_loses_nothing", LIMIT, dying_getter),
+        trial("pipe_ping_pong_and_close", LIMIT, pipe_ping_pong),
+        trial(
+            "queue_handle_through_a_pool_task",
+            LIMIT,
+            handle_through_pool,
+        ),
+        trial("process_join_kill_and_death", LIMIT, process_lifecycle),
+    ];
+    libtest_mimic::run(&args, tests).exit();
+}
+
+fn remote_operations() -> anyhow::Result<()> {
+    let jq = JoinableQueue::new();
+    let bounded = Queue::bounded(1);
+    bounded.put(1)?;
+    let log = Process::spawn(REMOTE_OPS, (jq.clone(), bounded.clone()))?.join()?;
+    let want = [
+        "try_get: Some(Empty)",
+        "get_timeout: Some(Empty)",
+        "task_done: Some(TooManyTaskDone)",
+        "len: 3",
+        "get: Some(0)",
+        "task_done: None",
+        "join_timeout: Ok(false)",
+        "try_put: Some(Full(..))",
+        "put_timeout: Some(Full(..)) after >= 100 ms: true",
+    ];
+    ensure!(log == want, "remote log:\n{}", log.join("\n"));
+    // The hub agrees: two items left, both unfinished.
+    ensure!(
+        jq.len() == 2 && jq.unfinished() == Some(2),
+        "len {} unfinished {:?}",
+        jq.len(),
+        jq.unfinished()
+    );
+    ensure!(bounded.len() == 1, "the timed-out put must not have landed");
+    Ok(())
+}
+
+fn close_across() -> anyhow::Result<()> {
+    let q = Queue::new();
+    let reader = Process::spawn(READ_ALL, q.clone())?;
+    for word in ["a", "b", "c"] {
+        q.put(word.to_string())?;
+    }
+    q.close();
+    ensure!(q.put("d".to_string()).is_err_and(|e| e.is_closed()));
+    let got = reader.join()?;
+    ensure!(got == ["a", "b", "c"], "{got:?}");
+    Ok(())
+}
+
+fn bounded_blocks() -> anyhow::Result<()> {
+    let q = Queue::bounded(4);
+    let writer = Process::spawn(PRODUCE, (q.clone(), 0, 100))?;
+    let mut got = Vec::new();
+    while got.len() < 100 {
+        // Never more than the capacity, in every process.
+        ensure!(q.len() <= 4, "bounded queue holds {}", q.len());
+        got.push(q.get_timeout(Duration::from_secs(20))?);
+    }
+    ensure!(writer.join()? == 100);
+    ensure!(got == (0..100).collect::<Vec<u64>>());
+    Ok(())
+}
+
+/// Python's classic: a child puts far more than a pipe holds, the parent
+/// joins the child before reading. Python deadlocks (the child's feeder
+/// thread cannot flush); here `put` hands each item to the hub, so the
+/// child exits and every item is there.
+fn no_feeder_deadlock() -> anyhow::Result<()> {
+    let n = 100_000u64;
+    let q = Queue::new();
+    let writer = Process::spawn(FLOOD, (q.clone(), n))?;
+    ensure!(
+        writer.join()? == n,
+        "the writer exits without anyone reading"
+    );
+    for i in 0..n {
+        let item = q.try_get().with_context(|| format!("item {i} lost"))?;
+        ensure!(
+            item.len() == 512 && item[..8] == i.to_le_bytes(),
+            "item {i} out of order"
+        );
+    }
+    ensure!(q.is_empty());
+    Ok(())
+}
+
+fn killed_writer() -> anyhow::Result<()> {
+    let q = Queue::new();
+    let writer = Process::spawn(FLOOD_FOREVER, q.clone())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while q.len() < 20_000 {
+        ensure!(Instant::now() < deadline, "writer too slow");
+        std::thread::yield_now();
+    }
+    writer.kill();
+    // Everything accepted is there, in order, without gaps.
+    let mut expect = 0u64;
+    while let Ok(x) = q.try_get() {
+        ensure!(x == expect, "got {x}, expected {expect}");
+        expect += 1;
+    }
+    ensure!(expect >= 20_000, "only {expect} items");
+    ensure!(matches!(writer.join(), Err(Error::Terminated)));
+    Ok(())
+}
+
+fn exactly_once() -> anyhow::Result<()> {
+    let per = 100_000u64;
+    let q = JoinableQueue::new();
+    let producers = [
+        Process::spawn(JQ_PRODUCE, (q.clone(), 0, per))?,
+        Process::spawn(JQ_PRODUCE, (q.clone(), per, per))?,
+    ];
+    let consumers = [
+        Process::spawn(JQ_CONSUME, q.clone())?,
+        Process::spawn(JQ_CONSUME, q.clone())?,
+    ];
+    for p in producers {
+        ensure!(p.join()? == per);
+    }
+    for _ in 0..2 {
+        q.put(None)?;
+    }
+    ensure!(
+        q.join_timeout(Duration::from_secs(60))?,
+        "join did not return"
+    );
+    ensure!(q.unfinished() == Some(0));
+    let (mut count, mut sum, mut squares) = (0u64, 0u64, 0u64);
+    for c in consumers {
+        let (n, s, sq) = c.join()?;
+        ensure!(n > 0, "a consumer got nothing");
+        count += n;
+        sum = sum.wrapping_add(s);
+        squares = squares.wrapping_add(sq);
+    }
+    let total = 2 * per;
+    let want_sum: u64 = (0..total).sum();
+    let want_squares = (0..total).fold(0u64, |a, x| a.wrapping_add(x * x));
+    ensure!(count == total, "{count} items arrived, {total} were put");
+    ensure!(
+        sum == want_sum && squares == want_squares,
+        "an item arrived twice or never"
+    );
+    Ok(())
+}
+
+fn dying_getter() -> anyhow::Result<()> {
+    let ready = SimpleQueue::new();
+    let q = Queue::new();
+    let getter = Process::spawn(GET_ONE, (ready.clone(), q.clone()))?;
+    ready.get()?;
+    // The getter is in (or about to enter) its get when it dies.
+    getter.kill();
+    ensure!(matches!(getter.join(), Err(Error::Terminated)));
+    q.put(42)?;
+    let other = Process::spawn(GET_ONE, (ready.clone(), q.clone()))?;
+    ready.get()?;
+    ensure!(other.join()? == 42, "the item must reach the live getter");
+    Ok(())
+}
+
+fn pipe_ping_pong() -> anyhow::Result<()> {
+    let (mine, theirs) = Pipe::duplex::<u64, u64>();
+    let echo = Process::spawn(ECHO, theirs)?;
+    for i in 0..1000 {
+        mine.send(i)?;
+        ensure!(mine.poll(Duration::from_secs(10)), "no echo within 10 s");
+        ensure!(mine.recv_timeout(Duration::from_secs(10))? == i);
+    }
+    ensure!(matches!(mine.try_recv(), Err(GetError::Empty)));
+    mine.close();
+    ensure!(echo.join()? == 1000);
+    let (rx, tx) = Pipe::one_way::<String>();
+    tx.send("one way".into())?;
+    ensure!(rx.recv()? == "one way");
+    Ok(())
+}
+
+fn handle_through_pool() -> anyhow::Result<()> {
+    let q = Queue::new();
+    let pool = Pool::new(2)?;
+    let counts = pool.map(PRODUCE, (0..4).map(|k| (q.clone(), k * 100, 100)))?;
+    ensure!(counts == [100; 4]);
+    let mut got: Vec<u64> = (0..400).map(|_| q.try_get()).collect::<Result<_, _>>()?;
+    got.sort_unstable();
+    ensure!(got == (0..400).collect::<Vec<_>>());
+    ensure!(q.is_empty());
+    Ok(())
+}
+
+fn process_lifecycle() -> anyhow::Result<()> {
+    let p = Process::spawn(SQUARE, 7)?;
+    ensure!(p.pid() > 0);
+    ensure!(p.join()? == 49);
+
+    let mut slow = Process::spawn(SLEEP_MS, 60_000)?;
+    ensure!(slow.is_alive());
+    ensure!(slow.join_timeout(Duration::from_millis(50)).is_none());
+    let pid = slow.pid();
+    slow.kill();
+    ensure!(
+        !slow.is_alive() && !alive(pid),
+        "killed process {pid} must be gone and reaped"
+    );
+    ensure!(matches!(slow.join(), Err(Error::Terminated)));
+
+    let dead = Process::spawn(ABORT_ON_13, 13)?;
+    match dead.join() {
+        Err(Error::WorkerDied { status, .. }) => ensure!(!status.success()),
+        other => bail!("expected WorkerDied, got {other:?}"),
+    }
+    let err = Process::spawn(PANIC_ON_13, 13)?.join().unwrap_err();
+    ensure!(err.is_panic(), "{err:?}");
+    let _ = HashSet::<u8>::new();
+    let _: Option<QueueError> = None;
+    Ok(())
+}
