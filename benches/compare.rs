@@ -1,0 +1,322 @@
+//! procpool next to Python's `multiprocessing`, measured in one run.
+//!
+//! ```text
+//! cargo bench --bench compare              # every case, 5 runs each
+//! cargo bench --bench compare -- --quick   # reduced sizes, 3 runs, < 1 minute
+//! cargo bench --bench compare -- --only map --reps 7
+//! ```
+//!
+//! Each measurement runs in a fresh child process: for procpool this binary
+//! re-executed with `PROCPOOL_BENCH_ROLE=case`, for Python
+//! `python3 benches/python/compare.py <case> ...` (fork start method). The
+//! child prints one number. Runs of procpool and Python alternate within
+//! each repetition so that machine drift hits both alike; the table reports
+//! medians. A child that outlives its time limit is killed with its whole
+//! process group and the case is reported as failed.
+//!
+//! The `floor` lines are a plain `socketpair` between this process and a
+//! re-executed copy of itself, with buffered length-prefixed 512-byte
+//! frames: the most any IPC on this machine can do.
+//!
+//! Adding a case: one `fn(&[String]) -> anyhow::Result<f64>` below, one
+//! `cmd_<key>` function in `benches/python/compare.py`, one entry in
+//! [`cases`].
+// A benchmark talks to its user on stdout (the table) and stderr (progress).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+// Elsewhere than Unix only the worker side is compiled in.
+#![cfg_attr(not(unix), allow(dead_code, unused_imports))]
+
+#[cfg(unix)]
+mod harness;
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use anyhow::{Context, ensure};
+use procpool::{Pool, Registry, Task};
+
+const SQUARE: Task<u64, u64> = Task::new("square");
+/// Busy-loops this many iterations (see [`spin`]).
+const SPIN: Task<u64, u64> = Task::new("spin");
+
+/// CPU work that the optimiser cannot remove: an LCG chain of `n` steps.
+fn spin(n: u64) -> u64 {
+    let mut x = n;
+    for _ in 0..n {
+        x = black_box(
+            x.wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407),
+        );
+    }
+    x
+}
+
+fn main() {
+    // First: in a procpool worker this serves the tasks and exits.
+    procpool::init(Registry::new().task(SQUARE, |x| x * x).task(SPIN, spin));
+    #[cfg(unix)]
+    std::process::exit(harness::main(&cases()));
+    #[cfg(not(unix))]
+    {
+        eprintln!("the comparison with Python's multiprocessing (fork) runs on Unix only");
+    }
+}
+
+/// Whether a larger or a smaller value is better.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+/// What a case needs to know about this run.
+#[derive(Clone, Debug)]
+struct Ctx {
+    quick: bool,
+    /// Iterations of [`spin`] that take 20 ms here.
+    rust_spin_20ms: u64,
+    /// Iterations of the Python busy loop that take 20 ms.
+    python_spin_20ms: u64,
+}
+
+/// Which side a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Procpool,
+    Python,
+}
+
+/// One row of the table.
+struct Case {
+    /// The child's sub-command on both sides (`cmd_<key>` in compare.py).
+    key: &'static str,
+    /// The row's name in the table.
+    label: fn(&Ctx) -> String,
+    unit: &'static str,
+    better: Better,
+    /// Arguments passed to either side's child.
+    args: fn(&Ctx, Side) -> Vec<String>,
+    /// The procpool side; runs in a child process, returns the value.
+    run: fn(&[String]) -> anyhow::Result<f64>,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            key: "map_auto",
+            label: |_| "map_1M_trivial_auto_chunk".into(),
+            unit: "s",
+            better: Better::Lower,
+            args: |_, _| vec!["1000000".into()],
+            run: map_auto,
+        },
+        Case {
+            key: "map_chunk1",
+            label: |c| format!("map_{}_trivial_chunk1_per_task", count(chunk1_items(c))),
+            unit: "us",
+            better: Better::Lower,
+            args: |c, _| vec![chunk1_items(c).to_string()],
+            run: map_chunk1,
+        },
+        Case {
+            key: "apply",
+            label: |_| "apply_round_trip_median".into(),
+            unit: "us",
+            better: Better::Lower,
+            args: |c, _| vec![if c.quick { "2000" } else { "10000" }.into()],
+            run: apply,
+        },
+        Case {
+            key: "startup",
+            label: |_| "startup_2_workers_to_first_result".into(),
+            unit: "ms",
+            better: Better::Lower,
+            args: |_, _| Vec::new(),
+            run: startup,
+        },
+        Case {
+            key: "imap_rss",
+            label: |c| {
+                format!(
+                    "imap_unordered_{}_master_rss_growth(py_chunksize={IMAP_PY_CHUNKSIZE})",
+                    count(imap_items(c))
+                )
+            },
+            unit: "MiB",
+            better: Better::Lower,
+            args: |c, side| match side {
+                Side::Procpool => vec![imap_items(c).to_string()],
+                Side::Python => vec![imap_items(c).to_string(), IMAP_PY_CHUNKSIZE.to_string()],
+            },
+            run: imap_rss,
+        },
+        Case {
+            key: "cpu_scaling",
+            label: |_| "cpu_40x20ms_speedup_2_vs_1_workers".into(),
+            unit: "x",
+            better: Better::Higher,
+            args: |c, side| {
+                let spin = match side {
+                    Side::Procpool => c.rust_spin_20ms,
+                    Side::Python => c.python_spin_20ms,
+                };
+                vec!["40".into(), spin.to_string()]
+            },
+            run: cpu_scaling,
+        },
+    ]
+}
+
+/// Python's `imap_unordered` with chunksize 1 would take minutes for 10M
+/// items; 1000 is what a user would pick.
+const IMAP_PY_CHUNKSIZE: u64 = 1000;
+
+fn chunk1_items(c: &Ctx) -> u64 {
+    if c.quick { 20_000 } else { 100_000 }
+}
+
+fn imap_items(c: &Ctx) -> u64 {
+    if c.quick { 1_000_000 } else { 10_000_000 }
+}
+
+/// `1000000` → `1M`, `20000` → `20k`.
+fn count(n: u64) -> String {
+    if n % 1_000_000 == 0 {
+        format!("{}M", n / 1_000_000)
+    } else if n % 1000 == 0 {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+fn arg(args: &[String], i: usize) -> anyhow::Result<u64> {
+    let s = args
+        .get(i)
+        .with_context(|| format!("missing argument {i}"))?;
+    s.parse().with_context(|| format!("argument {i}: {s:?}"))
+}
+
+/// Sum of x² for x in 0..n, wrapping as the u64 task does.
+fn sum_of_squares(n: u64) -> u64 {
+    (0..n).fold(0u64, |a, x| a.wrapping_add(x.wrapping_mul(x)))
+}
+
+// ---- the procpool side of each case (runs in a child process) ----
+
+fn map_auto(args: &[String]) -> anyhow::Result<f64> {
+    let n = arg(args, 0)?;
+    let pool = Pool::new(2)?;
+    pool.apply(SQUARE, 1)?;
+    let t = Instant::now();
+    let out = pool.map(SQUARE, 0..n)?;
+    let secs = t.elapsed().as_secs_f64();
+    ensure!(out.len() as u64 == n && out.last() == Some(&((n - 1) * (n - 1))));
+    Ok(secs)
+}
+
+fn map_chunk1(args: &[String]) -> anyhow::Result<f64> {
+    let n = arg(args, 0)?;
+    let pool = Pool::builder().workers(2).chunk_size(1).build()?;
+    pool.apply(SQUARE, 1)?;
+    let t = Instant::now();
+    let out = pool.map(SQUARE, 0..n)?;
+    let secs = t.elapsed().as_secs_f64();
+    ensure!(out.len() as u64 == n && out.last() == Some(&((n - 1) * (n - 1))));
+    Ok(secs * 1e6 / n as f64)
+}
+
+fn apply(args: &[String]) -> anyhow::Result<f64> {
+    let n = arg(args, 0)?;
+    let pool = Pool::new(2)?;
+    for i in 0..100 {
+        ensure!(pool.apply(SQUARE, i)? == i * i);
+    }
+    let mut times = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let t = Instant::now();
+        let r = pool.apply(SQUARE, i)?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+        ensure!(r == i * i);
+    }
+    Ok(median(&mut times))
+}
+
+fn startup(_: &[String]) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let pool = Pool::new(2)?;
+    let r = pool.apply(SQUARE, 3)?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    ensure!(r == 9);
+    Ok(ms)
+}
+
+fn imap_rss(args: &[String]) -> anyhow::Result<f64> {
+    let n = arg(args, 0)?;
+    let pool = Pool::new(2)?;
+    pool.apply(SQUARE, 1)?;
+    let base = harness_mem::baseline()?;
+    let mut count = 0u64;
+    let mut sum = 0u64;
+    for r in pool.imap_unordered(SQUARE, 0..n)? {
+        sum = sum.wrapping_add(r?);
+        count += 1;
+    }
+    let growth = harness_mem::growth_mib(base)?;
+    ensure!(count == n && sum == sum_of_squares(n), "wrong results");
+    Ok(growth)
+}
+
+fn cpu_scaling(args: &[String]) -> anyhow::Result<f64> {
+    let tasks = arg(args, 0)?;
+    let spin_n = arg(args, 1)?;
+    let mut secs = [0.0; 2];
+    for (workers, slot) in [1, 2].into_iter().zip(&mut secs) {
+        let pool = Pool::builder().workers(workers).chunk_size(1).build()?;
+        pool.apply(SQUARE, 1)?;
+        let t = Instant::now();
+        let out = pool.map(SPIN, (0..tasks).map(|_| spin_n))?;
+        *slot = t.elapsed().as_secs_f64();
+        ensure!(out.len() as u64 == tasks);
+    }
+    Ok(secs[0] / secs[1])
+}
+
+/// Median of `v` (sorted in place); NaN when empty.
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Peak resident memory of this process, from `/proc/self/status`.
+mod harness_mem {
+    use anyhow::Context;
+
+    fn status_kib(field: &str) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string("/proc/self/status")
+            .context("reading /proc/self/status (Linux only)")?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {field} in /proc/self/status"))
+    }
+
+    /// The current RSS in KiB, with the peak reset to it (`clear_refs` 5,
+    /// Linux ≥ 4.0) so that the peak measured later is this run's own.
+    pub(crate) fn baseline() -> anyhow::Result<u64> {
+        // Not fatal where unsupported: the peak then includes start-up.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        status_kib("VmRSS")
+    }
+
+    /// Peak RSS growth over `base` KiB, in MiB.
+    pub(crate) fn growth_mib(base: u64) -> anyhow::Result<f64> {
+        let peak = status_kib("VmHWM")?;
+        Ok(peak.saturating_sub(base) as f64 / 1024.0)
+    }
+}

@@ -1,0 +1,148 @@
+"""Python's multiprocessing side of `cargo bench --bench compare`.
+
+Each sub-command measures one case the way benches/compare.rs measures it
+for procpool, with the fork start method, and prints one number on stdout:
+
+    python3 benches/python/compare.py map_auto 1000000      # seconds
+    python3 benches/python/compare.py map_chunk1 100000     # us per task
+    python3 benches/python/compare.py apply 10000           # median us
+    python3 benches/python/compare.py startup               # ms
+    python3 benches/python/compare.py imap_rss 10000000 1000  # MiB (chunksize 1000)
+    python3 benches/python/compare.py cpu_scaling 40 N      # speedup, x
+    python3 benches/python/compare.py calibrate 20          # spin(N) takes 20 ms
+
+Adding a case: a `cmd_<key>` function here with the key used in compare.rs.
+"""
+
+import multiprocessing as mp
+import statistics
+import sys
+import time
+
+
+def ctx():
+    return mp.get_context("fork")
+
+
+def square(x):
+    return x * x
+
+
+def spin(n):
+    """CPU work: an LCG chain of n steps (the Rust side's twin)."""
+    x = n
+    for _ in range(n):
+        x = (x * 6364136223846793005 + 1442695040888963407) & 0xFFFFFFFFFFFFFFFF
+    return x
+
+
+def cmd_map_auto(n):
+    n = int(n)
+    with ctx().Pool(2) as pool:
+        pool.apply(square, (1,))
+        t = time.perf_counter()
+        out = pool.map(square, range(n))
+        secs = time.perf_counter() - t
+    assert len(out) == n and out[-1] == (n - 1) ** 2
+    return secs
+
+
+def cmd_map_chunk1(n):
+    n = int(n)
+    with ctx().Pool(2) as pool:
+        pool.apply(square, (1,))
+        t = time.perf_counter()
+        out = pool.map(square, range(n), chunksize=1)
+        secs = time.perf_counter() - t
+    assert len(out) == n and out[-1] == (n - 1) ** 2
+    return secs * 1e6 / n
+
+
+def cmd_apply(n):
+    n = int(n)
+    times = []
+    with ctx().Pool(2) as pool:
+        for i in range(100):
+            assert pool.apply(square, (i,)) == i * i
+        for i in range(n):
+            t = time.perf_counter()
+            r = pool.apply(square, (i,))
+            times.append((time.perf_counter() - t) * 1e6)
+            assert r == i * i
+    return statistics.median(times)
+
+
+def cmd_startup():
+    t = time.perf_counter()
+    pool = ctx().Pool(2)
+    r = pool.apply(square, (3,))
+    ms = (time.perf_counter() - t) * 1e3
+    assert r == 9
+    pool.terminate()
+    pool.join()
+    return ms
+
+
+def status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def cmd_imap_rss(n, chunksize):
+    n, chunksize = int(n), int(chunksize)
+    with ctx().Pool(2) as pool:
+        pool.apply(square, (1,))
+        try:
+            # Reset the peak to the current RSS (Linux >= 4.0).
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+        base = status_kib("VmRSS")
+        count = 0
+        total = 0
+        for r in pool.imap_unordered(square, range(n), chunksize=chunksize):
+            total += r
+            count += 1
+        growth = max(0, status_kib("VmHWM") - base) / 1024
+    assert count == n and total == (n - 1) * n * (2 * n - 1) // 6, "wrong results"
+    return growth
+
+
+def cmd_cpu_scaling(tasks, n):
+    tasks, n = int(tasks), int(n)
+    secs = []
+    for workers in (1, 2):
+        with ctx().Pool(workers) as pool:
+            pool.apply(square, (1,))
+            t = time.perf_counter()
+            out = pool.map(spin, [n] * tasks, chunksize=1)
+            secs.append(time.perf_counter() - t)
+            assert len(out) == tasks
+    return secs[0] / secs[1]
+
+
+def cmd_calibrate(ms):
+    k = 100_000
+    best = min(timed(spin, k) for _ in range(5))
+    return int(float(ms) / 1e3 * k / best)
+
+
+def timed(f, *args):
+    t = time.perf_counter()
+    f(*args)
+    return time.perf_counter() - t
+
+
+def main():
+    if len(sys.argv) < 2 or "cmd_" + sys.argv[1] not in globals():
+        cmds = sorted(k[4:] for k in globals() if k.startswith("cmd_"))
+        sys.exit(f"usage: compare.py {{{','.join(cmds)}}} ARGS...")
+    print(globals()["cmd_" + sys.argv[1]](*sys.argv[2:]))
+
+
+if __name__ == "__main__":
+    main()
