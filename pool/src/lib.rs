@@ -12,6 +12,7 @@ mod pool;
 mod process;
 mod stream;
 mod supervisor;
+mod worker;
 
 pub use builder::PoolBuilder;
 pub use error::Error;

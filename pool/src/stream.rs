@@ -48,6 +48,11 @@ pub struct Imap<'p, I, O, It> {
     chunking: Chunking,
     /// Items taken from the input and not yet yielded.
     outstanding: usize,
+    /// Chunks submitted whose outcome has not come back.
+    chunks_out: usize,
+    /// Most chunks out at once: while the adaptive size is still being
+    /// learned, this keeps the first small chunks from filling the window.
+    max_chunks: usize,
     next_seq: u64,
     next_yield: u64,
     reorder: BTreeMap<u64, Outcome>,
@@ -74,6 +79,10 @@ impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
         chunking: Chunking,
     ) -> Self {
         let (sink, rx) = crossbeam_channel::unbounded();
+        let max_chunks = match chunking {
+            Chunking::Fixed(_) => usize::MAX,
+            Chunking::Adaptive { .. } => 2 * pool.config.workers * (pool.config.prefetch + 1),
+        };
         Self {
             pool,
             task,
@@ -87,6 +96,8 @@ impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
             window: window.max(1),
             chunking,
             outstanding: 0,
+            chunks_out: 0,
+            max_chunks,
             next_seq: 0,
             next_yield: 0,
             reorder: BTreeMap::new(),
@@ -116,8 +127,17 @@ impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
     /// Takes inputs while the window has room, submitting them in chunks.
     fn fill(&mut self) {
         let limit = self.pool.config.max_frame_len as usize - RUN_OVERHEAD;
-        while !self.input_done && self.outstanding < self.window {
-            let want = self.chunk_size().min(self.window - self.outstanding);
+        while !self.input_done
+            && self.outstanding < self.window
+            && self.chunks_out < self.max_chunks
+        {
+            let room = self.window - self.outstanding;
+            let want = self.chunk_size().min(self.window);
+            if room < want && self.chunks_out > 0 {
+                // Wait for room for a whole chunk rather than send a sliver.
+                break;
+            }
+            let want = want.min(room);
             let mut payload = Vec::new();
             let mut count = 0u32;
             while (count as usize) < want {
@@ -207,7 +227,9 @@ impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
             return;
         }
         shared.accounting.add(1);
+        self.chunks_out += 1;
         if let Err(e) = self.pool.tx.send(Msg::Submit(chunk)) {
+            self.chunks_out -= 1;
             // The supervisor is gone: the pool has stopped.
             let Msg::Submit(chunk) = e.into_inner() else {
                 unreachable!("we sent a Submit")
@@ -336,7 +358,10 @@ impl<I: Payload, O: Payload, It: Iterator<Item = I>> Iterator for Imap<'_, I, O,
             }
             select! {
                 recv(self.rx) -> outcome => match outcome {
-                    Ok(outcome) => self.accept(outcome),
+                    Ok(outcome) => {
+                        self.chunks_out -= 1;
+                        self.accept(outcome);
+                    }
                     // Unreachable while we hold `job.sink`; be safe anyway.
                     Err(_) => return Some(Err(Error::Terminated)),
                 },

@@ -28,23 +28,18 @@
 //! outlives its connection.
 
 use std::collections::VecDeque;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use procpool_ipc::endpoint::{self, ReadHalf};
-use procpool_ipc::frame::FrameReader;
-use procpool_ipc::hub;
-use procpool_ipc::link::{Dirty, Link};
+use procpool_ipc::IpcError;
 use procpool_ipc::proto::{Hello, Message};
-use procpool_ipc::{IpcError, TaskError, codec};
 
 use crate::Error;
 use crate::builder::Config;
 use crate::joinable::Accounting;
+use crate::worker::{Inflight, Kill, Worker, finish, reap};
 
 /// A start-up that fails this many times in a row leaves its slot empty.
 const MAX_START_FAILURES: u32 = 3;
@@ -160,11 +155,12 @@ pub(crate) enum Msg {
         key: u64,
         hello: Hello,
     },
-    Done {
+    /// A worker finished a chunk (already delivered to its caller).
+    Completed,
+    /// A worker's initializer failed: it must not take tasks.
+    InitFailed {
         slot: usize,
         key: u64,
-        id: u64,
-        results: Results,
     },
     Gone {
         slot: usize,
@@ -181,40 +177,6 @@ enum Phase {
     Draining(Instant),
     /// Workers told to exit or killed; waiting for them until the deadline.
     Stopping(Instant),
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Kill {
-    Timeout(Duration),
-    Terminated,
-    StartTimeout,
-    Broken,
-}
-
-#[derive(Debug)]
-struct Inflight {
-    id: u64,
-    /// `None` for the initializer.
-    chunk: Option<Chunk>,
-    started: Option<Instant>,
-}
-
-#[derive(Debug)]
-struct Worker {
-    key: u64,
-    pid: u32,
-    child: Child,
-    link: Arc<Link>,
-    spawned: Instant,
-    ready: bool,
-    /// Gets no new work; is told to shut down once idle.
-    retiring: bool,
-    shutdown_sent: bool,
-    killed: Option<Kill>,
-    inflight: VecDeque<Inflight>,
-    /// Tasks sent to this worker so far (for `max_tasks_per_worker`).
-    assigned: u64,
-    dirty: bool,
 }
 
 #[derive(Debug, Default)]
@@ -305,16 +267,16 @@ impl Supervisor {
                 if matches!(self.phase, Phase::Running | Phase::Draining(_)) && self.has_workers() {
                     self.pending.push_back(chunk);
                 } else if self.has_workers() {
-                    self.finish(chunk, Err(Error::Closed));
+                    finish(&self.shared, chunk, Err(Error::Closed));
                 } else {
                     let e = self.no_workers_error();
-                    self.finish(chunk, Err(e));
+                    finish(&self.shared, chunk, Err(e));
                 }
             }
             Msg::Shutdown => self.begin_drain(),
             Msg::Interrupt => {
                 for chunk in std::mem::take(&mut self.pending) {
-                    self.finish(chunk, Err(Error::Interrupted));
+                    finish(&self.shared, chunk, Err(Error::Interrupted));
                 }
                 self.begin_drain();
                 // Running tasks finish; those queued behind them in the
@@ -328,12 +290,13 @@ impl Supervisor {
             }
             Msg::Terminate => self.terminate(),
             Msg::Hello { slot, key, hello } => self.on_hello(slot, key, hello),
-            Msg::Done {
-                slot,
-                key,
-                id,
-                results,
-            } => self.on_done(slot, key, id, results),
+            // A chunk finished (the reader thread delivered it): room to dispatch.
+            Msg::Completed => {}
+            Msg::InitFailed { slot, key } => {
+                if self.worker_mut(slot, key).is_some() {
+                    self.kill(slot, Kill::Broken);
+                }
+            }
             Msg::Gone { slot, key, error } => self.on_gone(slot, key, error),
         }
     }
@@ -348,7 +311,7 @@ impl Supervisor {
     fn terminate(&mut self) {
         self.shared.closed.store(true, Ordering::SeqCst);
         for chunk in std::mem::take(&mut self.pending) {
-            self.finish(chunk, Err(Error::Terminated));
+            finish(&self.shared, chunk, Err(Error::Terminated));
         }
         for slot in 0..self.slots.len() {
             self.kill(slot, Kill::Terminated);
@@ -356,76 +319,16 @@ impl Supervisor {
         self.phase = Phase::Stopping(Instant::now() + STOP_WAIT);
     }
 
-    /// Leaves the books: the chunk's outcome goes to its caller and the
-    /// JoinableQueue counter goes down by one.
-    fn finish(&self, chunk: Chunk, result: Result<Results, Error>) {
-        let stats = &self.shared.stats;
-        let n = u64::from(chunk.count);
-        if chunk.job.cancelled.load(Ordering::Relaxed) {
-            stats.cancelled.fetch_add(n, Ordering::Relaxed);
-        } else {
-            match &result {
-                Ok(_) => stats.completed.fetch_add(n, Ordering::Relaxed),
-                Err(_) => stats.failed.fetch_add(n, Ordering::Relaxed),
-            };
-            // A caller that went away no longer wants the outcome.
-            let _ = chunk.job.sink.send(Outcome {
-                seq: chunk.seq,
-                count: chunk.count,
-                result,
-            });
-        }
-        self.shared.accounting.done(1);
-    }
-
     fn spawn(&mut self, slot: usize) -> Result<(), Error> {
-        let config = &self.config;
-        let mut cmd = Command::new(&config.program);
-        cmd.args(&config.args)
-            .envs(config.envs.iter().map(|(k, v)| (k, v)))
-            .env(endpoint::WORKER_ID_ENV, slot.to_string())
-            .env(endpoint::MAX_FRAME_ENV, config.max_frame_len.to_string())
-            .stdin(Stdio::null());
-        let spawn_error = |e: std::io::Error| Error::Spawn {
-            program: config.program.clone(),
-            source: Arc::new(e),
-        };
-        let (mut child, reader, writer) = endpoint::spawn(cmd).map_err(spawn_error)?;
         let key = self.next_key;
         self.next_key += 1;
-        let tx = self.tx.clone();
-        let max = config.max_frame_len;
-        let link = Link::new(writer, max);
-        let reader_link = Arc::clone(&link);
-        let started = thread::Builder::new()
-            .name(format!("procpool-reader-{slot}"))
-            .spawn(move || read_worker(slot, key, reader, &reader_link, max, &tx));
-        if let Err(e) = started {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(spawn_error(e));
-        }
-        let pid = child.id();
-        tracing::debug!(worker_id = slot, pid, "worker started");
-        self.shared.set_pid(slot, Some(pid));
+        let worker = Worker::spawn(&self.config, slot, key, &self.shared, &self.tx)?;
+        self.shared.set_pid(slot, Some(worker.pid));
         self.shared
             .stats
             .workers_alive
             .fetch_add(1, Ordering::Relaxed);
-        self.slots[slot].worker = Some(Worker {
-            key,
-            pid,
-            child,
-            link,
-            spawned: Instant::now(),
-            ready: false,
-            retiring: false,
-            shutdown_sent: false,
-            killed: None,
-            inflight: VecDeque::new(),
-            assigned: 0,
-            dirty: false,
-        });
+        self.slots[slot].worker = Some(worker);
         Ok(())
     }
 
@@ -476,23 +379,7 @@ impl Supervisor {
         tracing::debug!(worker_id = slot, pid = hello.pid, "worker ready");
         if let Some(task) = initializer {
             // Runs before anything else: it is first in the worker's queue.
-            let mut payload = Vec::new();
-            let sent = codec::encode_into(&(), &mut payload).is_ok()
-                && Message::Run {
-                    id,
-                    task,
-                    count: 1,
-                    payload: &payload,
-                }
-                .write(&mut w.link.lock())
-                .is_ok();
-            if sent {
-                w.inflight.push_back(Inflight {
-                    id,
-                    chunk: None,
-                    started: Some(Instant::now()),
-                });
-                w.dirty = true;
+            if w.send(id, task, None).is_ok() {
                 self.next_id += 1;
             } else {
                 w.killed = Some(Kill::Broken);
@@ -513,38 +400,6 @@ impl Supervisor {
         }
     }
 
-    fn on_done(&mut self, slot: usize, key: u64, id: u64, results: Results) {
-        let Some(w) = self.worker_mut(slot, key) else {
-            return;
-        };
-        if w.inflight.front().map(|f| f.id) != Some(id) {
-            tracing::warn!(
-                worker_id = slot,
-                pid = w.pid,
-                "worker answered out of order"
-            );
-            w.killed = Some(Kill::Broken);
-            let _ = w.child.kill();
-            return;
-        }
-        let done = w.inflight.pop_front().expect("checked above");
-        if let Some(next) = w.inflight.front_mut() {
-            next.started = Some(Instant::now());
-        }
-        match done.chunk {
-            Some(chunk) => self.finish(chunk, Ok(results)),
-            None => {
-                // The initializer: a failure makes the worker unusable.
-                let payload = &results.frame[results.payload_at..];
-                if let Ok((Err(e), _)) = codec::decode::<Result<(), TaskError>>(payload) {
-                    tracing::warn!(worker_id = slot, pid = w.pid, error = %e, "initializer failed");
-                    w.killed = Some(Kill::Broken);
-                    let _ = w.child.kill();
-                }
-            }
-        }
-    }
-
     fn on_gone(&mut self, slot: usize, key: u64, error: Option<IpcError>) {
         let Some(mut w) = self.slots[slot].worker.take_if(|w| w.key == key) else {
             return;
@@ -561,13 +416,16 @@ impl Supervisor {
         if !expected {
             tracing::warn!(worker_id, pid, %status, "worker died");
         }
+        let head_id = w.inflight().front().map(|i| i.id);
         // The error for the chunk that was running.
         let culprit = match (w.killed, error) {
-            (Some(Kill::Timeout(timeout)), _) => Error::Timeout {
-                timeout,
-                worker_id,
-                pid,
-            },
+            (Some(Kill::Timeout { timeout, chunk }), _) if head_id == Some(chunk) => {
+                Error::Timeout {
+                    timeout,
+                    worker_id,
+                    pid,
+                }
+            }
             (Some(Kill::Terminated), _) => Error::Terminated,
             _ if w.shutdown_sent && self.shared.interrupted.load(Ordering::SeqCst) => {
                 Error::Interrupted
@@ -583,27 +441,33 @@ impl Supervisor {
             },
         };
         let stopping = matches!(self.phase, Phase::Stopping(_)) || w.shutdown_sent;
-        let mut inflight = std::mem::take(&mut w.inflight);
+        let mut inflight = std::mem::take(&mut *w.inflight());
         if let Some(Inflight {
             chunk: Some(mut chunk),
             ..
         }) = inflight.pop_front()
         {
+            // Killed for a timeout of a chunk that finished meanwhile: this
+            // one had just started and is not to blame.
+            let blameless =
+                matches!(w.killed, Some(Kill::Timeout { chunk, .. }) if head_id != Some(chunk));
             let retry = !stopping
                 && matches!(culprit, Error::WorkerDied { .. } | Error::Connection { .. })
                 && chunk.attempts < self.config.retries;
-            if retry {
+            if blameless && !stopping {
+                self.pending.push_front(chunk);
+            } else if retry {
                 chunk.attempts += 1;
                 self.pending.push_front(chunk);
             } else {
-                self.finish(chunk, Err(culprit.clone()));
+                finish(&self.shared, chunk, Err(culprit.clone()));
             }
         }
         // The rest never started: back to the front of the queue, in order.
         for Inflight { chunk, .. } in inflight.into_iter().rev() {
             if let Some(chunk) = chunk {
                 if stopping {
-                    self.finish(chunk, Err(culprit.clone()));
+                    finish(&self.shared, chunk, Err(culprit.clone()));
                 } else {
                     self.pending.push_front(chunk);
                 }
@@ -656,7 +520,7 @@ impl Supervisor {
         if !self.has_workers() {
             let e = self.no_workers_error();
             for chunk in std::mem::take(&mut self.pending) {
-                self.finish(chunk, Err(e.clone()));
+                finish(&self.shared, chunk, Err(e.clone()));
             }
         }
     }
@@ -698,7 +562,7 @@ impl Supervisor {
         let limit = self.config.max_tasks_per_worker;
         while let Some(chunk) = self.pending.pop_front() {
             if chunk.job.cancelled.load(Ordering::Relaxed) {
-                self.finish(chunk, Err(Error::Closed));
+                finish(&self.shared, chunk, Err(Error::Closed));
                 continue;
             }
             let target = self
@@ -710,12 +574,12 @@ impl Supervisor {
                     w.ready
                         && !w.retiring
                         && w.killed.is_none()
-                        && w.inflight.len() < depth
+                        && w.inflight().len() < depth
                         // A worker never runs more than its limit (a chunk larger
                         // than the limit goes to a fresh worker whole).
                         && limit.is_none_or(|n| w.assigned == 0 || w.assigned + u64::from(chunk.count) <= n)
                 })
-                .min_by_key(|(_, w)| w.inflight.len())
+                .min_by_key(|(_, w)| w.inflight().len())
                 .map(|(i, _)| i);
             let Some(slot) = target else {
                 self.pending.push_front(chunk);
@@ -724,33 +588,22 @@ impl Supervisor {
             let id = self.next_id;
             self.next_id += 1;
             let w = self.slots[slot].worker.as_mut().expect("picked above");
-            let sent = Message::Run {
-                id,
-                task: chunk.task,
-                count: chunk.count,
-                payload: &chunk.payload,
-            }
-            .write(&mut w.link.lock());
-            match sent {
+            match w.send(id, 0, Some(chunk)) {
                 Ok(()) => {
-                    w.assigned += u64::from(chunk.count);
                     if limit.is_some_and(|n| w.assigned >= n) {
                         w.retiring = true;
                     }
-                    let started = w.inflight.is_empty().then(Instant::now);
-                    w.inflight.push_back(Inflight {
-                        id,
-                        chunk: Some(chunk),
-                        started,
-                    });
-                    w.dirty = true;
                 }
-                Err(IpcError::FrameTooLarge { len, max }) => {
-                    self.finish(chunk, Err(Error::FrameTooLarge { len, max }));
+                Err((chunk, IpcError::FrameTooLarge { len, max })) => {
+                    if let Some(chunk) = chunk {
+                        finish(&self.shared, chunk, Err(Error::FrameTooLarge { len, max }));
+                    }
                 }
-                Err(e) => {
+                Err((chunk, e)) => {
                     tracing::warn!(worker_id = slot, pid = w.pid, error = %e, "cannot write to worker");
-                    self.pending.push_front(chunk);
+                    if let Some(chunk) = chunk {
+                        self.pending.push_front(chunk);
+                    }
                     self.kill(slot, Kill::Broken);
                 }
             }
@@ -764,7 +617,7 @@ impl Supervisor {
             && self
                 .slots
                 .iter()
-                .all(|s| s.worker.as_ref().is_none_or(|w| w.inflight.is_empty()));
+                .all(|s| s.worker.as_ref().is_none_or(|w| w.inflight().is_empty()));
         if draining_done {
             self.phase = Phase::Stopping(Instant::now() + STOP_WAIT);
         }
@@ -773,7 +626,7 @@ impl Supervisor {
             let Some(w) = self.slots[slot].worker.as_mut() else {
                 continue;
             };
-            let idle = w.inflight.is_empty();
+            let idle = w.inflight().is_empty();
             if (w.retiring || stopping) && idle && !w.shutdown_sent && w.killed.is_none() {
                 w.shutdown_sent = Message::Shutdown.write(&mut w.link.lock()).is_ok();
                 w.dirty = true;
@@ -809,7 +662,8 @@ impl Supervisor {
 
     fn task_deadline(&self, w: &Worker) -> Option<Instant> {
         let timeout = self.config.task_timeout?;
-        let head = w.inflight.front()?;
+        let inflight = w.inflight();
+        let head = inflight.front()?;
         let count = head.chunk.as_ref().map_or(1, |c| c.count);
         Some(head.started? + timeout.saturating_mul(count))
     }
@@ -841,12 +695,13 @@ impl Supervisor {
                 self.kill(slot, Kill::StartTimeout);
             } else if self.task_deadline(w).is_some_and(|d| now >= d) {
                 let timeout = self.config.task_timeout.unwrap_or_default();
+                let chunk = w.inflight().front().map_or(0, |i| i.id);
                 tracing::warn!(
                     worker_id = slot,
                     pid = w.pid,
                     "task timed out: killing its worker"
                 );
-                self.kill(slot, Kill::Timeout(timeout));
+                self.kill(slot, Kill::Timeout { timeout, chunk });
             }
         }
     }
@@ -869,110 +724,22 @@ impl Supervisor {
                     .stats
                     .workers_alive
                     .fetch_sub(1, Ordering::Relaxed);
-                for chunk in w.inflight.drain(..).filter_map(|i| i.chunk) {
-                    self.finish(chunk, Err(Error::Terminated));
+                for chunk in w.inflight().drain(..).filter_map(|i| i.chunk) {
+                    finish(&self.shared, chunk, Err(Error::Terminated));
                 }
             }
         }
         for chunk in std::mem::take(&mut self.pending) {
-            self.finish(chunk, Err(Error::Terminated));
+            finish(&self.shared, chunk, Err(Error::Terminated));
         }
         // Submissions that raced with the stop.
         for msg in self.rx.try_iter().collect::<Vec<_>>() {
             if let Msg::Submit(chunk) = msg {
-                self.finish(chunk, Err(Error::Closed));
+                finish(&self.shared, chunk, Err(Error::Closed));
             }
         }
         if let Some(ready) = self.ready_tx.take() {
             let _ = ready.send(Err(Error::Terminated));
         }
     }
-}
-
-/// Reaps a child whose connection has closed: it is exiting, so this
-/// returns promptly; a child that keeps running without its connection is
-/// killed after a short wait.
-fn reap(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_millis(500);
-    let mut pause = Duration::from_micros(50);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status,
-            Ok(None) if Instant::now() < deadline => {
-                thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(10));
-            }
-            _ => {
-                let _ = child.kill();
-                match child.wait() {
-                    Ok(status) => return status,
-                    Err(_) => continue,
-                }
-            }
-        }
-    }
-}
-
-/// The reader thread of one worker: turns frames into [`Msg`]s, and serves
-/// the worker's queue operations itself (they never wait on the supervisor).
-fn read_worker(
-    slot: usize,
-    key: u64,
-    reader: ReadHalf,
-    link: &Arc<Link>,
-    max: u32,
-    tx: &Sender<Msg>,
-) {
-    let mut reader = FrameReader::new(reader, max);
-    let mut frame = Vec::new();
-    let mut hello_seen = false;
-    // Replies and deliveries are flushed once the frames already read are handled.
-    let mut dirty = Dirty::default();
-    let error = loop {
-        if !reader.has_buffered() {
-            dirty.flush();
-        }
-        match reader.read_frame(&mut frame) {
-            Ok(true) => {}
-            Ok(false) => break None,
-            Err(e) => break Some(e),
-        }
-        let msg = match Message::decode(&frame) {
-            Ok(msg @ Message::Hub { .. }) if hello_seen => {
-                hub::serve(link, &msg, &mut dirty);
-                continue;
-            }
-            Ok(Message::Hello(hello)) if !hello_seen => {
-                hello_seen = true;
-                Msg::Hello { slot, key, hello }
-            }
-            Ok(Message::Done {
-                id,
-                elapsed_ns,
-                payload,
-                ..
-            }) if hello_seen => {
-                let payload_at = frame.len() - payload.len();
-                Msg::Done {
-                    slot,
-                    key,
-                    id,
-                    results: Results {
-                        frame: std::mem::take(&mut frame),
-                        payload_at,
-                        elapsed_ns,
-                    },
-                }
-            }
-            Ok(_) => break Some(IpcError::Malformed("unexpected message from worker")),
-            Err(e) => break Some(e),
-        };
-        if tx.send(msg).is_err() {
-            return;
-        }
-    };
-    dirty.flush();
-    // What the hub had handed this worker and it had not taken goes back.
-    hub::disconnect(link.id());
-    let _ = tx.send(Msg::Gone { slot, key, error });
 }
