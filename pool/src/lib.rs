@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod builder;
+mod dispatch;
 mod error;
 mod interrupt;
 mod joinable;

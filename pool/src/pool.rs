@@ -101,8 +101,8 @@ impl Pool {
             return Err(Error::NotInitialized);
         }
         let config = Arc::new(config);
-        let shared = Arc::new(Shared::new(config.workers));
         let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared::new(&config, tx.clone()));
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let (stopped_tx, stopped) = crossbeam_channel::bounded::<()>(0);
         let supervisor = Supervisor::new(
@@ -328,7 +328,6 @@ impl Pool {
             cancelled: false.into(),
         });
         self.shared.stats.submitted.fetch_add(1, Ordering::Relaxed);
-        self.shared.accounting.add(1);
         let chunk = Chunk {
             job,
             seq: 0,
@@ -337,9 +336,9 @@ impl Pool {
             payload,
             attempts: 0,
         };
-        if self.tx.send(Msg::Submit(chunk)).is_err() {
-            self.shared.accounting.done(1);
-            return Err(Error::Terminated);
+        if let Err((_, e)) = self.shared.submit(chunk) {
+            self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
         }
         Ok(AsyncResult {
             rx,
@@ -378,7 +377,7 @@ impl Pool {
 
     /// Refuses new work from now on; work already accepted goes on.
     pub fn close(&self) {
-        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.close(Error::Closed);
     }
 
     /// Requests a graceful stop, as a first Ctrl-C does: nothing new is

@@ -15,7 +15,7 @@ use procpool_ipc::proto::RUN_OVERHEAD;
 use procpool_ipc::task::Payload;
 use procpool_ipc::{TaskError, codec};
 
-use crate::supervisor::{Chunk, Job, Msg, Outcome, Results};
+use crate::supervisor::{Chunk, Job, Outcome, Results};
 use crate::{Error, Pool};
 
 /// How many items go into one chunk.
@@ -196,7 +196,8 @@ impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.outstanding += count as usize;
-        let shared = &self.pool.shared;
+        let pool = self.pool;
+        let shared = &pool.shared;
         shared
             .stats
             .submitted
@@ -209,36 +210,17 @@ impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
             payload,
             attempts: 0,
         };
-        if shared.closed.load(Ordering::SeqCst) {
-            let error = if shared.interrupted.load(Ordering::SeqCst) {
-                Error::Interrupted
-            } else {
-                Error::Closed
-            };
+        self.chunks_out += 1;
+        if let Err((chunk, error)) = shared.submit(chunk) {
+            self.chunks_out -= 1;
             shared
                 .stats
                 .failed
                 .fetch_add(u64::from(count), Ordering::Relaxed);
             self.accept(Outcome {
-                seq,
+                seq: chunk.seq,
                 count,
                 result: Err(error),
-            });
-            return;
-        }
-        shared.accounting.add(1);
-        self.chunks_out += 1;
-        if let Err(e) = self.pool.tx.send(Msg::Submit(chunk)) {
-            self.chunks_out -= 1;
-            // The supervisor is gone: the pool has stopped.
-            let Msg::Submit(chunk) = e.into_inner() else {
-                unreachable!("we sent a Submit")
-            };
-            shared.accounting.done(1);
-            self.accept(Outcome {
-                seq: chunk.seq,
-                count: chunk.count,
-                result: Err(Error::Terminated),
             });
         }
     }

@@ -1,57 +1,63 @@
-//! The supervisor: one thread that owns every worker and all queued work.
+//! The supervisor: the thread that owns the worker processes.
 //!
-//! It receives [`Msg`]s from the pool's callers (submit, stop) and from one
-//! reader thread per worker (hello, results, EOF), so all state changes
-//! happen on one thread, in one place.
-//!
-//! # A chunk's life
-//!
-//! ```text
-//! submit ──► pending ──dispatch──► worker.inflight ──Done──► caller's channel   (task_done)
-//!              ▲                        │
-//!              │      worker dies:      ├─ head chunk (it was running): retry or fail (task_done)
-//!              └──────── requeue ───────┴─ chunks queued behind it (never started)
-//! cancelled job: dropped at dispatch                                            (task_done)
-//! ```
-//!
-//! Every chunk leaves the books through [`Supervisor::finish`], which is
-//! where the JoinableQueue counter is decremented: exactly once per chunk.
+//! It starts workers, opens a worker's lane in [`Dispatch`] once its
+//! handshake is in, kills workers whose task timed out, reaps and replaces
+//! the dead, and runs the pool's stops. Tasks and results do not pass
+//! through it: see [`dispatch`](crate::dispatch).
 //!
 //! # A worker's life
 //!
-//! spawned → (hello) ready → [retiring: after `max_tasks_per_worker`, gets
-//! `Shutdown` once idle] → EOF → reaped → replaced (unless the pool stops,
-//! or the slot failed to start three times in a row).
+//! spawned (lane closed) → hello: lane open → [retiring after
+//! `max_tasks_per_worker`: `Shutdown` once idle] → EOF → reaped → replaced
+//! (unless the pool stops, or the slot failed to start three times in a row).
 //!
 //! A worker's death is seen at once: its reader thread reads EOF and sends
 //! [`Msg::Gone`]; the supervisor reaps the process right away, so no zombie
-//! outlives its connection.
+//! outlives its connection. The chunk the worker was running fails (or is
+//! retried); the chunks queued behind it go back to the front of the queue.
+//!
+//! # Stops
+//!
+//! - drop: new work refused, queued and running work finishes within the
+//!   grace period, then `Shutdown` to every worker (killed after the wait);
+//! - interrupt: queued work fails with `Interrupted`, every worker gets
+//!   `Shutdown` at once (the running task finishes, queued ones are dropped);
+//! - terminate: every worker is killed now.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use procpool_ipc::IpcError;
-use procpool_ipc::proto::{Hello, Message};
+use procpool_ipc::link::Dirty;
+use procpool_ipc::proto::Hello;
 
 use crate::Error;
 use crate::builder::Config;
+use crate::dispatch::{Dispatch, Lane, finish};
 use crate::joinable::Accounting;
-use crate::worker::{Inflight, Kill, Worker, finish, reap};
+use crate::worker::{Kill, Worker, reap};
 
 /// A start-up that fails this many times in a row leaves its slot empty.
 const MAX_START_FAILURES: u32 = 3;
 /// How long a stop waits for killed or shut-down workers before reaping them directly.
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
-/// State shared between the pool handle, its callers and the supervisor.
+/// State shared between the pool handle, its callers, the reader threads
+/// and the supervisor.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) accounting: Accounting,
+    dispatch: Mutex<Dispatch>,
     pub(crate) closed: AtomicBool,
     pub(crate) interrupted: AtomicBool,
+    /// Whether the supervisor wants to hear of every finished chunk
+    /// (task timeouts to track, or a stop waiting for the work to end).
+    pub(crate) watch: AtomicBool,
+    /// Wakes the supervisor.
+    pub(crate) wake: Sender<Msg>,
     /// Dropped on interrupt: every `select` on `interrupt_rx` wakes at once.
     interrupt_tx: Mutex<Option<Sender<()>>>,
     pub(crate) interrupt_rx: Receiver<()>,
@@ -72,23 +78,56 @@ pub(crate) struct Counters {
 }
 
 impl Shared {
-    pub(crate) fn new(workers: usize) -> Self {
+    pub(crate) fn new(config: &Config, wake: Sender<Msg>) -> Self {
         let (interrupt_tx, interrupt_rx) = crossbeam_channel::bounded(0);
         Self {
             accounting: Accounting::default(),
+            dispatch: Mutex::new(Dispatch::new(config)),
             closed: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
+            watch: AtomicBool::new(config.task_timeout.is_some()),
+            wake,
             interrupt_tx: Mutex::new(Some(interrupt_tx)),
             interrupt_rx,
-            pids: Mutex::new(vec![None; workers]),
+            pids: Mutex::new(vec![None; config.workers]),
             stats: Counters::default(),
         }
+    }
+
+    pub(crate) fn dispatch(&self) -> MutexGuard<'_, Dispatch> {
+        self.dispatch.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a chunk and sends it at once if a worker has room. On refusal
+    /// the chunk comes back with the reason.
+    pub(crate) fn submit(&self, chunk: Chunk) -> Result<(), (Chunk, Error)> {
+        let mut dirty = Dirty::default();
+        let started = {
+            let mut dispatch = self.dispatch();
+            if let Some(e) = &dispatch.refuse {
+                return Err((chunk, e.clone()));
+            }
+            self.accounting.add(1);
+            dispatch.pending.push_back(chunk);
+            dispatch.pump(self, &mut dirty)
+        };
+        dirty.flush();
+        if started && self.watch.load(Ordering::Relaxed) {
+            let _ = self.wake.send(Msg::Wake);
+        }
+        Ok(())
+    }
+
+    /// Refuses new work from now on.
+    pub(crate) fn close(&self, why: Error) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.dispatch().refuse(why);
     }
 
     /// Marks the pool interrupted and wakes every blocked caller.
     pub(crate) fn interrupt(&self) {
         self.interrupted.store(true, Ordering::SeqCst);
-        self.closed.store(true, Ordering::SeqCst);
+        self.close(Error::Interrupted);
         drop(
             self.interrupt_tx
                 .lock()
@@ -141,7 +180,6 @@ pub(crate) struct Results {
 /// What the supervisor is told.
 #[derive(Debug)]
 pub(crate) enum Msg {
-    Submit(Chunk),
     /// Stop gracefully: finish queued and running work within the grace
     /// period, then kill.
     Shutdown,
@@ -155,8 +193,8 @@ pub(crate) enum Msg {
         key: u64,
         hello: Hello,
     },
-    /// A worker finished a chunk (already delivered to its caller).
-    Completed,
+    /// Something the supervisor watches changed (a chunk started or ended).
+    Wake,
     /// A worker's initializer failed: it must not take tasks.
     InitFailed {
         slot: usize,
@@ -192,8 +230,6 @@ pub(crate) struct Supervisor {
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
     slots: Vec<Slot>,
-    pending: VecDeque<Chunk>,
-    next_id: u64,
     next_key: u64,
     tasks: Option<Vec<String>>,
     phase: Phase,
@@ -215,8 +251,6 @@ impl Supervisor {
             tx,
             rx,
             slots,
-            pending: VecDeque::new(),
-            next_id: 0,
             next_key: 0,
             tasks: None,
             phase: Phase::Starting,
@@ -246,14 +280,12 @@ impl Supervisor {
             };
             if let Some(msg) = msg {
                 self.handle(msg);
-                // Take what else is waiting before writing: one flush per burst.
                 for msg in self.rx.try_iter().take(1024).collect::<Vec<_>>() {
                     self.handle(msg);
                 }
             }
             self.check_deadlines();
-            self.dispatch();
-            self.flush();
+            self.tick();
             if self.is_finished() {
                 break;
             }
@@ -263,37 +295,32 @@ impl Supervisor {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Submit(chunk) => {
-                if matches!(self.phase, Phase::Running | Phase::Draining(_)) && self.has_workers() {
-                    self.pending.push_back(chunk);
-                } else if self.has_workers() {
-                    finish(&self.shared, chunk, Err(Error::Closed));
-                } else {
-                    let e = self.no_workers_error();
-                    finish(&self.shared, chunk, Err(e));
-                }
-            }
-            Msg::Shutdown => self.begin_drain(),
+            Msg::Shutdown => self.begin_drain(Error::Closed),
             Msg::Interrupt => {
-                for chunk in std::mem::take(&mut self.pending) {
+                let mut dirty = Dirty::default();
+                let mut dispatch = self.shared.dispatch();
+                dispatch.refuse(Error::Interrupted);
+                for chunk in std::mem::take(&mut dispatch.pending) {
                     finish(&self.shared, chunk, Err(Error::Interrupted));
                 }
-                self.begin_drain();
                 // Running tasks finish; those queued behind them in the
                 // worker are dropped there and fail here when it exits.
-                for w in self.slots.iter_mut().filter_map(|s| s.worker.as_mut()) {
-                    if !w.shutdown_sent && w.killed.is_none() {
-                        w.shutdown_sent = Message::Shutdown.write(&mut w.link.lock()).is_ok();
-                        w.dirty = true;
-                    }
+                for lane in dispatch.lanes.iter_mut().flatten() {
+                    lane.shutdown(&mut dirty);
                 }
+                drop(dispatch);
+                dirty.flush();
+                self.begin_drain(Error::Interrupted);
             }
             Msg::Terminate => self.terminate(),
             Msg::Hello { slot, key, hello } => self.on_hello(slot, key, hello),
-            // A chunk finished (the reader thread delivered it): room to dispatch.
-            Msg::Completed => {}
+            Msg::Wake => {}
             Msg::InitFailed { slot, key } => {
-                if self.worker_mut(slot, key).is_some() {
+                if self.slots[slot]
+                    .worker
+                    .as_ref()
+                    .is_some_and(|w| w.key == key)
+                {
                     self.kill(slot, Kill::Broken);
                 }
             }
@@ -301,16 +328,19 @@ impl Supervisor {
         }
     }
 
-    fn begin_drain(&mut self) {
-        self.shared.closed.store(true, Ordering::SeqCst);
+    fn begin_drain(&mut self, why: Error) {
+        self.shared.close(why);
+        self.shared.watch.store(true, Ordering::Relaxed);
         if matches!(self.phase, Phase::Starting | Phase::Running) {
             self.phase = Phase::Draining(Instant::now() + self.config.grace_period);
         }
     }
 
     fn terminate(&mut self) {
-        self.shared.closed.store(true, Ordering::SeqCst);
-        for chunk in std::mem::take(&mut self.pending) {
+        self.shared.close(Error::Terminated);
+        self.shared.watch.store(true, Ordering::Relaxed);
+        let pending = std::mem::take(&mut self.shared.dispatch().pending);
+        for chunk in pending {
             finish(&self.shared, chunk, Err(Error::Terminated));
         }
         for slot in 0..self.slots.len() {
@@ -322,7 +352,10 @@ impl Supervisor {
     fn spawn(&mut self, slot: usize) -> Result<(), Error> {
         let key = self.next_key;
         self.next_key += 1;
-        let worker = Worker::spawn(&self.config, slot, key, &self.shared, &self.tx)?;
+        let (worker, link) = Worker::spawn(&self.config, slot, key, &self.shared, &self.tx)?;
+        let mut lane = Lane::new(key, worker.pid, link);
+        lane.open = false; // until its handshake is in
+        self.shared.dispatch().lanes[slot] = Some(lane);
         self.shared.set_pid(slot, Some(worker.pid));
         self.shared
             .stats
@@ -330,14 +363,6 @@ impl Supervisor {
             .fetch_add(1, Ordering::Relaxed);
         self.slots[slot].worker = Some(worker);
         Ok(())
-    }
-
-    fn worker_mut(&mut self, slot: usize, key: u64) -> Option<&mut Worker> {
-        self.slots
-            .get_mut(slot)?
-            .worker
-            .as_mut()
-            .filter(|w| w.key == key)
     }
 
     fn on_hello(&mut self, slot: usize, key: u64, hello: Hello) {
@@ -361,8 +386,7 @@ impl Supervisor {
                 }
             },
         };
-        let id = self.next_id;
-        let Some(w) = self.worker_mut(slot, key) else {
+        let Some(w) = self.slots[slot].worker.as_mut().filter(|w| w.key == key) else {
             return;
         };
         if mismatch {
@@ -371,20 +395,26 @@ impl Supervisor {
                 pid = w.pid,
                 "worker serves a different task list"
             );
-            w.killed = Some(Kill::Broken);
-            let _ = w.child.kill();
+            self.kill(slot, Kill::Broken);
             return;
         }
         w.ready = true;
         tracing::debug!(worker_id = slot, pid = hello.pid, "worker ready");
-        if let Some(task) = initializer {
-            // Runs before anything else: it is first in the worker's queue.
-            if w.send(id, task, None).is_ok() {
-                self.next_id += 1;
-            } else {
-                w.killed = Some(Kill::Broken);
-                let _ = w.child.kill();
+        let mut dirty = Dirty::default();
+        let mut dispatch = self.shared.dispatch();
+        let mut broken = false;
+        if let Some(lane) = dispatch.lane_mut(slot, key) {
+            lane.open = !lane.shutdown_sent;
+            if let Some(task) = initializer {
+                // Runs before anything else: it is first in the worker's lane.
+                broken = dispatch.send(slot, task, None, &mut dirty).is_err();
             }
+        }
+        dispatch.pump(&self.shared, &mut dirty);
+        drop(dispatch);
+        dirty.flush();
+        if broken {
+            self.kill(slot, Kill::Broken);
         }
         self.slots[slot].start_failures = 0;
         if self.phase == Phase::Starting
@@ -410,13 +440,21 @@ impl Supervisor {
             .stats
             .workers_alive
             .fetch_sub(1, Ordering::Relaxed);
+        let lane = {
+            let mut dispatch = self.shared.dispatch();
+            dispatch.lanes[slot].take_if(|l| l.key == key)
+        };
+        let (mut inflight, shutdown_sent, retiring) = match lane {
+            Some(l) => (l.inflight, l.shutdown_sent, l.retiring),
+            None => (VecDeque::new(), false, false),
+        };
         let worker_id = slot;
         let pid = w.pid;
-        let expected = w.shutdown_sent || matches!(w.killed, Some(Kill::Terminated));
+        let expected = shutdown_sent || matches!(w.killed, Some(Kill::Terminated));
         if !expected {
             tracing::warn!(worker_id, pid, %status, "worker died");
         }
-        let head_id = w.inflight().front().map(|i| i.id);
+        let head_id = inflight.front().map(|i| i.id);
         // The error for the chunk that was running.
         let culprit = match (w.killed, error) {
             (Some(Kill::Timeout { timeout, chunk }), _) if head_id == Some(chunk) => {
@@ -427,7 +465,7 @@ impl Supervisor {
                 }
             }
             (Some(Kill::Terminated), _) => Error::Terminated,
-            _ if w.shutdown_sent && self.shared.interrupted.load(Ordering::SeqCst) => {
+            _ if shutdown_sent && self.shared.interrupted.load(Ordering::SeqCst) => {
                 Error::Interrupted
             }
             (_, Some(e)) if !matches!(e, IpcError::Truncated { .. }) => Error::Connection {
@@ -440,36 +478,32 @@ impl Supervisor {
                 status,
             },
         };
-        let stopping = matches!(self.phase, Phase::Stopping(_)) || w.shutdown_sent;
-        let mut inflight = std::mem::take(&mut *w.inflight());
-        if let Some(Inflight {
-            chunk: Some(mut chunk),
-            ..
-        }) = inflight.pop_front()
+        let stopping = matches!(self.phase, Phase::Stopping(_)) || shutdown_sent;
         {
-            // Killed for a timeout of a chunk that finished meanwhile: this
-            // one had just started and is not to blame.
-            let blameless =
-                matches!(w.killed, Some(Kill::Timeout { chunk, .. }) if head_id != Some(chunk));
-            let retry = !stopping
-                && matches!(culprit, Error::WorkerDied { .. } | Error::Connection { .. })
-                && chunk.attempts < self.config.retries;
-            if blameless && !stopping {
-                self.pending.push_front(chunk);
-            } else if retry {
-                chunk.attempts += 1;
-                self.pending.push_front(chunk);
-            } else {
-                finish(&self.shared, chunk, Err(culprit.clone()));
+            let mut dispatch = self.shared.dispatch();
+            if let Some(mut chunk) = inflight.pop_front().and_then(|i| i.chunk) {
+                // Killed for a timeout of a chunk that finished meanwhile:
+                // this one had just started and is not to blame.
+                let blameless =
+                    matches!(w.killed, Some(Kill::Timeout { chunk, .. }) if head_id != Some(chunk));
+                let retry = !stopping
+                    && matches!(culprit, Error::WorkerDied { .. } | Error::Connection { .. })
+                    && chunk.attempts < self.config.retries;
+                if blameless && !stopping {
+                    dispatch.pending.push_front(chunk);
+                } else if retry {
+                    chunk.attempts += 1;
+                    dispatch.pending.push_front(chunk);
+                } else {
+                    finish(&self.shared, chunk, Err(culprit.clone()));
+                }
             }
-        }
-        // The rest never started: back to the front of the queue, in order.
-        for Inflight { chunk, .. } in inflight.into_iter().rev() {
-            if let Some(chunk) = chunk {
+            // The rest never started: back to the front of the queue, in order.
+            for chunk in inflight.into_iter().rev().filter_map(|i| i.chunk) {
                 if stopping {
                     finish(&self.shared, chunk, Err(culprit.clone()));
                 } else {
-                    self.pending.push_front(chunk);
+                    dispatch.pending.push_front(chunk);
                 }
             }
         }
@@ -500,12 +534,12 @@ impl Supervisor {
             self.slots[slot].last_start_error = Some(e);
         }
         // While draining, a replacement is needed only for queued work.
+        let queued = !self.shared.dispatch().pending.is_empty();
         let replace = self.config.replace_workers
-            && (self.phase == Phase::Running
-                || matches!(self.phase, Phase::Draining(_)) && !self.pending.is_empty())
+            && (self.phase == Phase::Running || matches!(self.phase, Phase::Draining(_)) && queued)
             && self.slots[slot].start_failures < MAX_START_FAILURES;
         if replace {
-            if !w.retiring {
+            if !retiring {
                 self.shared
                     .stats
                     .workers_replaced
@@ -519,7 +553,9 @@ impl Supervisor {
         }
         if !self.has_workers() {
             let e = self.no_workers_error();
-            for chunk in std::mem::take(&mut self.pending) {
+            let mut dispatch = self.shared.dispatch();
+            dispatch.refuse(e.clone());
+            for chunk in std::mem::take(&mut dispatch.pending) {
                 finish(&self.shared, chunk, Err(e.clone()));
             }
         }
@@ -544,101 +580,45 @@ impl Supervisor {
             .unwrap_or(Error::Closed)
     }
 
+    /// Kills a worker; its lane takes nothing more.
     fn kill(&mut self, slot: usize, why: Kill) {
         if let Some(w) = self.slots[slot].worker.as_mut() {
             if w.killed.is_none() || matches!(why, Kill::Terminated) {
                 w.killed = Some(why);
             }
             let _ = w.child.kill();
-        }
-    }
-
-    /// Sends queued chunks to workers with room, the least loaded first.
-    fn dispatch(&mut self) {
-        if !matches!(self.phase, Phase::Running | Phase::Draining(_)) {
-            return;
-        }
-        let depth = self.config.prefetch + 1;
-        let limit = self.config.max_tasks_per_worker;
-        while let Some(chunk) = self.pending.pop_front() {
-            if chunk.job.cancelled.load(Ordering::Relaxed) {
-                finish(&self.shared, chunk, Err(Error::Closed));
-                continue;
-            }
-            let target = self
-                .slots
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| Some((i, s.worker.as_ref()?)))
-                .filter(|(_, w)| {
-                    w.ready
-                        && !w.retiring
-                        && w.killed.is_none()
-                        && w.inflight().len() < depth
-                        // A worker never runs more than its limit (a chunk larger
-                        // than the limit goes to a fresh worker whole).
-                        && limit.is_none_or(|n| w.assigned == 0 || w.assigned + u64::from(chunk.count) <= n)
-                })
-                .min_by_key(|(_, w)| w.inflight().len())
-                .map(|(i, _)| i);
-            let Some(slot) = target else {
-                self.pending.push_front(chunk);
-                break;
-            };
-            let id = self.next_id;
-            self.next_id += 1;
-            let w = self.slots[slot].worker.as_mut().expect("picked above");
-            match w.send(id, 0, Some(chunk)) {
-                Ok(()) => {
-                    if limit.is_some_and(|n| w.assigned >= n) {
-                        w.retiring = true;
-                    }
-                }
-                Err((chunk, IpcError::FrameTooLarge { len, max })) => {
-                    if let Some(chunk) = chunk {
-                        finish(&self.shared, chunk, Err(Error::FrameTooLarge { len, max }));
-                    }
-                }
-                Err((chunk, e)) => {
-                    tracing::warn!(worker_id = slot, pid = w.pid, error = %e, "cannot write to worker");
-                    if let Some(chunk) = chunk {
-                        self.pending.push_front(chunk);
-                    }
-                    self.kill(slot, Kill::Broken);
-                }
+            if let Some(lane) = self.shared.dispatch().lanes[slot].as_mut() {
+                lane.open = false;
             }
         }
     }
 
-    /// Sends what the dispatch buffered; tells idle retiring workers to exit.
-    fn flush(&mut self) {
-        let draining_done = matches!(self.phase, Phase::Draining(_))
-            && self.pending.is_empty()
-            && self
-                .slots
-                .iter()
-                .all(|s| s.worker.as_ref().is_none_or(|w| w.inflight().is_empty()));
-        if draining_done {
+    /// Moves stops along: a drain whose work is done becomes a stop, and a
+    /// stop tells every idle worker to exit.
+    fn tick(&mut self) {
+        let mut dirty = Dirty::default();
+        let mut dispatch = self.shared.dispatch();
+        if matches!(self.phase, Phase::Draining(_)) && dispatch.is_idle() {
             self.phase = Phase::Stopping(Instant::now() + STOP_WAIT);
         }
-        let stopping = matches!(self.phase, Phase::Stopping(_));
-        for slot in 0..self.slots.len() {
-            let Some(w) = self.slots[slot].worker.as_mut() else {
-                continue;
-            };
-            let idle = w.inflight().is_empty();
-            if (w.retiring || stopping) && idle && !w.shutdown_sent && w.killed.is_none() {
-                w.shutdown_sent = Message::Shutdown.write(&mut w.link.lock()).is_ok();
-                w.dirty = true;
-            }
-            if w.dirty {
-                w.dirty = false;
-                if let Err(e) = w.link.flush() {
-                    tracing::warn!(worker_id = slot, pid = w.pid, error = %e, "cannot write to worker");
-                    self.kill(slot, Kill::Broken);
+        if matches!(self.phase, Phase::Stopping(_)) {
+            for lane in dispatch.lanes.iter_mut().flatten() {
+                if lane.inflight.is_empty() {
+                    lane.shutdown(&mut dirty);
                 }
             }
         }
+        dispatch.pump(&self.shared, &mut dirty);
+        drop(dispatch);
+        dirty.flush();
+    }
+
+    /// The deadline of the chunk lane `slot` is running, if it has one.
+    fn task_deadline(&self, lane: &Lane) -> Option<(Instant, u64)> {
+        let timeout = self.config.task_timeout?;
+        let head = lane.inflight.front()?;
+        let count = head.chunk.as_ref().map_or(1, |c| c.count);
+        Some((head.started? + timeout.saturating_mul(count), head.id))
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -647,25 +627,21 @@ impl Supervisor {
             _ => None,
         };
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-        for w in self.slots.iter().filter_map(|s| s.worker.as_ref()) {
-            if w.killed.is_some() {
+        let dispatch = self.shared.dispatch();
+        for (slot, s) in self.slots.iter().enumerate() {
+            let Some(w) = s.worker.as_ref().filter(|w| w.killed.is_none()) else {
                 continue;
-            }
+            };
             if !w.ready {
                 consider(w.spawned + self.config.start_timeout);
-            } else if let Some(deadline) = self.task_deadline(w) {
+            } else if let Some((deadline, _)) = dispatch.lanes[slot]
+                .as_ref()
+                .and_then(|l| self.task_deadline(l))
+            {
                 consider(deadline);
             }
         }
         next
-    }
-
-    fn task_deadline(&self, w: &Worker) -> Option<Instant> {
-        let timeout = self.config.task_timeout?;
-        let inflight = w.inflight();
-        let head = inflight.front()?;
-        let count = head.chunk.as_ref().map_or(1, |c| c.count);
-        Some(head.started? + timeout.saturating_mul(count))
     }
 
     fn check_deadlines(&mut self) {
@@ -685,17 +661,26 @@ impl Supervisor {
             _ => {}
         }
         for slot in 0..self.slots.len() {
-            let Some(w) = self.slots[slot].worker.as_ref() else {
+            let Some(w) = self.slots[slot]
+                .worker
+                .as_ref()
+                .filter(|w| w.killed.is_none())
+            else {
                 continue;
             };
-            if w.killed.is_some() {
-                continue;
-            }
             if !w.ready && now >= w.spawned + self.config.start_timeout {
                 self.kill(slot, Kill::StartTimeout);
-            } else if self.task_deadline(w).is_some_and(|d| now >= d) {
+                continue;
+            }
+            let expired = {
+                let dispatch = self.shared.dispatch();
+                dispatch.lanes[slot]
+                    .as_ref()
+                    .and_then(|l| self.task_deadline(l))
+                    .filter(|(d, _)| now >= *d)
+            };
+            if let Some((_, chunk)) = expired {
                 let timeout = self.config.task_timeout.unwrap_or_default();
-                let chunk = w.inflight().front().map_or(0, |i| i.id);
                 tracing::warn!(
                     worker_id = slot,
                     pid = w.pid,
@@ -715,6 +700,7 @@ impl Supervisor {
 
     /// Kills and reaps whatever is left; fails whatever is still on the books.
     fn reap_all(&mut self) {
+        self.shared.close(Error::Terminated);
         for slot in 0..self.slots.len() {
             if let Some(mut w) = self.slots[slot].worker.take() {
                 let _ = w.child.kill();
@@ -724,19 +710,16 @@ impl Supervisor {
                     .stats
                     .workers_alive
                     .fetch_sub(1, Ordering::Relaxed);
-                for chunk in w.inflight().drain(..).filter_map(|i| i.chunk) {
-                    finish(&self.shared, chunk, Err(Error::Terminated));
-                }
             }
         }
-        for chunk in std::mem::take(&mut self.pending) {
+        let mut dispatch = self.shared.dispatch();
+        let mut left: Vec<_> = std::mem::take(&mut dispatch.pending).into_iter().collect();
+        for lane in dispatch.lanes.iter_mut().filter_map(Option::take) {
+            left.extend(lane.inflight.into_iter().filter_map(|i| i.chunk));
+        }
+        drop(dispatch);
+        for chunk in left {
             finish(&self.shared, chunk, Err(Error::Terminated));
-        }
-        // Submissions that raced with the stop.
-        for msg in self.rx.try_iter().collect::<Vec<_>>() {
-            if let Msg::Submit(chunk) = msg {
-                finish(&self.shared, chunk, Err(Error::Closed));
-            }
         }
         if let Some(ready) = self.ready_tx.take() {
             let _ = ready.send(Err(Error::Terminated));

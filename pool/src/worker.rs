@@ -1,18 +1,16 @@
-//! One worker process as the master sees it: its child handle, its
-//! connection, the chunks it holds, and the reader thread that listens to it.
+//! One worker process as the master sees it: its child handle, and the
+//! reader thread that listens to its connection.
 //!
-//! The reader thread does the per-chunk work itself: it takes a finished
-//! chunk off the worker's in-flight queue and hands the results straight to
-//! the caller, then tells the supervisor there is room for more. A result
-//! thus reaches its caller without a detour through the supervisor thread.
-//! The reader also serves the worker's queue operations. It ends when the
-//! connection does, after giving back to the hub what the worker had been
-//! handed but not taken, and reports [`Msg::Gone`] last.
+//! The reader thread does the per-chunk work itself (see
+//! [`dispatch`](crate::dispatch)): on a result it takes the chunk off the
+//! worker's lane, refills the lane, and hands the result to its caller. It
+//! also serves the worker's queue operations. It ends when the connection
+//! does, after giving back to the hub what the worker had been handed but
+//! not taken, and reports [`Msg::Gone`] last.
 
-use std::collections::VecDeque;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,7 +24,8 @@ use procpool_ipc::{IpcError, TaskError, codec};
 
 use crate::Error;
 use crate::builder::Config;
-use crate::supervisor::{Chunk, Msg, Outcome, Results, Shared};
+use crate::dispatch::finish;
+use crate::supervisor::{Msg, Results, Shared};
 
 /// Why the supervisor killed a worker.
 #[derive(Clone, Copy, Debug)]
@@ -41,45 +40,27 @@ pub(crate) enum Kill {
     Broken,
 }
 
-/// A chunk sent to a worker and not yet answered.
-#[derive(Debug)]
-pub(crate) struct Inflight {
-    pub(crate) id: u64,
-    /// `None` for the initializer.
-    pub(crate) chunk: Option<Chunk>,
-    /// When the worker started it (it runs them in order).
-    pub(crate) started: Option<Instant>,
-}
-
-/// A worker process and what the master knows about it.
+/// A worker process and what the supervisor knows about it.
 #[derive(Debug)]
 pub(crate) struct Worker {
     pub(crate) key: u64,
     pub(crate) pid: u32,
     pub(crate) child: Child,
-    pub(crate) link: Arc<Link>,
     pub(crate) spawned: Instant,
     pub(crate) ready: bool,
-    /// Gets no new work; is told to shut down once idle.
-    pub(crate) retiring: bool,
-    pub(crate) shutdown_sent: bool,
     pub(crate) killed: Option<Kill>,
-    /// Shared with the reader thread, which takes finished chunks off it.
-    inflight: Arc<Mutex<VecDeque<Inflight>>>,
-    /// Tasks sent to this worker so far (for `max_tasks_per_worker`).
-    pub(crate) assigned: u64,
-    pub(crate) dirty: bool,
 }
 
 impl Worker {
-    /// Starts the worker program for slot `slot` and its reader thread.
+    /// Starts the worker program for slot `slot` and its reader thread;
+    /// returns it with the writing side of its connection.
     pub(crate) fn spawn(
         config: &Config,
         slot: usize,
         key: u64,
         shared: &Arc<Shared>,
         tx: &Sender<Msg>,
-    ) -> Result<Worker, Error> {
+    ) -> Result<(Worker, Arc<Link>), Error> {
         let mut cmd = Command::new(&config.program);
         cmd.args(&config.args)
             .envs(config.envs.iter().map(|(k, v)| (k, v)))
@@ -93,12 +74,10 @@ impl Worker {
         let (mut child, reader, writer) = endpoint::spawn(cmd).map_err(spawn_error)?;
         let max = config.max_frame_len;
         let link = Link::new(writer, max);
-        let inflight = Arc::new(Mutex::new(VecDeque::new()));
         let ctx = ReaderContext {
             slot,
             key,
             link: Arc::clone(&link),
-            inflight: Arc::clone(&inflight),
             shared: Arc::clone(shared),
             tx: tx.clone(),
         };
@@ -112,88 +91,16 @@ impl Worker {
         }
         let pid = child.id();
         tracing::debug!(worker_id = slot, pid, "worker started");
-        Ok(Worker {
+        let worker = Worker {
             key,
             pid,
             child,
-            link,
             spawned: Instant::now(),
             ready: false,
-            retiring: false,
-            shutdown_sent: false,
             killed: None,
-            inflight,
-            assigned: 0,
-            dirty: false,
-        })
-    }
-
-    /// Sends chunk `id` (or, with `chunk` `None`, the initializer, task
-    /// number `task` on `()`). It joins the in-flight queue before the frame
-    /// is written: another thread may flush the link at any moment, and the
-    /// answer must find it there. On failure the chunk comes back.
-    pub(crate) fn send(
-        &mut self,
-        id: u64,
-        task: u32,
-        chunk: Option<Chunk>,
-    ) -> Result<(), (Option<Chunk>, IpcError)> {
-        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
-        let started = inflight.is_empty().then(Instant::now);
-        inflight.push_back(Inflight { id, chunk, started });
-        let head = inflight.back().expect("just pushed");
-        let unit = [0u8; 0];
-        let (count, payload) = match &head.chunk {
-            Some(c) => (c.count, &c.payload[..]),
-            // `()` encodes to nothing.
-            None => (1, &unit[..]),
         };
-        let sent = Message::Run {
-            id,
-            task: head.chunk.as_ref().map_or(task, |c| c.task),
-            count,
-            payload,
-        }
-        .write(&mut self.link.lock());
-        match sent {
-            Ok(()) => {
-                if let Some(c) = &head.chunk {
-                    self.assigned += u64::from(c.count);
-                }
-                self.dirty = true;
-                Ok(())
-            }
-            Err(e) => Err((inflight.pop_back().and_then(|i| i.chunk), e)),
-        }
+        Ok((worker, link))
     }
-
-    /// The chunks this worker holds, oldest (running) first.
-    pub(crate) fn inflight(&self) -> MutexGuard<'_, VecDeque<Inflight>> {
-        self.inflight.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Leaves the books: the chunk's outcome goes to its caller and the
-/// JoinableQueue counter goes down by one. Every chunk passes here exactly
-/// once, whoever ends it.
-pub(crate) fn finish(shared: &Shared, chunk: Chunk, result: Result<Results, Error>) {
-    let stats = &shared.stats;
-    let n = u64::from(chunk.count);
-    if chunk.job.cancelled.load(Ordering::Relaxed) {
-        stats.cancelled.fetch_add(n, Ordering::Relaxed);
-    } else {
-        match &result {
-            Ok(_) => stats.completed.fetch_add(n, Ordering::Relaxed),
-            Err(_) => stats.failed.fetch_add(n, Ordering::Relaxed),
-        };
-        // A caller that went away no longer wants the outcome.
-        let _ = chunk.job.sink.send(Outcome {
-            seq: chunk.seq,
-            count: chunk.count,
-            result,
-        });
-    }
-    shared.accounting.done(1);
 }
 
 /// Reaps a child whose connection has closed: it is exiting, so this
@@ -224,7 +131,6 @@ struct ReaderContext {
     slot: usize,
     key: u64,
     link: Arc<Link>,
-    inflight: Arc<Mutex<VecDeque<Inflight>>>,
     shared: Arc<Shared>,
     tx: Sender<Msg>,
 }
@@ -247,7 +153,8 @@ impl ReaderContext {
         let mut reader = FrameReader::new(reader, max);
         let mut frame = Vec::new();
         let mut hello_seen = false;
-        // Replies and deliveries are flushed once the frames already read are handled.
+        // Frames for workers (next chunks, queue replies) are flushed once
+        // the frames already read are handled: one write per burst.
         let mut dirty = Dirty::default();
         loop {
             if !reader.has_buffered() {
@@ -258,14 +165,15 @@ impl ReaderContext {
                 Ok(false) => return None,
                 Err(e) => return Some(e),
             }
-            let msg = match Message::decode(&frame) {
+            match Message::decode(&frame) {
                 Ok(msg @ Message::Hub { .. }) if hello_seen => {
-                    hub::serve(&self.link, &msg, &mut dirty);
-                    continue;
+                    hub::serve(&self.link, &msg, &mut dirty)
                 }
                 Ok(Message::Hello(hello)) if !hello_seen => {
                     hello_seen = true;
-                    Msg::Hello { slot, key, hello }
+                    if self.tx.send(Msg::Hello { slot, key, hello }).is_err() {
+                        return None;
+                    }
                 }
                 Ok(Message::Done {
                     id,
@@ -279,48 +187,40 @@ impl ReaderContext {
                         payload_at,
                         elapsed_ns,
                     };
-                    match self.complete(id, results) {
-                        Some(msg) => msg,
-                        None => {
-                            return Some(IpcError::Malformed(
-                                "result for a task the worker was not running",
-                            ));
-                        }
+                    if !self.complete(id, results, &mut dirty) {
+                        return Some(IpcError::Malformed(
+                            "result for a task the worker was not running",
+                        ));
                     }
                 }
                 Ok(_) => return Some(IpcError::Malformed("unexpected message from worker")),
                 Err(e) => return Some(e),
-            };
-            if self.tx.send(msg).is_err() {
-                return None;
             }
         }
     }
 
-    /// Takes the finished chunk `id` off the in-flight queue and delivers
-    /// it; `None` if it is not the one the worker was running.
-    fn complete(&self, id: u64, results: Results) -> Option<Msg> {
+    /// Takes the answered chunk `id` off this worker's lane, refills the
+    /// lanes, and delivers the results; false if the worker was not running
+    /// that chunk.
+    fn complete(&self, id: u64, results: Results, dirty: &mut Dirty) -> bool {
         let done = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
-            if inflight.front().map(|f| f.id) != Some(id) {
-                return None;
-            }
-            let done = inflight.pop_front();
-            if let Some(next) = inflight.front_mut() {
-                next.started = Some(Instant::now());
-            }
-            done?
+            let mut dispatch = self.shared.dispatch();
+            let Some(done) = dispatch.complete(self.slot, self.key, id) else {
+                return false;
+            };
+            dispatch.pump(&self.shared, dirty);
+            done
         };
-        match done.chunk {
+        let wake = match done.chunk {
             Some(chunk) => {
                 finish(&self.shared, chunk, Ok(results));
-                Some(Msg::Completed)
+                None
             }
             None => {
                 // The initializer: a failure makes the worker unusable.
                 let payload = &results.frame[results.payload_at..];
                 match codec::decode::<Result<(), TaskError>>(payload) {
-                    Ok((Ok(()), _)) => Some(Msg::Completed),
+                    Ok((Ok(()), _)) => None,
                     outcome => {
                         tracing::warn!(worker_id = self.slot, ?outcome, "initializer failed");
                         Some(Msg::InitFailed {
@@ -330,6 +230,16 @@ impl ReaderContext {
                     }
                 }
             }
+        };
+        let wake = wake.or_else(|| {
+            self.shared
+                .watch
+                .load(Ordering::Relaxed)
+                .then_some(Msg::Wake)
+        });
+        if let Some(msg) = wake {
+            let _ = self.tx.send(msg);
         }
+        true
     }
 }

@@ -1,0 +1,281 @@
+//! Dispatch: the chunks waiting for a worker, and each worker's *lane* of
+//! chunks sent to it and not yet answered.
+//!
+//! One lock guards both, and three kinds of threads take it:
+//!
+//! - a **caller** submitting a chunk queues it and, if a worker has room,
+//!   writes it to that worker at once;
+//! - a worker's **reader thread**, on a result, takes the chunk off the lane,
+//!   refills the lane from the queue, and hands the result to its caller;
+//! - the **supervisor** opens a lane when a worker is ready, closes it when
+//!   the worker is to be killed, and takes it away when the worker is gone.
+//!
+//! So in steady state a chunk travels caller → worker → reader → caller,
+//! and the supervisor thread stays asleep.
+//!
+//! # A chunk's life
+//!
+//! ```text
+//! submit ──► pending ──pump──► lane.inflight ──DONE──► caller's channel        (finish)
+//!              ▲                     │
+//!              │    worker dies:     ├─ head chunk (it was running): retry, or fail   (finish)
+//!              └────── requeue ──────┴─ chunks queued behind it (never started)
+//! cancelled job: dropped when its turn comes                                     (finish)
+//! ```
+//!
+//! Every chunk leaves through [`finish`], which decrements the
+//! JoinableQueue counter: exactly once per chunk.
+//!
+//! A chunk joins its lane *before* its frame is written, since another
+//! thread may flush the link at any moment and the answer must find it.
+//! Lock order: the dispatch lock, then a link's writer lock.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use procpool_ipc::IpcError;
+use procpool_ipc::link::{Dirty, Link};
+use procpool_ipc::proto::Message;
+
+use crate::Error;
+use crate::builder::Config;
+use crate::supervisor::{Chunk, Outcome, Results, Shared};
+
+/// A chunk sent to a worker and not yet answered.
+#[derive(Debug)]
+pub(crate) struct Inflight {
+    pub(crate) id: u64,
+    /// `None` for the initializer.
+    pub(crate) chunk: Option<Chunk>,
+    /// When the worker started it (it runs its lane in order).
+    pub(crate) started: Option<Instant>,
+}
+
+/// What dispatch knows of one worker.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    pub(crate) key: u64,
+    pub(crate) pid: u32,
+    pub(crate) link: Arc<Link>,
+    pub(crate) inflight: VecDeque<Inflight>,
+    /// Takes new chunks.
+    pub(crate) open: bool,
+    /// Reached `max_tasks_per_worker`: told to shut down once idle.
+    pub(crate) retiring: bool,
+    pub(crate) shutdown_sent: bool,
+    /// Tasks sent to this worker so far.
+    pub(crate) assigned: u64,
+}
+
+impl Lane {
+    pub(crate) fn new(key: u64, pid: u32, link: Arc<Link>) -> Self {
+        Self {
+            key,
+            pid,
+            link,
+            inflight: VecDeque::new(),
+            open: true,
+            retiring: false,
+            shutdown_sent: false,
+            assigned: 0,
+        }
+    }
+
+    /// Tells the worker to exit (once); it finishes the running task.
+    pub(crate) fn shutdown(&mut self, dirty: &mut Dirty) {
+        if !self.shutdown_sent {
+            self.shutdown_sent = true;
+            self.open = false;
+            if self.link.write(&Message::Shutdown).is_ok() {
+                dirty.mark(&self.link);
+            }
+        }
+    }
+}
+
+/// The queue of chunks and the lanes; see the module docs.
+#[derive(Debug)]
+pub(crate) struct Dispatch {
+    pub(crate) pending: VecDeque<Chunk>,
+    pub(crate) lanes: Vec<Option<Lane>>,
+    next_id: u64,
+    /// Why new submissions are refused, once they are.
+    pub(crate) refuse: Option<Error>,
+    /// Chunks a lane may hold: the running one plus the prefetch.
+    depth: usize,
+    limit: Option<u64>,
+}
+
+impl Dispatch {
+    pub(crate) fn new(config: &Config) -> Self {
+        Self {
+            pending: VecDeque::new(),
+            lanes: (0..config.workers).map(|_| None).collect(),
+            next_id: 0,
+            refuse: None,
+            depth: config.prefetch + 1,
+            limit: config.max_tasks_per_worker,
+        }
+    }
+
+    pub(crate) fn lane_mut(&mut self, slot: usize, key: u64) -> Option<&mut Lane> {
+        self.lanes.get_mut(slot)?.as_mut().filter(|l| l.key == key)
+    }
+
+    /// Refuses new submissions with `e` from now on (the first reason stays).
+    pub(crate) fn refuse(&mut self, e: Error) {
+        self.refuse.get_or_insert(e);
+    }
+
+    /// Whether no chunk is queued or in flight.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.lanes.iter().flatten().all(|l| l.inflight.is_empty())
+    }
+
+    /// Sends chunk (or, with `None`, the initializer `task` on `()`) to lane
+    /// `slot`; returns whether it is the lane's head (it starts now).
+    pub(crate) fn send(
+        &mut self,
+        slot: usize,
+        task: u32,
+        chunk: Option<Chunk>,
+        dirty: &mut Dirty,
+    ) -> Result<bool, (Option<Chunk>, IpcError)> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let limit = self.limit;
+        let Some(lane) = self.lanes[slot].as_mut() else {
+            return Err((chunk, IpcError::Malformed("no such worker")));
+        };
+        let head = lane.inflight.is_empty();
+        lane.inflight.push_back(Inflight {
+            id,
+            chunk,
+            started: head.then(Instant::now),
+        });
+        let sent = lane.inflight.back().expect("just pushed");
+        let (task, count, payload) = match &sent.chunk {
+            Some(c) => (c.task, c.count, &c.payload[..]),
+            // `()` encodes to nothing.
+            None => (task, 1, &[][..]),
+        };
+        let written = Message::Run {
+            id,
+            task,
+            count,
+            payload,
+        }
+        .write(&mut lane.link.lock());
+        match written {
+            Ok(()) => {
+                dirty.mark(&lane.link);
+                if sent.chunk.is_some() {
+                    lane.assigned += u64::from(count);
+                    if limit.is_some_and(|n| lane.assigned >= n) {
+                        lane.retiring = true;
+                        lane.open = false;
+                    }
+                }
+                Ok(head)
+            }
+            Err(e) => Err((lane.inflight.pop_back().and_then(|i| i.chunk), e)),
+        }
+    }
+
+    /// Sends queued chunks to open lanes with room, the least loaded first;
+    /// returns whether some lane started a chunk (a timeout starts).
+    pub(crate) fn pump(&mut self, shared: &Shared, dirty: &mut Dirty) -> bool {
+        let mut started = false;
+        while let Some(chunk) = self.pending.pop_front() {
+            if chunk.job.cancelled.load(Ordering::Relaxed) {
+                finish(shared, chunk, Err(Error::Closed));
+                continue;
+            }
+            let depth = self.depth;
+            let count = u64::from(chunk.count);
+            let limit = self.limit;
+            let target = self
+                .lanes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, l)| Some((i, l.as_ref()?)))
+                .filter(|(_, l)| {
+                    l.open
+                        && l.inflight.len() < depth
+                        // A worker never runs more than its limit (a chunk larger
+                        // than the limit goes to a fresh worker whole).
+                        && limit.is_none_or(|n| l.assigned == 0 || l.assigned + count <= n)
+                })
+                .min_by_key(|(_, l)| l.inflight.len())
+                .map(|(i, _)| i);
+            let Some(slot) = target else {
+                self.pending.push_front(chunk);
+                break;
+            };
+            match self.send(slot, 0, Some(chunk), dirty) {
+                Ok(head) => started |= head,
+                Err((chunk, IpcError::FrameTooLarge { len, max })) => {
+                    if let Some(chunk) = chunk {
+                        finish(shared, chunk, Err(Error::FrameTooLarge { len, max }));
+                    }
+                }
+                Err((chunk, e)) => {
+                    // The connection is broken: its reader will report the
+                    // worker gone. Until then it takes nothing.
+                    if let Some(lane) = self.lanes[slot].as_mut() {
+                        tracing::warn!(worker_id = slot, pid = lane.pid, error = %e, "cannot write to worker");
+                        lane.open = false;
+                    }
+                    if let Some(chunk) = chunk {
+                        self.pending.push_front(chunk);
+                    }
+                }
+            }
+        }
+        for lane in self.lanes.iter_mut().flatten() {
+            if lane.retiring && lane.inflight.is_empty() {
+                lane.shutdown(dirty);
+            }
+        }
+        started
+    }
+
+    /// Takes the answered chunk `id` off lane `slot`; `None` if the worker
+    /// answered something it was not running.
+    pub(crate) fn complete(&mut self, slot: usize, key: u64, id: u64) -> Option<Inflight> {
+        let lane = self.lane_mut(slot, key)?;
+        if lane.inflight.front().map(|f| f.id) != Some(id) {
+            return None;
+        }
+        let done = lane.inflight.pop_front();
+        if let Some(next) = lane.inflight.front_mut() {
+            next.started = Some(Instant::now());
+        }
+        done
+    }
+}
+
+/// Leaves the books: the chunk's outcome goes to its caller and the
+/// JoinableQueue counter goes down by one. Every chunk passes here exactly
+/// once, whoever ends it.
+pub(crate) fn finish(shared: &Shared, chunk: Chunk, result: Result<Results, Error>) {
+    let stats = &shared.stats;
+    let n = u64::from(chunk.count);
+    if chunk.job.cancelled.load(Ordering::Relaxed) {
+        stats.cancelled.fetch_add(n, Ordering::Relaxed);
+    } else {
+        match &result {
+            Ok(_) => stats.completed.fetch_add(n, Ordering::Relaxed),
+            Err(_) => stats.failed.fetch_add(n, Ordering::Relaxed),
+        };
+        // A caller that went away no longer wants the outcome.
+        let _ = chunk.job.sink.send(Outcome {
+            seq: chunk.seq,
+            count: chunk.count,
+            result,
+        });
+    }
+    shared.accounting.done(1);
+}
