@@ -59,6 +59,32 @@ struct Sub {
     arrived: Condvar,
 }
 
+impl Sub {
+    /// Waits for a delivery; `None` once `deadline` has passed.
+    fn wait<'a>(
+        &self,
+        state: MutexGuard<'a, SubState>,
+        deadline: Option<Instant>,
+    ) -> Option<MutexGuard<'a, SubState>> {
+        match deadline {
+            None => Some(
+                self.arrived
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+            ),
+            Some(d) => {
+                let left = d.checked_duration_since(Instant::now())?;
+                Some(
+                    self.arrived
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0,
+                )
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct SubState {
     buf: VecDeque<Vec<u8>>,
@@ -216,19 +242,26 @@ impl Client {
         rx.recv().map_err(|_| QueueError::Disconnected)
     }
 
-    /// Takes one item, subscribing first if needed.
-    pub(crate) fn get(&self, queue: u64, wait: Wait) -> Result<Taken, QueueError> {
+    /// The subscription for `queue`, locked, subscribed to the hub.
+    fn subscribed(&self, queue: u64) -> Result<Arc<Sub>, QueueError> {
         let sub = self.sub(queue);
-        let mut state = lock(&sub.state);
-        if !state.subscribed {
-            state.subscribed = true;
-            state.credit = 1;
-            drop(state);
+        let first = {
+            let mut state = lock(&sub.state);
+            !std::mem::replace(&mut state.subscribed, true)
+        };
+        if first {
+            lock(&sub.state).credit = 1;
             // With a reply, so a non-blocking get sees what is already there.
             self.request(op::SUBSCRIBE, queue, 1, &[], Wait::Forever)?;
-            state = lock(&sub.state);
         }
+        Ok(sub)
+    }
+
+    /// Takes one item, subscribing first if needed.
+    pub(crate) fn get(&self, queue: u64, wait: Wait) -> Result<Taken, QueueError> {
+        let sub = self.subscribed(queue)?;
         let deadline = deadline(wait);
+        let mut state = lock(&sub.state);
         loop {
             if let Some(item) = state.buf.pop_front() {
                 state.last_take = Some(Instant::now());
@@ -247,54 +280,25 @@ impl Client {
                 state.last_take = None;
                 self.oneway(op::SUBSCRIBE, queue, more, &[])?;
             }
-            state = match deadline {
-                None => sub
-                    .arrived
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Some(d) => {
-                    let Some(left) = d.checked_duration_since(Instant::now()) else {
-                        return Ok(Taken::Empty);
-                    };
-                    sub.arrived
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
+            state = match sub.wait(state, deadline) {
+                Some(state) => state,
+                None => return Ok(Taken::Empty),
             };
         }
     }
 
     /// Waits until an item is buffered here (or the queue is closed).
     pub(crate) fn poll(&self, queue: u64, wait: Wait) -> Result<bool, QueueError> {
-        let sub = self.sub(queue);
-        let mut state = lock(&sub.state);
-        if !state.subscribed {
-            state.subscribed = true;
-            state.credit = 1;
-            drop(state);
-            self.request(op::SUBSCRIBE, queue, 1, &[], Wait::Forever)?;
-            state = lock(&sub.state);
-        }
+        let sub = self.subscribed(queue)?;
         let deadline = deadline(wait);
+        let mut state = lock(&sub.state);
         loop {
             if !state.buf.is_empty() || state.closed {
                 return Ok(true);
             }
-            state = match deadline {
-                None => sub
-                    .arrived
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Some(d) => {
-                    let Some(left) = d.checked_duration_since(Instant::now()) else {
-                        return Ok(false);
-                    };
-                    sub.arrived
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
+            state = match sub.wait(state, deadline) {
+                Some(state) => state,
+                None => return Ok(false),
             };
         }
     }

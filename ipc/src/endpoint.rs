@@ -6,8 +6,9 @@
 //! end is, and returns the master's two halves. The child calls
 //! [`connect_worker`] once, early in `main`.
 
+use std::fmt;
 use std::io::{self, Read, Write};
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::sys;
@@ -50,11 +51,60 @@ impl Write for WriteHalf {
 ///
 /// # Errors
 /// Any I/O error creating the connection or starting the program; on
-/// Windows also a child that exits or fails to authenticate before it
-/// connects.
+/// Windows also a child that exits (an error carrying
+/// [`ExitedBeforeConnecting`]) or fails to authenticate before it connects.
 pub fn spawn(cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)> {
     let (child, r, w) = sys::spawn(cmd)?;
     Ok((child, ReadHalf(r), WriteHalf(w)))
+}
+
+/// The child [`spawn`] started exited before it connected to the master.
+///
+/// Only Windows reports this: there `spawn` waits until the child has
+/// connected to its named pipe, so a child that exits at start makes `spawn`
+/// fail. On Unix the connection exists before the child runs and `spawn`
+/// returns at once; the same early exit shows up later, as EOF on the
+/// connection before the worker's first message.
+///
+/// It travels inside the [`io::Error`] that `spawn` returns; find it with
+/// [`ExitedBeforeConnecting::in_error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitedBeforeConnecting {
+    /// How the child exited.
+    pub status: ExitStatus,
+}
+
+impl ExitedBeforeConnecting {
+    /// The early exit `err` reports, if that is what it reports.
+    pub fn in_error(err: &io::Error) -> Option<&Self> {
+        err.get_ref()?.downcast_ref()
+    }
+}
+
+impl fmt::Display for ExitedBeforeConnecting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "worker exited before connecting to its master ({})",
+            self.status
+        )
+    }
+}
+
+impl std::error::Error for ExitedBeforeConnecting {}
+
+/// Whether a process with this pid exists.
+///
+/// On Unix a process that has exited but not yet been reaped (a zombie)
+/// still exists, so this tells whether a parent has waited for its child;
+/// a process we may not signal (`EPERM`) exists too. On Windows it asks
+/// whether the process is still running (its exit code reads
+/// `STILL_ACTIVE`); a process that exited with code 259, which is
+/// `STILL_ACTIVE`, therefore reads as alive. A pid can be reused once its
+/// process is gone (Unix: reaped; Windows: its last handle closed), after
+/// which this describes the new process. Pid 0 is never alive.
+pub fn process_alive(pid: u32) -> bool {
+    pid != 0 && sys::process_alive(pid)
 }
 
 /// In a worker process, takes the connection to the master.

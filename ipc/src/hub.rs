@@ -592,7 +592,9 @@ pub fn serve(link: &Arc<Link>, msg: &Message<'_>, dirty: &mut Dirty) {
     }
 }
 
-/// Cleans up after a connection that ended (see [`Core`]'s `disconnect`).
+/// Cleans up after a connection that ended: items delivered on it and not
+/// acknowledged go back to the front of their queues, in order; its parked
+/// operations are dropped.
 pub fn disconnect(link_id: u64) {
     let cores: Vec<Arc<Core>> = registry().iter().filter_map(|(_, w)| w.upgrade()).collect();
     let mut dirty = Dirty::default();

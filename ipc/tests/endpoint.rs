@@ -182,7 +182,12 @@ fn a_worker_that_never_connects_does_not_hang_spawn() {
     });
     match result {
         // Windows: the master waits for the connection, so it must notice the exit.
-        Err(e) if cfg!(windows) => assert!(e.to_string().contains("exited"), "{e}"),
+        Err(e) if cfg!(windows) => {
+            assert!(
+                endpoint::ExitedBeforeConnecting::in_error(&e).is_some(),
+                "{e}"
+            );
+        }
         // Unix: spawn does not wait; the connection then reads as closed.
         Ok((child, r, _w)) if !cfg!(windows) => {
             let _reaper = Reaper(child);

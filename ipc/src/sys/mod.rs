@@ -17,6 +17,11 @@
 //! - `connect(value) -> io::Result<(ReadHalf, WriteHalf)>`: worker side;
 //!   `value` is the variable's content. Called at most once per process.
 //! - `ignore_interrupts()`: the worker leaves Ctrl-C to its master.
+//! - `process_alive(pid) -> bool`: whether process `pid` (never 0) exists;
+//!   never blocks. Unix: `kill(pid, 0)` succeeds or fails with `EPERM`, so
+//!   an unreaped zombie counts. Windows: the process can be opened for
+//!   query and its exit code is `STILL_ACTIVE`. A pid whose process is gone
+//!   (reaped; on Windows, exited) is not alive until it is reused.
 
 #[cfg(unix)]
 mod unix;
@@ -28,7 +33,7 @@ mod windows;
 #[cfg(windows)]
 use windows as imp;
 
-pub(crate) use imp::{ReadHalf, WriteHalf, connect, ignore_interrupts, spawn};
+pub(crate) use imp::{ReadHalf, WriteHalf, connect, ignore_interrupts, process_alive, spawn};
 
 #[cfg(test)]
 mod tests;

@@ -20,3 +20,37 @@ fn halves_are_usable_from_two_threads() {
     assert_send::<ReadHalf>();
     assert_send_w::<WriteHalf>();
 }
+
+#[test]
+fn our_own_process_is_alive() {
+    assert!(process_alive(std::process::id()));
+}
+
+#[test]
+fn a_reaped_child_is_not_alive() {
+    // This test binary itself, asked only to list its tests: a child that
+    // exists on every OS and exits at once.
+    let exe = std::env::current_exe().expect("test binary path");
+    let mut child = std::process::Command::new(exe)
+        .arg("--list")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start a child");
+    let pid = child.id();
+    // Until it is reaped, a Unix child exists (perhaps as a zombie) whatever
+    // it has done; a Windows child may already have exited.
+    #[cfg(unix)]
+    assert!(process_alive(pid), "unreaped child {pid} reads as gone");
+    let status = child.wait().expect("reap the child");
+    assert!(status.success(), "{status}");
+    // Checked while `child` still holds its process handle: on Windows that
+    // keeps the pid from being reused by another process meanwhile. (On
+    // Unix the pid is free once reaped, but pids are allocated in sequence,
+    // so it is not handed out again this soon.)
+    assert!(
+        !process_alive(pid),
+        "reaped child {pid} still reads as alive"
+    );
+    drop(child);
+}

@@ -132,3 +132,16 @@ pub(crate) fn ignore_interrupts() {
     // SAFETY: setting SIGINT to SIG_IGN has no memory effects.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
 }
+
+pub(crate) fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that `pid` exists and may be signalled;
+    // nothing is delivered and no memory is touched.
+    if unsafe { libc::kill(pid, 0) } == 0 {
+        return true;
+    }
+    // It exists but belongs to someone we may not signal.
+    io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

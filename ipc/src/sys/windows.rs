@@ -42,15 +42,18 @@ use interprocess::os::windows::named_pipe::{
     DuplexPipeStream, PipeListener, PipeListenerOptions, PipeMode, RecvPipeStream, SendPipeStream,
     pipe_mode::Bytes,
 };
+use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, STILL_ACTIVE};
 use windows_sys::Win32::System::Console::SetConsoleCtrlHandler;
 use windows_sys::Win32::System::JobObjects::{
     AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
     JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JobObjectExtendedLimitInformation,
     SetInformationJobObject,
 };
-use windows_sys::Win32::System::Threading::CREATE_NEW_PROCESS_GROUP;
+use windows_sys::Win32::System::Threading::{
+    CREATE_NEW_PROCESS_GROUP, GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+};
 
-use crate::endpoint::ENDPOINT_ENV;
+use crate::endpoint::{ENDPOINT_ENV, ExitedBeforeConnecting};
 
 /// Length of the authentication token, in bytes.
 const TOKEN_LEN: usize = 16;
@@ -343,9 +346,7 @@ pub(crate) fn spawn(mut cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)
             Ok(Some(status)) => {
                 unblock_accept(&path);
                 let _ = child.wait();
-                return Err(io::Error::other(format!(
-                    "worker exited before connecting to its master ({status})"
-                )));
+                return Err(io::Error::other(ExitedBeforeConnecting { status }));
             }
             Ok(None) if Instant::now() >= deadline => {
                 // Killing the child also ends a token read it left hanging.
@@ -383,6 +384,23 @@ pub(crate) fn ignore_interrupts() {
     // SAFETY: a null handler with TRUE only sets the process's
     // ignore-Ctrl-C flag; no memory of ours is involved.
     unsafe { SetConsoleCtrlHandler(None, 1) };
+}
+
+pub(crate) fn process_alive(pid: u32) -> bool {
+    // SAFETY: OpenProcess takes plain integers; a pid with no process gives
+    // a null handle and an error, never undefined behaviour.
+    let raw = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    if raw.is_null() {
+        // Access denied means the process exists but is not ours to query;
+        // anything else (ERROR_INVALID_PARAMETER) means there is none.
+        return io::Error::last_os_error().raw_os_error() == Some(ERROR_ACCESS_DENIED as i32);
+    }
+    // SAFETY: `raw` is a valid process handle we just opened and own alone.
+    let process = unsafe { OwnedHandle::from_raw_handle(raw) };
+    let mut code = 0u32;
+    // SAFETY: the handle is valid and has query rights; `code` outlives the call.
+    let ok = unsafe { GetExitCodeProcess(process.as_raw_handle(), &mut code) };
+    ok != 0 && code == STILL_ACTIVE as u32
 }
 
 #[cfg(test)]
