@@ -15,17 +15,19 @@
 //! process group and the case is reported as failed.
 //!
 //! The `floor` lines are a plain `socketpair` between this process and a
-//! re-executed copy of itself, with buffered length-prefixed 512-byte
-//! frames: the most any IPC on this machine can do.
+//! re-executed copy of itself, with buffered length-prefixed 512-byte (and
+//! 64 KiB) frames: the most any IPC on this machine can do.
 //!
-//! Adding a case: one `fn(&[String]) -> anyhow::Result<f64>` below, one
-//! `cmd_<key>` function in `benches/python/compare.py`, one entry in
-//! [`cases`].
+//! Adding a case: one `fn(&[String]) -> anyhow::Result<f64>` below (the
+//! `Queue`, `Pipe` and `JoinableQueue` cases and their tasks live in
+//! `channels/mod.rs`), one `cmd_<key>` function in
+//! `benches/python/compare.py`, one entry in [`cases`].
 // A benchmark talks to its user on stdout (the table) and stderr (progress).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 // Elsewhere than Unix only the worker side is compiled in.
 #![cfg_attr(not(unix), allow(dead_code, unused_imports))]
 
+mod channels;
 #[cfg(unix)]
 mod harness;
 
@@ -53,7 +55,9 @@ fn spin(n: u64) -> u64 {
 
 fn main() {
     // First: in a procpool worker this serves the tasks and exits.
-    procpool::init(Registry::new().task(SQUARE, |x| x * x).task(SPIN, spin));
+    procpool::init(channels::register(
+        Registry::new().task(SQUARE, |x| x * x).task(SPIN, spin),
+    ));
     #[cfg(unix)]
     std::process::exit(harness::main(&cases()));
     #[cfg(not(unix))]
@@ -102,6 +106,54 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     vec![
+        Case {
+            key: "queue_64B",
+            label: |_| "queue_64B_1_producer_1_consumer".into(),
+            unit: "ops/s",
+            better: Better::Higher,
+            args: |c, _| queue_args(c, 64),
+            run: channels::queue,
+        },
+        Case {
+            key: "queue_512B",
+            label: |_| "queue_512B_1_producer_1_consumer".into(),
+            unit: "ops/s",
+            better: Better::Higher,
+            args: |c, _| queue_args(c, 512),
+            run: channels::queue,
+        },
+        Case {
+            key: "queue_64KiB",
+            label: |_| "queue_64KiB_1_producer_1_consumer".into(),
+            unit: "ops/s",
+            better: Better::Higher,
+            args: |c, _| queue_args(c, 64 * 1024),
+            run: channels::queue,
+        },
+        Case {
+            key: "pipe_one_way",
+            label: |_| "pipe_512B_one_way_child_to_master".into(),
+            unit: "msgs/s",
+            better: Better::Higher,
+            args: |c, _| vec![pipe_msgs(c).to_string(), "512".into()],
+            run: channels::pipe_one_way,
+        },
+        Case {
+            key: "pipe_round_trip",
+            label: |_| "pipe_512B_round_trip_median".into(),
+            unit: "us",
+            better: Better::Lower,
+            args: |c, _| vec![pipe_rounds(c).to_string(), "512".into()],
+            run: channels::pipe_round_trip,
+        },
+        Case {
+            key: "joinable",
+            label: |_| "joinable_queue_1_producer_2_consumers_to_join".into(),
+            unit: "ops/s",
+            better: Better::Higher,
+            args: |c, _| vec![joinable_items(c).to_string(), "2".into()],
+            run: channels::joinable,
+        },
         Case {
             key: "map_auto",
             label: |_| "map_1M_trivial_auto_chunk".into(),
@@ -152,7 +204,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             key: "cpu_scaling",
-            label: |_| "cpu_40x20ms_speedup_2_vs_1_workers".into(),
+            label: |c| format!("cpu_{}x20ms_speedup_2_vs_1_workers", cpu_tasks(c)),
             unit: "x",
             better: Better::Higher,
             args: |c, side| {
@@ -160,11 +212,41 @@ fn cases() -> Vec<Case> {
                     Side::Procpool => c.rust_spin_20ms,
                     Side::Python => c.python_spin_20ms,
                 };
-                vec!["40".into(), spin.to_string()]
+                vec![cpu_tasks(c).to_string(), spin.to_string()]
             },
             run: cpu_scaling,
         },
     ]
+}
+
+/// The `Queue` cases' arguments on both sides: `items size`.
+fn queue_args(c: &Ctx, size: u64) -> Vec<String> {
+    vec![queue_items(c, size).to_string(), size.to_string()]
+}
+
+// Sizes: about a second per procpool run in full mode on the 2-core
+// machine of issue 7 (when these cases were added), a tenth with --quick.
+
+/// Items per `Queue` run.
+fn queue_items(c: &Ctx, size: u64) -> u64 {
+    let full: u64 = match size {
+        64 => 400_000,
+        512 => 200_000,
+        _ => 8_000,
+    };
+    if c.quick { full / 10 } else { full }
+}
+
+fn pipe_msgs(c: &Ctx) -> u64 {
+    if c.quick { 30_000 } else { 300_000 }
+}
+
+fn pipe_rounds(c: &Ctx) -> u64 {
+    if c.quick { 3_000 } else { 30_000 }
+}
+
+fn joinable_items(c: &Ctx) -> u64 {
+    if c.quick { 20_000 } else { 200_000 }
 }
 
 /// Python's `imap_unordered` with chunksize 1 would take minutes for 10M
@@ -173,6 +255,11 @@ const IMAP_PY_CHUNKSIZE: u64 = 1000;
 
 fn chunk1_items(c: &Ctx) -> u64 {
     if c.quick { 20_000 } else { 100_000 }
+}
+
+/// 40 in full mode (issue 7); 20 with --quick, still even for 2 workers.
+fn cpu_tasks(c: &Ctx) -> u64 {
+    if c.quick { 20 } else { 40 }
 }
 
 fn imap_items(c: &Ctx) -> u64 {

@@ -1,7 +1,7 @@
 //! The floor: a plain `socketpair` between this process and a re-executed
-//! copy of itself, 512-byte payloads in length-prefixed frames through
-//! `BufWriter`/`BufReader`. No pool, no codec, no threads: what any IPC on
-//! this machine can hope to reach.
+//! copy of itself, 512-byte (and, one way, 64 KiB) payloads in
+//! length-prefixed frames through `BufWriter`/`BufReader`. No pool, no
+//! codec, no threads: what any IPC on this machine can hope to reach.
 
 use std::env;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -14,6 +14,8 @@ use super::{ROLE_ENV, wait_or_kill};
 use crate::{Better, Ctx, median};
 
 const PAYLOAD: usize = 512;
+/// The payload of the large one-way line, as the `Queue` 64 KiB case.
+const LARGE: usize = 64 * 1024;
 const READY: u8 = 0x5a;
 
 /// One `floor` line.
@@ -24,12 +26,24 @@ pub(super) struct FloorCase {
     pub(super) run: fn(&Ctx, Duration) -> Result<f64, String>,
 }
 
-pub(super) const CASES: [FloorCase; 2] = [
+pub(super) const CASES: [FloorCase; 3] = [
     FloorCase {
         label: "floor_socketpair_512B_one_way",
         unit: "msgs/s",
         better: Better::Higher,
-        run: one_way,
+        run: |ctx, timeout| {
+            let n = if ctx.quick { 200_000 } else { 1_000_000 };
+            one_way(n, PAYLOAD, timeout)
+        },
+    },
+    FloorCase {
+        label: "floor_socketpair_64KiB_one_way",
+        unit: "msgs/s",
+        better: Better::Higher,
+        run: |ctx, timeout| {
+            let n = if ctx.quick { 5_000 } else { 50_000 };
+            one_way(n, LARGE, timeout)
+        },
     },
     FloorCase {
         label: "floor_socketpair_512B_round_trip_median",
@@ -47,7 +61,7 @@ struct Peer {
 }
 
 impl Peer {
-    fn start(mode: &str, n: u64, timeout: Duration) -> Result<Peer, String> {
+    fn start(mode: &str, n: u64, size: usize, timeout: Duration) -> Result<Peer, String> {
         let (mine, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
         let exe = env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
         let child = {
@@ -55,7 +69,7 @@ impl Peer {
             // copy of that end) is dropped right after the spawn.
             let mut cmd = Command::new(exe);
             cmd.env(ROLE_ENV, "floor_peer")
-                .args([mode, &n.to_string()])
+                .args([mode, &n.to_string(), &size.to_string()])
                 .stdin(Stdio::from(OwnedFd::from(theirs)))
                 .stdout(Stdio::null());
             cmd.spawn().map_err(|e| format!("spawn peer: {e}"))?
@@ -113,12 +127,11 @@ fn read_frame(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(len)
 }
 
-/// Master → peer, `n` frames back to back, flushed once; the peer answers
-/// with the count it read. Messages per second.
-fn one_way(ctx: &Ctx, timeout: Duration) -> Result<f64, String> {
-    let n: u64 = if ctx.quick { 200_000 } else { 1_000_000 };
-    let mut peer = Peer::start("one_way", n, timeout)?;
-    let payload = [0xab_u8; PAYLOAD];
+/// Master → peer, `n` frames of `size` bytes back to back, flushed once;
+/// the peer answers with the count it read. Messages per second.
+fn one_way(n: u64, size: usize, timeout: Duration) -> Result<f64, String> {
+    let mut peer = Peer::start("one_way", n, size, timeout)?;
+    let payload = vec![0xab_u8; size];
     let io = |e: io::Error| format!("one way: {e}");
     let t = Instant::now();
     for _ in 0..n {
@@ -138,7 +151,7 @@ fn one_way(ctx: &Ctx, timeout: Duration) -> Result<f64, String> {
 /// One frame there and back, `n` times; the median round trip, µs.
 fn round_trip(ctx: &Ctx, timeout: Duration) -> Result<f64, String> {
     let n: u64 = if ctx.quick { 20_000 } else { 100_000 };
-    let mut peer = Peer::start("round_trip", n, timeout)?;
+    let mut peer = Peer::start("round_trip", n, PAYLOAD, timeout)?;
     let payload = [0xab_u8; PAYLOAD];
     let mut buf = [0u8; PAYLOAD];
     let mut times = Vec::with_capacity(n as usize);
@@ -173,6 +186,7 @@ fn serve() -> io::Result<()> {
     let bad = || io::Error::new(io::ErrorKind::InvalidInput, format!("arguments {args:?}"));
     let mode = args.first().ok_or_else(bad)?.clone();
     let n: u64 = args.get(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+    let size: usize = args.get(2).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
     let stream = UnixStream::from(io::stdin().as_fd().try_clone_to_owned()?);
     // The master may die; do not outlive it by much.
     stream.set_read_timeout(Some(Duration::from_secs(600)))?;
@@ -180,7 +194,7 @@ fn serve() -> io::Result<()> {
     let mut writer = BufWriter::new(stream);
     writer.write_all(&[READY])?;
     writer.flush()?;
-    let mut buf = [0u8; PAYLOAD];
+    let mut buf = vec![0u8; size];
     match mode.as_str() {
         "one_way" => {
             for _ in 0..n {

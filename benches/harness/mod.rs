@@ -352,8 +352,29 @@ fn targets(rows: &[Row]) {
     let apply_vs_floor = pp("apply_round_trip")
         .zip(pp("socketpair_512B_round_trip"))
         .map(|(a, f)| a / f);
+    let pipe_vs_floor = pp("pipe_512B_one_way")
+        .zip(pp("socketpair_512B_one_way"))
+        .map(|(p, f)| p / f);
     type Check<'a> = (&'a str, Option<f64>, &'a str, fn(f64) -> bool);
-    let checks: [Check<'_>; 6] = [
+    let checks: [Check<'_>; 9] = [
+        (
+            "Queue 512 B, procpool/python ops/s",
+            ratio("queue_512B"),
+            ">= 10",
+            |v| v >= 10.0,
+        ),
+        (
+            "Pipe 512 B one way / socketpair one way",
+            pipe_vs_floor,
+            ">= 0.5",
+            |v| v >= 0.5,
+        ),
+        (
+            "JoinableQueue 1 producer 2 consumers, procpool/python ops/s",
+            ratio("joinable_queue"),
+            ">= 10",
+            |v| v >= 10.0,
+        ),
         (
             "map 1M auto chunk, python/procpool time",
             ratio("map_1M"),

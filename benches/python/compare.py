@@ -3,6 +3,10 @@
 Each sub-command measures one case the way benches/compare.rs measures it
 for procpool, with the fork start method, and prints one number on stdout:
 
+    python3 benches/python/compare.py queue_512B 400000 512  # ops/s (also queue_64B, queue_64KiB)
+    python3 benches/python/compare.py pipe_one_way 400000 512  # msgs/s
+    python3 benches/python/compare.py pipe_round_trip 20000 512  # median us
+    python3 benches/python/compare.py joinable 200000 2      # ops/s
     python3 benches/python/compare.py map_auto 1000000      # seconds
     python3 benches/python/compare.py map_chunk1 100000     # us per task
     python3 benches/python/compare.py apply 10000           # median us
@@ -34,6 +38,142 @@ def spin(n):
     for _ in range(n):
         x = (x * 6364136223846793005 + 1442695040888963407) & 0xFFFFFFFFFFFFFFFF
     return x
+
+
+def start(target, *args):
+    """A started fork child; daemonic, so a failing master does not wait
+    for it (the harness kills the process group past its time limit)."""
+    p = ctx().Process(target=target, args=args, daemon=True)
+    p.start()
+    return p
+
+
+def joined(p):
+    p.join()
+    assert p.exitcode == 0, f"child exited with {p.exitcode}"
+
+
+def q_produce(q, n, size):
+    item = bytes([0xAB]) * size
+    for _ in range(n):
+        q.put(item)
+
+
+def q_consume(q, n, size):
+    for i in range(n):
+        item = q.get()
+        assert len(item) == size, f"item {i} has {len(item)} bytes"
+
+
+def cmd_queue(n, size):
+    """A producer process puts n items of size bytes, a consumer process
+    gets them; from both started to the consumer's join. Items per second."""
+    n, size = int(n), int(size)
+    q = ctx().Queue()
+    consumer = start(q_consume, q, n, size)
+    producer = start(q_produce, q, n, size)
+    t = time.perf_counter()
+    joined(consumer)
+    secs = time.perf_counter() - t
+    joined(producer)
+    return n / secs
+
+
+cmd_queue_64B = cmd_queue_512B = cmd_queue_64KiB = cmd_queue
+
+
+def pipe_send(w, n, size):
+    msg = bytes([0xAB]) * size
+    for _ in range(n):
+        w.send(msg)
+    w.close()
+
+
+def cmd_pipe_one_way(n, size):
+    """A child sends n messages of size bytes through Pipe(duplex=False) to
+    the master; from the child started to the last message received."""
+    n, size = int(n), int(size)
+    r, w = ctx().Pipe(duplex=False)
+    sender = start(pipe_send, w, n, size)
+    w.close()
+    t = time.perf_counter()
+    for i in range(n):
+        msg = r.recv()
+        assert len(msg) == size, f"message {i} has {len(msg)} bytes"
+    secs = time.perf_counter() - t
+    joined(sender)
+    return n / secs
+
+
+def pipe_echo(end, mine):
+    mine.close()
+    while True:
+        try:
+            msg = end.recv()
+        except EOFError:
+            return
+        end.send(msg)
+
+
+def cmd_pipe_round_trip(rounds, size):
+    """The master sends size bytes to a child over Pipe() and waits for them
+    to come back, rounds times after 100 unmeasured; the median, us."""
+    rounds, size = int(rounds), int(size)
+    mine, theirs = ctx().Pipe()
+    child = start(pipe_echo, theirs, mine)
+    theirs.close()
+    msg = bytes([0xAB]) * size
+    warmup = 100
+    times = []
+    for i in range(warmup + rounds):
+        t = time.perf_counter()
+        mine.send(msg)
+        back = mine.recv()
+        if i >= warmup:
+            times.append((time.perf_counter() - t) * 1e6)
+        assert len(back) == size, f"echo {i} has {len(back)} bytes"
+    mine.close()
+    joined(child)
+    return statistics.median(times)
+
+
+def jq_produce(q, n, consumers):
+    for i in range(n):
+        q.put(i)
+    q.join()
+    for _ in range(consumers):
+        q.put(None)
+
+
+def jq_consume(q, counts):
+    got = 0
+    while True:
+        item = q.get()
+        q.task_done()
+        if item is None:
+            break
+        got += 1
+    counts.put(got)
+
+
+def cmd_joinable(n, consumers):
+    """A producer process puts n small items and joins the queue while the
+    consumer processes get them and call task_done; from all started to the
+    producer's join (its join() returned, then it put one None per
+    consumer). Items per second."""
+    n, consumers = int(n), int(consumers)
+    q = ctx().JoinableQueue()
+    counts = ctx().SimpleQueue()
+    workers = [start(jq_consume, q, counts) for _ in range(consumers)]
+    producer = start(jq_produce, q, n, consumers)
+    t = time.perf_counter()
+    joined(producer)
+    secs = time.perf_counter() - t
+    got = sum(counts.get() for _ in workers)
+    for w in workers:
+        joined(w)
+    assert got == n, f"consumers got {got} of {n}"
+    return n / secs
 
 
 def cmd_map_auto(n):
