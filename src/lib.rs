@@ -45,6 +45,42 @@
 //! }
 //! ```
 //!
+//! # Queues, pipes and processes
+//!
+//! [`Queue`], [`JoinableQueue`], [`SimpleQueue`] and [`Pipe`] are shared
+//! between processes: the process that creates one holds it (the *hub*),
+//! and a handle passed to a [`Process`] or a pool task arrives there as a
+//! proxy. When `put` returns, the item is in the hub or in the kernel on its
+//! way there — there is no feeder thread to flush at exit — and an item
+//! handed to a process that dies before taking it goes back to the queue.
+//!
+//! ```no_run
+//! use procpool::{Process, Queue, Registry, Task};
+//!
+//! const PRODUCE: Task<(Queue<u64>, u64), ()> = Task::new("produce");
+//!
+//! fn main() -> anyhow::Result<()> {
+//!     procpool::init(Registry::new().task(PRODUCE, |(q, n): (Queue<u64>, u64)| {
+//!         for i in 0..n {
+//!             q.put(i).expect("put");
+//!         }
+//!     }));
+//!     let q = Queue::new();
+//!     Process::spawn(PRODUCE, (q.clone(), 3))?.join()?;
+//!     assert_eq!(q.get()?, 0);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Performance notes
+//!
+//! - Small tasks want chunks: `map` picks Python's chunk size, `imap` learns
+//!   one from the measured task time; set [`PoolBuilder::chunk_size`] to
+//!   override.
+//! - serde encodes a `Vec<u8>` one element at a time. For byte buffers use
+//!   `serde_bytes::ByteBuf` (or `#[serde(with = "serde_bytes")]`), which is
+//!   copied in one piece.
+//!
 //! # Errors
 //!
 //! A panic in a task, a returned error, a worker that dies, a task that
@@ -55,6 +91,7 @@
 pub use procpool_ipc::pipe::{Pipe, PipeEnd, PipeReceiver, PipeSender};
 pub use procpool_ipc::queue::{GetError, JoinableQueue, PutError, Queue, QueueError, SimpleQueue};
 pub use procpool_ipc::{Task, TaskError};
+
 pub use procpool_pool::{
     AsyncResult, EXIT_INTERRUPTED, Error, Imap, Pool, PoolBuilder, Process, Stats,
     install_ctrlc_handler, interrupted,

@@ -1,0 +1,96 @@
+//! Every example runs to success: the code the docs show (as `no_run`)
+//! lives in the examples, and this keeps it working.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{ensure, Context};
+
+/// Runs an example with `args`; fails if it does not exit with success
+/// within `limit` (and kills it then).
+fn run(name: &str, args: &[&str], limit: Duration) -> anyhow::Result<String> {
+    let mut child = Command::new(common::example(name)?)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let out = std::io::read_to_string(stdout).unwrap_or_default();
+        let err = std::io::read_to_string(stderr).unwrap_or_default();
+        let _ = tx.send((out, err));
+    });
+    // The output pipes close when the example and its workers are gone.
+    let Ok((out, err)) = rx.recv_timeout(limit) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        anyhow::bail!("example {name} did not finish within {limit:?}");
+    };
+    let status = child.wait()?;
+    ensure!(status.success(), "example {name} failed ({status}):\n{out}\n{err}");
+    Ok(out)
+}
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+#[test]
+fn primes() -> anyhow::Result<()> {
+    let out = run("primes", &["200000"], LIMIT)?;
+    ensure!(out.contains("primes below 200000: 17984"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn with_worker_program() -> anyhow::Result<()> {
+    let out = run("with_worker_program", &[], LIMIT)?;
+    ensure!(out.contains("837799"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn progress() -> anyhow::Result<()> {
+    let out = run("progress", &["20000"], LIMIT)?;
+    ensure!(out.contains("20000 tasks completed"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn ctrlc_runs_to_the_end_without_a_signal() -> anyhow::Result<()> {
+    let out = run("ctrlc", &["3"], LIMIT)?;
+    ensure!(out.contains("all 3 tasks finished"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn queue_reader() -> anyhow::Result<()> {
+    let out = run("queue_reader", &[], LIMIT)?;
+    ensure!(out.contains("the reader got 5 messages"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn queue_reader_writer() -> anyhow::Result<()> {
+    let out = run("queue_reader_writer", &[], LIMIT)?;
+    ensure!(out.contains("sums match"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn joinable() -> anyhow::Result<()> {
+    let out = run("joinable", &[], LIMIT)?;
+    ensure!(out.contains("all 1000 jobs done"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn pipe() -> anyhow::Result<()> {
+    let out = run("pipe", &[], LIMIT)?;
+    ensure!(out.contains("10000 round trips"), "{out}");
+    Ok(())
+}
