@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use anyhow::{ensure, Context};
+use anyhow::{Context, ensure};
 
 /// Runs an example with `args`; fails if it does not exit with success
 /// within `limit` (and kills it then).
@@ -33,7 +33,10 @@ fn run(name: &str, args: &[&str], limit: Duration) -> anyhow::Result<String> {
         anyhow::bail!("example {name} did not finish within {limit:?}");
     };
     let status = child.wait()?;
-    ensure!(status.success(), "example {name} failed ({status}):\n{out}\n{err}");
+    ensure!(
+        status.success(),
+        "example {name} failed ({status}):\n{out}\n{err}"
+    );
     Ok(out)
 }
 
