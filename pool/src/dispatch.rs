@@ -43,6 +43,12 @@ use crate::Error;
 use crate::builder::Config;
 use crate::supervisor::{Chunk, Outcome, Results, Shared};
 
+/// With automatic prefetch, the work (by measured time) to keep queued at
+/// each worker.
+const QUEUED_WORK_NS: u64 = 250_000;
+/// The most chunks a lane holds with automatic prefetch.
+const MAX_DEPTH: usize = 64;
+
 /// A chunk sent to a worker and not yet answered.
 #[derive(Debug)]
 pub(crate) struct Inflight {
@@ -67,6 +73,8 @@ pub(crate) struct Lane {
     pub(crate) shutdown_sent: bool,
     /// Tasks sent to this worker so far.
     pub(crate) assigned: u64,
+    /// Moving average of the worker's time per chunk (0: none measured yet).
+    chunk_ns: u64,
 }
 
 impl Lane {
@@ -80,6 +88,7 @@ impl Lane {
             retiring: false,
             shutdown_sent: false,
             assigned: 0,
+            chunk_ns: 0,
         }
     }
 
@@ -103,8 +112,9 @@ pub(crate) struct Dispatch {
     next_id: u64,
     /// Why new submissions are refused, once they are.
     pub(crate) refuse: Option<Error>,
-    /// Chunks a lane may hold: the running one plus the prefetch.
-    depth: usize,
+    /// Chunks a lane may hold, the running one included: fixed, or `None`
+    /// for automatic (see [`Dispatch::depth`]).
+    depth: Option<usize>,
     limit: Option<u64>,
 }
 
@@ -115,7 +125,7 @@ impl Dispatch {
             lanes: (0..config.workers).map(|_| None).collect(),
             next_id: 0,
             refuse: None,
-            depth: config.prefetch + 1,
+            depth: config.prefetch.map(|p| p + 1),
             limit: config.max_tasks_per_worker,
         }
     }
@@ -127,6 +137,17 @@ impl Dispatch {
     /// Refuses new submissions with `e` from now on (the first reason stays).
     pub(crate) fn refuse(&mut self, e: Error) {
         self.refuse.get_or_insert(e);
+    }
+
+    /// How many chunks lane `lane` may hold. Automatic: three, or as many as
+    /// make about [`QUEUED_WORK_NS`] of work at the worker's measured pace,
+    /// so that tiny tasks do not leave it idle for a round trip each.
+    fn depth(&self, lane: &Lane) -> usize {
+        self.depth.unwrap_or_else(|| {
+            QUEUED_WORK_NS.checked_div(lane.chunk_ns).map_or(3, |n| {
+                usize::try_from(n).unwrap_or(MAX_DEPTH).clamp(3, MAX_DEPTH)
+            })
+        })
     }
 
     /// Whether no chunk is queued or in flight.
@@ -193,7 +214,6 @@ impl Dispatch {
                 finish(shared, chunk, Err(Error::Closed));
                 continue;
             }
-            let depth = self.depth;
             let count = u64::from(chunk.count);
             let limit = self.limit;
             let target = self
@@ -203,7 +223,7 @@ impl Dispatch {
                 .filter_map(|(i, l)| Some((i, l.as_ref()?)))
                 .filter(|(_, l)| {
                     l.open
-                        && l.inflight.len() < depth
+                        && l.inflight.len() < self.depth(l)
                         // A worker never runs more than its limit (a chunk larger
                         // than the limit goes to a fresh worker whole).
                         && limit.is_none_or(|n| l.assigned == 0 || l.assigned + count <= n)
@@ -244,11 +264,23 @@ impl Dispatch {
 
     /// Takes the answered chunk `id` off lane `slot`; `None` if the worker
     /// answered something it was not running.
-    pub(crate) fn complete(&mut self, slot: usize, key: u64, id: u64) -> Option<Inflight> {
+    pub(crate) fn complete(
+        &mut self,
+        slot: usize,
+        key: u64,
+        id: u64,
+        elapsed_ns: u64,
+    ) -> Option<Inflight> {
         let lane = self.lane_mut(slot, key)?;
         if lane.inflight.front().map(|f| f.id) != Some(id) {
             return None;
         }
+        let ns = elapsed_ns.max(1);
+        lane.chunk_ns = if lane.chunk_ns == 0 {
+            ns
+        } else {
+            (lane.chunk_ns * 7 + ns) / 8
+        };
         let done = lane.inflight.pop_front();
         if let Some(next) = lane.inflight.front_mut() {
             next.started = Some(Instant::now());

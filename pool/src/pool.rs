@@ -281,7 +281,8 @@ impl Pool {
             Some(n) => Chunking::Fixed(n),
             None => Chunking::Adaptive {
                 current: 1,
-                max: (window / (2 * self.config.workers * (self.config.prefetch + 1))).max(1),
+                max: (window / (2 * self.config.workers * (self.config.prefetch.unwrap_or(2) + 1)))
+                    .max(1),
             },
         };
         Ok(Imap::new(

@@ -81,7 +81,9 @@ impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
         let (sink, rx) = crossbeam_channel::unbounded();
         let max_chunks = match chunking {
             Chunking::Fixed(_) => usize::MAX,
-            Chunking::Adaptive { .. } => 2 * pool.config.workers * (pool.config.prefetch + 1),
+            Chunking::Adaptive { .. } => {
+                2 * pool.config.workers * (pool.config.prefetch.unwrap_or(2) + 1)
+            }
         };
         Self {
             pool,

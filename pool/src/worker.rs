@@ -205,7 +205,7 @@ impl ReaderContext {
     fn complete(&self, id: u64, results: Results, dirty: &mut Dirty) -> bool {
         let done = {
             let mut dispatch = self.shared.dispatch();
-            let Some(done) = dispatch.complete(self.slot, self.key, id) else {
+            let Some(done) = dispatch.complete(self.slot, self.key, id, results.elapsed_ns) else {
                 return false;
             };
             dispatch.pump(&self.shared, dirty);
