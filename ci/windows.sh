@@ -7,12 +7,21 @@
 # installs mingw and Wine (apt-get), the Rust target, and the bcryptprimitives
 # stub Wine 8.0 needs (see ci/wine/bcryptprimitives.c).
 #
-# Usage: ci/windows.sh [cargo package selection, default --workspace]
-#   e.g. ci/windows.sh -p procpool-ipc
+# Usage: ci/windows.sh [install|clippy|test] [cargo package selection, default --workspace]
+#   ci/windows.sh                   installs, then clippy and the tests
+#   ci/windows.sh install           installs only
+#   ci/windows.sh clippy            installs (if needed), then clippy only
+#   ci/windows.sh test -p procpool-ipc
+#
+# Tests run with --no-fail-fast, so one run shows every failing binary.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 target=x86_64-pc-windows-gnu
+mode=all
+case "${1:-}" in
+    install | clippy | test) mode=$1; shift ;;
+esac
 if [[ $# -eq 0 ]]; then set -- --workspace; fi
 
 started=$SECONDS
@@ -44,8 +53,12 @@ export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine
 step "install mingw + wine" install_packages
 step "rustup target $target" rustup target add "$target"
 step "wine prefix + bcryptprimitives stub" ci/wine/install-stub.sh
-step "clippy ($target)" cargo clippy "$@" --all-targets --target "$target" -- -D warnings
-step "test under wine ($target)" cargo test "$@" --target "$target"
+if [[ $mode == all || $mode == clippy ]]; then
+    step "clippy ($target)" cargo clippy "$@" --all-targets --target "$target" -- -D warnings
+fi
+if [[ $mode == all || $mode == test ]]; then
+    step "test under wine ($target)" cargo test "$@" --target "$target" --no-fail-fast
+fi
 # Let Wine's server exit now rather than linger for a few seconds.
 wineserver -k 2>/dev/null || true
-echo "ci/windows.sh passed in $((SECONDS - started)) s"
+echo "ci/windows.sh $mode passed in $((SECONDS - started)) s"

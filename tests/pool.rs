@@ -278,6 +278,22 @@ fn startup_exit() -> anyhow::Result<()> {
         .worker_env(FAKE_ENV, "exit")
         .build()
         .unwrap_err();
+    // Windows reports the same event earlier: there the endpoint's `spawn`
+    // waits for the child to connect to its named pipe, so a child that
+    // exits first fails the spawn itself (Error::Spawn carrying
+    // ExitedBeforeConnecting). On Unix the socketpair exists before the
+    // child runs, spawn succeeds, and the exit is seen as EOF before the
+    // handshake (Error::Startup). Either way: an error naming the exit.
+    if cfg!(windows) {
+        if let Error::Spawn { source, .. } = &err {
+            let exited = procpool_ipc::endpoint::ExitedBeforeConnecting::in_error(source);
+            ensure!(
+                exited.is_some_and(|e| e.status.code() == Some(3)),
+                "{err:?}"
+            );
+            return Ok(());
+        }
+    }
     ensure!(matches!(err, Error::Startup { .. }), "{err:?}");
     ensure!(
         err.to_string().contains("exited before its handshake"),

@@ -126,23 +126,10 @@ pub fn trial(
     libtest_mimic::Trial::test(name, move || bounded(limit, f))
 }
 
-/// Whether a process with this pid exists (a zombie counts: it must have been reaped).
+/// Whether a process with this pid exists (a zombie counts: it must have
+/// been reaped). See [`procpool_ipc::endpoint::process_alive`].
 pub fn alive(pid: u32) -> bool {
-    #[cfg(unix)]
-    {
-        std::process::Command::new("kill")
-            .args(["-0", &pid.to_string()])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    }
-    #[cfg(windows)]
-    {
-        let out = std::process::Command::new("tasklist")
-            .args(["/FI", &format!("PID eq {pid}"), "/NH"])
-            .output();
-        out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(" {pid} ")))
-    }
+    procpool_ipc::endpoint::process_alive(pid)
 }
 
 /// The path of a built example program. A plain `cargo test` builds the
