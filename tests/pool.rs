@@ -108,6 +108,7 @@ fn main() {
             LIMIT,
             shutdown_interrupts,
         ),
+        trial("several_threads_share_one_pool", LIMIT, threads_share_pool),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -650,4 +651,38 @@ fn shutdown_interrupts() -> anyhow::Result<()> {
     let pool = std::sync::Arc::into_inner(pool).context("sole owner")?;
     drop(pool);
     all_gone(&pids)
+}
+
+fn threads_share_pool() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).build()?;
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..4u64)
+            .map(|t| {
+                let pool = &pool;
+                scope.spawn(move || -> anyhow::Result<()> {
+                    let base = t * 10_000;
+                    let want: Vec<u64> = (base..base + 5_000).map(|x| x * x).collect();
+                    ensure!(
+                        pool.map(SQUARE, base..base + 5_000)? == want,
+                        "thread {t}: map"
+                    );
+                    let mut got: Vec<u64> = pool
+                        .imap_unordered(SQUARE, base..base + 5_000)?
+                        .collect::<Result<_, _>>()?;
+                    got.sort_unstable();
+                    ensure!(got == want, "thread {t}: imap_unordered");
+                    ensure!(pool.apply(SQUARE, t)? == t * t);
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    pool.join()?;
+    let s = pool.stats();
+    ensure!(s.in_flight == 0 && s.completed == s.submitted, "{s:?}");
+    Ok(())
 }
