@@ -7,7 +7,7 @@
 //! [`connect_worker`] once, early in `main`.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -18,31 +18,7 @@ pub const ENDPOINT_ENV: &str = "PROCPOOL_ENDPOINT";
 
 static CLAIMED: AtomicBool = AtomicBool::new(false);
 
-/// The reading direction of a connection. EOF means the peer is gone.
-#[derive(Debug)]
-pub struct ReadHalf(sys::ReadHalf);
-
-/// The writing direction of a connection.
-#[derive(Debug)]
-pub struct WriteHalf(sys::WriteHalf);
-
-impl Read for ReadHalf {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl Write for WriteHalf {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.0.write_vectored(bufs)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
-    }
-}
+pub use crate::sys::{ReadHalf, WriteHalf};
 
 /// Starts `cmd` as a worker connected to this process.
 ///
@@ -54,8 +30,7 @@ impl Write for WriteHalf {
 /// Windows also a child that exits (an error carrying
 /// [`ExitedBeforeConnecting`]) or fails to authenticate before it connects.
 pub fn spawn(cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)> {
-    let (child, r, w) = sys::spawn(cmd)?;
-    Ok((child, ReadHalf(r), WriteHalf(w)))
+    sys::spawn(cmd)
 }
 
 /// The child [`spawn`] started exited before it connected to the master.
@@ -123,7 +98,7 @@ pub fn connect_worker() -> Option<io::Result<(ReadHalf, WriteHalf)>> {
     }
     sys::remove_env(ENDPOINT_ENV);
     let value = value.to_string_lossy().into_owned();
-    Some(sys::connect(&value).map(|(r, w)| (ReadHalf(r), WriteHalf(w))))
+    Some(sys::connect(&value))
 }
 
 /// Whether this process was started as a worker but has not (yet) taken its

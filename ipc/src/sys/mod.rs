@@ -33,7 +33,8 @@ mod windows;
 #[cfg(windows)]
 use windows as imp;
 
-pub(crate) use imp::{ReadHalf, WriteHalf, connect, ignore_interrupts, process_alive, spawn};
+pub use imp::{ReadHalf, WriteHalf};
+pub(crate) use imp::{connect, ignore_interrupts, process_alive, spawn};
 
 #[cfg(test)]
 mod tests;

@@ -13,13 +13,14 @@ use crate::endpoint::ENDPOINT_ENV;
 /// The descriptor a worker finds its end of the connection at.
 const CHILD_FD: RawFd = 3;
 
-/// The reading direction of a connection.
+/// The reading direction of a connection. EOF (or a broken pipe) means
+/// the peer is gone.
 #[derive(Debug)]
-pub(crate) struct ReadHalf(UnixStream);
+pub struct ReadHalf(UnixStream);
 
 /// The writing direction of a connection.
 #[derive(Debug)]
-pub(crate) struct WriteHalf(UnixStream);
+pub struct WriteHalf(UnixStream);
 
 impl Read for ReadHalf {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

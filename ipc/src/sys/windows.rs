@@ -75,13 +75,14 @@ const PIPE_BUFFER: u32 = 64 << 10;
 /// Prefix of every pipe name; the rest is `<pid>-<32 hex digits>`.
 const NAME_PREFIX: &str = "procpool-";
 
-/// The reading direction of a connection.
+/// The reading direction of a connection. EOF (or a broken pipe) means
+/// the peer is gone.
 #[derive(Debug)]
-pub(crate) struct ReadHalf(RecvPipeStream<Bytes>);
+pub struct ReadHalf(RecvPipeStream<Bytes>);
 
 /// The writing direction of a connection.
 #[derive(Debug)]
-pub(crate) struct WriteHalf(SendPipeStream<Bytes>);
+pub struct WriteHalf(SendPipeStream<Bytes>);
 
 impl Read for ReadHalf {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
