@@ -109,6 +109,11 @@ fn main() {
             shutdown_interrupts,
         ),
         trial("several_threads_share_one_pool", LIMIT, threads_share_pool),
+        trial(
+            "slow_tasks_after_fast_ones_spread_over_workers",
+            LIMIT,
+            slow_after_fast,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -684,5 +689,23 @@ fn threads_share_pool() -> anyhow::Result<()> {
     pool.join()?;
     let s = pool.stats();
     ensure!(s.in_flight == 0 && s.completed == s.submitted, "{s:?}");
+    Ok(())
+}
+
+/// The pace measured for one task must not decide how deep another task's
+/// chunks queue at a worker: after thousands of trivial tasks, slow ones
+/// still go to both workers rather than pile up at one.
+fn slow_after_fast() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(1).build()?;
+    pool.map(SQUARE, 0..5_000u64)?;
+    let pids = pool.map(SLEEP_PID, vec![20u64; 40])?;
+    let mut counts = std::collections::HashMap::new();
+    for pid in pids {
+        *counts.entry(pid).or_insert(0) += 1;
+    }
+    ensure!(
+        counts.len() == 2 && counts.values().all(|&n| n >= 10),
+        "tasks per worker: {counts:?}"
+    );
     Ok(())
 }

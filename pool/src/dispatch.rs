@@ -57,6 +57,8 @@ pub(crate) struct Inflight {
     pub(crate) chunk: Option<Chunk>,
     /// When the worker started it (it runs its lane in order).
     pub(crate) started: Option<Instant>,
+    /// Expected run time, from the task's measured pace (`None`: unknown).
+    est_ns: Option<u64>,
 }
 
 /// What dispatch knows of one worker.
@@ -73,8 +75,6 @@ pub(crate) struct Lane {
     pub(crate) shutdown_sent: bool,
     /// Tasks sent to this worker so far.
     pub(crate) assigned: u64,
-    /// Moving average of the worker's time per chunk (0: none measured yet).
-    chunk_ns: u64,
 }
 
 impl Lane {
@@ -88,7 +88,6 @@ impl Lane {
             retiring: false,
             shutdown_sent: false,
             assigned: 0,
-            chunk_ns: 0,
         }
     }
 
@@ -113,8 +112,11 @@ pub(crate) struct Dispatch {
     /// Why new submissions are refused, once they are.
     pub(crate) refuse: Option<Error>,
     /// Chunks a lane may hold, the running one included: fixed, or `None`
-    /// for automatic (see [`Dispatch::depth`]).
+    /// for automatic (see [`Dispatch::has_room`]).
     depth: Option<usize>,
+    /// Moving average of each task's time per item, as measured by the
+    /// workers: (task number, nanoseconds).
+    item_ns: Vec<(u32, u64)>,
     limit: Option<u64>,
 }
 
@@ -126,6 +128,7 @@ impl Dispatch {
             next_id: 0,
             refuse: None,
             depth: config.prefetch.map(|p| p + 1),
+            item_ns: Vec::new(),
             limit: config.max_tasks_per_worker,
         }
     }
@@ -139,15 +142,32 @@ impl Dispatch {
         self.refuse.get_or_insert(e);
     }
 
-    /// How many chunks lane `lane` may hold. Automatic: three, or as many as
-    /// make about [`QUEUED_WORK_NS`] of work at the worker's measured pace,
-    /// so that tiny tasks do not leave it idle for a round trip each.
-    fn depth(&self, lane: &Lane) -> usize {
-        self.depth.unwrap_or_else(|| {
-            QUEUED_WORK_NS.checked_div(lane.chunk_ns).map_or(3, |n| {
-                usize::try_from(n).unwrap_or(MAX_DEPTH).clamp(3, MAX_DEPTH)
-            })
-        })
+    /// Whether lane `lane` takes one more chunk expected to run `est_ns`.
+    /// Fixed prefetch: while it holds fewer than the depth. Automatic: while
+    /// it holds fewer than three, or the work queued there (by each task's
+    /// measured pace) stays within [`QUEUED_WORK_NS`] — so tiny tasks do not
+    /// leave a worker idle for a round trip each, and slow or unknown ones
+    /// are not hoarded by one worker while another has nothing.
+    fn has_room(&self, lane: &Lane, est_ns: Option<u64>) -> bool {
+        let held = lane.inflight.len();
+        match self.depth {
+            Some(depth) => held < depth,
+            None if held < 3 => true,
+            None if held >= MAX_DEPTH => false,
+            None => {
+                let queued = lane
+                    .inflight
+                    .iter()
+                    .try_fold(0u64, |sum, i| i.est_ns.map(|e| sum.saturating_add(e)));
+                matches!((queued, est_ns), (Some(q), Some(e)) if q.saturating_add(e) <= QUEUED_WORK_NS)
+            }
+        }
+    }
+
+    /// The expected run time of `chunk`, if its task's pace is known.
+    fn estimate(&self, chunk: &Chunk) -> Option<u64> {
+        let per_item = self.item_ns.iter().find(|(t, _)| *t == chunk.task)?.1;
+        Some(per_item.saturating_mul(u64::from(chunk.count)))
     }
 
     /// Whether no chunk is queued or in flight.
@@ -167,6 +187,7 @@ impl Dispatch {
         let id = self.next_id;
         self.next_id += 1;
         let limit = self.limit;
+        let est_ns = chunk.as_ref().and_then(|c| self.estimate(c));
         let Some(lane) = self.lanes[slot].as_mut() else {
             return Err((chunk, IpcError::Malformed("no such worker")));
         };
@@ -175,6 +196,7 @@ impl Dispatch {
             id,
             chunk,
             started: head.then(Instant::now),
+            est_ns,
         });
         let sent = lane.inflight.back().expect("just pushed");
         let (task, count, payload) = match &sent.chunk {
@@ -216,6 +238,7 @@ impl Dispatch {
             }
             let count = u64::from(chunk.count);
             let limit = self.limit;
+            let est_ns = self.estimate(&chunk);
             let target = self
                 .lanes
                 .iter()
@@ -223,7 +246,7 @@ impl Dispatch {
                 .filter_map(|(i, l)| Some((i, l.as_ref()?)))
                 .filter(|(_, l)| {
                     l.open
-                        && l.inflight.len() < self.depth(l)
+                        && self.has_room(l, est_ns)
                         // A worker never runs more than its limit (a chunk larger
                         // than the limit goes to a fresh worker whole).
                         && limit.is_none_or(|n| l.assigned == 0 || l.assigned + count <= n)
@@ -275,15 +298,16 @@ impl Dispatch {
         if lane.inflight.front().map(|f| f.id) != Some(id) {
             return None;
         }
-        let ns = elapsed_ns.max(1);
-        lane.chunk_ns = if lane.chunk_ns == 0 {
-            ns
-        } else {
-            (lane.chunk_ns * 7 + ns) / 8
-        };
         let done = lane.inflight.pop_front();
         if let Some(next) = lane.inflight.front_mut() {
             next.started = Some(Instant::now());
+        }
+        if let Some(chunk) = done.as_ref().and_then(|d| d.chunk.as_ref()) {
+            let ns = (elapsed_ns / u64::from(chunk.count.max(1))).max(1);
+            match self.item_ns.iter_mut().find(|(t, _)| *t == chunk.task) {
+                Some((_, avg)) => *avg = (*avg * 3 + ns) / 4,
+                None => self.item_ns.push((chunk.task, ns)),
+            }
         }
         done
     }

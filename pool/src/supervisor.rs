@@ -479,6 +479,9 @@ impl Supervisor {
             },
         };
         let stopping = matches!(self.phase, Phase::Stopping(_)) || shutdown_sent;
+        // Failed chunks are reported last, once a replacement is on its way:
+        // a caller that sees the error sees the pool already whole again.
+        let mut failed = Vec::new();
         {
             let mut dispatch = self.shared.dispatch();
             if let Some(mut chunk) = inflight.pop_front().and_then(|i| i.chunk) {
@@ -495,38 +498,43 @@ impl Supervisor {
                     chunk.attempts += 1;
                     dispatch.pending.push_front(chunk);
                 } else {
-                    finish(&self.shared, chunk, Err(culprit.clone()));
+                    failed.push(chunk);
                 }
             }
             // The rest never started: back to the front of the queue, in order.
             for chunk in inflight.into_iter().rev().filter_map(|i| i.chunk) {
                 if stopping {
-                    finish(&self.shared, chunk, Err(culprit.clone()));
+                    failed.push(chunk);
                 } else {
                     dispatch.pending.push_front(chunk);
                 }
             }
         }
         if !w.ready {
-            let reason = match (w.killed, culprit) {
-                (Some(Kill::StartTimeout), _) => {
-                    format!("no handshake within {:?}", self.config.start_timeout)
-                }
-                (_, Error::Connection { source, .. }) => {
-                    if let IpcError::VersionMismatch { ours, theirs } = *source {
-                        self.startup_failed(Error::VersionMismatch {
-                            worker_id,
-                            ours,
-                            theirs,
-                        });
-                        return;
-                    }
-                    format!("invalid handshake: {source}")
-                }
-                _ => format!("pid {pid} exited before its handshake: {status}"),
+            let e = match (w.killed, culprit.clone()) {
+                (Some(Kill::StartTimeout), _) => Error::Startup {
+                    worker_id,
+                    reason: format!("no handshake within {:?}", self.config.start_timeout),
+                },
+                (_, Error::Connection { source, .. }) => match *source {
+                    IpcError::VersionMismatch { ours, theirs } => Error::VersionMismatch {
+                        worker_id,
+                        ours,
+                        theirs,
+                    },
+                    ref other => Error::Startup {
+                        worker_id,
+                        reason: format!("invalid handshake: {other}"),
+                    },
+                },
+                _ => Error::Startup {
+                    worker_id,
+                    reason: format!("pid {pid} exited before its handshake: {status}"),
+                },
             };
-            let e = Error::Startup { worker_id, reason };
             if self.phase == Phase::Starting {
+                // A worker that never connected held no work.
+                debug_assert!(failed.is_empty());
                 self.startup_failed(e);
                 return;
             }
@@ -558,6 +566,9 @@ impl Supervisor {
             for chunk in std::mem::take(&mut dispatch.pending) {
                 finish(&self.shared, chunk, Err(e.clone()));
             }
+        }
+        for chunk in failed {
+            finish(&self.shared, chunk, Err(culprit.clone()));
         }
     }
 

@@ -30,6 +30,8 @@ pub const SIGKILL_ON_13: Task<u64, u64> = Task::new("sigkill_on_13");
 /// Returns how many times the initializer ran in this worker, and the pid.
 pub const INIT_COUNT: Task<u64, (u32, u64)> = Task::new("init_count");
 pub const INIT: Task<(), ()> = Task::new("init");
+/// Sleeps this many milliseconds, returns the worker's pid.
+pub const SLEEP_PID: Task<u64, u32> = Task::new("sleep_pid");
 
 static INIT_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -82,6 +84,10 @@ pub fn registry() -> Registry {
         })
         .task(INIT, |()| {
             INIT_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })
+        .task(SLEEP_PID, |ms| {
+            std::thread::sleep(Duration::from_millis(ms));
+            std::process::id()
         })
         .task(INIT_COUNT, |_| {
             (
