@@ -116,6 +116,8 @@ struct State {
     parked_joins: Vec<(Arc<Link>, u64)>,
     /// Links that used this queue: told when it closes.
     users: Vec<Arc<Link>>,
+    /// Local threads waiting on the condition variable.
+    waiters: usize,
 }
 
 #[derive(Debug)]
@@ -271,25 +273,43 @@ impl Core {
     }
 
     /// Waits on the condition variable; false once `wait` has run out.
-    fn wait<'a>(&self, state: MutexGuard<'a, State>, wait: Wait) -> (MutexGuard<'a, State>, bool) {
-        match wait {
-            Wait::No => (state, false),
-            Wait::Forever => (
-                self.changed
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner),
-                true,
-            ),
+    fn wait<'a>(
+        &self,
+        mut state: MutexGuard<'a, State>,
+        wait: Wait,
+    ) -> (MutexGuard<'a, State>, bool) {
+        let timeout = match wait {
+            Wait::No => return (state, false),
+            Wait::Forever => None,
             Wait::Until(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                None => (state, false),
-                Some(left) => {
-                    let (s, _) = self
-                        .changed
-                        .wait_timeout(state, left)
-                        .unwrap_or_else(PoisonError::into_inner);
-                    (s, true)
-                }
+                None => return (state, false),
+                left => left,
             },
+        };
+        state.waiters += 1;
+        let mut state = match timeout {
+            None => self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner),
+            Some(left) => {
+                self.changed
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0
+            }
+        };
+        state.waiters -= 1;
+        (state, true)
+    }
+
+    /// Releases the state and wakes local waiters, if there are any (a
+    /// condition variable's notify is a system call even when nobody waits).
+    fn notify(&self, state: MutexGuard<'_, State>) {
+        let waiters = state.waiters;
+        drop(state);
+        if waiters > 0 {
+            self.changed.notify_all();
         }
     }
 
@@ -304,8 +324,7 @@ impl Core {
                 state.unfinished += 1;
                 state.push(item, self.id, &mut dirty);
                 state.pump(self.capacity, self.id, &mut dirty);
-                drop(state);
-                self.changed.notify_all();
+                self.notify(state);
                 return Ok(());
             }
             let (s, more) = self.wait(state, wait);
@@ -326,8 +345,7 @@ impl Core {
         loop {
             if let Some(item) = state.items.pop_front() {
                 state.pump(self.capacity, self.id, &mut dirty);
-                drop(state);
-                self.changed.notify_all();
+                self.notify(state);
                 return Ok(item);
             }
             if state.closed {
@@ -376,8 +394,7 @@ impl Core {
         }
         state.unfinished -= n;
         state.pump(self.capacity, self.id, &mut dirty);
-        drop(state);
-        self.changed.notify_all();
+        self.notify(state);
         true
     }
 
@@ -416,8 +433,7 @@ impl Core {
             }
             state.pump(self.capacity, self.id, &mut dirty);
         }
-        drop(state);
-        self.changed.notify_all();
+        self.notify(state);
     }
 
     /// One remote operation; see the module docs.
@@ -531,8 +547,7 @@ impl Core {
             _ => reply(link, req, status::BAD_REQUEST, 0, dirty),
         }
         state.pump(self.capacity, self.id, dirty);
-        drop(state);
-        self.changed.notify_all();
+        self.notify(state);
     }
 
     /// Forgets a connection that ended: what was delivered to it and not
@@ -555,8 +570,7 @@ impl Core {
         state.parked_joins.retain(|(l, _)| l.id() != link_id);
         state.users.retain(|l| l.id() != link_id);
         state.pump(self.capacity, self.id, dirty);
-        drop(state);
-        self.changed.notify_all();
+        self.notify(state);
     }
 }
 
