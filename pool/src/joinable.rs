@@ -4,9 +4,10 @@
 //! Every chunk the pool accepts calls [`Accounting::add`]; every chunk that
 //! ends — with results, with an error, or cancelled before dispatch — calls
 //! [`Accounting::done`] exactly once (that is its `task_done`). `join` waits
-//! for the counter to reach zero. The supervisor is the only caller of
-//! `done`, and it calls it at the single place where a chunk leaves its
-//! books, so a chunk cannot be counted out twice.
+//! for the counter to reach zero. `done` is called in one place only,
+//! [`finish`](crate::dispatch::finish), where a chunk leaves the books; a
+//! chunk reaches `finish` once, because whoever calls it has just taken the
+//! chunk out of the queue or the lane that held it, under the dispatch lock.
 
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Instant;

@@ -373,7 +373,7 @@ impl<I, O, It> std::fmt::Debug for Imap<'_, I, O, It> {
 
 impl<I, O, It> Drop for Imap<'_, I, O, It> {
     fn drop(&mut self) {
-        // Chunks not yet dispatched are dropped by the supervisor.
+        // Chunks not yet dispatched are dropped when their turn comes.
         self.job.cancelled.store(true, Ordering::Relaxed);
     }
 }
