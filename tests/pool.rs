@@ -114,6 +114,11 @@ fn main() {
             LIMIT,
             slow_after_fast,
         ),
+        trial(
+            "interrupted_imap_hands_out_what_arrived",
+            LIMIT,
+            imap_interrupted,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -707,5 +712,30 @@ fn slow_after_fast() -> anyhow::Result<()> {
         counts.len() == 2 && counts.values().all(|&n| n >= 10),
         "tasks per worker: {counts:?}"
     );
+    Ok(())
+}
+
+/// After a shutdown, an `imap` yields the results that had already arrived,
+/// in order, then one `Interrupted`, then ends.
+fn imap_interrupted() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(1).build()?;
+    let mut it = pool.imap(SLEEP_MS, (0..40u64).map(|i| 20 + i % 3))?;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(it.next().context("ended early")??);
+    }
+    pool.shutdown();
+    let rest: Vec<_> = it.by_ref().collect();
+    let (last, before) = rest.split_last().context("nothing after the shutdown")?;
+    ensure!(
+        matches!(last, Err(Error::Interrupted)),
+        "last item: {last:?}"
+    );
+    for r in before {
+        seen.push(*r.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    let want: Vec<u64> = (0..seen.len() as u64).map(|i| 20 + i % 3).collect();
+    ensure!(seen == want, "results out of order: {seen:?}");
+    ensure!(it.next().is_none(), "the iterator ends after Interrupted");
     Ok(())
 }

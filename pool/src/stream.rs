@@ -324,11 +324,21 @@ impl<I: Payload, O: Payload, It: Iterator<Item = I>> Iterator for Imap<'_, I, O,
             if let Some(item) = self.take_current() {
                 return Some(item);
             }
-            if self.pool.shared.interrupted.load(Ordering::SeqCst) {
-                return self.interrupted();
+            let interrupted = self.pool.shared.interrupted.load(Ordering::SeqCst);
+            if interrupted {
+                // Results that have already arrived are still handed out,
+                // then the interrupt.
+                while let Ok(outcome) = self.rx.try_recv() {
+                    self.chunks_out -= 1;
+                    self.accept(outcome);
+                }
+            } else {
+                self.fill();
             }
-            self.fill();
             if let Some(outcome) = self.next_outcome() {
+                if interrupted && matches!(outcome.result, Err(Error::Interrupted)) {
+                    return self.interrupted();
+                }
                 self.current = Some(Current {
                     result: outcome.result,
                     offset: 0,
@@ -340,6 +350,9 @@ impl<I: Payload, O: Payload, It: Iterator<Item = I>> Iterator for Imap<'_, I, O,
                 self.ended = true;
                 return None;
             }
+            if interrupted {
+                return self.interrupted();
+            }
             select! {
                 recv(self.rx) -> outcome => match outcome {
                     Ok(outcome) => {
@@ -349,7 +362,8 @@ impl<I: Payload, O: Payload, It: Iterator<Item = I>> Iterator for Imap<'_, I, O,
                     // Unreachable while we hold `job.sink`; be safe anyway.
                     Err(_) => return Some(Err(Error::Terminated)),
                 },
-                recv(self.pool.shared.interrupt_rx) -> _ => return self.interrupted(),
+                // Handled at the top of the loop.
+                recv(self.pool.shared.interrupt_rx) -> _ => {}
             }
         }
     }
