@@ -35,6 +35,10 @@ const ECHO: Task<PipeEnd<u64, u64>, u64> = Task::new("echo");
 const REMOTE_OPS: Task<(JoinableQueue<u32>, Queue<u32>), Vec<String>> = Task::new("remote_ops");
 /// Reads strings until the queue closes.
 const READ_ALL: Task<Queue<String>, Vec<String>> = Task::new("read_all");
+/// Puts to a queue the hub has dropped meanwhile; returns what the second
+/// put said.
+const PUT_TO_GONE: Task<(Queue<u64>, SimpleQueue<()>, Queue<()>), String> =
+    Task::new("put_to_gone");
 
 fn registry() -> Registry {
     common::registry()
@@ -121,6 +125,15 @@ fn registry() -> Registry {
             ));
             log
         })
+        .task(PUT_TO_GONE, |(q, ready, go)| {
+            ready.put(()).expect("ready");
+            go.get().expect("go");
+            // One-way: lost, since nobody holds the queue; the hub says so.
+            let first = q.put(1);
+            // A round trip on the same connection: the notice is in by now.
+            let _ = go.len();
+            format!("{:?} then {:?}", first.err(), q.put(2).err())
+        })
         .task(READ_ALL, |q| {
             let mut got = Vec::new();
             loop {
@@ -171,6 +184,11 @@ fn main() {
             handle_through_pool,
         ),
         trial("process_join_kill_and_death", LIMIT, process_lifecycle),
+        trial(
+            "put_to_a_queue_the_hub_dropped_is_reported",
+            LIMIT,
+            put_to_gone,
+        ),
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -389,5 +407,20 @@ fn process_lifecycle() -> anyhow::Result<()> {
     ensure!(err.is_panic(), "{err:?}");
     let _ = HashSet::<u8>::new();
     let _: Option<QueueError> = None;
+    Ok(())
+}
+
+fn put_to_gone() -> anyhow::Result<()> {
+    let q = Queue::new();
+    let (ready, go) = (SimpleQueue::new(), Queue::new());
+    let p = Process::spawn(PUT_TO_GONE, (q.clone(), ready.clone(), go.clone()))?;
+    ready.get()?;
+    drop(q); // the hub's last handle: the queue is gone
+    go.put(())?;
+    let said = p.join()?;
+    ensure!(
+        said.contains("then Some(Failed(\"..\", NoSuchQueue"),
+        "{said}"
+    );
     Ok(())
 }

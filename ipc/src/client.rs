@@ -95,6 +95,8 @@ struct SubState {
     closed: bool,
     /// Closed: puts are refused.
     put_closed: bool,
+    /// The hub holds no such queue any more (its handles there were dropped).
+    gone: bool,
     subscribed: bool,
     credit: u64,
     last_take: Option<Instant>,
@@ -130,9 +132,15 @@ pub fn dispatch(msg: &Message<'_>) -> bool {
             value,
             payload,
         } => {
-            if req == 0 && code == status::CLOSED {
-                // The queue takes no more puts.
-                lock(&client.sub(value).state).put_closed = true;
+            if req == 0 {
+                // Notices about a queue, answering no request.
+                let sub = client.sub(value);
+                let mut state = lock(&sub.state);
+                match code {
+                    status::CLOSED => state.put_closed = true,
+                    status::NO_QUEUE => state.gone = true,
+                    _ => {}
+                }
                 return true;
             }
             let waiter = lock(&client.pending).remove(&req);
@@ -182,9 +190,17 @@ impl Client {
         Arc::clone(lock(&self.subs).entry(queue).or_default())
     }
 
-    /// Whether the hub told this process the queue takes no more puts.
-    pub(crate) fn is_closed(&self, queue: u64) -> bool {
-        lock(&self.sub(queue).state).put_closed
+    /// Why the hub said it takes no more puts on `queue`, if it did.
+    pub(crate) fn put_refused(&self, queue: u64) -> Option<QueueError> {
+        let sub = self.sub(queue);
+        let state = lock(&sub.state);
+        if state.gone {
+            Some(QueueError::NoSuchQueue { id: queue })
+        } else if state.put_closed {
+            Some(QueueError::Closed)
+        } else {
+            None
+        }
     }
 
     fn send(

@@ -602,7 +602,20 @@ pub fn serve(link: &Arc<Link>, msg: &Message<'_>, dirty: &mut Dirty) {
     };
     match Core::lookup(queue) {
         Some(core) => core.serve(link, req, code, arg, payload, dirty),
-        None => reply(link, req, status::NO_QUEUE, 0, dirty),
+        None if req != 0 => reply(link, req, status::NO_QUEUE, 0, dirty),
+        None => {
+            // A one-way put to a queue that is gone: nobody could ever get
+            // the item. Tell the proxy, so the next put reports it.
+            let notice = Message::Reply {
+                req: 0,
+                status: status::NO_QUEUE,
+                value: queue,
+                payload: &[],
+            };
+            if link.write(&notice).is_ok() {
+                dirty.mark(link);
+            }
+        }
     }
 }
 

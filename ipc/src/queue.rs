@@ -295,8 +295,10 @@ impl<T: Payload> Queue<T> {
                 bounded,
                 client,
             } => {
-                if client.is_closed(*id) {
-                    return Err(PutError::Closed(item));
+                match client.put_refused(*id) {
+                    Some(QueueError::Closed) => return Err(PutError::Closed(item)),
+                    Some(e) => return Err(PutError::Failed(item, e)),
+                    None => {}
                 }
                 if !bounded {
                     return client
