@@ -37,8 +37,9 @@ const REMOTE_OPS: Task<(JoinableQueue<u32>, Queue<u32>), Vec<String>> = Task::ne
 const READ_ALL: Task<Queue<String>, Vec<String>> = Task::new("read_all");
 /// Puts to a queue the hub has dropped meanwhile; returns what the second
 /// put said.
-const PUT_TO_GONE: Task<(Queue<u64>, SimpleQueue<()>, Queue<()>), String> =
-    Task::new("put_to_gone");
+const PUT_TO_GONE: Task<GoneArgs, String> = Task::new("put_to_gone");
+/// The queue to put to, a readiness signal, and a go signal.
+type GoneArgs = (Queue<u64>, SimpleQueue<()>, Queue<()>);
 
 fn registry() -> Registry {
     common::registry()
