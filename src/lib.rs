@@ -97,3 +97,10 @@ pub use procpool_pool::{
     install_ctrlc_handler, interrupted,
 };
 pub use procpool_worker::{Registry, init, run_worker};
+
+/// The README's code, compiled and run as a doctest (its quickstart starts
+/// real workers: the doctest binary re-executes itself).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
