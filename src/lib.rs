@@ -103,4 +103,3 @@ pub use procpool_worker::{Registry, init, run_worker};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
-
