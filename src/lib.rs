@@ -72,6 +72,13 @@
 //! }
 //! ```
 //!
+//! # Remote workers
+//!
+//! A pool built with [`PoolBuilder::listen`] also takes workers that join
+//! over TCP: a program on any machine calls [`run_remote_worker`] with the
+//! pool's address and key. Both sides prove they know the key; the
+//! connection is authenticated, not encrypted.
+//!
 //! # Performance notes
 //!
 //! - Small tasks want chunks: `map` picks Python's chunk size, `imap` learns
@@ -96,7 +103,7 @@ pub use procpool_pool::{
     AsyncResult, EXIT_INTERRUPTED, Error, Imap, Pool, PoolBuilder, Process, Stats,
     install_ctrlc_handler, interrupted,
 };
-pub use procpool_worker::{Registry, init, run_worker};
+pub use procpool_worker::{Registry, init, run_remote_worker, run_worker};
 
 /// The README's code, compiled and run as a doctest (its quickstart starts
 /// real workers: the doctest binary re-executes itself).

@@ -11,6 +11,7 @@
 //! - [`endpoint`]: the connection between a master and one worker (a
 //!   socketpair on Unix, an authenticated named pipe on Windows).
 //! - [`link`]: the shared writing side of a connection.
+//! - [`remote`]: the authenticated TCP handshake of remote workers.
 //! - [`queue`], [`pipe`]: queues and pipes shared between processes, held
 //!   by the [`hub`] (the master) and reached from workers by proxy.
 //!
@@ -42,6 +43,7 @@ pub mod link;
 pub mod pipe;
 pub mod proto;
 pub mod queue;
+pub mod remote;
 mod sys;
 pub mod task;
 

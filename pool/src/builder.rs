@@ -1,12 +1,14 @@
 //! [`PoolBuilder`]: every knob of a pool, each with its default.
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use procpool_ipc::Task;
 use procpool_ipc::frame::DEFAULT_MAX_FRAME_LEN;
 
+use crate::remote::Key;
 use crate::{Error, Pool};
 
 /// Settings shared by the pool handle and its supervisor.
@@ -29,6 +31,8 @@ pub(crate) struct Config {
     pub(crate) initializer: Option<&'static str>,
     /// Start a replacement when a worker exits (false for a `Process`).
     pub(crate) replace_workers: bool,
+    /// Where to listen for remote workers, and their key.
+    pub(crate) listen: Option<(SocketAddr, Key)>,
 }
 
 /// Configures and starts a [`Pool`].
@@ -63,6 +67,7 @@ pub struct PoolBuilder {
     initializer: Option<&'static str>,
     handle_ctrlc: bool,
     single_process: bool,
+    listen: Option<(SocketAddr, Key)>,
 }
 
 impl PoolBuilder {
@@ -183,6 +188,22 @@ impl PoolBuilder {
         self
     }
 
+    /// Also accept *remote* workers: listen on `addr` (port 0: any free
+    /// port, see [`Pool::listen_addr`]) for workers that prove they know
+    /// `key` — a program calling `procpool::run_remote_worker(addr, key,
+    /// registry)`, started by ssh, a batch system or anything else. They add
+    /// to the pool's local workers, take tasks like them, and are not
+    /// replaced when they leave (their launcher decides that). Their
+    /// registry must hold the same tasks as the local workers'. Default: no
+    /// listening.
+    ///
+    /// The key is the only protection: use a long random one, and a network
+    /// you trust (the connection is authenticated, not encrypted).
+    pub fn listen(mut self, addr: SocketAddr, key: impl Into<Vec<u8>>) -> Self {
+        self.listen = Some((addr, Key(key.into().into())));
+        self
+    }
+
     /// One worker that is not replaced when it exits: a `Process`.
     pub(crate) fn single_process(mut self) -> Self {
         self.single_process = true;
@@ -228,6 +249,7 @@ impl PoolBuilder {
             max_tasks_per_worker: self.max_tasks_per_worker,
             initializer: self.initializer,
             replace_workers: !self.single_process,
+            listen: self.listen,
         };
         Pool::start(config)
     }

@@ -1,4 +1,5 @@
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -26,6 +27,24 @@ pub enum Error {
         pid: u32,
         /// How it ended.
         status: ExitStatus,
+    },
+    /// The remote worker running the task disconnected (or its machine went
+    /// away); its exit status is not known here.
+    #[error("remote worker {worker_id} ({}) disconnected while running the task", peer.map_or_else(|| "unknown address".to_owned(), |p| p.to_string()))]
+    RemoteWorkerLost {
+        /// The worker's id.
+        worker_id: usize,
+        /// Its address.
+        peer: Option<SocketAddr>,
+    },
+    /// The pool could not listen for remote workers.
+    #[error("cannot listen for remote workers on {addr}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's error.
+        #[source]
+        source: Arc<io::Error>,
     },
     /// The task ran longer than the pool's `task_timeout`; its worker was
     /// killed and replaced.

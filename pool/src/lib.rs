@@ -11,6 +11,7 @@ mod interrupt;
 mod joinable;
 mod pool;
 mod process;
+mod remote;
 mod stream;
 mod supervisor;
 mod worker;

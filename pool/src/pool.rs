@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -13,6 +14,7 @@ use procpool_ipc::task::Payload;
 use procpool_ipc::{Task, TaskError, codec};
 
 use crate::builder::Config;
+use crate::remote::Listener;
 use crate::stream::{Chunking, Imap};
 use crate::supervisor::{Chunk, Job, Msg, Outcome, Shared, Supervisor};
 use crate::{Error, PoolBuilder};
@@ -46,6 +48,7 @@ pub struct Pool {
     tasks: Vec<String>,
     stopped: Receiver<()>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
+    listen_addr: Option<SocketAddr>,
 }
 
 impl fmt::Debug for Pool {
@@ -105,12 +108,18 @@ impl Pool {
         let shared = Arc::new(Shared::new(&config, tx.clone()));
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let (stopped_tx, stopped) = crossbeam_channel::bounded::<()>(0);
+        let listener = match &config.listen {
+            Some((addr, key)) => Some(Listener::start(*addr, key, tx.clone())?),
+            None => None,
+        };
+        let listen_addr = listener.as_ref().map(Listener::addr);
         let supervisor = Supervisor::new(
             Arc::clone(&config),
             Arc::clone(&shared),
             tx.clone(),
             rx,
             ready_tx,
+            listener,
         );
         let handle = thread::Builder::new()
             .name("procpool-supervisor".into())
@@ -133,6 +142,7 @@ impl Pool {
                     tasks,
                     stopped,
                     supervisor: Mutex::new(Some(handle)),
+                    listen_addr,
                 })
             }
             Ok(Err(e)) => {
@@ -149,6 +159,19 @@ impl Pool {
     /// Number of worker slots.
     pub fn workers(&self) -> usize {
         self.config.workers
+    }
+
+    /// The address remote workers join at, when the pool listens (see
+    /// [`PoolBuilder::listen`]); with port 0 asked for, the port chosen.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen_addr
+    }
+
+    /// Waits until at least `n` workers (local and remote) have completed
+    /// their handshake, for at most `timeout`; whether they have. Useful
+    /// when remote workers are expected to join.
+    pub fn wait_for_workers(&self, n: usize, timeout: Duration) -> bool {
+        self.shared.wait_ready(n, Instant::now() + timeout)
     }
 
     /// Names of the tasks the workers serve.

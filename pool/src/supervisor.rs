@@ -25,8 +25,9 @@
 //! - terminate: every worker is killed now.
 
 use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -38,7 +39,8 @@ use crate::Error;
 use crate::builder::Config;
 use crate::dispatch::{Dispatch, Lane, finish};
 use crate::joinable::Accounting;
-use crate::worker::{Kill, Worker, reap};
+use crate::remote::Listener;
+use crate::worker::{Kill, Proc, Worker};
 
 /// A start-up that fails this many times in a row leaves its slot empty.
 const MAX_START_FAILURES: u32 = 3;
@@ -63,6 +65,9 @@ pub(crate) struct Shared {
     pub(crate) interrupt_rx: Receiver<()>,
     pub(crate) pids: Mutex<Vec<Option<u32>>>,
     pub(crate) stats: Counters,
+    /// Workers that completed their handshake, and a signal when it changes.
+    ready: Mutex<usize>,
+    ready_cv: Condvar,
 }
 
 /// Raw counters behind [`Stats`](crate::Stats).
@@ -91,6 +96,8 @@ impl Shared {
             interrupt_rx,
             pids: Mutex::new(vec![None; config.workers]),
             stats: Counters::default(),
+            ready: Mutex::new(0),
+            ready_cv: Condvar::new(),
         }
     }
 
@@ -137,8 +144,39 @@ impl Shared {
         self.accounting.wake_all();
     }
 
+    fn ready_changed(&self, by: isize) {
+        let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+        *ready = ready.saturating_add_signed(by);
+        self.ready_cv.notify_all();
+    }
+
+    /// Waits until at least `n` workers are ready, or `deadline`; whether
+    /// they are.
+    pub(crate) fn wait_ready(&self, n: usize, deadline: Instant) -> bool {
+        let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+        while *ready < n {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            ready = self
+                .ready_cv
+                .wait_timeout(ready, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    /// Records a local worker's pid (remote workers' pids are not ours).
     fn set_pid(&self, slot: usize, pid: Option<u32>) {
-        self.pids.lock().unwrap_or_else(PoisonError::into_inner)[slot] = pid;
+        if let Some(p) = self
+            .pids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(slot)
+        {
+            *p = pid;
+        }
     }
 }
 
@@ -205,6 +243,11 @@ pub(crate) enum Msg {
         key: u64,
         error: Option<IpcError>,
     },
+    /// A remote worker connected and authenticated.
+    Joined {
+        stream: TcpStream,
+        peer: SocketAddr,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,6 +277,7 @@ pub(crate) struct Supervisor {
     tasks: Option<Vec<String>>,
     phase: Phase,
     ready_tx: Option<Sender<Result<Vec<String>, Error>>>,
+    listener: Option<Listener>,
 }
 
 impl Supervisor {
@@ -243,6 +287,7 @@ impl Supervisor {
         tx: Sender<Msg>,
         rx: Receiver<Msg>,
         ready_tx: Sender<Result<Vec<String>, Error>>,
+        listener: Option<Listener>,
     ) -> Self {
         let slots = (0..config.workers).map(|_| Slot::default()).collect();
         Self {
@@ -255,6 +300,7 @@ impl Supervisor {
             tasks: None,
             phase: Phase::Starting,
             ready_tx: Some(ready_tx),
+            listener,
         }
     }
 
@@ -289,6 +335,9 @@ impl Supervisor {
             if self.is_finished() {
                 break;
             }
+        }
+        if let Some(listener) = &self.listener {
+            listener.stop();
         }
         self.reap_all();
     }
@@ -325,6 +374,7 @@ impl Supervisor {
                 }
             }
             Msg::Gone { slot, key, error } => self.on_gone(slot, key, error),
+            Msg::Joined { stream, peer } => self.on_joined(stream, peer),
         }
     }
 
@@ -365,6 +415,41 @@ impl Supervisor {
         Ok(())
     }
 
+    /// A remote worker becomes a new slot (and lane) at the end; it is not
+    /// replaced when it leaves. Dropping `stream` refuses it.
+    fn on_joined(&mut self, stream: TcpStream, peer: SocketAddr) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let slot = self.slots.len();
+        let key = self.next_key;
+        self.next_key += 1;
+        match Worker::join(
+            &self.config,
+            slot,
+            key,
+            &self.shared,
+            &self.tx,
+            stream,
+            peer,
+        ) {
+            Ok((worker, link)) => {
+                let mut lane = Lane::new(key, 0, link);
+                lane.open = false; // until its handshake is in
+                self.shared.dispatch().lanes.push(Some(lane));
+                self.shared
+                    .stats
+                    .workers_alive
+                    .fetch_add(1, Ordering::Relaxed);
+                self.slots.push(Slot {
+                    worker: Some(worker),
+                    ..Slot::default()
+                });
+            }
+            Err(e) => tracing::warn!(%peer, error = %e, "cannot take the remote worker"),
+        }
+    }
+
     fn on_hello(&mut self, slot: usize, key: u64, hello: Hello) {
         let mismatch = match &self.tasks {
             None => {
@@ -399,12 +484,14 @@ impl Supervisor {
             return;
         }
         w.ready = true;
+        w.pid = hello.pid;
         tracing::debug!(worker_id = slot, pid = hello.pid, "worker ready");
         let mut dirty = Dirty::default();
         let mut dispatch = self.shared.dispatch();
         let mut broken = false;
         if let Some(lane) = dispatch.lane_mut(slot, key) {
             lane.open = !lane.shutdown_sent;
+            lane.pid = hello.pid;
             if let Some(task) = initializer {
                 // Runs before anything else: it is first in the worker's lane.
                 broken = dispatch.send(slot, task, None, &mut dirty).is_err();
@@ -413,13 +500,15 @@ impl Supervisor {
         dispatch.pump(&self.shared, &mut dirty);
         drop(dispatch);
         dirty.flush();
+        // Counted once its lane is open: a caller woken by this finds it taking work.
+        self.shared.ready_changed(1);
         if broken {
             self.kill(slot, Kill::Broken);
         }
         self.slots[slot].start_failures = 0;
+        let local = &self.slots[..self.config.workers];
         if self.phase == Phase::Starting
-            && self
-                .slots
+            && local
                 .iter()
                 .all(|s| s.worker.as_ref().is_some_and(|w| w.ready))
         {
@@ -434,7 +523,10 @@ impl Supervisor {
         let Some(mut w) = self.slots[slot].worker.take_if(|w| w.key == key) else {
             return;
         };
-        let status = reap(&mut w.child);
+        let status = w.reap();
+        if w.ready {
+            self.shared.ready_changed(-1);
+        }
         self.shared.set_pid(slot, None);
         self.shared
             .stats
@@ -452,7 +544,7 @@ impl Supervisor {
         let pid = w.pid;
         let expected = shutdown_sent || matches!(w.killed, Some(Kill::Terminated));
         if !expected {
-            tracing::warn!(worker_id, pid, %status, "worker died");
+            tracing::warn!(worker_id, pid, ?status, "worker died");
         }
         let head_id = inflight.front().map(|i| i.id);
         // The error for the chunk that was running.
@@ -472,10 +564,13 @@ impl Supervisor {
                 worker_id,
                 source: Arc::new(e),
             },
-            _ => Error::WorkerDied {
-                worker_id,
-                pid,
-                status,
+            _ => match (status, w.peer()) {
+                (Some(status), _) => Error::WorkerDied {
+                    worker_id,
+                    pid,
+                    status,
+                },
+                (None, peer) => Error::RemoteWorkerLost { worker_id, peer },
             },
         };
         let stopping = matches!(self.phase, Phase::Stopping(_)) || shutdown_sent;
@@ -490,7 +585,12 @@ impl Supervisor {
                 let blameless =
                     matches!(w.killed, Some(Kill::Timeout { chunk, .. }) if head_id != Some(chunk));
                 let retry = !stopping
-                    && matches!(culprit, Error::WorkerDied { .. } | Error::Connection { .. })
+                    && matches!(
+                        culprit,
+                        Error::WorkerDied { .. }
+                            | Error::RemoteWorkerLost { .. }
+                            | Error::Connection { .. }
+                    )
                     && chunk.attempts < self.config.retries;
                 if blameless && !stopping {
                     dispatch.pending.push_front(chunk);
@@ -529,7 +629,10 @@ impl Supervisor {
                 },
                 _ => Error::Startup {
                     worker_id,
-                    reason: format!("pid {pid} exited before its handshake: {status}"),
+                    reason: match status {
+                        Some(status) => format!("pid {pid} exited before its handshake: {status}"),
+                        None => "the remote worker left before its handshake".to_owned(),
+                    },
                 },
             };
             if self.phase == Phase::Starting {
@@ -543,7 +646,9 @@ impl Supervisor {
         }
         // While draining, a replacement is needed only for queued work.
         let queued = !self.shared.dispatch().pending.is_empty();
+        // Remote workers (slots past the local ones) are their launcher's to replace.
         let replace = self.config.replace_workers
+            && slot < self.config.workers
             && (self.phase == Phase::Running || matches!(self.phase, Phase::Draining(_)) && queued)
             && self.slots[slot].start_failures < MAX_START_FAILURES;
         if replace {
@@ -597,7 +702,7 @@ impl Supervisor {
             if w.killed.is_none() || matches!(why, Kill::Terminated) {
                 w.killed = Some(why);
             }
-            let _ = w.child.kill();
+            w.kill();
             if let Some(lane) = self.shared.dispatch().lanes[slot].as_mut() {
                 lane.open = false;
             }
@@ -714,8 +819,10 @@ impl Supervisor {
         self.shared.close(Error::Terminated);
         for slot in 0..self.slots.len() {
             if let Some(mut w) = self.slots[slot].worker.take() {
-                let _ = w.child.kill();
-                let _ = w.child.wait();
+                w.kill();
+                if let Proc::Local(child) = &mut w.proc {
+                    let _ = child.wait();
+                }
                 self.shared.set_pid(slot, None);
                 self.shared
                     .stats

@@ -8,6 +8,8 @@
 //! does, after giving back to the hub what the worker had been handed but
 //! not taken, and reports [`Msg::Gone`] last.
 
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use procpool_ipc::endpoint::{self, ReadHalf};
+use procpool_ipc::endpoint;
 use procpool_ipc::frame::FrameReader;
 use procpool_ipc::hub;
 use procpool_ipc::link::{Dirty, Link};
@@ -40,12 +42,22 @@ pub(crate) enum Kill {
     Broken,
 }
 
+/// How the master reaches a worker's process.
+#[derive(Debug)]
+pub(crate) enum Proc {
+    /// A child of this process.
+    Local(Child),
+    /// A remote worker that joined over TCP: it can only be disconnected.
+    Remote { stream: TcpStream, peer: SocketAddr },
+}
+
 /// A worker process and what the supervisor knows about it.
 #[derive(Debug)]
 pub(crate) struct Worker {
     pub(crate) key: u64,
+    /// The process id (a remote worker's, on its own machine, once known).
     pub(crate) pid: u32,
-    pub(crate) child: Child,
+    pub(crate) proc: Proc,
     pub(crate) spawned: Instant,
     pub(crate) ready: bool,
     pub(crate) killed: Option<Kill>,
@@ -72,41 +84,115 @@ impl Worker {
             source: Arc::new(e),
         };
         let (mut child, reader, writer) = endpoint::spawn(cmd).map_err(spawn_error)?;
-        let max = config.max_frame_len;
-        let link = Link::new(writer, max);
-        let ctx = ReaderContext {
-            slot,
-            key,
-            link: Arc::clone(&link),
-            shared: Arc::clone(shared),
-            tx: tx.clone(),
+        let link = match start_reader(config, slot, key, shared, tx, reader, writer) {
+            Ok(link) => link,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(spawn_error(e));
+            }
         };
-        let started = thread::Builder::new()
-            .name(format!("procpool-reader-{slot}"))
-            .spawn(move || ctx.run(reader, max));
-        if let Err(e) = started {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(spawn_error(e));
-        }
         let pid = child.id();
         tracing::debug!(worker_id = slot, pid, "worker started");
-        let worker = Worker {
+        Ok((Worker::new(key, pid, Proc::Local(child)), link))
+    }
+
+    /// A remote worker that has joined over `stream` (already authenticated).
+    pub(crate) fn join(
+        config: &Config,
+        slot: usize,
+        key: u64,
+        shared: &Arc<Shared>,
+        tx: &Sender<Msg>,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> std::io::Result<(Worker, Arc<Link>)> {
+        let reader = stream.try_clone()?;
+        let writer = stream.try_clone()?;
+        let link = start_reader(config, slot, key, shared, tx, reader, writer)?;
+        tracing::debug!(worker_id = slot, %peer, "remote worker joined");
+        Ok((Worker::new(key, 0, Proc::Remote { stream, peer }), link))
+    }
+
+    fn new(key: u64, pid: u32, proc: Proc) -> Self {
+        Worker {
             key,
             pid,
-            child,
+            proc,
             spawned: Instant::now(),
             ready: false,
             killed: None,
-        };
-        Ok((worker, link))
+        }
     }
+
+    /// Ends the worker now: kills a child, disconnects a remote worker
+    /// (which exits when its connection ends).
+    pub(crate) fn kill(&mut self) {
+        match &mut self.proc {
+            Proc::Local(child) => {
+                let _ = child.kill();
+            }
+            Proc::Remote { stream, .. } => {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    /// Collects the worker after its connection ended: a child's exit
+    /// status (see [`reap`]); nothing for a remote worker.
+    pub(crate) fn reap(&mut self) -> Option<ExitStatus> {
+        match &mut self.proc {
+            Proc::Local(child) => Some(reap(child)),
+            Proc::Remote { stream, .. } => {
+                let _ = stream.shutdown(Shutdown::Both);
+                None
+            }
+        }
+    }
+
+    /// The remote worker's address, if it is one.
+    pub(crate) fn peer(&self) -> Option<SocketAddr> {
+        match &self.proc {
+            Proc::Local(_) => None,
+            Proc::Remote { peer, .. } => Some(*peer),
+        }
+    }
+}
+
+/// Starts the reader thread of a worker's connection; returns the link to
+/// write to it.
+fn start_reader<R, W>(
+    config: &Config,
+    slot: usize,
+    key: u64,
+    shared: &Arc<Shared>,
+    tx: &Sender<Msg>,
+    reader: R,
+    writer: W,
+) -> std::io::Result<Arc<Link>>
+where
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
+{
+    let max = config.max_frame_len;
+    let link = Link::new(writer, max);
+    let ctx = ReaderContext {
+        slot,
+        key,
+        link: Arc::clone(&link),
+        shared: Arc::clone(shared),
+        tx: tx.clone(),
+    };
+    thread::Builder::new()
+        .name(format!("procpool-reader-{slot}"))
+        .spawn(move || ctx.run(reader, max))?;
+    Ok(link)
 }
 
 /// Reaps a child whose connection has closed: it is exiting, so this
 /// returns promptly; a child that keeps running without its connection is
 /// killed after a short wait.
-pub(crate) fn reap(child: &mut Child) -> ExitStatus {
+fn reap(child: &mut Child) -> ExitStatus {
     let deadline = Instant::now() + Duration::from_millis(500);
     let mut pause = Duration::from_micros(50);
     loop {
@@ -136,7 +222,7 @@ struct ReaderContext {
 }
 
 impl ReaderContext {
-    fn run(self, reader: ReadHalf, max: u32) {
+    fn run(self, reader: impl Read, max: u32) {
         let error = self.serve(reader, max);
         // What the hub had handed this worker and it had not taken goes back.
         hub::disconnect(self.link.id());
@@ -148,7 +234,7 @@ impl ReaderContext {
     }
 
     /// Reads until the connection ends; returns why, if not a clean EOF.
-    fn serve(&self, reader: ReadHalf, max: u32) -> Option<IpcError> {
+    fn serve(&self, reader: impl Read, max: u32) -> Option<IpcError> {
         let (slot, key) = (self.slot, self.key);
         let mut reader = FrameReader::new(reader, max);
         let mut frame = Vec::new();

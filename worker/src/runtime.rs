@@ -9,7 +9,8 @@
 //! at once, even in the middle of a task. On `SHUTDOWN` the running task
 //! finishes and its result is sent; tasks queued behind it are not started.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::net::ToSocketAddrs;
 use std::process;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,6 +34,8 @@ const EXIT_FAILURE: i32 = 70;
 enum ServeError {
     #[error("cannot open the endpoint named by {}", endpoint::ENDPOINT_ENV)]
     Endpoint(#[source] io::Error),
+    #[error("cannot join the master")]
+    Remote(#[source] io::Error),
     #[error("connection to the master failed")]
     Ipc(#[from] IpcError),
     #[error("the master asked for task number {0}, which this worker does not have")]
@@ -81,6 +84,7 @@ pub fn run_worker(registry: Registry) -> ! {
 }
 
 fn serve_and_exit(registry: Registry, connection: Result<(ReadHalf, WriteHalf), ServeError>) -> ! {
+    endpoint::ignore_interrupts();
     match connection.and_then(|(r, w)| serve(&registry, r, w)) {
         Ok(()) => process::exit(0),
         Err(e) => fail(&e),
@@ -103,8 +107,30 @@ fn max_frame_len() -> u32 {
         .unwrap_or(DEFAULT_MAX_FRAME_LEN)
 }
 
-fn serve(registry: &Registry, r: ReadHalf, w: WriteHalf) -> Result<(), ServeError> {
-    endpoint::ignore_interrupts();
+/// Serves tasks and exits as a *remote* worker: connects to the master
+/// listening at `addr` (see `PoolBuilder::listen`), proves it knows `key`,
+/// and serves until the master closes the connection.
+///
+/// Unlike a local worker it keeps the terminal's Ctrl-C: it belongs to
+/// whatever launched it (ssh, a batch system), not to the master.
+///
+/// Exits with status 70 and a message on stderr when it cannot connect or
+/// authenticate.
+pub fn run_remote_worker(addr: impl ToSocketAddrs, key: &[u8], registry: Registry) -> ! {
+    let connection = procpool_ipc::remote::connect_to_master(addr, key)
+        .and_then(|stream| Ok((stream.try_clone()?, stream)))
+        .map_err(ServeError::Remote);
+    match connection.and_then(|(r, w)| serve(&registry, r, w)) {
+        Ok(()) => process::exit(0),
+        Err(e) => fail(&e),
+    }
+}
+
+fn serve<R, W>(registry: &Registry, r: R, w: W) -> Result<(), ServeError>
+where
+    R: Read + Send + 'static,
+    W: Write + Send + 'static,
+{
     install_panic_hook();
     let max = max_frame_len();
     let link = Link::new(w, max);
