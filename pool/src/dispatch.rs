@@ -41,7 +41,7 @@ use procpool_ipc::proto::Message;
 
 use crate::Error;
 use crate::builder::Config;
-use crate::supervisor::{Chunk, Outcome, Results, Shared};
+use crate::shared::{Chunk, Outcome, Results, Shared};
 
 /// With automatic prefetch, the work (by measured time) to keep queued at
 /// each worker.

@@ -12,6 +12,7 @@ mod joinable;
 mod pool;
 mod process;
 mod remote;
+mod shared;
 mod stream;
 mod supervisor;
 mod worker;

@@ -15,8 +15,9 @@ use procpool_ipc::{Task, TaskError, codec};
 
 use crate::builder::Config;
 use crate::remote::Listener;
+use crate::shared::{Chunk, Job, Outcome, Shared};
 use crate::stream::{Chunking, Imap};
-use crate::supervisor::{Chunk, Job, Msg, Outcome, Shared, Supervisor};
+use crate::supervisor::{Msg, Supervisor};
 use crate::{Error, PoolBuilder};
 
 /// A pool of worker processes.

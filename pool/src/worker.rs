@@ -27,7 +27,8 @@ use procpool_ipc::{IpcError, TaskError, codec};
 use crate::Error;
 use crate::builder::Config;
 use crate::dispatch::finish;
-use crate::supervisor::{Msg, Results, Shared};
+use crate::shared::{Results, Shared};
+use crate::supervisor::Msg;
 
 /// Why the supervisor killed a worker.
 #[derive(Clone, Copy, Debug)]

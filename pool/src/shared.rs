@@ -1,0 +1,184 @@
+//! What the pool's threads share: [`Shared`] (dispatch, accounting,
+//! counters, the interrupt signal), and the units of work they pass around —
+//! [`Job`], [`Chunk`], [`Outcome`], [`Results`].
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use procpool_ipc::link::Dirty;
+
+use crate::Error;
+use crate::builder::Config;
+use crate::dispatch::Dispatch;
+use crate::joinable::Accounting;
+use crate::supervisor::Msg;
+
+/// State shared between the pool handle, its callers, the reader threads
+/// and the supervisor.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) accounting: Accounting,
+    dispatch: Mutex<Dispatch>,
+    pub(crate) closed: AtomicBool,
+    pub(crate) interrupted: AtomicBool,
+    /// Whether the supervisor wants to hear of every finished chunk
+    /// (task timeouts to track, or a stop waiting for the work to end).
+    pub(crate) watch: AtomicBool,
+    /// Wakes the supervisor.
+    pub(crate) wake: Sender<Msg>,
+    /// Dropped on interrupt: every `select` on `interrupt_rx` wakes at once.
+    interrupt_tx: Mutex<Option<Sender<()>>>,
+    pub(crate) interrupt_rx: Receiver<()>,
+    pub(crate) pids: Mutex<Vec<Option<u32>>>,
+    pub(crate) stats: Counters,
+    /// Workers that completed their handshake, and a signal when it changes.
+    ready: Mutex<usize>,
+    ready_cv: Condvar,
+}
+
+/// Raw counters behind [`Stats`](crate::Stats).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) submitted: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) task_errors: AtomicU64,
+    pub(crate) workers_alive: AtomicUsize,
+    pub(crate) workers_replaced: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(config: &Config, wake: Sender<Msg>) -> Self {
+        let (interrupt_tx, interrupt_rx) = crossbeam_channel::bounded(0);
+        Self {
+            accounting: Accounting::default(),
+            dispatch: Mutex::new(Dispatch::new(config)),
+            closed: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
+            watch: AtomicBool::new(config.task_timeout.is_some()),
+            wake,
+            interrupt_tx: Mutex::new(Some(interrupt_tx)),
+            interrupt_rx,
+            pids: Mutex::new(vec![None; config.workers]),
+            stats: Counters::default(),
+            ready: Mutex::new(0),
+            ready_cv: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn dispatch(&self) -> MutexGuard<'_, Dispatch> {
+        self.dispatch.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a chunk and sends it at once if a worker has room. On refusal
+    /// the chunk comes back with the reason.
+    pub(crate) fn submit(&self, chunk: Chunk) -> Result<(), (Chunk, Error)> {
+        let mut dirty = Dirty::default();
+        let started = {
+            let mut dispatch = self.dispatch();
+            if let Some(e) = &dispatch.refuse {
+                return Err((chunk, e.clone()));
+            }
+            self.accounting.add(1);
+            dispatch.pending.push_back(chunk);
+            dispatch.pump(self, &mut dirty)
+        };
+        dirty.flush();
+        if started && self.watch.load(Ordering::Relaxed) {
+            let _ = self.wake.send(Msg::Wake);
+        }
+        Ok(())
+    }
+
+    /// Refuses new work from now on.
+    pub(crate) fn close(&self, why: Error) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.dispatch().refuse(why);
+    }
+
+    /// Marks the pool interrupted and wakes every blocked caller.
+    pub(crate) fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::SeqCst);
+        self.close(Error::Interrupted);
+        drop(
+            self.interrupt_tx
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        self.accounting.wake_all();
+    }
+
+    pub(crate) fn ready_changed(&self, by: isize) {
+        let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+        *ready = ready.saturating_add_signed(by);
+        self.ready_cv.notify_all();
+    }
+
+    /// Waits until at least `n` workers are ready, or `deadline`; whether
+    /// they are.
+    pub(crate) fn wait_ready(&self, n: usize, deadline: Instant) -> bool {
+        let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+        while *ready < n {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            ready = self
+                .ready_cv
+                .wait_timeout(ready, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    /// Records a local worker's pid (remote workers' pids are not ours).
+    pub(crate) fn set_pid(&self, slot: usize, pid: Option<u32>) {
+        if let Some(p) = self
+            .pids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(slot)
+        {
+            *p = pid;
+        }
+    }
+}
+
+/// One caller's stream of results (a `map`, an `imap`, a `submit`).
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) sink: Sender<Outcome>,
+    pub(crate) cancelled: AtomicBool,
+}
+
+/// Consecutive inputs of one job, encoded, bound for one worker.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub(crate) job: Arc<Job>,
+    /// Position of this chunk within its job.
+    pub(crate) seq: u64,
+    pub(crate) task: u32,
+    pub(crate) count: u32,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) attempts: u32,
+}
+
+/// What became of a chunk.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub(crate) seq: u64,
+    pub(crate) count: u32,
+    pub(crate) result: Result<Results, Error>,
+}
+
+/// A `DONE` frame: `count` encoded results start at `frame[payload_at..]`.
+#[derive(Debug)]
+pub(crate) struct Results {
+    pub(crate) frame: Vec<u8>,
+    pub(crate) payload_at: usize,
+    pub(crate) elapsed_ns: u64,
+}
