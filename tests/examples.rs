@@ -97,3 +97,10 @@ fn pipe() -> anyhow::Result<()> {
     ensure!(out.contains("10000 round trips"), "{out}");
     Ok(())
 }
+
+#[test]
+fn remote() -> anyhow::Result<()> {
+    let out = run("remote", &[], LIMIT)?;
+    ensure!(out.contains("all workers done"), "{out}");
+    Ok(())
+}

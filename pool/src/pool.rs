@@ -230,7 +230,8 @@ impl Pool {
     /// Runs `task` on every item and returns the outputs in input order.
     ///
     /// The input is split into chunks (the builder's `chunk_size`, or
-    /// Python's rule: `len / (4 × workers)` rounded up). Returns at the
+    /// Python's rule: `len / (4 × workers)` rounded up, counting remote
+    /// workers that have joined). Returns at the
     /// first failed item; work not yet dispatched is then dropped.
     ///
     /// # Errors
@@ -246,7 +247,8 @@ impl Pool {
         let items: Vec<I> = items.into_iter().collect();
         let len = items.len();
         let chunk = self.config.chunk_size.unwrap_or_else(|| {
-            let per = self.config.workers * 4;
+            // Remote workers that have joined count too.
+            let per = self.config.workers.max(self.shared.ready_workers()) * 4;
             len.div_ceil(per).max(1)
         });
         let stream = Imap::new(

@@ -118,6 +118,11 @@ impl Shared {
         self.ready_cv.notify_all();
     }
 
+    /// Workers that have completed their handshake and not left.
+    pub(crate) fn ready_workers(&self) -> usize {
+        *self.ready.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Waits until at least `n` workers are ready, or `deadline`; whether
     /// they are.
     pub(crate) fn wait_ready(&self, n: usize, deadline: Instant) -> bool {
