@@ -40,7 +40,7 @@ use crate::builder::Config;
 use crate::dispatch::{Lane, finish};
 use crate::remote::Listener;
 use crate::shared::Shared;
-use crate::worker::{Kill, Proc, Worker};
+use crate::worker::{Kill, Proc, Seat, Worker};
 
 /// A start-up that fails this many times in a row leaves its slot empty.
 const MAX_START_FAILURES: u32 = 3;
@@ -231,10 +231,20 @@ impl Supervisor {
         self.phase = Phase::Stopping(Instant::now() + STOP_WAIT);
     }
 
+    fn seat(&self, slot: usize, key: u64) -> Seat<'_> {
+        Seat {
+            config: &self.config,
+            slot,
+            key,
+            shared: &self.shared,
+            tx: &self.tx,
+        }
+    }
+
     fn spawn(&mut self, slot: usize) -> Result<(), Error> {
         let key = self.next_key;
         self.next_key += 1;
-        let (worker, link) = Worker::spawn(&self.config, slot, key, &self.shared, &self.tx)?;
+        let (worker, link) = self.seat(slot, key).spawn()?;
         let mut lane = Lane::new(key, worker.pid, link);
         lane.open = false; // until its handshake is in
         self.shared.dispatch().lanes[slot] = Some(lane);
@@ -256,15 +266,7 @@ impl Supervisor {
         let slot = self.slots.len();
         let key = self.next_key;
         self.next_key += 1;
-        match Worker::join(
-            &self.config,
-            slot,
-            key,
-            &self.shared,
-            &self.tx,
-            stream,
-            peer,
-        ) {
+        match self.seat(slot, key).join(stream, peer) {
             Ok((worker, link)) => {
                 let mut lane = Lane::new(key, 0, link);
                 lane.open = false; // until its handshake is in

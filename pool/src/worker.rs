@@ -64,16 +64,24 @@ pub(crate) struct Worker {
     pub(crate) killed: Option<Kill>,
 }
 
-impl Worker {
-    /// Starts the worker program for slot `slot` and its reader thread;
+/// Where a new worker goes: its slot and key, and what its reader thread
+/// needs.
+#[derive(Clone, Copy)]
+pub(crate) struct Seat<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) slot: usize,
+    pub(crate) key: u64,
+    pub(crate) shared: &'a Arc<Shared>,
+    pub(crate) tx: &'a Sender<Msg>,
+}
+
+impl Seat<'_> {
+    /// Starts the worker program for this seat and its reader thread;
     /// returns it with the writing side of its connection.
-    pub(crate) fn spawn(
-        config: &Config,
-        slot: usize,
-        key: u64,
-        shared: &Arc<Shared>,
-        tx: &Sender<Msg>,
-    ) -> Result<(Worker, Arc<Link>), Error> {
+    pub(crate) fn spawn(self) -> Result<(Worker, Arc<Link>), Error> {
+        let Seat {
+            config, slot, key, ..
+        } = self;
         let mut cmd = Command::new(&config.program);
         cmd.args(&config.args)
             .envs(config.envs.iter().map(|(k, v)| (k, v)))
@@ -85,7 +93,7 @@ impl Worker {
             source: Arc::new(e),
         };
         let (mut child, reader, writer) = endpoint::spawn(cmd).map_err(spawn_error)?;
-        let link = match start_reader(config, slot, key, shared, tx, reader, writer) {
+        let link = match self.start_reader(reader, writer) {
             Ok(link) => link,
             Err(e) => {
                 let _ = child.kill();
@@ -100,21 +108,42 @@ impl Worker {
 
     /// A remote worker that has joined over `stream` (already authenticated).
     pub(crate) fn join(
-        config: &Config,
-        slot: usize,
-        key: u64,
-        shared: &Arc<Shared>,
-        tx: &Sender<Msg>,
+        self,
         stream: TcpStream,
         peer: SocketAddr,
     ) -> std::io::Result<(Worker, Arc<Link>)> {
-        let reader = stream.try_clone()?;
-        let writer = stream.try_clone()?;
-        let link = start_reader(config, slot, key, shared, tx, reader, writer)?;
-        tracing::debug!(worker_id = slot, %peer, "remote worker joined");
-        Ok((Worker::new(key, 0, Proc::Remote { stream, peer }), link))
+        let link = self.start_reader(stream.try_clone()?, stream.try_clone()?)?;
+        tracing::debug!(worker_id = self.slot, %peer, "remote worker joined");
+        Ok((
+            Worker::new(self.key, 0, Proc::Remote { stream, peer }),
+            link,
+        ))
     }
 
+    /// Starts the reader thread of the worker's connection; returns the link
+    /// to write to it.
+    fn start_reader<R, W>(self, reader: R, writer: W) -> std::io::Result<Arc<Link>>
+    where
+        R: Read + Send + 'static,
+        W: Write + Send + 'static,
+    {
+        let max = self.config.max_frame_len;
+        let link = Link::new(writer, max);
+        let ctx = ReaderContext {
+            slot: self.slot,
+            key: self.key,
+            link: Arc::clone(&link),
+            shared: Arc::clone(self.shared),
+            tx: self.tx.clone(),
+        };
+        thread::Builder::new()
+            .name(format!("procpool-reader-{}", self.slot))
+            .spawn(move || ctx.run(reader, max))?;
+        Ok(link)
+    }
+}
+
+impl Worker {
     fn new(key: u64, pid: u32, proc: Proc) -> Self {
         Worker {
             key,
@@ -158,36 +187,6 @@ impl Worker {
             Proc::Remote { peer, .. } => Some(*peer),
         }
     }
-}
-
-/// Starts the reader thread of a worker's connection; returns the link to
-/// write to it.
-fn start_reader<R, W>(
-    config: &Config,
-    slot: usize,
-    key: u64,
-    shared: &Arc<Shared>,
-    tx: &Sender<Msg>,
-    reader: R,
-    writer: W,
-) -> std::io::Result<Arc<Link>>
-where
-    R: Read + Send + 'static,
-    W: Write + Send + 'static,
-{
-    let max = config.max_frame_len;
-    let link = Link::new(writer, max);
-    let ctx = ReaderContext {
-        slot,
-        key,
-        link: Arc::clone(&link),
-        shared: Arc::clone(shared),
-        tx: tx.clone(),
-    };
-    thread::Builder::new()
-        .name(format!("procpool-reader-{slot}"))
-        .spawn(move || ctx.run(reader, max))?;
-    Ok(link)
 }
 
 /// Reaps a child whose connection has closed: it is exiting, so this
