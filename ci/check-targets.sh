@@ -12,13 +12,8 @@ targets=(aarch64-apple-darwin x86_64-unknown-freebsd)
 if [[ $# -eq 0 ]]; then set -- --workspace; fi
 
 started=$SECONDS
-step() {
-    local name=$1 t0=$SECONDS
-    shift
-    echo "==> $name"
-    "$@"
-    echo "<== $name: $((SECONDS - t0)) s"
-}
+# shellcheck source=ci/step.sh
+. ci/step.sh
 
 step "rustup targets" rustup target add "${targets[@]}"
 for target in "${targets[@]}"; do

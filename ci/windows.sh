@@ -25,13 +25,8 @@ esac
 if [[ $# -eq 0 ]]; then set -- --workspace; fi
 
 started=$SECONDS
-step() {
-    local name=$1 t0=$SECONDS
-    shift
-    echo "==> $name"
-    "$@"
-    echo "<== $name: $((SECONDS - t0)) s"
-}
+# shellcheck source=ci/step.sh
+. ci/step.sh
 
 as_root() {
     if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
