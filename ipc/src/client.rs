@@ -221,7 +221,7 @@ impl Client {
         self.link.send(&msg).map_err(QueueError::from_ipc)
     }
 
-    /// A one-way operation: returns once the frame is in the kernel.
+    /// A one-way operation whose volume the protocol bounds; never waits.
     pub(crate) fn oneway(
         &self,
         code: u8,
@@ -230,6 +230,27 @@ impl Client {
         payload: &[u8],
     ) -> Result<(), QueueError> {
         self.send(0, code, queue, arg, payload)
+    }
+
+    /// A one-way `PUT` from code that puts at will: waits up to `wait` for
+    /// room in the link's outbox, then until the frame is in the kernel.
+    /// `Ok(false)`: no room in time, nothing was sent.
+    pub(crate) fn put_oneway(
+        &self,
+        queue: u64,
+        payload: &[u8],
+        wait: Wait,
+    ) -> Result<bool, QueueError> {
+        let msg = Message::Hub {
+            req: 0,
+            op: op::PUT,
+            queue,
+            arg: 0,
+            payload,
+        };
+        self.link
+            .send_bounded(&msg, deadline(wait))
+            .map_err(QueueError::from_ipc)
     }
 
     fn register(&self) -> (u64, Receiver<Reply>) {

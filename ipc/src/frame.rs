@@ -130,6 +130,40 @@ pub struct FrameWriter<W: Write> {
     max: u32,
 }
 
+/// Something frames can be written to: a [`FrameWriter`], or a
+/// [`Link`](crate::link::Link)'s outbox.
+pub trait WriteFrame {
+    /// Buffers one frame whose body is the concatenation of `parts`.
+    ///
+    /// # Errors
+    /// [`IpcError::FrameTooLarge`] (nothing is written) when the body is
+    /// longer than the maximum; [`IpcError::Io`] when the stream fails.
+    fn write_frame(&mut self, parts: &[&[u8]]) -> Result<(), IpcError>;
+}
+
+/// The length of a frame whose body is `parts`, checked against `max`.
+pub(crate) fn checked_len(parts: &[&[u8]], max: u32) -> Result<u32, IpcError> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    u32::try_from(len)
+        .ok()
+        .filter(|&l| l <= max)
+        .ok_or(IpcError::FrameTooLarge {
+            len: len as u64,
+            max,
+        })
+}
+
+impl<W: Write> WriteFrame for FrameWriter<W> {
+    fn write_frame(&mut self, parts: &[&[u8]]) -> Result<(), IpcError> {
+        let len = checked_len(parts, self.max)?;
+        self.inner.write_all(&len.to_le_bytes())?;
+        for part in parts {
+            self.inner.write_all(part)?;
+        }
+        Ok(())
+    }
+}
+
 impl<W: Write> FrameWriter<W> {
     /// Wraps `inner`; frames longer than `max` bytes are refused.
     pub fn new(inner: W, max: u32) -> Self {
@@ -142,28 +176,6 @@ impl<W: Write> FrameWriter<W> {
     /// The configured maximum frame length.
     pub fn max_frame_len(&self) -> u32 {
         self.max
-    }
-
-    /// Buffers one frame whose body is the concatenation of `parts`.
-    ///
-    /// # Errors
-    /// [`IpcError::FrameTooLarge`] (nothing is written) when the body is
-    /// longer than the maximum; [`IpcError::Io`] when the stream fails.
-    pub fn write_frame(&mut self, parts: &[&[u8]]) -> Result<(), IpcError> {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        let len32 =
-            u32::try_from(len)
-                .ok()
-                .filter(|&l| l <= self.max)
-                .ok_or(IpcError::FrameTooLarge {
-                    len: len as u64,
-                    max: self.max,
-                })?;
-        self.inner.write_all(&len32.to_le_bytes())?;
-        for part in parts {
-            self.inner.write_all(part)?;
-        }
-        Ok(())
     }
 
     /// Sends everything buffered.

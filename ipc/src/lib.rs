@@ -18,7 +18,7 @@
 //! # Example
 //!
 //! ```
-//! use procpool_ipc::frame::{FrameReader, FrameWriter, DEFAULT_MAX_FRAME_LEN};
+//! use procpool_ipc::frame::{FrameReader, FrameWriter, WriteFrame, DEFAULT_MAX_FRAME_LEN};
 //!
 //! let mut wire = Vec::new();
 //! let mut w = FrameWriter::new(&mut wire, DEFAULT_MAX_FRAME_LEN);

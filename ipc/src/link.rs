@@ -1,79 +1,465 @@
 //! [`Link`]: the writing side of one connection, shared by every thread that
 //! sends on it.
+//!
+//! # Nobody blocks on a peer but the link's own writer
+//!
+//! Frames are appended to the link's *outbox*, a byte buffer behind a lock
+//! that is only ever held to copy bytes in or out, never across a system
+//! call. [`Link::flush`] then tries to hand the outbox to the kernel without
+//! blocking (`send` with `MSG_DONTWAIT` on Unix sockets); whatever the
+//! kernel does not take at once is left to the link's **writer thread**,
+//! which blocks in `write` on behalf of everyone. So a thread holding a
+//! lock that other threads need (dispatch, a queue's state) may write to a
+//! link: a stopped or vanished peer stalls only that link's writer thread.
+//!
+//! Why a thread per link rather than non-blocking descriptors and a poller
+//! (`mio`, `polling`): in steady state the non-blocking attempt succeeds
+//! and the writer thread sleeps, so the fast path is one system call, as
+//! before; the writer thread costs a wake-up only when a peer falls behind.
+//! A poller would need every descriptor non-blocking, which the reader
+//! threads (one blocking `read` loop per connection) and Windows named
+//! pipes (no per-call non-blocking write) do not suit.
+//!
+//! Frames whose volume the protocol already bounds (a lane's prefetched
+//! chunks, replies, deliveries within a subscription's credit) are written
+//! with [`Link::write`], which never waits. Frames a user's code produces
+//! at will (a queue `put` from a worker) use [`Link::send_bounded`]: it
+//! waits, holding no other lock, until the outbox is below
+//! [`OUTBOX_LIMIT`] and then until the frame is in the kernel, each up to
+//! the caller's deadline.
+//!
+//! # Liveness
+//!
+//! With [`Link::set_heartbeat`], the writer thread sends a
+//! [`Message::Heartbeat`] whenever the link has been quiet that long, so
+//! the peer can declare a silent link lost. A write that the kernel does
+//! not take within the heartbeat's timeout (set on the socket by its
+//! owner) breaks the link: every later write fails, and the owner's reader
+//! sees the end of the connection.
 
 use std::fmt;
-use std::io::Write;
+use std::io::{self, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use crate::IpcError;
-use crate::frame::FrameWriter;
+use crate::frame::{WriteFrame, checked_len};
 use crate::proto::Message;
 
-type BoxWriter = Box<dyn Write + Send>;
+/// Bytes a link's outbox may hold before [`Link::send_bounded`] waits for
+/// room (a single larger frame is still accepted into an empty outbox).
+pub const OUTBOX_LIMIT: usize = 4 << 20;
 
-/// The writing side of one connection, behind a lock so several threads
-/// (the supervisor, the hub serving other workers' puts, a worker's task
-/// using a queue) can send on it. Frames are buffered; [`flush`](Self::flush)
-/// or [`send`](Self::send) put them in the kernel.
+/// The byte stream a [`Link`] writes to.
+pub trait Sink: Write + Send + 'static {
+    /// Writes what it can of `buf` without blocking; `Err(WouldBlock)` when
+    /// nothing can be written now. The default never writes, leaving every
+    /// write to the link's writer thread.
+    ///
+    /// # Errors
+    /// `WouldBlock`, or the stream's error.
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let _ = buf;
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+impl Sink for crate::endpoint::WriteHalf {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        crate::endpoint::WriteHalf::try_write(self, buf)
+    }
+}
+
+impl Sink for TcpStream {
+    fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        crate::sys::try_send_tcp(self, buf)
+    }
+}
+
+/// A sink for tests and in-process use: any writer, written only by the
+/// writer thread.
+#[derive(Debug)]
+pub struct Blocking<W>(pub W);
+
+impl<W: Write> Write for Blocking<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write + Send + 'static> Sink for Blocking<W> {}
+
+/// The writing side of one connection; see the module docs.
 pub struct Link {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     id: u64,
-    writer: Mutex<FrameWriter<BoxWriter>>,
+    max: u32,
+    outbox: Mutex<Outbox>,
+    /// Wakes the writer thread.
+    work: Condvar,
+    /// Signals bytes written (or the link broken) to threads waiting on
+    /// room or on their frame.
+    progress: Condvar,
+}
+
+struct Outbox {
+    /// Bytes not yet taken by a writer.
+    buf: Vec<u8>,
+    /// A cleared buffer kept for reuse.
+    spare: Vec<u8>,
+    /// The stream; `None` while a thread is writing to it.
+    sink: Option<Box<dyn Sink>>,
+    /// Bytes ever appended, and ever handed to the kernel.
+    appended: u64,
+    written: u64,
+    /// Why the link is unusable, once it is.
+    broken: Option<(io::ErrorKind, String)>,
+    /// The [`Link`] was dropped: the writer drains and exits.
+    closed: bool,
+    heartbeat: Option<Duration>,
+    last_write: Instant,
+    /// Threads waiting on `progress`.
+    waiters: usize,
+}
+
+impl Outbox {
+    fn broken_error(&self) -> Option<IpcError> {
+        let (kind, msg) = self.broken.as_ref()?;
+        Some(IpcError::Io(io::Error::new(*kind, msg.clone())))
+    }
+
+    /// Takes the unwritten bytes and the sink, if no one else is writing.
+    fn take(&mut self) -> Option<(Box<dyn Sink>, Vec<u8>)> {
+        if self.buf.is_empty() || self.broken.is_some() {
+            return None;
+        }
+        let sink = self.sink.take()?;
+        let bytes = std::mem::replace(&mut self.buf, std::mem::take(&mut self.spare));
+        Some((sink, bytes))
+    }
+
+    /// Gives back the sink after `n` of `bytes` were written (and `error`,
+    /// if the stream failed).
+    fn give_back(
+        &mut self,
+        sink: Box<dyn Sink>,
+        mut bytes: Vec<u8>,
+        n: usize,
+        error: Option<io::Error>,
+    ) {
+        self.sink = Some(sink);
+        self.written += n as u64;
+        if n > 0 {
+            self.last_write = Instant::now();
+        }
+        if let Some(e) = error {
+            self.broken.get_or_insert((e.kind(), e.to_string()));
+        }
+        if n < bytes.len() {
+            // The rest goes before whatever was appended meanwhile.
+            bytes.drain(..n);
+            bytes.extend_from_slice(&self.buf);
+            self.buf.clear();
+            self.spare = std::mem::replace(&mut self.buf, bytes);
+        } else {
+            bytes.clear();
+            if self.buf.is_empty() {
+                self.spare = std::mem::replace(&mut self.buf, bytes);
+            } else {
+                self.spare = bytes;
+            }
+        }
+    }
+}
+
+impl WriteFrame for (&mut Outbox, u32) {
+    fn write_frame(&mut self, parts: &[&[u8]]) -> Result<(), IpcError> {
+        let (outbox, max) = self;
+        if let Some(e) = outbox.broken_error() {
+            return Err(e);
+        }
+        let len = checked_len(parts, *max)?;
+        outbox.buf.extend_from_slice(&len.to_le_bytes());
+        for part in parts {
+            outbox.buf.extend_from_slice(part);
+        }
+        outbox.appended += 4 + u64::from(len);
+        Ok(())
+    }
 }
 
 impl fmt::Debug for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Link")
-            .field("id", &self.id)
+            .field("id", &self.inner.id)
             .finish_non_exhaustive()
     }
 }
 
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.inner.lock().closed = true;
+        self.inner.work.notify_one();
+    }
+}
+
 impl Link {
-    /// Wraps `writer`, giving the connection an id unique in this process.
-    pub fn new(writer: impl Write + Send + 'static, max_frame_len: u32) -> Arc<Self> {
+    /// Wraps `sink`, giving the connection an id unique in this process,
+    /// and starts its writer thread.
+    ///
+    /// # Errors
+    /// The writer thread could not be started.
+    pub fn new(sink: impl Sink, max_frame_len: u32) -> io::Result<Arc<Self>> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        Arc::new(Self {
+        let inner = Arc::new(Inner {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
-            writer: Mutex::new(FrameWriter::new(Box::new(writer), max_frame_len)),
-        })
+            max: max_frame_len,
+            outbox: Mutex::new(Outbox {
+                buf: Vec::new(),
+                spare: Vec::new(),
+                sink: Some(Box::new(sink)),
+                appended: 0,
+                written: 0,
+                broken: None,
+                closed: false,
+                heartbeat: None,
+                last_write: Instant::now(),
+                waiters: 0,
+            }),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+        });
+        let writer = Arc::clone(&inner);
+        thread::Builder::new()
+            .name(format!("procpool-writer-{}", inner.id))
+            .spawn(move || writer.run())?;
+        Ok(Arc::new(Self { inner }))
     }
 
     /// The connection's id.
     pub fn id(&self) -> u64 {
-        self.id
+        self.inner.id
     }
 
-    /// Locks the writer, to buffer several frames at once.
-    pub fn lock(&self) -> MutexGuard<'_, FrameWriter<BoxWriter>> {
-        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Sends a [`Message::Heartbeat`] whenever nothing else was written for
+    /// `every` (`None`: never, the default).
+    pub fn set_heartbeat(&self, every: Option<Duration>) {
+        self.inner.lock().heartbeat = every;
+        self.inner.work.notify_one();
     }
 
-    /// Buffers `msg` without flushing.
+    /// Appends `msg` to the outbox without flushing; never blocks.
     ///
     /// # Errors
-    /// As [`Message::write`].
+    /// As [`Message::write`]; [`IpcError::Io`] once the link is broken.
     pub fn write(&self, msg: &Message<'_>) -> Result<(), IpcError> {
-        msg.write(&mut self.lock())
+        let mut outbox = self.inner.lock();
+        msg.write(&mut (&mut *outbox, self.inner.max))
     }
 
-    /// Puts everything buffered into the kernel.
+    /// Hands what the outbox holds to the kernel as far as it takes it
+    /// without blocking, and the rest to the writer thread; never blocks.
     ///
     /// # Errors
-    /// [`IpcError::Io`] when the connection is broken.
+    /// [`IpcError::Io`] when the link is broken.
     pub fn flush(&self) -> Result<(), IpcError> {
-        self.lock().flush()
+        let mut outbox = self.inner.lock();
+        // A few rounds while other threads keep appending; then the writer thread takes over.
+        for _ in 0..4 {
+            let Some((mut sink, bytes)) = outbox.take() else {
+                break;
+            };
+            drop(outbox);
+            let (n, error) = try_write_all(&mut *sink, &bytes);
+            outbox = self.inner.lock();
+            let stalled = n < bytes.len();
+            outbox.give_back(sink, bytes, n, error);
+            self.inner.progressed(&outbox);
+            if stalled {
+                break;
+            }
+        }
+        if let Some(e) = outbox.broken_error() {
+            return Err(e);
+        }
+        if !outbox.buf.is_empty() {
+            self.inner.work.notify_one();
+        }
+        Ok(())
     }
 
-    /// Writes `msg` and flushes: when this returns `Ok`, the kernel has it.
+    /// Writes `msg` and flushes; never blocks (see [`flush`](Self::flush)).
     ///
     /// # Errors
-    /// As [`Message::write`] and [`flush`](Self::flush).
+    /// As [`write`](Self::write) and [`flush`](Self::flush).
     pub fn send(&self, msg: &Message<'_>) -> Result<(), IpcError> {
-        let mut w = self.lock();
-        msg.write(&mut w)?;
-        w.flush()
+        self.write(msg)?;
+        self.flush()
     }
+
+    /// Sends `msg` from code that produces frames at will: waits until the
+    /// outbox holds less than [`OUTBOX_LIMIT`], appends, flushes, and waits
+    /// until the frame is in the kernel. Both waits end at `deadline`
+    /// (`None`: no limit). Holds no lock of the caller's while it waits.
+    ///
+    /// Returns whether the frame was accepted: `Ok(false)` when the outbox
+    /// had no room by the deadline (nothing was appended). An accepted
+    /// frame that is not in the kernel by the deadline stays in the outbox
+    /// and goes out in order.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub fn send_bounded(
+        &self,
+        msg: &Message<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<bool, IpcError> {
+        let end = {
+            let outbox = self.inner.lock();
+            // Bytes a writer holds count too: they are not in the kernel yet.
+            let full = |o: &Outbox| o.appended - o.written >= OUTBOX_LIMIT as u64;
+            let Some(mut outbox) = self.inner.wait_while(outbox, deadline, full) else {
+                return Ok(false);
+            };
+            msg.write(&mut (&mut *outbox, self.inner.max))?;
+            outbox.appended
+        };
+        self.flush()?;
+        self.wait_written(end, deadline)?;
+        Ok(true)
+    }
+
+    /// Waits until every byte appended so far is in the kernel, or
+    /// `deadline`; whether it is.
+    ///
+    /// # Errors
+    /// [`IpcError::Io`] when the link broke first.
+    pub fn drain(&self, deadline: Option<Instant>) -> Result<bool, IpcError> {
+        self.flush()?;
+        let end = self.inner.lock().appended;
+        self.wait_written(end, deadline)
+    }
+
+    fn wait_written(&self, end: u64, deadline: Option<Instant>) -> Result<bool, IpcError> {
+        let outbox = self.inner.lock();
+        let outbox = self.inner.wait_while(outbox, deadline, |o| o.written < end);
+        match outbox {
+            Some(o) => o.broken_error().map_or(Ok(true), Err),
+            None => Ok(false),
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn progressed(&self, outbox: &Outbox) {
+        if outbox.waiters > 0 {
+            self.progress.notify_all();
+        }
+    }
+
+    /// Waits on `progress` while `cond` holds and the link is not broken;
+    /// `None` if `deadline` passed first.
+    fn wait_while<'a>(
+        &self,
+        mut outbox: MutexGuard<'a, Outbox>,
+        deadline: Option<Instant>,
+        cond: impl Fn(&Outbox) -> bool,
+    ) -> Option<MutexGuard<'a, Outbox>> {
+        while cond(&outbox) && outbox.broken.is_none() {
+            outbox.waiters += 1;
+            outbox = match deadline {
+                None => self
+                    .progress
+                    .wait(outbox)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let Some(left) = d.checked_duration_since(Instant::now()) else {
+                        outbox.waiters -= 1;
+                        return None;
+                    };
+                    self.progress
+                        .wait_timeout(outbox, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+            outbox.waiters -= 1;
+        }
+        Some(outbox)
+    }
+
+    /// The writer thread: writes whatever callers could not, sends
+    /// heartbeats, and ends once the link is dropped and drained, or broken.
+    fn run(&self) {
+        let mut outbox = self.lock();
+        loop {
+            if outbox.broken.is_some() {
+                break;
+            }
+            if let Some((mut sink, bytes)) = outbox.take() {
+                drop(outbox);
+                let (n, error) = match sink.write_all(&bytes) {
+                    Ok(()) => (bytes.len(), None),
+                    // What was written of a failed write no longer matters.
+                    Err(e) => (0, Some(e)),
+                };
+                outbox = self.lock();
+                outbox.give_back(sink, bytes, n, error);
+                self.progressed(&outbox);
+                continue;
+            }
+            if outbox.closed && outbox.sink.is_some() {
+                break;
+            }
+            let idle = outbox.last_write.elapsed();
+            outbox = match outbox.heartbeat {
+                Some(every) if idle >= every && outbox.sink.is_some() && !outbox.closed => {
+                    let _ = Message::Heartbeat.write(&mut (&mut *outbox, self.max));
+                    continue;
+                }
+                Some(every) => {
+                    self.work
+                        .wait_timeout(outbox, every - idle)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .work
+                    .wait(outbox)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
+        }
+        // Waiters learn the link is broken.
+        self.progressed(&outbox);
+    }
+}
+
+/// Writes as much of `bytes` as `sink` takes without blocking.
+fn try_write_all(sink: &mut dyn Sink, bytes: &[u8]) -> (usize, Option<io::Error>) {
+    let mut n = 0;
+    while n < bytes.len() {
+        match sink.try_write(&bytes[n..]) {
+            Ok(0) => return (n, Some(io::ErrorKind::WriteZero.into())),
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return (n, Some(e)),
+        }
+    }
+    (n, None)
 }
 
 /// Links written to but not yet flushed; flushing is deferred so a burst of
@@ -84,7 +470,7 @@ pub struct Dirty(Vec<Arc<Link>>);
 impl Dirty {
     /// Remembers that `link` has buffered frames.
     pub fn mark(&mut self, link: &Arc<Link>) {
-        if !self.0.iter().any(|l| l.id == link.id) {
+        if !self.0.iter().any(|l| l.id() == link.id()) {
             self.0.push(Arc::clone(link));
         }
     }
@@ -94,8 +480,9 @@ impl Dirty {
         self.0.is_empty()
     }
 
-    /// Flushes every remembered link. A broken link is ignored here: its
-    /// reader sees the end of the connection and cleans up.
+    /// Flushes every remembered link; never blocks. A broken link is
+    /// ignored here: its reader sees the end of the connection and cleans
+    /// up.
     pub fn flush(&mut self) {
         for link in self.0.drain(..) {
             let _ = link.flush();
@@ -108,3 +495,7 @@ impl Drop for Dirty {
         self.flush();
     }
 }
+
+// Over an in-process socketpair, which only the Unix backend makes.
+#[cfg(all(test, unix))]
+mod tests;

@@ -19,14 +19,12 @@
 //! The magic and version come first in `HELLO`, so a version mismatch is
 //! reported as such whatever else changed in later versions.
 
-use std::io::Write;
-
 use crate::IpcError;
 use crate::codec;
-use crate::frame::FrameWriter;
+use crate::frame::WriteFrame;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 const MAGIC: &[u8; 4] = b"PPOL";
 
@@ -37,6 +35,7 @@ const SHUTDOWN: u8 = 4;
 const HUB: u8 = 5;
 const REPLY: u8 = 6;
 const DELIVER: u8 = 7;
+const HEARTBEAT: u8 = 8;
 
 /// The first message of a worker: who it is and which tasks it serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +77,9 @@ pub enum Message<'a> {
     },
     /// Master → worker: finish and exit.
     Shutdown,
+    /// Either way: "still here". Sent on a link that has been quiet for a
+    /// while, so a peer that goes silent can be told from an idle one.
+    Heartbeat,
     /// Worker → master: an operation on a queue held by the master.
     Hub {
         /// Request id the reply carries; 0 when no reply is wanted.
@@ -185,6 +187,7 @@ impl<'a> Message<'a> {
                 payload: c.0,
             }),
             SHUTDOWN if rest.is_empty() => Ok(Message::Shutdown),
+            HEARTBEAT if rest.is_empty() => Ok(Message::Heartbeat),
             HUB => Ok(Message::Hub {
                 req: c.u64()?,
                 op: c.u8()?,
@@ -213,7 +216,7 @@ impl<'a> Message<'a> {
     /// [`IpcError::FrameTooLarge`] when the message exceeds the writer's
     /// maximum (nothing is written), [`IpcError::Io`] when writing fails,
     /// [`IpcError::Encode`] if a hello's task list cannot be encoded.
-    pub fn write<W: Write>(&self, w: &mut FrameWriter<W>) -> Result<(), IpcError> {
+    pub fn write(&self, w: &mut impl WriteFrame) -> Result<(), IpcError> {
         let mut head = [0u8; 26];
         match self {
             Message::Hello(hello) => {
@@ -249,6 +252,7 @@ impl<'a> Message<'a> {
                 w.write_frame(&[&head[..21], payload])
             }
             Message::Shutdown => w.write_frame(&[&[SHUTDOWN]]),
+            Message::Heartbeat => w.write_frame(&[&[HEARTBEAT]]),
             Message::Hub {
                 req,
                 op,
@@ -295,7 +299,7 @@ pub const RUN_OVERHEAD: usize = 17;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader};
+    use crate::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader, FrameWriter};
 
     fn round_trip(msg: &Message<'_>) -> Vec<u8> {
         let mut wire = Vec::new();

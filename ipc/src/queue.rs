@@ -301,9 +301,13 @@ impl<T: Payload> Queue<T> {
                     None => {}
                 }
                 if !bounded {
-                    return client
-                        .oneway(op::PUT, *id, 0, &bytes)
-                        .map_err(|e| PutError::Failed(item, e));
+                    // Full only when the master has not been reading: the
+                    // connection's outbox is at its limit.
+                    return match client.put_oneway(*id, &bytes, wait) {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err(PutError::Full(item)),
+                        Err(e) => Err(PutError::Failed(item, e)),
+                    };
                 }
                 let arg = u64::from(!matches!(wait, Wait::No));
                 let result = client

@@ -49,6 +49,35 @@ fn refused(what: &str) -> io::Error {
     )
 }
 
+/// How long either side of a remote link waits for a sign of life from the
+/// other, unless configured otherwise.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a link whose peer declares it lost after `timeout` of silence
+/// sends a heartbeat when it has nothing else to send: a quarter of the
+/// timeout, at most a second (so a peer with a shorter timeout than ours
+/// still hears from us in time).
+pub fn heartbeat_interval(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(1), Duration::from_secs(1))
+}
+
+/// Arms liveness on an authenticated remote link: a read that waits longer
+/// than `timeout` fails (the peer sends heartbeats, so silence means it is
+/// gone), as does a write the kernel does not take within `timeout`; TCP
+/// keepalive probes the path as well.
+///
+/// # Errors
+/// The socket options could not be set.
+pub fn set_liveness(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let probe = heartbeat_interval(timeout).max(Duration::from_secs(1));
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(probe)
+        .with_interval(probe);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
 /// Master side: authenticates a worker that has just connected.
 ///
 /// # Errors

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use procpool_ipc::IpcError;
 use procpool_ipc::endpoint::{self, ReadHalf, WriteHalf};
-use procpool_ipc::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader, FrameWriter};
+use procpool_ipc::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader, FrameWriter, WriteFrame};
 
 /// Set in a child started by these tests; the child tests do nothing without it.
 const ROLE_ENV: &str = "PROCPOOL_IPC_TEST_CHILD";

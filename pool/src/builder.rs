@@ -33,6 +33,8 @@ pub(crate) struct Config {
     pub(crate) replace_workers: bool,
     /// Where to listen for remote workers, and their key.
     pub(crate) listen: Option<(SocketAddr, Key)>,
+    /// A remote worker silent this long is lost.
+    pub(crate) heartbeat_timeout: Duration,
 }
 
 /// Configures and starts a [`Pool`].
@@ -68,6 +70,7 @@ pub struct PoolBuilder {
     handle_ctrlc: bool,
     single_process: bool,
     listen: Option<(SocketAddr, Key)>,
+    heartbeat_timeout: Option<Duration>,
 }
 
 impl PoolBuilder {
@@ -204,6 +207,24 @@ impl PoolBuilder {
         self
     }
 
+    /// How long a remote worker may stay silent before it is declared lost.
+    /// Both ends of a remote link send a heartbeat when they have had
+    /// nothing else to send for a quarter of this (at most a second), and
+    /// a write the peer's kernel does not take within it breaks the link
+    /// too. A lost worker's task fails with [`Error::RemoteWorkerLost`] (or
+    /// is retried, see [`retries`](Self::retries)), and the work queued
+    /// behind it goes to other workers. The remote worker, hearing nothing
+    /// from the master for its own timeout (the
+    /// `PROCPOOL_HEARTBEAT_TIMEOUT_MS` variable, default 10 s), abandons its
+    /// task and exits. Default: 10 s.
+    ///
+    /// Local workers need no heartbeat: the end of their connection and
+    /// their process handle tell the master at once that they are gone.
+    pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
+        self.heartbeat_timeout = Some(timeout.max(Duration::from_millis(10)));
+        self
+    }
+
     /// One worker that is not replaced when it exits: a `Process`.
     pub(crate) fn single_process(mut self) -> Self {
         self.single_process = true;
@@ -250,6 +271,9 @@ impl PoolBuilder {
             initializer: self.initializer,
             replace_workers: !self.single_process,
             listen: self.listen,
+            heartbeat_timeout: self
+                .heartbeat_timeout
+                .unwrap_or(procpool_ipc::remote::DEFAULT_HEARTBEAT_TIMEOUT),
         };
         Pool::start(config)
     }

@@ -204,13 +204,12 @@ impl Dispatch {
             // `()` encodes to nothing.
             None => (task, 1, &[][..]),
         };
-        let written = Message::Run {
+        let written = lane.link.write(&Message::Run {
             id,
             task,
             count,
             payload,
-        }
-        .write(&mut lane.link.lock());
+        });
         match written {
             Ok(()) => {
                 dirty.mark(&lane.link);

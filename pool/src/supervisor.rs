@@ -394,6 +394,11 @@ impl Supervisor {
             _ if shutdown_sent && self.shared.interrupted.load(Ordering::SeqCst) => {
                 Error::Interrupted
             }
+            // A remote worker's link ends however the path fails: it is lost.
+            _ if w.peer().is_some() => Error::RemoteWorkerLost {
+                worker_id,
+                peer: w.peer(),
+            },
             (_, Some(e)) if !matches!(e, IpcError::Truncated { .. }) => Error::Connection {
                 worker_id,
                 source: Arc::new(e),

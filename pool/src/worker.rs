@@ -8,7 +8,7 @@
 //! does, after giving back to the hub what the worker had been handed but
 //! not taken, and reports [`Msg::Gone`] last.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use crossbeam_channel::Sender;
 use procpool_ipc::endpoint;
 use procpool_ipc::frame::FrameReader;
 use procpool_ipc::hub;
-use procpool_ipc::link::{Dirty, Link};
+use procpool_ipc::link::{Dirty, Link, Sink};
 use procpool_ipc::proto::Message;
 use procpool_ipc::{IpcError, TaskError, codec};
 
@@ -112,7 +112,10 @@ impl Seat<'_> {
         stream: TcpStream,
         peer: SocketAddr,
     ) -> std::io::Result<(Worker, Arc<Link>)> {
+        let timeout = self.config.heartbeat_timeout;
+        procpool_ipc::remote::set_liveness(&stream, timeout)?;
         let link = self.start_reader(stream.try_clone()?, stream.try_clone()?)?;
+        link.set_heartbeat(Some(procpool_ipc::remote::heartbeat_interval(timeout)));
         tracing::debug!(worker_id = self.slot, %peer, "remote worker joined");
         Ok((
             Worker::new(self.key, 0, Proc::Remote { stream, peer }),
@@ -125,10 +128,10 @@ impl Seat<'_> {
     fn start_reader<R, W>(self, reader: R, writer: W) -> std::io::Result<Arc<Link>>
     where
         R: Read + Send + 'static,
-        W: Write + Send + 'static,
+        W: Sink,
     {
         let max = self.config.max_frame_len;
-        let link = Link::new(writer, max);
+        let link = Link::new(writer, max)?;
         let ctx = ReaderContext {
             slot: self.slot,
             key: self.key,
@@ -252,6 +255,7 @@ impl ReaderContext {
                 Err(e) => return Some(e),
             }
             match Message::decode(&frame) {
+                Ok(Message::Heartbeat) => {}
                 Ok(msg @ Message::Hub { .. }) if hello_seen => {
                     hub::serve(&self.link, &msg, &mut dirty)
                 }

@@ -24,4 +24,4 @@ mod registry;
 mod runtime;
 
 pub use registry::Registry;
-pub use runtime::{init, run_remote_worker, run_worker};
+pub use runtime::{HEARTBEAT_TIMEOUT_ENV, init, run_remote_worker, run_worker};

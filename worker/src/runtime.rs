@@ -9,18 +9,18 @@
 //! at once, even in the middle of a task. On `SHUTDOWN` the running task
 //! finishes and its result is sent; tasks queued behind it are not started.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::ToSocketAddrs;
 use std::process;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
 use procpool_ipc::endpoint::{self, ReadHalf, WriteHalf};
 use procpool_ipc::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader};
-use procpool_ipc::link::Link;
+use procpool_ipc::link::{Link, Sink};
 use procpool_ipc::proto::{Hello, Message};
 use procpool_ipc::{IpcError, TaskError, codec};
 
@@ -85,7 +85,7 @@ pub fn run_worker(registry: Registry) -> ! {
 
 fn serve_and_exit(registry: Registry, connection: Result<(ReadHalf, WriteHalf), ServeError>) -> ! {
     endpoint::ignore_interrupts();
-    match connection.and_then(|(r, w)| serve(&registry, r, w)) {
+    match connection.and_then(|(r, w)| serve(&registry, r, w, None)) {
         Ok(()) => process::exit(0),
         Err(e) => fail(&e),
     }
@@ -117,23 +117,57 @@ fn max_frame_len() -> u32 {
 /// Exits with status 70 and a message on stderr when it cannot connect or
 /// authenticate.
 pub fn run_remote_worker(addr: impl ToSocketAddrs, key: &[u8], registry: Registry) -> ! {
+    let timeout = heartbeat_timeout();
     let connection = procpool_ipc::remote::connect_to_master(addr, key)
-        .and_then(|stream| Ok((stream.try_clone()?, stream)))
+        .and_then(|stream| {
+            procpool_ipc::remote::set_liveness(&stream, timeout)?;
+            Ok((stream.try_clone()?, stream))
+        })
         .map_err(ServeError::Remote);
-    match connection.and_then(|(r, w)| serve(&registry, r, w)) {
+    match connection.and_then(|(r, w)| serve(&registry, r, w, Some(timeout))) {
         Ok(()) => process::exit(0),
         Err(e) => fail(&e),
     }
 }
 
-fn serve<R, W>(registry: &Registry, r: R, w: W) -> Result<(), ServeError>
+/// How long a remote worker waits for a sign of life from its master:
+/// [`HEARTBEAT_TIMEOUT_ENV`] in milliseconds, or
+/// [`DEFAULT_HEARTBEAT_TIMEOUT`](procpool_ipc::remote::DEFAULT_HEARTBEAT_TIMEOUT).
+fn heartbeat_timeout() -> Duration {
+    std::env::var(HEARTBEAT_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(
+            procpool_ipc::remote::DEFAULT_HEARTBEAT_TIMEOUT,
+            Duration::from_millis,
+        )
+}
+
+/// The environment variable that sets a remote worker's heartbeat timeout,
+/// in milliseconds: a master silent that long is declared lost, and the
+/// worker exits (status 70), abandoning its task — the master has failed
+/// or re-queued it by then.
+pub const HEARTBEAT_TIMEOUT_ENV: &str = "PROCPOOL_HEARTBEAT_TIMEOUT_MS";
+
+/// How long a worker that is done waits for its last frames to reach the
+/// kernel before it exits anyway.
+const EXIT_DRAIN: Duration = Duration::from_secs(10);
+
+fn serve<R, W>(
+    registry: &Registry,
+    r: R,
+    w: W,
+    heartbeat: Option<Duration>,
+) -> Result<(), ServeError>
 where
     R: Read + Send + 'static,
-    W: Write + Send + 'static,
+    W: Sink,
 {
     install_panic_hook();
     let max = max_frame_len();
-    let link = Link::new(w, max);
+    let link = Link::new(w, max).map_err(IpcError::from)?;
+    link.set_heartbeat(heartbeat.map(procpool_ipc::remote::heartbeat_interval));
     let hello = Hello {
         pid: process::id(),
         tasks: registry.names().iter().map(|s| (*s).to_owned()).collect(),
@@ -158,6 +192,7 @@ where
                     Ok(true) => {
                         match Message::decode(&buf) {
                             Ok(Message::Shutdown) => stop_seen.store(true, Ordering::SeqCst),
+                            Ok(Message::Heartbeat) => continue,
                             // Answers for queue proxies go straight to their waiters.
                             Ok(msg) if procpool_ipc::dispatch_to_proxies(&msg) => continue,
                             _ => {}
@@ -187,10 +222,10 @@ where
                 payload,
             } => {
                 let runner = registry.runner(task).ok_or(ServeError::UnknownTask(task))?;
-                // Results already computed go out before the next task runs:
-                // if that task brings the process down, they are not lost
-                // with it, and the master knows exactly which task did.
-                link.flush()?;
+                // Results already computed reach the kernel before the next
+                // task runs: if that task brings the process down, they are
+                // not lost with it, and the master knows exactly which task did.
+                link.drain(None)?;
                 out.clear();
                 let started = Instant::now();
                 runner(payload, count, &mut out);
@@ -201,8 +236,7 @@ where
                     elapsed_ns,
                     payload: &out,
                 };
-                let mut writer = link.lock();
-                match done.write(&mut writer) {
+                match link.write(&done) {
                     Err(IpcError::FrameTooLarge { len, max }) => {
                         // Report every item as failed rather than lose the chunk.
                         let message = format!(
@@ -215,13 +249,12 @@ where
                             });
                             codec::encode_into(&failed, &mut out)?;
                         }
-                        Message::Done {
+                        link.write(&Message::Done {
                             id,
                             count,
                             elapsed_ns,
                             payload: &out,
-                        }
-                        .write(&mut writer)?;
+                        })?;
                     }
                     other => other?,
                 }
@@ -231,7 +264,7 @@ where
         }
         let _ = recycle_tx.send(frame);
     }
-    link.flush()?;
+    link.drain(Some(Instant::now() + EXIT_DRAIN))?;
     Ok(())
 }
 

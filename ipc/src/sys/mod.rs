@@ -16,6 +16,9 @@
 //!   Windows job object).
 //! - `connect(value) -> io::Result<(ReadHalf, WriteHalf)>`: worker side;
 //!   `value` is the variable's content. Called at most once per process.
+//! - `WriteHalf::try_write(buf)`: writes what the connection takes without
+//!   blocking; `WouldBlock` when it takes nothing now (always, on Windows
+//!   named pipes). `try_send_tcp(stream, buf)`: the same on a TCP stream.
 //! - `ignore_interrupts()`: the worker leaves Ctrl-C to its master.
 //! - `process_alive(pid) -> bool`: whether process `pid` (never 0) exists;
 //!   never blocks. Unix: `kill(pid, 0)` succeeds or fails with `EPERM`, so
@@ -34,7 +37,10 @@ mod windows;
 use windows as imp;
 
 pub use imp::{ReadHalf, WriteHalf};
-pub(crate) use imp::{connect, ignore_interrupts, process_alive, spawn};
+pub(crate) use imp::{connect, ignore_interrupts, process_alive, spawn, try_send_tcp};
+
+#[cfg(all(test, unix))]
+pub(crate) use imp::test_pair;
 
 #[cfg(test)]
 mod tests;

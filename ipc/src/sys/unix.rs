@@ -40,6 +40,43 @@ impl Write for WriteHalf {
     }
 }
 
+impl WriteHalf {
+    /// Writes what the socket takes without blocking.
+    pub(crate) fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        try_send(self.0.as_fd(), buf)
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+// Elsewhere SIGPIPE is ignored by the Rust runtime's default set-up.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT;
+
+/// `send` that never blocks: `WouldBlock` when the socket's buffer is full.
+fn try_send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the duration
+    // of the call, and `fd` is an open descriptor the caller borrows.
+    let n = unsafe { libc::send(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len(), SEND_FLAGS) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n.unsigned_abs())
+    }
+}
+
+/// [`try_send`] on a TCP stream.
+pub(crate) fn try_send_tcp(stream: &std::net::TcpStream, buf: &[u8]) -> io::Result<usize> {
+    try_send(stream.as_fd(), buf)
+}
+
+/// A connected pair of halves in this process, for tests.
+#[cfg(test)]
+pub(crate) fn test_pair() -> io::Result<(ReadHalf, WriteHalf)> {
+    let (a, b) = UnixStream::pair()?;
+    Ok((halves(a)?.0, halves(b)?.1))
+}
+
 fn halves(stream: UnixStream) -> io::Result<(ReadHalf, WriteHalf)> {
     Ok((ReadHalf(stream.try_clone()?), WriteHalf(stream)))
 }

@@ -90,6 +90,19 @@ impl Read for ReadHalf {
     }
 }
 
+impl WriteHalf {
+    /// Named pipes have no per-call non-blocking write: always `WouldBlock`,
+    /// so the link's writer thread does the writing.
+    pub(crate) fn try_write(&mut self, _buf: &[u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+/// No per-call non-blocking send here: always `WouldBlock`.
+pub(crate) fn try_send_tcp(_stream: &std::net::TcpStream, _buf: &[u8]) -> io::Result<usize> {
+    Err(io::ErrorKind::WouldBlock.into())
+}
+
 impl Write for WriteHalf {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.write(buf)
