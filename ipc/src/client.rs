@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::error::QueueError;
 use crate::hub::{Wait, op, status};
 use crate::link::Link;
 use crate::proto::Message;
-use crate::queue::QueueError;
 
 /// Most items a subscription may hold unacknowledged in this process.
 pub(crate) const MAX_CREDIT: u64 = 256;

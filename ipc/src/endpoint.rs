@@ -6,15 +6,13 @@
 //! end is, and returns the master's two halves. The child calls
 //! [`connect_worker`] once, early in `main`.
 
-use std::fmt;
 use std::io;
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::sys;
 
-/// The environment variable through which a worker learns its endpoint.
-pub const ENDPOINT_ENV: &str = "PROCPOOL_ENDPOINT";
+pub use crate::sys::ENDPOINT_ENV;
 
 static CLAIMED: AtomicBool = AtomicBool::new(false);
 
@@ -33,40 +31,42 @@ pub fn spawn(cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)> {
     sys::spawn(cmd)
 }
 
-/// The child [`spawn`] started exited before it connected to the master.
-///
-/// Only Windows reports this: there `spawn` waits until the child has
-/// connected to its named pipe, so a child that exits at start makes `spawn`
-/// fail. On Unix the connection exists before the child runs and `spawn`
-/// returns at once; the same early exit shows up later, as EOF on the
-/// connection before the worker's first message.
-///
-/// It travels inside the [`io::Error`] that `spawn` returns; find it with
-/// [`ExitedBeforeConnecting::in_error`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ExitedBeforeConnecting {
-    /// How the child exited.
-    pub status: ExitStatus,
-}
+pub use crate::sys::ExitedBeforeConnecting;
 
-impl ExitedBeforeConnecting {
-    /// The early exit `err` reports, if that is what it reports.
-    pub fn in_error(err: &io::Error) -> Option<&Self> {
-        err.get_ref()?.downcast_ref()
+/// Waits for a child's exit without reaping it, so that its `Child` can
+/// still be reaped, and killed without the risk of signalling a reused pid,
+/// by another thread meanwhile.
+///
+/// ```no_run
+/// # fn main() -> std::io::Result<()> {
+/// let child = std::process::Command::new("true").spawn()?;
+/// let watch = procpool_ipc::endpoint::ExitWatch::new(&child)?;
+/// let child = std::sync::Mutex::new(child);
+/// watch.wait()?; // blocks without the lock
+/// let status = child.lock().unwrap().try_wait()?; // reaps: Some(status)
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ExitWatch(sys::ExitWatch);
+
+impl ExitWatch {
+    /// Watches `child`.
+    ///
+    /// # Errors
+    /// Windows: the process handle cannot be duplicated.
+    pub fn new(child: &Child) -> io::Result<Self> {
+        sys::ExitWatch::new(child).map(Self)
+    }
+
+    /// Blocks until the child has exited (or was reaped by the system,
+    /// when this process ignores `SIGCHLD`).
+    ///
+    /// # Errors
+    /// The wait itself failed.
+    pub fn wait(&self) -> io::Result<()> {
+        self.0.wait()
     }
 }
-
-impl fmt::Display for ExitedBeforeConnecting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "worker exited before connecting to its master ({})",
-            self.status
-        )
-    }
-}
-
-impl std::error::Error for ExitedBeforeConnecting {}
 
 /// Whether a process with this pid exists.
 ///

@@ -1,4 +1,5 @@
 use std::io;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -76,4 +77,47 @@ pub enum TaskError {
         /// What the encoder reported.
         message: String,
     },
+}
+
+/// Why a queue operation failed, beyond full, empty and closed.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    /// The hub has no queue of this id: every handle in its process was
+    /// dropped.
+    #[error("no queue with id {id} in the hub (all of its handles there were dropped)")]
+    NoSuchQueue {
+        /// The queue id.
+        id: u64,
+    },
+    /// The item could not be encoded.
+    #[error("failed to encode the item")]
+    Encode(#[source] Arc<IpcError>),
+    /// An item could not be decoded as the queue's type.
+    #[error("failed to decode an item")]
+    Decode(#[source] Arc<IpcError>),
+    /// The connection to the hub failed.
+    #[error("lost the connection to the hub")]
+    Connection(#[source] Arc<IpcError>),
+    /// The hub process went away.
+    #[error("the hub process went away")]
+    Disconnected,
+    /// `task_done` was called more times than items were put.
+    #[error("task_done() called more times than there were items")]
+    TooManyTaskDone,
+    /// The queue is full.
+    #[error("the queue is full")]
+    Full,
+    /// The queue is closed.
+    #[error("the queue is closed")]
+    Closed,
+    /// The hub answered something this side does not understand.
+    #[error("unexpected answer from the hub")]
+    Protocol,
+}
+
+impl QueueError {
+    pub(crate) fn from_ipc(e: IpcError) -> Self {
+        QueueError::Connection(Arc::new(e))
+    }
 }

@@ -8,34 +8,8 @@ use std::time::Duration;
 use procpool_ipc::Task;
 use procpool_ipc::frame::DEFAULT_MAX_FRAME_LEN;
 
-use crate::remote::Key;
+use crate::config::{Config, Key};
 use crate::{Error, Pool};
-
-/// Settings shared by the pool handle and its supervisor.
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) workers: usize,
-    pub(crate) program: PathBuf,
-    pub(crate) args: Vec<OsString>,
-    pub(crate) envs: Vec<(OsString, OsString)>,
-    pub(crate) chunk_size: Option<usize>,
-    pub(crate) window: usize,
-    /// `None`: adapted to the measured chunk time (see `dispatch`).
-    pub(crate) prefetch: Option<usize>,
-    pub(crate) max_frame_len: u32,
-    pub(crate) start_timeout: Duration,
-    pub(crate) grace_period: Duration,
-    pub(crate) task_timeout: Option<Duration>,
-    pub(crate) retries: u32,
-    pub(crate) max_tasks_per_worker: Option<u64>,
-    pub(crate) initializer: Option<&'static str>,
-    /// Start a replacement when a worker exits (false for a `Process`).
-    pub(crate) replace_workers: bool,
-    /// Where to listen for remote workers, and their key.
-    pub(crate) listen: Option<(SocketAddr, Key)>,
-    /// A remote worker silent this long is lost.
-    pub(crate) heartbeat_timeout: Duration,
-}
 
 /// Configures and starts a [`Pool`].
 ///

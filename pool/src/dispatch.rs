@@ -23,12 +23,16 @@
 //! cancelled job: dropped when its turn comes                                     (finish)
 //! ```
 //!
-//! Every chunk leaves through [`finish`], which decrements the
-//! JoinableQueue counter: exactly once per chunk.
+//! Every chunk leaves through [`Shared::finish`](crate::shared::Shared::finish),
+//! which decrements the JoinableQueue counter: exactly once per chunk.
+//! Dispatch never calls it: a chunk that ends under the dispatch lock is
+//! returned ([`Ended`]) and finished after the lock is released.
 //!
 //! A chunk joins its lane *before* its frame is written, since another
 //! thread may flush the link at any moment and the answer must find it.
-//! Lock order: the dispatch lock, then a link's writer lock.
+//! Writing a frame only appends it to the link's outbox (see
+//! `procpool_ipc::link`): nothing under the dispatch lock waits on a worker.
+//! Lock order: the dispatch lock, then a link's outbox lock.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -40,14 +44,18 @@ use procpool_ipc::link::{Dirty, Link};
 use procpool_ipc::proto::Message;
 
 use crate::Error;
-use crate::builder::Config;
-use crate::shared::{Chunk, Outcome, Results, Shared};
+use crate::config::Config;
+use crate::work::Chunk;
 
 /// With automatic prefetch, the work (by measured time) to keep queued at
 /// each worker.
 const QUEUED_WORK_NS: u64 = 250_000;
 /// The most chunks a lane holds with automatic prefetch.
 const MAX_DEPTH: usize = 64;
+
+/// Chunks that dispatch took off its books, each with its error, to be
+/// finished by the caller after the dispatch lock is released.
+pub(crate) type Ended = Vec<(Chunk, Error)>;
 
 /// A chunk sent to a worker and not yet answered.
 #[derive(Debug)]
@@ -227,12 +235,15 @@ impl Dispatch {
     }
 
     /// Sends queued chunks to open lanes with room, the least loaded first;
-    /// returns whether some lane started a chunk (a timeout starts).
-    pub(crate) fn pump(&mut self, shared: &Shared, dirty: &mut Dirty) -> bool {
+    /// returns whether some lane started a chunk (a timeout starts). Chunks
+    /// that end here (cancelled, or too large to send) go to `ended`, for
+    /// the caller to [`finish`](crate::shared::Shared::finish) once it has
+    /// released the dispatch lock.
+    pub(crate) fn pump(&mut self, dirty: &mut Dirty, ended: &mut Ended) -> bool {
         let mut started = false;
         while let Some(chunk) = self.pending.pop_front() {
             if chunk.job.cancelled.load(Ordering::Relaxed) {
-                finish(shared, chunk, Err(Error::Closed));
+                ended.push((chunk, Error::Closed));
                 continue;
             }
             let count = u64::from(chunk.count);
@@ -260,7 +271,7 @@ impl Dispatch {
                 Ok(head) => started |= head,
                 Err((chunk, IpcError::FrameTooLarge { len, max })) => {
                     if let Some(chunk) = chunk {
-                        finish(shared, chunk, Err(Error::FrameTooLarge { len, max }));
+                        ended.push((chunk, Error::FrameTooLarge { len, max }));
                     }
                 }
                 Err((chunk, e)) => {
@@ -310,27 +321,4 @@ impl Dispatch {
         }
         done
     }
-}
-
-/// Leaves the books: the chunk's outcome goes to its caller and the
-/// JoinableQueue counter goes down by one. Every chunk passes here exactly
-/// once, whoever ends it.
-pub(crate) fn finish(shared: &Shared, chunk: Chunk, result: Result<Results, Error>) {
-    let stats = &shared.stats;
-    let n = u64::from(chunk.count);
-    if chunk.job.cancelled.load(Ordering::Relaxed) {
-        stats.cancelled.fetch_add(n, Ordering::Relaxed);
-    } else {
-        match &result {
-            Ok(_) => stats.completed.fetch_add(n, Ordering::Relaxed),
-            Err(_) => stats.failed.fetch_add(n, Ordering::Relaxed),
-        };
-        // A caller that went away no longer wants the outcome.
-        let _ = chunk.job.sink.send(Outcome {
-            seq: chunk.seq,
-            count: chunk.count,
-            result,
-        });
-    }
-    shared.accounting.done(1);
 }

@@ -28,6 +28,17 @@ pub enum Error {
         /// How it ended.
         status: ExitStatus,
     },
+    /// The worker running the task exited, and the system reaped it before
+    /// the pool could read how: this process ignores `SIGCHLD` (Unix).
+    #[error(
+        "worker {worker_id} (pid {pid}) exited while running the task; its exit status is unknown (this process ignores SIGCHLD)"
+    )]
+    WorkerExited {
+        /// The worker's id (stable across restarts of its slot).
+        worker_id: usize,
+        /// The process id it had.
+        pid: u32,
+    },
     /// The remote worker running the task disconnected (or its machine went
     /// away); its exit status is not known here.
     #[error("remote worker {worker_id} ({}) disconnected while running the task", peer.map_or_else(|| "unknown address".to_owned(), |p| p.to_string()))]
@@ -156,7 +167,7 @@ impl Error {
 
     /// Whether the worker running the task died.
     pub fn is_worker_died(&self) -> bool {
-        matches!(self, Error::WorkerDied { .. })
+        matches!(self, Error::WorkerDied { .. } | Error::WorkerExited { .. })
     }
 
     pub(crate) fn encode(e: IpcError) -> Self {

@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use crossbeam_channel::Sender;
 
 use crate::Error;
+use crate::msg::Msg;
 use crate::shared::Shared;
-use crate::supervisor::Msg;
 
 /// Exit status of a process stopped by Ctrl-C (128 + SIGINT).
 pub const EXIT_INTERRUPTED: i32 = 130;

@@ -5,16 +5,19 @@
 #![forbid(unsafe_code)]
 
 mod builder;
+mod config;
 mod dispatch;
 mod error;
 mod interrupt;
 mod joinable;
+mod msg;
 mod pool;
 mod process;
 mod remote;
 mod shared;
 mod stream;
 mod supervisor;
+mod work;
 mod worker;
 
 pub use builder::PoolBuilder;

@@ -13,11 +13,13 @@ use procpool_ipc::endpoint;
 use procpool_ipc::task::Payload;
 use procpool_ipc::{Task, TaskError, codec};
 
-use crate::builder::Config;
+use crate::config::Config;
+use crate::msg::Msg;
 use crate::remote::Listener;
-use crate::shared::{Chunk, Job, Outcome, Shared};
+use crate::shared::Shared;
 use crate::stream::{Chunking, Imap};
-use crate::supervisor::{Msg, Supervisor};
+use crate::supervisor::Supervisor;
+use crate::work::{Chunk, Job, Outcome};
 use crate::{Error, PoolBuilder};
 
 /// A pool of worker processes.

@@ -12,17 +12,8 @@ use std::thread;
 use crossbeam_channel::Sender;
 
 use crate::Error;
-use crate::supervisor::Msg;
-
-/// The pool's authentication key; never printed.
-#[derive(Clone)]
-pub(crate) struct Key(pub(crate) Arc<[u8]>);
-
-impl std::fmt::Debug for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Key(<redacted>)")
-    }
-}
+use crate::config::Key;
+use crate::msg::Msg;
 
 /// The listening socket's accept loop.
 #[derive(Debug)]

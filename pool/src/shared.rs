@@ -1,19 +1,20 @@
 //! What the pool's threads share: [`Shared`] (dispatch, accounting,
-//! counters, the interrupt signal), and the units of work they pass around —
-//! [`Job`], [`Chunk`], [`Outcome`], [`Results`].
+//! counters, the interrupt signal), and [`Shared::finish`], the one exit of
+//! every chunk.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use procpool_ipc::link::Dirty;
 
 use crate::Error;
-use crate::builder::Config;
-use crate::dispatch::Dispatch;
+use crate::config::Config;
+use crate::dispatch::{Dispatch, Ended};
 use crate::joinable::Accounting;
-use crate::supervisor::Msg;
+use crate::msg::Msg;
+use crate::work::{Chunk, Outcome, Results};
 
 /// State shared between the pool handle, its callers, the reader threads
 /// and the supervisor.
@@ -77,6 +78,7 @@ impl Shared {
     /// the chunk comes back with the reason.
     pub(crate) fn submit(&self, chunk: Chunk) -> Result<(), (Chunk, Error)> {
         let mut dirty = Dirty::default();
+        let mut ended = Ended::new();
         let started = {
             let mut dispatch = self.dispatch();
             if let Some(e) = &dispatch.refuse {
@@ -84,13 +86,44 @@ impl Shared {
             }
             self.accounting.add(1);
             dispatch.pending.push_back(chunk);
-            dispatch.pump(self, &mut dirty)
+            dispatch.pump(&mut dirty, &mut ended)
         };
         dirty.flush();
+        self.finish_ended(ended);
         if started && self.watch.load(Ordering::Relaxed) {
             let _ = self.wake.send(Msg::Wake);
         }
         Ok(())
+    }
+
+    /// Leaves the books: the chunk's outcome goes to its caller and the
+    /// JoinableQueue counter goes down by one. Every chunk passes here
+    /// exactly once, whoever ends it, and never under the dispatch lock.
+    pub(crate) fn finish(&self, chunk: Chunk, result: Result<Results, Error>) {
+        let stats = &self.stats;
+        let n = u64::from(chunk.count);
+        if chunk.job.cancelled.load(Ordering::Relaxed) {
+            stats.cancelled.fetch_add(n, Ordering::Relaxed);
+        } else {
+            match &result {
+                Ok(_) => stats.completed.fetch_add(n, Ordering::Relaxed),
+                Err(_) => stats.failed.fetch_add(n, Ordering::Relaxed),
+            };
+            // A caller that went away no longer wants the outcome.
+            let _ = chunk.job.sink.send(Outcome {
+                seq: chunk.seq,
+                count: chunk.count,
+                result,
+            });
+        }
+        self.accounting.done(1);
+    }
+
+    /// Finishes chunks that ended under the dispatch lock.
+    pub(crate) fn finish_ended(&self, ended: Ended) {
+        for (chunk, e) in ended {
+            self.finish(chunk, Err(e));
+        }
     }
 
     /// Refuses new work from now on.
@@ -151,39 +184,4 @@ impl Shared {
             *p = pid;
         }
     }
-}
-
-/// One caller's stream of results (a `map`, an `imap`, a `submit`).
-#[derive(Debug)]
-pub(crate) struct Job {
-    pub(crate) sink: Sender<Outcome>,
-    pub(crate) cancelled: AtomicBool,
-}
-
-/// Consecutive inputs of one job, encoded, bound for one worker.
-#[derive(Debug)]
-pub(crate) struct Chunk {
-    pub(crate) job: Arc<Job>,
-    /// Position of this chunk within its job.
-    pub(crate) seq: u64,
-    pub(crate) task: u32,
-    pub(crate) count: u32,
-    pub(crate) payload: Vec<u8>,
-    pub(crate) attempts: u32,
-}
-
-/// What became of a chunk.
-#[derive(Debug)]
-pub(crate) struct Outcome {
-    pub(crate) seq: u64,
-    pub(crate) count: u32,
-    pub(crate) result: Result<Results, Error>,
-}
-
-/// A `DONE` frame: `count` encoded results start at `frame[payload_at..]`.
-#[derive(Debug)]
-pub(crate) struct Results {
-    pub(crate) frame: Vec<u8>,
-    pub(crate) payload_at: usize,
-    pub(crate) elapsed_ns: u64,
 }

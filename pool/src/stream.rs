@@ -15,7 +15,7 @@ use procpool_ipc::proto::RUN_OVERHEAD;
 use procpool_ipc::task::Payload;
 use procpool_ipc::{TaskError, codec};
 
-use crate::shared::{Chunk, Job, Outcome, Results};
+use crate::work::{Chunk, Job, Outcome, Results};
 use crate::{Error, Pool};
 
 /// How many items go into one chunk.

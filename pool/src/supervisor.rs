@@ -36,51 +36,19 @@ use procpool_ipc::link::Dirty;
 use procpool_ipc::proto::Hello;
 
 use crate::Error;
-use crate::builder::Config;
-use crate::dispatch::{Lane, finish};
+use crate::config::Config;
+use crate::dispatch::{Ended, Lane};
+use crate::msg::Msg;
 use crate::remote::Listener;
 use crate::shared::Shared;
-use crate::worker::{Kill, Proc, Seat, Worker};
+use crate::worker::{Kill, Seat, Worker};
 
 /// A start-up that fails this many times in a row leaves its slot empty.
 const MAX_START_FAILURES: u32 = 3;
+/// How long a child may outlive its connection before it is killed.
+const LINGER: Duration = Duration::from_millis(500);
 /// How long a stop waits for killed or shut-down workers before reaping them directly.
 const STOP_WAIT: Duration = Duration::from_secs(2);
-
-/// What the supervisor is told.
-#[derive(Debug)]
-pub(crate) enum Msg {
-    /// Stop gracefully: finish queued and running work within the grace
-    /// period, then kill.
-    Shutdown,
-    /// Stop dispatching: fail queued work with `Interrupted`, let running
-    /// work finish within the grace period.
-    Interrupt,
-    /// Kill every worker now.
-    Terminate,
-    Hello {
-        slot: usize,
-        key: u64,
-        hello: Hello,
-    },
-    /// Something the supervisor watches changed (a chunk started or ended).
-    Wake,
-    /// A worker's initializer failed: it must not take tasks.
-    InitFailed {
-        slot: usize,
-        key: u64,
-    },
-    Gone {
-        slot: usize,
-        key: u64,
-        error: Option<IpcError>,
-    },
-    /// A remote worker connected and authenticated.
-    Joined {
-        stream: TcpStream,
-        peer: SocketAddr,
-    },
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -181,9 +149,7 @@ impl Supervisor {
                 let mut dirty = Dirty::default();
                 let mut dispatch = self.shared.dispatch();
                 dispatch.refuse(Error::Interrupted);
-                for chunk in std::mem::take(&mut dispatch.pending) {
-                    finish(&self.shared, chunk, Err(Error::Interrupted));
-                }
+                let pending = std::mem::take(&mut dispatch.pending);
                 // Running tasks finish; those queued behind them in the
                 // worker are dropped there and fail here when it exits.
                 for lane in dispatch.lanes.iter_mut().flatten() {
@@ -191,6 +157,9 @@ impl Supervisor {
                 }
                 drop(dispatch);
                 dirty.flush();
+                for chunk in pending {
+                    self.shared.finish(chunk, Err(Error::Interrupted));
+                }
                 self.begin_drain(Error::Interrupted);
             }
             Msg::Terminate => self.terminate(),
@@ -205,7 +174,18 @@ impl Supervisor {
                     self.kill(slot, Kill::Broken);
                 }
             }
-            Msg::Gone { slot, key, error } => self.on_gone(slot, key, error),
+            Msg::Gone { slot, key, error } => {
+                if let Some(w) = self.worker_mut(slot, key) {
+                    w.gone = Some((error, Instant::now()));
+                    self.end_if_over(slot);
+                }
+            }
+            Msg::Exited { slot, key, status } => {
+                if let Some(w) = self.worker_mut(slot, key) {
+                    w.exit = Some(status);
+                    self.end_if_over(slot);
+                }
+            }
             Msg::Joined { stream, peer } => self.on_joined(stream, peer),
         }
     }
@@ -223,7 +203,7 @@ impl Supervisor {
         self.shared.watch.store(true, Ordering::Relaxed);
         let pending = std::mem::take(&mut self.shared.dispatch().pending);
         for chunk in pending {
-            finish(&self.shared, chunk, Err(Error::Terminated));
+            self.shared.finish(chunk, Err(Error::Terminated));
         }
         for slot in 0..self.slots.len() {
             self.kill(slot, Kill::Terminated);
@@ -331,9 +311,11 @@ impl Supervisor {
                 broken = dispatch.send(slot, task, None, &mut dirty).is_err();
             }
         }
-        dispatch.pump(&self.shared, &mut dirty);
+        let mut ended = Ended::new();
+        dispatch.pump(&mut dirty, &mut ended);
         drop(dispatch);
         dirty.flush();
+        self.shared.finish_ended(ended);
         // Counted once its lane is open: a caller woken by this finds it taking work.
         self.shared.ready_changed(1);
         if broken {
@@ -353,11 +335,30 @@ impl Supervisor {
         }
     }
 
-    fn on_gone(&mut self, slot: usize, key: u64, error: Option<IpcError>) {
-        let Some(mut w) = self.slots[slot].worker.take_if(|w| w.key == key) else {
+    fn worker_mut(&mut self, slot: usize, key: u64) -> Option<&mut Worker> {
+        self.slots[slot].worker.as_mut().filter(|w| w.key == key)
+    }
+
+    fn end_if_over(&mut self, slot: usize) {
+        if self.slots[slot]
+            .worker
+            .as_ref()
+            .is_some_and(Worker::is_over)
+        {
+            self.on_gone(slot);
+        }
+    }
+
+    /// A worker whose connection ended and whose process is reaped leaves:
+    /// its lane's chunks are failed, retried or requeued, and its slot is
+    /// refilled.
+    fn on_gone(&mut self, slot: usize) {
+        let Some(mut w) = self.slots[slot].worker.take() else {
             return;
         };
-        let status = w.reap();
+        let key = w.key;
+        let status = w.exit.flatten();
+        let error = w.gone.take().and_then(|(e, _)| e);
         if w.ready {
             self.shared.ready_changed(-1);
         }
@@ -403,13 +404,13 @@ impl Supervisor {
                 worker_id,
                 source: Arc::new(e),
             },
-            _ => match (status, w.peer()) {
-                (Some(status), _) => Error::WorkerDied {
+            _ => match status {
+                Some(status) => Error::WorkerDied {
                     worker_id,
                     pid,
                     status,
                 },
-                (None, peer) => Error::RemoteWorkerLost { worker_id, peer },
+                None => Error::WorkerExited { worker_id, pid },
             },
         };
         let stopping = matches!(self.phase, Phase::Stopping(_)) || shutdown_sent;
@@ -468,9 +469,14 @@ impl Supervisor {
                 },
                 _ => Error::Startup {
                     worker_id,
-                    reason: match status {
-                        Some(status) => format!("pid {pid} exited before its handshake: {status}"),
-                        None => "the remote worker left before its handshake".to_owned(),
+                    reason: match (status, w.peer()) {
+                        (_, Some(peer)) => {
+                            format!("the remote worker at {peer} left before its handshake")
+                        }
+                        (Some(status), None) => {
+                            format!("pid {pid} exited before its handshake: {status}")
+                        }
+                        (None, None) => format!("pid {pid} exited before its handshake"),
                     },
                 },
             };
@@ -505,14 +511,17 @@ impl Supervisor {
         }
         if !self.has_workers() {
             let e = self.no_workers_error();
-            let mut dispatch = self.shared.dispatch();
-            dispatch.refuse(e.clone());
-            for chunk in std::mem::take(&mut dispatch.pending) {
-                finish(&self.shared, chunk, Err(e.clone()));
+            let pending = {
+                let mut dispatch = self.shared.dispatch();
+                dispatch.refuse(e.clone());
+                std::mem::take(&mut dispatch.pending)
+            };
+            for chunk in pending {
+                self.shared.finish(chunk, Err(e.clone()));
             }
         }
         for chunk in failed {
-            finish(&self.shared, chunk, Err(culprit.clone()));
+            self.shared.finish(chunk, Err(culprit.clone()));
         }
     }
 
@@ -563,9 +572,11 @@ impl Supervisor {
                 }
             }
         }
-        dispatch.pump(&self.shared, &mut dirty);
+        let mut ended = Ended::new();
+        dispatch.pump(&mut dirty, &mut ended);
         drop(dispatch);
         dirty.flush();
+        self.shared.finish_ended(ended);
     }
 
     /// The deadline of the chunk lane `slot` is running, if it has one.
@@ -584,6 +595,11 @@ impl Supervisor {
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         let dispatch = self.shared.dispatch();
         for (slot, s) in self.slots.iter().enumerate() {
+            if let Some((_, at)) = s.worker.as_ref().and_then(|w| w.gone.as_ref()) {
+                consider(*at + LINGER);
+                consider(*at + LINGER + STOP_WAIT);
+                continue;
+            }
             let Some(w) = s.worker.as_ref().filter(|w| w.killed.is_none()) else {
                 continue;
             };
@@ -616,6 +632,19 @@ impl Supervisor {
             _ => {}
         }
         for slot in 0..self.slots.len() {
+            // A child that closed its connection but lingers is killed; one
+            // whose exit is never reported is given up on (reaped at the end).
+            if let Some(w) = self.slots[slot].worker.as_mut()
+                && let Some((_, at)) = w.gone
+            {
+                if now >= at + LINGER + STOP_WAIT {
+                    w.exit.get_or_insert(None);
+                    self.end_if_over(slot);
+                } else if now >= at + LINGER && w.killed.is_none() {
+                    self.kill(slot, Kill::Broken);
+                }
+                continue;
+            }
             let Some(w) = self.slots[slot]
                 .worker
                 .as_ref()
@@ -658,10 +687,7 @@ impl Supervisor {
         self.shared.close(Error::Terminated);
         for slot in 0..self.slots.len() {
             if let Some(mut w) = self.slots[slot].worker.take() {
-                w.kill();
-                if let Proc::Local(child) = &mut w.proc {
-                    let _ = child.wait();
-                }
+                w.kill_and_reap();
                 self.shared.set_pid(slot, None);
                 self.shared
                     .stats
@@ -676,7 +702,7 @@ impl Supervisor {
         }
         drop(dispatch);
         for chunk in left {
-            finish(&self.shared, chunk, Err(Error::Terminated));
+            self.shared.finish(chunk, Err(Error::Terminated));
         }
         if let Some(ready) = self.ready_tx.take() {
             let _ = ready.send(Err(Error::Terminated));

@@ -11,13 +11,13 @@
 use std::io::Read;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use procpool_ipc::endpoint;
+use procpool_ipc::endpoint::{self, ExitWatch};
 use procpool_ipc::frame::FrameReader;
 use procpool_ipc::hub;
 use procpool_ipc::link::{Dirty, Link, Sink};
@@ -25,10 +25,11 @@ use procpool_ipc::proto::Message;
 use procpool_ipc::{IpcError, TaskError, codec};
 
 use crate::Error;
-use crate::builder::Config;
-use crate::dispatch::finish;
-use crate::shared::{Results, Shared};
-use crate::supervisor::Msg;
+use crate::config::Config;
+use crate::dispatch::Ended;
+use crate::msg::Msg;
+use crate::shared::Shared;
+use crate::work::Results;
 
 /// Why the supervisor killed a worker.
 #[derive(Clone, Copy, Debug)]
@@ -46,8 +47,10 @@ pub(crate) enum Kill {
 /// How the master reaches a worker's process.
 #[derive(Debug)]
 pub(crate) enum Proc {
-    /// A child of this process.
-    Local(Child),
+    /// A child of this process. Its waiter thread reaps it (see
+    /// [`Seat::spawn`]); others only kill it, under the same lock, so a
+    /// kill never reaches a reused pid.
+    Local(Arc<Mutex<Child>>),
     /// A remote worker that joined over TCP: it can only be disconnected.
     Remote { stream: TcpStream, peer: SocketAddr },
 }
@@ -62,6 +65,11 @@ pub(crate) struct Worker {
     pub(crate) spawned: Instant,
     pub(crate) ready: bool,
     pub(crate) killed: Option<Kill>,
+    /// How the process ended, once its waiter has reaped it (`Some(None)`:
+    /// it exited, but the system reaped it and kept the status).
+    pub(crate) exit: Option<Option<ExitStatus>>,
+    /// Why the connection ended, once the reader has stopped, and when.
+    pub(crate) gone: Option<(Option<IpcError>, Instant)>,
 }
 
 /// Where a new worker goes: its slot and key, and what its reader thread
@@ -93,8 +101,12 @@ impl Seat<'_> {
             source: Arc::new(e),
         };
         let (mut child, reader, writer) = endpoint::spawn(cmd).map_err(spawn_error)?;
-        let link = match self.start_reader(reader, writer) {
-            Ok(link) => link,
+        let started = ExitWatch::new(&child).and_then(|watch| {
+            let link = self.start_reader(reader, writer)?;
+            Ok((watch, link))
+        });
+        let (watch, link) = match started {
+            Ok(started) => started,
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -102,8 +114,31 @@ impl Seat<'_> {
             }
         };
         let pid = child.id();
+        let child = Arc::new(Mutex::new(child));
+        self.start_waiter(watch, Arc::clone(&child));
         tracing::debug!(worker_id = slot, pid, "worker started");
         Ok((Worker::new(key, pid, Proc::Local(child)), link))
+    }
+
+    /// Starts the thread that waits for the child's exit, reaps it and
+    /// reports [`Msg::Exited`]: no polling, and no lock held while it waits.
+    fn start_waiter(self, watch: ExitWatch, child: Arc<Mutex<Child>>) {
+        let (slot, key, tx) = (self.slot, self.key, self.tx.clone());
+        let waiter = move || {
+            if let Err(e) = watch.wait() {
+                // The supervisor reaps it at its deadline instead.
+                tracing::warn!(worker_id = slot, error = %e, "cannot wait for the worker's exit");
+                return;
+            }
+            let status = lock(&child).try_wait().ok().flatten();
+            let _ = tx.send(Msg::Exited { slot, key, status });
+        };
+        if let Err(e) = thread::Builder::new()
+            .name(format!("procpool-waiter-{slot}"))
+            .spawn(waiter)
+        {
+            tracing::warn!(worker_id = slot, error = %e, "cannot start the worker's waiter thread");
+        }
     }
 
     /// A remote worker that has joined over `stream` (already authenticated).
@@ -155,15 +190,18 @@ impl Worker {
             spawned: Instant::now(),
             ready: false,
             killed: None,
+            exit: None,
+            gone: None,
         }
     }
 
     /// Ends the worker now: kills a child, disconnects a remote worker
     /// (which exits when its connection ends).
     pub(crate) fn kill(&mut self) {
-        match &mut self.proc {
+        match &self.proc {
+            // Killing a child already reaped is a no-op: std remembers its status.
             Proc::Local(child) => {
-                let _ = child.kill();
+                let _ = lock(child).kill();
             }
             Proc::Remote { stream, .. } => {
                 let _ = stream.shutdown(Shutdown::Both);
@@ -171,16 +209,21 @@ impl Worker {
         }
     }
 
-    /// Collects the worker after its connection ended: a child's exit
-    /// status (see [`reap`]); nothing for a remote worker.
-    pub(crate) fn reap(&mut self) -> Option<ExitStatus> {
-        match &mut self.proc {
-            Proc::Local(child) => Some(reap(child)),
-            Proc::Remote { stream, .. } => {
-                let _ = stream.shutdown(Shutdown::Both);
-                None
-            }
+    /// Kills the worker and, for a child, waits until it is reaped (by
+    /// this call or its waiter thread).
+    pub(crate) fn kill_and_reap(&mut self) {
+        self.kill();
+        if let Proc::Local(child) = &self.proc {
+            // Killed, so this returns promptly; the waiter only takes the
+            // lock once the child has exited.
+            let _ = lock(child).wait();
         }
+    }
+
+    /// Whether the worker is over: its connection ended and, for a child,
+    /// its exit is known.
+    pub(crate) fn is_over(&self) -> bool {
+        self.gone.is_some() && (self.exit.is_some() || self.peer().is_some())
     }
 
     /// The remote worker's address, if it is one.
@@ -192,27 +235,8 @@ impl Worker {
     }
 }
 
-/// Reaps a child whose connection has closed: it is exiting, so this
-/// returns promptly; a child that keeps running without its connection is
-/// killed after a short wait.
-fn reap(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + Duration::from_millis(500);
-    let mut pause = Duration::from_micros(50);
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status,
-            Ok(None) if Instant::now() < deadline => {
-                thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(10));
-            }
-            _ => {
-                let _ = child.kill();
-                if let Ok(status) = child.wait() {
-                    return status;
-                }
-            }
-        }
-    }
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What a worker's reader thread needs.
@@ -293,17 +317,19 @@ impl ReaderContext {
     /// lanes, and delivers the results; false if the worker was not running
     /// that chunk.
     fn complete(&self, id: u64, results: Results, dirty: &mut Dirty) -> bool {
+        let mut ended = Ended::new();
         let done = {
             let mut dispatch = self.shared.dispatch();
             let Some(done) = dispatch.complete(self.slot, self.key, id, results.elapsed_ns) else {
                 return false;
             };
-            dispatch.pump(&self.shared, dirty);
+            dispatch.pump(dirty, &mut ended);
             done
         };
+        self.shared.finish_ended(ended);
         let wake = match done.chunk {
             Some(chunk) => {
-                finish(&self.shared, chunk, Ok(results));
+                self.shared.finish(chunk, Ok(results));
                 None
             }
             None => {

@@ -8,7 +8,7 @@
 //!   layer treats the same) once the peer has closed its end or died.
 //! - `spawn(cmd) -> io::Result<(Child, ReadHalf, WriteHalf)>`: master side.
 //!   Creates a fresh private connection, arranges for the child to find its
-//!   end through the [`ENDPOINT_ENV`](crate::endpoint::ENDPOINT_ENV) variable,
+//!   end through the [`ENDPOINT_ENV`] variable,
 //!   starts the child, and returns once the connection is usable. Blocks at
 //!   most until the child has connected (Windows) or failed to; on Unix it
 //!   does not block. The child ignores the terminal's interrupt, and dies
@@ -19,12 +19,60 @@
 //! - `WriteHalf::try_write(buf)`: writes what the connection takes without
 //!   blocking; `WouldBlock` when it takes nothing now (always, on Windows
 //!   named pipes). `try_send_tcp(stream, buf)`: the same on a TCP stream.
+//! - `ExitWatch::new(&child)`, `.wait()`: blocks until the child has
+//!   exited without reaping it, so the caller can still reap it through
+//!   its `Child` (and a `kill` racing with the exit cannot hit a reused
+//!   pid). Unix: `waitid(WNOWAIT)`; `ECHILD`, when the process ignores
+//!   `SIGCHLD` and the system reaped the child, counts as exited. Windows:
+//!   a wait on a duplicate of the process handle.
 //! - `ignore_interrupts()`: the worker leaves Ctrl-C to its master.
 //! - `process_alive(pid) -> bool`: whether process `pid` (never 0) exists;
 //!   never blocks. Unix: `kill(pid, 0)` succeeds or fails with `EPERM`, so
 //!   an unreaped zombie counts. Windows: the process can be opened for
 //!   query and its exit code is `STILL_ACTIVE`. A pid whose process is gone
 //!   (reaped; on Windows, exited) is not alive until it is reused.
+
+use std::fmt;
+use std::io;
+use std::process::ExitStatus;
+
+/// The environment variable through which a worker learns its endpoint.
+pub const ENDPOINT_ENV: &str = "PROCPOOL_ENDPOINT";
+
+/// The child `endpoint::spawn` started exited before it connected to the master.
+///
+/// Only Windows reports this: there `spawn` waits until the child has
+/// connected to its named pipe, so a child that exits at start makes `spawn`
+/// fail. On Unix the connection exists before the child runs and `spawn`
+/// returns at once; the same early exit shows up later, as EOF on the
+/// connection before the worker's first message.
+///
+/// It travels inside the [`io::Error`] that `spawn` returns; find it with
+/// [`ExitedBeforeConnecting::in_error`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitedBeforeConnecting {
+    /// How the child exited.
+    pub status: ExitStatus,
+}
+
+impl ExitedBeforeConnecting {
+    /// The early exit `err` reports, if that is what it reports.
+    pub fn in_error(err: &io::Error) -> Option<&Self> {
+        err.get_ref()?.downcast_ref()
+    }
+}
+
+impl fmt::Display for ExitedBeforeConnecting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "worker exited before connecting to its master ({})",
+            self.status
+        )
+    }
+}
+
+impl std::error::Error for ExitedBeforeConnecting {}
 
 #[cfg(unix)]
 mod unix;
@@ -36,8 +84,8 @@ mod windows;
 #[cfg(windows)]
 use windows as imp;
 
+pub(crate) use imp::{ExitWatch, connect, ignore_interrupts, process_alive, spawn, try_send_tcp};
 pub use imp::{ReadHalf, WriteHalf};
-pub(crate) use imp::{connect, ignore_interrupts, process_alive, spawn, try_send_tcp};
 
 #[cfg(all(test, unix))]
 pub(crate) use imp::test_pair;

@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 
-use crate::endpoint::ENDPOINT_ENV;
+use super::ENDPOINT_ENV;
 
 /// The descriptor a worker finds its end of the connection at.
 const CHILD_FD: RawFd = 3;
@@ -164,6 +164,47 @@ pub(crate) fn connect(value: &str) -> io::Result<(ReadHalf, WriteHalf)> {
     // connection, or our death would not read as EOF in the master.
     set_cloexec(owned.as_fd(), true)?;
     halves(UnixStream::from(owned))
+}
+
+/// A child to wait on without reaping it: its pid.
+#[derive(Debug)]
+pub(crate) struct ExitWatch(libc::pid_t);
+
+impl ExitWatch {
+    pub(crate) fn new(child: &Child) -> io::Result<Self> {
+        libc::pid_t::try_from(child.id())
+            .map(Self)
+            .map_err(|_| io::Error::other("pid out of range"))
+    }
+
+    /// Blocks until the child has exited, leaving it to be reaped.
+    /// `ECHILD` (the system reaps children itself when this process
+    /// ignores `SIGCHLD`) means it is gone too.
+    pub(crate) fn wait(&self) -> io::Result<()> {
+        loop {
+            // SAFETY: `info` is a zeroed siginfo_t that waitid writes into;
+            // WNOWAIT leaves the child waitable, so its pid stays ours.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: as above; `info` is valid for writes for the call.
+            let ret = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    self.0.unsigned_abs(),
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            };
+            if ret == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => {}
+                Some(libc::ECHILD) => return Ok(()),
+                _ => return Err(e),
+            }
+        }
+    }
 }
 
 pub(crate) fn ignore_interrupts() {

@@ -42,7 +42,7 @@ use interprocess::os::windows::named_pipe::{
     DuplexPipeStream, PipeListener, PipeListenerOptions, PipeMode, RecvPipeStream, SendPipeStream,
     pipe_mode::Bytes,
 };
-use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, STILL_ACTIVE};
+use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, STILL_ACTIVE, WAIT_OBJECT_0};
 use windows_sys::Win32::System::Console::SetConsoleCtrlHandler;
 use windows_sys::Win32::System::JobObjects::{
     AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
@@ -50,10 +50,11 @@ use windows_sys::Win32::System::JobObjects::{
     SetInformationJobObject,
 };
 use windows_sys::Win32::System::Threading::{
-    CREATE_NEW_PROCESS_GROUP, GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    CREATE_NEW_PROCESS_GROUP, GetExitCodeProcess, INFINITE, OpenProcess,
+    PROCESS_QUERY_LIMITED_INFORMATION, WaitForSingleObject,
 };
 
-use crate::endpoint::{ENDPOINT_ENV, ExitedBeforeConnecting};
+use super::{ENDPOINT_ENV, ExitedBeforeConnecting};
 
 /// Length of the authentication token, in bytes.
 const TOKEN_LEN: usize = 16;
@@ -87,6 +88,28 @@ pub struct WriteHalf(SendPipeStream<Bytes>);
 impl Read for ReadHalf {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0.read(buf)
+    }
+}
+
+/// A child to wait on without reaping it: a handle of our own to its process.
+#[derive(Debug)]
+pub(crate) struct ExitWatch(OwnedHandle);
+
+impl ExitWatch {
+    pub(crate) fn new(child: &Child) -> io::Result<Self> {
+        use std::os::windows::io::AsHandle;
+        Ok(Self(child.as_handle().try_clone_to_owned()?))
+    }
+
+    /// Blocks until the process has exited.
+    pub(crate) fn wait(&self) -> io::Result<()> {
+        // SAFETY: the handle is ours and open for as long as `self` lives.
+        let ret = unsafe { WaitForSingleObject(self.0.as_raw_handle(), INFINITE) };
+        if ret == WAIT_OBJECT_0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 }
 

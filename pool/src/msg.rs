@@ -1,0 +1,52 @@
+//! [`Msg`]: what the pool's threads tell the supervisor. A leaf: it
+//! imports no module of the crate.
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::ExitStatus;
+
+use procpool_ipc::IpcError;
+use procpool_ipc::proto::Hello;
+
+/// What the supervisor is told.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    /// Stop gracefully: finish queued and running work within the grace
+    /// period, then kill.
+    Shutdown,
+    /// Stop dispatching: fail queued work with `Interrupted`, let running
+    /// work finish within the grace period.
+    Interrupt,
+    /// Kill every worker now.
+    Terminate,
+    Hello {
+        slot: usize,
+        key: u64,
+        hello: Hello,
+    },
+    /// Something the supervisor watches changed (a chunk started or ended).
+    Wake,
+    /// A worker's initializer failed: it must not take tasks.
+    InitFailed {
+        slot: usize,
+        key: u64,
+    },
+    /// A worker's connection ended (its reader's last word): `error` says
+    /// why, if it was not a clean end.
+    Gone {
+        slot: usize,
+        key: u64,
+        error: Option<IpcError>,
+    },
+    /// A local worker's process exited and was reaped (`None`: the system
+    /// reaped it, as when this process ignores `SIGCHLD`).
+    Exited {
+        slot: usize,
+        key: u64,
+        status: Option<ExitStatus>,
+    },
+    /// A remote worker connected and authenticated.
+    Joined {
+        stream: TcpStream,
+        peer: SocketAddr,
+    },
+}
