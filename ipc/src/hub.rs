@@ -23,7 +23,11 @@
 //!
 //! # Lock order
 //!
-//! A queue's state lock, then a link's writer lock; never the reverse.
+//! A queue's state lock, then a link's outbox lock; never the reverse.
+//! Writing to a link under a queue's lock only appends to the link's
+//! outbox (see [`crate::link`]): a subscriber that stops reading never
+//! blocks a `put`, a `len` or another subscriber. What is delivered to one
+//! subscriber and waits in its outbox is bounded by its credit.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

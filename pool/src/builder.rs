@@ -100,6 +100,16 @@ impl PoolBuilder {
     /// a round trip for its next task. Default: automatic — 2, and more (up
     /// to 63) while the work queued at the worker, estimated from each
     /// task's measured time per item, stays within about 0.25 ms.
+    ///
+    /// The trade-off: chunks prefetched to a worker wait behind the task it
+    /// runs. If that task hangs (a deadlock, a stopped process), they wait
+    /// with it while other workers may idle; they are never taken back and
+    /// given to another worker, since the hung worker might still start
+    /// them and nothing may run twice. With a
+    /// [`task_timeout`](Self::task_timeout) the hung worker is killed and
+    /// the chunks behind it, which never started, go back to the front of
+    /// the queue. `prefetch(0)` makes no chunk wait behind another, at the
+    /// cost of a round trip per chunk.
     pub fn prefetch(mut self, n: usize) -> Self {
         self.prefetch = Some(n);
         self
@@ -128,7 +138,10 @@ impl PoolBuilder {
 
     /// Kill a worker whose task runs longer than this; the caller gets
     /// [`Error::Timeout`] and a replacement starts. For a chunk of n items
-    /// the limit is n × `d`. Default: none.
+    /// the limit is n × `d`. The chunks prefetched behind it never started:
+    /// they go to other workers (see [`prefetch`](Self::prefetch)). The
+    /// timeout holds whatever the worker does, even if it is stopped and
+    /// reads nothing. Default: none.
     pub fn task_timeout(mut self, d: Duration) -> Self {
         self.task_timeout = Some(d);
         self
