@@ -6,9 +6,12 @@
 //! a worker, and then runs its tests through libtest-mimic.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+#[cfg(unix)]
+pub mod peers;
+
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use procpool::{Registry, Task};
 
@@ -32,6 +35,13 @@ pub const INIT_COUNT: Task<u64, (u32, u64)> = Task::new("init_count");
 pub const INIT: Task<(), ()> = Task::new("init");
 /// Sleeps this many milliseconds, returns the worker's pid.
 pub const SLEEP_PID: Task<u64, u32> = Task::new("sleep_pid");
+/// Returns the length of a byte buffer (`ByteBuf`: encoded in one piece,
+/// so a 1 MiB input costs a copy, not a million varints).
+pub const LEN: Task<serde_bytes::ByteBuf, u64> = Task::new("len");
+/// `(x, trigger)`: when `x == trigger` the worker stops itself with
+/// SIGSTOP (Unix; elsewhere the task blocks forever), a hung worker that
+/// neither answers nor dies. Returns `x` (once continued, if ever).
+pub const STOP_ON: Task<(u64, u64), u64> = Task::new("stop_on");
 
 static INIT_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -43,6 +53,19 @@ fn kill_self() -> ! {
             .status();
     }
     std::process::abort()
+}
+
+/// Stops this process until someone sends SIGCONT (or kills it).
+fn stop_self() {
+    #[cfg(unix)]
+    // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGSTOP);
+    }
+    #[cfg(not(unix))]
+    loop {
+        std::thread::park();
+    }
 }
 
 pub fn registry() -> Registry {
@@ -88,6 +111,13 @@ pub fn registry() -> Registry {
         .task(SLEEP_PID, |ms| {
             std::thread::sleep(Duration::from_millis(ms));
             std::process::id()
+        })
+        .task(LEN, |bytes| bytes.len() as u64)
+        .task(STOP_ON, |(x, trigger)| {
+            if x == trigger {
+                stop_self();
+            }
+            x
         })
         .task(INIT_COUNT, |_| {
             (
@@ -136,6 +166,78 @@ pub fn trial(
 /// been reaped). See [`procpool_ipc::endpoint::process_alive`].
 pub fn alive(pid: u32) -> bool {
     procpool_ipc::endpoint::process_alive(pid)
+}
+
+/// Runs `f`, the call under test, on a helper thread and waits at most
+/// `limit` for it; returns its value and how long it took. When it is still
+/// blocked the error says which call and for how long (the helper thread is
+/// left behind, to finish once whatever blocks it is removed).
+pub fn within<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<(T, Duration)> {
+    let (tx, rx) = mpsc::channel();
+    let start = Instant::now();
+    std::thread::Builder::new()
+        .name(format!("call: {what}"))
+        .spawn(move || {
+            let _ = tx.send(f());
+        })?;
+    match rx.recv_timeout(limit) {
+        Ok(value) => Ok((value, start.elapsed())),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            anyhow::bail!("{what} blocked: no return within {limit:?}")
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => anyhow::bail!("{what} panicked"),
+    }
+}
+
+/// Waits (a bounded poll of process state) until none of `pids` exists.
+pub fn wait_gone(pids: &[u32], limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "worker processes {left:?} still exist (or are unreaped) {limit:?} later"
+        );
+        // Polling the process table is the check; the pause only paces it.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Failures of one trial, gathered so that one blocked call does not hide
+/// what the next ones do.
+#[derive(Debug, Default)]
+pub struct Verdict(Vec<String>);
+
+impl Verdict {
+    /// Records `r`'s error, if any; its value otherwise.
+    pub fn check<T>(&mut self, r: anyhow::Result<T>) -> Option<T> {
+        r.map_err(|e| self.0.push(format!("{e:#}"))).ok()
+    }
+
+    /// Records a failure.
+    pub fn fail(&mut self, msg: impl Into<String>) {
+        self.0.push(msg.into());
+    }
+
+    pub fn ok(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Ok if nothing failed; otherwise every failure, in order.
+    pub fn finish(self) -> anyhow::Result<()> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => anyhow::bail!("{}", self.0[0]),
+            _ => anyhow::bail!("\n  - {}", self.0.join("\n  - ")),
+        }
+    }
 }
 
 /// The path of a built example program. A plain `cargo test` builds the

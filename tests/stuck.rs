@@ -1,0 +1,632 @@
+//! One stuck peer must not freeze the pool (issue 10).
+//!
+//! A worker that stops reading (SIGSTOP: it neither answers nor dies), a
+//! queue subscriber that stops reading, a remote worker behind a network
+//! that silently stops delivering: each may cost its own work, never the
+//! rest of the pool. Every call under test runs on a helper thread
+//! ([`within`]) with a bound, so a failure names the call that blocked and
+//! for how long instead of hanging; bounds are generous except where the
+//! bound is the feature (task timeout, heartbeat timeout).
+//!
+//! Stopped processes are continued, killed and reaped by a guard
+//! ([`Peers`]) whatever happens, and every trial ends by checking that no
+//! worker is left.
+//!
+//! The trials run one at a time by default (`--test-threads` overrides it):
+//! several of them time calls to within a second on a machine with few
+//! cores.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use common::*;
+use procpool::{Error, Pool, Queue, Registry, Task};
+use serde_bytes::ByteBuf;
+
+const LIMIT: Duration = Duration::from_secs(60);
+const KEY: &str = "a long random key shared out of band";
+/// `"<addr> <key>"`: run as a remote worker joining that pool.
+const REMOTE_ENV: &str = "PROCPOOL_TEST_STUCK_REMOTE";
+/// The remote trial's heartbeat timeout: the bound that is the feature.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// Takes items forever; after the first one it puts its pid on the second
+/// queue (so the master knows it is subscribed and has taken something).
+/// Returns how many items it took, when the queue fails or closes.
+const DRAIN: Task<(Queue<ByteBuf>, Queue<u32>), u64> = Task::new("drain");
+/// Puts its pid on the queue (it has started), sleeps this many
+/// milliseconds, returns its pid.
+const ANNOUNCE_SLEEP: Task<(Queue<u32>, u64), u32> = Task::new("announce_sleep");
+
+fn registry() -> Registry {
+    common::registry()
+        .task(DRAIN, |(q, ready)| {
+            let mut taken = 0;
+            while q.get().is_ok() {
+                taken += 1;
+                if taken == 1 {
+                    ready.put(std::process::id()).expect("ready");
+                }
+            }
+            taken
+        })
+        .task(ANNOUNCE_SLEEP, |(started, ms)| {
+            started.put(std::process::id()).expect("started");
+            std::thread::sleep(Duration::from_millis(ms));
+            std::process::id()
+        })
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var(REMOTE_ENV) {
+        let (addr, key) = spec.split_once(' ').expect("addr and key");
+        procpool::run_remote_worker(addr, key.as_bytes(), registry());
+    }
+    procpool::init(registry());
+    let mut args = libtest_mimic::Arguments::from_args();
+    args.test_threads.get_or_insert(1);
+    #[allow(unused_mut)] // nothing more to add on Windows
+    let mut tests = vec![trial(
+        "remote_worker_behind_dead_network_is_lost",
+        LIMIT,
+        remote_behind_dead_network,
+    )];
+    #[cfg(unix)]
+    tests.extend([
+        trial(
+            "stopped_worker_big_submit_does_not_wedge",
+            LIMIT,
+            unix::big_submit,
+        ),
+        trial(
+            "stopped_worker_shutdown_and_drop_return",
+            LIMIT,
+            unix::shutdown_and_drop,
+        ),
+        trial("stopped_worker_terminate_kills", LIMIT, unix::terminate),
+        trial("other_workers_carry_on", LIMIT, unix::others_carry_on),
+        trial(
+            "stopped_queue_subscriber_does_not_block_master",
+            LIMIT,
+            unix::stopped_subscriber,
+        ),
+        trial("hung_worker_prefetch", LIMIT, unix::hung_worker_prefetch),
+    ]);
+    libtest_mimic::run(&args, tests).exit();
+}
+
+#[cfg(unix)]
+mod unix {
+    use super::*;
+    use common::peers::Peers;
+
+    /// Bigger than any socket buffer between master and worker: a write of
+    /// this much to a peer that does not read blocks.
+    const BIG: usize = 1 << 20;
+
+    fn big() -> ByteBuf {
+        ByteBuf::from(vec![7u8; BIG])
+    }
+
+    /// The only worker's pid.
+    fn only_pid(pool: &Pool) -> anyhow::Result<u32> {
+        match pool.worker_pids()[..] {
+            [pid] => Ok(pid),
+            ref pids => anyhow::bail!("expected one worker, found {pids:?}"),
+        }
+    }
+
+    /// Submits a 1 MiB task on a helper thread: it must return within 1 s,
+    /// stopped worker or not.
+    fn submit_big(pool: &Arc<Pool>) -> anyhow::Result<procpool::AsyncResult<u64>> {
+        let p = Arc::clone(pool);
+        let (submitted, _) = within(
+            "submit of a 1 MiB task to the stopped worker",
+            Duration::from_secs(1),
+            move || p.submit(LEN, big()),
+        )?;
+        submitted.context("submit of a 1 MiB task")
+    }
+
+    /// Ends a pool trial whatever happened: kills the stopped workers (which
+    /// unblocks anything blocked on them), waits for helper threads still
+    /// in a call to let go of the pool, drops it, and checks that none of
+    /// `pids` (nor the pool's current workers) is left.
+    pub(super) fn teardown(pool: Arc<Pool>, peers: &mut Peers, pids: &[u32], v: &mut Verdict) {
+        peers.kill_now();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Polling the reference count: the blocked calls return once the
+        // kill reaches them; the pause only paces the check.
+        while Arc::strong_count(&pool) > 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut all = pids.to_vec();
+        all.extend(pool.worker_pids());
+        match Arc::try_unwrap(pool) {
+            Ok(pool) => {
+                v.check(within(
+                    "dropping the pool after killing the stopped worker",
+                    Duration::from_secs(10),
+                    move || drop(pool),
+                ));
+            }
+            Err(_) => v.fail(
+                "cleanup: the pool is still held by a blocked call 10 s after the stopped worker was killed",
+            ),
+        }
+        if v.check(wait_gone(&all, Duration::from_secs(5))).is_some() {
+            peers.forget();
+        }
+    }
+
+    /// A stopped worker holds a 1 MiB input it will never read. `submit`
+    /// must not wait for it; the task times out like any other (timeout +
+    /// about 100 ms is the feature; 1.5 s of slack for CI); a replacement
+    /// then serves the pool.
+    pub(super) fn big_submit() -> anyhow::Result<()> {
+        const TIMEOUT: Duration = Duration::from_secs(1);
+        let pool = Arc::new(Pool::builder().workers(1).task_timeout(TIMEOUT).build()?);
+        let pid = only_pid(&pool)?;
+        let mut peers = Peers::default();
+        peers.stop(pid)?;
+        let mut v = Verdict::default();
+        let submitted_at = Instant::now();
+        if let Some(handle) = v.check(submit_big(&pool)) {
+            let bound = TIMEOUT + Duration::from_millis(1500);
+            let left = bound.saturating_sub(submitted_at.elapsed());
+            let waited = within(
+                "waiting for the result of the task on the stopped worker",
+                left,
+                move || handle.wait(),
+            )
+            .with_context(|| {
+                format!("no result {bound:?} after submit (task_timeout {TIMEOUT:?})")
+            });
+            if let Some((result, _)) = v.check(waited) {
+                match result {
+                    Err(Error::Timeout { pid: p, .. }) if p == pid => {}
+                    other => v.fail(format!(
+                        "expected Error::Timeout for pid {pid}, got {other:?}"
+                    )),
+                }
+                let p = Arc::clone(&pool);
+                let squared = within(
+                    "apply(SQUARE) on the replacement worker",
+                    Duration::from_secs(20),
+                    move || p.apply(SQUARE, 7),
+                );
+                if let Some((r, _)) = v.check(squared) {
+                    if !matches!(r, Ok(49)) {
+                        v.fail(format!("the replacement answered {r:?}, not Ok(49)"));
+                    }
+                }
+            }
+        }
+        teardown(pool, &mut peers, &[pid], &mut v);
+        v.finish()
+    }
+
+    /// Neither `shutdown` (it does not block, by contract) nor the graceful
+    /// drop (grace period, then kill) may wait for a stopped worker.
+    pub(super) fn shutdown_and_drop() -> anyhow::Result<()> {
+        const GRACE: Duration = Duration::from_secs(1);
+        let pool = Arc::new(Pool::builder().workers(1).grace_period(GRACE).build()?);
+        let pid = only_pid(&pool)?;
+        let mut peers = Peers::default();
+        peers.stop(pid)?;
+        let mut v = Verdict::default();
+        let _handle = v.check(submit_big(&pool));
+        let p = Arc::clone(&pool);
+        v.check(within(
+            "shutdown() with a stopped worker",
+            Duration::from_millis(500),
+            move || p.shutdown(),
+        ));
+        if v.ok() {
+            let pool = Arc::try_unwrap(pool).map_err(|_| anyhow::anyhow!("pool still shared"))?;
+            let bound = GRACE + Duration::from_secs(2);
+            v.check(within(
+                "dropping the pool with a stopped worker",
+                bound,
+                move || drop(pool),
+            ));
+            // The stopped worker was killed by the drop, and reaped.
+            v.check(wait_gone(&[pid], Duration::from_millis(100)));
+            if v.ok() {
+                peers.forget();
+            }
+        } else {
+            v.fail("dropping the pool: not attempted, the pool is held by the calls still blocked above");
+            teardown(pool, &mut peers, &[pid], &mut v);
+        }
+        v.finish()
+    }
+
+    /// `terminate` kills at once, a stopped worker included, and reaps it.
+    pub(super) fn terminate() -> anyhow::Result<()> {
+        let pool = Arc::new(Pool::builder().workers(1).build()?);
+        let pid = only_pid(&pool)?;
+        let mut peers = Peers::default();
+        peers.stop(pid)?;
+        let mut v = Verdict::default();
+        let _handle = v.check(submit_big(&pool));
+        let p = Arc::clone(&pool);
+        let started = Instant::now();
+        let terminated = v.check(within(
+            "terminate() with a stopped worker",
+            Duration::from_millis(500),
+            move || p.terminate(),
+        ));
+        if terminated.is_some() {
+            let left = Duration::from_secs(1).saturating_sub(started.elapsed());
+            if v.check(wait_gone(&[pid], left).context("1 s after terminate() was called"))
+                .is_some()
+            {
+                peers.forget();
+            }
+        }
+        teardown(pool, &mut peers, &[pid], &mut v);
+        v.finish()
+    }
+
+    /// A stopped worker costs only the task it holds. With `prefetch(0)` a
+    /// worker's lane holds only the chunk it runs, so nothing else is ever
+    /// queued behind the stuck task and the other worker takes the whole
+    /// map: a guarantee without any timeout. (With the default prefetch,
+    /// map chunks may be queued behind the stuck task, and only a
+    /// `task_timeout` frees them; that is the timeout's guarantee.)
+    ///
+    /// The big task goes to worker A deterministically: both lanes are
+    /// empty, and dispatch picks the first least-loaded lane (slot 0, the
+    /// first of `worker_pids`).
+    pub(super) fn others_carry_on() -> anyhow::Result<()> {
+        let pool = Arc::new(Pool::builder().workers(2).prefetch(0).build()?);
+        let pids = pool.worker_pids();
+        ensure!(pids.len() == 2, "expected two workers, found {pids:?}");
+        let a = pids[0];
+        let mut peers = Peers::default();
+        peers.stop(a)?;
+        let mut v = Verdict::default();
+        let _handle = v.check(submit_big(&pool));
+        let p = Arc::clone(&pool);
+        let mapped = within(
+            "map(SQUARE, 0..100) with worker A stopped",
+            Duration::from_secs(5),
+            move || p.map(SQUARE, 0..100u64),
+        );
+        if let Some((out, _)) = v.check(mapped) {
+            let want: Vec<u64> = (0..100u64).map(|x| x * x).collect();
+            match out {
+                Ok(out) if out == want => {}
+                other => v.fail(format!("map returned {other:?}")),
+            }
+        }
+        teardown(pool, &mut peers, &pids, &mut v);
+        v.finish()
+    }
+
+    /// A queue subscriber in another process that stops reading holds the
+    /// item it was handed; the master's `put` and `len` must not wait for it.
+    pub(super) fn stopped_subscriber() -> anyhow::Result<()> {
+        let q: Queue<ByteBuf> = Queue::new();
+        let ready: Queue<u32> = Queue::new();
+        let child = procpool::Process::spawn(DRAIN, (q.clone(), ready.clone()))?;
+        let pid = child.pid();
+        let mut peers = Peers::default();
+        peers.watch(pid);
+        q.put(ByteBuf::from(vec![1u8; 16]))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let subscribed = ready
+            .get_timeout(Duration::from_secs(20))
+            .context("the child took no item within 20 s")?;
+        ensure!(
+            subscribed == pid,
+            "ready from pid {subscribed}, child is {pid}"
+        );
+        // It is back in get() now (subscribed, with credit) when it stops.
+        peers.stop(pid)?;
+        let mut v = Verdict::default();
+        const ITEMS: usize = 16;
+        for i in 0..ITEMS {
+            let q = q.clone();
+            let put = within(
+                &format!("put #{i} of a 1 MiB item with the subscriber stopped"),
+                Duration::from_secs(1),
+                move || q.put(big()).map_err(|e| e.to_string()),
+            );
+            match v.check(put) {
+                Some((Ok(()), _)) => {}
+                Some((Err(e), _)) => v.fail(format!("put #{i} failed: {e}")),
+                None => break, // the next puts would queue behind the blocked one
+            }
+        }
+        let q2 = q.clone();
+        if let Some((len, _)) = v.check(within(
+            "len() with the subscriber stopped",
+            Duration::from_secs(1),
+            move || q2.len(),
+        )) {
+            if v.ok() && len != ITEMS {
+                v.fail(format!(
+                    "len() = {len}, expected {ITEMS} (items handed to the stopped subscriber count)"
+                ));
+            }
+        }
+        peers.kill_now();
+        v.check(within(
+            "dropping the Process after killing it",
+            Duration::from_secs(10),
+            move || drop(child),
+        ));
+        if v.check(wait_gone(&[pid], Duration::from_secs(5))).is_some() {
+            peers.forget();
+        }
+        v.finish()
+    }
+
+    /// Item 10 stops its worker mid-task. With `prefetch(0)` nothing is
+    /// queued behind it, so every other item arrives through the other
+    /// worker; `terminate` then kills the stopped one.
+    pub(super) fn hung_worker_prefetch() -> anyhow::Result<()> {
+        const HUNG: u64 = 10;
+        let pool = Arc::new(
+            Pool::builder()
+                .workers(2)
+                .chunk_size(1)
+                .prefetch(0)
+                .build()?,
+        );
+        let pids = pool.worker_pids();
+        ensure!(pids.len() == 2, "expected two workers, found {pids:?}");
+        let mut peers = Peers::default();
+        for &pid in &pids {
+            peers.watch(pid);
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = Arc::clone(&pool);
+        std::thread::spawn(move || {
+            let results = match p.imap_unordered(STOP_ON, (0..20u64).map(|x| (x, HUNG))) {
+                Ok(results) => results,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            for r in results {
+                if tx.send(r).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut v = Verdict::default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut got = Vec::new();
+        while got.len() < 19 {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Ok(x)) => got.push(x),
+                Ok(Err(e)) => {
+                    v.fail(format!("an item failed: {e}"));
+                    break;
+                }
+                Err(_) => {
+                    got.sort_unstable();
+                    v.fail(format!(
+                        "imap_unordered blocked: only {} of the 19 other items within 5 s: {got:?}",
+                        got.len()
+                    ));
+                    break;
+                }
+            }
+        }
+        if v.ok() {
+            got.sort_unstable();
+            let want: Vec<u64> = (0..20).filter(|&x| x != HUNG).collect();
+            if got != want {
+                v.fail(format!("items {got:?}, expected every one but {HUNG}"));
+            }
+        }
+        // The scenario happened: one worker is stopped.
+        let stopped: Vec<u32> = pids
+            .iter()
+            .copied()
+            .filter(|&p| common::peers::state(p) == Some('T'))
+            .collect();
+        if stopped.len() != 1 {
+            v.fail(format!("expected one stopped worker, found {stopped:?}"));
+        }
+        let p = Arc::clone(&pool);
+        v.check(within(
+            "terminate() with a worker stopped mid-task",
+            Duration::from_secs(5),
+            move || p.terminate(),
+        ));
+        teardown(pool, &mut peers, &pids, &mut v);
+        v.finish()
+    }
+}
+
+/// A remote worker process, killed and reaped when dropped.
+struct Remote(Child);
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Remote {
+    fn start(addr: SocketAddr) -> anyhow::Result<Remote> {
+        let child = Command::new(std::env::current_exe()?)
+            .env(REMOTE_ENV, format!("{addr} {KEY}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Remote(child))
+    }
+
+    /// Waits for the process to exit by itself; whether it did in time.
+    fn exits_within(&mut self, limit: Duration) -> anyhow::Result<bool> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.0.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            // Polling the child's status is the event; the pause only paces it.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A TCP relay between a remote worker and its pool that can be cut: from
+/// then on it forwards nothing in either direction but keeps both
+/// connections open (no FIN, no RST), as a network that silently drops
+/// everything.
+struct Relay {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    sockets: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    /// Accepts one connection and relays it to `to`.
+    fn start(to: SocketAddr) -> anyhow::Result<Relay> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let cut = Arc::new(AtomicBool::new(false));
+        let sockets = Arc::new(Mutex::new(Vec::new()));
+        let (cut2, sockets2) = (Arc::clone(&cut), Arc::clone(&sockets));
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let (worker, _) = listener.accept()?;
+            let pool = TcpStream::connect(to)?;
+            sockets2
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend([worker.try_clone()?, pool.try_clone()?]);
+            forward(worker.try_clone()?, pool.try_clone()?, Arc::clone(&cut2));
+            forward(pool, worker, cut2);
+            Ok(())
+        });
+        Ok(Relay { addr, cut, sockets })
+    }
+
+    /// Stops forwarding, silently.
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for s in self
+            .sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+/// Copies `from` to `to` until the cut (or an end); what is read after the
+/// cut is dropped. The sockets stay open: the relay holds clones.
+fn forward(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if cut.load(Ordering::SeqCst) || to.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// A remote worker whose network goes silent (no FIN, no RST) while it runs
+/// a task: with a heartbeat timeout the pool declares it lost within that
+/// timeout (+ 1 s of slack) and fails its task with `RemoteWorkerLost`; the
+/// remote worker, hearing nothing from the master either, exits by itself.
+///
+/// `PoolBuilder::heartbeat_timeout` comes with the fix for issue 10: until
+/// it lands this binary does not compile (without that call, this trial
+/// fails both checks on today's code).
+///
+/// Pinning the task to the remote worker: the only local worker is busy
+/// with a long task first and, with `prefetch(0)`, takes nothing more; both
+/// tasks announce their pid on a queue when they start.
+fn remote_behind_dead_network() -> anyhow::Result<()> {
+    let started: Queue<u32> = Queue::new();
+    let pool = Pool::builder()
+        .workers(1)
+        .prefetch(0)
+        .listen("127.0.0.1:0".parse()?, KEY)
+        .heartbeat_timeout(HEARTBEAT)
+        .build()?;
+    let addr = pool.listen_addr().context("the pool listens")?;
+    let local = pool.worker_pids();
+    let _gate = pool.submit(ANNOUNCE_SLEEP, (started.clone(), 120_000))?;
+    let busy = started.get_timeout(Duration::from_secs(20))?;
+    ensure!(
+        local == [busy],
+        "gate ran on {busy}, local workers {local:?}"
+    );
+    let relay = Relay::start(addr)?;
+    let mut remote = Remote::start(relay.addr)?;
+    ensure!(
+        pool.wait_for_workers(2, Duration::from_secs(30)),
+        "the remote worker did not join through the relay"
+    );
+    let task = pool.submit(ANNOUNCE_SLEEP, (started.clone(), 120_000))?;
+    let on = started.get_timeout(Duration::from_secs(20))?;
+    ensure!(
+        on == remote.0.id(),
+        "the task ran on {on}, not on the remote worker {}",
+        remote.0.id()
+    );
+
+    let mut v = Verdict::default();
+    relay.cut();
+    let cut_at = Instant::now();
+    let bound = HEARTBEAT + Duration::from_secs(1);
+    let waited = within(
+        "waiting for the remote worker's task after the network went silent",
+        bound,
+        move || task.wait(),
+    );
+    if let Some((result, _)) = v.check(waited) {
+        if !matches!(result, Err(Error::RemoteWorkerLost { .. })) {
+            v.fail(format!("expected Error::RemoteWorkerLost, got {result:?}"));
+        }
+    }
+    let bound = HEARTBEAT + Duration::from_secs(5);
+    let left = bound.saturating_sub(cut_at.elapsed());
+    if !remote.exits_within(left)? {
+        v.fail(format!(
+            "the remote worker still runs {bound:?} after the cut: it did not notice the silent master (killed)"
+        ));
+    }
+    drop(remote);
+    v.check(within(
+        "terminate() after the remote worker was lost",
+        Duration::from_secs(10),
+        move || pool.terminate(),
+    ));
+    drop(relay);
+    v.check(wait_gone(&local, Duration::from_secs(5)));
+    v.finish()
+}
