@@ -9,8 +9,12 @@
 //! ```text
 //! master → worker   "PPAUTH1" nonce_m (32 random bytes)
 //! worker → master   HMAC(key, "worker" ‖ nonce_m)  nonce_w (32 random bytes)
-//! master → worker   HMAC(key, "master" ‖ nonce_w)
+//! master → worker   HMAC(key, "master" ‖ nonce_w ‖ timeout)  timeout
 //! ```
+//!
+//! `timeout` is the master's heartbeat timeout in milliseconds (4 bytes,
+//! little-endian), covered by the master's proof: the worker adopts it, so
+//! both ends agree on how long silence means the other is gone.
 //!
 //! After it, the connection carries the same frames as a local worker's.
 
@@ -21,17 +25,18 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-const GREETING: &[u8; 7] = b"PPAUTH1";
+const GREETING: &[u8; 7] = b"PPAUTH2";
 const NONCE_LEN: usize = 32;
 const MAC_LEN: usize = 32;
 
 /// How long each side waits for the other during the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn mac(key: &[u8], role: &[u8], nonce: &[u8]) -> Hmac<Sha256> {
+fn mac(key: &[u8], role: &[u8], nonce: &[u8], extra: &[u8]) -> Hmac<Sha256> {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
     m.update(role);
     m.update(nonce);
+    m.update(extra);
     m
 }
 
@@ -83,7 +88,11 @@ pub fn set_liveness(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
 /// # Errors
 /// [`io::ErrorKind::PermissionDenied`] when the peer does not know the key;
 /// any I/O error, including a timeout after [`HANDSHAKE_TIMEOUT`].
-pub fn accept_worker(stream: &mut TcpStream, key: &[u8]) -> io::Result<()> {
+pub fn accept_worker(
+    stream: &mut TcpStream,
+    key: &[u8],
+    heartbeat_timeout: Duration,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     stream.set_nodelay(true)?;
     let challenge = nonce()?;
@@ -93,20 +102,32 @@ pub fn accept_worker(stream: &mut TcpStream, key: &[u8]) -> io::Result<()> {
     let mut answer = [0u8; MAC_LEN + NONCE_LEN];
     stream.read_exact(&mut answer)?;
     let (proof, their_nonce) = answer.split_at(MAC_LEN);
-    mac(key, b"worker", &challenge)
+    mac(key, b"worker", &challenge, &[])
         .verify_slice(proof)
         .map_err(|_| refused("the worker does not know the key"))?;
-    stream.write_all(&mac(key, b"master", their_nonce).finalize().into_bytes())?;
+    let ms = u32::try_from(heartbeat_timeout.as_millis())
+        .unwrap_or(u32::MAX)
+        .to_le_bytes();
+    let mut last = mac(key, b"master", their_nonce, &ms)
+        .finalize()
+        .into_bytes()
+        .to_vec();
+    last.extend_from_slice(&ms);
+    stream.write_all(&last)?;
     stream.set_read_timeout(None)?;
     Ok(())
 }
 
-/// Worker side: connects to a master at `addr` and authenticates both ways.
+/// Worker side: connects to a master at `addr` and authenticates both
+/// ways; returns the connection and the master's heartbeat timeout.
 ///
 /// # Errors
 /// [`io::ErrorKind::PermissionDenied`] when the master does not know the
 /// key (or this worker's key is wrong); any I/O error.
-pub fn connect_to_master(addr: impl ToSocketAddrs, key: &[u8]) -> io::Result<TcpStream> {
+pub fn connect_to_master(
+    addr: impl ToSocketAddrs,
+    key: &[u8],
+) -> io::Result<(TcpStream, Duration)> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     stream.set_nodelay(true)?;
@@ -117,25 +138,27 @@ pub fn connect_to_master(addr: impl ToSocketAddrs, key: &[u8]) -> io::Result<Tcp
         return Err(refused("the peer is not a procpool master"));
     }
     let mine = nonce()?;
-    let mut answer = mac(key, b"worker", challenge)
+    let mut answer = mac(key, b"worker", challenge, &[])
         .finalize()
         .into_bytes()
         .to_vec();
     answer.extend_from_slice(&mine);
     stream.write_all(&answer)?;
-    let mut proof = [0u8; MAC_LEN];
-    stream.read_exact(&mut proof).map_err(|e| match e.kind() {
+    let mut last = [0u8; MAC_LEN + 4];
+    stream.read_exact(&mut last).map_err(|e| match e.kind() {
         // The master hangs up on a wrong key.
         io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
             refused("the master refused the key")
         }
         _ => e,
     })?;
-    mac(key, b"master", &mine)
-        .verify_slice(&proof)
+    let (proof, ms) = last.split_at(MAC_LEN);
+    mac(key, b"master", &mine, ms)
+        .verify_slice(proof)
         .map_err(|_| refused("the master does not know the key"))?;
     stream.set_read_timeout(None)?;
-    Ok(stream)
+    let ms = u32::from_le_bytes(ms.try_into().expect("4 bytes"));
+    Ok((stream, Duration::from_millis(u64::from(ms).max(1))))
 }
 
 #[cfg(test)]
@@ -148,12 +171,12 @@ mod tests {
     fn handshake(
         master_key: &'static [u8],
         worker_key: &'static [u8],
-    ) -> (io::Result<()>, io::Result<TcpStream>) {
+    ) -> (io::Result<()>, io::Result<(TcpStream, Duration)>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let master = thread::spawn(move || {
             let (mut s, _) = listener.accept()?;
-            accept_worker(&mut s, master_key)
+            accept_worker(&mut s, master_key, Duration::from_millis(1234))
         });
         let worker = connect_to_master(addr, worker_key);
         (master.join().unwrap(), worker)
@@ -163,7 +186,8 @@ mod tests {
     fn same_key_connects() {
         let (m, w) = handshake(b"secret", b"secret");
         m.unwrap();
-        w.unwrap();
+        // The worker learns the master's heartbeat timeout.
+        assert_eq!(w.unwrap().1, Duration::from_millis(1234));
     }
 
     #[test]

@@ -200,10 +200,10 @@ impl PoolBuilder {
     /// a write the peer's kernel does not take within it breaks the link
     /// too. A lost worker's task fails with [`Error::RemoteWorkerLost`] (or
     /// is retried, see [`retries`](Self::retries)), and the work queued
-    /// behind it goes to other workers. The remote worker, hearing nothing
-    /// from the master for its own timeout (the
-    /// `PROCPOOL_HEARTBEAT_TIMEOUT_MS` variable, default 10 s), abandons its
-    /// task and exits. Default: 10 s.
+    /// behind it goes to other workers. Remote workers learn this timeout
+    /// when they join (unless their `PROCPOOL_HEARTBEAT_TIMEOUT_MS`
+    /// variable overrides it); one that hears nothing from the master for
+    /// that long abandons its task and exits. Default: 10 s.
     ///
     /// Local workers need no heartbeat: the end of their connection and
     /// their process handle tell the master at once that they are gone.

@@ -112,7 +112,12 @@ impl Pool {
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let (stopped_tx, stopped) = crossbeam_channel::bounded::<()>(0);
         let listener = match &config.listen {
-            Some((addr, key)) => Some(Listener::start(*addr, key, tx.clone())?),
+            Some((addr, key)) => Some(Listener::start(
+                *addr,
+                key,
+                config.heartbeat_timeout,
+                tx.clone(),
+            )?),
             None => None,
         };
         let listen_addr = listener.as_ref().map(Listener::addr);

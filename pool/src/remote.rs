@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
@@ -23,8 +24,14 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
-    /// Binds `addr` and accepts workers that know `key`, until stopped.
-    pub(crate) fn start(addr: SocketAddr, key: &Key, tx: Sender<Msg>) -> Result<Listener, Error> {
+    /// Binds `addr` and accepts workers that know `key`, until stopped;
+    /// each learns `heartbeat_timeout` in the handshake.
+    pub(crate) fn start(
+        addr: SocketAddr,
+        key: &Key,
+        heartbeat_timeout: Duration,
+        tx: Sender<Msg>,
+    ) -> Result<Listener, Error> {
         let listen_error = |e| Error::Listen {
             addr,
             source: Arc::new(e),
@@ -48,7 +55,11 @@ impl Listener {
                         .name("procpool-auth".into())
                         .spawn(move || {
                             let peer = stream.peer_addr().ok();
-                            match procpool_ipc::remote::accept_worker(&mut stream, &key) {
+                            match procpool_ipc::remote::accept_worker(
+                                &mut stream,
+                                &key,
+                                heartbeat_timeout,
+                            ) {
                                 Ok(()) => {
                                     if let Some(peer) = peer {
                                         let _ = tx.send(Msg::Joined { stream, peer });

@@ -117,37 +117,34 @@ fn max_frame_len() -> u32 {
 /// Exits with status 70 and a message on stderr when it cannot connect or
 /// authenticate.
 pub fn run_remote_worker(addr: impl ToSocketAddrs, key: &[u8], registry: Registry) -> ! {
-    let timeout = heartbeat_timeout();
     let connection = procpool_ipc::remote::connect_to_master(addr, key)
-        .and_then(|stream| {
+        .and_then(|(stream, master_timeout)| {
+            let timeout = heartbeat_timeout().unwrap_or(master_timeout);
             procpool_ipc::remote::set_liveness(&stream, timeout)?;
-            Ok((stream.try_clone()?, stream))
+            Ok((stream.try_clone()?, stream, timeout))
         })
         .map_err(ServeError::Remote);
-    match connection.and_then(|(r, w)| serve(&registry, r, w, Some(timeout))) {
+    match connection.and_then(|(r, w, timeout)| serve(&registry, r, w, Some(timeout))) {
         Ok(()) => process::exit(0),
         Err(e) => fail(&e),
     }
 }
 
-/// How long a remote worker waits for a sign of life from its master:
-/// [`HEARTBEAT_TIMEOUT_ENV`] in milliseconds, or
-/// [`DEFAULT_HEARTBEAT_TIMEOUT`](procpool_ipc::remote::DEFAULT_HEARTBEAT_TIMEOUT).
-fn heartbeat_timeout() -> Duration {
+/// A remote worker's own heartbeat timeout, if [`HEARTBEAT_TIMEOUT_ENV`]
+/// sets one.
+fn heartbeat_timeout() -> Option<Duration> {
     std::env::var(HEARTBEAT_TIMEOUT_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|&ms| ms > 0)
-        .map_or(
-            procpool_ipc::remote::DEFAULT_HEARTBEAT_TIMEOUT,
-            Duration::from_millis,
-        )
+        .map(Duration::from_millis)
 }
 
-/// The environment variable that sets a remote worker's heartbeat timeout,
-/// in milliseconds: a master silent that long is declared lost, and the
-/// worker exits (status 70), abandoning its task — the master has failed
-/// or re-queued it by then.
+/// The environment variable that overrides a remote worker's heartbeat
+/// timeout, in milliseconds; by default it adopts its master's
+/// (`PoolBuilder::heartbeat_timeout`, learnt in the handshake). A master
+/// silent that long is declared lost, and the worker exits (status 70),
+/// abandoning its task: the master has failed or re-queued it by then.
 pub const HEARTBEAT_TIMEOUT_ENV: &str = "PROCPOOL_HEARTBEAT_TIMEOUT_MS";
 
 /// How long a worker that is done waits for its last frames to reach the
