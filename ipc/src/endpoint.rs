@@ -91,6 +91,7 @@ pub fn process_alive(pid: u32) -> bool {
 ///
 /// # Errors
 /// The variable is present but names no usable endpoint.
+#[doc(hidden)]
 pub fn connect_worker() -> Option<io::Result<(ReadHalf, WriteHalf)>> {
     let value = std::env::var_os(ENDPOINT_ENV)?;
     if CLAIMED.swap(true, Ordering::SeqCst) {

@@ -33,20 +33,23 @@
 //! assert!(!r.read_frame(&mut buf).unwrap()); // clean end of stream
 //! ```
 
-mod client;
 pub mod codec;
 pub mod endpoint;
 mod error;
 pub mod frame;
-pub mod hub;
+#[doc(hidden)]
 pub mod link;
-pub mod pipe;
+#[doc(hidden)]
 pub mod proto;
-pub mod queue;
+mod queues;
 pub mod remote;
 mod sys;
 pub mod task;
 
-pub use client::{dispatch as dispatch_to_proxies, install as install_hub_client};
 pub use error::{IpcError, TaskError};
+#[doc(hidden)]
+pub use queues::client::{dispatch as dispatch_to_proxies, install as install_hub_client};
+#[doc(hidden)]
+pub use queues::hub;
+pub use queues::{pipe, queue};
 pub use task::Task;

@@ -34,40 +34,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
+use super::wire::{Wait, op, status};
 use crate::link::{Dirty, Link};
 use crate::proto::Message;
-
-/// Operation codes of [`Message::Hub`].
-pub(crate) mod op {
-    pub(crate) const PUT: u8 = 1;
-    pub(crate) const PUT_WAIT: u8 = 2;
-    pub(crate) const SUBSCRIBE: u8 = 3;
-    pub(crate) const ACK: u8 = 4;
-    pub(crate) const TASK_DONE: u8 = 5;
-    pub(crate) const JOIN: u8 = 6;
-    pub(crate) const LEN: u8 = 7;
-    pub(crate) const CLOSE: u8 = 8;
-    pub(crate) const CANCEL: u8 = 9;
-}
-
-/// Status codes of [`Message::Reply`].
-pub(crate) mod status {
-    pub(crate) const OK: u8 = 0;
-    pub(crate) const FULL: u8 = 1;
-    pub(crate) const CLOSED: u8 = 2;
-    pub(crate) const NO_QUEUE: u8 = 3;
-    pub(crate) const TOO_MANY_TASK_DONE: u8 = 4;
-    pub(crate) const CANCELLED: u8 = 5;
-    pub(crate) const BAD_REQUEST: u8 = 6;
-}
-
-/// How long a local operation may block.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Wait {
-    No,
-    Until(Instant),
-    Forever,
-}
 
 /// Why a local put failed.
 #[derive(Debug)]

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::queue::{GetError, PutError, Queue};
+use super::queue::{GetError, PutError, Queue};
 use crate::task::Payload;
 
 /// Makes pipes.

@@ -40,10 +40,11 @@ use std::time::{Duration, Instant};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::client::{self, Client, Taken};
+use super::client::{self, Client, Taken};
+use super::hub::{Core, GetFail, PutFail};
+use super::wire::{self, Wait, op, status};
 use crate::codec;
 pub use crate::error::QueueError;
-use crate::hub::{Core, GetFail, PutFail, Wait, op, status};
 use crate::task::Payload;
 
 /// A failed put; the item comes back.
@@ -270,7 +271,7 @@ impl<T: Payload> Queue<T> {
                 let arg = u64::from(!matches!(wait, Wait::No));
                 let result = client
                     .request(op::PUT_WAIT, *id, arg, &bytes, wait)
-                    .and_then(|(st, _, _)| Client::check(st, *id));
+                    .and_then(|(st, _, _)| wire::check(st, *id));
                 match result {
                     Ok(()) => Ok(()),
                     Err(QueueError::Full) => Err(PutError::Full(item)),
@@ -559,7 +560,7 @@ impl<T: Payload> JoinableQueue<T> {
                 let (st, _, _) = client.request(op::JOIN, *id, 0, &[], wait)?;
                 match st {
                     status::CANCELLED => Ok(false),
-                    st => Client::check(st, *id).map(|()| true),
+                    st => wire::check(st, *id).map(|()| true),
                 }
             }
         }

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::wire::{Wait, op, status};
 use crate::error::QueueError;
-use crate::hub::{Wait, op, status};
 use crate::link::Link;
 use crate::proto::Message;
 
@@ -177,14 +177,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn deadline(wait: Wait) -> Option<Instant> {
-    match wait {
-        Wait::Until(d) => Some(d),
-        Wait::No => Some(Instant::now()),
-        Wait::Forever => None,
-    }
-}
-
 impl Client {
     fn sub(&self, queue: u64) -> Arc<Sub> {
         Arc::clone(lock(&self.subs).entry(queue).or_default())
@@ -249,7 +241,7 @@ impl Client {
             payload,
         };
         self.link
-            .send_bounded(&msg, deadline(wait))
+            .send_bounded(&msg, wait.deadline())
             .map_err(QueueError::from_ipc)
     }
 
@@ -276,7 +268,7 @@ impl Client {
             lock(&self.pending).remove(&req);
             return Err(e);
         }
-        let first = match deadline(wait) {
+        let first = match wait.deadline() {
             None => rx.recv().ok(),
             Some(d) => rx.recv_deadline(d).ok(),
         };
@@ -306,7 +298,7 @@ impl Client {
     /// Takes one item, subscribing first if needed.
     pub(crate) fn get(&self, queue: u64, wait: Wait) -> Result<Taken, QueueError> {
         let sub = self.subscribed(queue)?;
-        let deadline = deadline(wait);
+        let deadline = wait.deadline();
         let mut state = lock(&sub.state);
         loop {
             if let Some(item) = state.buf.pop_front() {
@@ -336,7 +328,7 @@ impl Client {
     /// Waits until an item is buffered here (or the queue is closed).
     pub(crate) fn poll(&self, queue: u64, wait: Wait) -> Result<bool, QueueError> {
         let sub = self.subscribed(queue)?;
-        let deadline = deadline(wait);
+        let deadline = wait.deadline();
         let mut state = lock(&sub.state);
         loop {
             if !state.buf.is_empty() || state.closed {
@@ -346,18 +338,6 @@ impl Client {
                 Some(state) => state,
                 None => return Ok(false),
             };
-        }
-    }
-
-    /// Interprets a reply status as the queue API sees it.
-    pub(crate) fn check(status: u8, queue: u64) -> Result<(), QueueError> {
-        match status {
-            status::OK => Ok(()),
-            status::FULL | status::CANCELLED => Err(QueueError::Full),
-            status::CLOSED => Err(QueueError::Closed),
-            status::NO_QUEUE => Err(QueueError::NoSuchQueue { id: queue }),
-            status::TOO_MANY_TASK_DONE => Err(QueueError::TooManyTaskDone),
-            _ => Err(QueueError::Protocol),
         }
     }
 }

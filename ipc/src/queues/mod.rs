@@ -1,0 +1,21 @@
+//! The queue layer, above the transport: queues and pipes that work across
+//! processes, held by a hub in the master.
+//!
+//! - [`queue`]: the public `Queue`, `JoinableQueue`, `SimpleQueue`; a handle
+//!   is either the hub's queue itself (in the process that holds it) or a
+//!   proxy that speaks to it over the worker's connection;
+//! - [`pipe`]: `Pipe`, two queues back to back;
+//! - [`hub`]: the queues a process holds and how it serves other
+//!   processes' operations on them (the master's reader threads call it);
+//! - `client`: the proxies' side in a worker: requests, replies,
+//!   subscriptions;
+//! - `wire`: the queue protocol, what every operation and status means.
+//!
+//! Transport (frames, links, endpoints) lives beside this tree and knows
+//! nothing of queues.
+
+pub(crate) mod client;
+pub mod hub;
+pub mod pipe;
+pub mod queue;
+mod wire;

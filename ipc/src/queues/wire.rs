@@ -1,0 +1,83 @@
+//! The queue protocol, in one place: what a worker's proxy asks the hub
+//! ([`Message::Hub`]), what the hub answers ([`Message::Reply`],
+//! [`Message::Deliver`]), and what each field means. The frame layouts
+//! themselves are in [`crate::proto`].
+//!
+//! | op | `req` | `arg` | payload | answer |
+//! |---|---|---|---|---|
+//! | `PUT` | 0 (one-way) | — | item | none; `NO_QUEUE` notice if the queue is gone |
+//! | `PUT_WAIT` | id | 1: park until room, 0: never wait | item | `OK`, `FULL`, `CLOSED` (or later, once parked) |
+//! | `SUBSCRIBE` | id, or 0 to raise the credit | credit to add | — | deliveries, then `OK` (if `req`) |
+//! | `ACK` | 0 | items taken | — | none (returns their credit) |
+//! | `TASK_DONE` | id or 0 | count | — | `OK`, or `TOO_MANY_TASK_DONE` with `value` = unfinished |
+//! | `JOIN` | id | — | — | `OK` once nothing is unfinished (parks) |
+//! | `LEN` | id | — | — | `OK` with `value` = length |
+//! | `CLOSE` | id | — | — | `OK` |
+//! | `CANCEL` | 0 | the parked request's id | — | `CANCELLED` to that request, if still parked |
+//!
+//! A reply with `req` 0 is a notice about queue `value`: `CLOSED` (puts
+//! are refused from now on) or `NO_QUEUE` (the hub dropped it). A
+//! `Deliver` with `closed` set says the queue is closed and drained.
+//!
+//! [`Message::Hub`]: crate::proto::Message::Hub
+//! [`Message::Reply`]: crate::proto::Message::Reply
+//! [`Message::Deliver`]: crate::proto::Message::Deliver
+
+use std::time::Instant;
+
+use crate::error::QueueError;
+
+/// Operation codes of `Message::Hub`.
+pub(crate) mod op {
+    pub(crate) const PUT: u8 = 1;
+    pub(crate) const PUT_WAIT: u8 = 2;
+    pub(crate) const SUBSCRIBE: u8 = 3;
+    pub(crate) const ACK: u8 = 4;
+    pub(crate) const TASK_DONE: u8 = 5;
+    pub(crate) const JOIN: u8 = 6;
+    pub(crate) const LEN: u8 = 7;
+    pub(crate) const CLOSE: u8 = 8;
+    pub(crate) const CANCEL: u8 = 9;
+}
+
+/// Status codes of `Message::Reply`.
+pub(crate) mod status {
+    pub(crate) const OK: u8 = 0;
+    pub(crate) const FULL: u8 = 1;
+    pub(crate) const CLOSED: u8 = 2;
+    pub(crate) const NO_QUEUE: u8 = 3;
+    pub(crate) const TOO_MANY_TASK_DONE: u8 = 4;
+    pub(crate) const CANCELLED: u8 = 5;
+    pub(crate) const BAD_REQUEST: u8 = 6;
+}
+
+/// How long an operation may block.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Wait {
+    No,
+    Until(Instant),
+    Forever,
+}
+
+impl Wait {
+    /// The deadline, if any (`No` is "now").
+    pub(crate) fn deadline(self) -> Option<Instant> {
+        match self {
+            Wait::Until(d) => Some(d),
+            Wait::No => Some(Instant::now()),
+            Wait::Forever => None,
+        }
+    }
+}
+
+/// What a reply status means to the queue API.
+pub(crate) fn check(code: u8, queue: u64) -> Result<(), QueueError> {
+    match code {
+        status::OK => Ok(()),
+        status::FULL | status::CANCELLED => Err(QueueError::Full),
+        status::CLOSED => Err(QueueError::Closed),
+        status::NO_QUEUE => Err(QueueError::NoSuchQueue { id: queue }),
+        status::TOO_MANY_TASK_DONE => Err(QueueError::TooManyTaskDone),
+        _ => Err(QueueError::Protocol),
+    }
+}
