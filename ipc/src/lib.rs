@@ -43,6 +43,8 @@ pub mod link;
 pub mod proto;
 mod queues;
 pub mod remote;
+#[doc(hidden)]
+pub mod sync;
 mod sys;
 pub mod task;
 

@@ -41,13 +41,14 @@ use std::fmt;
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::IpcError;
 use crate::frame::{WriteFrame, checked_len};
 use crate::proto::Message;
+use crate::sync::{lock, wait_until};
 
 /// Bytes a link's outbox may hold before [`Link::send_bounded`] waits for
 /// room (a single larger frame is still accepted into an empty outbox).
@@ -361,7 +362,7 @@ impl Link {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, Outbox> {
-        self.outbox.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.outbox)
     }
 
     fn progressed(&self, outbox: &Outbox) {
@@ -380,23 +381,13 @@ impl Inner {
     ) -> Option<MutexGuard<'a, Outbox>> {
         while cond(&outbox) && outbox.broken.is_none() {
             outbox.waiters += 1;
-            outbox = match deadline {
-                None => self
-                    .progress
-                    .wait(outbox)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Some(d) => {
-                    let Some(left) = d.checked_duration_since(Instant::now()) else {
-                        outbox.waiters -= 1;
-                        return None;
-                    };
-                    self.progress
-                        .wait_timeout(outbox, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-            };
+            let woken = wait_until(&self.progress, outbox, deadline);
+            let timed_out = woken.is_err();
+            outbox = woken.unwrap_or_else(|g| g);
             outbox.waiters -= 1;
+            if timed_out {
+                return None;
+            }
         }
         Some(outbox)
     }
@@ -425,22 +416,15 @@ impl Inner {
                 break;
             }
             let idle = outbox.last_write.elapsed();
-            outbox = match outbox.heartbeat {
+            let next_heartbeat = match outbox.heartbeat {
                 Some(every) if idle >= every && outbox.sink.is_some() && !outbox.closed => {
                     let _ = Message::Heartbeat.write(&mut (&mut *outbox, self.max));
                     continue;
                 }
-                Some(every) => {
-                    self.work
-                        .wait_timeout(outbox, every - idle)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
-                None => self
-                    .work
-                    .wait(outbox)
-                    .unwrap_or_else(PoisonError::into_inner),
+                Some(every) => Some(Instant::now() + (every - idle)),
+                None => None,
             };
+            outbox = wait_until(&self.work, outbox, next_heartbeat).unwrap_or_else(|g| g);
         }
         // Waiters learn the link is broken.
         self.progressed(&outbox);

@@ -19,13 +19,14 @@
 //! [`Pool::terminate`](crate::Pool::terminate) (second) itself.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use crossbeam_channel::Sender;
 
 use crate::Error;
 use crate::msg::Msg;
 use crate::shared::Shared;
+use procpool_ipc::sync::lock;
 
 /// Exit status of a process stopped by Ctrl-C (128 + SIGINT).
 pub const EXIT_INTERRUPTED: i32 = 130;
@@ -42,7 +43,7 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Records a live pool so a Ctrl-C reaches it.
 pub(crate) fn register(shared: &Arc<Shared>, tx: &Sender<Msg>) {
-    let mut pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut pools = lock(&POOLS);
     pools.retain(|e| e.shared.strong_count() > 0);
     pools.push(Entry {
         shared: Arc::downgrade(shared),
@@ -57,7 +58,7 @@ pub(crate) fn register(shared: &Arc<Shared>, tx: &Sender<Msg>) {
 
 /// Forgets a pool that is being dropped.
 pub(crate) fn unregister(shared: &Arc<Shared>) {
-    let mut pools = POOLS.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut pools = lock(&POOLS);
     pools.retain(|e| {
         e.shared.strong_count() > 0 && !std::ptr::eq(e.shared.as_ptr(), Arc::as_ptr(shared))
     });
@@ -88,9 +89,7 @@ pub fn interrupted() -> bool {
 fn on_signal() {
     let n = SIGNALS.fetch_add(1, Ordering::SeqCst) + 1;
     INTERRUPTED.store(true, Ordering::SeqCst);
-    let pools: Vec<(Arc<Shared>, Sender<Msg>)> = POOLS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+    let pools: Vec<(Arc<Shared>, Sender<Msg>)> = lock(&POOLS)
         .iter()
         .filter_map(|e| Some((e.shared.upgrade()?, e.tx.clone())))
         .collect();

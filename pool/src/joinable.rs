@@ -9,7 +9,8 @@
 //! chunk reaches `finish` once, because whoever calls it has just taken the
 //! chunk out of the queue or the lane that held it, under the dispatch lock.
 
-use std::sync::{Condvar, Mutex, PoisonError};
+use procpool_ipc::sync::{lock, wait_until};
+use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 #[derive(Debug, Default)]
@@ -20,17 +21,11 @@ pub(crate) struct Accounting {
 
 impl Accounting {
     pub(crate) fn add(&self, n: u64) {
-        *self
-            .unfinished
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) += n;
+        *lock(&self.unfinished) += n;
     }
 
     pub(crate) fn done(&self, n: u64) {
-        let mut unfinished = self
-            .unfinished
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut unfinished = lock(&self.unfinished);
         debug_assert!(*unfinished >= n, "task_done called more often than add");
         *unfinished = unfinished.saturating_sub(n);
         if *unfinished == 0 {
@@ -40,37 +35,20 @@ impl Accounting {
 
     #[cfg(test)]
     pub(crate) fn unfinished(&self) -> u64 {
-        *self
-            .unfinished
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        *lock(&self.unfinished)
     }
 
     /// Waits until nothing is unfinished, `deadline` passes (returns false)
     /// or `stop()` turns true (checked whenever woken; returns false).
     pub(crate) fn join(&self, deadline: Option<Instant>, stop: impl Fn() -> bool) -> bool {
-        let mut unfinished = self
-            .unfinished
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut unfinished = lock(&self.unfinished);
         while *unfinished > 0 {
             if stop() {
                 return false;
             }
-            unfinished = match deadline {
-                None => self
-                    .zero
-                    .wait(unfinished)
-                    .unwrap_or_else(PoisonError::into_inner),
-                Some(d) => {
-                    let Some(left) = d.checked_duration_since(Instant::now()) else {
-                        return false;
-                    };
-                    self.zero
-                        .wait_timeout(unfinished, left)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0
-                }
+            unfinished = match wait_until(&self.zero, unfinished, deadline) {
+                Ok(g) => g,
+                Err(_) => return false,
             };
         }
         true
@@ -78,10 +56,7 @@ impl Accounting {
 
     /// Wakes every waiter so it re-checks its `stop` condition.
     pub(crate) fn wake_all(&self) {
-        let _guard = self
-            .unfinished
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _guard = lock(&self.unfinished);
         self.zero.notify_all();
     }
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use crate::stream::{Chunking, Imap};
 use crate::supervisor::Supervisor;
 use crate::work::{Chunk, Job, Outcome};
 use crate::{Error, PoolBuilder};
+use procpool_ipc::sync::lock;
 
 /// A pool of worker processes.
 ///
@@ -189,11 +190,7 @@ impl Pool {
 
     /// Process ids of the workers running now.
     pub fn worker_pids(&self) -> Vec<u32> {
-        let pids = self
-            .shared
-            .pids
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let pids = lock(&self.shared.pids);
         pids.iter().flatten().copied().collect()
     }
 
@@ -434,12 +431,7 @@ impl Pool {
     fn wait_stopped(&self) {
         // Disconnects when the supervisor thread ends, after reaping.
         let _ = self.stopped.recv();
-        if let Some(handle) = self
-            .supervisor
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
+        if let Some(handle) = lock(&self.supervisor).take() {
             let _ = handle.join();
         }
     }

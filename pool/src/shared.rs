@@ -3,7 +3,7 @@
 //! every chunk.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -15,6 +15,7 @@ use crate::dispatch::{Dispatch, Ended};
 use crate::joinable::Accounting;
 use crate::msg::Msg;
 use crate::work::{Chunk, Outcome, Results};
+use procpool_ipc::sync::{lock, wait_until};
 
 /// State shared between the pool handle, its callers, the reader threads
 /// and the supervisor.
@@ -71,7 +72,7 @@ impl Shared {
     }
 
     pub(crate) fn dispatch(&self) -> MutexGuard<'_, Dispatch> {
-        self.dispatch.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.dispatch)
     }
 
     /// Queues a chunk and sends it at once if a worker has room. On refusal
@@ -136,51 +137,37 @@ impl Shared {
     pub(crate) fn interrupt(&self) {
         self.interrupted.store(true, Ordering::SeqCst);
         self.close(Error::Interrupted);
-        drop(
-            self.interrupt_tx
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
+        drop(lock(&self.interrupt_tx).take());
         self.accounting.wake_all();
     }
 
     pub(crate) fn ready_changed(&self, by: isize) {
-        let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ready = lock(&self.ready);
         *ready = ready.saturating_add_signed(by);
         self.ready_cv.notify_all();
     }
 
     /// Workers that have completed their handshake and not left.
     pub(crate) fn ready_workers(&self) -> usize {
-        *self.ready.lock().unwrap_or_else(PoisonError::into_inner)
+        *lock(&self.ready)
     }
 
     /// Waits until at least `n` workers are ready, or `deadline`; whether
     /// they are.
     pub(crate) fn wait_ready(&self, n: usize, deadline: Instant) -> bool {
-        let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ready = lock(&self.ready);
         while *ready < n {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return false;
+            ready = match wait_until(&self.ready_cv, ready, Some(deadline)) {
+                Ok(g) => g,
+                Err(_) => return false,
             };
-            ready = self
-                .ready_cv
-                .wait_timeout(ready, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
         }
         true
     }
 
     /// Records a local worker's pid (remote workers' pids are not ours).
     pub(crate) fn set_pid(&self, slot: usize, pid: Option<u32>) {
-        if let Some(p) = self
-            .pids
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(slot)
-        {
+        if let Some(p) = lock(&self.pids).get_mut(slot) {
             *p = pid;
         }
     }

@@ -12,7 +12,7 @@ use std::io::Read;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use crate::dispatch::Ended;
 use crate::msg::Msg;
 use crate::shared::Shared;
 use crate::work::Results;
+use procpool_ipc::sync::lock;
 
 /// Why the supervisor killed a worker.
 #[derive(Clone, Copy, Debug)]
@@ -233,10 +234,6 @@ impl Worker {
             Proc::Remote { peer, .. } => Some(*peer),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What a worker's reader thread needs.

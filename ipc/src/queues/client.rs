@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -24,6 +24,7 @@ use super::wire::{Wait, op, status};
 use crate::error::QueueError;
 use crate::link::Link;
 use crate::proto::Message;
+use crate::sync::{lock, wait_until};
 
 /// Most items a subscription may hold unacknowledged in this process.
 pub(crate) const MAX_CREDIT: u64 = 256;
@@ -66,25 +67,12 @@ impl Sub {
         mut state: MutexGuard<'a, SubState>,
         deadline: Option<Instant>,
     ) -> Option<MutexGuard<'a, SubState>> {
-        let left = match deadline {
-            None => None,
-            Some(d) => Some(d.checked_duration_since(Instant::now())?),
-        };
         state.waiters += 1;
-        let mut state = match left {
-            None => self
-                .arrived
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner),
-            Some(left) => {
-                self.arrived
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0
-            }
-        };
+        let woken = wait_until(&self.arrived, state, deadline);
+        let timed_out = woken.is_err();
+        let mut state = woken.unwrap_or_else(|g| g);
         state.waiters -= 1;
-        Some(state)
+        (!timed_out).then_some(state)
     }
 }
 
@@ -171,10 +159,6 @@ pub fn dispatch(msg: &Message<'_>) -> bool {
         }
         _ => false,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Client {

@@ -31,12 +31,12 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use super::wire::{Wait, op, status};
 use crate::link::{Dirty, Link};
 use crate::proto::Message;
+use crate::sync::{lock, wait_until};
 
 /// Why a local put failed.
 #[derive(Debug)]
@@ -62,7 +62,7 @@ fn next_id() -> u64 {
 static REGISTRY: Mutex<Vec<(u64, Weak<Core>)>> = Mutex::new(Vec::new());
 
 fn registry() -> MutexGuard<'static, Vec<(u64, Weak<Core>)>> {
-    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+    lock(&REGISTRY)
 }
 
 /// One queue held by this process.
@@ -242,7 +242,7 @@ impl Core {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Waits on the condition variable; false once `wait` has run out.
@@ -251,29 +251,15 @@ impl Core {
         mut state: MutexGuard<'a, State>,
         wait: Wait,
     ) -> (MutexGuard<'a, State>, bool) {
-        let timeout = match wait {
-            Wait::No => return (state, false),
-            Wait::Forever => None,
-            Wait::Until(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                None => return (state, false),
-                left => left,
-            },
-        };
+        if matches!(wait, Wait::No) {
+            return (state, false);
+        }
         state.waiters += 1;
-        let mut state = match timeout {
-            None => self
-                .changed
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner),
-            Some(left) => {
-                self.changed
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0
-            }
-        };
+        let woken = wait_until(&self.changed, state, wait.deadline());
+        let timed_out = woken.is_err();
+        let mut state = woken.unwrap_or_else(|g| g);
         state.waiters -= 1;
-        (state, true)
+        (state, !timed_out)
     }
 
     /// Releases the state and wakes local waiters, if there are any (a
