@@ -41,6 +41,32 @@ const PUT_TO_GONE: Task<GoneArgs, String> = Task::new("put_to_gone");
 /// The queue to put to, a readiness signal, and a go signal.
 type GoneArgs = (Queue<u64>, SimpleQueue<()>, Queue<()>);
 
+/// A worker that took one item and dropped its handle gives back what was
+/// delivered to it and not taken: the master gets every other item, in
+/// order, although the worker lives on.
+fn released_handle_gives_back_items() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(1).build()?;
+    let q = Queue::new();
+    for i in 0..10u64 {
+        q.put(i)?;
+    }
+    let ready = SimpleQueue::new();
+    // Taking 0 returns its credit, so the hub delivers 1 to the worker,
+    // where nobody takes it once the task has returned.
+    let first = pool.apply(GET_ONE, (ready, q.clone()))?;
+    ensure!(first == 0, "the worker took {first}");
+    ensure!(q.len() == 9, "len {} after one of ten was taken", q.len());
+    let mut rest = Vec::new();
+    for _ in 0..9 {
+        rest.push(
+            q.get_timeout(Duration::from_secs(10))
+                .context("an item the worker was handed did not come back")?,
+        );
+    }
+    ensure!(rest == (1..10).collect::<Vec<_>>(), "got {rest:?}");
+    Ok(())
+}
+
 fn registry() -> Registry {
     common::registry()
         .task(PRODUCE, |(q, start, n)| {
@@ -160,6 +186,11 @@ fn main() {
             "close_reaches_readers_in_other_processes",
             LIMIT,
             close_across,
+        ),
+        trial(
+            "released_handle_gives_back_items",
+            LIMIT,
+            released_handle_gives_back_items,
         ),
         trial("bounded_put_blocks_across_processes", LIMIT, bounded_blocks),
         trial(

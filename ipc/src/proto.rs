@@ -143,6 +143,50 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The write side of [`Cursor`]: a message's kind and fixed-size fields,
+/// as little-endian bytes, before its payload.
+struct Head {
+    buf: [u8; Head::MAX],
+    len: usize,
+}
+
+impl Head {
+    /// The longest header: `HUB` (kind, req, op, queue, arg).
+    const MAX: usize = 1 + 8 + 1 + 8 + 8;
+
+    fn new(kind: u8) -> Self {
+        let mut head = Head {
+            buf: [0; Head::MAX],
+            len: 0,
+        };
+        head.put(&[kind]);
+        head
+    }
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+    fn u8(mut self, v: u8) -> Self {
+        self.put(&[v]);
+        self
+    }
+    fn u32(mut self, v: u32) -> Self {
+        self.put(&v.to_le_bytes());
+        self
+    }
+    fn u64(mut self, v: u64) -> Self {
+        self.put(&v.to_le_bytes());
+        self
+    }
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Bytes a `RUN` header adds to its payload inside a frame: kind, id, task,
+/// count.
+pub const RUN_OVERHEAD: usize = 1 + 8 + 4 + 4;
+
 impl<'a> Message<'a> {
     /// Parses a frame body.
     ///
@@ -217,7 +261,6 @@ impl<'a> Message<'a> {
     /// maximum (nothing is written), [`IpcError::Io`] when writing fails,
     /// [`IpcError::Encode`] if a hello's task list cannot be encoded.
     pub fn write(&self, w: &mut impl WriteFrame) -> Result<(), IpcError> {
-        let mut head = [0u8; 26];
         match self {
             Message::Hello(hello) => {
                 let mut body = vec![HELLO];
@@ -233,11 +276,9 @@ impl<'a> Message<'a> {
                 count,
                 payload,
             } => {
-                head[0] = RUN;
-                head[1..9].copy_from_slice(&id.to_le_bytes());
-                head[9..13].copy_from_slice(&task.to_le_bytes());
-                head[13..17].copy_from_slice(&count.to_le_bytes());
-                w.write_frame(&[&head[..17], payload])
+                let head = Head::new(RUN).u64(*id).u32(*task).u32(*count);
+                debug_assert_eq!(head.len, RUN_OVERHEAD);
+                w.write_frame(&[head.bytes(), payload])
             }
             Message::Done {
                 id,
@@ -245,14 +286,11 @@ impl<'a> Message<'a> {
                 elapsed_ns,
                 payload,
             } => {
-                head[0] = DONE;
-                head[1..9].copy_from_slice(&id.to_le_bytes());
-                head[9..13].copy_from_slice(&count.to_le_bytes());
-                head[13..21].copy_from_slice(&elapsed_ns.to_le_bytes());
-                w.write_frame(&[&head[..21], payload])
+                let head = Head::new(DONE).u64(*id).u32(*count).u64(*elapsed_ns);
+                w.write_frame(&[head.bytes(), payload])
             }
-            Message::Shutdown => w.write_frame(&[&[SHUTDOWN]]),
-            Message::Heartbeat => w.write_frame(&[&[HEARTBEAT]]),
+            Message::Shutdown => w.write_frame(&[Head::new(SHUTDOWN).bytes()]),
+            Message::Heartbeat => w.write_frame(&[Head::new(HEARTBEAT).bytes()]),
             Message::Hub {
                 req,
                 op,
@@ -260,12 +298,8 @@ impl<'a> Message<'a> {
                 arg,
                 payload,
             } => {
-                head[0] = HUB;
-                head[1..9].copy_from_slice(&req.to_le_bytes());
-                head[9] = *op;
-                head[10..18].copy_from_slice(&queue.to_le_bytes());
-                head[18..26].copy_from_slice(&arg.to_le_bytes());
-                w.write_frame(&[&head[..26], payload])
+                let head = Head::new(HUB).u64(*req).u8(*op).u64(*queue).u64(*arg);
+                w.write_frame(&[head.bytes(), payload])
             }
             Message::Reply {
                 req,
@@ -273,28 +307,20 @@ impl<'a> Message<'a> {
                 value,
                 payload,
             } => {
-                head[0] = REPLY;
-                head[1..9].copy_from_slice(&req.to_le_bytes());
-                head[9] = *status;
-                head[10..18].copy_from_slice(&value.to_le_bytes());
-                w.write_frame(&[&head[..18], payload])
+                let head = Head::new(REPLY).u64(*req).u8(*status).u64(*value);
+                w.write_frame(&[head.bytes(), payload])
             }
             Message::Deliver {
                 queue,
                 closed,
                 payload,
             } => {
-                head[0] = DELIVER;
-                head[1..9].copy_from_slice(&queue.to_le_bytes());
-                head[9] = u8::from(*closed);
-                w.write_frame(&[&head[..10], payload])
+                let head = Head::new(DELIVER).u64(*queue).u8(u8::from(*closed));
+                w.write_frame(&[head.bytes(), payload])
             }
         }
     }
 }
-
-/// Bytes a `RUN` header adds to its payload inside a frame.
-pub const RUN_OVERHEAD: usize = 17;
 
 #[cfg(test)]
 mod tests {

@@ -173,6 +173,9 @@ where
     // Queue handles that arrive in task inputs speak to the master over this link.
     procpool_ipc::install_hub_client(Arc::clone(&link));
 
+    // Unbounded, yet bounded by the protocol: the master sends a worker at
+    // most its lane's depth of chunks (the prefetch, 64 at most) before it
+    // has their results, plus one `SHUTDOWN`.
     let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
     let (recycle_tx, recycle_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
     // Set by the reader when the master says shutdown: tasks queued behind

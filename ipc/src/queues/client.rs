@@ -50,8 +50,43 @@ pub(crate) type Reply = (u8, u64, Vec<u8>);
 pub(crate) struct Client {
     link: Arc<Link>,
     next_req: AtomicU64,
-    pending: Mutex<HashMap<u64, Sender<Reply>>>,
-    subs: Mutex<HashMap<u64, Arc<Sub>>>,
+    pending: Mutex<HashMap<u64, Waiter>>,
+    subs: Mutex<HashMap<u64, Entry>>,
+}
+
+/// Who waits for a reply.
+#[derive(Debug)]
+enum Waiter {
+    /// A thread blocked in a request.
+    Caller(Sender<Reply>),
+    /// Nobody: the reply ends the release of this queue's subscription.
+    Unsubscribed(u64),
+}
+
+/// What this process knows of one queue: its subscription, how many
+/// handle groups here refer to it, and how many `UNSUBSCRIBE`s are still
+/// unanswered (deliveries that arrive meanwhile belong to a released
+/// subscription, which the hub has put back in the queue: they are dropped).
+/// The entry goes once no handle and no `UNSUBSCRIBE` is left, so a worker
+/// that gets a new queue per task does not accumulate them.
+#[derive(Debug, Default)]
+struct Entry {
+    sub: Arc<Sub>,
+    handles: usize,
+    leaving: usize,
+}
+
+/// Keeps a queue's entry in this process's client; see [`Client::hold`].
+#[derive(Debug)]
+pub(crate) struct Held {
+    client: &'static Arc<Client>,
+    queue: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.client.release(self.queue);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -122,18 +157,23 @@ pub fn dispatch(msg: &Message<'_>) -> bool {
         } => {
             if req == 0 {
                 // Notices about a queue, answering no request.
-                let sub = client.sub(value);
-                let mut state = lock(&sub.state);
-                match code {
-                    status::CLOSED => state.put_closed = true,
-                    status::NO_QUEUE => state.gone = true,
-                    _ => {}
+                if let Some(sub) = client.existing(value) {
+                    let mut state = lock(&sub.state);
+                    match code {
+                        status::CLOSED => state.put_closed = true,
+                        status::NO_QUEUE => state.gone = true,
+                        _ => {}
+                    }
                 }
                 return true;
             }
             let waiter = lock(&client.pending).remove(&req);
-            if let Some(tx) = waiter {
-                let _ = tx.send((code, value, payload.to_vec()));
+            match waiter {
+                Some(Waiter::Caller(tx)) => {
+                    let _ = tx.send((code, value, payload.to_vec()));
+                }
+                Some(Waiter::Unsubscribed(queue)) => client.unsubscribed(queue),
+                None => {}
             }
             true
         }
@@ -142,7 +182,9 @@ pub fn dispatch(msg: &Message<'_>) -> bool {
             closed,
             payload,
         } => {
-            let sub = client.sub(queue);
+            let Some(sub) = client.existing(queue) else {
+                return true;
+            };
             let mut state = lock(&sub.state);
             if closed {
                 state.closed = true;
@@ -163,7 +205,77 @@ pub fn dispatch(msg: &Message<'_>) -> bool {
 
 impl Client {
     fn sub(&self, queue: u64) -> Arc<Sub> {
-        Arc::clone(lock(&self.subs).entry(queue).or_default())
+        Arc::clone(&lock(&self.subs).entry(queue).or_default().sub)
+    }
+
+    /// The subscription deliveries for `queue` go to, if any: none once
+    /// every handle here is gone, nor while a release is in flight.
+    fn existing(&self, queue: u64) -> Option<Arc<Sub>> {
+        let subs = lock(&self.subs);
+        let entry = subs.get(&queue).filter(|e| e.leaving == 0)?;
+        Some(Arc::clone(&entry.sub))
+    }
+
+    /// Counts one more handle group for `queue` in this process, until the
+    /// returned guard drops.
+    pub(crate) fn hold(self: &'static Arc<Self>, queue: u64) -> Held {
+        lock(&self.subs).entry(queue).or_default().handles += 1;
+        Held {
+            client: self,
+            queue,
+        }
+    }
+
+    /// The last handle for `queue` here is gone: a subscription is handed
+    /// back to the hub (which puts what it delivered and nobody took back
+    /// in the queue), and the entry is forgotten once that is answered.
+    /// Never waits.
+    fn release(&self, queue: u64) {
+        let mut subs = lock(&self.subs);
+        let Some(entry) = subs.get_mut(&queue) else {
+            return;
+        };
+        entry.handles -= 1;
+        if entry.handles > 0 {
+            return;
+        }
+        let subscribed = {
+            let mut state = lock(&entry.sub.state);
+            let subscribed = std::mem::take(&mut state.subscribed);
+            if subscribed {
+                state.buf.clear();
+                state.credit = 0;
+                state.closed = false;
+            }
+            subscribed
+        };
+        if !subscribed {
+            if entry.leaving == 0 {
+                subs.remove(&queue);
+            }
+            return;
+        }
+        entry.leaving += 1;
+        drop(subs);
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        lock(&self.pending).insert(req, Waiter::Unsubscribed(queue));
+        if self.send(req, op::UNSUBSCRIBE, queue, 0, &[]).is_err() {
+            // The link is broken: the hub gives everything back when it
+            // sees the connection end.
+            lock(&self.pending).remove(&req);
+            self.unsubscribed(queue);
+        }
+    }
+
+    /// The hub answered an `UNSUBSCRIBE` for `queue`.
+    fn unsubscribed(&self, queue: u64) {
+        let mut subs = lock(&self.subs);
+        if let Some(entry) = subs.get_mut(&queue) {
+            entry.leaving -= 1;
+            if entry.leaving == 0 && entry.handles == 0 {
+                subs.remove(&queue);
+            }
+        }
     }
 
     /// Why the hub said it takes no more puts on `queue`, if it did.
@@ -232,7 +344,7 @@ impl Client {
     fn register(&self) -> (u64, Receiver<Reply>) {
         let req = self.next_req.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = crossbeam_channel::bounded(1);
-        lock(&self.pending).insert(req, tx);
+        lock(&self.pending).insert(req, Waiter::Caller(tx));
         (req, rx)
     }
 

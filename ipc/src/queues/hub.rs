@@ -29,9 +29,9 @@
 //! blocks a `put`, a `len` or another subscriber. What is delivered to one
 //! subscriber and waits in its outbox is bounded by its credit.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Weak};
 
 use super::wire::{Wait, op, status};
 use crate::link::{Dirty, Link};
@@ -59,9 +59,11 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 fn next_id() -> u64 {
     (u64::from(std::process::id()) << 32) | (NEXT_ID.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF)
 }
-static REGISTRY: Mutex<Vec<(u64, Weak<Core>)>> = Mutex::new(Vec::new());
+/// The queues this process holds, by id (a queue leaves when its last
+/// handle here drops).
+static REGISTRY: LazyLock<Mutex<HashMap<u64, Weak<Core>>>> = LazyLock::new(Mutex::default);
 
-fn registry() -> MutexGuard<'static, Vec<(u64, Weak<Core>)>> {
+fn registry() -> MutexGuard<'static, HashMap<u64, Weak<Core>>> {
     lock(&REGISTRY)
 }
 
@@ -124,6 +126,23 @@ fn reply(link: &Arc<Link>, req: u64, status: u8, value: u64, dirty: &mut Dirty) 
 }
 
 impl State {
+    /// Drops the subscription of connection `link_id`: what it was
+    /// delivered and did not acknowledge goes back to the front, in order.
+    fn unsubscribe(&mut self, link_id: u64) {
+        let mut returned = VecDeque::new();
+        self.subs.retain_mut(|s| {
+            if s.link.id() == link_id {
+                returned.append(&mut s.unacked);
+                false
+            } else {
+                true
+            }
+        });
+        while let Some(item) = returned.pop_back() {
+            self.items.push_front(item);
+        }
+    }
+
     fn len(&self) -> usize {
         self.items.len() + self.subs.iter().map(|s| s.unacked.len()).sum::<usize>()
     }
@@ -227,18 +246,15 @@ impl Core {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         });
-        let mut reg = registry();
-        reg.retain(|(_, w)| w.strong_count() > 0);
-        reg.push((core.id, Arc::downgrade(&core)));
+        registry().insert(core.id, Arc::downgrade(&core));
         core
     }
 
     /// The live queue with this id, if any.
+    ///
+    /// (Its entry leaves the registry in `Drop`.)
     pub(crate) fn lookup(id: u64) -> Option<Arc<Core>> {
-        registry()
-            .iter()
-            .find(|(i, _)| *i == id)
-            .and_then(|(_, w)| w.upgrade())
+        registry().get(&id).and_then(Weak::upgrade)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -503,6 +519,10 @@ impl Core {
                     reply(link, arg, status::CANCELLED, 0, dirty);
                 }
             }
+            op::UNSUBSCRIBE => {
+                state.unsubscribe(link.id());
+                reply(link, req, status::OK, 0, dirty);
+            }
             _ => reply(link, req, status::BAD_REQUEST, 0, dirty),
         }
         state.pump(self.capacity, self.id, dirty);
@@ -513,23 +533,23 @@ impl Core {
     /// acknowledged goes back to the front of the queue, in order.
     fn disconnect(&self, link_id: u64, dirty: &mut Dirty) {
         let mut state = self.lock();
-        let mut returned = VecDeque::new();
-        state.subs.retain_mut(|s| {
-            if s.link.id() == link_id {
-                returned.append(&mut s.unacked);
-                false
-            } else {
-                true
-            }
-        });
-        while let Some(item) = returned.pop_back() {
-            state.items.push_front(item);
-        }
+        state.unsubscribe(link_id);
         state.parked_puts.retain(|p| p.link.id() != link_id);
         state.parked_joins.retain(|(l, _)| l.id() != link_id);
         state.users.retain(|l| l.id() != link_id);
         state.pump(self.capacity, self.id, dirty);
         self.notify(state);
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        let mut reg = registry();
+        // A queue made since under the same id (never: ids are not reused)
+        // would keep its entry.
+        if reg.get(&self.id).is_some_and(|w| w.strong_count() == 0) {
+            reg.remove(&self.id);
+        }
     }
 }
 
@@ -582,7 +602,7 @@ pub fn serve(link: &Arc<Link>, msg: &Message<'_>, dirty: &mut Dirty) {
 /// acknowledged go back to the front of their queues, in order; its parked
 /// operations are dropped.
 pub fn disconnect(link_id: u64) {
-    let cores: Vec<Arc<Core>> = registry().iter().filter_map(|(_, w)| w.upgrade()).collect();
+    let cores: Vec<Arc<Core>> = registry().values().filter_map(Weak::upgrade).collect();
     let mut dirty = Dirty::default();
     for core in cores {
         core.disconnect(link_id, &mut dirty);

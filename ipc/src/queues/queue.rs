@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::client::{self, Client, Taken};
+use super::client::{self, Client, Held, Taken};
 use super::hub::{Core, GetFail, PutFail};
 use super::wire::{self, Wait, op, status};
 use crate::codec;
@@ -128,6 +128,9 @@ enum Handle {
         id: u64,
         bounded: bool,
         client: &'static Arc<Client>,
+        /// Shared by clones: the client forgets the queue when the last
+        /// handle group here drops.
+        _held: Arc<Held>,
     },
 }
 
@@ -253,6 +256,7 @@ impl<T: Payload> Queue<T> {
                 id,
                 bounded,
                 client,
+                ..
             } => {
                 match client.put_refused(*id) {
                     Some(QueueError::Closed) => return Err(PutError::Closed(item)),
@@ -392,6 +396,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
                 id,
                 bounded,
                 client,
+                _held: Arc::new(client.hold(id)),
             },
             (None, None) => {
                 return Err(D::Error::custom(format_args!(

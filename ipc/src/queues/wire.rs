@@ -14,6 +14,7 @@
 //! | `LEN` | id | — | — | `OK` with `value` = length |
 //! | `CLOSE` | id | — | — | `OK` |
 //! | `CANCEL` | 0 | the parked request's id | — | `CANCELLED` to that request, if still parked |
+//! | `UNSUBSCRIBE` | id | — | — | `OK`, after the subscription's unacknowledged items went back to the front of the queue |
 //!
 //! A reply with `req` 0 is a notice about queue `value`: `CLOSED` (puts
 //! are refused from now on) or `NO_QUEUE` (the hub dropped it). A
@@ -38,6 +39,7 @@ pub(crate) mod op {
     pub(crate) const LEN: u8 = 7;
     pub(crate) const CLOSE: u8 = 8;
     pub(crate) const CANCEL: u8 = 9;
+    pub(crate) const UNSUBSCRIBE: u8 = 10;
 }
 
 /// Status codes of `Message::Reply`.

@@ -74,6 +74,33 @@ impl fmt::Display for ExitedBeforeConnecting {
 
 impl std::error::Error for ExitedBeforeConnecting {}
 
+/// `Read` for `$read` and `Write` for `$write`, each a newtype over a
+/// stream, forwarding to it. `flush` is a no-op in both backends: a
+/// completed write is already in the kernel or the pipe (see the Windows
+/// backend for why its `FlushFileBuffers` must not be passed through).
+macro_rules! forward_io {
+    ($read:ty, $write:ty) => {
+        impl std::io::Read for $read {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.0.read(buf)
+            }
+        }
+
+        impl std::io::Write for $write {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.write(buf)
+            }
+            fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+                self.0.write_vectored(bufs)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+    };
+}
+use forward_io;
+
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]

@@ -2,7 +2,7 @@
 //! child's end is inherited at [`CHILD_FD`], every other descriptor is
 //! close-on-exec.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -22,23 +22,7 @@ pub struct ReadHalf(UnixStream);
 #[derive(Debug)]
 pub struct WriteHalf(UnixStream);
 
-impl Read for ReadHalf {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl Write for WriteHalf {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.0.write_vectored(bufs)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+super::forward_io!(ReadHalf, WriteHalf);
 
 impl WriteHalf {
     /// Writes what the socket takes without blocking.

@@ -85,11 +85,13 @@ pub struct ReadHalf(RecvPipeStream<Bytes>);
 #[derive(Debug)]
 pub struct WriteHalf(SendPipeStream<Bytes>);
 
-impl Read for ReadHalf {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
-    }
-}
+// `flush` is a no-op, as on Unix: a completed write is already in the pipe.
+// interprocess's `flush` is `FlushFileBuffers`, which waits until the peer
+// has *read* everything; passing it through would turn each flush into a
+// round trip (and two peers flushing at each other into a deadlock).
+// Unflushed data is still not lost when the stream is dropped: interprocess
+// hands the handle to its linger pool, which flushes before closing.
+super::forward_io!(ReadHalf, WriteHalf);
 
 /// A child to wait on without reaping it: a handle of our own to its process.
 #[derive(Debug)]
@@ -124,24 +126,6 @@ impl WriteHalf {
 /// No per-call non-blocking send here: always `WouldBlock`.
 pub(crate) fn try_send_tcp(_stream: &std::net::TcpStream, _buf: &[u8]) -> io::Result<usize> {
     Err(io::ErrorKind::WouldBlock.into())
-}
-
-impl Write for WriteHalf {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-
-    /// A no-op, as on Unix: a completed write is already in the pipe.
-    ///
-    /// interprocess's `flush` is `FlushFileBuffers`, which waits until the
-    /// peer has *read* everything; the frame layer flushes after every burst,
-    /// so passing it through would turn each send into a round trip (and
-    /// two peers flushing at each other into a deadlock). Unflushed data is
-    /// still not lost when the stream is dropped: interprocess hands the
-    /// handle to its linger pool, which flushes before closing.
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Splits a connected stream into its two halves.
