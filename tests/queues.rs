@@ -25,6 +25,9 @@ const FLOOD: Task<(Queue<Vec<u8>>, u64), u64> = Task::new("flood");
 const FLOOD_FOREVER: Task<Queue<u64>, ()> = Task::new("flood_forever");
 /// Signals readiness on the first queue, then waits on the second.
 const GET_ONE: Task<(SimpleQueue<()>, Queue<u64>), u64> = Task::new("get_one");
+/// Takes one item, reports it, then holds its handle until the gate opens
+/// (never, in the test: it is killed).
+const HOLD_ONE: Task<(Queue<u64>, SimpleQueue<u64>, Queue<()>), ()> = Task::new("hold_one");
 /// Producer for the exactly-once test: puts `Some(start..start + n)`.
 const JQ_PRODUCE: Task<(JoinableQueue<Option<u64>>, u64, u64), u64> = Task::new("jq_produce");
 /// Consumer for the exactly-once test: (count, sum of items, sum of squares) until `None`.
@@ -67,6 +70,36 @@ fn released_handle_gives_back_items() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `Closed` means every item was taken for good: not while a getter in
+/// another process holds a delivered item it may never take. Once that
+/// getter dies, the item comes back, and only then is the queue drained.
+fn closed_waits_for_items_held_elsewhere() -> anyhow::Result<()> {
+    let q = Queue::new();
+    for i in 0..3u64 {
+        q.put(i)?;
+    }
+    let (took, gate) = (SimpleQueue::new(), Queue::new());
+    let holder = Process::spawn(HOLD_ONE, (q.clone(), took.clone(), gate.clone()))?;
+    // Its acknowledgement of 0 came before its report: by now the hub has
+    // delivered 1 to it in 0's place, and it will not take it.
+    ensure!(took.get()? == 0, "the holder took another item first");
+    q.close();
+    ensure!(q.get()? == 2, "the master should get the item still queued");
+    match q.get_timeout(Duration::from_millis(300)) {
+        Err(GetError::Empty) => {}
+        other => bail!("while another process holds item 1: {other:?} (expected Empty)"),
+    }
+    holder.kill();
+    let back = q
+        .get_timeout(Duration::from_secs(10))
+        .context("the killed holder's item did not come back")?;
+    ensure!(back == 1, "got {back} back");
+    match q.get_timeout(Duration::from_secs(10)) {
+        Err(GetError::Closed) => Ok(()),
+        other => bail!("after every item: {other:?} (expected Closed)"),
+    }
+}
+
 fn registry() -> Registry {
     common::registry()
         .task(PRODUCE, |(q, start, n)| {
@@ -91,6 +124,10 @@ fn registry() -> Registry {
         .task(GET_ONE, |(ready, q)| {
             ready.put(()).expect("ready");
             q.get().expect("get")
+        })
+        .task(HOLD_ONE, |(q, took, gate)| {
+            took.put(q.get().expect("get")).expect("report");
+            let _ = gate.get();
         })
         .task(JQ_PRODUCE, |(q, start, n)| {
             for i in start..start + n {
@@ -186,6 +223,11 @@ fn main() {
             "close_reaches_readers_in_other_processes",
             LIMIT,
             close_across,
+        ),
+        trial(
+            "closed_waits_for_items_held_elsewhere",
+            LIMIT,
+            closed_waits_for_items_held_elsewhere,
         ),
         trial(
             "released_handle_gives_back_items",

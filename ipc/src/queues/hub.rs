@@ -144,7 +144,20 @@ impl State {
     }
 
     fn len(&self) -> usize {
-        self.items.len() + self.subs.iter().map(|s| s.unacked.len()).sum::<usize>()
+        self.items.len() + self.unacked()
+    }
+
+    /// Items delivered to subscribers and not yet acknowledged: they may
+    /// still come back (the subscriber dies or lets go).
+    fn unacked(&self) -> usize {
+        self.subs.iter().map(|s| s.unacked.len()).sum()
+    }
+
+    /// Closed, and every item taken for good: only then is a getter told
+    /// `Closed` (a getter that left on `Closed` while a dying subscriber's
+    /// items were on their way back would strand them).
+    fn drained(&self) -> bool {
+        self.closed && self.items.is_empty() && self.unacked() == 0
     }
 
     fn has_room(&self, capacity: Option<usize>) -> bool {
@@ -216,7 +229,7 @@ impl State {
                 }
             }
         }
-        if self.closed && self.items.is_empty() {
+        if self.drained() {
             for sub in self.subs.iter_mut().filter(|s| !s.closed_sent) {
                 let msg = Message::Deliver {
                     queue,
@@ -323,7 +336,7 @@ impl Core {
                 self.notify(state);
                 return Ok(item);
             }
-            if state.closed {
+            if state.drained() {
                 return Err(GetFail::Closed);
             }
             state.local_getters += 1;
@@ -333,7 +346,7 @@ impl Core {
             if !more && state.items.is_empty() {
                 // Items queued while we waited may now go to subscribers.
                 state.pump(self.capacity, self.id, &mut dirty);
-                return Err(if state.closed {
+                return Err(if state.drained() {
                     GetFail::Closed
                 } else {
                     GetFail::Empty
@@ -346,7 +359,7 @@ impl Core {
     pub(crate) fn poll(&self, wait: Wait) -> bool {
         let mut state = self.lock();
         loop {
-            if !state.items.is_empty() || state.closed {
+            if !state.items.is_empty() || state.drained() {
                 return true;
             }
             state.local_getters += 1;
@@ -354,7 +367,7 @@ impl Core {
             state = s;
             state.local_getters -= 1;
             if !more {
-                return !state.items.is_empty() || state.closed;
+                return !state.items.is_empty() || state.drained();
             }
         }
     }
