@@ -104,3 +104,16 @@ fn remote() -> anyhow::Result<()> {
     ensure!(out.contains("all workers done"), "{out}");
     Ok(())
 }
+
+/// The chaos soak: workers killed, stopped and replaced, pools rebuilt,
+/// one remote worker; every invariant must hold (it exits 1 otherwise).
+#[test]
+fn soak() -> anyhow::Result<()> {
+    let out = run(
+        "soak",
+        &["--seconds", "15", "--remote", "1"],
+        Duration::from_secs(90),
+    )?;
+    ensure!(out.contains("invariant violations: 0"), "{out}");
+    Ok(())
+}
