@@ -27,7 +27,9 @@ const FLOOD_FOREVER: Task<Queue<u64>, ()> = Task::new("flood_forever");
 const GET_ONE: Task<(SimpleQueue<()>, Queue<u64>), u64> = Task::new("get_one");
 /// Takes one item, reports it, then holds its handle until the gate opens
 /// (never, in the test: it is killed).
-const HOLD_ONE: Task<(Queue<u64>, SimpleQueue<u64>, Queue<()>), ()> = Task::new("hold_one");
+const HOLD_ONE: Task<HoldArgs, ()> = Task::new("hold_one");
+/// The queue to take from, where to report, and the gate.
+type HoldArgs = (Queue<u64>, SimpleQueue<u64>, Queue<()>);
 /// Producer for the exactly-once test: puts `Some(start..start + n)`.
 const JQ_PRODUCE: Task<(JoinableQueue<Option<u64>>, u64, u64), u64> = Task::new("jq_produce");
 /// Consumer for the exactly-once test: (count, sum of items, sum of squares) until `None`.
