@@ -44,81 +44,34 @@ fn main() {
     }
     procpool::init(registry());
     let args = libtest_mimic::Arguments::from_args();
-    let tests = vec![
-        trial(
-            "map_is_exact_and_ordered_for_every_chunk_size",
-            LIMIT,
-            map_exact,
-        ),
-        trial(
-            "panic_is_reported_and_pool_keeps_working",
-            LIMIT,
-            panic_reported,
-        ),
-        trial("returned_error_arrives_typed", LIMIT, returned_error),
-        trial(
-            "abort_in_task_is_worker_died_not_a_hang",
-            LIMIT,
-            abort_is_worker_died,
-        ),
-        trial("unknown_task_is_a_clear_error", LIMIT, unknown_task),
-        trial("worker_program_mode_runs_map", LIMIT, worker_program_map),
-        trial(
-            "worker_program_without_the_task_is_a_clear_error",
-            LIMIT,
-            worker_program_lacks_task,
-        ),
-        trial(
-            "version_mismatch_is_reported_at_start",
-            LIMIT,
-            version_mismatch,
-        ),
-        trial(
-            "worker_that_exits_at_start_is_reported",
-            LIMIT,
-            startup_exit,
-        ),
-        trial("drop_reaps_every_worker", LIMIT, drop_reaps),
-        trial("terminate_reaps_every_worker", LIMIT, terminate_reaps),
-        trial(
-            "close_then_join_then_drop_leaves_no_child",
-            LIMIT,
-            close_join,
-        ),
-        trial("join_waits_for_submitted_work", LIMIT, join_waits),
-        trial("submit_and_apply", LIMIT, submit_apply),
-        trial("oversized_input_is_frame_too_large", LIMIT, oversized_input),
-        trial("imap_is_lazy_and_bounded", LIMIT, imap_lazy),
-        trial("imap_order_and_unordered_exactly_once", LIMIT, imap_orders),
-        trial(
-            "worker_deaths_fail_only_their_tasks_and_are_replaced",
-            LIMIT,
-            deaths_without_retry,
-        ),
-        trial(
-            "retries_recover_from_worker_deaths",
-            LIMIT,
-            deaths_with_retry,
-        ),
-        trial("task_timeout_kills_and_replaces", LIMIT, task_timeout),
-        trial("max_tasks_per_worker_recycles", LIMIT, recycling),
-        trial("initializer_runs_once_per_worker", LIMIT, initializer),
-        trial(
-            "shutdown_from_another_thread_interrupts_map",
-            LIMIT,
-            shutdown_interrupts,
-        ),
-        trial("several_threads_share_one_pool", LIMIT, threads_share_pool),
-        trial(
-            "slow_tasks_after_fast_ones_spread_over_workers",
-            LIMIT,
-            slow_after_fast,
-        ),
-        trial(
-            "interrupted_imap_hands_out_what_arrived",
-            LIMIT,
-            imap_interrupted,
-        ),
+    let tests = trials![
+        LIMIT;
+        map_is_exact_and_ordered_for_every_chunk_size,
+        panic_is_reported_and_pool_keeps_working,
+        returned_error_arrives_typed,
+        abort_in_task_is_worker_died_not_a_hang,
+        unknown_task_is_a_clear_error,
+        worker_program_mode_runs_map,
+        worker_program_without_the_task_is_a_clear_error,
+        version_mismatch_is_reported_at_start,
+        worker_that_exits_at_start_is_reported,
+        drop_reaps_every_worker,
+        terminate_reaps_every_worker,
+        close_then_join_then_drop_leaves_no_child,
+        join_waits_for_submitted_work,
+        submit_and_apply,
+        oversized_input_is_frame_too_large,
+        imap_is_lazy_and_bounded,
+        imap_order_and_unordered_exactly_once,
+        worker_deaths_fail_only_their_tasks_and_are_replaced,
+        retries_recover_from_worker_deaths,
+        task_timeout_kills_and_replaces,
+        max_tasks_per_worker_recycles,
+        initializer_runs_once_per_worker,
+        shutdown_from_another_thread_interrupts_map,
+        several_threads_share_one_pool,
+        slow_tasks_after_fast_ones_spread_over_workers,
+        interrupted_imap_hands_out_what_arrived,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -133,14 +86,14 @@ fn all_gone(pids: &[u32]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn map_exact() -> anyhow::Result<()> {
+fn map_is_exact_and_ordered_for_every_chunk_size() -> anyhow::Result<()> {
     let want: Vec<u64> = (0..10_000u64).map(|x| x * x).collect();
     for chunk in [Some(1), Some(7), None] {
         let mut b = Pool::builder().workers(2);
         if let Some(c) = chunk {
             b = b.chunk_size(c);
         }
-        let pool = b.build()?;
+        let pool = b.build()?.watched();
         ensure!(
             pool.map(SQUARE, 0..10_000u64)? == want,
             "chunk size {chunk:?}"
@@ -153,8 +106,8 @@ fn map_exact() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn panic_reported() -> anyhow::Result<()> {
-    let pool = Pool::builder().workers(2).chunk_size(4).build()?;
+fn panic_is_reported_and_pool_keeps_working() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(4).build()?.watched();
     let err = pool.map(PANIC_ON_13, 0..100u64).unwrap_err();
     match &err {
         Error::Task(TaskError::Panicked { message, location }) => {
@@ -176,8 +129,8 @@ fn panic_reported() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn returned_error() -> anyhow::Result<()> {
-    let pool = Pool::new(1)?;
+fn returned_error_arrives_typed() -> anyhow::Result<()> {
+    let pool = Pool::new(1)?.watched();
     ensure!(pool.apply(PARSE, "42".to_string())? == 42);
     let err = pool.apply(PARSE, "forty-two".to_string()).unwrap_err();
     ensure!(
@@ -190,8 +143,8 @@ fn returned_error() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn abort_is_worker_died() -> anyhow::Result<()> {
-    let pool = Pool::builder().workers(2).chunk_size(1).build()?;
+fn abort_in_task_is_worker_died_not_a_hang() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(1).build()?.watched();
     let started = Instant::now();
     let err = pool.map(ABORT_ON_13, 0..200u64).unwrap_err();
     ensure!(
@@ -212,9 +165,9 @@ fn abort_is_worker_died() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn unknown_task() -> anyhow::Result<()> {
+fn unknown_task_is_a_clear_error() -> anyhow::Result<()> {
     const NOPE: procpool::Task<u64, u64> = procpool::Task::new("no_such_task");
-    let pool = Pool::new(1)?;
+    let pool = Pool::new(1)?.watched();
     let err = pool.map(NOPE, 0..3u64).unwrap_err();
     ensure!(
         matches!(&err, Error::UnknownTask { name, available } if name == "no_such_task" && available.contains(&"square".to_string())),
@@ -237,12 +190,13 @@ fn unknown_task() -> anyhow::Result<()> {
 #[path = "../examples/shared/tasks.rs"]
 mod example_tasks;
 
-fn worker_program_map() -> anyhow::Result<()> {
+fn worker_program_mode_runs_map() -> anyhow::Result<()> {
     let program = example("worker_program")?;
     let pool = Pool::builder()
         .workers(2)
         .worker_program(&program)
-        .build()?;
+        .build()?
+        .watched();
     ensure!(
         pool.tasks()
             .iter()
@@ -255,12 +209,13 @@ fn worker_program_map() -> anyhow::Result<()> {
     all_gone(&pids)
 }
 
-fn worker_program_lacks_task() -> anyhow::Result<()> {
+fn worker_program_without_the_task_is_a_clear_error() -> anyhow::Result<()> {
     let program = example("worker_program")?;
     let pool = Pool::builder()
         .workers(1)
         .worker_program(&program)
-        .build()?;
+        .build()?
+        .watched();
     let err = pool.map(SQUARE, 0..3u64).unwrap_err();
     ensure!(
         matches!(&err, Error::UnknownTask { name, .. } if name == "square"),
@@ -269,7 +224,7 @@ fn worker_program_lacks_task() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn version_mismatch() -> anyhow::Result<()> {
+fn version_mismatch_is_reported_at_start() -> anyhow::Result<()> {
     let err = Pool::builder()
         .workers(1)
         .worker_env(FAKE_ENV, "bad_version")
@@ -283,7 +238,7 @@ fn version_mismatch() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn startup_exit() -> anyhow::Result<()> {
+fn worker_that_exits_at_start_is_reported() -> anyhow::Result<()> {
     let err = Pool::builder()
         .workers(2)
         .worker_env(FAKE_ENV, "exit")
@@ -313,8 +268,8 @@ fn startup_exit() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn drop_reaps() -> anyhow::Result<()> {
-    let pool = Pool::new(3)?;
+fn drop_reaps_every_worker() -> anyhow::Result<()> {
+    let pool = Pool::new(3)?.watched();
     pool.map(SQUARE, 0..100u64)?;
     let pids = pool.worker_pids();
     ensure!(pids.len() == 3, "{pids:?}");
@@ -326,8 +281,8 @@ fn drop_reaps() -> anyhow::Result<()> {
     all_gone(&pids)
 }
 
-fn terminate_reaps() -> anyhow::Result<()> {
-    let pool = Pool::new(2)?;
+fn terminate_reaps_every_worker() -> anyhow::Result<()> {
+    let pool = Pool::new(2)?.watched();
     let pending = pool.submit(SLEEP_MS, 60_000)?;
     let pids = pool.worker_pids();
     let started = Instant::now();
@@ -347,8 +302,8 @@ fn terminate_reaps() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn close_join() -> anyhow::Result<()> {
-    let pool = Pool::new(2)?;
+fn close_then_join_then_drop_leaves_no_child() -> anyhow::Result<()> {
+    let pool = Pool::new(2)?.watched();
     let handles: Vec<_> = (0..10u64)
         .map(|i| pool.submit(SLEEP_MS, 10 + i))
         .collect::<Result<_, _>>()?;
@@ -367,8 +322,8 @@ fn close_join() -> anyhow::Result<()> {
     all_gone(&pids)
 }
 
-fn join_waits() -> anyhow::Result<()> {
-    let pool = Pool::new(2)?;
+fn join_waits_for_submitted_work() -> anyhow::Result<()> {
+    let pool = Pool::new(2)?.watched();
     let mut handles = Vec::new();
     for i in 0..6u64 {
         handles.push(pool.submit(SLEEP_MS, 20 * i)?);
@@ -389,8 +344,8 @@ fn join_waits() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn submit_apply() -> anyhow::Result<()> {
-    let pool = Pool::new(2)?;
+fn submit_and_apply() -> anyhow::Result<()> {
+    let pool = Pool::new(2)?.watched();
     ensure!(pool.apply(SQUARE, 12)? == 144);
     let mut slow = pool.submit(SLEEP_MS, 300)?;
     ensure!(slow.try_get().is_none(), "cannot be ready yet");
@@ -403,9 +358,13 @@ fn submit_apply() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn oversized_input() -> anyhow::Result<()> {
+fn oversized_input_is_frame_too_large() -> anyhow::Result<()> {
     const LEN: procpool::Task<Vec<u8>, usize> = procpool::Task::new("len");
-    let pool = Pool::builder().workers(1).max_frame_len(1024).build()?;
+    let pool = Pool::builder()
+        .workers(1)
+        .max_frame_len(1024)
+        .build()?
+        .watched();
     let _ = LEN; // not registered: the size check comes first for submit
     let err = pool.submit(SQUARE, 1).map(drop);
     ensure!(err.is_ok());
@@ -426,11 +385,11 @@ fn oversized_input() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn imap_lazy() -> anyhow::Result<()> {
+fn imap_is_lazy_and_bounded() -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
     let window = 1000;
-    let pool = Pool::builder().workers(2).window(window).build()?;
+    let pool = Pool::builder().workers(2).window(window).build()?.watched();
     let pulled = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&pulled);
     let input = (0..1_000_000u64).inspect(move |_| {
@@ -454,8 +413,8 @@ fn imap_lazy() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn imap_orders() -> anyhow::Result<()> {
-    let pool = Pool::builder().workers(2).chunk_size(3).build()?;
+fn imap_order_and_unordered_exactly_once() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(3).build()?.watched();
     // Later items finish first: ordered output must still follow input order.
     let input: Vec<u64> = (0..40).map(|i| (40 - i) % 7).collect();
     let got: Vec<u64> = pool
@@ -470,8 +429,8 @@ fn imap_orders() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn deaths_without_retry() -> anyhow::Result<()> {
-    let pool = Pool::builder().workers(2).chunk_size(1).build()?;
+fn worker_deaths_fail_only_their_tasks_and_are_replaced() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(1).build()?.watched();
     // Items 13 die: 113, 213, ... (mod 100 == 13) abort or SIGKILL themselves.
     let input = 0..1000u64;
     let got: Vec<_> = pool
@@ -529,14 +488,15 @@ fn deaths_without_retry() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn deaths_with_retry() -> anyhow::Result<()> {
+fn retries_recover_from_worker_deaths() -> anyhow::Result<()> {
     let dir = temp_dir("retry")?;
     let dir_s = dir.to_string_lossy().into_owned();
     let pool = Pool::builder()
         .workers(2)
         .chunk_size(1)
         .retries(2)
-        .build()?;
+        .build()?
+        .watched();
     // Every 100th item kills its worker on the first attempt only.
     let items: Vec<(String, u64)> = (0..1000u64)
         .map(|x| {
@@ -574,9 +534,13 @@ fn deaths_with_retry() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn task_timeout() -> anyhow::Result<()> {
+fn task_timeout_kills_and_replaces() -> anyhow::Result<()> {
     let timeout = Duration::from_millis(500);
-    let pool = Pool::builder().workers(1).task_timeout(timeout).build()?;
+    let pool = Pool::builder()
+        .workers(1)
+        .task_timeout(timeout)
+        .build()?
+        .watched();
     let started = Instant::now();
     let err = pool.apply(SLEEP_MS, 30_000).unwrap_err();
     let took = started.elapsed();
@@ -590,12 +554,13 @@ fn task_timeout() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn recycling() -> anyhow::Result<()> {
+fn max_tasks_per_worker_recycles() -> anyhow::Result<()> {
     let pool = Pool::builder()
         .workers(2)
         .chunk_size(1)
         .max_tasks_per_worker(10)
-        .build()?;
+        .build()?
+        .watched();
     let pids = pool.map(PID, 0..100u64)?;
     let mut distinct = pids.clone();
     distinct.sort_unstable();
@@ -611,13 +576,14 @@ fn recycling() -> anyhow::Result<()> {
     all_gone(&live)
 }
 
-fn initializer() -> anyhow::Result<()> {
+fn initializer_runs_once_per_worker() -> anyhow::Result<()> {
     let pool = Pool::builder()
         .workers(2)
         .chunk_size(1)
         .initializer(INIT)
         .max_tasks_per_worker(5)
-        .build()?;
+        .build()?
+        .watched();
     let got = pool.map(INIT_COUNT, 0..40u64)?;
     for (pid, runs) in &got {
         ensure!(*runs == 1, "worker {pid} ran its initializer {runs} times");
@@ -625,12 +591,13 @@ fn initializer() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn shutdown_interrupts() -> anyhow::Result<()> {
+fn shutdown_from_another_thread_interrupts_map() -> anyhow::Result<()> {
     let pool = std::sync::Arc::new(
         Pool::builder()
             .workers(2)
             .grace_period(Duration::from_secs(5))
-            .build()?,
+            .build()?
+            .watched(),
     );
     let pids = pool.worker_pids();
     let (started_tx, started_rx) = std::sync::mpsc::channel();
@@ -663,8 +630,8 @@ fn shutdown_interrupts() -> anyhow::Result<()> {
     all_gone(&pids)
 }
 
-fn threads_share_pool() -> anyhow::Result<()> {
-    let pool = Pool::builder().workers(2).build()?;
+fn several_threads_share_one_pool() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).build()?.watched();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let handles: Vec<_> = (0..4u64)
             .map(|t| {
@@ -700,8 +667,8 @@ fn threads_share_pool() -> anyhow::Result<()> {
 /// The pace measured for one task must not decide how deep another task's
 /// chunks queue at a worker: after thousands of trivial tasks, slow ones
 /// still go to both workers rather than pile up at one.
-fn slow_after_fast() -> anyhow::Result<()> {
-    let pool = Pool::builder().workers(2).chunk_size(1).build()?;
+fn slow_tasks_after_fast_ones_spread_over_workers() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(1).build()?.watched();
     pool.map(SQUARE, 0..5_000u64)?;
     let pids = pool.map(SLEEP_PID, vec![20u64; 40])?;
     let mut counts = std::collections::HashMap::new();
@@ -717,8 +684,8 @@ fn slow_after_fast() -> anyhow::Result<()> {
 
 /// After a shutdown, an `imap` yields the results that had already arrived,
 /// in order, then one `Interrupted`, then ends.
-fn imap_interrupted() -> anyhow::Result<()> {
-    let pool = Pool::builder().workers(2).chunk_size(1).build()?;
+fn interrupted_imap_hands_out_what_arrived() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(1).build()?.watched();
     let mut it = pool.imap(SLEEP_MS, (0..40u64).map(|i| 20 + i % 3))?;
     let mut seen = Vec::new();
     for _ in 0..3 {

@@ -150,55 +150,30 @@ fn registry() -> Registry {
 fn main() {
     procpool::init(registry());
     let args = libtest_mimic::Arguments::from_args();
-    let tests = vec![
-        trial(
-            "remote_operations_and_their_errors",
-            LIMIT,
-            remote_operations,
-        ),
-        trial(
-            "close_reaches_readers_in_other_processes",
-            LIMIT,
-            close_across,
-        ),
-        trial("bounded_put_blocks_across_processes", LIMIT, bounded_blocks),
-        trial(
-            "exit_right_after_put_loses_nothing_and_never_deadlocks",
-            LIMIT,
-            no_feeder_deadlock,
-        ),
-        trial(
-            "killed_writer_loses_nothing_put_accepted",
-            LIMIT,
-            killed_writer,
-        ),
-        trial(
-            "two_producers_two_consumers_exactly_once",
-            LIMIT,
-            exactly_once,
-        ),
-        trial("dying_getter_loses_nothing", LIMIT, dying_getter),
-        trial("pipe_ping_pong_and_close", LIMIT, pipe_ping_pong),
-        trial(
-            "queue_handle_through_a_pool_task",
-            LIMIT,
-            handle_through_pool,
-        ),
-        trial("process_join_kill_and_death", LIMIT, process_lifecycle),
-        trial(
-            "put_to_a_queue_the_hub_dropped_is_reported",
-            LIMIT,
-            put_to_gone,
-        ),
+    let tests = trials![
+        LIMIT;
+        remote_operations_and_their_errors,
+        close_reaches_readers_in_other_processes,
+        bounded_put_blocks_across_processes,
+        exit_right_after_put_loses_nothing_and_never_deadlocks,
+        killed_writer_loses_nothing_put_accepted,
+        two_producers_two_consumers_exactly_once,
+        dying_getter_loses_nothing,
+        pipe_ping_pong_and_close,
+        queue_handle_through_a_pool_task,
+        process_join_kill_and_death,
+        put_to_a_queue_the_hub_dropped_is_reported,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
 
-fn remote_operations() -> anyhow::Result<()> {
+fn remote_operations_and_their_errors() -> anyhow::Result<()> {
     let jq = JoinableQueue::new();
     let bounded = Queue::bounded(1);
     bounded.put(1)?;
-    let log = Process::spawn(REMOTE_OPS, (jq.clone(), bounded.clone()))?.join()?;
+    let log = Process::spawn(REMOTE_OPS, (jq.clone(), bounded.clone()))?
+        .watched()
+        .join()?;
     let want = [
         "try_get: Some(Empty)",
         "get_timeout: Some(Empty)",
@@ -222,9 +197,9 @@ fn remote_operations() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn close_across() -> anyhow::Result<()> {
+fn close_reaches_readers_in_other_processes() -> anyhow::Result<()> {
     let q = Queue::new();
-    let reader = Process::spawn(READ_ALL, q.clone())?;
+    let reader = Process::spawn(READ_ALL, q.clone())?.watched();
     for word in ["a", "b", "c"] {
         q.put(word.to_string())?;
     }
@@ -235,9 +210,9 @@ fn close_across() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bounded_blocks() -> anyhow::Result<()> {
+fn bounded_put_blocks_across_processes() -> anyhow::Result<()> {
     let q = Queue::bounded(4);
-    let writer = Process::spawn(PRODUCE, (q.clone(), 0, 100))?;
+    let writer = Process::spawn(PRODUCE, (q.clone(), 0, 100))?.watched();
     let mut got = Vec::new();
     while got.len() < 100 {
         // Never more than the capacity, in every process.
@@ -253,10 +228,10 @@ fn bounded_blocks() -> anyhow::Result<()> {
 /// joins the child before reading. Python deadlocks (the child's feeder
 /// thread cannot flush); here `put` hands each item to the hub, so the
 /// child exits and every item is there.
-fn no_feeder_deadlock() -> anyhow::Result<()> {
+fn exit_right_after_put_loses_nothing_and_never_deadlocks() -> anyhow::Result<()> {
     let n = 100_000u64;
     let q = Queue::new();
-    let writer = Process::spawn(FLOOD, (q.clone(), n))?;
+    let writer = Process::spawn(FLOOD, (q.clone(), n))?.watched();
     ensure!(
         writer.join()? == n,
         "the writer exits without anyone reading"
@@ -272,9 +247,9 @@ fn no_feeder_deadlock() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn killed_writer() -> anyhow::Result<()> {
+fn killed_writer_loses_nothing_put_accepted() -> anyhow::Result<()> {
     let q = Queue::new();
-    let writer = Process::spawn(FLOOD_FOREVER, q.clone())?;
+    let writer = Process::spawn(FLOOD_FOREVER, q.clone())?.watched();
     let deadline = Instant::now() + Duration::from_secs(30);
     while q.len() < 20_000 {
         ensure!(Instant::now() < deadline, "writer too slow");
@@ -292,7 +267,7 @@ fn killed_writer() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn exactly_once() -> anyhow::Result<()> {
+fn two_producers_two_consumers_exactly_once() -> anyhow::Result<()> {
     // Under Wine named pipes live in the wineserver, a single process every
     // pipe read and write goes through; here each of the 3 operations per item
     // (put, get, task_done) is a round trip to the hub: 100,000 items per
@@ -302,12 +277,12 @@ fn exactly_once() -> anyhow::Result<()> {
     let per = if cfg!(windows) { 20_000 } else { 100_000u64 };
     let q = JoinableQueue::new();
     let producers = [
-        Process::spawn(JQ_PRODUCE, (q.clone(), 0, per))?,
-        Process::spawn(JQ_PRODUCE, (q.clone(), per, per))?,
+        Process::spawn(JQ_PRODUCE, (q.clone(), 0, per))?.watched(),
+        Process::spawn(JQ_PRODUCE, (q.clone(), per, per))?.watched(),
     ];
     let consumers = [
-        Process::spawn(JQ_CONSUME, q.clone())?,
-        Process::spawn(JQ_CONSUME, q.clone())?,
+        Process::spawn(JQ_CONSUME, q.clone())?.watched(),
+        Process::spawn(JQ_CONSUME, q.clone())?.watched(),
     ];
     for p in producers {
         ensure!(p.join()? == per);
@@ -339,24 +314,24 @@ fn exactly_once() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn dying_getter() -> anyhow::Result<()> {
+fn dying_getter_loses_nothing() -> anyhow::Result<()> {
     let ready = SimpleQueue::new();
     let q = Queue::new();
-    let getter = Process::spawn(GET_ONE, (ready.clone(), q.clone()))?;
+    let getter = Process::spawn(GET_ONE, (ready.clone(), q.clone()))?.watched();
     ready.get()?;
     // The getter is in (or about to enter) its get when it dies.
     getter.kill();
     ensure!(matches!(getter.join(), Err(Error::Terminated)));
     q.put(42)?;
-    let other = Process::spawn(GET_ONE, (ready.clone(), q.clone()))?;
+    let other = Process::spawn(GET_ONE, (ready.clone(), q.clone()))?.watched();
     ready.get()?;
     ensure!(other.join()? == 42, "the item must reach the live getter");
     Ok(())
 }
 
-fn pipe_ping_pong() -> anyhow::Result<()> {
+fn pipe_ping_pong_and_close() -> anyhow::Result<()> {
     let (mine, theirs) = Pipe::duplex::<u64, u64>();
-    let echo = Process::spawn(ECHO, theirs)?;
+    let echo = Process::spawn(ECHO, theirs)?.watched();
     for i in 0..1000 {
         mine.send(i)?;
         ensure!(mine.poll(Duration::from_secs(10)), "no echo within 10 s");
@@ -371,9 +346,9 @@ fn pipe_ping_pong() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn handle_through_pool() -> anyhow::Result<()> {
+fn queue_handle_through_a_pool_task() -> anyhow::Result<()> {
     let q = Queue::new();
-    let pool = Pool::new(2)?;
+    let pool = Pool::new(2)?.watched();
     let counts = pool.map(PRODUCE, (0..4).map(|k| (q.clone(), k * 100, 100)))?;
     ensure!(counts == [100; 4]);
     let mut got: Vec<u64> = (0..400).map(|_| q.try_get()).collect::<Result<_, _>>()?;
@@ -383,12 +358,12 @@ fn handle_through_pool() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn process_lifecycle() -> anyhow::Result<()> {
-    let p = Process::spawn(SQUARE, 7)?;
+fn process_join_kill_and_death() -> anyhow::Result<()> {
+    let p = Process::spawn(SQUARE, 7)?.watched();
     ensure!(p.pid() > 0);
     ensure!(p.join()? == 49);
 
-    let mut slow = Process::spawn(SLEEP_MS, 60_000)?;
+    let mut slow = Process::spawn(SLEEP_MS, 60_000)?.watched();
     ensure!(slow.is_alive());
     ensure!(slow.join_timeout(Duration::from_millis(50)).is_none());
     let pid = slow.pid();
@@ -399,22 +374,25 @@ fn process_lifecycle() -> anyhow::Result<()> {
     );
     ensure!(matches!(slow.join(), Err(Error::Terminated)));
 
-    let dead = Process::spawn(ABORT_ON_13, 13)?;
+    let dead = Process::spawn(ABORT_ON_13, 13)?.watched();
     match dead.join() {
         Err(Error::WorkerDied { status, .. }) => ensure!(!status.success()),
         other => bail!("expected WorkerDied, got {other:?}"),
     }
-    let err = Process::spawn(PANIC_ON_13, 13)?.join().unwrap_err();
+    let err = Process::spawn(PANIC_ON_13, 13)?
+        .watched()
+        .join()
+        .unwrap_err();
     ensure!(err.is_panic(), "{err:?}");
     let _ = HashSet::<u8>::new();
     let _: Option<QueueError> = None;
     Ok(())
 }
 
-fn put_to_gone() -> anyhow::Result<()> {
+fn put_to_a_queue_the_hub_dropped_is_reported() -> anyhow::Result<()> {
     let q = Queue::new();
     let (ready, go) = (SimpleQueue::new(), Queue::new());
-    let p = Process::spawn(PUT_TO_GONE, (q.clone(), ready.clone(), go.clone()))?;
+    let p = Process::spawn(PUT_TO_GONE, (q.clone(), ready.clone(), go.clone()))?.watched();
     ready.get()?;
     drop(q); // the hub's last handle: the queue is gone
     go.put(())?;
