@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use common::*;
-use procpool::{Error, Pool, TaskError};
+use procpool::{Error, Pool, Task, TaskError};
+use serde_bytes::ByteBuf;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -358,30 +359,71 @@ fn submit_and_apply() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `max_frame_len` bounds every frame, both ways. An input over it fails
+/// in the master with `FrameTooLarge`, before anything is sent (`submit`
+/// looks the task up first, then checks the size); in a stream only that
+/// item fails, and the pool keeps working. A result over it cannot be sent
+/// back: the worker reports it as `TaskError::EncodeOutput` (for every item
+/// of its chunk) instead, and lives on.
 fn oversized_input_is_frame_too_large() -> anyhow::Result<()> {
-    const LEN: procpool::Task<Vec<u8>, usize> = procpool::Task::new("len");
+    const MAX: u32 = 1024;
+    const NOT_REGISTERED: Task<ByteBuf, u64> = Task::new("not_registered");
+    let bytes = |n: usize| ByteBuf::from(vec![7u8; n]);
     let pool = Pool::builder()
         .workers(1)
-        .max_frame_len(1024)
+        .chunk_size(1)
+        .max_frame_len(MAX)
         .build()?
         .watched();
-    let _ = LEN; // not registered: the size check comes first for submit
-    let err = pool.submit(SQUARE, 1).map(drop);
-    ensure!(err.is_ok());
-    let err = pool.apply(PARSE, "x".repeat(4096)).unwrap_err();
+    let too_large =
+        |e: &Error| matches!(e, Error::FrameTooLarge { len, max: MAX } if *len > u64::from(MAX));
+
+    // The task is checked before the input's size.
+    let err = pool.submit(NOT_REGISTERED, bytes(4096)).unwrap_err();
     ensure!(
-        matches!(err, Error::FrameTooLarge { max: 1024, .. }),
+        matches!(&err, Error::UnknownTask { name, .. } if name == "not_registered"),
         "{err:?}"
     );
-    // In a stream, only the oversized item fails.
-    let items = vec!["1".to_string(), "y".repeat(4096), "3".to_string()];
-    let got: Vec<_> = pool.imap(PARSE, items)?.collect();
+    let err = pool.submit(LEN, bytes(4096)).unwrap_err();
+    ensure!(too_large(&err), "submit: {err:?}");
+    let err = pool.apply(LEN, bytes(4096)).unwrap_err();
+    ensure!(too_large(&err), "apply: {err:?}");
+
+    // In a stream only the oversized item fails, whether it would have
+    // shared a chunk with its neighbours or not.
+    for chunk in [1, 8] {
+        let p = Pool::builder()
+            .workers(1)
+            .chunk_size(chunk)
+            .max_frame_len(MAX)
+            .build()?
+            .watched();
+        let items = vec![bytes(1), bytes(4096), bytes(3)];
+        let got: Vec<_> = p.imap(LEN, items)?.collect();
+        ensure!(
+            matches!(got[..], [Ok(1), Err(ref e), Ok(3)] if too_large(e)),
+            "chunk size {chunk}: {got:?}"
+        );
+    }
+
+    // The pool still works, and nothing it did cost a worker.
+    ensure!(pool.apply(LEN, bytes(100))? == 100);
+
+    // A result over the limit comes back as the task's error.
+    let encode_output = |r: &Result<ByteBuf, Error>| {
+        matches!(r, Err(Error::Task(TaskError::EncodeOutput { message }))
+            if message.contains(&MAX.to_string()))
+    };
+    let got = pool.apply(BYTES, 4096);
+    ensure!(encode_output(&got), "apply: {got:?}");
+    let got: Vec<_> = pool.imap(BYTES, [10u64, 4096, 20])?.collect();
     ensure!(
-        matches!(got[0], Ok(1))
-            && matches!(got[1], Err(Error::FrameTooLarge { .. }))
-            && matches!(got[2], Ok(3)),
+        matches!(&got[..], [Ok(a), bad, Ok(b)] if a.len() == 10 && encode_output(bad) && b.len() == 20),
         "{got:?}"
     );
+    ensure!(pool.apply(LEN, bytes(100))? == 100);
+    let stats = pool.stats();
+    ensure!(stats.workers_replaced == 0, "{stats:?}");
     Ok(())
 }
 

@@ -42,6 +42,8 @@ pub const LEN: Task<serde_bytes::ByteBuf, u64> = Task::new("len");
 /// SIGSTOP (Unix; elsewhere the task blocks forever), a hung worker that
 /// neither answers nor dies. Returns `x` (once continued, if ever).
 pub const STOP_ON: Task<(u64, u64), u64> = Task::new("stop_on");
+/// Returns this many bytes (for results over a frame limit).
+pub const BYTES: Task<u64, serde_bytes::ByteBuf> = Task::new("bytes");
 
 static INIT_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -113,6 +115,9 @@ pub fn registry() -> Registry {
             std::process::id()
         })
         .task(LEN, |bytes| bytes.len() as u64)
+        .task(BYTES, |n| {
+            serde_bytes::ByteBuf::from(vec![0u8; usize::try_from(n).expect("a length")])
+        })
         .task(STOP_ON, |(x, trigger)| {
             if x == trigger {
                 stop_self();
