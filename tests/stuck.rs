@@ -41,27 +41,18 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// queue (so the master knows it is subscribed and has taken something).
 /// Returns how many items it took, when the queue fails or closes.
 const DRAIN: Task<(Queue<ByteBuf>, Queue<u32>), u64> = Task::new("drain");
-/// Puts its pid on the queue (it has started), sleeps this many
-/// milliseconds, returns its pid.
-const ANNOUNCE_SLEEP: Task<(Queue<u32>, u64), u32> = Task::new("announce_sleep");
 
 fn registry() -> Registry {
-    common::registry()
-        .task(DRAIN, |(q, ready)| {
-            let mut taken = 0;
-            while q.get().is_ok() {
-                taken += 1;
-                if taken == 1 {
-                    ready.put(std::process::id()).expect("ready");
-                }
+    common::registry().task(DRAIN, |(q, ready)| {
+        let mut taken = 0;
+        while q.get().is_ok() {
+            taken += 1;
+            if taken == 1 {
+                ready.put(std::process::id()).expect("ready");
             }
-            taken
-        })
-        .task(ANNOUNCE_SLEEP, |(started, ms)| {
-            started.put(std::process::id()).expect("started");
-            std::thread::sleep(Duration::from_millis(ms));
-            std::process::id()
-        })
+        }
+        taken
+    })
 }
 
 fn main() {

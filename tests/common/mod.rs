@@ -44,6 +44,9 @@ pub const LEN: Task<serde_bytes::ByteBuf, u64> = Task::new("len");
 pub const STOP_ON: Task<(u64, u64), u64> = Task::new("stop_on");
 /// Returns this many bytes (for results over a frame limit).
 pub const BYTES: Task<u64, serde_bytes::ByteBuf> = Task::new("bytes");
+/// Puts its pid on the queue (it has started), sleeps this many
+/// milliseconds, returns its pid.
+pub const ANNOUNCE_SLEEP: Task<(procpool::Queue<u32>, u64), u32> = Task::new("announce_sleep");
 
 static INIT_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -117,6 +120,11 @@ pub fn registry() -> Registry {
         .task(LEN, |bytes| bytes.len() as u64)
         .task(BYTES, |n| {
             serde_bytes::ByteBuf::from(vec![0u8; usize::try_from(n).expect("a length")])
+        })
+        .task(ANNOUNCE_SLEEP, |(started, ms)| {
+            started.put(std::process::id()).expect("started");
+            std::thread::sleep(Duration::from_millis(ms));
+            std::process::id()
         })
         .task(STOP_ON, |(x, trigger)| {
             if x == trigger {
