@@ -5,14 +5,13 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use common::*;
 use procpool::{
-    Error, GetError, JoinableQueue, Pipe, PipeEnd, Pool, Process, Queue, QueueError, Registry,
-    SimpleQueue, Task,
+    Error, GetError, JoinableQueue, Pipe, PipeEnd, Pool, Process, Queue, Registry, SimpleQueue,
+    Task,
 };
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -384,8 +383,6 @@ fn process_join_kill_and_death() -> anyhow::Result<()> {
         .join()
         .unwrap_err();
     ensure!(err.is_panic(), "{err:?}");
-    let _ = HashSet::<u8>::new();
-    let _: Option<QueueError> = None;
     Ok(())
 }
 
