@@ -22,8 +22,12 @@ const PRODUCE: Task<(Queue<u64>, u64, u64), u64> = Task::new("produce");
 const FLOOD: Task<(Queue<Vec<u8>>, u64), u64> = Task::new("flood");
 /// Puts 0, 1, 2, ... until killed.
 const FLOOD_FOREVER: Task<Queue<u64>, ()> = Task::new("flood_forever");
-/// Signals readiness on the first queue, then waits on the second.
-const GET_ONE: Task<(SimpleQueue<()>, Queue<u64>), u64> = Task::new("get_one");
+/// Takes one item from the queue, reports it on the second, then waits on
+/// the third (for ever: nobody puts there) without taking anything more
+/// from the first, where it is still subscribed.
+const TAKE_ONE_THEN_HOLD: Task<HoldArgs, ()> = Task::new("take_one_then_hold");
+/// The queue to take from, where to report what was taken, where to wait.
+type HoldArgs = (Queue<u64>, SimpleQueue<u64>, Queue<()>);
 /// Producer for the exactly-once test: puts `Some(start..start + n)`.
 const JQ_PRODUCE: Task<(JoinableQueue<Option<u64>>, u64, u64), u64> = Task::new("jq_produce");
 /// Consumer for the exactly-once test: (count, sum of items, sum of squares) until `None`.
@@ -61,9 +65,9 @@ fn registry() -> Registry {
                 q.put(i).expect("put");
             }
         })
-        .task(GET_ONE, |(ready, q)| {
-            ready.put(()).expect("ready");
-            q.get().expect("get")
+        .task(TAKE_ONE_THEN_HOLD, |(q, took, hold)| {
+            took.put(q.get().expect("get")).expect("took");
+            hold.get().expect("hold");
         })
         .task(JQ_PRODUCE, |(q, start, n)| {
             for i in start..start + n {
@@ -313,18 +317,42 @@ fn two_producers_two_consumers_exactly_once() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An item delivered to a getter in another process and not taken there
+/// goes back to the queue when that process dies, once.
+///
+/// The getter takes one item (so it holds a subscription with credit and
+/// has acknowledged what it took), then blocks on another queue. The next
+/// item is pushed to it at once: the hub counts it in `len` but no longer
+/// holds it, so a local `try_get` finds nothing. Killed, the getter never
+/// takes it, and the master gets it back.
 fn dying_getter_loses_nothing() -> anyhow::Result<()> {
-    let ready = SimpleQueue::new();
     let q = Queue::new();
-    let getter = Process::spawn(GET_ONE, (ready.clone(), q.clone()))?.watched();
-    ready.get()?;
-    // The getter is in (or about to enter) its get when it dies.
+    let (took, hold) = (SimpleQueue::new(), Queue::new());
+    let getter =
+        Process::spawn(TAKE_ONE_THEN_HOLD, (q.clone(), took.clone(), hold.clone()))?.watched();
+    q.put(1)?;
+    ensure!(took.get()? == 1, "the getter took something else");
+    q.put(42)?;
+    ensure!(
+        q.len() == 1,
+        "len {} with one item delivered to the getter",
+        q.len()
+    );
+    ensure!(
+        matches!(q.try_get(), Err(GetError::Empty)),
+        "the item was not delivered to the getter"
+    );
     getter.kill();
     ensure!(matches!(getter.join(), Err(Error::Terminated)));
-    q.put(42)?;
-    let other = Process::spawn(GET_ONE, (ready.clone(), q.clone()))?.watched();
-    ready.get()?;
-    ensure!(other.join()? == 42, "the item must reach the live getter");
+    let back = q
+        .get_timeout(Duration::from_secs(30))
+        .context("the item delivered to the killed getter did not come back")?;
+    ensure!(back == 42, "got {back}");
+    ensure!(
+        matches!(q.try_get(), Err(GetError::Empty)) && q.is_empty(),
+        "the item came back more than once: len {}",
+        q.len()
+    );
     Ok(())
 }
 
