@@ -3,6 +3,25 @@
 
 mod common;
 
+fn main() {
+    procpool::init(common::registry());
+    let args = libtest_mimic::Arguments::from_args();
+    let tests = common::trials![
+        // Each run has its own bound below; the trial's is the backstop.
+        2 * LIMIT;
+        primes,
+        with_worker_program,
+        progress,
+        ctrlc_runs_to_the_end_without_a_signal,
+        queue_reader,
+        queue_reader_writer,
+        joinable,
+        pipe,
+        remote,
+    ];
+    libtest_mimic::run(&args, tests).exit();
+}
+
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -18,6 +37,7 @@ fn run(name: &str, args: &[&str], limit: Duration) -> anyhow::Result<String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
+    common::reaper().watch(child.id());
     let stdout = child.stdout.take().context("stdout")?;
     let stderr = child.stderr.take().context("stderr")?;
     let (tx, rx) = mpsc::channel();
@@ -42,63 +62,54 @@ fn run(name: &str, args: &[&str], limit: Duration) -> anyhow::Result<String> {
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-#[test]
 fn primes() -> anyhow::Result<()> {
     let out = run("primes", &["200000"], LIMIT)?;
     ensure!(out.contains("primes below 200000: 17984"), "{out}");
     Ok(())
 }
 
-#[test]
 fn with_worker_program() -> anyhow::Result<()> {
     let out = run("with_worker_program", &[], LIMIT)?;
     ensure!(out.contains("837799"), "{out}");
     Ok(())
 }
 
-#[test]
 fn progress() -> anyhow::Result<()> {
     let out = run("progress", &["20000"], LIMIT)?;
     ensure!(out.contains("20000 tasks completed"), "{out}");
     Ok(())
 }
 
-#[test]
 fn ctrlc_runs_to_the_end_without_a_signal() -> anyhow::Result<()> {
     let out = run("ctrlc", &["3"], LIMIT)?;
     ensure!(out.contains("all 3 tasks finished"), "{out}");
     Ok(())
 }
 
-#[test]
 fn queue_reader() -> anyhow::Result<()> {
     let out = run("queue_reader", &[], LIMIT)?;
     ensure!(out.contains("the reader got 5 messages"), "{out}");
     Ok(())
 }
 
-#[test]
 fn queue_reader_writer() -> anyhow::Result<()> {
     let out = run("queue_reader_writer", &[], LIMIT)?;
     ensure!(out.contains("sums match"), "{out}");
     Ok(())
 }
 
-#[test]
 fn joinable() -> anyhow::Result<()> {
     let out = run("joinable", &[], LIMIT)?;
     ensure!(out.contains("all 1000 jobs done"), "{out}");
     Ok(())
 }
 
-#[test]
 fn pipe() -> anyhow::Result<()> {
     let out = run("pipe", &[], LIMIT)?;
     ensure!(out.contains("10000 round trips"), "{out}");
     Ok(())
 }
 
-#[test]
 fn remote() -> anyhow::Result<()> {
     let out = run("remote", &[], LIMIT)?;
     ensure!(out.contains("all workers done"), "{out}");

@@ -4,11 +4,13 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use common::*;
-use procpool::{Error, Pool, TaskError};
+use procpool::{Error, Pool, Queue, Task, TaskError};
+use serde_bytes::ByteBuf;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -44,81 +46,34 @@ fn main() {
     }
     procpool::init(registry());
     let args = libtest_mimic::Arguments::from_args();
-    let tests = vec![
-        trial(
-            "map_is_exact_and_ordered_for_every_chunk_size",
-            LIMIT,
-            map_exact,
-        ),
-        trial(
-            "panic_is_reported_and_pool_keeps_working",
-            LIMIT,
-            panic_reported,
-        ),
-        trial("returned_error_arrives_typed", LIMIT, returned_error),
-        trial(
-            "abort_in_task_is_worker_died_not_a_hang",
-            LIMIT,
-            abort_is_worker_died,
-        ),
-        trial("unknown_task_is_a_clear_error", LIMIT, unknown_task),
-        trial("worker_program_mode_runs_map", LIMIT, worker_program_map),
-        trial(
-            "worker_program_without_the_task_is_a_clear_error",
-            LIMIT,
-            worker_program_lacks_task,
-        ),
-        trial(
-            "version_mismatch_is_reported_at_start",
-            LIMIT,
-            version_mismatch,
-        ),
-        trial(
-            "worker_that_exits_at_start_is_reported",
-            LIMIT,
-            startup_exit,
-        ),
-        trial("drop_reaps_every_worker", LIMIT, drop_reaps),
-        trial("terminate_reaps_every_worker", LIMIT, terminate_reaps),
-        trial(
-            "close_then_join_then_drop_leaves_no_child",
-            LIMIT,
-            close_join,
-        ),
-        trial("join_waits_for_submitted_work", LIMIT, join_waits),
-        trial("submit_and_apply", LIMIT, submit_apply),
-        trial("oversized_input_is_frame_too_large", LIMIT, oversized_input),
-        trial("imap_is_lazy_and_bounded", LIMIT, imap_lazy),
-        trial("imap_order_and_unordered_exactly_once", LIMIT, imap_orders),
-        trial(
-            "worker_deaths_fail_only_their_tasks_and_are_replaced",
-            LIMIT,
-            deaths_without_retry,
-        ),
-        trial(
-            "retries_recover_from_worker_deaths",
-            LIMIT,
-            deaths_with_retry,
-        ),
-        trial("task_timeout_kills_and_replaces", LIMIT, task_timeout),
-        trial("max_tasks_per_worker_recycles", LIMIT, recycling),
-        trial("initializer_runs_once_per_worker", LIMIT, initializer),
-        trial(
-            "shutdown_from_another_thread_interrupts_map",
-            LIMIT,
-            shutdown_interrupts,
-        ),
-        trial("several_threads_share_one_pool", LIMIT, threads_share_pool),
-        trial(
-            "slow_tasks_after_fast_ones_spread_over_workers",
-            LIMIT,
-            slow_after_fast,
-        ),
-        trial(
-            "interrupted_imap_hands_out_what_arrived",
-            LIMIT,
-            imap_interrupted,
-        ),
+    let tests = trials![
+        LIMIT;
+        map_is_exact_and_ordered_for_every_chunk_size,
+        panic_is_reported_and_pool_keeps_working,
+        returned_error_arrives_typed,
+        abort_in_task_is_worker_died_not_a_hang,
+        unknown_task_is_a_clear_error,
+        worker_program_mode_runs_map,
+        worker_program_without_the_task_is_a_clear_error,
+        version_mismatch_is_reported_at_start,
+        worker_that_exits_at_start_is_reported,
+        drop_reaps_every_worker,
+        terminate_reaps_every_worker,
+        close_then_join_then_drop_leaves_no_child,
+        join_waits_for_submitted_work,
+        submit_and_apply,
+        oversized_input_is_frame_too_large,
+        imap_is_lazy_and_bounded,
+        imap_order_and_unordered_exactly_once,
+        worker_deaths_fail_only_their_tasks_and_are_replaced,
+        retries_recover_from_worker_deaths,
+        task_timeout_kills_and_replaces,
+        max_tasks_per_worker_recycles,
+        initializer_runs_once_per_worker,
+        shutdown_from_another_thread_interrupts_map,
+        several_threads_share_one_pool,
+        slow_tasks_after_fast_ones_spread_over_workers,
+        interrupted_imap_hands_out_what_arrived,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -133,14 +88,14 @@ fn all_gone(pids: &[u32]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn map_exact() -> anyhow::Result<()> {
+fn map_is_exact_and_ordered_for_every_chunk_size() -> anyhow::Result<()> {
     let want: Vec<u64> = (0..10_000u64).map(|x| x * x).collect();
     for chunk in [Some(1), Some(7), None] {
         let mut b = Pool::builder().workers(2);
         if let Some(c) = chunk {
             b = b.chunk_size(c);
         }
-        let pool = b.build()?;
+        let pool = b.build()?.watched();
         ensure!(
             pool.map(SQUARE, 0..10_000u64)? == want,
             "chunk size {chunk:?}"
@@ -153,8 +108,8 @@ fn map_exact() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn panic_reported() -> anyhow::Result<()> {
-    let pool = Pool::builder().workers(2).chunk_size(4).build()?;
+fn panic_is_reported_and_pool_keeps_working() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(4).build()?.watched();
     let err = pool.map(PANIC_ON_13, 0..100u64).unwrap_err();
     match &err {
         Error::Task(TaskError::Panicked { message, location }) => {
@@ -176,8 +131,8 @@ fn panic_reported() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn returned_error() -> anyhow::Result<()> {
-    let pool = Pool::new(1)?;
+fn returned_error_arrives_typed() -> anyhow::Result<()> {
+    let pool = Pool::new(1)?.watched();
     ensure!(pool.apply(PARSE, "42".to_string())? == 42);
     let err = pool.apply(PARSE, "forty-two".to_string()).unwrap_err();
     ensure!(
@@ -190,15 +145,11 @@ fn returned_error() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn abort_is_worker_died() -> anyhow::Result<()> {
-    let pool = Pool::builder().workers(2).chunk_size(1).build()?;
-    let started = Instant::now();
+fn abort_in_task_is_worker_died_not_a_hang() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(1).build()?.watched();
+    // "Not a hang": the trial's watchdog fails (and cleans up) a map that
+    // never returns; how fast it returns is not the point.
     let err = pool.map(ABORT_ON_13, 0..200u64).unwrap_err();
-    ensure!(
-        started.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
-    );
     match &err {
         Error::WorkerDied { pid, status, .. } => {
             ensure!(*pid > 0);
@@ -212,9 +163,9 @@ fn abort_is_worker_died() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn unknown_task() -> anyhow::Result<()> {
+fn unknown_task_is_a_clear_error() -> anyhow::Result<()> {
     const NOPE: procpool::Task<u64, u64> = procpool::Task::new("no_such_task");
-    let pool = Pool::new(1)?;
+    let pool = Pool::new(1)?.watched();
     let err = pool.map(NOPE, 0..3u64).unwrap_err();
     ensure!(
         matches!(&err, Error::UnknownTask { name, available } if name == "no_such_task" && available.contains(&"square".to_string())),
@@ -237,12 +188,13 @@ fn unknown_task() -> anyhow::Result<()> {
 #[path = "../examples/shared/tasks.rs"]
 mod example_tasks;
 
-fn worker_program_map() -> anyhow::Result<()> {
+fn worker_program_mode_runs_map() -> anyhow::Result<()> {
     let program = example("worker_program")?;
     let pool = Pool::builder()
         .workers(2)
         .worker_program(&program)
-        .build()?;
+        .build()?
+        .watched();
     ensure!(
         pool.tasks()
             .iter()
@@ -255,12 +207,13 @@ fn worker_program_map() -> anyhow::Result<()> {
     all_gone(&pids)
 }
 
-fn worker_program_lacks_task() -> anyhow::Result<()> {
+fn worker_program_without_the_task_is_a_clear_error() -> anyhow::Result<()> {
     let program = example("worker_program")?;
     let pool = Pool::builder()
         .workers(1)
         .worker_program(&program)
-        .build()?;
+        .build()?
+        .watched();
     let err = pool.map(SQUARE, 0..3u64).unwrap_err();
     ensure!(
         matches!(&err, Error::UnknownTask { name, .. } if name == "square"),
@@ -269,7 +222,7 @@ fn worker_program_lacks_task() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn version_mismatch() -> anyhow::Result<()> {
+fn version_mismatch_is_reported_at_start() -> anyhow::Result<()> {
     let err = Pool::builder()
         .workers(1)
         .worker_env(FAKE_ENV, "bad_version")
@@ -283,7 +236,7 @@ fn version_mismatch() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn startup_exit() -> anyhow::Result<()> {
+fn worker_that_exits_at_start_is_reported() -> anyhow::Result<()> {
     let err = Pool::builder()
         .workers(2)
         .worker_env(FAKE_ENV, "exit")
@@ -313,8 +266,8 @@ fn startup_exit() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn drop_reaps() -> anyhow::Result<()> {
-    let pool = Pool::new(3)?;
+fn drop_reaps_every_worker() -> anyhow::Result<()> {
+    let pool = Pool::new(3)?.watched();
     pool.map(SQUARE, 0..100u64)?;
     let pids = pool.worker_pids();
     ensure!(pids.len() == 3, "{pids:?}");
@@ -326,17 +279,18 @@ fn drop_reaps() -> anyhow::Result<()> {
     all_gone(&pids)
 }
 
-fn terminate_reaps() -> anyhow::Result<()> {
-    let pool = Pool::new(2)?;
-    let pending = pool.submit(SLEEP_MS, 60_000)?;
+fn terminate_reaps_every_worker() -> anyhow::Result<()> {
+    let pool = Arc::new(Pool::new(2)?.watched());
+    let pending = pool.submit(SLEEP_MS, 600_000)?;
     let pids = pool.worker_pids();
-    let started = Instant::now();
-    pool.terminate();
-    ensure!(
-        started.elapsed() < Duration::from_secs(5),
-        "terminate took {:?}",
-        started.elapsed()
-    );
+    // A watchdog, not a measure: terminate kills rather than wait for the
+    // 10-minute task, which no bound here comes near.
+    let p = Arc::clone(&pool);
+    within(
+        "terminate() with a task running",
+        Duration::from_secs(30),
+        move || p.terminate(),
+    )?;
     all_gone(&pids)?;
     let err = pending.wait().unwrap_err();
     ensure!(matches!(err, Error::Terminated), "{err:?}");
@@ -347,8 +301,8 @@ fn terminate_reaps() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn close_join() -> anyhow::Result<()> {
-    let pool = Pool::new(2)?;
+fn close_then_join_then_drop_leaves_no_child() -> anyhow::Result<()> {
+    let pool = Pool::new(2)?.watched();
     let handles: Vec<_> = (0..10u64)
         .map(|i| pool.submit(SLEEP_MS, 10 + i))
         .collect::<Result<_, _>>()?;
@@ -367,8 +321,8 @@ fn close_join() -> anyhow::Result<()> {
     all_gone(&pids)
 }
 
-fn join_waits() -> anyhow::Result<()> {
-    let pool = Pool::new(2)?;
+fn join_waits_for_submitted_work() -> anyhow::Result<()> {
+    let pool = Pool::new(2)?.watched();
     let mut handles = Vec::new();
     for i in 0..6u64 {
         handles.push(pool.submit(SLEEP_MS, 20 * i)?);
@@ -389,8 +343,8 @@ fn join_waits() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn submit_apply() -> anyhow::Result<()> {
-    let pool = Pool::new(2)?;
+fn submit_and_apply() -> anyhow::Result<()> {
+    let pool = Pool::new(2)?.watched();
     ensure!(pool.apply(SQUARE, 12)? == 144);
     let mut slow = pool.submit(SLEEP_MS, 300)?;
     ensure!(slow.try_get().is_none(), "cannot be ready yet");
@@ -403,34 +357,79 @@ fn submit_apply() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn oversized_input() -> anyhow::Result<()> {
-    const LEN: procpool::Task<Vec<u8>, usize> = procpool::Task::new("len");
-    let pool = Pool::builder().workers(1).max_frame_len(1024).build()?;
-    let _ = LEN; // not registered: the size check comes first for submit
-    let err = pool.submit(SQUARE, 1).map(drop);
-    ensure!(err.is_ok());
-    let err = pool.apply(PARSE, "x".repeat(4096)).unwrap_err();
+/// `max_frame_len` bounds every frame, both ways. An input over it fails
+/// in the master with `FrameTooLarge`, before anything is sent (`submit`
+/// looks the task up first, then checks the size); in a stream only that
+/// item fails, and the pool keeps working. A result over it cannot be sent
+/// back: the worker reports it as `TaskError::EncodeOutput` (for every item
+/// of its chunk) instead, and lives on.
+fn oversized_input_is_frame_too_large() -> anyhow::Result<()> {
+    const MAX: u32 = 1024;
+    const NOT_REGISTERED: Task<ByteBuf, u64> = Task::new("not_registered");
+    let bytes = |n: usize| ByteBuf::from(vec![7u8; n]);
+    let pool = Pool::builder()
+        .workers(1)
+        .chunk_size(1)
+        .max_frame_len(MAX)
+        .build()?
+        .watched();
+    let too_large =
+        |e: &Error| matches!(e, Error::FrameTooLarge { len, max: MAX } if *len > u64::from(MAX));
+
+    // The task is checked before the input's size.
+    let err = pool.submit(NOT_REGISTERED, bytes(4096)).unwrap_err();
     ensure!(
-        matches!(err, Error::FrameTooLarge { max: 1024, .. }),
+        matches!(&err, Error::UnknownTask { name, .. } if name == "not_registered"),
         "{err:?}"
     );
-    // In a stream, only the oversized item fails.
-    let items = vec!["1".to_string(), "y".repeat(4096), "3".to_string()];
-    let got: Vec<_> = pool.imap(PARSE, items)?.collect();
+    let err = pool.submit(LEN, bytes(4096)).unwrap_err();
+    ensure!(too_large(&err), "submit: {err:?}");
+    let err = pool.apply(LEN, bytes(4096)).unwrap_err();
+    ensure!(too_large(&err), "apply: {err:?}");
+
+    // In a stream only the oversized item fails, whether it would have
+    // shared a chunk with its neighbours or not.
+    for chunk in [1, 8] {
+        let p = Pool::builder()
+            .workers(1)
+            .chunk_size(chunk)
+            .max_frame_len(MAX)
+            .build()?
+            .watched();
+        let items = vec![bytes(1), bytes(4096), bytes(3)];
+        let got: Vec<_> = p.imap(LEN, items)?.collect();
+        ensure!(
+            matches!(got[..], [Ok(1), Err(ref e), Ok(3)] if too_large(e)),
+            "chunk size {chunk}: {got:?}"
+        );
+    }
+
+    // The pool still works, and nothing it did cost a worker.
+    ensure!(pool.apply(LEN, bytes(100))? == 100);
+
+    // A result over the limit comes back as the task's error.
+    let encode_output = |r: &Result<ByteBuf, Error>| {
+        matches!(r, Err(Error::Task(TaskError::EncodeOutput { message }))
+            if message.contains(&MAX.to_string()))
+    };
+    let got = pool.apply(BYTES, 4096);
+    ensure!(encode_output(&got), "apply: {got:?}");
+    let got: Vec<_> = pool.imap(BYTES, [10u64, 4096, 20])?.collect();
     ensure!(
-        matches!(got[0], Ok(1))
-            && matches!(got[1], Err(Error::FrameTooLarge { .. }))
-            && matches!(got[2], Ok(3)),
+        matches!(&got[..], [Ok(a), bad, Ok(b)] if a.len() == 10 && encode_output(bad) && b.len() == 20),
         "{got:?}"
     );
+    ensure!(pool.apply(LEN, bytes(100))? == 100);
+    let stats = pool.stats();
+    ensure!(stats.workers_replaced == 0, "{stats:?}");
     Ok(())
 }
 
-fn imap_lazy() -> anyhow::Result<()> {
+fn imap_is_lazy_and_bounded() -> anyhow::Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
     let window = 1000;
-    let pool = Pool::builder().workers(2).window(window).build()?;
+    let pool = Pool::builder().workers(2).window(window).build()?.watched();
     let pulled = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&pulled);
     let input = (0..1_000_000u64).inspect(move |_| {
@@ -454,8 +453,8 @@ fn imap_lazy() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn imap_orders() -> anyhow::Result<()> {
-    let pool = Pool::builder().workers(2).chunk_size(3).build()?;
+fn imap_order_and_unordered_exactly_once() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(3).build()?.watched();
     // Later items finish first: ordered output must still follow input order.
     let input: Vec<u64> = (0..40).map(|i| (40 - i) % 7).collect();
     let got: Vec<u64> = pool
@@ -470,8 +469,8 @@ fn imap_orders() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn deaths_without_retry() -> anyhow::Result<()> {
-    let pool = Pool::builder().workers(2).chunk_size(1).build()?;
+fn worker_deaths_fail_only_their_tasks_and_are_replaced() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(1).build()?.watched();
     // Items 13 die: 113, 213, ... (mod 100 == 13) abort or SIGKILL themselves.
     let input = 0..1000u64;
     let got: Vec<_> = pool
@@ -529,14 +528,15 @@ fn deaths_without_retry() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn deaths_with_retry() -> anyhow::Result<()> {
+fn retries_recover_from_worker_deaths() -> anyhow::Result<()> {
     let dir = temp_dir("retry")?;
     let dir_s = dir.to_string_lossy().into_owned();
     let pool = Pool::builder()
         .workers(2)
         .chunk_size(1)
         .retries(2)
-        .build()?;
+        .build()?
+        .watched();
     // Every 100th item kills its worker on the first attempt only.
     let items: Vec<(String, u64)> = (0..1000u64)
         .map(|x| {
@@ -574,15 +574,27 @@ fn deaths_with_retry() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn task_timeout() -> anyhow::Result<()> {
+fn task_timeout_kills_and_replaces() -> anyhow::Result<()> {
     let timeout = Duration::from_millis(500);
-    let pool = Pool::builder().workers(1).task_timeout(timeout).build()?;
+    let pool = Pool::builder()
+        .workers(1)
+        .task_timeout(timeout)
+        .build()?
+        .watched();
     let started = Instant::now();
-    let err = pool.apply(SLEEP_MS, 30_000).unwrap_err();
+    let err = pool.apply(SLEEP_MS, 600_000).unwrap_err();
     let took = started.elapsed();
     ensure!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    // The timeout firing is the feature, so its time is checked: not
+    // before the timeout, and long before the 10-minute task would have
+    // ended. The upper bound is generous (a loaded CI machine), not a
+    // measure of how promptly it fires.
     ensure!(
-        took < timeout + Duration::from_secs(1),
+        took >= timeout,
+        "timed out after {took:?}, before {timeout:?}"
+    );
+    ensure!(
+        took < timeout + Duration::from_secs(20),
         "timeout took {took:?}"
     );
     ensure!(pool.apply(SQUARE, 3)? == 9, "pool must keep working");
@@ -590,12 +602,13 @@ fn task_timeout() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn recycling() -> anyhow::Result<()> {
+fn max_tasks_per_worker_recycles() -> anyhow::Result<()> {
     let pool = Pool::builder()
         .workers(2)
         .chunk_size(1)
         .max_tasks_per_worker(10)
-        .build()?;
+        .build()?
+        .watched();
     let pids = pool.map(PID, 0..100u64)?;
     let mut distinct = pids.clone();
     distinct.sort_unstable();
@@ -611,13 +624,14 @@ fn recycling() -> anyhow::Result<()> {
     all_gone(&live)
 }
 
-fn initializer() -> anyhow::Result<()> {
+fn initializer_runs_once_per_worker() -> anyhow::Result<()> {
     let pool = Pool::builder()
         .workers(2)
         .chunk_size(1)
         .initializer(INIT)
         .max_tasks_per_worker(5)
-        .build()?;
+        .build()?
+        .watched();
     let got = pool.map(INIT_COUNT, 0..40u64)?;
     for (pid, runs) in &got {
         ensure!(*runs == 1, "worker {pid} ran its initializer {runs} times");
@@ -625,46 +639,47 @@ fn initializer() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn shutdown_interrupts() -> anyhow::Result<()> {
-    let pool = std::sync::Arc::new(
+fn shutdown_from_another_thread_interrupts_map() -> anyhow::Result<()> {
+    let pool = Arc::new(
         Pool::builder()
             .workers(2)
             .grace_period(Duration::from_secs(5))
-            .build()?,
+            .build()?
+            .watched(),
     );
     let pids = pool.worker_pids();
-    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    // Each task announces its start on this queue.
+    let started: Queue<u32> = Queue::new();
     let stopper = {
-        let pool = std::sync::Arc::clone(&pool);
-        std::thread::spawn(move || {
-            // Wait until the map is really running before asking for the stop.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let _ = started_rx.recv_timeout(Duration::from_secs(20));
-            while pool.stats().completed < 2 && Instant::now() < deadline {
-                std::thread::yield_now();
+        let pool = Arc::clone(&pool);
+        let started = started.clone();
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            // Wait until the map is really running (tasks started on both
+            // workers) before asking for the stop.
+            for _ in 0..2 {
+                started
+                    .get_timeout(Duration::from_secs(30))
+                    .context("no task of the map started within 30 s")?;
             }
             pool.shutdown();
+            Ok(())
         })
     };
-    started_tx.send(())?;
-    let started = Instant::now();
-    let err = pool.map(SLEEP_MS, vec![50u64; 400]).unwrap_err();
+    // 400 tasks of 50 ms on two workers: 10 s if nothing interrupts them.
+    let err = pool
+        .map(ANNOUNCE_SLEEP, vec![(started.clone(), 50u64); 400])
+        .unwrap_err();
     ensure!(matches!(err, Error::Interrupted), "{err:?}");
-    ensure!(
-        started.elapsed() < Duration::from_secs(10),
-        "took {:?}",
-        started.elapsed()
-    );
     stopper
         .join()
-        .map_err(|_| anyhow::anyhow!("stopper panicked"))?;
-    let pool = std::sync::Arc::into_inner(pool).context("sole owner")?;
+        .map_err(|_| anyhow::anyhow!("stopper panicked"))??;
+    let pool = Arc::into_inner(pool).context("sole owner")?;
     drop(pool);
     all_gone(&pids)
 }
 
-fn threads_share_pool() -> anyhow::Result<()> {
-    let pool = Pool::builder().workers(2).build()?;
+fn several_threads_share_one_pool() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).build()?.watched();
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let handles: Vec<_> = (0..4u64)
             .map(|t| {
@@ -700,8 +715,8 @@ fn threads_share_pool() -> anyhow::Result<()> {
 /// The pace measured for one task must not decide how deep another task's
 /// chunks queue at a worker: after thousands of trivial tasks, slow ones
 /// still go to both workers rather than pile up at one.
-fn slow_after_fast() -> anyhow::Result<()> {
-    let pool = Pool::builder().workers(2).chunk_size(1).build()?;
+fn slow_tasks_after_fast_ones_spread_over_workers() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(1).build()?.watched();
     pool.map(SQUARE, 0..5_000u64)?;
     let pids = pool.map(SLEEP_PID, vec![20u64; 40])?;
     let mut counts = std::collections::HashMap::new();
@@ -717,8 +732,8 @@ fn slow_after_fast() -> anyhow::Result<()> {
 
 /// After a shutdown, an `imap` yields the results that had already arrived,
 /// in order, then one `Interrupted`, then ends.
-fn imap_interrupted() -> anyhow::Result<()> {
-    let pool = Pool::builder().workers(2).chunk_size(1).build()?;
+fn interrupted_imap_hands_out_what_arrived() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(1).build()?.watched();
     let mut it = pool.imap(SLEEP_MS, (0..40u64).map(|i| 20 + i % 3))?;
     let mut seen = Vec::new();
     for _ in 0..3 {

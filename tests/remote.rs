@@ -25,14 +25,11 @@ fn main() {
     }
     procpool::init(registry());
     let args = libtest_mimic::Arguments::from_args();
-    let tests = vec![
-        trial("remote_workers_join_and_take_tasks", LIMIT, join_and_work),
-        trial("wrong_key_is_refused", LIMIT, wrong_key),
-        trial(
-            "remote_death_fails_its_task_and_is_not_replaced",
-            LIMIT,
-            remote_death,
-        ),
+    let tests = trials![
+        LIMIT;
+        remote_workers_join_and_take_tasks,
+        wrong_key_is_refused,
+        remote_death_fails_its_task_and_is_not_replaced,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -54,7 +51,8 @@ impl Remote {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
-            .spawn()?;
+            .spawn()?
+            .watched();
         Ok(Remote(child))
     }
 
@@ -87,12 +85,13 @@ fn listening_pool(local: usize) -> anyhow::Result<(Pool, SocketAddr)> {
         .workers(local)
         .chunk_size(1)
         .listen("127.0.0.1:0".parse()?, KEY)
-        .build()?;
+        .build()?
+        .watched();
     let addr = pool.listen_addr().context("the pool listens")?;
     Ok((pool, addr))
 }
 
-fn join_and_work() -> anyhow::Result<()> {
+fn remote_workers_join_and_take_tasks() -> anyhow::Result<()> {
     let (pool, addr) = listening_pool(1)?;
     let mut remotes = [Remote::start(addr, KEY)?, Remote::start(addr, KEY)?];
     ensure!(
@@ -117,7 +116,7 @@ fn join_and_work() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wrong_key() -> anyhow::Result<()> {
+fn wrong_key_is_refused() -> anyhow::Result<()> {
     let (pool, addr) = listening_pool(1)?;
     let mut intruder = Remote::start(addr, "a guess")?;
     let (code, err) = intruder.wait_exit(Duration::from_secs(20))?;
@@ -128,7 +127,7 @@ fn wrong_key() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn remote_death() -> anyhow::Result<()> {
+fn remote_death_fails_its_task_and_is_not_replaced() -> anyhow::Result<()> {
     let (pool, addr) = listening_pool(1)?;
     let remote = Remote::start(addr, KEY)?;
     ensure!(

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 #[cfg(unix)]
 use common::*;
+#[cfg(unix)]
+use unix::{aborted_worker_fails_its_item_and_is_replaced, drop_returns_and_reaps, map_works};
 
 fn main() {
     #[cfg(unix)]
@@ -30,14 +32,11 @@ fn main() {
     #[cfg(unix)]
     let tests = {
         const LIMIT: Duration = Duration::from_secs(60);
-        vec![
-            trial("map_works", LIMIT, unix::map_works),
-            trial(
-                "aborted_worker_fails_its_item_and_is_replaced",
-                LIMIT,
-                unix::aborted_worker,
-            ),
-            trial("drop_returns_and_reaps", LIMIT, unix::drop_returns),
+        trials![
+            LIMIT;
+            map_works,
+            aborted_worker_fails_its_item_and_is_replaced,
+            drop_returns_and_reaps,
         ]
     };
     #[cfg(not(unix))]
@@ -87,7 +86,7 @@ mod unix {
     /// here it happens on a thread of its own, unchecked; the workers exit
     /// either way (told to, or killed by the guard).
     pub(super) fn map_works() -> anyhow::Result<()> {
-        let pool = Arc::new(Pool::new(2)?);
+        let pool = Arc::new(Pool::new(2)?.watched());
         let mut pids = Vec::new();
         let mut peers = Peers::default();
         remember(&pool, &mut pids, &mut peers);
@@ -116,8 +115,8 @@ mod unix {
     /// A worker that aborts mid-task: its item fails with a worker-death
     /// error (the exit status is unknowable here), a replacement starts, and
     /// the next map works.
-    pub(super) fn aborted_worker() -> anyhow::Result<()> {
-        let pool = Arc::new(Pool::builder().workers(2).chunk_size(1).build()?);
+    pub(super) fn aborted_worker_fails_its_item_and_is_replaced() -> anyhow::Result<()> {
+        let pool = Arc::new(Pool::builder().workers(2).chunk_size(1).build()?.watched());
         let mut pids = Vec::new();
         let mut peers = Peers::default();
         remember(&pool, &mut pids, &mut peers);
@@ -158,8 +157,8 @@ mod unix {
 
     /// Dropping the pool: the workers exit when told, the kernel reaps them,
     /// and the pool must not wait forever for their exit status.
-    pub(super) fn drop_returns() -> anyhow::Result<()> {
-        let pool = Arc::new(Pool::new(2)?);
+    pub(super) fn drop_returns_and_reaps() -> anyhow::Result<()> {
+        let pool = Arc::new(Pool::new(2)?.watched());
         let mut pids = Vec::new();
         let mut peers = Peers::default();
         remember(&pool, &mut pids, &mut peers);

@@ -41,27 +41,18 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// queue (so the master knows it is subscribed and has taken something).
 /// Returns how many items it took, when the queue fails or closes.
 const DRAIN: Task<(Queue<ByteBuf>, Queue<u32>), u64> = Task::new("drain");
-/// Puts its pid on the queue (it has started), sleeps this many
-/// milliseconds, returns its pid.
-const ANNOUNCE_SLEEP: Task<(Queue<u32>, u64), u32> = Task::new("announce_sleep");
 
 fn registry() -> Registry {
-    common::registry()
-        .task(DRAIN, |(q, ready)| {
-            let mut taken = 0;
-            while q.get().is_ok() {
-                taken += 1;
-                if taken == 1 {
-                    ready.put(std::process::id()).expect("ready");
-                }
+    common::registry().task(DRAIN, |(q, ready)| {
+        let mut taken = 0;
+        while q.get().is_ok() {
+            taken += 1;
+            if taken == 1 {
+                ready.put(std::process::id()).expect("ready");
             }
-            taken
-        })
-        .task(ANNOUNCE_SLEEP, |(started, ms)| {
-            started.put(std::process::id()).expect("started");
-            std::thread::sleep(Duration::from_millis(ms));
-            std::process::id()
-        })
+        }
+        taken
+    })
 }
 
 fn main() {
@@ -73,34 +64,26 @@ fn main() {
     let mut args = libtest_mimic::Arguments::from_args();
     args.test_threads.get_or_insert(1);
     #[allow(unused_mut)] // nothing more to add on Windows
-    let mut tests = vec![trial(
-        "remote_worker_behind_dead_network_is_lost",
-        LIMIT,
-        remote_behind_dead_network,
-    )];
+    let mut tests = trials![LIMIT; remote_worker_behind_dead_network_is_lost];
     #[cfg(unix)]
-    tests.extend([
-        trial(
-            "stopped_worker_big_submit_does_not_wedge",
-            LIMIT,
-            unix::big_submit,
-        ),
-        trial(
-            "stopped_worker_shutdown_and_drop_return",
-            LIMIT,
-            unix::shutdown_and_drop,
-        ),
-        trial("stopped_worker_terminate_kills", LIMIT, unix::terminate),
-        trial("other_workers_carry_on", LIMIT, unix::others_carry_on),
-        trial(
-            "stopped_queue_subscriber_does_not_block_master",
-            LIMIT,
-            unix::stopped_subscriber,
-        ),
-        trial("hung_worker_prefetch", LIMIT, unix::hung_worker_prefetch),
+    tests.extend(trials![
+        LIMIT;
+        stopped_worker_big_submit_does_not_wedge,
+        stopped_worker_shutdown_and_drop_return,
+        stopped_worker_terminate_kills,
+        other_workers_carry_on,
+        stopped_queue_subscriber_does_not_block_master,
+        hung_worker_prefetch,
     ]);
     libtest_mimic::run(&args, tests).exit();
 }
+
+#[cfg(unix)]
+use unix::{
+    hung_worker_prefetch, other_workers_carry_on, stopped_queue_subscriber_does_not_block_master,
+    stopped_worker_big_submit_does_not_wedge, stopped_worker_shutdown_and_drop_return,
+    stopped_worker_terminate_kills,
+};
 
 #[cfg(unix)]
 mod unix {
@@ -170,9 +153,15 @@ mod unix {
     /// must not wait for it; the task times out like any other (timeout +
     /// about 100 ms is the feature; 1.5 s of slack for CI); a replacement
     /// then serves the pool.
-    pub(super) fn big_submit() -> anyhow::Result<()> {
+    pub(super) fn stopped_worker_big_submit_does_not_wedge() -> anyhow::Result<()> {
         const TIMEOUT: Duration = Duration::from_secs(1);
-        let pool = Arc::new(Pool::builder().workers(1).task_timeout(TIMEOUT).build()?);
+        let pool = Arc::new(
+            Pool::builder()
+                .workers(1)
+                .task_timeout(TIMEOUT)
+                .build()?
+                .watched(),
+        );
         let pid = only_pid(&pool)?;
         let mut peers = Peers::default();
         peers.stop(pid)?;
@@ -215,9 +204,15 @@ mod unix {
 
     /// Neither `shutdown` (it does not block, by contract) nor the graceful
     /// drop (grace period, then kill) may wait for a stopped worker.
-    pub(super) fn shutdown_and_drop() -> anyhow::Result<()> {
+    pub(super) fn stopped_worker_shutdown_and_drop_return() -> anyhow::Result<()> {
         const GRACE: Duration = Duration::from_secs(1);
-        let pool = Arc::new(Pool::builder().workers(1).grace_period(GRACE).build()?);
+        let pool = Arc::new(
+            Pool::builder()
+                .workers(1)
+                .grace_period(GRACE)
+                .build()?
+                .watched(),
+        );
         let pid = only_pid(&pool)?;
         let mut peers = Peers::default();
         peers.stop(pid)?;
@@ -250,8 +245,8 @@ mod unix {
     }
 
     /// `terminate` kills at once, a stopped worker included, and reaps it.
-    pub(super) fn terminate() -> anyhow::Result<()> {
-        let pool = Arc::new(Pool::builder().workers(1).build()?);
+    pub(super) fn stopped_worker_terminate_kills() -> anyhow::Result<()> {
+        let pool = Arc::new(Pool::builder().workers(1).build()?.watched());
         let pid = only_pid(&pool)?;
         let mut peers = Peers::default();
         peers.stop(pid)?;
@@ -286,8 +281,8 @@ mod unix {
     /// The big task goes to worker A deterministically: both lanes are
     /// empty, and dispatch picks the first least-loaded lane (slot 0, the
     /// first of `worker_pids`).
-    pub(super) fn others_carry_on() -> anyhow::Result<()> {
-        let pool = Arc::new(Pool::builder().workers(2).prefetch(0).build()?);
+    pub(super) fn other_workers_carry_on() -> anyhow::Result<()> {
+        let pool = Arc::new(Pool::builder().workers(2).prefetch(0).build()?.watched());
         let pids = pool.worker_pids();
         ensure!(pids.len() == 2, "expected two workers, found {pids:?}");
         let a = pids[0];
@@ -314,10 +309,10 @@ mod unix {
 
     /// A queue subscriber in another process that stops reading holds the
     /// item it was handed; the master's `put` and `len` must not wait for it.
-    pub(super) fn stopped_subscriber() -> anyhow::Result<()> {
+    pub(super) fn stopped_queue_subscriber_does_not_block_master() -> anyhow::Result<()> {
         let q: Queue<ByteBuf> = Queue::new();
         let ready: Queue<u32> = Queue::new();
-        let child = procpool::Process::spawn(DRAIN, (q.clone(), ready.clone()))?;
+        let child = procpool::Process::spawn(DRAIN, (q.clone(), ready.clone()))?.watched();
         let pid = child.pid();
         let mut peers = Peers::default();
         peers.watch(pid);
@@ -381,7 +376,8 @@ mod unix {
                 .workers(2)
                 .chunk_size(1)
                 .prefetch(0)
-                .build()?,
+                .build()?
+                .watched(),
         );
         let pids = pool.worker_pids();
         ensure!(pids.len() == 2, "expected two workers, found {pids:?}");
@@ -469,7 +465,8 @@ impl Remote {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn()?;
+            .spawn()?
+            .watched();
         Ok(Remote(child))
     }
 
@@ -569,14 +566,15 @@ fn forward(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>) {
 /// Pinning the task to the remote worker: the only local worker is busy
 /// with a long task first and, with `prefetch(0)`, takes nothing more; both
 /// tasks announce their pid on a queue when they start.
-fn remote_behind_dead_network() -> anyhow::Result<()> {
+fn remote_worker_behind_dead_network_is_lost() -> anyhow::Result<()> {
     let started: Queue<u32> = Queue::new();
     let pool = Pool::builder()
         .workers(1)
         .prefetch(0)
         .listen("127.0.0.1:0".parse()?, KEY)
         .heartbeat_timeout(HEARTBEAT)
-        .build()?;
+        .build()?
+        .watched();
     let addr = pool.listen_addr().context("the pool listens")?;
     let local = pool.worker_pids();
     let _gate = pool.submit(ANNOUNCE_SLEEP, (started.clone(), 120_000))?;

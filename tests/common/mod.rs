@@ -10,7 +10,7 @@
 pub mod peers;
 
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use procpool::{Registry, Task};
@@ -42,6 +42,11 @@ pub const LEN: Task<serde_bytes::ByteBuf, u64> = Task::new("len");
 /// SIGSTOP (Unix; elsewhere the task blocks forever), a hung worker that
 /// neither answers nor dies. Returns `x` (once continued, if ever).
 pub const STOP_ON: Task<(u64, u64), u64> = Task::new("stop_on");
+/// Returns this many bytes (for results over a frame limit).
+pub const BYTES: Task<u64, serde_bytes::ByteBuf> = Task::new("bytes");
+/// Puts its pid on the queue (it has started), sleeps this many
+/// milliseconds, returns its pid.
+pub const ANNOUNCE_SLEEP: Task<(procpool::Queue<u32>, u64), u32> = Task::new("announce_sleep");
 
 static INIT_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -113,6 +118,14 @@ pub fn registry() -> Registry {
             std::process::id()
         })
         .task(LEN, |bytes| bytes.len() as u64)
+        .task(BYTES, |n| {
+            serde_bytes::ByteBuf::from(vec![0u8; usize::try_from(n).expect("a length")])
+        })
+        .task(ANNOUNCE_SLEEP, |(started, ms)| {
+            started.put(std::process::id()).expect("started");
+            std::thread::sleep(Duration::from_millis(ms));
+            std::process::id()
+        })
         .task(STOP_ON, |(x, trigger)| {
             if x == trigger {
                 stop_self();
@@ -127,14 +140,174 @@ pub fn registry() -> Registry {
         })
 }
 
+/// The processes one trial started, for its watchdog: when the trial
+/// overruns its limit, the watchdog kills every one still alive, so a hung
+/// test leaves nothing behind (and whatever it blocks on is released).
+///
+/// A trial's body registers them through [`reaper`] (or the [`Watched`]
+/// shorthand); the registry is shared with the watchdog, and helper threads
+/// started through [`within`] register into the same one. A pid is killed
+/// only if it still exists when the watchdog fires; one the test reaped and
+/// the system already handed to another process is the small price of
+/// killing by pid.
+#[derive(Clone, Debug, Default)]
+pub struct Reaper(Arc<Mutex<Reaped>>);
+
+#[derive(Debug, Default)]
+struct Reaped {
+    pids: Vec<u32>,
+    /// Process groups (Unix): every member is killed.
+    groups: Vec<u32>,
+}
+
+impl Reaper {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Reaped> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Kills `pid` if the trial overruns.
+    pub fn watch(&self, pid: u32) {
+        let mut r = self.lock();
+        if pid != 0 && !r.pids.contains(&pid) {
+            r.pids.push(pid);
+        }
+    }
+
+    /// Kills the whole process group `pgid` if the trial overruns (Unix;
+    /// elsewhere only the process `pgid`).
+    pub fn watch_group(&self, pgid: u32) {
+        let mut r = self.lock();
+        if pgid != 0 && !r.groups.contains(&pgid) {
+            r.groups.push(pgid);
+        }
+    }
+
+    /// Kills what is registered and still alive; returns what it killed.
+    fn kill_all(&self) -> Vec<u32> {
+        let r = self.lock();
+        let mut killed = Vec::new();
+        for &pgid in &r.groups {
+            if kill_group(pgid) {
+                killed.push(pgid);
+            }
+        }
+        for &pid in &r.pids {
+            if alive(pid) {
+                kill_pid(pid);
+                killed.push(pid);
+            }
+        }
+        killed
+    }
+}
+
+#[cfg(unix)]
+fn kill_pid(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is positive
+    // (registered pids are never 0), so no group is signalled. SIGCONT first:
+    // a stopped process dies of SIGKILL too, but its owner may be waiting
+    // for it to run.
+    unsafe {
+        libc::kill(pid, libc::SIGCONT);
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+#[cfg(not(unix))]
+fn kill_pid(pid: u32) {
+    let _ = std::process::Command::new("taskkill")
+        .args(["/F", "/PID", &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// Kills every member of the group; whether there was any.
+#[cfg(unix)]
+fn kill_group(pgid: u32) -> bool {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return false;
+    };
+    // SAFETY: kill(2) with a negative pid signals the group; no memory is touched.
+    unsafe {
+        libc::kill(-pgid, libc::SIGCONT);
+        libc::kill(-pgid, libc::SIGKILL) == 0
+    }
+}
+
+#[cfg(not(unix))]
+fn kill_group(pgid: u32) -> bool {
+    let alive = alive(pgid);
+    if alive {
+        let _ = std::process::Command::new("taskkill")
+            .args(["/F", "/T", "/PID", &pgid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    alive
+}
+
+thread_local! {
+    static REAPER: std::cell::RefCell<Option<Reaper>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The running trial's [`Reaper`] (on a thread that belongs to no trial, a
+/// fresh one nobody watches).
+pub fn reaper() -> Reaper {
+    REAPER.with(|r| r.borrow().clone()).unwrap_or_default()
+}
+
+fn install_reaper(reaper: Reaper) {
+    REAPER.with(|r| *r.borrow_mut() = Some(reaper));
+}
+
+/// Registers a freshly started pool or process with the trial's
+/// [`Reaper`]: `Pool::new(2)?.watched()`. A pool registers the workers it
+/// has now (replacements started later are not).
+pub trait Watched: Sized {
+    fn watched(self) -> Self;
+}
+
+impl Watched for procpool::Pool {
+    fn watched(self) -> Self {
+        let r = reaper();
+        for pid in self.worker_pids() {
+            r.watch(pid);
+        }
+        self
+    }
+}
+
+impl<O: procpool_ipc::task::Payload> Watched for procpool::Process<O> {
+    fn watched(self) -> Self {
+        reaper().watch(self.pid());
+        self
+    }
+}
+
+impl Watched for std::process::Child {
+    fn watched(self) -> Self {
+        reaper().watch(self.id());
+        self
+    }
+}
+
 /// Runs `f` on a thread and fails if it takes longer than `limit`, so a
-/// hang in the code under test fails the test instead of stalling CI.
+/// hang in the code under test fails the test instead of stalling CI. On
+/// that timeout every process `f` registered with its [`Reaper`] is killed.
 pub fn bounded(
     limit: Duration,
     f: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
 ) -> Result<(), libtest_mimic::Failed> {
     let (tx, rx) = mpsc::channel();
+    let reaper = Reaper::default();
+    let theirs = reaper.clone();
     std::thread::spawn(move || {
+        install_reaper(theirs);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         let _ = tx.send(result);
     });
@@ -149,7 +322,13 @@ pub fn bounded(
                 .unwrap_or_default();
             Err(format!("test panicked: {msg}").into())
         }
-        Err(_) => Err(format!("test did not finish within {limit:?}").into()),
+        Err(_) => {
+            let killed = reaper.kill_all();
+            Err(
+                format!("test did not finish within {limit:?} (killed its processes {killed:?})")
+                    .into(),
+            )
+        }
     }
 }
 
@@ -161,6 +340,17 @@ pub fn trial(
 ) -> libtest_mimic::Trial {
     libtest_mimic::Trial::test(name, move || bounded(limit, f))
 }
+
+/// `trials![LIMIT; join_and_work, wrong_key]`: one bounded [`trial`] per
+/// function, named after it, as a `Vec<Trial>`.
+#[allow(unused_macros)] // binaries with no trial on this platform
+macro_rules! trials {
+    ($limit:expr; $($f:ident),* $(,)?) => {
+        vec![$($crate::common::trial(stringify!($f), $limit, $f)),*]
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use trials;
 
 /// Whether a process with this pid exists (a zombie counts: it must have
 /// been reaped). See [`procpool_ipc::endpoint::process_alive`].
@@ -179,9 +369,11 @@ pub fn within<T: Send + 'static>(
 ) -> anyhow::Result<(T, Duration)> {
     let (tx, rx) = mpsc::channel();
     let start = Instant::now();
+    let reaper = reaper();
     std::thread::Builder::new()
         .name(format!("call: {what}"))
         .spawn(move || {
+            install_reaper(reaper);
             let _ = tx.send(f());
         })?;
     match rx.recv_timeout(limit) {

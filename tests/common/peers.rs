@@ -63,8 +63,10 @@ pub fn wait_stopped(pid: u32, limit: Duration) -> anyhow::Result<()> {
 pub struct Peers(Vec<u32>);
 
 impl Peers {
-    /// Kills `pid` when the guard goes.
+    /// Kills `pid` when the guard goes (and registers it with the trial's
+    /// watchdog, which kills it if the trial overruns).
     pub fn watch(&mut self, pid: u32) {
+        super::reaper().watch(pid);
         if !self.0.contains(&pid) {
             self.0.push(pid);
         }
