@@ -198,6 +198,67 @@ impl WriteFrame for (&mut Outbox, u32) {
     }
 }
 
+/// Frames at least this long go to the kernel without a copy when the
+/// outbox is empty and nobody is writing: only what the kernel does not
+/// take at once is copied into the outbox.
+const DIRECT_MIN: usize = 64 << 10;
+
+/// Writes frames into a link's outbox, sending large ones directly when
+/// that needs no waiting.
+struct Direct<'a>(&'a Inner);
+
+impl WriteFrame for Direct<'_> {
+    fn write_frame(&mut self, parts: &[&[u8]]) -> Result<(), IpcError> {
+        let inner = self.0;
+        let mut outbox = inner.lock();
+        let len = checked_len(parts, inner.max)?;
+        let total = 4 + len as usize;
+        if total < DIRECT_MIN || !outbox.buf.is_empty() || outbox.broken.is_some() {
+            return (&mut *outbox, inner.max).write_frame(parts);
+        }
+        let Some(mut sink) = outbox.sink.take() else {
+            return (&mut *outbox, inner.max).write_frame(parts);
+        };
+        outbox.appended += total as u64;
+        drop(outbox);
+        let header = len.to_le_bytes();
+        let mut written = 0;
+        let mut error = None;
+        for part in std::iter::once(&header[..]).chain(parts.iter().copied()) {
+            let (n, e) = try_write_all(&mut *sink, part);
+            written += n;
+            if n < part.len() || e.is_some() {
+                error = e;
+                break;
+            }
+        }
+        // What the kernel did not take waits in the outbox, in front.
+        let mut rest = Vec::with_capacity(total - written);
+        let mut skip = written;
+        for part in std::iter::once(&header[..]).chain(parts.iter().copied()) {
+            let from = skip.min(part.len());
+            skip -= from;
+            rest.extend_from_slice(&part[from..]);
+        }
+        let mut outbox = inner.lock();
+        outbox.written += written as u64;
+        outbox.give_back(sink, rest, 0, error);
+        if written > 0 {
+            outbox.last_write = Instant::now();
+        }
+        inner.progressed(&outbox);
+        if let Some(e) = outbox.broken_error() {
+            return Err(e);
+        }
+        // Frames others appended while we held the stream: their flush
+        // found it taken, so the writer thread sees to them.
+        if !outbox.buf.is_empty() {
+            inner.work.notify_one();
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Debug for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Link")
@@ -263,8 +324,7 @@ impl Link {
     /// # Errors
     /// As [`Message::write`]; [`IpcError::Io`] once the link is broken.
     pub fn write(&self, msg: &Message<'_>) -> Result<(), IpcError> {
-        let mut outbox = self.inner.lock();
-        msg.write(&mut (&mut *outbox, self.inner.max))
+        msg.write(&mut Direct(&self.inner))
     }
 
     /// Hands what the outbox holds to the kernel as far as it takes it
