@@ -74,6 +74,7 @@ fn main() {
         other_workers_carry_on,
         stopped_queue_subscriber_does_not_block_master,
         hung_worker_prefetch,
+        stopped_worker_is_lost_with_local_heartbeat,
     ]);
     libtest_mimic::run(&args, tests).exit();
 }
@@ -81,8 +82,8 @@ fn main() {
 #[cfg(unix)]
 use unix::{
     hung_worker_prefetch, other_workers_carry_on, stopped_queue_subscriber_does_not_block_master,
-    stopped_worker_big_submit_does_not_wedge, stopped_worker_shutdown_and_drop_return,
-    stopped_worker_terminate_kills,
+    stopped_worker_big_submit_does_not_wedge, stopped_worker_is_lost_with_local_heartbeat,
+    stopped_worker_shutdown_and_drop_return, stopped_worker_terminate_kills,
 };
 
 #[cfg(unix)]
@@ -147,6 +148,54 @@ mod unix {
         if v.check(wait_gone(&all, Duration::from_secs(5))).is_some() {
             peers.forget();
         }
+    }
+
+    /// With heartbeats on local workers and no task timeout, a stopped
+    /// worker is declared lost once it has been silent for the heartbeat
+    /// timeout (the feature: timeout + 5 s of slack for CI), its task fails
+    /// with `Unresponsive`, and a replacement serves the pool.
+    pub(super) fn stopped_worker_is_lost_with_local_heartbeat() -> anyhow::Result<()> {
+        const TIMEOUT: Duration = Duration::from_secs(1);
+        let pool = Arc::new(
+            Pool::builder()
+                .workers(1)
+                .local_heartbeat(true)
+                .heartbeat_timeout(TIMEOUT)
+                .build()?
+                .watched(),
+        );
+        let pid = only_pid(&pool)?;
+        let mut peers = Peers::default();
+        peers.stop(pid)?;
+        let mut v = Verdict::default();
+        let handle = pool.submit(SQUARE, 3)?;
+        let bound = TIMEOUT + Duration::from_secs(5);
+        let waited = within(
+            "waiting for the task of the stopped worker",
+            bound,
+            move || handle.wait(),
+        );
+        if let Some((result, _)) = v.check(waited) {
+            match result {
+                Err(Error::Unresponsive { pid: p, .. }) if p == pid => {}
+                other => v.fail(format!(
+                    "expected Error::Unresponsive for pid {pid}, got {other:?}"
+                )),
+            }
+            let p = Arc::clone(&pool);
+            let squared = within(
+                "apply(SQUARE) on the replacement worker",
+                Duration::from_secs(20),
+                move || p.apply(SQUARE, 7),
+            );
+            if let Some((r, _)) = v.check(squared)
+                && !matches!(r, Ok(49))
+            {
+                v.fail(format!("the replacement answered {r:?}, not Ok(49)"));
+            }
+        }
+        teardown(pool, &mut peers, &[pid], &mut v);
+        v.finish()
     }
 
     /// A stopped worker holds a 1 MiB input it will never read. `submit`

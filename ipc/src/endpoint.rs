@@ -33,6 +33,17 @@ pub fn spawn(cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)> {
 
 pub use crate::sys::ExitedBeforeConnecting;
 
+/// Arms liveness on a local connection: a read or a write that waits
+/// longer than `timeout` fails, so a peer that stops (a stopped process, a
+/// hung master) is noticed by a side that expects heartbeats.
+///
+/// # Errors
+/// The socket options could not be set; `Unsupported` on Windows, whose
+/// named pipes have no timeouts.
+pub fn set_timeouts(half: &ReadHalf, timeout: Option<std::time::Duration>) -> io::Result<()> {
+    half.set_timeouts(timeout)
+}
+
 /// Waits for a child's exit without reaping it, so that its `Child` can
 /// still be reaped, and killed without the risk of signalling a reused pid,
 /// by another thread meanwhile.
@@ -121,3 +132,13 @@ pub const MAX_FRAME_ENV: &str = "PROCPOOL_MAX_FRAME_LEN";
 
 /// The environment variable holding the worker id the master gave a worker.
 pub const WORKER_ID_ENV: &str = "PROCPOOL_WORKER_ID";
+
+/// The environment variable that sets a worker's heartbeat timeout, in
+/// milliseconds. A remote worker adopts its master's
+/// (`PoolBuilder::heartbeat_timeout`, learnt in the handshake) unless this
+/// overrides it; a local worker gets it from its master when the pool
+/// asks for heartbeats on local workers (`PoolBuilder::local_heartbeat`).
+/// A master silent that long is declared lost, and the worker exits
+/// (status 70), abandoning its task: the master has failed or re-queued it
+/// by then.
+pub const HEARTBEAT_TIMEOUT_ENV: &str = "PROCPOOL_HEARTBEAT_TIMEOUT_MS";

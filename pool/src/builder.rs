@@ -45,6 +45,7 @@ pub struct PoolBuilder {
     single_process: bool,
     listen: Option<(SocketAddr, Key)>,
     heartbeat_timeout: Option<Duration>,
+    local_heartbeat: bool,
 }
 
 impl PoolBuilder {
@@ -212,6 +213,22 @@ impl PoolBuilder {
         self
     }
 
+    /// Heartbeats on local workers' connections too (Unix): a worker that
+    /// stops reading and writing — a stopped process, a reader thread
+    /// stuck — is declared lost after [`heartbeat_timeout`](Self::heartbeat_timeout),
+    /// killed, and its task fails with [`Error::Unresponsive`] (or is
+    /// retried); a worker whose master goes silent that long exits. Without
+    /// it (the default), a local worker is lost only when its connection
+    /// ends or its process exits, which the master sees at once, and a
+    /// worker that hangs is caught by [`task_timeout`](Self::task_timeout).
+    ///
+    /// On Windows, whose named pipes have no timeouts, `build` fails with
+    /// [`Error::Spawn`] when this is set.
+    pub fn local_heartbeat(mut self, on: bool) -> Self {
+        self.local_heartbeat = on;
+        self
+    }
+
     /// One worker that is not replaced when it exits: a `Process`.
     pub(crate) fn single_process(mut self) -> Self {
         self.single_process = true;
@@ -261,6 +278,7 @@ impl PoolBuilder {
             heartbeat_timeout: self
                 .heartbeat_timeout
                 .unwrap_or(procpool_ipc::remote::DEFAULT_HEARTBEAT_TIMEOUT),
+            local_heartbeat: self.local_heartbeat,
         };
         Pool::start(config)
     }

@@ -32,6 +32,8 @@ pub(crate) struct Config {
     pub(crate) listen: Option<(SocketAddr, Key)>,
     /// A remote worker silent this long is lost.
     pub(crate) heartbeat_timeout: Duration,
+    /// Local workers heartbeat too.
+    pub(crate) local_heartbeat: bool,
 }
 
 /// The pool's authentication key; never printed.

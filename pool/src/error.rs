@@ -39,6 +39,20 @@ pub enum Error {
         /// The process id it had.
         pid: u32,
     },
+    /// The worker running the task sent nothing, not even a heartbeat, for
+    /// the heartbeat timeout (see `PoolBuilder::local_heartbeat`): it was
+    /// declared lost and killed.
+    #[error(
+        "worker {worker_id} (pid {pid}) was silent for {timeout:?} (heartbeat timeout) and was killed"
+    )]
+    Unresponsive {
+        /// The worker's id.
+        worker_id: usize,
+        /// Its process id.
+        pid: u32,
+        /// The heartbeat timeout.
+        timeout: Duration,
+    },
     /// The remote worker running the task disconnected (or its machine went
     /// away); its exit status is not known here.
     #[error("remote worker {worker_id} ({}) disconnected while running the task", peer.map_or_else(|| "unknown address".to_owned(), |p| p.to_string()))]

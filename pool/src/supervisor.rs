@@ -400,6 +400,19 @@ impl Supervisor {
                 worker_id,
                 peer: w.peer(),
             },
+            (_, Some(IpcError::Io(e)))
+                if self.config.local_heartbeat
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+            {
+                Error::Unresponsive {
+                    worker_id,
+                    pid,
+                    timeout: self.config.heartbeat_timeout,
+                }
+            }
             (_, Some(e)) if !matches!(e, IpcError::Truncated { .. }) => Error::Connection {
                 worker_id,
                 source: Arc::new(e),

@@ -101,9 +101,18 @@ impl Seat<'_> {
             program: config.program.clone(),
             source: Arc::new(e),
         };
+        let heartbeat = config.local_heartbeat.then_some(config.heartbeat_timeout);
+        if let Some(timeout) = heartbeat {
+            cmd.env(
+                endpoint::HEARTBEAT_TIMEOUT_ENV,
+                timeout.as_millis().to_string(),
+            );
+        }
         let (mut child, reader, writer) = endpoint::spawn(cmd).map_err(spawn_error)?;
         let started = ExitWatch::new(&child).and_then(|watch| {
+            endpoint::set_timeouts(&reader, heartbeat)?;
             let link = self.start_reader(reader, writer)?;
+            link.set_heartbeat(heartbeat.map(procpool_ipc::remote::heartbeat_interval));
             Ok((watch, link))
         });
         let (watch, link) = match started {

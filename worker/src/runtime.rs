@@ -85,7 +85,13 @@ pub fn run_worker(registry: Registry) -> ! {
 
 fn serve_and_exit(registry: Registry, connection: Result<(ReadHalf, WriteHalf), ServeError>) -> ! {
     endpoint::ignore_interrupts();
-    match connection.and_then(|(r, w)| serve(&registry, r, w, None)) {
+    // The master asks for heartbeats on local connections too (optional).
+    let heartbeat = heartbeat_timeout();
+    let connection = connection.and_then(|(r, w)| {
+        endpoint::set_timeouts(&r, heartbeat).map_err(ServeError::Endpoint)?;
+        Ok((r, w))
+    });
+    match connection.and_then(|(r, w)| serve(&registry, r, w, heartbeat)) {
         Ok(()) => process::exit(0),
         Err(e) => fail(&e),
     }
@@ -140,12 +146,7 @@ fn heartbeat_timeout() -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-/// The environment variable that overrides a remote worker's heartbeat
-/// timeout, in milliseconds; by default it adopts its master's
-/// (`PoolBuilder::heartbeat_timeout`, learnt in the handshake). A master
-/// silent that long is declared lost, and the worker exits (status 70),
-/// abandoning its task: the master has failed or re-queued it by then.
-pub const HEARTBEAT_TIMEOUT_ENV: &str = "PROCPOOL_HEARTBEAT_TIMEOUT_MS";
+pub use procpool_ipc::endpoint::HEARTBEAT_TIMEOUT_ENV;
 
 /// How long a worker that is done waits for its last frames to reach the
 /// kernel before it exits anyway.

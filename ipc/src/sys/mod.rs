@@ -16,6 +16,9 @@
 //!   Windows job object).
 //! - `connect(value) -> io::Result<(ReadHalf, WriteHalf)>`: worker side;
 //!   `value` is the variable's content. Called at most once per process.
+//! - `ReadHalf::set_timeouts(timeout)`: reads and writes on the connection
+//!   that wait longer than `timeout` fail (`WouldBlock`/`TimedOut`);
+//!   `Unsupported` on Windows named pipes.
 //! - `WriteHalf::try_write(buf)`: writes what the connection takes without
 //!   blocking; `WouldBlock` when it takes nothing now (always, on Windows
 //!   named pipes). `try_send_tcp(stream, buf)`: the same on a TCP stream.

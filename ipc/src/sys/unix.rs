@@ -24,6 +24,15 @@ pub struct WriteHalf(UnixStream);
 
 super::forward_io!(ReadHalf, WriteHalf);
 
+impl ReadHalf {
+    /// Liveness on a local connection: reads and writes that wait longer
+    /// than `timeout` fail (the socket is shared by both halves).
+    pub(crate) fn set_timeouts(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
+        self.0.set_read_timeout(timeout)?;
+        self.0.set_write_timeout(timeout)
+    }
+}
+
 impl WriteHalf {
     /// Writes what the socket takes without blocking.
     pub(crate) fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {

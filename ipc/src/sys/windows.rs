@@ -115,6 +115,20 @@ impl ExitWatch {
     }
 }
 
+impl ReadHalf {
+    /// Named pipes have no read or write timeouts: heartbeats on local
+    /// connections are not available here.
+    pub(crate) fn set_timeouts(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match timeout {
+            None => Ok(()),
+            Some(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "heartbeats on local worker connections are not supported on Windows",
+            )),
+        }
+    }
+}
+
 impl WriteHalf {
     /// Named pipes have no per-call non-blocking write: always `WouldBlock`,
     /// so the link's writer thread does the writing.
