@@ -30,6 +30,8 @@ const GET_ONE: Task<(SimpleQueue<()>, Queue<u64>), u64> = Task::new("get_one");
 const TAKE_ONE_THEN_HOLD: Task<HoldArgs, ()> = Task::new("take_one_then_hold");
 /// The queue to take from, where to report what was taken, where to wait.
 type HoldArgs = (Queue<u64>, SimpleQueue<u64>, Queue<()>);
+/// Takes items with `try_get` until it says Empty; returns them.
+const TRY_DRAIN: Task<Queue<u64>, Vec<u64>> = Task::new("try_drain");
 /// Producer for the exactly-once test: puts `Some(start..start + n)`.
 const JQ_PRODUCE: Task<(JoinableQueue<Option<u64>>, u64, u64), u64> = Task::new("jq_produce");
 /// Consumer for the exactly-once test: (count, sum of items, sum of squares) until `None`.
@@ -103,6 +105,19 @@ fn closed_waits_for_items_held_elsewhere() -> anyhow::Result<()> {
     }
 }
 
+/// `try_get` never waits, yet takes an item if the queue has one: a
+/// process looping on it over a queue of 5 gets all 5, although each is
+/// delivered to it only once the previous one was taken.
+fn try_get_in_a_child_takes_every_item() -> anyhow::Result<()> {
+    let q = Queue::new();
+    for i in 0..5u64 {
+        q.put(i)?;
+    }
+    let got = Process::spawn(TRY_DRAIN, q.clone())?.watched().join()?;
+    ensure!(got == (0..5).collect::<Vec<_>>(), "the child took {got:?}");
+    Ok(())
+}
+
 fn registry() -> Registry {
     common::registry()
         .task(PRODUCE, |(q, start, n)| {
@@ -127,6 +142,13 @@ fn registry() -> Registry {
         .task(TAKE_ONE_THEN_HOLD, |(q, took, hold)| {
             took.put(q.get().expect("get")).expect("took");
             hold.get().expect("hold");
+        })
+        .task(TRY_DRAIN, |q| {
+            let mut got = Vec::new();
+            while let Ok(x) = q.try_get() {
+                got.push(x);
+            }
+            got
         })
         .task(GET_ONE, |(ready, q)| {
             ready.put(()).expect("ready");
@@ -229,6 +251,7 @@ fn main() {
         close_reaches_readers_in_other_processes,
         closed_waits_for_items_held_elsewhere,
         released_handle_gives_back_items,
+        try_get_in_a_child_takes_every_item,
         bounded_put_blocks_across_processes,
         exit_right_after_put_loses_nothing_and_never_deadlocks,
         killed_writer_loses_nothing_put_accepted,

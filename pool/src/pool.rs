@@ -431,7 +431,9 @@ impl Pool {
     fn wait_stopped(&self) {
         // Disconnects when the supervisor thread ends, after reaping.
         let _ = self.stopped.recv();
-        if let Some(handle) = lock(&self.supervisor).take() {
+        // Taken first: the lock is not held while joining.
+        let handle = lock(&self.supervisor).take();
+        if let Some(handle) = handle {
             let _ = handle.join();
         }
     }

@@ -395,6 +395,7 @@ impl Client {
     pub(crate) fn get(&self, queue: u64, wait: Wait) -> Result<Taken, QueueError> {
         let sub = self.subscribed(queue)?;
         let deadline = wait.deadline();
+        let mut synced = false;
         let mut state = lock(&sub.state);
         loop {
             if let Some(item) = state.buf.pop_front() {
@@ -416,7 +417,17 @@ impl Client {
             }
             state = match sub.wait(state, deadline) {
                 Some(state) => state,
-                None => return Ok(Taken::Empty),
+                None if synced => return Ok(Taken::Empty),
+                None => {
+                    // Nothing here by the deadline, but the hub may hold an
+                    // item on its way (given in place of the last one
+                    // taken): one round trip, answered after any delivery
+                    // it makes, before saying Empty. So `try_get` takes an
+                    // item if the queue has one.
+                    self.request(op::SUBSCRIBE, queue, 0, &[], Wait::Forever)?;
+                    synced = true;
+                    lock(&sub.state)
+                }
             };
         }
     }
