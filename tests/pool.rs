@@ -53,6 +53,7 @@ fn main() {
         returned_error_arrives_typed,
         abort_in_task_is_worker_died_not_a_hang,
         unknown_task_is_a_clear_error,
+        mismatched_task_types_are_refused,
         worker_program_mode_runs_map,
         worker_program_without_the_task_is_a_clear_error,
         version_mismatch_is_reported_at_start,
@@ -160,6 +161,25 @@ fn abort_in_task_is_worker_died_not_a_hang() -> anyhow::Result<()> {
     }
     // A replacement started and the pool works.
     ensure!(pool.map(SQUARE, 0..10u64)?.len() == 10);
+    Ok(())
+}
+
+/// A task the workers register with other types than the master declares
+/// (a worker program built from other sources) is refused by name and
+/// types, before anything is sent: `square` is `u64 -> u64` in the workers,
+/// and its `u64` results would decode as garbage `i64`s.
+fn mismatched_task_types_are_refused() -> anyhow::Result<()> {
+    const SIGNED: procpool::Task<u64, i64> = procpool::Task::new("square");
+    let pool = Pool::new(1)?.watched();
+    let err = pool.map(SIGNED, 0..3u64).unwrap_err();
+    ensure!(
+        matches!(&err, Error::TaskTypeMismatch { name, master, worker }
+            if name == "square" && master == "u64 -> i64" && worker == "u64 -> u64"),
+        "{err:?}"
+    );
+    ensure!(err.to_string().contains("u64 -> i64"), "{err}");
+    // The declaration that matches still works.
+    ensure!(pool.map(SQUARE, 0..3u64)? == [0, 1, 4]);
     Ok(())
 }
 

@@ -45,6 +45,9 @@ pub struct Hello {
     /// Names of the tasks the worker's registry holds, in registry order:
     /// the index of a name is the task number used in [`Message::Run`].
     pub tasks: Vec<String>,
+    /// Each task's [`Task::signature`](crate::Task::signature), in the
+    /// same order.
+    pub signatures: Vec<String>,
 }
 
 /// One protocol message, borrowing its payload from the frame body.
@@ -212,11 +215,15 @@ impl<'a> Message<'a> {
                     });
                 }
                 let pid = c.u32()?;
-                let (tasks, used) = codec::decode::<Vec<String>>(c.0)?;
-                if used != c.0.len() {
-                    return Err(IpcError::Malformed("trailing bytes after hello"));
+                let ((tasks, signatures), used) = codec::decode::<(Vec<String>, Vec<String>)>(c.0)?;
+                if used != c.0.len() || tasks.len() != signatures.len() {
+                    return Err(IpcError::Malformed("malformed task list in hello"));
                 }
-                Ok(Message::Hello(Hello { pid, tasks }))
+                Ok(Message::Hello(Hello {
+                    pid,
+                    tasks,
+                    signatures,
+                }))
             }
             RUN => Ok(Message::Run {
                 id: c.u64()?,
@@ -267,7 +274,7 @@ impl<'a> Message<'a> {
                 body.extend_from_slice(MAGIC);
                 body.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
                 body.extend_from_slice(&hello.pid.to_le_bytes());
-                codec::encode_into(&hello.tasks, &mut body)?;
+                codec::encode_into(&(&hello.tasks, &hello.signatures), &mut body)?;
                 w.write_frame(&[&body])
             }
             Message::Run {
@@ -348,6 +355,7 @@ mod tests {
             Message::Hello(Hello {
                 pid: 42,
                 tasks: vec!["a".into(), "b".into()],
+                signatures: vec!["u64 -> u64".into(), "() -> ()".into()],
             }),
             Message::Run {
                 id: 1,
@@ -397,6 +405,7 @@ mod tests {
         let mut body = round_trip(&Message::Hello(Hello {
             pid: 1,
             tasks: vec![],
+            signatures: vec![],
         }));
         body[5..9].copy_from_slice(&99u32.to_le_bytes());
         assert!(matches!(

@@ -47,6 +47,19 @@ impl<I, O> Task<I, O> {
         }
     }
 
+    /// The task's input and output types, as `"In -> Out"`: the master and
+    /// a worker program built separately compare it at the handshake, so a
+    /// task whose types differ on the two sides is refused instead of
+    /// decoding garbage. (`std::any::type_name`: the same for the same
+    /// types and compiler.)
+    pub fn signature(&self) -> String {
+        format!(
+            "{} -> {}",
+            std::any::type_name::<I>(),
+            std::any::type_name::<O>()
+        )
+    }
+
     /// The task's name.
     pub const fn name(&self) -> &'static str {
         self.name

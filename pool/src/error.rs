@@ -82,6 +82,21 @@ pub enum Error {
         /// The killed worker's process id.
         pid: u32,
     },
+    /// The workers serve a task of this name with other input or output
+    /// types than the master's declaration (a worker program built from
+    /// other sources): nothing is sent, since the two sides would decode
+    /// each other's bytes as the wrong types.
+    #[error(
+        "task {name:?} has types {master} in the master but {worker} in the workers (rebuild the worker program?)"
+    )]
+    TaskTypeMismatch {
+        /// The task's name.
+        name: String,
+        /// `Input -> Output` as the master declares it.
+        master: String,
+        /// `Input -> Output` as the workers register it.
+        worker: String,
+    },
     /// No worker serves a task of this name.
     #[error("unknown task {name:?}: the workers serve {available:?}")]
     UnknownTask {

@@ -50,3 +50,20 @@ pub(crate) enum Msg {
         peer: SocketAddr,
     },
 }
+
+/// The tasks the workers serve: names (the index is the task number) and
+/// each one's `Task::signature`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Catalog {
+    pub(crate) names: Vec<String>,
+    pub(crate) signatures: Vec<String>,
+}
+
+impl Catalog {
+    pub(crate) fn of(hello: &Hello) -> Self {
+        Self {
+            names: hello.tasks.clone(),
+            signatures: hello.signatures.clone(),
+        }
+    }
+}

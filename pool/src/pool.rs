@@ -14,7 +14,7 @@ use procpool_ipc::task::Payload;
 use procpool_ipc::{Task, TaskError, codec};
 
 use crate::config::Config;
-use crate::msg::Msg;
+use crate::msg::{Catalog, Msg};
 use crate::remote::Listener;
 use crate::shared::Shared;
 use crate::stream::{Chunking, Imap};
@@ -49,7 +49,7 @@ pub struct Pool {
     pub(crate) config: Arc<Config>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) tx: Sender<Msg>,
-    tasks: Vec<String>,
+    tasks: Catalog,
     stopped: Receiver<()>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
     listen_addr: Option<SocketAddr>,
@@ -60,7 +60,7 @@ impl fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("workers", &self.config.workers)
             .field("program", &self.config.program)
-            .field("tasks", &self.tasks)
+            .field("tasks", &self.tasks.names)
             .finish_non_exhaustive()
     }
 }
@@ -185,7 +185,7 @@ impl Pool {
 
     /// Names of the tasks the workers serve.
     pub fn tasks(&self) -> &[String] {
-        &self.tasks
+        &self.tasks.names
     }
 
     /// Process ids of the workers running now.
@@ -213,7 +213,9 @@ impl Pool {
         }
     }
 
-    fn task_index(&self, name: &str) -> Result<u32, Error> {
+    /// The number of `task` in the workers' registry, once its types are
+    /// known to match.
+    fn task_index<I, O>(&self, task: Task<I, O>) -> Result<u32, Error> {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(if self.shared.interrupted.load(Ordering::SeqCst) {
                 Error::Interrupted
@@ -221,14 +223,25 @@ impl Pool {
                 Error::Closed
             });
         }
-        self.tasks
-            .iter()
-            .position(|t| t == name)
-            .and_then(|i| u32::try_from(i).ok())
-            .ok_or_else(|| Error::UnknownTask {
+        let name = task.name();
+        let Some(i) = self.tasks.names.iter().position(|t| t == name) else {
+            return Err(Error::UnknownTask {
                 name: name.to_owned(),
-                available: self.tasks.clone(),
-            })
+                available: self.tasks.names.clone(),
+            });
+        };
+        let ours = task.signature();
+        if self.tasks.signatures[i] != ours {
+            return Err(Error::TaskTypeMismatch {
+                name: name.to_owned(),
+                master: ours,
+                worker: self.tasks.signatures[i].clone(),
+            });
+        }
+        u32::try_from(i).map_err(|_| Error::UnknownTask {
+            name: name.to_owned(),
+            available: self.tasks.names.clone(),
+        })
     }
 
     /// Runs `task` on every item and returns the outputs in input order.
@@ -247,7 +260,7 @@ impl Pool {
         task: Task<I, O>,
         items: impl IntoIterator<Item = I>,
     ) -> Result<Vec<O>, Error> {
-        let index = self.task_index(task.name())?;
+        let index = self.task_index(task)?;
         let items: Vec<I> = items.into_iter().collect();
         let len = items.len();
         let chunk = self.config.chunk_size.unwrap_or_else(|| {
@@ -305,7 +318,7 @@ impl Pool {
         items: It,
         ordered: bool,
     ) -> Result<Imap<'_, I, O, It::IntoIter>, Error> {
-        let index = self.task_index(task.name())?;
+        let index = self.task_index(task)?;
         let window = self.config.window;
         let chunking = match self.config.chunk_size {
             Some(n) => Chunking::Fixed(n),
@@ -343,7 +356,7 @@ impl Pool {
         task: Task<I, O>,
         item: I,
     ) -> Result<AsyncResult<O>, Error> {
-        let index = self.task_index(task.name())?;
+        let index = self.task_index(task)?;
         let mut payload = Vec::new();
         codec::encode_into(&item, &mut payload).map_err(Error::encode)?;
         let max = self.config.max_frame_len;

@@ -38,7 +38,7 @@ use procpool_ipc::proto::Hello;
 use crate::Error;
 use crate::config::Config;
 use crate::dispatch::{Ended, Lane};
-use crate::msg::Msg;
+use crate::msg::{Catalog, Msg};
 use crate::remote::Listener;
 use crate::shared::Shared;
 use crate::worker::{Kill, Seat, Worker};
@@ -74,9 +74,9 @@ pub(crate) struct Supervisor {
     rx: Receiver<Msg>,
     slots: Vec<Slot>,
     next_key: u64,
-    tasks: Option<Vec<String>>,
+    tasks: Option<Catalog>,
     phase: Phase,
-    ready_tx: Option<Sender<Result<Vec<String>, Error>>>,
+    ready_tx: Option<Sender<Result<Catalog, Error>>>,
     listener: Option<Listener>,
 }
 
@@ -86,7 +86,7 @@ impl Supervisor {
         shared: Arc<Shared>,
         tx: Sender<Msg>,
         rx: Receiver<Msg>,
-        ready_tx: Sender<Result<Vec<String>, Error>>,
+        ready_tx: Sender<Result<Catalog, Error>>,
         listener: Option<Listener>,
     ) -> Self {
         let slots = (0..config.workers).map(|_| Slot::default()).collect();
@@ -267,10 +267,10 @@ impl Supervisor {
     fn on_hello(&mut self, slot: usize, key: u64, hello: Hello) {
         let mismatch = match &self.tasks {
             None => {
-                self.tasks = Some(hello.tasks.clone());
+                self.tasks = Some(Catalog::of(&hello));
                 false
             }
-            Some(tasks) => *tasks != hello.tasks,
+            Some(tasks) => *tasks != Catalog::of(&hello),
         };
         let initializer = match self.config.initializer {
             None => None,

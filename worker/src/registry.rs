@@ -29,6 +29,7 @@ pub(crate) type Runner = Box<dyn Fn(&[u8], u32, &mut Vec<u8>) + Send + Sync>;
 #[derive(Default)]
 pub struct Registry {
     names: Vec<&'static str>,
+    signatures: Vec<String>,
     runners: Vec<Runner>,
 }
 
@@ -61,7 +62,7 @@ impl Registry {
         O: Payload,
         F: Fn(I) -> O + Send + Sync + 'static,
     {
-        self.add(task.name(), runner(move |input| Ok(f(input))))
+        self.add(task, runner(move |input| Ok(f(input))))
     }
 
     /// Registers a fallible task: `Err(e)` reaches the caller as
@@ -77,7 +78,7 @@ impl Registry {
         F: Fn(I) -> Result<O, E> + Send + Sync + 'static,
     {
         self.add(
-            task.name(),
+            task,
             runner(move |input| {
                 f(input).map_err(|e| TaskError::Failed {
                     message: e.to_string(),
@@ -91,16 +92,23 @@ impl Registry {
         &self.names
     }
 
+    /// Each task's [`Task::signature`], in registration order.
+    pub fn signatures(&self) -> &[String] {
+        &self.signatures
+    }
+
     pub(crate) fn runner(&self, index: u32) -> Option<&Runner> {
         self.runners.get(index as usize)
     }
 
-    fn add(mut self, name: &'static str, runner: Runner) -> Self {
+    fn add<I, O>(mut self, task: Task<I, O>, runner: Runner) -> Self {
+        let name = task.name();
         assert!(
             !self.names.contains(&name),
             "procpool: task {name:?} is registered twice"
         );
         self.names.push(name);
+        self.signatures.push(task.signature());
         self.runners.push(runner);
         self
     }

@@ -169,6 +169,7 @@ where
     let hello = Hello {
         pid: process::id(),
         tasks: registry.names().iter().map(|s| (*s).to_owned()).collect(),
+        signatures: registry.signatures().to_vec(),
     };
     link.send(&Message::Hello(hello))?;
     // Queue handles that arrive in task inputs speak to the master over this link.
