@@ -174,7 +174,7 @@ fn mismatched_task_types_are_refused() -> anyhow::Result<()> {
     let err = pool.map(SIGNED, 0..3u64).unwrap_err();
     ensure!(
         matches!(&err, Error::TaskTypeMismatch { name, master, worker }
-            if name == "square" && master == "u64 -> i64" && worker == "u64 -> u64"),
+            if name == "square" && &**master == "u64 -> i64" && &**worker == "u64 -> u64"),
         "{err:?}"
     );
     ensure!(err.to_string().contains("u64 -> i64"), "{err}");

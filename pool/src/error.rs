@@ -93,9 +93,9 @@ pub enum Error {
         /// The task's name.
         name: String,
         /// `Input -> Output` as the master declares it.
-        master: String,
+        master: Arc<str>,
         /// `Input -> Output` as the workers register it.
-        worker: String,
+        worker: Arc<str>,
     },
     /// No worker serves a task of this name.
     #[error("unknown task {name:?}: the workers serve {available:?}")]

@@ -234,8 +234,8 @@ impl Pool {
         if self.tasks.signatures[i] != ours {
             return Err(Error::TaskTypeMismatch {
                 name: name.to_owned(),
-                master: ours,
-                worker: self.tasks.signatures[i].clone(),
+                master: ours.into(),
+                worker: self.tasks.signatures[i].as_str().into(),
             });
         }
         u32::try_from(i).map_err(|_| Error::UnknownTask {
