@@ -72,6 +72,7 @@ fn main() {
         max_tasks_per_worker_recycles,
         initializer_runs_once_per_worker,
         shutdown_from_another_thread_interrupts_map,
+        terminate_from_another_thread_ends_map_with_terminated,
         several_threads_share_one_pool,
         slow_tasks_after_fast_ones_spread_over_workers,
         interrupted_imap_hands_out_what_arrived,
@@ -693,6 +694,45 @@ fn shutdown_from_another_thread_interrupts_map() -> anyhow::Result<()> {
     stopper
         .join()
         .map_err(|_| anyhow::anyhow!("stopper panicked"))??;
+    let pool = Arc::into_inner(pool).context("sole owner")?;
+    drop(pool);
+    all_gone(&pids)
+}
+
+/// `terminate` from another thread ends a blocked `map` with `Terminated`
+/// (what its docs promise), and a call after it is refused as `Closed`.
+fn terminate_from_another_thread_ends_map_with_terminated() -> anyhow::Result<()> {
+    let pool = Arc::new(Pool::builder().workers(2).build()?.watched());
+    let pids = pool.worker_pids();
+    let started: Queue<u32> = Queue::new();
+    let stopper = {
+        let pool = Arc::clone(&pool);
+        let started = started.clone();
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            for _ in 0..2 {
+                started
+                    .get_timeout(Duration::from_secs(30))
+                    .context("no task of the map started within 30 s")?;
+            }
+            pool.terminate();
+            Ok(())
+        })
+    };
+    let err = pool
+        .map(ANNOUNCE_SLEEP, vec![(started.clone(), 50u64); 400])
+        .unwrap_err();
+    ensure!(
+        matches!(err, Error::Terminated),
+        "map after terminate: {err:?}"
+    );
+    stopper
+        .join()
+        .map_err(|_| anyhow::anyhow!("stopper panicked"))??;
+    let after = pool.submit(SQUARE, 2).map(|_| ()).unwrap_err();
+    ensure!(
+        matches!(after, Error::Closed),
+        "submit after terminate: {after:?}"
+    );
     let pool = Arc::into_inner(pool).context("sole owner")?;
     drop(pool);
     all_gone(&pids)

@@ -217,11 +217,7 @@ impl Pool {
     /// known to match.
     fn task_index<I, O>(&self, task: Task<I, O>) -> Result<u32, Error> {
         if self.shared.closed.load(Ordering::SeqCst) {
-            return Err(if self.shared.interrupted.load(Ordering::SeqCst) {
-                Error::Interrupted
-            } else {
-                Error::Closed
-            });
+            return Err(self.shared.refusal());
         }
         let name = task.name();
         let Some(i) = self.tasks.names.iter().position(|t| t == name) else {
@@ -414,7 +410,7 @@ impl Pool {
         let interrupted = || self.shared.interrupted.load(Ordering::SeqCst);
         let done = self.shared.accounting.join(deadline, interrupted);
         if !done && interrupted() {
-            return Err(Error::Interrupted);
+            return Err(self.shared.stop_error());
         }
         Ok(done)
     }
@@ -434,9 +430,11 @@ impl Pool {
     }
 
     /// Kills every worker now and waits until they are reaped; unfinished
-    /// tasks fail with [`Error::Terminated`].
+    /// tasks fail with [`Error::Terminated`], as do calls blocked on them
+    /// (`map`, `imap`, `wait`, `join`), and new calls are refused with
+    /// [`Error::Closed`].
     pub fn terminate(&self) {
-        self.shared.interrupt();
+        self.shared.terminate();
         let _ = self.tx.send(Msg::Terminate);
         self.wait_stopped();
     }
@@ -507,7 +505,7 @@ impl<O: Payload> AsyncResult<O> {
             recv(self.rx) -> o => self.settle(o.map_err(|_| Error::Terminated)),
             recv(self.interrupt) -> _ => {
                 // A result that is already here still counts.
-                let o = self.rx.try_recv().map_err(|_| Error::Interrupted);
+                let o = self.rx.try_recv().map_err(|_| self.shared.stop_error());
                 self.settle(o);
             }
             recv(timeout) -> _ => {}
@@ -520,7 +518,7 @@ impl<O: Payload> AsyncResult<O> {
             if let Ok(o) = self.rx.try_recv() {
                 self.settle(Ok(o));
             } else if self.shared.interrupted.load(Ordering::SeqCst) {
-                self.settle(Err(Error::Interrupted));
+                self.settle(Err(self.shared.stop_error()));
             }
         }
         self.result.as_ref()

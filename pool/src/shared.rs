@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     dispatch: Mutex<Dispatch>,
     pub(crate) closed: AtomicBool,
     pub(crate) interrupted: AtomicBool,
+    /// The stop is a `terminate`: blocked calls say `Terminated`.
+    terminated: AtomicBool,
     /// Whether the supervisor wants to hear of every finished chunk
     /// (task timeouts to track, or a stop waiting for the work to end).
     pub(crate) watch: AtomicBool,
@@ -60,6 +62,7 @@ impl Shared {
             dispatch: Mutex::new(Dispatch::new(config)),
             closed: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
+            terminated: AtomicBool::new(false),
             watch: AtomicBool::new(config.task_timeout.is_some()),
             wake,
             interrupt_tx: Mutex::new(Some(interrupt_tx)),
@@ -136,9 +139,34 @@ impl Shared {
     /// Marks the pool interrupted and wakes every blocked caller.
     pub(crate) fn interrupt(&self) {
         self.interrupted.store(true, Ordering::SeqCst);
-        self.close(Error::Interrupted);
+        self.close(self.refusal());
         drop(lock(&self.interrupt_tx).take());
         self.accounting.wake_all();
+    }
+
+    /// Marks the stop a `terminate`, then interrupts: blocked calls return
+    /// `Terminated`, new work is refused as `Closed`.
+    pub(crate) fn terminate(&self) {
+        self.terminated.store(true, Ordering::SeqCst);
+        self.interrupt();
+    }
+
+    /// What a call blocked when the pool stopped returns.
+    pub(crate) fn stop_error(&self) -> Error {
+        if self.terminated.load(Ordering::SeqCst) {
+            Error::Terminated
+        } else {
+            Error::Interrupted
+        }
+    }
+
+    /// What a new call on a pool that refuses work returns.
+    pub(crate) fn refusal(&self) -> Error {
+        if self.interrupted.load(Ordering::SeqCst) && !self.terminated.load(Ordering::SeqCst) {
+            Error::Interrupted
+        } else {
+            Error::Closed
+        }
     }
 
     pub(crate) fn ready_changed(&self, by: isize) {

@@ -309,7 +309,7 @@ impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
 
     fn interrupted(&mut self) -> Option<Result<O, Error>> {
         self.ended = true;
-        Some(Err(Error::Interrupted))
+        Some(Err(self.pool.shared.stop_error()))
     }
 }
 
@@ -336,7 +336,9 @@ impl<I: Payload, O: Payload, It: Iterator<Item = I>> Iterator for Imap<'_, I, O,
                 self.fill();
             }
             if let Some(outcome) = self.next_outcome() {
-                if interrupted && matches!(outcome.result, Err(Error::Interrupted)) {
+                if interrupted
+                    && matches!(outcome.result, Err(Error::Interrupted | Error::Terminated))
+                {
                     return self.interrupted();
                 }
                 self.current = Some(Current {
