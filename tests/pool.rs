@@ -660,14 +660,14 @@ fn initializer_runs_once_per_worker() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn shutdown_from_another_thread_interrupts_map() -> anyhow::Result<()> {
-    let pool = Arc::new(
-        Pool::builder()
-            .workers(2)
-            .grace_period(Duration::from_secs(5))
-            .build()?
-            .watched(),
-    );
+/// Runs a long `map` on two workers and, once a task has started on each,
+/// calls `stop` on the pool from another thread; returns what `map` said,
+/// then what a `submit` says after it, and checks no worker is left.
+fn stop_a_running_map(
+    builder: procpool::PoolBuilder,
+    stop: fn(&Pool),
+) -> anyhow::Result<(Error, Error)> {
+    let pool = Arc::new(builder.workers(2).build()?.watched());
     let pids = pool.worker_pids();
     // Each task announces its start on this queue.
     let started: Queue<u32> = Queue::new();
@@ -682,60 +682,51 @@ fn shutdown_from_another_thread_interrupts_map() -> anyhow::Result<()> {
                     .get_timeout(Duration::from_secs(30))
                     .context("no task of the map started within 30 s")?;
             }
-            pool.shutdown();
+            stop(&pool);
             Ok(())
         })
     };
-    // 400 tasks of 50 ms on two workers: 10 s if nothing interrupts them.
+    // 400 tasks of 50 ms on two workers: 10 s if nothing stops them.
     let err = pool
         .map(ANNOUNCE_SLEEP, vec![(started.clone(), 50u64); 400])
         .unwrap_err();
-    ensure!(matches!(err, Error::Interrupted), "{err:?}");
     stopper
         .join()
         .map_err(|_| anyhow::anyhow!("stopper panicked"))??;
+    let after = pool.submit(SQUARE, 2).map(|_| ()).unwrap_err();
     let pool = Arc::into_inner(pool).context("sole owner")?;
     drop(pool);
-    all_gone(&pids)
+    all_gone(&pids)?;
+    Ok((err, after))
+}
+
+fn shutdown_from_another_thread_interrupts_map() -> anyhow::Result<()> {
+    let builder = Pool::builder().grace_period(Duration::from_secs(5));
+    let (err, after) = stop_a_running_map(builder, Pool::shutdown)?;
+    ensure!(
+        matches!(err, Error::Interrupted),
+        "map after shutdown: {err:?}"
+    );
+    ensure!(
+        matches!(after, Error::Interrupted),
+        "submit after shutdown: {after:?}"
+    );
+    Ok(())
 }
 
 /// `terminate` from another thread ends a blocked `map` with `Terminated`
 /// (what its docs promise), and a call after it is refused as `Closed`.
 fn terminate_from_another_thread_ends_map_with_terminated() -> anyhow::Result<()> {
-    let pool = Arc::new(Pool::builder().workers(2).build()?.watched());
-    let pids = pool.worker_pids();
-    let started: Queue<u32> = Queue::new();
-    let stopper = {
-        let pool = Arc::clone(&pool);
-        let started = started.clone();
-        std::thread::spawn(move || -> anyhow::Result<()> {
-            for _ in 0..2 {
-                started
-                    .get_timeout(Duration::from_secs(30))
-                    .context("no task of the map started within 30 s")?;
-            }
-            pool.terminate();
-            Ok(())
-        })
-    };
-    let err = pool
-        .map(ANNOUNCE_SLEEP, vec![(started.clone(), 50u64); 400])
-        .unwrap_err();
+    let (err, after) = stop_a_running_map(Pool::builder(), Pool::terminate)?;
     ensure!(
         matches!(err, Error::Terminated),
         "map after terminate: {err:?}"
     );
-    stopper
-        .join()
-        .map_err(|_| anyhow::anyhow!("stopper panicked"))??;
-    let after = pool.submit(SQUARE, 2).map(|_| ()).unwrap_err();
     ensure!(
         matches!(after, Error::Closed),
         "submit after terminate: {after:?}"
     );
-    let pool = Arc::into_inner(pool).context("sole owner")?;
-    drop(pool);
-    all_gone(&pids)
+    Ok(())
 }
 
 fn several_threads_share_one_pool() -> anyhow::Result<()> {

@@ -6,10 +6,10 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use common::remote::Remote;
 use common::*;
 use procpool::{Error, Pool};
 
@@ -34,50 +34,15 @@ fn main() {
     libtest_mimic::run(&args, tests).exit();
 }
 
-/// A remote worker process, killed and reaped when dropped.
-struct Remote(Child);
-
-impl Drop for Remote {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A remote worker joining the pool at `addr` with `key`.
+fn start_remote(addr: SocketAddr, key: &str) -> anyhow::Result<Remote> {
+    Remote::start(REMOTE_ENV, addr, key)
 }
 
-impl Remote {
-    fn start(addr: SocketAddr, key: &str) -> anyhow::Result<Remote> {
-        let child = Command::new(std::env::current_exe()?)
-            .env(REMOTE_ENV, format!("{addr} {key}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?
-            .watched();
-        Ok(Remote(child))
-    }
-
-    /// Waits for the process to exit by itself; its exit code and stderr.
-    fn wait_exit(&mut self, limit: Duration) -> anyhow::Result<(Option<i32>, String)> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.0.try_wait()? {
-                let err = self
-                    .0
-                    .stderr
-                    .take()
-                    .map(std::io::read_to_string)
-                    .transpose()?
-                    .unwrap_or_default();
-                return Ok((status.code(), err));
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "remote worker still running after {limit:?}"
-            );
-            // Polling the child's status is the event; the pause only paces it.
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+/// Waits for a remote worker to exit by itself: its exit code and stderr.
+fn wait_exit(r: &mut Remote, limit: Duration) -> anyhow::Result<(Option<i32>, String)> {
+    r.exit_within(limit)?
+        .with_context(|| format!("remote worker still running after {limit:?}"))
 }
 
 fn listening_pool(local: usize) -> anyhow::Result<(Pool, SocketAddr)> {
@@ -93,7 +58,7 @@ fn listening_pool(local: usize) -> anyhow::Result<(Pool, SocketAddr)> {
 
 fn remote_workers_join_and_take_tasks() -> anyhow::Result<()> {
     let (pool, addr) = listening_pool(1)?;
-    let mut remotes = [Remote::start(addr, KEY)?, Remote::start(addr, KEY)?];
+    let mut remotes = [start_remote(addr, KEY)?, start_remote(addr, KEY)?];
     ensure!(
         pool.wait_for_workers(3, Duration::from_secs(30)),
         "remote workers did not join"
@@ -101,16 +66,16 @@ fn remote_workers_join_and_take_tasks() -> anyhow::Result<()> {
     let pids: HashSet<u32> = pool.map(SLEEP_PID, vec![20u64; 60])?.into_iter().collect();
     for r in &remotes {
         ensure!(
-            pids.contains(&r.0.id()),
+            pids.contains(&r.pid()),
             "remote worker {} took no task: {pids:?}",
-            r.0.id()
+            r.pid()
         );
     }
     ensure!(pids.len() == 3, "{pids:?}");
     drop(pool);
     // The master is gone: remote workers see the end of their connection and exit cleanly.
     for r in &mut remotes {
-        let (code, err) = r.wait_exit(Duration::from_secs(10))?;
+        let (code, err) = wait_exit(r, Duration::from_secs(10))?;
         ensure!(code == Some(0), "remote worker exit code {code:?}: {err}");
     }
     Ok(())
@@ -118,8 +83,8 @@ fn remote_workers_join_and_take_tasks() -> anyhow::Result<()> {
 
 fn wrong_key_is_refused() -> anyhow::Result<()> {
     let (pool, addr) = listening_pool(1)?;
-    let mut intruder = Remote::start(addr, "a guess")?;
-    let (code, err) = intruder.wait_exit(Duration::from_secs(20))?;
+    let mut intruder = start_remote(addr, "a guess")?;
+    let (code, err) = wait_exit(&mut intruder, Duration::from_secs(20))?;
     ensure!(code == Some(70), "exit code {code:?}");
     ensure!(err.contains("authentication failed"), "stderr: {err}");
     ensure!(pool.stats().workers_alive == 1, "{:?}", pool.stats());
@@ -129,7 +94,7 @@ fn wrong_key_is_refused() -> anyhow::Result<()> {
 
 fn remote_death_fails_its_task_and_is_not_replaced() -> anyhow::Result<()> {
     let (pool, addr) = listening_pool(1)?;
-    let remote = Remote::start(addr, KEY)?;
+    let remote = start_remote(addr, KEY)?;
     ensure!(
         pool.wait_for_workers(2, Duration::from_secs(30)),
         "remote worker did not join"
@@ -139,7 +104,7 @@ fn remote_death_fails_its_task_and_is_not_replaced() -> anyhow::Result<()> {
         pool.submit(SLEEP_PID, 60_000)?,
         pool.submit(SLEEP_PID, 60_000)?,
     ];
-    let remote_pid = remote.0.id();
+    let remote_pid = remote.pid();
     drop(remote); // killed
     // Wait on both: whichever ran on the remote worker fails.
     let deadline = Instant::now() + Duration::from_secs(20);

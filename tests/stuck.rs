@@ -20,12 +20,12 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use common::remote::Remote;
 use common::*;
 use procpool::{Error, Pool, Queue, Registry, Task};
 use serde_bytes::ByteBuf;
@@ -150,6 +150,43 @@ mod unix {
         }
     }
 
+    /// The stopped worker's task must end within `bound` with the error
+    /// `expected` describes (`is_expected`), and a replacement must then
+    /// serve the pool.
+    fn fails_then_recovers(
+        pool: &Arc<Pool>,
+        handle: procpool::AsyncResult<u64>,
+        bound: Duration,
+        expected: &str,
+        is_expected: impl Fn(&Error) -> bool,
+        v: &mut Verdict,
+    ) {
+        let waited = within(
+            "waiting for the result of the task on the stopped worker",
+            bound,
+            move || handle.wait(),
+        )
+        .with_context(|| format!("no result within {bound:?}"));
+        let Some((result, _)) = v.check(waited) else {
+            return;
+        };
+        match result {
+            Err(e) if is_expected(&e) => {}
+            other => v.fail(format!("expected {expected}, got {other:?}")),
+        }
+        let p = Arc::clone(pool);
+        let squared = within(
+            "apply(SQUARE) on the replacement worker",
+            Duration::from_secs(20),
+            move || p.apply(SQUARE, 7),
+        );
+        if let Some((r, _)) = v.check(squared)
+            && !matches!(r, Ok(49))
+        {
+            v.fail(format!("the replacement answered {r:?}, not Ok(49)"));
+        }
+    }
+
     /// With heartbeats on local workers and no task timeout, a stopped
     /// worker is declared lost once it has been silent for the heartbeat
     /// timeout (the feature: timeout + 5 s of slack for CI), its task fails
@@ -169,31 +206,14 @@ mod unix {
         peers.stop(pid)?;
         let mut v = Verdict::default();
         let handle = pool.submit(SQUARE, 3)?;
-        let bound = TIMEOUT + Duration::from_secs(5);
-        let waited = within(
-            "waiting for the task of the stopped worker",
-            bound,
-            move || handle.wait(),
+        fails_then_recovers(
+            &pool,
+            handle,
+            TIMEOUT + Duration::from_secs(5),
+            &format!("Error::Unresponsive for pid {pid}"),
+            |e| matches!(e, Error::Unresponsive { pid: p, .. } if *p == pid),
+            &mut v,
         );
-        if let Some((result, _)) = v.check(waited) {
-            match result {
-                Err(Error::Unresponsive { pid: p, .. }) if p == pid => {}
-                other => v.fail(format!(
-                    "expected Error::Unresponsive for pid {pid}, got {other:?}"
-                )),
-            }
-            let p = Arc::clone(&pool);
-            let squared = within(
-                "apply(SQUARE) on the replacement worker",
-                Duration::from_secs(20),
-                move || p.apply(SQUARE, 7),
-            );
-            if let Some((r, _)) = v.check(squared)
-                && !matches!(r, Ok(49))
-            {
-                v.fail(format!("the replacement answered {r:?}, not Ok(49)"));
-            }
-        }
         teardown(pool, &mut peers, &[pid], &mut v);
         v.finish()
     }
@@ -218,34 +238,14 @@ mod unix {
         let submitted_at = Instant::now();
         if let Some(handle) = v.check(submit_big(&pool)) {
             let bound = TIMEOUT + Duration::from_millis(1500);
-            let left = bound.saturating_sub(submitted_at.elapsed());
-            let waited = within(
-                "waiting for the result of the task on the stopped worker",
-                left,
-                move || handle.wait(),
-            )
-            .with_context(|| {
-                format!("no result {bound:?} after submit (task_timeout {TIMEOUT:?})")
-            });
-            if let Some((result, _)) = v.check(waited) {
-                match result {
-                    Err(Error::Timeout { pid: p, .. }) if p == pid => {}
-                    other => v.fail(format!(
-                        "expected Error::Timeout for pid {pid}, got {other:?}"
-                    )),
-                }
-                let p = Arc::clone(&pool);
-                let squared = within(
-                    "apply(SQUARE) on the replacement worker",
-                    Duration::from_secs(20),
-                    move || p.apply(SQUARE, 7),
-                );
-                if let Some((r, _)) = v.check(squared) {
-                    if !matches!(r, Ok(49)) {
-                        v.fail(format!("the replacement answered {r:?}, not Ok(49)"));
-                    }
-                }
-            }
+            fails_then_recovers(
+                &pool,
+                handle,
+                bound.saturating_sub(submitted_at.elapsed()),
+                &format!("Error::Timeout for pid {pid} (task_timeout {TIMEOUT:?})"),
+                |e| matches!(e, Error::Timeout { pid: p, .. } if *p == pid),
+                &mut v,
+            );
         }
         teardown(pool, &mut peers, &[pid], &mut v);
         v.finish()
@@ -497,44 +497,6 @@ mod unix {
     }
 }
 
-/// A remote worker process, killed and reaped when dropped.
-struct Remote(Child);
-
-impl Drop for Remote {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Remote {
-    fn start(addr: SocketAddr) -> anyhow::Result<Remote> {
-        let child = Command::new(std::env::current_exe()?)
-            .env(REMOTE_ENV, format!("{addr} {KEY}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?
-            .watched();
-        Ok(Remote(child))
-    }
-
-    /// Waits for the process to exit by itself; whether it did in time.
-    fn exits_within(&mut self, limit: Duration) -> anyhow::Result<bool> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if self.0.try_wait()?.is_some() {
-                return Ok(true);
-            }
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-            // Polling the child's status is the event; the pause only paces it.
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
 /// A TCP relay between a remote worker and its pool that can be cut: from
 /// then on it forwards nothing in either direction but keeps both
 /// connections open (no FIN, no RST), as a network that silently drops
@@ -633,7 +595,7 @@ fn remote_worker_behind_dead_network_is_lost() -> anyhow::Result<()> {
         "gate ran on {busy}, local workers {local:?}"
     );
     let relay = Relay::start(addr)?;
-    let mut remote = Remote::start(relay.addr)?;
+    let mut remote = Remote::start(REMOTE_ENV, relay.addr, KEY)?;
     ensure!(
         pool.wait_for_workers(2, Duration::from_secs(30)),
         "the remote worker did not join through the relay"
@@ -641,9 +603,9 @@ fn remote_worker_behind_dead_network_is_lost() -> anyhow::Result<()> {
     let task = pool.submit(ANNOUNCE_SLEEP, (started.clone(), 120_000))?;
     let on = started.get_timeout(Duration::from_secs(20))?;
     ensure!(
-        on == remote.0.id(),
+        on == remote.pid(),
         "the task ran on {on}, not on the remote worker {}",
-        remote.0.id()
+        remote.pid()
     );
 
     let mut v = Verdict::default();
@@ -662,7 +624,7 @@ fn remote_worker_behind_dead_network_is_lost() -> anyhow::Result<()> {
     }
     let bound = HEARTBEAT + Duration::from_secs(5);
     let left = bound.saturating_sub(cut_at.elapsed());
-    if !remote.exits_within(left)? {
+    if remote.exit_within(left)?.is_none() {
         v.fail(format!(
             "the remote worker still runs {bound:?} after the cut: it did not notice the silent master (killed)"
         ));

@@ -8,6 +8,7 @@
 
 #[cfg(unix)]
 pub mod peers;
+pub mod remote;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
