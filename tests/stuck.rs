@@ -150,6 +150,18 @@ mod unix {
         }
     }
 
+    /// A pool of one worker, built from `builder`, whose worker is stopped;
+    /// the guard that continues and kills it, and a fresh verdict.
+    fn one_stopped_worker(
+        builder: procpool::PoolBuilder,
+    ) -> anyhow::Result<(Arc<Pool>, u32, Peers, Verdict)> {
+        let pool = Arc::new(builder.workers(1).build()?.watched());
+        let pid = only_pid(&pool)?;
+        let mut peers = Peers::default();
+        peers.stop(pid)?;
+        Ok((pool, pid, peers, Verdict::default()))
+    }
+
     /// The stopped worker's task must end within `bound` with the error
     /// `expected` describes (`is_expected`), and a replacement must then
     /// serve the pool.
@@ -193,18 +205,11 @@ mod unix {
     /// with `Unresponsive`, and a replacement serves the pool.
     pub(super) fn stopped_worker_is_lost_with_local_heartbeat() -> anyhow::Result<()> {
         const TIMEOUT: Duration = Duration::from_secs(1);
-        let pool = Arc::new(
+        let (pool, pid, mut peers, mut v) = one_stopped_worker(
             Pool::builder()
-                .workers(1)
                 .local_heartbeat(true)
-                .heartbeat_timeout(TIMEOUT)
-                .build()?
-                .watched(),
-        );
-        let pid = only_pid(&pool)?;
-        let mut peers = Peers::default();
-        peers.stop(pid)?;
-        let mut v = Verdict::default();
+                .heartbeat_timeout(TIMEOUT),
+        )?;
         let handle = pool.submit(SQUARE, 3)?;
         fails_then_recovers(
             &pool,
@@ -224,17 +229,8 @@ mod unix {
     /// then serves the pool.
     pub(super) fn stopped_worker_big_submit_does_not_wedge() -> anyhow::Result<()> {
         const TIMEOUT: Duration = Duration::from_secs(1);
-        let pool = Arc::new(
-            Pool::builder()
-                .workers(1)
-                .task_timeout(TIMEOUT)
-                .build()?
-                .watched(),
-        );
-        let pid = only_pid(&pool)?;
-        let mut peers = Peers::default();
-        peers.stop(pid)?;
-        let mut v = Verdict::default();
+        let (pool, pid, mut peers, mut v) =
+            one_stopped_worker(Pool::builder().task_timeout(TIMEOUT))?;
         let submitted_at = Instant::now();
         if let Some(handle) = v.check(submit_big(&pool)) {
             let bound = TIMEOUT + Duration::from_millis(1500);
@@ -255,17 +251,8 @@ mod unix {
     /// drop (grace period, then kill) may wait for a stopped worker.
     pub(super) fn stopped_worker_shutdown_and_drop_return() -> anyhow::Result<()> {
         const GRACE: Duration = Duration::from_secs(1);
-        let pool = Arc::new(
-            Pool::builder()
-                .workers(1)
-                .grace_period(GRACE)
-                .build()?
-                .watched(),
-        );
-        let pid = only_pid(&pool)?;
-        let mut peers = Peers::default();
-        peers.stop(pid)?;
-        let mut v = Verdict::default();
+        let (pool, pid, mut peers, mut v) =
+            one_stopped_worker(Pool::builder().grace_period(GRACE))?;
         let _handle = v.check(submit_big(&pool));
         let p = Arc::clone(&pool);
         v.check(within(
