@@ -161,11 +161,12 @@ pub(crate) fn connect(value: &str) -> io::Result<(ReadHalf, WriteHalf)> {
 
 /// A child to wait on without reaping it: its pid.
 #[derive(Debug)]
-pub(crate) struct ExitWatch(libc::pid_t);
+pub(crate) struct ExitWatch(libc::id_t);
 
 impl ExitWatch {
     pub(crate) fn new(child: &Child) -> io::Result<Self> {
-        libc::pid_t::try_from(child.id())
+        // `id_t` is unsigned on Linux and signed on the BSDs.
+        libc::id_t::try_from(child.id())
             .map(Self)
             .map_err(|_| io::Error::other("pid out of range"))
     }
@@ -182,7 +183,7 @@ impl ExitWatch {
             let ret = unsafe {
                 libc::waitid(
                     libc::P_PID,
-                    self.0.unsigned_abs(),
+                    self.0,
                     &mut info,
                     libc::WEXITED | libc::WNOWAIT,
                 )
