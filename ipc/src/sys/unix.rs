@@ -112,8 +112,9 @@ pub(crate) fn spawn(mut cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)
             cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
             // SAFETY: getppid has no preconditions.
             if unsafe { libc::getppid() } as u32 != master_pid {
-                // The master died before the death signal was armed.
-                return Err(io::Error::other("master exited during spawn"));
+                // The master died before the death signal was armed. A raw
+                // OS error: nothing may allocate between fork and exec.
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
         }
         let _ = master_pid;
@@ -139,7 +140,8 @@ pub(crate) fn connect(value: &str) -> io::Result<(ReadHalf, WriteHalf)> {
                 format!("bad endpoint {value:?}"),
             )
         })?;
-    // SAFETY: `fstat` only writes into the zeroed struct we pass.
+    // SAFETY: `libc::stat` is a plain C struct of integers (and padding),
+    // for which all-zero bytes are a valid value; fstat overwrites it.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat on any integer is safe; an unopened fd yields EBADF.
     cvt(unsafe { libc::fstat(fd, &mut st) })?;
@@ -176,10 +178,12 @@ impl ExitWatch {
     /// ignores `SIGCHLD`) means it is gone too.
     pub(crate) fn wait(&self) -> io::Result<()> {
         loop {
-            // SAFETY: `info` is a zeroed siginfo_t that waitid writes into;
-            // WNOWAIT leaves the child waitable, so its pid stays ours.
+            // SAFETY: `siginfo_t` is a plain C struct (integers and a union
+            // of integers and pointers) for which all-zero bytes are valid;
+            // waitid overwrites it.
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: as above; `info` is valid for writes for the call.
+            // SAFETY: `info` is valid for writes for the call; WNOWAIT
+            // leaves the child waitable, so its pid stays ours.
             let ret = unsafe {
                 libc::waitid(
                     libc::P_PID,
