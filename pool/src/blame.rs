@@ -190,3 +190,5 @@ pub(crate) fn blame(facts: Facts) -> Verdict {
     }
 }
 
+#[cfg(test)]
+mod tests;
