@@ -471,3 +471,6 @@ impl<I, O, It> Drop for Imap<'_, I, O, It> {
         self.job.cancelled.store(true, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests;
