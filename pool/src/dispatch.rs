@@ -322,3 +322,6 @@ impl Dispatch {
         done
     }
 }
+
+#[cfg(test)]
+mod tests;

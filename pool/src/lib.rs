@@ -4,6 +4,7 @@
 //! provides `init` for the worker side.
 #![forbid(unsafe_code)]
 
+mod blame;
 mod builder;
 mod config;
 mod dispatch;

@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, select};
 use procpool_ipc::proto::RUN_OVERHEAD;
 use procpool_ipc::task::Payload;
 use procpool_ipc::{TaskError, codec};
+use serde::Serialize;
 
 use crate::work::{Chunk, Job, Outcome, Results};
 use crate::{Error, Pool};
@@ -30,6 +31,134 @@ pub(crate) enum Chunking {
 }
 
 const TARGET_CHUNK_NS: u64 = 2_000_000;
+
+impl Chunking {
+    /// How many items the next chunk takes.
+    fn size(self) -> usize {
+        match self {
+            Chunking::Fixed(n) | Chunking::Adaptive { current: n, .. } => n,
+        }
+    }
+
+    /// Adapts an adaptive size to a chunk of `count` items that ran
+    /// `elapsed_ns`.
+    fn learn(&mut self, count: u32, elapsed_ns: u64) {
+        if let Chunking::Adaptive { current, max } = self {
+            let per_item = (elapsed_ns / u64::from(count.max(1))).max(1);
+            let ideal = usize::try_from(TARGET_CHUNK_NS / per_item).unwrap_or(usize::MAX);
+            // Grow at most 4× per step, so one fast outlier cannot make a giant chunk.
+            *current = ideal.clamp(1, (*current * 4).min(*max));
+        }
+    }
+}
+
+/// How many inputs the next chunk should take, given the window, the
+/// inputs outstanding and the chunks out; `None` to wait for room for a
+/// whole chunk rather than send a sliver (unless nothing is out).
+fn next_chunk_len(
+    window: usize,
+    outstanding: usize,
+    chunk_size: usize,
+    chunks_out: usize,
+) -> Option<usize> {
+    let room = window - outstanding;
+    let want = chunk_size.min(window);
+    if room < want && chunks_out > 0 {
+        return None;
+    }
+    Some(want.min(room))
+}
+
+/// Packs encoded inputs, one at a time, into chunk payloads that fit in a
+/// `RUN` frame of at most `max_frame_len` bytes.
+#[derive(Debug)]
+struct Packer {
+    payload: Vec<u8>,
+    count: u32,
+    max_frame_len: u32,
+}
+
+/// What packing one input gave, to be handled in this order: a full chunk
+/// to submit (without the input), then the input's own failure.
+#[derive(Debug, Default)]
+struct Packed {
+    full: Option<(Vec<u8>, u32)>,
+    failed: Option<Error>,
+}
+
+impl Packer {
+    fn new(max_frame_len: u32) -> Self {
+        Self {
+            payload: Vec::new(),
+            count: 0,
+            max_frame_len,
+        }
+    }
+
+    /// Inputs in the chunk being packed.
+    fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Adds `item` to the chunk. One that does not fit after others closes
+    /// the chunk and starts the next; one that does not fit on its own, or
+    /// does not encode, fails (after the chunk before it, which is closed
+    /// early).
+    fn push<I: Serialize>(&mut self, item: &I) -> Packed {
+        let max = self.max_frame_len;
+        let limit = max as usize - RUN_OVERHEAD;
+        let mark = self.payload.len();
+        let encoded = codec::encode_into(item, &mut self.payload).map_err(Error::encode);
+        let encoded = encoded.and_then(|()| {
+            if self.payload.len() <= limit {
+                Ok(())
+            } else {
+                Err(Error::FrameTooLarge {
+                    len: (self.payload.len() - mark + RUN_OVERHEAD) as u64,
+                    max,
+                })
+            }
+        });
+        match encoded {
+            Ok(()) => {
+                self.count += 1;
+                Packed::default()
+            }
+            Err(Error::FrameTooLarge { .. }) if self.count > 0 => {
+                // The chunk is full: send it, start the next with this item.
+                self.payload.truncate(mark);
+                let full = self.take();
+                let failed = if codec::encode_into(item, &mut self.payload).is_ok()
+                    && self.payload.len() <= limit
+                {
+                    self.count = 1;
+                    None
+                } else {
+                    let len = (self.payload.len() + RUN_OVERHEAD) as u64;
+                    self.payload.clear();
+                    Some(Error::FrameTooLarge { len, max })
+                };
+                Packed { full, failed }
+            }
+            Err(e) => {
+                self.payload.truncate(mark);
+                Packed {
+                    full: self.take(),
+                    failed: Some(e),
+                }
+            }
+        }
+    }
+
+    /// Takes the chunk packed so far, if it holds any input.
+    fn take(&mut self) -> Option<(Vec<u8>, u32)> {
+        if self.count == 0 {
+            return None;
+        }
+        let count = std::mem::take(&mut self.count);
+        Some((std::mem::take(&mut self.payload), count))
+    }
+}
 
 /// The iterator returned by [`Pool::imap`] and [`Pool::imap_unordered`]:
 /// one `Result` per input item.
@@ -111,84 +240,35 @@ impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
         }
     }
 
-    fn chunk_size(&self) -> usize {
-        match self.chunking {
-            Chunking::Fixed(n) | Chunking::Adaptive { current: n, .. } => n,
-        }
-    }
-
-    fn learn(&mut self, count: u32, elapsed_ns: u64) {
-        if let Chunking::Adaptive { current, max } = &mut self.chunking {
-            let per_item = (elapsed_ns / u64::from(count.max(1))).max(1);
-            let ideal = usize::try_from(TARGET_CHUNK_NS / per_item).unwrap_or(usize::MAX);
-            // Grow at most 4× per step, so one fast outlier cannot make a giant chunk.
-            *current = ideal.clamp(1, (*current * 4).min(*max));
-        }
-    }
-
     /// Takes inputs while the window has room, submitting them in chunks.
     fn fill(&mut self) {
-        let limit = self.pool.config.max_frame_len as usize - RUN_OVERHEAD;
         while !self.input_done
             && self.outstanding < self.window
             && self.chunks_out < self.max_chunks
         {
-            let room = self.window - self.outstanding;
-            let want = self.chunk_size().min(self.window);
-            if room < want && self.chunks_out > 0 {
-                // Wait for room for a whole chunk rather than send a sliver.
+            let Some(want) = next_chunk_len(
+                self.window,
+                self.outstanding,
+                self.chunking.size(),
+                self.chunks_out,
+            ) else {
                 break;
-            }
-            let want = want.min(room);
-            let mut payload = Vec::new();
-            let mut count = 0u32;
-            while (count as usize) < want {
+            };
+            let mut packer = Packer::new(self.pool.config.max_frame_len);
+            while (packer.count() as usize) < want {
                 let Some(item) = self.input.next() else {
                     self.input_done = true;
                     break;
                 };
-                let mark = payload.len();
-                let encoded = codec::encode_into(&item, &mut payload).map_err(Error::encode);
-                let encoded = encoded.and_then(|()| {
-                    if payload.len() <= limit {
-                        Ok(())
-                    } else {
-                        Err(Error::FrameTooLarge {
-                            len: (payload.len() - mark + RUN_OVERHEAD) as u64,
-                            max: self.pool.config.max_frame_len,
-                        })
-                    }
-                });
-                match encoded {
-                    Ok(()) => count += 1,
-                    Err(Error::FrameTooLarge { .. }) if count > 0 => {
-                        // The chunk is full: send it, start the next with this item.
-                        payload.truncate(mark);
-                        self.submit(std::mem::take(&mut payload), count);
-                        count = 0;
-                        if codec::encode_into(&item, &mut payload).is_ok() && payload.len() <= limit
-                        {
-                            count = 1;
-                        } else {
-                            let len = (payload.len() + RUN_OVERHEAD) as u64;
-                            payload.clear();
-                            self.fail_locally(Error::FrameTooLarge {
-                                len,
-                                max: self.pool.config.max_frame_len,
-                            });
-                        }
-                    }
-                    Err(e) => {
-                        payload.truncate(mark);
-                        if count > 0 {
-                            self.submit(std::mem::take(&mut payload), count);
-                            count = 0;
-                        }
-                        self.fail_locally(e);
-                    }
+                let Packed { full, failed } = packer.push(&item);
+                if let Some((payload, count)) = full {
+                    self.submit(payload, count);
+                }
+                if let Some(e) = failed {
+                    self.fail_locally(e);
                 }
             }
-            if count > 0 {
+            if let Some((payload, count)) = packer.take() {
                 self.submit(payload, count);
             }
         }
@@ -251,7 +331,7 @@ impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
 
     fn accept(&mut self, outcome: Outcome) {
         if let Ok(r) = &outcome.result {
-            self.learn(outcome.count, r.elapsed_ns);
+            self.chunking.learn(outcome.count, r.elapsed_ns);
         }
         if self.ordered {
             self.reorder.insert(outcome.seq, outcome);
@@ -393,3 +473,6 @@ impl<I, O, It> Drop for Imap<'_, I, O, It> {
         self.job.cancelled.store(true, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests;

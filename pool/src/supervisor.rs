@@ -31,11 +31,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use procpool_ipc::IpcError;
 use procpool_ipc::link::Dirty;
 use procpool_ipc::proto::Hello;
 
 use crate::Error;
+use crate::blame::{Facts, Fate, blame};
 use crate::config::Config;
 use crate::dispatch::{Ended, Lane};
 use crate::msg::{Catalog, Msg};
@@ -381,118 +381,54 @@ impl Supervisor {
         if !expected {
             tracing::warn!(worker_id, pid, ?status, "worker died");
         }
-        let head_id = inflight.front().map(|i| i.id);
-        // The error for the chunk that was running.
-        let culprit = match (w.killed, error) {
-            (Some(Kill::Timeout { timeout, chunk }), _) if head_id == Some(chunk) => {
-                Error::Timeout {
-                    timeout,
-                    worker_id,
-                    pid,
-                }
-            }
-            (Some(Kill::Terminated), _) => Error::Terminated,
-            _ if shutdown_sent && self.shared.interrupted.load(Ordering::SeqCst) => {
-                Error::Interrupted
-            }
-            // A remote worker's link ends however the path fails: it is lost.
-            _ if w.peer().is_some() => Error::RemoteWorkerLost {
-                worker_id,
-                peer: w.peer(),
-            },
-            (_, Some(IpcError::Io(e)))
-                if self.config.local_heartbeat
-                    && matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-            {
-                Error::Unresponsive {
-                    worker_id,
-                    pid,
-                    timeout: self.config.heartbeat_timeout,
-                }
-            }
-            (_, Some(e)) if !matches!(e, IpcError::Truncated { .. }) => Error::Connection {
-                worker_id,
-                source: Arc::new(e),
-            },
-            _ => match status {
-                Some(status) => Error::WorkerDied {
-                    worker_id,
-                    pid,
-                    status,
-                },
-                None => Error::WorkerExited { worker_id, pid },
-            },
-        };
-        let stopping = matches!(self.phase, Phase::Stopping(_)) || shutdown_sent;
+        let verdict = blame(Facts {
+            worker_id,
+            pid,
+            killed: w.killed,
+            error,
+            status,
+            peer: w.peer(),
+            ready: w.ready,
+            shutdown_sent,
+            interrupted: self.shared.interrupted.load(Ordering::SeqCst),
+            phase_stopping: matches!(self.phase, Phase::Stopping(_)),
+            head_id: inflight.front().map(|i| i.id),
+            attempts: inflight
+                .front()
+                .and_then(|i| i.chunk.as_ref())
+                .map_or(0, |c| c.attempts),
+            retries: self.config.retries,
+            start_timeout: self.config.start_timeout,
+            heartbeat: self
+                .config
+                .local_heartbeat
+                .then_some(self.config.heartbeat_timeout),
+        });
+        let culprit = verdict.culprit;
         // Failed chunks are reported last, once a replacement is on its way:
         // a caller that sees the error sees the pool already whole again.
         let mut failed = Vec::new();
         {
             let mut dispatch = self.shared.dispatch();
             if let Some(mut chunk) = inflight.pop_front().and_then(|i| i.chunk) {
-                // Killed for a timeout of a chunk that finished meanwhile:
-                // this one had just started and is not to blame.
-                let blameless =
-                    matches!(w.killed, Some(Kill::Timeout { chunk, .. }) if head_id != Some(chunk));
-                let retry = !stopping
-                    && matches!(
-                        culprit,
-                        Error::WorkerDied { .. }
-                            | Error::RemoteWorkerLost { .. }
-                            | Error::Connection { .. }
-                    )
-                    && chunk.attempts < self.config.retries;
-                if blameless && !stopping {
-                    dispatch.pending.push_front(chunk);
-                } else if retry {
-                    chunk.attempts += 1;
-                    dispatch.pending.push_front(chunk);
-                } else {
-                    failed.push(chunk);
+                match verdict.head {
+                    Fate::Requeue => dispatch.pending.push_front(chunk),
+                    Fate::Retry => {
+                        chunk.attempts += 1;
+                        dispatch.pending.push_front(chunk);
+                    }
+                    Fate::Fail => failed.push(chunk),
                 }
             }
             // The rest never started: back to the front of the queue, in order.
             for chunk in inflight.into_iter().rev().filter_map(|i| i.chunk) {
-                if stopping {
-                    failed.push(chunk);
-                } else {
-                    dispatch.pending.push_front(chunk);
+                match verdict.rest {
+                    Fate::Fail => failed.push(chunk),
+                    Fate::Requeue | Fate::Retry => dispatch.pending.push_front(chunk),
                 }
             }
         }
-        if !w.ready {
-            let e = match (w.killed, culprit.clone()) {
-                (Some(Kill::StartTimeout), _) => Error::Startup {
-                    worker_id,
-                    reason: format!("no handshake within {:?}", self.config.start_timeout),
-                },
-                (_, Error::Connection { source, .. }) => match *source {
-                    IpcError::VersionMismatch { ours, theirs } => Error::VersionMismatch {
-                        worker_id,
-                        ours,
-                        theirs,
-                    },
-                    ref other => Error::Startup {
-                        worker_id,
-                        reason: format!("invalid handshake: {other}"),
-                    },
-                },
-                _ => Error::Startup {
-                    worker_id,
-                    reason: match (status, w.peer()) {
-                        (_, Some(peer)) => {
-                            format!("the remote worker at {peer} left before its handshake")
-                        }
-                        (Some(status), None) => {
-                            format!("pid {pid} exited before its handshake: {status}")
-                        }
-                        (None, None) => format!("pid {pid} exited before its handshake"),
-                    },
-                },
-            };
+        if let Some(e) = verdict.startup {
             if self.phase == Phase::Starting {
                 // A worker that never connected held no work.
                 debug_assert!(failed.is_empty());

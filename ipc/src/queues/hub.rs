@@ -621,3 +621,6 @@ pub fn disconnect(link_id: u64) {
         core.disconnect(link_id, &mut dirty);
     }
 }
+
+#[cfg(test)]
+mod tests;

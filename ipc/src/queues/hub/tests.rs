@@ -1,0 +1,498 @@
+//! The hub's side of the queue protocol, with no worker: each peer is a
+//! link into an in-memory buffer, its requests are `serve` calls, and the
+//! tests decode what the hub wrote back.
+
+use std::io::{self, Write};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader};
+use crate::link::Blocking;
+
+/// How long a test waits for a link's writer thread to hand over its bytes.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// A writer into a buffer the test reads back.
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        lock(&self.0).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What a worker would have read from the hub.
+#[derive(Debug, PartialEq, Eq)]
+enum Got {
+    Reply {
+        req: u64,
+        status: u8,
+        value: u64,
+    },
+    Item(Vec<u8>),
+    /// The queue is closed and drained.
+    End,
+}
+
+fn ok(req: u64) -> Got {
+    Got::Reply {
+        req,
+        status: status::OK,
+        value: 0,
+    }
+}
+
+fn answer(req: u64, status: u8) -> Got {
+    Got::Reply {
+        req,
+        status,
+        value: 0,
+    }
+}
+
+fn item(bytes: &[u8]) -> Got {
+    Got::Item(bytes.to_vec())
+}
+
+/// A worker's connection as the hub sees it.
+struct Peer {
+    link: Arc<Link>,
+    bytes: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Peer {
+    fn new() -> Self {
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let link = Link::new(Blocking(Capture(Arc::clone(&bytes))), DEFAULT_MAX_FRAME_LEN)
+            .expect("writer thread");
+        Self { link, bytes }
+    }
+
+    /// Sends one queue operation to the hub and returns what the hub wrote
+    /// back to this peer meanwhile.
+    fn ask(&self, req: u64, op: u8, queue: &Core, arg: u64, payload: &[u8]) -> Vec<Got> {
+        let msg = Message::Hub {
+            req,
+            op,
+            queue: queue.id,
+            arg,
+            payload,
+        };
+        let mut dirty = Dirty::default();
+        serve(&self.link, &msg, &mut dirty);
+        dirty.flush();
+        self.got_from(queue.id)
+    }
+
+    /// What the hub wrote to this peer since the last look, once the
+    /// link's writer thread has handed it over; deliveries must be of
+    /// `queue`.
+    fn got_from(&self, queue: u64) -> Vec<Got> {
+        let deadline = Instant::now() + DRAIN;
+        assert!(
+            self.link.drain(Some(deadline)).expect("drain"),
+            "not drained"
+        );
+        let bytes = std::mem::take(&mut *lock(&self.bytes));
+        let mut reader = FrameReader::new(&bytes[..], DEFAULT_MAX_FRAME_LEN);
+        let mut frame = Vec::new();
+        let mut got = Vec::new();
+        while reader.read_frame(&mut frame).expect("frame") {
+            got.push(match Message::decode(&frame).expect("decode") {
+                Message::Reply {
+                    req,
+                    status,
+                    value,
+                    payload,
+                } => {
+                    assert!(payload.is_empty());
+                    Got::Reply { req, status, value }
+                }
+                Message::Deliver {
+                    queue: q,
+                    closed,
+                    payload,
+                } => {
+                    assert_eq!(q, queue, "a delivery of another queue");
+                    if closed {
+                        assert!(payload.is_empty());
+                        Got::End
+                    } else {
+                        Got::Item(payload.to_vec())
+                    }
+                }
+                other => panic!("unexpected frame {other:?}"),
+            });
+        }
+        got
+    }
+}
+
+/// A queue with `items` put locally.
+fn queue(capacity: Option<usize>, items: &[&[u8]]) -> Arc<Core> {
+    let q = Core::new(capacity);
+    for item in items {
+        q.put(item.to_vec(), Wait::No).expect("room");
+    }
+    q
+}
+
+/// Takes everything the queue holds locally, without waiting.
+fn take_all(q: &Core) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| q.get(Wait::No).ok()).collect()
+}
+
+fn close_notice(q: &Core) -> Got {
+    Got::Reply {
+        req: 0,
+        status: status::CLOSED,
+        value: q.id,
+    }
+}
+
+#[test]
+fn put_wait_on_a_full_queue_parks_until_room() {
+    let q = queue(Some(1), &[]);
+    let p = Peer::new();
+    assert_eq!(p.ask(1, op::PUT_WAIT, &q, 1, b"a"), [ok(1)]);
+    assert_eq!(
+        p.ask(2, op::PUT_WAIT, &q, 0, b"x"),
+        [answer(2, status::FULL)],
+        "a put that may not wait"
+    );
+    assert!(p.ask(3, op::PUT_WAIT, &q, 1, b"b").is_empty(), "parked");
+    assert!(p.ask(4, op::PUT_WAIT, &q, 1, b"c").is_empty(), "parked");
+    assert_eq!(q.len(), 1, "parked items are not in the queue");
+    // Each get makes room for the oldest parked put.
+    assert_eq!(q.get(Wait::No), Ok(b"a".to_vec()));
+    assert_eq!(p.got_from(q.id), [ok(3)]);
+    assert_eq!(q.get(Wait::No), Ok(b"b".to_vec()));
+    assert_eq!(p.got_from(q.id), [ok(4)]);
+    assert_eq!(take_all(&q), [b"c".to_vec()]);
+    assert!(p.got_from(q.id).is_empty());
+    assert_eq!(q.unfinished(), 3);
+}
+
+#[test]
+fn a_parked_put_can_be_cancelled() {
+    let q = queue(Some(1), &[b"a"]);
+    let (p, other) = (Peer::new(), Peer::new());
+    assert!(p.ask(2, op::PUT_WAIT, &q, 1, b"b").is_empty());
+    // Another connection's request of the same id, or an unknown id: nothing.
+    assert!(other.ask(0, op::CANCEL, &q, 2, &[]).is_empty());
+    assert!(p.ask(0, op::CANCEL, &q, 7, &[]).is_empty());
+    assert_eq!(
+        p.ask(0, op::CANCEL, &q, 2, &[]),
+        [answer(2, status::CANCELLED)]
+    );
+    // Room now does not revive it.
+    assert_eq!(take_all(&q), [b"a".to_vec()]);
+    assert!(p.got_from(q.id).is_empty());
+    assert_eq!((q.len(), q.unfinished()), (0, 1));
+    // Too late to cancel: nothing more is said.
+    assert!(p.ask(0, op::CANCEL, &q, 2, &[]).is_empty());
+}
+
+#[test]
+fn a_parked_put_fails_when_the_queue_closes() {
+    let q = queue(Some(1), &[b"a"]);
+    let p = Peer::new();
+    assert!(p.ask(2, op::PUT_WAIT, &q, 1, b"b").is_empty());
+    q.close();
+    // Every user of the queue hears of the close, then the parked put.
+    assert_eq!(
+        p.got_from(q.id),
+        [close_notice(&q), answer(2, status::CLOSED)]
+    );
+    assert_eq!(
+        p.ask(3, op::PUT_WAIT, &q, 1, b"c"),
+        [answer(3, status::CLOSED)]
+    );
+    // What was in stays; the parked item never went in.
+    assert_eq!(take_all(&q), [b"a".to_vec()]);
+    assert_eq!(q.get(Wait::No), Err(GetFail::Closed));
+}
+
+#[test]
+fn close_by_a_peer_answers_and_tells_every_user() {
+    let q = queue(None, &[]);
+    let (p, other) = (Peer::new(), Peer::new());
+    assert_eq!(p.ask(1, op::LEN, &q, 0, &[]), [ok(1)]);
+    assert_eq!(other.ask(1, op::LEN, &q, 0, &[]), [ok(1)]);
+    assert_eq!(p.ask(2, op::CLOSE, &q, 0, &[]), [close_notice(&q), ok(2)]);
+    assert_eq!(other.got_from(q.id), [close_notice(&q)]);
+    // Closing again says nothing more to anyone.
+    assert_eq!(p.ask(3, op::CLOSE, &q, 0, &[]), [ok(3)]);
+    assert!(other.got_from(q.id).is_empty());
+}
+
+#[test]
+fn subscribers_get_up_to_their_credit_and_acks_return_it() {
+    let q = queue(None, &[b"a", b"b", b"c", b"d", b"e"]);
+    let p = Peer::new();
+    // Deliveries, then the answer: the proxy knows what is there now.
+    assert_eq!(
+        p.ask(7, op::SUBSCRIBE, &q, 3, &[]),
+        [item(b"a"), item(b"b"), item(b"c"), ok(7)]
+    );
+    assert_eq!(q.len(), 5, "delivered but unacknowledged items count");
+    assert_eq!(
+        p.ask(0, op::ACK, &q, 2, &[]),
+        [item(b"d"), item(b"e")],
+        "two acknowledged: two more credits"
+    );
+    assert_eq!(q.len(), 3);
+    // An ack of more than was delivered counts what was.
+    assert!(p.ask(0, op::ACK, &q, 9, &[]).is_empty());
+    assert_eq!(q.len(), 0);
+    // Three credits: new items go straight out.
+    q.put(b"f".to_vec(), Wait::No).expect("room");
+    q.put(b"g".to_vec(), Wait::No).expect("room");
+    q.put(b"h".to_vec(), Wait::No).expect("room");
+    q.put(b"i".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), [item(b"f"), item(b"g"), item(b"h")]);
+    // Raising the credit without a request id: no answer.
+    assert_eq!(p.ask(0, op::SUBSCRIBE, &q, 1, &[]), [item(b"i")]);
+    assert_eq!(q.len(), 4);
+}
+
+#[test]
+fn deliveries_go_round_robin() {
+    let q = queue(None, &[]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
+    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
+    for i in b"abcde" {
+        q.put(vec![*i], Wait::No).expect("room");
+    }
+    assert_eq!(p.got_from(q.id), [item(b"a"), item(b"c")]);
+    assert_eq!(r.got_from(q.id), [item(b"b"), item(b"d")]);
+    assert_eq!(take_all(&q), [b"e".to_vec()], "no credit left");
+}
+
+#[test]
+fn a_disconnect_requeues_unacked_items_at_the_front_in_order() {
+    let q = queue(None, &[b"a", b"b", b"c", b"d"]);
+    let p = Peer::new();
+    assert_eq!(
+        p.ask(1, op::SUBSCRIBE, &q, 3, &[]),
+        [item(b"a"), item(b"b"), item(b"c"), ok(1)]
+    );
+    // a is taken for good; its credit brings d.
+    assert_eq!(p.ask(0, op::ACK, &q, 1, &[]), [item(b"d")]);
+    q.put(b"e".to_vec(), Wait::No).expect("room");
+    disconnect(p.link.id());
+    assert_eq!(q.len(), 4);
+    assert_eq!(
+        take_all(&q),
+        [b"b".to_vec(), b"c".to_vec(), b"d".to_vec(), b"e".to_vec()]
+    );
+}
+
+#[test]
+fn a_disconnect_hands_unacked_items_to_other_subscribers() {
+    let q = queue(None, &[b"a", b"b"]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(
+        p.ask(1, op::SUBSCRIBE, &q, 2, &[]),
+        [item(b"a"), item(b"b"), ok(1)]
+    );
+    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 5, &[]), [ok(1)]);
+    disconnect(p.link.id());
+    assert_eq!(r.got_from(q.id), [item(b"a"), item(b"b")]);
+    assert!(p.got_from(q.id).is_empty());
+}
+
+#[test]
+fn unsubscribe_requeues_unacked_items_and_answers() {
+    let q = queue(None, &[b"a", b"b", b"c"]);
+    let p = Peer::new();
+    assert_eq!(
+        p.ask(1, op::SUBSCRIBE, &q, 2, &[]),
+        [item(b"a"), item(b"b"), ok(1)]
+    );
+    assert_eq!(p.ask(2, op::UNSUBSCRIBE, &q, 0, &[]), [ok(2)]);
+    // Acknowledging after letting go changes nothing.
+    assert!(p.ask(0, op::ACK, &q, 2, &[]).is_empty());
+    assert_eq!(q.len(), 3);
+    assert_eq!(take_all(&q), [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    // No subscription, no deliveries.
+    q.put(b"d".to_vec(), Wait::No).expect("room");
+    assert!(p.got_from(q.id).is_empty());
+}
+
+#[test]
+fn closed_is_not_told_while_items_are_unacked() {
+    let q = queue(None, &[b"a"]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [item(b"a"), ok(1)]);
+    q.close();
+    assert_eq!(p.got_from(q.id), [close_notice(&q)], "not the end yet");
+    assert_eq!(q.get(Wait::No), Err(GetFail::Empty), "a may come back");
+    assert!(!q.poll(Wait::No));
+    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    // Once it is taken for good, every subscriber hears the end, once.
+    assert_eq!(p.ask(0, op::ACK, &q, 1, &[]), [Got::End]);
+    assert_eq!(r.got_from(q.id), [Got::End]);
+    assert_eq!(q.get(Wait::No), Err(GetFail::Closed));
+    assert!(q.poll(Wait::No));
+    assert!(p.ask(0, op::ACK, &q, 0, &[]).is_empty());
+    assert!(r.got_from(q.id).is_empty());
+}
+
+#[test]
+fn closed_is_not_told_until_requeued_items_are_taken() {
+    let q = queue(None, &[b"a"]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [item(b"a"), ok(1)]);
+    q.close();
+    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    // The getter dies: its item goes to the other subscriber, still no end.
+    disconnect(p.link.id());
+    assert_eq!(r.got_from(q.id), [item(b"a")]);
+    assert_eq!(q.get(Wait::No), Err(GetFail::Empty));
+    assert_eq!(r.ask(0, op::ACK, &q, 1, &[]), [Got::End]);
+    assert_eq!(q.get(Wait::No), Err(GetFail::Closed));
+}
+
+#[test]
+fn a_closed_queue_whose_items_come_back_serves_them_locally_first() {
+    let q = queue(None, &[b"a"]);
+    let p = Peer::new();
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [item(b"a"), ok(1)]);
+    q.close();
+    assert_eq!(
+        p.ask(2, op::UNSUBSCRIBE, &q, 0, &[]),
+        [close_notice(&q), ok(2)]
+    );
+    assert_eq!(q.get(Wait::No), Ok(b"a".to_vec()));
+    assert_eq!(q.get(Wait::No), Err(GetFail::Closed));
+}
+
+#[test]
+fn join_parks_until_every_item_is_done() {
+    let q = queue(None, &[b"a", b"b"]);
+    let p = Peer::new();
+    assert!(p.ask(9, op::JOIN, &q, 0, &[]).is_empty(), "parked");
+    assert_eq!(p.ask(10, op::TASK_DONE, &q, 1, &[]), [ok(10)]);
+    assert_eq!(q.unfinished(), 1);
+    // The last one answers the join (a one-way task_done says nothing itself).
+    assert_eq!(p.ask(0, op::TASK_DONE, &q, 1, &[]), [ok(9)]);
+    assert_eq!(q.unfinished(), 0);
+    assert_eq!(
+        p.ask(11, op::JOIN, &q, 0, &[]),
+        [ok(11)],
+        "nothing to wait for"
+    );
+    // A local task_done answers a parked join too.
+    q.put(b"c".to_vec(), Wait::No).expect("room");
+    assert!(p.ask(12, op::JOIN, &q, 0, &[]).is_empty());
+    assert!(q.task_done(1));
+    assert_eq!(p.got_from(q.id), [ok(12)]);
+}
+
+#[test]
+fn a_parked_join_can_be_cancelled() {
+    let q = queue(None, &[b"a"]);
+    let p = Peer::new();
+    assert!(p.ask(3, op::JOIN, &q, 0, &[]).is_empty());
+    assert_eq!(
+        p.ask(0, op::CANCEL, &q, 3, &[]),
+        [answer(3, status::CANCELLED)]
+    );
+    assert!(q.task_done(1));
+    assert!(p.got_from(q.id).is_empty());
+}
+
+#[test]
+fn too_many_task_done_is_refused_and_counts_nothing() {
+    let q = queue(None, &[b"a"]);
+    let p = Peer::new();
+    assert_eq!(
+        p.ask(3, op::TASK_DONE, &q, 2, &[]),
+        [Got::Reply {
+            req: 3,
+            status: status::TOO_MANY_TASK_DONE,
+            value: 1
+        }]
+    );
+    assert_eq!(q.unfinished(), 1);
+    assert!(!q.task_done(2));
+    assert_eq!(q.unfinished(), 1);
+    assert!(q.task_done(1));
+    assert!(!q.task_done(1));
+}
+
+#[test]
+fn a_disconnect_drops_parked_operations() {
+    let q = queue(Some(1), &[b"a"]);
+    let p = Peer::new();
+    assert!(p.ask(1, op::PUT_WAIT, &q, 1, b"b").is_empty());
+    assert!(p.ask(2, op::JOIN, &q, 0, &[]).is_empty());
+    disconnect(p.link.id());
+    assert_eq!(take_all(&q), [b"a".to_vec()]);
+    assert!(q.task_done(1));
+    assert!(
+        p.got_from(q.id).is_empty(),
+        "nothing answered to a gone peer"
+    );
+    assert_eq!((q.len(), q.unfinished()), (0, 0));
+}
+
+#[test]
+fn one_way_puts_len_and_bad_requests() {
+    let q = queue(Some(1), &[]);
+    let p = Peer::new();
+    // One-way puts are accepted even past the capacity, and after a close.
+    assert!(p.ask(0, op::PUT, &q, 0, b"a").is_empty());
+    assert!(p.ask(0, op::PUT, &q, 0, b"b").is_empty());
+    q.close();
+    assert_eq!(p.got_from(q.id), [close_notice(&q)]);
+    assert!(p.ask(0, op::PUT, &q, 0, b"c").is_empty());
+    assert_eq!(
+        p.ask(4, op::LEN, &q, 0, &[]),
+        [Got::Reply {
+            req: 4,
+            status: status::OK,
+            value: 3
+        }]
+    );
+    assert_eq!(q.unfinished(), 3);
+    assert_eq!(p.ask(5, 200, &q, 0, &[]), [answer(5, status::BAD_REQUEST)]);
+}
+
+#[test]
+fn a_queue_that_is_gone_is_reported() {
+    let q = queue(None, &[]);
+    let id = q.id;
+    drop(q);
+    assert!(Core::lookup(id).is_none());
+    let p = Peer::new();
+    let ask = |req, op| {
+        let msg = Message::Hub {
+            req,
+            op,
+            queue: id,
+            arg: 0,
+            payload: b"x",
+        };
+        let mut dirty = Dirty::default();
+        serve(&p.link, &msg, &mut dirty);
+        dirty.flush();
+        p.got_from(id)
+    };
+    assert_eq!(ask(3, op::LEN), [answer(3, status::NO_QUEUE)]);
+    // A one-way put gets a notice naming the queue.
+    assert_eq!(
+        ask(0, op::PUT),
+        [Got::Reply {
+            req: 0,
+            status: status::NO_QUEUE,
+            value: id
+        }]
+    );
+}
