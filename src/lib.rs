@@ -36,6 +36,11 @@
 //! time on both sides; only the name and serde-encoded values cross the
 //! process boundary.
 //!
+//! Inputs and outputs are [`Payload`]s: any owned, `Send` type with
+//! serde's `Serialize` and `Deserialize`, so your own types only need a
+//! derive (see the README's "Your own types" for what fails at run time
+//! rather than compile time).
+//!
 //! ```compile_fail
 //! use procpool::{Pool, Task};
 //! const SQUARE: Task<u64, u64> = Task::new("square");
@@ -93,11 +98,15 @@
 //! A panic in a task, a returned error, a worker that dies, a task that
 //! times out, a value that fails to encode: each reaches the caller as an
 //! [`Error`] saying what happened. Nothing hangs, nothing is lost silently.
+//! Inside an [`Error`], [`TaskError`] says why a task failed in its worker
+//! and [`IpcError`] why bytes could not be encoded, decoded or moved;
+//! queues report [`PutError`], [`GetError`] and [`QueueError`].
 #![forbid(unsafe_code)]
 
 pub use procpool_ipc::pipe::{Pipe, PipeEnd, PipeReceiver, PipeSender};
 pub use procpool_ipc::queue::{GetError, JoinableQueue, PutError, Queue, QueueError, SimpleQueue};
-pub use procpool_ipc::{Task, TaskError};
+pub use procpool_ipc::task::Payload;
+pub use procpool_ipc::{IpcError, Task, TaskError};
 
 pub use procpool_pool::{
     AsyncResult, EXIT_INTERRUPTED, Error, Imap, Pool, PoolBuilder, Process, Stats,

@@ -13,16 +13,23 @@ use crate::{Error, Pool};
 
 /// Configures and starts a [`Pool`].
 ///
-/// ```no_run
+/// ```
 /// use std::time::Duration;
-/// # fn main() -> Result<(), procpool_pool::Error> {
-/// let pool = procpool_pool::Pool::builder()
-///     .workers(4)
-///     .chunk_size(16)
-///     .task_timeout(Duration::from_secs(30))
-///     .retries(1)
-///     .build()?;
-/// # Ok(()) }
+/// use procpool::{Pool, Registry, Task};
+///
+/// const SQUARE: Task<u64, u64> = Task::new("square");
+///
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init(Registry::new().task(SQUARE, |x| x * x));
+///     let pool = Pool::builder()
+///         .workers(2)
+///         .chunk_size(16)
+///         .task_timeout(Duration::from_secs(30))
+///         .retries(1)
+///         .build()?;
+///     assert_eq!(pool.apply(SQUARE, 7)?, 49);
+///     Ok(())
+/// }
 /// ```
 #[derive(Clone, Debug, Default)]
 #[must_use = "a builder does nothing until build() is called"]

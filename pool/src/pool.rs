@@ -35,15 +35,17 @@ use procpool_ipc::sync::lock;
 /// period (default 5 s) to finish, then the workers are killed. Every worker
 /// is reaped before `drop` returns.
 ///
-/// ```no_run
-/// use procpool_ipc::Task;
-/// # use procpool_pool::Pool;
+/// ```
+/// use procpool::{Pool, Registry, Task};
+///
 /// const SQUARE: Task<u64, u64> = Task::new("square");
-/// // main() called procpool::init(Registry::new().task(SQUARE, |x| x * x)) first.
-/// # fn main() -> Result<(), procpool_pool::Error> {
-/// let pool = Pool::new(4)?;
-/// assert_eq!(pool.map(SQUARE, 0..5)?, [0, 1, 4, 9, 16]);
-/// # Ok(()) }
+///
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init(Registry::new().task(SQUARE, |x| x * x));
+///     let pool = Pool::new(2)?;
+///     assert_eq!(pool.map(SQUARE, 0..5)?, [0, 1, 4, 9, 16]);
+///     Ok(())
+/// }
 /// ```
 pub struct Pool {
     pub(crate) config: Arc<Config>,

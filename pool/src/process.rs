@@ -18,16 +18,18 @@ use crate::{AsyncResult, Error, Pool, PoolBuilder};
 /// the handle waits for the task for the grace period (default 5 s), then
 /// kills the process; it is always reaped.
 ///
-/// ```no_run
-/// use procpool_ipc::Task;
-/// # use procpool_pool::Process;
+/// ```
+/// use procpool::{Process, Registry, Task};
+///
 /// const GREET: Task<String, String> = Task::new("greet");
-/// // main() called procpool::init(Registry::new().task(GREET, |n| format!("hello {n}"))) first.
-/// # fn main() -> Result<(), procpool_pool::Error> {
-/// let p = Process::spawn(GREET, "world".to_string())?;
-/// println!("worker pid {}", p.pid());
-/// assert_eq!(p.join()?, "hello world");
-/// # Ok(()) }
+///
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init(Registry::new().task(GREET, |n| format!("hello {n}")));
+///     let p = Process::spawn(GREET, "world".to_string())?;
+///     assert_ne!(p.pid(), std::process::id());
+///     assert_eq!(p.join()?, "hello world");
+///     Ok(())
+/// }
 /// ```
 pub struct Process<O> {
     pool: Pool,

@@ -17,7 +17,7 @@
 //! handles do not keep it alive.
 //!
 //! ```
-//! use procpool_ipc::queue::{Queue, GetError};
+//! use procpool::{GetError, Queue};
 //! use std::time::Duration;
 //!
 //! let q = Queue::bounded(2);
@@ -416,7 +416,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
 /// until every item put has been processed.
 ///
 /// ```
-/// use procpool_ipc::queue::JoinableQueue;
+/// use procpool::JoinableQueue;
 /// use std::time::Duration;
 ///
 /// let q = JoinableQueue::new();
