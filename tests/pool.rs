@@ -65,6 +65,7 @@ fn main() {
         oversized_input_is_frame_too_large,
         imap_is_lazy_and_bounded,
         imap_order_and_unordered_exactly_once,
+        borrowed_inputs_work_like_owned_ones,
         worker_deaths_fail_only_their_tasks_and_are_replaced,
         retries_recover_from_worker_deaths,
         task_timeout_kills_and_replaces,
@@ -466,6 +467,29 @@ fn imap_order_and_unordered_exactly_once() -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     got.sort_unstable();
     ensure!(got == (0..5000u64).map(|x| x * x).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// The rayon habit: `&Vec<u64>` yields `&u64`, and the task takes `u64`.
+fn borrowed_inputs_work_like_owned_ones() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).build()?.watched();
+    let v: Vec<u64> = (0..100).collect();
+    let squares: Vec<u64> = v.iter().map(|x| x * x).collect();
+    ensure!(pool.map(SQUARE, &v)? == squares);
+    ensure!(pool.map(SQUARE, v.iter())? == squares);
+    ensure!(pool.imap(SQUARE, &v)?.collect::<Result<Vec<_>, _>>()? == squares);
+    let mut got = pool
+        .imap_unordered(SQUARE, &v[..])?
+        .collect::<Result<Vec<_>, _>>()?;
+    got.sort_unstable();
+    ensure!(got == squares);
+    let words = vec!["12".to_string(), "x".to_string()];
+    let parsed = pool.map(PARSE, &words);
+    ensure!(
+        matches!(&parsed, Err(Error::Task(TaskError::Failed { .. }))),
+        "{parsed:?}"
+    );
+    ensure!(pool.apply(PARSE, words[0].clone())? == 12);
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! [`Pool`]: the public face of the master side.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -235,22 +236,54 @@ impl Pool {
 
     /// Runs `task` on every item and returns the outputs in input order.
     ///
+    /// Items may be owned or borrowed: anything that [`Borrow`]s as the
+    /// task's input will do, so `0..10`, a `Vec<u64>` and `&Vec<u64>` (or
+    /// `v.iter()`) all feed a `Task<u64, _>`, and `&[String]` a
+    /// `Task<String, _>`. Each item is encoded from its borrow, never cloned.
+    ///
     /// The input is split into chunks (the builder's `chunk_size`, or
     /// Python's rule: `len / (4 × workers)` rounded up, counting remote
     /// workers that have joined). Returns at the
     /// first failed item; work not yet dispatched is then dropped.
     ///
+    /// ```
+    /// use procpool::{Pool, Registry, Task};
+    ///
+    /// const SQUARE: Task<u64, u64> = Task::new("square");
+    /// const LEN: Task<String, usize> = Task::new("len");
+    ///
+    /// fn main() -> Result<(), procpool::Error> {
+    ///     procpool::init(Registry::new().task(SQUARE, |x| x * x).task(LEN, |s: String| s.len()));
+    ///     let pool = Pool::new(2)?;
+    ///     let v: Vec<u64> = vec![1, 2, 3];
+    ///     assert_eq!(pool.map(SQUARE, &v)?, [1, 4, 9]); // borrowed: v is still here
+    ///     assert_eq!(pool.map(SQUARE, v)?, [1, 4, 9]); // owned
+    ///     assert_eq!(pool.map(SQUARE, 0..3)?, [0, 1, 4]);
+    ///     let words = ["a", "bb"].map(String::from);
+    ///     assert_eq!(pool.map(LEN, &words)?, [1, 2]);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// Because the item type is only bounded, not fixed, an item whose type
+    /// the compiler would have taken from the task must now be named (as
+    /// with `Vec::extend`, which also takes `T` and `&T`):
+    /// `lines.map(|l| l.parse::<u64>())`, `Vec::<u64>::new()`, not
+    /// `l.parse()` or `vec![]` ("type annotations needed").
+    ///
     /// # Errors
     /// The first error among the items ([`Error::Task`] for a panic or a
     /// returned error, [`Error::WorkerDied`], [`Error::Timeout`], ...), or
     /// [`Error::UnknownTask`], [`Error::Closed`], [`Error::Interrupted`].
-    pub fn map<I: Payload, O: Payload>(
-        &self,
-        task: Task<I, O>,
-        items: impl IntoIterator<Item = I>,
-    ) -> Result<Vec<O>, Error> {
+    pub fn map<I, O, It>(&self, task: Task<I, O>, items: It) -> Result<Vec<O>, Error>
+    where
+        I: Payload,
+        O: Payload,
+        It: IntoIterator,
+        It::Item: Borrow<I>,
+    {
         let index = self.task_index(task.name())?;
-        let items: Vec<I> = items.into_iter().collect();
+        let items: Vec<It::Item> = items.into_iter().collect();
         let len = items.len();
         let chunk = self.config.chunk_size.unwrap_or_else(|| {
             // Remote workers that have joined count too.
@@ -276,16 +309,23 @@ impl Pool {
     /// input order.
     ///
     /// At most `window` items (a builder option, default 8192) are taken
-    /// from `items` and not yet yielded, so an endless input is fine.
+    /// from `items` and not yet yielded, so an endless input is fine. Items
+    /// may be owned or borrowed, as for [`map`](Self::map).
     ///
     /// # Errors
     /// [`Error::UnknownTask`], [`Error::Closed`] or [`Error::Interrupted`]
     /// up front; per-item errors come through the iterator.
-    pub fn imap<I: Payload, O: Payload, It: IntoIterator<Item = I>>(
+    pub fn imap<I, O, It>(
         &self,
         task: Task<I, O>,
         items: It,
-    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error> {
+    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error>
+    where
+        I: Payload,
+        O: Payload,
+        It: IntoIterator,
+        It::Item: Borrow<I>,
+    {
         self.stream(task, items, true)
     }
 
@@ -293,20 +333,32 @@ impl Pool {
     ///
     /// # Errors
     /// As [`imap`](Self::imap).
-    pub fn imap_unordered<I: Payload, O: Payload, It: IntoIterator<Item = I>>(
+    pub fn imap_unordered<I, O, It>(
         &self,
         task: Task<I, O>,
         items: It,
-    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error> {
+    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error>
+    where
+        I: Payload,
+        O: Payload,
+        It: IntoIterator,
+        It::Item: Borrow<I>,
+    {
         self.stream(task, items, false)
     }
 
-    fn stream<I: Payload, O: Payload, It: IntoIterator<Item = I>>(
+    fn stream<I, O, It>(
         &self,
         task: Task<I, O>,
         items: It,
         ordered: bool,
-    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error> {
+    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error>
+    where
+        I: Payload,
+        O: Payload,
+        It: IntoIterator,
+        It::Item: Borrow<I>,
+    {
         let index = self.task_index(task.name())?;
         let window = self.config.window;
         let chunking = match self.config.chunk_size {

@@ -4,6 +4,7 @@
 //! `map`, `imap`, `imap_unordered` and `submit` are all this one machine
 //! with different settings.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, VecDeque};
 use std::iter::Fuse;
 use std::marker::PhantomData;
@@ -69,7 +70,11 @@ struct Current {
     left: u32,
 }
 
-impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
+impl<'p, I: Payload, O: Payload, It> Imap<'p, I, O, It>
+where
+    It: Iterator,
+    It::Item: Borrow<I>,
+{
     pub(crate) fn new(
         pool: &'p Pool,
         task: u32,
@@ -147,8 +152,10 @@ impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
                     self.input_done = true;
                     break;
                 };
+                // Encoded from the borrow: `&u64` items cost no copy.
+                let item: &I = item.borrow();
                 let mark = payload.len();
-                let encoded = codec::encode_into(&item, &mut payload).map_err(Error::encode);
+                let encoded = codec::encode_into(item, &mut payload).map_err(Error::encode);
                 let encoded = encoded.and_then(|()| {
                     if payload.len() <= limit {
                         Ok(())
@@ -166,7 +173,7 @@ impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
                         payload.truncate(mark);
                         self.submit(std::mem::take(&mut payload), count);
                         count = 0;
-                        if codec::encode_into(&item, &mut payload).is_ok() && payload.len() <= limit
+                        if codec::encode_into(item, &mut payload).is_ok() && payload.len() <= limit
                         {
                             count = 1;
                         } else {
@@ -313,7 +320,11 @@ impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
     }
 }
 
-impl<I: Payload, O: Payload, It: Iterator<Item = I>> Iterator for Imap<'_, I, O, It> {
+impl<I: Payload, O: Payload, It> Iterator for Imap<'_, I, O, It>
+where
+    It: Iterator,
+    It::Item: Borrow<I>,
+{
     type Item = Result<O, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
