@@ -77,6 +77,11 @@
 //! }
 //! ```
 //!
+//! Queues read like channels: `for item in &queue` takes items until the
+//! queue is closed and drained (each item a `Result`, see [`QueueIter`]),
+//! and [`JoinableQueue::get_guarded`] hands out an item in a [`DoneGuard`]
+//! that calls `task_done` when it is dropped.
+//!
 //! # Remote workers
 //!
 //! A pool built with [`PoolBuilder::listen`] also takes workers that join
@@ -104,7 +109,9 @@
 #![forbid(unsafe_code)]
 
 pub use procpool_ipc::pipe::{Pipe, PipeEnd, PipeReceiver, PipeSender};
-pub use procpool_ipc::queue::{GetError, JoinableQueue, PutError, Queue, QueueError, SimpleQueue};
+pub use procpool_ipc::queue::{
+    DoneGuard, GetError, JoinableQueue, PutError, Queue, QueueError, QueueIter, SimpleQueue,
+};
 pub use procpool_ipc::task::Payload;
 pub use procpool_ipc::{IpcError, Task, TaskError};
 
