@@ -50,6 +50,27 @@
 //! }
 //! ```
 //!
+//! # Passing state to workers
+//!
+//! A worker is another process: it shares no memory with the master. State
+//! reaches it in one of four ways:
+//!
+//! - **in the task's input**: anything serialisable, queue and pipe
+//!   handles included; sent with every item;
+//! - **captured at registration**: `Registry::new().task(T, move |x| ...)`
+//!   may capture values, but they are computed *in each worker*, by the
+//!   code that runs before [`init`] returns there (the same executable), so
+//!   they must not depend on what the master learns later;
+//! - **an initializer**: [`PoolBuilder::initializer_with`] sends one value,
+//!   encoded once, to every worker (replacements included) before its first
+//!   task, as Python's `initargs`; the initializer keeps what it builds in a
+//!   `static` [`OnceLock`](std::sync::OnceLock) the tasks read;
+//! - **the environment and arguments** of the worker processes:
+//!   [`PoolBuilder::worker_env`], [`PoolBuilder::worker_args`].
+//!
+//! A worker program of its own (not this executable re-executed) is found
+//! with [`sibling_exe`] when Cargo builds it next to the master.
+//!
 //! # Queues, pipes and processes
 //!
 //! [`Queue`], [`JoinableQueue`], [`SimpleQueue`] and [`Pipe`] are shared
@@ -117,7 +138,7 @@ pub use procpool_ipc::{IpcError, Task, TaskError};
 
 pub use procpool_pool::{
     AsyncResult, EXIT_INTERRUPTED, Error, Imap, Pool, PoolBuilder, Process, Stats,
-    install_ctrlc_handler, interrupted,
+    install_ctrlc_handler, interrupted, sibling_exe,
 };
 pub use procpool_worker::{Registry, init, run_remote_worker, run_worker};
 

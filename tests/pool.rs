@@ -71,6 +71,8 @@ fn main() {
         task_timeout_kills_and_replaces,
         max_tasks_per_worker_recycles,
         initializer_runs_once_per_worker,
+        initializer_argument_reaches_every_worker,
+        initializer_argument_that_cannot_be_sent_fails_the_build,
         shutdown_from_another_thread_interrupts_map,
         several_threads_share_one_pool,
         slow_tasks_after_fast_ones_spread_over_workers,
@@ -659,6 +661,58 @@ fn initializer_runs_once_per_worker() -> anyhow::Result<()> {
     let got = pool.map(INIT_COUNT, 0..40u64)?;
     for (pid, runs) in &got {
         ensure!(*runs == 1, "worker {pid} ran its initializer {runs} times");
+    }
+    Ok(())
+}
+
+/// Python's `initargs`: every worker, replacements included, runs the
+/// initializer once on the argument.
+fn initializer_argument_reaches_every_worker() -> anyhow::Result<()> {
+    let arg = "model weights at /data/w.bin".to_string();
+    let pool = Pool::builder()
+        .workers(2)
+        .chunk_size(1)
+        .initializer_with(INIT_WITH, arg.clone())
+        .max_tasks_per_worker(5)
+        .build()?
+        .watched();
+    let got = pool.map(INIT_ARGS, 0..40u64)?;
+    for (pid, args) in &got {
+        ensure!(*args == [arg.clone()], "worker {pid} saw {args:?}");
+    }
+    let mut pids: Vec<u32> = got.iter().map(|(pid, _)| *pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    ensure!(
+        pids.len() >= 8,
+        "40 tasks at 5 per worker need 8 workers, saw {pids:?}"
+    );
+    Ok(())
+}
+
+/// Checked in `build`, before any worker starts.
+fn initializer_argument_that_cannot_be_sent_fails_the_build() -> anyhow::Result<()> {
+    let err = Pool::builder()
+        .workers(1)
+        .max_frame_len(64)
+        .initializer_with(INIT_WITH, "x".repeat(100))
+        .build()
+        .unwrap_err();
+    ensure!(
+        matches!(err, Error::FrameTooLarge { max: 64, .. }),
+        "{err:?}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        const INIT_PATH: Task<std::path::PathBuf, ()> = Task::new("init_path");
+        let not_utf8 = std::ffi::OsStr::from_bytes(b"/tmp/\xff").into();
+        let err = Pool::builder()
+            .workers(1)
+            .initializer_with(INIT_PATH, not_utf8)
+            .build()
+            .unwrap_err();
+        ensure!(matches!(err, Error::Encode(_)), "{err:?}");
     }
     Ok(())
 }
