@@ -436,6 +436,28 @@ impl Pool {
 
     /// Waits until every task submitted so far has finished (the
     /// JoinableQueue `join`: each chunk's completion is its `task_done`).
+    /// The workers stay, ready for more work.
+    ///
+    /// **Not Python's `Pool.join`**, which waits for the worker processes
+    /// to *exit* after `close()`. Here the verbs keep the meaning they have
+    /// everywhere else in procpool (`join` waits for queued work, as
+    /// [`JoinableQueue::join`](procpool_ipc::queue::JoinableQueue::join)
+    /// does), and the workers exit when the pool is dropped. Python's
+    /// `pool.close(); pool.join()` is:
+    ///
+    /// ```
+    /// # use procpool::{Pool, Registry, Task};
+    /// # const SQUARE: Task<u64, u64> = Task::new("square");
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init(Registry::new().task(SQUARE, |x| x * x));
+    /// let pool = Pool::new(2)?;
+    /// let pending = pool.submit(SQUARE, 7)?;
+    /// pool.close(); // no new work
+    /// pool.join()?; // every task submitted has finished
+    /// drop(pool); // the workers exit and are reaped
+    /// assert_eq!(pending.wait()?, 49);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`Error::Interrupted`] if a shutdown is requested meanwhile.
@@ -474,8 +496,12 @@ impl Pool {
         let _ = self.tx.send(Msg::Interrupt);
     }
 
-    /// Kills every worker now and waits until they are reaped; unfinished
-    /// tasks fail with [`Error::Terminated`].
+    /// Kills every worker now (SIGKILL on Unix, `TerminateProcess` on
+    /// Windows) and waits until they are reaped; unfinished tasks fail with
+    /// [`Error::Terminated`]. As Python's `Pool.terminate`.
+    ///
+    /// [`Process::kill`](crate::Process::kill) is the same stop for one
+    /// process; each is named after its Python counterpart.
     pub fn terminate(&self) {
         self.shared.interrupt();
         let _ = self.tx.send(Msg::Terminate);
