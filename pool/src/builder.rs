@@ -16,8 +16,18 @@ use crate::config::{Config, Key};
 use crate::{Error, Pool};
 
 /// An initializer's argument, encoded (or why it did not encode: reported
-/// by `build`).
-type EncodedArg = Result<Arc<[u8]>, Error>;
+/// by `build`). Its `Debug` shows the length, not the bytes.
+#[derive(Clone)]
+struct EncodedArg(Result<Arc<[u8]>, Error>);
+
+impl std::fmt::Debug for EncodedArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Ok(bytes) => write!(f, "<{} bytes>", bytes.len()),
+            Err(e) => e.fmt(f),
+        }
+    }
+}
 
 /// Configures and starts a [`Pool`].
 ///
@@ -238,7 +248,7 @@ impl PoolBuilder {
         let encoded = codec::encode_into(&arg, &mut bytes)
             .map(|()| Arc::from(bytes))
             .map_err(Error::encode);
-        self.initializer = Some((task.name(), encoded));
+        self.initializer = Some((task.name(), EncodedArg(encoded)));
         self
     }
 
@@ -317,7 +327,7 @@ impl PoolBuilder {
         let initializer = match self.initializer {
             None => None,
             Some((name, arg)) => {
-                let arg = arg?;
+                let arg = arg.0?;
                 let len = arg.len() + RUN_OVERHEAD;
                 if len > max_frame_len as usize {
                     return Err(Error::FrameTooLarge {
