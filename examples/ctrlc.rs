@@ -39,7 +39,6 @@ fn main() -> anyhow::Result<()> {
         .handle_ctrlc()
         .build()?;
     let mut done = 0u64;
-    let mut interrupted = false;
     for result in pool.imap(WORK, 0..tasks)? {
         match result {
             Ok(_) => {
@@ -48,11 +47,12 @@ fn main() -> anyhow::Result<()> {
                 writeln!(out, "done {done}/{tasks}")?;
                 out.flush()?;
             }
-            Err(Error::Interrupted) => interrupted = true,
+            // After every result that had arrived: the last item.
+            Err(Error::Interrupted) => break,
             Err(e) => return Err(e.into()),
         }
     }
-    if interrupted {
+    if procpool::interrupted() {
         eprintln!("interrupted: {done} of {tasks} tasks finished; stopping");
         // Graceful: running tasks get the grace period (a second Ctrl-C
         // cuts it short), then every worker is reaped.

@@ -14,16 +14,14 @@ const CONSUMER: Task<(JoinableQueue<Option<u64>>, Queue<u64>), u64> = Task::new(
 fn consumer((jobs, results): (JoinableQueue<Option<u64>>, Queue<u64>)) -> u64 {
     let mut done = 0;
     loop {
-        let job = jobs.get().expect("get");
-        if let Some(x) = job {
-            results.put(x * x).expect("put");
-            done += 1;
-        }
-        // Confirmed only once the work for it is done.
-        jobs.task_done().expect("task_done");
-        if job.is_none() {
+        // `task_done` is called when `job` is dropped, at the end of each
+        // turn (or on the `return`): once the work for it is done.
+        let job = jobs.get_guarded().expect("get");
+        let Some(x) = *job else {
             return done;
-        }
+        };
+        results.put(x * x).expect("put");
+        done += 1;
     }
 }
 

@@ -6,23 +6,20 @@
 //! ```
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a program talks to its user
 
-use procpool::{GetError, Process, Queue, Registry, Task};
+use procpool::{Process, Queue, Registry, Task};
 
 /// Reads messages until the queue is closed; returns how many.
 const READER: Task<Queue<String>, usize> = Task::new("reader");
 
 fn reader(queue: Queue<String>) -> usize {
     let mut n = 0;
-    loop {
-        match queue.get() {
-            Ok(msg) => {
-                println!("reader (pid {}) got: {msg}", std::process::id());
-                n += 1;
-            }
-            Err(GetError::Closed) => return n,
-            Err(e) => panic!("reader: {e}"),
-        }
+    // Like a channel: the loop ends once the queue is closed and drained.
+    for msg in &queue {
+        let msg = msg.expect("reader"); // an item that did not decode, or a lost master
+        println!("reader (pid {}) got: {msg}", std::process::id());
+        n += 1;
     }
+    n
 }
 
 fn main() -> anyhow::Result<()> {

@@ -14,12 +14,9 @@ use procpool::Pool;
 
 fn main() -> anyhow::Result<()> {
     // This master registers no tasks of its own; the worker program does.
-    let program = std::env::current_exe()?
-        .with_file_name(format!("worker_program{}", std::env::consts::EXE_SUFFIX));
-    anyhow::ensure!(
-        program.exists(),
-        "build the worker first: cargo build --example worker_program"
-    );
+    // Cargo builds it next to this example (`.exe` added on Windows).
+    let program = procpool::sibling_exe("worker_program")
+        .context("build the worker first: cargo build --example worker_program")?;
     let pool = Pool::builder()
         .worker_program(&program)
         .build()

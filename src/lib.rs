@@ -36,6 +36,11 @@
 //! time on both sides; only the name and serde-encoded values cross the
 //! process boundary.
 //!
+//! Inputs and outputs are [`Payload`]s: any owned, `Send` type with
+//! serde's `Serialize` and `Deserialize`, so your own types only need a
+//! derive (see the README's "Your own types" for what fails at run time
+//! rather than compile time).
+//!
 //! ```compile_fail
 //! use procpool::{Pool, Task};
 //! const SQUARE: Task<u64, u64> = Task::new("square");
@@ -44,6 +49,27 @@
 //!     let _ = pool.map(SQUARE, vec!["three".to_string()]);
 //! }
 //! ```
+//!
+//! # Passing state to workers
+//!
+//! A worker is another process: it shares no memory with the master. State
+//! reaches it in one of four ways:
+//!
+//! - **in the task's input**: anything serialisable, queue and pipe
+//!   handles included; sent with every item;
+//! - **captured at registration**: `Registry::new().task(T, move |x| ...)`
+//!   may capture values, but they are computed *in each worker*, by the
+//!   code that runs before [`init`] returns there (the same executable), so
+//!   they must not depend on what the master learns later;
+//! - **an initializer**: [`PoolBuilder::initializer_with`] sends one value,
+//!   encoded once, to every worker (replacements included) before its first
+//!   task, as Python's `initargs`; the initializer keeps what it builds in a
+//!   `static` [`OnceLock`](std::sync::OnceLock) the tasks read;
+//! - **the environment and arguments** of the worker processes:
+//!   [`PoolBuilder::worker_env`], [`PoolBuilder::worker_args`].
+//!
+//! A worker program of its own (not this executable re-executed) is found
+//! with [`sibling_exe`] when Cargo builds it next to the master.
 //!
 //! # Queues, pipes and processes
 //!
@@ -72,6 +98,11 @@
 //! }
 //! ```
 //!
+//! Queues read like channels: `for item in &queue` takes items until the
+//! queue is closed and drained (each item a `Result`, see [`QueueIter`]),
+//! and [`JoinableQueue::get_guarded`] hands out an item in a [`DoneGuard`]
+//! that calls `task_done` when it is dropped.
+//!
 //! # Remote workers
 //!
 //! A pool built with [`PoolBuilder::listen`] also takes workers that join
@@ -93,15 +124,21 @@
 //! A panic in a task, a returned error, a worker that dies, a task that
 //! times out, a value that fails to encode: each reaches the caller as an
 //! [`Error`] saying what happened. Nothing hangs, nothing is lost silently.
+//! Inside an [`Error`], [`TaskError`] says why a task failed in its worker
+//! and [`IpcError`] why bytes could not be encoded, decoded or moved;
+//! queues report [`PutError`], [`GetError`] and [`QueueError`].
 #![forbid(unsafe_code)]
 
 pub use procpool_ipc::pipe::{Pipe, PipeEnd, PipeReceiver, PipeSender};
-pub use procpool_ipc::queue::{GetError, JoinableQueue, PutError, Queue, QueueError, SimpleQueue};
-pub use procpool_ipc::{Task, TaskError};
+pub use procpool_ipc::queue::{
+    DoneGuard, GetError, JoinableQueue, PutError, Queue, QueueError, QueueIter, SimpleQueue,
+};
+pub use procpool_ipc::task::Payload;
+pub use procpool_ipc::{IpcError, Task, TaskError};
 
 pub use procpool_pool::{
     AsyncResult, EXIT_INTERRUPTED, Error, Imap, Pool, PoolBuilder, Process, Stats,
-    install_ctrlc_handler, interrupted,
+    install_ctrlc_handler, interrupted, sibling_exe,
 };
 pub use procpool_worker::{Registry, init, run_remote_worker, run_worker};
 

@@ -66,11 +66,14 @@ fn main() {
         oversized_input_is_frame_too_large,
         imap_is_lazy_and_bounded,
         imap_order_and_unordered_exactly_once,
+        borrowed_inputs_work_like_owned_ones,
         worker_deaths_fail_only_their_tasks_and_are_replaced,
         retries_recover_from_worker_deaths,
         task_timeout_kills_and_replaces,
         max_tasks_per_worker_recycles,
         initializer_runs_once_per_worker,
+        initializer_argument_reaches_every_worker,
+        initializer_argument_that_cannot_be_sent_fails_the_build,
         shutdown_from_another_thread_interrupts_map,
         terminate_from_another_thread_ends_map_with_terminated,
         several_threads_share_one_pool,
@@ -490,6 +493,29 @@ fn imap_order_and_unordered_exactly_once() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The rayon habit: `&Vec<u64>` yields `&u64`, and the task takes `u64`.
+fn borrowed_inputs_work_like_owned_ones() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).build()?.watched();
+    let v: Vec<u64> = (0..100).collect();
+    let squares: Vec<u64> = v.iter().map(|x| x * x).collect();
+    ensure!(pool.map(SQUARE, &v)? == squares);
+    ensure!(pool.map(SQUARE, v.iter())? == squares);
+    ensure!(pool.imap(SQUARE, &v)?.collect::<Result<Vec<_>, _>>()? == squares);
+    let mut got = pool
+        .imap_unordered(SQUARE, &v[..])?
+        .collect::<Result<Vec<_>, _>>()?;
+    got.sort_unstable();
+    ensure!(got == squares);
+    let words = vec!["12".to_string(), "x".to_string()];
+    let parsed = pool.map(PARSE, &words);
+    ensure!(
+        matches!(&parsed, Err(Error::Task(TaskError::Failed { .. }))),
+        "{parsed:?}"
+    );
+    ensure!(pool.apply(PARSE, words[0].clone())? == 12);
+    Ok(())
+}
+
 fn worker_deaths_fail_only_their_tasks_and_are_replaced() -> anyhow::Result<()> {
     let pool = Pool::builder().workers(2).chunk_size(1).build()?.watched();
     // Items 13 die: 113, 213, ... (mod 100 == 13) abort or SIGKILL themselves.
@@ -656,6 +682,58 @@ fn initializer_runs_once_per_worker() -> anyhow::Result<()> {
     let got = pool.map(INIT_COUNT, 0..40u64)?;
     for (pid, runs) in &got {
         ensure!(*runs == 1, "worker {pid} ran its initializer {runs} times");
+    }
+    Ok(())
+}
+
+/// Python's `initargs`: every worker, replacements included, runs the
+/// initializer once on the argument.
+fn initializer_argument_reaches_every_worker() -> anyhow::Result<()> {
+    let arg = "model weights at /data/w.bin".to_string();
+    let pool = Pool::builder()
+        .workers(2)
+        .chunk_size(1)
+        .initializer_with(INIT_WITH, arg.clone())
+        .max_tasks_per_worker(5)
+        .build()?
+        .watched();
+    let got = pool.map(INIT_ARGS, 0..40u64)?;
+    for (pid, args) in &got {
+        ensure!(*args == [arg.clone()], "worker {pid} saw {args:?}");
+    }
+    let mut pids: Vec<u32> = got.iter().map(|(pid, _)| *pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    ensure!(
+        pids.len() >= 8,
+        "40 tasks at 5 per worker need 8 workers, saw {pids:?}"
+    );
+    Ok(())
+}
+
+/// Checked in `build`, before any worker starts.
+fn initializer_argument_that_cannot_be_sent_fails_the_build() -> anyhow::Result<()> {
+    let err = Pool::builder()
+        .workers(1)
+        .max_frame_len(64)
+        .initializer_with(INIT_WITH, "x".repeat(100))
+        .build()
+        .unwrap_err();
+    ensure!(
+        matches!(err, Error::FrameTooLarge { max: 64, .. }),
+        "{err:?}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        const INIT_PATH: Task<std::path::PathBuf, ()> = Task::new("init_path");
+        let not_utf8 = std::ffi::OsStr::from_bytes(b"/tmp/\xff").into();
+        let err = Pool::builder()
+            .workers(1)
+            .initializer_with(INIT_PATH, not_utf8)
+            .build()
+            .unwrap_err();
+        ensure!(matches!(err, Error::Encode(_)), "{err:?}");
     }
     Ok(())
 }

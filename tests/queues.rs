@@ -11,7 +11,7 @@ use anyhow::{Context, bail, ensure};
 use common::*;
 use procpool::{
     Error, GetError, JoinableQueue, Pipe, PipeEnd, Pool, Process, PutError, Queue, QueueError,
-    Registry, SimpleQueue, Task,
+    Registry, SimpleQueue, Task, TaskError,
 };
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -42,6 +42,8 @@ const ECHO: Task<PipeEnd<u64, u64>, u64> = Task::new("echo");
 const REMOTE_OPS: Task<(JoinableQueue<u32>, Queue<u32>), Vec<String>> = Task::new("remote_ops");
 /// Reads strings until the queue closes.
 const READ_ALL: Task<Queue<String>, Vec<String>> = Task::new("read_all");
+/// Sums items taken with `get_guarded` until the queue is closed; panics on 13.
+const GUARDED_SUM: Task<JoinableQueue<u64>, u64> = Task::new("guarded_sum");
 /// Puts to a queue the hub has dropped meanwhile; checks what the puts
 /// return there (errors do not cross processes): `Err` says what was wrong.
 const PUT_TO_GONE: Task<GoneArgs, Result<(), String>> = Task::new("put_to_gone");
@@ -231,13 +233,20 @@ fn registry() -> Registry {
             }
         })
         .task(READ_ALL, |q| {
-            let mut got = Vec::new();
+            // Ends when the queue is closed and drained, like a channel.
+            q.iter().map(|s| s.expect("get failed")).collect()
+        })
+        .task(GUARDED_SUM, |q| {
+            let mut sum = 0;
             loop {
-                match q.get() {
-                    Ok(s) => got.push(s),
-                    Err(GetError::Closed) => return got,
+                let item = match q.get_guarded() {
+                    Ok(item) => item,
+                    Err(GetError::Closed) => return sum,
                     Err(e) => panic!("get failed: {e}"),
-                }
+                };
+                // The guard calls task_done when dropped, unwinding included.
+                assert!(*item != 13, "unlucky item");
+                sum += *item;
             }
         })
 }
@@ -261,6 +270,7 @@ fn main() {
         queue_handle_through_a_pool_task,
         process_join_kill_and_death,
         put_to_a_queue_the_hub_dropped_is_reported,
+        guards_confirm_items_in_other_processes_even_on_panic,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -519,4 +529,31 @@ fn put_to_a_queue_the_hub_dropped_is_reported() -> anyhow::Result<()> {
     drop(q); // the hub's last handle: the queue is gone
     go.put(())?;
     p.join()?.map_err(anyhow::Error::msg)
+}
+
+fn guards_confirm_items_in_other_processes_even_on_panic() -> anyhow::Result<()> {
+    let jq = JoinableQueue::new();
+    for i in 1..=20u64 {
+        jq.put(i)?;
+    }
+    jq.close();
+    // The first consumer panics on 13: items 1..=13 are done, 13 by the
+    // guard's drop while unwinding.
+    let first = Process::spawn(GUARDED_SUM, jq.clone())?.watched().join();
+    ensure!(
+        matches!(&first, Err(Error::Task(TaskError::Panicked { message, .. })) if message == "unlucky item"),
+        "{first:?}"
+    );
+    // The second takes the rest until Closed.
+    let second = Process::spawn(GUARDED_SUM, jq.clone())?.watched().join()?;
+    ensure!(
+        second == (14..=20).sum::<u64>(),
+        "second consumer summed {second}"
+    );
+    ensure!(
+        jq.join_timeout(Duration::from_secs(20))?,
+        "join timed out with {:?} items unfinished",
+        jq.unfinished()
+    );
+    Ok(())
 }

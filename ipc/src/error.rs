@@ -3,7 +3,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// An error on a connection between a master and a worker.
+/// Why bytes could not be encoded, decoded or moved between processes.
+///
+/// It is the source of `procpool::Error::Encode` and `Error::Decode` (a value serde could not encode, bytes that do not decode
+/// as the expected type) and of connection failures (a frame over the size
+/// limit, a connection closed mid-frame, an I/O error).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum IpcError {

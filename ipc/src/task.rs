@@ -15,26 +15,77 @@ use serde::de::DeserializeOwned;
 /// sent.
 ///
 /// ```
-/// use procpool_ipc::Task;
+/// use procpool::Task;
 ///
 /// pub const SQUARE: Task<u64, u64> = Task::new("square");
 /// assert_eq!(SQUARE.name(), "square");
 /// ```
 ///
-/// Inputs and outputs must be serialisable, owned and `Send`:
-///
-/// ```compile_fail
-/// use procpool_ipc::Task;
-/// // `&str` borrows: it cannot be a task input.
-/// fn check<I: procpool_ipc::task::Payload>() {}
-/// check::<&'static std::cell::Cell<u8>>();
-/// ```
+/// Inputs and outputs must be [`Payload`]s: serialisable, owned and `Send`.
+/// Each claim is checked when the task is registered or used; the examples
+/// below are rejected at compile time.
 pub struct Task<I, O> {
     name: &'static str,
     _types: PhantomData<fn(I) -> O>,
 }
 
 /// What a task input or output must be: serialisable, owned and `Send`.
+///
+/// Implemented for every type that is
+/// `Serialize + DeserializeOwned + Send + 'static`: derive serde's traits
+/// for your own types and use owned fields (`String`, `Vec<T>`, `PathBuf`),
+/// not borrowed ones. Queue and pipe items are payloads too.
+///
+/// ```
+/// use procpool::{Payload, Task};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Job {
+///     name: String,
+///     weights: Vec<f64>,
+/// }
+///
+/// fn is_payload<T: Payload>() {}
+/// is_payload::<Job>();
+/// const SCORE: Task<Job, f64> = Task::new("score");
+/// ```
+///
+/// The compile-time check cannot promise that every *value* encodes. Some
+/// fail at run time: a `PathBuf` that is not UTF-8, and types that need a
+/// self-describing format (`#[serde(untagged)]`, `#[serde(flatten)]`,
+/// `serde_json::Value`), which the codec (bincode) is not. Such a failure
+/// reaches the caller as a typed encode or decode error, not a hang.
+///
+/// Not serialisable (no serde derive):
+///
+/// ```compile_fail,E0277
+/// struct Job(u32);
+/// fn is_payload<T: procpool::Payload>() {}
+/// is_payload::<Job>();
+/// ```
+///
+/// Not owned (`&str` borrows from its input; use `String`). The compiler
+/// says "implementation of `Deserialize` is not general enough":
+///
+/// ```compile_fail
+/// fn is_payload<T: procpool::Payload>() {}
+/// is_payload::<&'static str>();
+/// ```
+///
+/// Not `Send` (a raw pointer, even in a serialisable wrapper):
+///
+/// ```compile_fail,E0277
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Local(std::marker::PhantomData<*const u8>);
+/// fn is_payload<T: procpool::Payload>() {}
+/// is_payload::<Local>();
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a task input or output (a procpool `Payload`)",
+    label = "not a `Payload`",
+    note = "derive `Serialize`/`Deserialize`; use owned types such as `String`"
+)]
 pub trait Payload: Serialize + DeserializeOwned + Send + 'static {}
 impl<T: Serialize + DeserializeOwned + Send + 'static> Payload for T {}
 

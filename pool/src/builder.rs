@@ -1,28 +1,53 @@
 //! [`PoolBuilder`]: every knob of a pool, each with its default.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use procpool_ipc::Task;
 use procpool_ipc::frame::DEFAULT_MAX_FRAME_LEN;
+use procpool_ipc::proto::RUN_OVERHEAD;
+use procpool_ipc::task::Payload;
+use procpool_ipc::{Task, codec};
 
 use crate::config::{Config, Key};
 use crate::{Error, Pool};
 
+/// An initializer's argument, encoded (or why it did not encode: reported
+/// by `build`). Its `Debug` shows the length, not the bytes.
+#[derive(Clone)]
+struct EncodedArg(Result<Arc<[u8]>, Error>);
+
+impl std::fmt::Debug for EncodedArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Ok(bytes) => write!(f, "<{} bytes>", bytes.len()),
+            Err(e) => e.fmt(f),
+        }
+    }
+}
+
 /// Configures and starts a [`Pool`].
 ///
-/// ```no_run
+/// ```
 /// use std::time::Duration;
-/// # fn main() -> Result<(), procpool_pool::Error> {
-/// let pool = procpool_pool::Pool::builder()
-///     .workers(4)
-///     .chunk_size(16)
-///     .task_timeout(Duration::from_secs(30))
-///     .retries(1)
-///     .build()?;
-/// # Ok(()) }
+/// use procpool::{Pool, Registry, Task};
+///
+/// const SQUARE: Task<u64, u64> = Task::new("square");
+///
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init(Registry::new().task(SQUARE, |x| x * x));
+///     let pool = Pool::builder()
+///         .workers(2)
+///         .chunk_size(16)
+///         .task_timeout(Duration::from_secs(30))
+///         .retries(1)
+///         .build()?;
+///     assert_eq!(pool.apply(SQUARE, 7)?, 49);
+///     Ok(())
+/// }
 /// ```
 #[derive(Clone, Debug, Default)]
 #[must_use = "a builder does nothing until build() is called"]
@@ -40,7 +65,7 @@ pub struct PoolBuilder {
     task_timeout: Option<Duration>,
     retries: u32,
     max_tasks_per_worker: Option<u64>,
-    initializer: Option<&'static str>,
+    initializer: Option<(&'static str, EncodedArg)>,
     handle_ctrlc: bool,
     single_process: bool,
     listen: Option<(SocketAddr, Key)>,
@@ -60,6 +85,19 @@ impl PoolBuilder {
     /// current executable. The program's `main` must call
     /// `procpool::run_worker` (or `procpool::init`) with a registry that
     /// holds the tasks the pool will run. Default: `std::env::current_exe()`.
+    ///
+    /// For a worker binary built next to this one (another `[[bin]]` or
+    /// example of the same package), [`sibling_exe`] finds it:
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = procpool::Pool::builder()
+    ///     .worker_program(procpool::sibling_exe("worker_program")?)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// (`examples/with_worker_program.rs` runs this.)
     pub fn worker_program(mut self, program: impl Into<PathBuf>) -> Self {
         self.program = Some(program.into());
         self
@@ -163,10 +201,55 @@ impl PoolBuilder {
     }
 
     /// A task each worker runs once, before its first task, as Python's
-    /// `initializer`. A worker whose initializer fails is replaced.
-    /// Default: none.
-    pub fn initializer(mut self, task: Task<(), ()>) -> Self {
-        self.initializer = Some(task.name());
+    /// `initializer`. A worker whose initializer fails (panics or returns
+    /// an error) is replaced. Default: none.
+    ///
+    /// The initializer runs in the worker process: what it sets up (a
+    /// connection, a loaded model, a cache) lives in that process, typically
+    /// in a `static` `OnceLock` the tasks read. To give it an argument, see
+    /// [`initializer_with`](Self::initializer_with).
+    pub fn initializer(self, task: Task<(), ()>) -> Self {
+        self.initializer_with(task, ())
+    }
+
+    /// Like [`initializer`](Self::initializer), with an argument, as
+    /// Python's `initargs`: `arg` is encoded once, here, and every worker
+    /// (replacements included) runs `task` on a copy of it before its first
+    /// task. Default: none.
+    ///
+    /// ```
+    /// use std::sync::OnceLock;
+    /// use procpool::{Pool, Registry, Task};
+    ///
+    /// const SETUP: Task<String, ()> = Task::new("setup");
+    /// const GREET: Task<String, String> = Task::new("greet");
+    /// static GREETING: OnceLock<String> = OnceLock::new();
+    ///
+    /// fn main() -> Result<(), procpool::Error> {
+    ///     procpool::init(
+    ///         Registry::new()
+    ///             .task(SETUP, |g: String| GREETING.set(g).expect("set once per worker"))
+    ///             .task(GREET, |name: String| {
+    ///                 format!("{}, {name}", GREETING.get().expect("initialized"))
+    ///             }),
+    ///     );
+    ///     let pool = Pool::builder()
+    ///         .workers(2)
+    ///         .initializer_with(SETUP, "hello".to_string())
+    ///         .build()?;
+    ///     assert_eq!(pool.apply(GREET, "world".to_string())?, "hello, world");
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// [`build`](Self::build) fails with [`Error::Encode`] if `arg` does
+    /// not encode, [`Error::FrameTooLarge`] if it does not fit in a frame.
+    pub fn initializer_with<A: Payload>(mut self, task: Task<A, ()>, arg: A) -> Self {
+        let mut bytes = Vec::new();
+        let encoded = codec::encode_into(&arg, &mut bytes)
+            .map(|()| Arc::from(bytes))
+            .map_err(Error::encode);
+        self.initializer = Some((task.name(), EncodedArg(encoded)));
         self
     }
 
@@ -242,6 +325,8 @@ impl PoolBuilder {
     /// did not call `init` first; [`Error::Spawn`], [`Error::Startup`] or
     /// [`Error::VersionMismatch`] when a worker cannot start;
     /// [`Error::UnknownTask`] when the initializer is not registered;
+    /// [`Error::Encode`] or [`Error::FrameTooLarge`] when the initializer's
+    /// argument does not encode or fit in a frame;
     /// [`Error::Signal`] when `handle_ctrlc` was asked for and the process
     /// already has a Ctrl-C handler.
     pub fn build(self) -> Result<Pool, Error> {
@@ -255,6 +340,21 @@ impl PoolBuilder {
                 source: e.into(),
             })?,
         };
+        let max_frame_len = self.max_frame_len.unwrap_or(DEFAULT_MAX_FRAME_LEN);
+        let initializer = match self.initializer {
+            None => None,
+            Some((name, arg)) => {
+                let arg = arg.0?;
+                let len = arg.len() + RUN_OVERHEAD;
+                if len > max_frame_len as usize {
+                    return Err(Error::FrameTooLarge {
+                        len: len as u64,
+                        max: max_frame_len,
+                    });
+                }
+                Some((name, arg))
+            }
+        };
         let workers = self
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, Into::into));
@@ -266,13 +366,13 @@ impl PoolBuilder {
             chunk_size: self.chunk_size,
             window: self.window.unwrap_or(8192),
             prefetch: self.prefetch,
-            max_frame_len: self.max_frame_len.unwrap_or(DEFAULT_MAX_FRAME_LEN),
+            max_frame_len,
             start_timeout: self.start_timeout.unwrap_or(Duration::from_secs(30)),
             grace_period: self.grace_period.unwrap_or(Duration::from_secs(5)),
             task_timeout: self.task_timeout,
             retries: self.retries,
             max_tasks_per_worker: self.max_tasks_per_worker,
-            initializer: self.initializer,
+            initializer,
             replace_workers: !self.single_process,
             listen: self.listen,
             heartbeat_timeout: self
@@ -281,5 +381,56 @@ impl PoolBuilder {
             local_heartbeat: self.local_heartbeat,
         };
         Pool::start(config)
+    }
+}
+
+/// The executable `name` in the directory of the current executable, with
+/// the platform's suffix added (`.exe` on Windows): a worker program built
+/// next to this one, as Cargo places the binaries of one package (and the
+/// examples of one package) side by side.
+///
+/// ```no_run
+/// # fn main() -> std::io::Result<()> {
+/// let program = procpool::sibling_exe("worker_program")?;
+/// assert!(program.ends_with(format!("worker_program{}", std::env::consts::EXE_SUFFIX)));
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// The error of [`std::env::current_exe`], or [`io::ErrorKind::NotFound`]
+/// (its message names the path looked at) when there is no such file.
+pub fn sibling_exe(name: impl AsRef<OsStr>) -> io::Result<PathBuf> {
+    let mut file = name.as_ref().to_owned();
+    let suffix = std::env::consts::EXE_SUFFIX;
+    if !file.to_string_lossy().ends_with(suffix) {
+        file.push(suffix);
+    }
+    let path = std::env::current_exe()?.with_file_name(file);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "no executable {} next to the current one (is it built?)",
+                path.display()
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sibling_exe_finds_itself_and_names_what_is_missing() {
+        let me = std::env::current_exe().unwrap();
+        let stem = me.file_stem().unwrap().to_owned();
+        assert_eq!(sibling_exe(&stem).unwrap(), me);
+        assert_eq!(sibling_exe(me.file_name().unwrap()).unwrap(), me);
+        let err = sibling_exe("no-such-worker-program").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(err.to_string().contains("no-such-worker-program"), "{err}");
     }
 }

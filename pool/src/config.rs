@@ -25,7 +25,8 @@ pub(crate) struct Config {
     pub(crate) task_timeout: Option<Duration>,
     pub(crate) retries: u32,
     pub(crate) max_tasks_per_worker: Option<u64>,
-    pub(crate) initializer: Option<&'static str>,
+    /// The initializer task's name and its encoded argument.
+    pub(crate) initializer: Option<(&'static str, Arc<[u8]>)>,
     /// Start a replacement when a worker exits (false for a `Process`).
     pub(crate) replace_workers: bool,
     /// Where to listen for remote workers, and their key.

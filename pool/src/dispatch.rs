@@ -126,6 +126,8 @@ pub(crate) struct Dispatch {
     /// workers: (task number, nanoseconds).
     item_ns: Vec<(u32, u64)>,
     limit: Option<u64>,
+    /// The initializer's encoded argument (empty for `()`).
+    init_arg: Arc<[u8]>,
 }
 
 impl Dispatch {
@@ -138,6 +140,10 @@ impl Dispatch {
             depth: config.prefetch.map(|p| p + 1),
             item_ns: Vec::new(),
             limit: config.max_tasks_per_worker,
+            init_arg: config
+                .initializer
+                .as_ref()
+                .map_or_else(|| Arc::from([]), |(_, arg)| Arc::clone(arg)),
         }
     }
 
@@ -183,7 +189,7 @@ impl Dispatch {
         self.pending.is_empty() && self.lanes.iter().flatten().all(|l| l.inflight.is_empty())
     }
 
-    /// Sends chunk (or, with `None`, the initializer `task` on `()`) to lane
+    /// Sends chunk (or, with `None`, the initializer `task` on its argument) to lane
     /// `slot`; returns whether it is the lane's head (it starts now).
     pub(crate) fn send(
         &mut self,
@@ -209,8 +215,7 @@ impl Dispatch {
         let sent = lane.inflight.back().expect("just pushed");
         let (task, count, payload) = match &sent.chunk {
             Some(c) => (c.task, c.count, &c.payload[..]),
-            // `()` encodes to nothing.
-            None => (task, 1, &[][..]),
+            None => (task, 1, &self.init_arg[..]),
         };
         let written = lane.link.write(&Message::Run {
             id,

@@ -21,7 +21,7 @@ mod supervisor;
 mod work;
 mod worker;
 
-pub use builder::PoolBuilder;
+pub use builder::{PoolBuilder, sibling_exe};
 pub use error::Error;
 pub use interrupt::{EXIT_INTERRUPTED, install_ctrlc_handler, interrupted};
 pub use pool::{AsyncResult, Pool, Stats};

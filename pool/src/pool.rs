@@ -1,5 +1,6 @@
 //! [`Pool`]: the public face of the master side.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -35,15 +36,17 @@ use procpool_ipc::sync::lock;
 /// period (default 5 s) to finish, then the workers are killed. Every worker
 /// is reaped before `drop` returns.
 ///
-/// ```no_run
-/// use procpool_ipc::Task;
-/// # use procpool_pool::Pool;
+/// ```
+/// use procpool::{Pool, Registry, Task};
+///
 /// const SQUARE: Task<u64, u64> = Task::new("square");
-/// // main() called procpool::init(Registry::new().task(SQUARE, |x| x * x)) first.
-/// # fn main() -> Result<(), procpool_pool::Error> {
-/// let pool = Pool::new(4)?;
-/// assert_eq!(pool.map(SQUARE, 0..5)?, [0, 1, 4, 9, 16]);
-/// # Ok(()) }
+///
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init(Registry::new().task(SQUARE, |x| x * x));
+///     let pool = Pool::new(2)?;
+///     assert_eq!(pool.map(SQUARE, 0..5)?, [0, 1, 4, 9, 16]);
+///     Ok(())
+/// }
 /// ```
 pub struct Pool {
     pub(crate) config: Arc<Config>,
@@ -242,22 +245,54 @@ impl Pool {
 
     /// Runs `task` on every item and returns the outputs in input order.
     ///
+    /// Items may be owned or borrowed: anything that [`Borrow`]s as the
+    /// task's input will do, so `0..10`, a `Vec<u64>` and `&Vec<u64>` (or
+    /// `v.iter()`) all feed a `Task<u64, _>`, and `&[String]` a
+    /// `Task<String, _>`. Each item is encoded from its borrow, never cloned.
+    ///
     /// The input is split into chunks (the builder's `chunk_size`, or
     /// Python's rule: `len / (4 × workers)` rounded up, counting remote
     /// workers that have joined). Returns at the
     /// first failed item; work not yet dispatched is then dropped.
     ///
+    /// ```
+    /// use procpool::{Pool, Registry, Task};
+    ///
+    /// const SQUARE: Task<u64, u64> = Task::new("square");
+    /// const LEN: Task<String, usize> = Task::new("len");
+    ///
+    /// fn main() -> Result<(), procpool::Error> {
+    ///     procpool::init(Registry::new().task(SQUARE, |x| x * x).task(LEN, |s: String| s.len()));
+    ///     let pool = Pool::new(2)?;
+    ///     let v: Vec<u64> = vec![1, 2, 3];
+    ///     assert_eq!(pool.map(SQUARE, &v)?, [1, 4, 9]); // borrowed: v is still here
+    ///     assert_eq!(pool.map(SQUARE, v)?, [1, 4, 9]); // owned
+    ///     assert_eq!(pool.map(SQUARE, 0..3)?, [0, 1, 4]);
+    ///     let words = ["a", "bb"].map(String::from);
+    ///     assert_eq!(pool.map(LEN, &words)?, [1, 2]);
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// Because the item type is only bounded, not fixed, an item whose type
+    /// the compiler would have taken from the task must now be named (as
+    /// with `Vec::extend`, which also takes `T` and `&T`):
+    /// `lines.map(|l| l.parse::<u64>())`, `Vec::<u64>::new()`, not
+    /// `l.parse()` or `vec![]` ("type annotations needed").
+    ///
     /// # Errors
     /// The first error among the items ([`Error::Task`] for a panic or a
     /// returned error, [`Error::WorkerDied`], [`Error::Timeout`], ...), or
     /// [`Error::UnknownTask`], [`Error::Closed`], [`Error::Interrupted`].
-    pub fn map<I: Payload, O: Payload>(
-        &self,
-        task: Task<I, O>,
-        items: impl IntoIterator<Item = I>,
-    ) -> Result<Vec<O>, Error> {
+    pub fn map<I, O, It>(&self, task: Task<I, O>, items: It) -> Result<Vec<O>, Error>
+    where
+        I: Payload,
+        O: Payload,
+        It: IntoIterator,
+        It::Item: Borrow<I>,
+    {
         let index = self.task_index(task)?;
-        let items: Vec<I> = items.into_iter().collect();
+        let items: Vec<It::Item> = items.into_iter().collect();
         let len = items.len();
         let chunk = self.config.chunk_size.unwrap_or_else(|| {
             // Remote workers that have joined count too.
@@ -283,16 +318,23 @@ impl Pool {
     /// input order.
     ///
     /// At most `window` items (a builder option, default 8192) are taken
-    /// from `items` and not yet yielded, so an endless input is fine.
+    /// from `items` and not yet yielded, so an endless input is fine. Items
+    /// may be owned or borrowed, as for [`map`](Self::map).
     ///
     /// # Errors
     /// [`Error::UnknownTask`], [`Error::Closed`] or [`Error::Interrupted`]
     /// up front; per-item errors come through the iterator.
-    pub fn imap<I: Payload, O: Payload, It: IntoIterator<Item = I>>(
+    pub fn imap<I, O, It>(
         &self,
         task: Task<I, O>,
         items: It,
-    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error> {
+    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error>
+    where
+        I: Payload,
+        O: Payload,
+        It: IntoIterator,
+        It::Item: Borrow<I>,
+    {
         self.stream(task, items, true)
     }
 
@@ -300,20 +342,32 @@ impl Pool {
     ///
     /// # Errors
     /// As [`imap`](Self::imap).
-    pub fn imap_unordered<I: Payload, O: Payload, It: IntoIterator<Item = I>>(
+    pub fn imap_unordered<I, O, It>(
         &self,
         task: Task<I, O>,
         items: It,
-    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error> {
+    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error>
+    where
+        I: Payload,
+        O: Payload,
+        It: IntoIterator,
+        It::Item: Borrow<I>,
+    {
         self.stream(task, items, false)
     }
 
-    fn stream<I: Payload, O: Payload, It: IntoIterator<Item = I>>(
+    fn stream<I, O, It>(
         &self,
         task: Task<I, O>,
         items: It,
         ordered: bool,
-    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error> {
+    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error>
+    where
+        I: Payload,
+        O: Payload,
+        It: IntoIterator,
+        It::Item: Borrow<I>,
+    {
         let index = self.task_index(task)?;
         let window = self.config.window;
         let chunking = match self.config.chunk_size {
@@ -391,6 +445,28 @@ impl Pool {
 
     /// Waits until every task submitted so far has finished (the
     /// JoinableQueue `join`: each chunk's completion is its `task_done`).
+    /// The workers stay, ready for more work.
+    ///
+    /// **Not Python's `Pool.join`**, which waits for the worker processes
+    /// to *exit* after `close()`. Here the verbs keep the meaning they have
+    /// everywhere else in procpool (`join` waits for queued work, as
+    /// [`JoinableQueue::join`](procpool_ipc::queue::JoinableQueue::join)
+    /// does), and the workers exit when the pool is dropped. Python's
+    /// `pool.close(); pool.join()` is:
+    ///
+    /// ```
+    /// # use procpool::{Pool, Registry, Task};
+    /// # const SQUARE: Task<u64, u64> = Task::new("square");
+    /// # fn main() -> Result<(), procpool::Error> {
+    /// # procpool::init(Registry::new().task(SQUARE, |x| x * x));
+    /// let pool = Pool::new(2)?;
+    /// let pending = pool.submit(SQUARE, 7)?;
+    /// pool.close(); // no new work
+    /// pool.join()?; // every task submitted has finished
+    /// drop(pool); // the workers exit and are reaped
+    /// assert_eq!(pending.wait()?, 49);
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`Error::Interrupted`] if a shutdown is requested meanwhile.
@@ -429,10 +505,14 @@ impl Pool {
         let _ = self.tx.send(Msg::Interrupt);
     }
 
-    /// Kills every worker now and waits until they are reaped; unfinished
-    /// tasks fail with [`Error::Terminated`], as do calls blocked on them
-    /// (`map`, `imap`, `wait`, `join`), and new calls are refused with
-    /// [`Error::Closed`].
+    /// Kills every worker now (SIGKILL on Unix, `TerminateProcess` on
+    /// Windows) and waits until they are reaped; unfinished tasks fail with
+    /// [`Error::Terminated`], as do calls blocked on them (`map`, `imap`,
+    /// `wait`, `join`), and new calls are refused with [`Error::Closed`].
+    /// As Python's `Pool.terminate`.
+    ///
+    /// [`Process::kill`](crate::Process::kill) is the same stop for one
+    /// process; each is named after its Python counterpart.
     pub fn terminate(&self) {
         self.shared.terminate();
         let _ = self.tx.send(Msg::Terminate);

@@ -18,16 +18,18 @@ use crate::{AsyncResult, Error, Pool, PoolBuilder};
 /// the handle waits for the task for the grace period (default 5 s), then
 /// kills the process; it is always reaped.
 ///
-/// ```no_run
-/// use procpool_ipc::Task;
-/// # use procpool_pool::Process;
+/// ```
+/// use procpool::{Process, Registry, Task};
+///
 /// const GREET: Task<String, String> = Task::new("greet");
-/// // main() called procpool::init(Registry::new().task(GREET, |n| format!("hello {n}"))) first.
-/// # fn main() -> Result<(), procpool_pool::Error> {
-/// let p = Process::spawn(GREET, "world".to_string())?;
-/// println!("worker pid {}", p.pid());
-/// assert_eq!(p.join()?, "hello world");
-/// # Ok(()) }
+///
+/// fn main() -> Result<(), procpool::Error> {
+///     procpool::init(Registry::new().task(GREET, |n| format!("hello {n}")));
+///     let p = Process::spawn(GREET, "world".to_string())?;
+///     assert_ne!(p.pid(), std::process::id());
+///     assert_eq!(p.join()?, "hello world");
+///     Ok(())
+/// }
 /// ```
 pub struct Process<O> {
     pool: Pool,
@@ -84,7 +86,9 @@ impl<O: Payload> Process<O> {
         self.pool.stats().workers_alive > 0
     }
 
-    /// Waits for the task and returns its output.
+    /// Waits for the task and returns its output; the process then exits
+    /// and is reaped. (Python's `Process.join` waits for the exit and
+    /// returns nothing; the output here is the task's return value.)
     ///
     /// # Errors
     /// The task's error ([`Error::Task`]), [`Error::WorkerDied`] with the
@@ -102,8 +106,15 @@ impl<O: Payload> Process<O> {
         self.result.wait_timeout(timeout)
     }
 
-    /// Kills the process now and reaps it; [`join`](Self::join) then
-    /// returns [`Error::Terminated`] unless the task had already finished.
+    /// Kills the process now (SIGKILL on Unix, `TerminateProcess` on
+    /// Windows) and reaps it; [`join`](Self::join) then returns
+    /// [`Error::Terminated`] unless the task had already finished.
+    ///
+    /// As Python's `Process.kill`, and the same stop as
+    /// [`Pool::terminate`] (each is named after its Python counterpart).
+    /// Python's `Process.terminate` (SIGTERM) has no counterpart: for a
+    /// gentler end, drop the `Process`, which gives the task the grace
+    /// period before it kills the process.
     pub fn kill(&self) {
         self.pool.terminate();
     }

@@ -4,6 +4,7 @@
 //! `map`, `imap`, `imap_unordered` and `submit` are all this one machine
 //! with different settings.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, VecDeque};
 use std::iter::Fuse;
 use std::marker::PhantomData;
@@ -198,7 +199,11 @@ struct Current {
     left: u32,
 }
 
-impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
+impl<'p, I: Payload, O: Payload, It> Imap<'p, I, O, It>
+where
+    It: Iterator,
+    It::Item: Borrow<I>,
+{
     pub(crate) fn new(
         pool: &'p Pool,
         task: u32,
@@ -260,7 +265,8 @@ impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
                     self.input_done = true;
                     break;
                 };
-                let Packed { full, failed } = packer.push(&item);
+                // Encoded from the borrow: `&u64` items cost no copy.
+                let Packed { full, failed } = packer.push::<I>(item.borrow());
                 if let Some((payload, count)) = full {
                     self.submit(payload, count);
                 }
@@ -393,7 +399,11 @@ impl<'p, I: Payload, O: Payload, It: Iterator<Item = I>> Imap<'p, I, O, It> {
     }
 }
 
-impl<I: Payload, O: Payload, It: Iterator<Item = I>> Iterator for Imap<'_, I, O, It> {
+impl<I: Payload, O: Payload, It> Iterator for Imap<'_, I, O, It>
+where
+    It: Iterator,
+    It::Item: Borrow<I>,
+{
     type Item = Result<O, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {

@@ -272,7 +272,7 @@ impl Supervisor {
             }
             Some(tasks) => *tasks != Catalog::of(&hello),
         };
-        let initializer = match self.config.initializer {
+        let initializer = match self.config.initializer.as_ref().map(|(name, _)| *name) {
             None => None,
             Some(name) => match hello.tasks.iter().position(|t| t == name) {
                 Some(i) => Some(u32::try_from(i).unwrap_or(u32::MAX)),

@@ -34,6 +34,10 @@ pub const SIGKILL_ON_13: Task<u64, u64> = Task::new("sigkill_on_13");
 /// Returns how many times the initializer ran in this worker, and the pid.
 pub const INIT_COUNT: Task<u64, (u32, u64)> = Task::new("init_count");
 pub const INIT: Task<(), ()> = Task::new("init");
+/// An initializer with an argument: records it in the worker.
+pub const INIT_WITH: Task<String, ()> = Task::new("init_with");
+/// Returns the worker's pid and every argument its `INIT_WITH` received.
+pub const INIT_ARGS: Task<u64, (u32, Vec<String>)> = Task::new("init_args");
 /// Sleeps this many milliseconds, returns the worker's pid.
 pub const SLEEP_PID: Task<u64, u32> = Task::new("sleep_pid");
 /// Returns the length of a byte buffer (`ByteBuf`: encoded in one piece,
@@ -50,6 +54,7 @@ pub const BYTES: Task<u64, serde_bytes::ByteBuf> = Task::new("bytes");
 pub const ANNOUNCE_SLEEP: Task<(procpool::Queue<u32>, u64), u32> = Task::new("announce_sleep");
 
 static INIT_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static INIT_WITH_ARGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 fn kill_self() -> ! {
     #[cfg(unix)]
@@ -132,6 +137,18 @@ pub fn registry() -> Registry {
                 stop_self();
             }
             x
+        })
+        .task(INIT_WITH, |arg| {
+            INIT_WITH_ARGS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(arg);
+        })
+        .task(INIT_ARGS, |_| {
+            let args = INIT_WITH_ARGS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            (std::process::id(), args.clone())
         })
         .task(INIT_COUNT, |_| {
             (

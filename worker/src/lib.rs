@@ -4,15 +4,14 @@
 //! program; either way its `main` calls [`init`] first:
 //!
 //! ```no_run
-//! use procpool_ipc::Task;
-//! use procpool_worker::Registry;
+//! use procpool::{Registry, Task};
 //!
 //! const SQUARE: Task<u64, u64> = Task::new("square");
 //!
 //! fn main() {
 //!     // In a worker process this serves tasks and exits; in the master it
 //!     // returns at once.
-//!     procpool_worker::init(Registry::new().task(SQUARE, |x| x * x));
+//!     procpool::init(Registry::new().task(SQUARE, |x| x * x));
 //!     // ... the master's code: build a pool, map SQUARE over inputs ...
 //! }
 //! ```

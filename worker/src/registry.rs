@@ -15,8 +15,7 @@ pub(crate) type Runner = Box<dyn Fn(&[u8], u32, &mut Vec<u8>) + Send + Sync>;
 /// The tasks a worker serves, each under its [`Task`] name.
 ///
 /// ```
-/// use procpool_ipc::Task;
-/// use procpool_worker::Registry;
+/// use procpool::{Registry, Task};
 ///
 /// const SQUARE: Task<u64, u64> = Task::new("square");
 /// const PARSE: Task<String, i64> = Task::new("parse");

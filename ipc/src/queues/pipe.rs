@@ -5,7 +5,7 @@
 //! pool task and keep the other.
 //!
 //! ```
-//! use procpool_ipc::pipe::Pipe;
+//! use procpool::Pipe;
 //! use std::time::Duration;
 //!
 //! let (left, right) = Pipe::duplex::<String, u32>();

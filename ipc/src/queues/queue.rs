@@ -17,7 +17,7 @@
 //! handles do not keep it alive.
 //!
 //! ```
-//! use procpool_ipc::queue::{Queue, GetError};
+//! use procpool::{GetError, Queue};
 //! use std::time::Duration;
 //!
 //! let q = Queue::bounded(2);
@@ -46,6 +46,9 @@ use super::wire::{self, Wait, op, status};
 use crate::codec;
 pub use crate::error::QueueError;
 use crate::task::Payload;
+
+mod iter;
+pub use iter::{DoneGuard, QueueIter};
 
 /// A failed put; the item comes back.
 pub enum PutError<T> {
@@ -312,6 +315,13 @@ impl<T: Payload> Queue<T> {
         self.get_wait(Wait::No)
     }
 
+    /// A blocking iterator over the items, ending when the queue is closed
+    /// and drained; `for item in &queue` does the same. See [`QueueIter`] for
+    /// what happens on an error.
+    pub fn iter(&self) -> QueueIter<'_, T> {
+        QueueIter::queue(self)
+    }
+
     fn get_wait(&self, wait: Wait) -> Result<T, GetError> {
         let bytes = match &self.handle {
             Handle::Local(core) => core.get(wait).map_err(|f| match f {
@@ -416,7 +426,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
 /// until every item put has been processed.
 ///
 /// ```
-/// use procpool_ipc::queue::JoinableQueue;
+/// use procpool::JoinableQueue;
 /// use std::time::Duration;
 ///
 /// let q = JoinableQueue::new();
@@ -512,35 +522,50 @@ impl<T: Payload> JoinableQueue<T> {
         r
     }
 
-    /// Marks one item taken from the queue as processed.
+    /// Takes an item, as [`get`](Self::get), in a guard that calls
+    /// [`task_done`](Self::task_done) when it is dropped: processing the
+    /// item inside the guard's scope is confirming it.
     ///
-    /// In another process than the hub this does not wait for the hub: it
-    /// checks against the items this handle took instead.
+    /// ```
+    /// use procpool::JoinableQueue;
+    ///
+    /// let jobs = JoinableQueue::new();
+    /// jobs.put("resize a.png".to_string()).unwrap();
+    /// let job = jobs.get_guarded().unwrap();
+    /// assert!(job.starts_with("resize"));
+    /// drop(job); // task_done()
+    /// assert_eq!(jobs.unfinished(), Some(0));
+    /// ```
     ///
     /// # Errors
-    /// [`QueueError::TooManyTaskDone`] when called more times than items
-    /// were put (in the hub) or taken through this handle (elsewhere).
-    pub fn task_done(&self) -> Result<(), QueueError> {
-        match &self.queue.handle {
-            Handle::Local(core) => {
-                if core.task_done(1) {
-                    let _ = self
-                        .taken
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-                    Ok(())
-                } else {
-                    Err(QueueError::TooManyTaskDone)
-                }
-            }
-            Handle::Remote { id, client, .. } => {
-                self.taken
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                    .map_err(|_| QueueError::TooManyTaskDone)?;
-                client.oneway(op::TASK_DONE, *id, 1, &[])
-            }
-        }
+    /// As [`get`](Self::get).
+    pub fn get_guarded(&self) -> Result<DoneGuard<'_, T>, GetError> {
+        self.get().map(|item| DoneGuard::new(self, item))
     }
 
+    /// [`get_guarded`](Self::get_guarded), waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`get_timeout`](Self::get_timeout).
+    pub fn get_guarded_timeout(&self, timeout: Duration) -> Result<DoneGuard<'_, T>, GetError> {
+        self.get_timeout(timeout)
+            .map(|item| DoneGuard::new(self, item))
+    }
+
+    /// [`get_guarded`](Self::get_guarded) that never waits.
+    ///
+    /// # Errors
+    /// As [`try_get`](Self::try_get).
+    pub fn try_get_guarded(&self) -> Result<DoneGuard<'_, T>, GetError> {
+        self.try_get().map(|item| DoneGuard::new(self, item))
+    }
+
+    /// A blocking iterator over the items, as [`Queue::iter`]; `for item in
+    /// &queue` does the same. Each item still needs its
+    /// [`task_done`](Self::task_done).
+    pub fn iter(&self) -> QueueIter<'_, T> {
+        QueueIter::joinable(self)
+    }
     /// Waits until every item put has been marked done.
     ///
     /// # Errors
@@ -577,6 +602,37 @@ impl<T: Payload> JoinableQueue<T> {
         match &self.queue.handle {
             Handle::Local(core) => Some(core.unfinished()),
             Handle::Remote { .. } => None,
+        }
+    }
+}
+
+impl<T> JoinableQueue<T> {
+    /// Marks one item taken from the queue as processed.
+    ///
+    /// In another process than the hub this does not wait for the hub: it
+    /// checks against the items this handle took instead.
+    ///
+    /// # Errors
+    /// [`QueueError::TooManyTaskDone`] when called more times than items
+    /// were put (in the hub) or taken through this handle (elsewhere).
+    pub fn task_done(&self) -> Result<(), QueueError> {
+        match &self.queue.handle {
+            Handle::Local(core) => {
+                if core.task_done(1) {
+                    let _ = self
+                        .taken
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                    Ok(())
+                } else {
+                    Err(QueueError::TooManyTaskDone)
+                }
+            }
+            Handle::Remote { id, client, .. } => {
+                self.taken
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .map_err(|_| QueueError::TooManyTaskDone)?;
+                client.oneway(op::TASK_DONE, *id, 1, &[])
+            }
         }
     }
 }
@@ -642,6 +698,13 @@ impl<T: Payload> SimpleQueue<T> {
     /// Whether the queue is empty now (a snapshot).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// A blocking iterator over the items, as [`Queue::iter`]; `for item in
+    /// &queue` does the same. A `SimpleQueue` cannot be closed, so the
+    /// iteration ends only on an error.
+    pub fn iter(&self) -> QueueIter<'_, T> {
+        QueueIter::queue(&self.0)
     }
 }
 

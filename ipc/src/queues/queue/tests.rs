@@ -135,3 +135,119 @@ fn undecodable_item_is_an_error_not_a_panic() {
         Err(GetError::Failed(QueueError::Decode(_)))
     ));
 }
+
+#[test]
+fn iteration_ends_when_closed_and_drained() {
+    let q = Queue::new();
+    for i in 0..3u32 {
+        q.put(i).unwrap();
+    }
+    q.close();
+    let got: Vec<u32> = (&q).into_iter().collect::<Result<_, _>>().unwrap();
+    assert_eq!(got, [0, 1, 2]);
+    // Fused, and a second iteration ends at once too.
+    let mut it = q.iter();
+    assert!(it.next().is_none() && it.next().is_none());
+}
+
+#[test]
+fn iteration_yields_a_failure_once_then_ends() {
+    let q: Queue<String> = Queue::new();
+    let mut buf = Vec::new();
+    codec::encode_into(&q, &mut buf).unwrap();
+    let (as_number, _): (Queue<u32>, usize) = codec::decode(&buf).unwrap();
+    as_number.put(u32::MAX).unwrap(); // not a valid String
+    q.put("after".to_string()).unwrap();
+    let mut it = q.iter();
+    assert!(matches!(
+        it.next(),
+        Some(Err(GetError::Failed(QueueError::Decode(_))))
+    ));
+    assert!(it.next().is_none(), "ends after the error");
+    // A new iteration goes on with the next item.
+    assert_eq!(q.iter().next().unwrap().unwrap(), "after");
+}
+
+#[test]
+fn iteration_wakes_for_items_put_by_another_thread() {
+    let q = Queue::new();
+    let writer = {
+        let q = q.clone();
+        thread::spawn(move || {
+            for i in 0..100u64 {
+                q.put(i).unwrap();
+            }
+            q.close();
+        })
+    };
+    let mut n = 0;
+    for item in &q {
+        assert_eq!(item.unwrap(), n);
+        n += 1;
+    }
+    assert_eq!(n, 100);
+    writer.join().unwrap();
+}
+
+#[test]
+fn joinable_iteration_counts_items_for_task_done() {
+    let q = JoinableQueue::new();
+    q.put(1u8).unwrap();
+    q.put(2u8).unwrap();
+    q.close();
+    for item in &q {
+        item.unwrap();
+        q.task_done().unwrap();
+    }
+    assert!(q.join_timeout(LONG).unwrap());
+    assert!(matches!(q.task_done(), Err(QueueError::TooManyTaskDone)));
+}
+
+#[test]
+fn simple_queue_iterates_too() {
+    let q = SimpleQueue::new();
+    q.put("a".to_string()).unwrap();
+    assert_eq!(q.iter().next().unwrap().unwrap(), "a");
+    assert_eq!((&q).into_iter().size_hint(), (0, None));
+}
+
+#[test]
+fn guard_calls_task_done_on_drop_and_on_unwind() {
+    let q = JoinableQueue::new();
+    for i in 0..3u32 {
+        q.put(i).unwrap();
+    }
+    {
+        let mut a = q.get_guarded().unwrap();
+        *a += 10;
+        assert_eq!(*a, 10);
+        assert_eq!(q.unfinished(), Some(3), "not done while the guard lives");
+    }
+    assert_eq!(q.unfinished(), Some(2));
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _b = q.get_guarded().unwrap();
+        panic!("processing failed");
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(q.unfinished(), Some(1), "done when unwinding, too");
+    let c = q.try_get_guarded().unwrap();
+    c.done().unwrap();
+    assert!(q.join_timeout(LONG).unwrap());
+    assert!(matches!(q.get_guarded_timeout(SHORT), Err(GetError::Empty)));
+}
+
+#[test]
+fn failed_task_done_in_a_guard_is_reported_not_a_panic() {
+    let q = JoinableQueue::new();
+    q.put(1u8).unwrap();
+    q.put(2u8).unwrap();
+    let a = q.get_guarded().unwrap();
+    let b = q.get_guarded().unwrap();
+    // Two confirmations by hand use up both items' task_done...
+    q.task_done().unwrap();
+    q.task_done().unwrap();
+    // ... so the guards' own fail: `done` returns the error, `drop` logs it.
+    assert!(matches!(a.done(), Err(QueueError::TooManyTaskDone)));
+    drop(b);
+    assert!(q.join_timeout(LONG).unwrap());
+}
