@@ -640,14 +640,15 @@ fn step_imap(soak: &Soak, who: usize, cur: &Current, rng: &mut Rng) {
                 ok += 1;
             }
             Err(e) => {
-                stopped |= matches!(e, Error::Interrupted);
+                stopped |= matches!(e, Error::Interrupted | Error::Terminated);
                 failed += 1;
                 soak.error("imap_item", cur, &e);
             }
         }
     }
     soak.ok("imap_item", ok);
-    // One outcome per item, unless an interrupt ended the iteration early.
+    // One outcome per item, unless a stop (shutdown: Interrupted, terminate:
+    // Terminated) ended the iteration early.
     if ok + failed != n && !(stopped && ok + failed <= n) {
         soak.violation(
             "not_exactly_once",

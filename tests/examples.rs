@@ -18,6 +18,7 @@ fn main() {
         joinable,
         pipe,
         remote,
+        soak,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -118,7 +119,6 @@ fn remote() -> anyhow::Result<()> {
 
 /// The chaos soak: workers killed, stopped and replaced, pools rebuilt,
 /// one remote worker; every invariant must hold (it exits 1 otherwise).
-#[test]
 fn soak() -> anyhow::Result<()> {
     let out = run(
         "soak",
