@@ -54,6 +54,7 @@ fn main() {
         abort_in_task_is_worker_died_not_a_hang,
         unknown_task_is_a_clear_error,
         mismatched_task_types_are_refused,
+        invalid_settings_are_refused,
         worker_program_mode_runs_map,
         worker_program_without_the_task_is_a_clear_error,
         version_mismatch_is_reported_at_start,
@@ -184,6 +185,34 @@ fn mismatched_task_types_are_refused() -> anyhow::Result<()> {
     ensure!(err.to_string().contains("u64 -> i64"), "{err}");
     // The declaration that matches still works.
     ensure!(pool.map(SQUARE, 0..3u64)? == [0, 1, 4]);
+    Ok(())
+}
+
+/// Settings that cannot work are refused by name, not quietly changed
+/// (`Pool::new(0)` used to start one worker), and nothing is started.
+fn invalid_settings_are_refused() -> anyhow::Result<()> {
+    let cases: [(&str, procpool::PoolBuilder); 6] = [
+        ("workers", Pool::builder().workers(0)),
+        ("chunk_size", Pool::builder().chunk_size(0)),
+        ("window", Pool::builder().window(0)),
+        (
+            "max_tasks_per_worker",
+            Pool::builder().max_tasks_per_worker(0),
+        ),
+        ("max_frame_len", Pool::builder().max_frame_len(10)),
+        (
+            "heartbeat_timeout",
+            Pool::builder().heartbeat_timeout(Duration::from_millis(1)),
+        ),
+    ];
+    for (name, builder) in cases {
+        match builder.build() {
+            Err(Error::InvalidSetting { setting, .. }) if setting == name => {}
+            other => anyhow::bail!("{name}: expected InvalidSetting, got {other:?}"),
+        }
+    }
+    let err = Pool::new(0).unwrap_err();
+    ensure!(err.to_string().contains("at least one worker"), "{err}");
     Ok(())
 }
 

@@ -74,10 +74,43 @@ pub struct PoolBuilder {
 }
 
 impl PoolBuilder {
+    /// Refuses settings that cannot work rather than quietly changing them.
+    fn validate(&self) -> Result<(), Error> {
+        let refuse = |setting, reason| Err(Error::InvalidSetting { setting, reason });
+        if self.workers == Some(0) {
+            return refuse("workers", "a pool needs at least one worker");
+        }
+        if self.chunk_size == Some(0) {
+            return refuse("chunk_size", "a chunk holds at least one item");
+        }
+        if self.window == Some(0) {
+            return refuse("window", "imap needs room for at least one item");
+        }
+        if self.max_tasks_per_worker == Some(0) {
+            return refuse("max_tasks_per_worker", "a worker must be allowed one task");
+        }
+        if self.max_frame_len.is_some_and(|n| n < 64) {
+            return refuse(
+                "max_frame_len",
+                "frames of fewer than 64 bytes cannot carry the protocol",
+            );
+        }
+        if self
+            .heartbeat_timeout
+            .is_some_and(|d| d < Duration::from_millis(10))
+        {
+            return refuse(
+                "heartbeat_timeout",
+                "below 10 ms every pause of the scheduler would lose a worker",
+            );
+        }
+        Ok(())
+    }
+
     /// Number of worker processes. Default: the number of CPUs
     /// (`std::thread::available_parallelism`).
     pub fn workers(mut self, n: usize) -> Self {
-        self.workers = Some(n.max(1));
+        self.workers = Some(n);
         self
     }
 
@@ -124,14 +157,14 @@ impl PoolBuilder {
     /// Python's rule (`len / (4 × workers)`, rounded up); for `imap`, adapted
     /// to the measured task duration (about 2 ms of work per chunk).
     pub fn chunk_size(mut self, n: usize) -> Self {
-        self.chunk_size = Some(n.max(1));
+        self.chunk_size = Some(n);
         self
     }
 
     /// Most items an `imap` may have taken from its input and not yet
     /// yielded: memory stays bounded however long the input. Default: 8192.
     pub fn window(mut self, n: usize) -> Self {
-        self.window = Some(n.max(1));
+        self.window = Some(n);
         self
     }
 
@@ -158,7 +191,7 @@ impl PoolBuilder {
     /// inputs or results are reported as [`Error::FrameTooLarge`].
     /// Default: 64 MiB.
     pub fn max_frame_len(mut self, bytes: u32) -> Self {
-        self.max_frame_len = Some(bytes.max(64));
+        self.max_frame_len = Some(bytes);
         self
     }
 
@@ -196,7 +229,7 @@ impl PoolBuilder {
     /// Replace a worker after it has run `n` tasks (for leaky native code).
     /// Default: never.
     pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
-        self.max_tasks_per_worker = Some(n.max(1));
+        self.max_tasks_per_worker = Some(n);
         self
     }
 
@@ -292,7 +325,7 @@ impl PoolBuilder {
     /// Local workers need no heartbeat: the end of their connection and
     /// their process handle tell the master at once that they are gone.
     pub fn heartbeat_timeout(mut self, timeout: Duration) -> Self {
-        self.heartbeat_timeout = Some(timeout.max(Duration::from_millis(10)));
+        self.heartbeat_timeout = Some(timeout);
         self
     }
 
@@ -321,6 +354,9 @@ impl PoolBuilder {
     /// Starts the workers and waits for each to complete its handshake.
     ///
     /// # Errors
+    /// [`Error::InvalidSetting`] for a setting that cannot work (no
+    /// workers, chunks of 0 items, a window of 0, `max_tasks_per_worker(0)`,
+    /// a frame limit under 64 bytes, a heartbeat timeout under 10 ms);
     /// [`Error::NotInitialized`] when called from a worker whose `main`
     /// did not call `init` first; [`Error::Spawn`], [`Error::Startup`] or
     /// [`Error::VersionMismatch`] when a worker cannot start;
@@ -330,6 +366,7 @@ impl PoolBuilder {
     /// [`Error::Signal`] when `handle_ctrlc` was asked for and the process
     /// already has a Ctrl-C handler.
     pub fn build(self) -> Result<Pool, Error> {
+        self.validate()?;
         if self.handle_ctrlc {
             crate::install_ctrlc_handler()?;
         }

@@ -97,6 +97,14 @@ pub enum Error {
         /// `Input -> Output` as the workers register it.
         worker: Arc<str>,
     },
+    /// A builder setting that cannot work; nothing was started.
+    #[error("invalid pool setting {setting}: {reason}")]
+    InvalidSetting {
+        /// The builder method.
+        setting: &'static str,
+        /// Why the value cannot work.
+        reason: &'static str,
+    },
     /// No worker serves a task of this name.
     #[error("unknown task {name:?}: the workers serve {available:?}")]
     UnknownTask {

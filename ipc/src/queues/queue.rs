@@ -208,7 +208,9 @@ impl<T: Payload> Queue<T> {
     }
 
     /// A queue holding at most `capacity` items: `put` blocks while it is
-    /// full, in every process.
+    /// full, in every process. A capacity of 0 is taken as 1 (a queue
+    /// always holds the item being handed over; there is no rendezvous
+    /// queue).
     pub fn bounded(capacity: usize) -> Self {
         Self::with_capacity(Some(capacity.max(1)))
     }
