@@ -73,6 +73,7 @@ fn main() {
         task_timeout_kills_and_replaces,
         max_tasks_per_worker_recycles,
         initializer_runs_once_per_worker,
+        failing_initializer_is_reported_with_its_message,
         initializer_argument_reaches_every_worker,
         initializer_argument_that_cannot_be_sent_fails_the_build,
         shutdown_from_another_thread_interrupts_map,
@@ -713,6 +714,25 @@ fn initializer_runs_once_per_worker() -> anyhow::Result<()> {
         ensure!(*runs == 1, "worker {pid} ran its initializer {runs} times");
     }
     Ok(())
+}
+
+/// An initializer that panics is reported as such, with its message, once
+/// every start of the worker has failed (three in a row): not as a worker
+/// killed by a signal, and without restarting workers forever.
+fn failing_initializer_is_reported_with_its_message() -> anyhow::Result<()> {
+    let pool = Pool::builder()
+        .workers(1)
+        .initializer_with(INIT_PANIC, "no model file".to_string())
+        .build()?
+        .watched();
+    let err = pool.map(SQUARE, 0..4u64).unwrap_err();
+    match &err {
+        Error::Initializer {
+            source: procpool::TaskError::Panicked { message, .. },
+            ..
+        } if message.contains("no model file") => Ok(()),
+        other => anyhow::bail!("expected the initializer's panic, got {other:?}"),
+    }
 }
 
 /// Python's `initargs`: every worker, replacements included, runs the

@@ -97,6 +97,17 @@ pub enum Error {
         /// `Input -> Output` as the workers register it.
         worker: Arc<str>,
     },
+    /// The pool's initializer failed (panicked or returned an error) in
+    /// every worker started for a slot, three times in a row: the work
+    /// that was waiting for a worker fails with it.
+    #[error("the initializer failed in worker {worker_id}")]
+    Initializer {
+        /// The worker's id.
+        worker_id: usize,
+        /// How it failed.
+        #[source]
+        source: TaskError,
+    },
     /// A builder setting that cannot work; nothing was started.
     #[error("invalid pool setting {setting}: {reason}")]
     InvalidSetting {

@@ -4,8 +4,8 @@
 use std::net::{SocketAddr, TcpStream};
 use std::process::ExitStatus;
 
-use procpool_ipc::IpcError;
 use procpool_ipc::proto::Hello;
+use procpool_ipc::{IpcError, TaskError};
 
 /// What the supervisor is told.
 #[derive(Debug)]
@@ -25,10 +25,12 @@ pub(crate) enum Msg {
     },
     /// Something the supervisor watches changed (a chunk started or ended).
     Wake,
-    /// A worker's initializer failed: it must not take tasks.
-    InitFailed {
+    /// A worker's initializer ran: `Err` (it failed) makes the worker
+    /// unusable, and counts as a failed start of its slot.
+    Initialized {
         slot: usize,
         key: u64,
+        result: Result<(), TaskError>,
     },
     /// A worker's connection ended (its reader's last word): `error` says
     /// why, if it was not a clean end.

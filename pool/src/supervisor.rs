@@ -165,13 +165,20 @@ impl Supervisor {
             Msg::Terminate => self.terminate(),
             Msg::Hello { slot, key, hello } => self.on_hello(slot, key, hello),
             Msg::Wake => {}
-            Msg::InitFailed { slot, key } => {
-                if self.slots[slot]
-                    .worker
-                    .as_ref()
-                    .is_some_and(|w| w.key == key)
-                {
-                    self.kill(slot, Kill::Broken);
+            Msg::Initialized { slot, key, result } => {
+                let Some(w) = self.worker_mut(slot, key) else {
+                    return;
+                };
+                match result {
+                    // Only now is the start a success.
+                    Ok(()) => {
+                        self.slots[slot].start_failures = 0;
+                        self.open_lane(slot, key);
+                    }
+                    Err(e) => {
+                        w.init_error = Some(e);
+                        self.kill(slot, Kill::Broken);
+                    }
                 }
             }
             Msg::Gone { slot, key, error } => {
@@ -304,24 +311,26 @@ impl Supervisor {
         let mut dispatch = self.shared.dispatch();
         let mut broken = false;
         if let Some(lane) = dispatch.lane_mut(slot, key) {
-            lane.open = !lane.shutdown_sent;
+            // With an initializer the lane opens once it has succeeded: no
+            // task may run in a worker whose initializer failed.
+            lane.open = !lane.shutdown_sent && initializer.is_none();
             lane.pid = hello.pid;
             if let Some(task) = initializer {
-                // Runs before anything else: it is first in the worker's lane.
                 broken = dispatch.send(slot, task, None, &mut dirty).is_err();
             }
         }
-        let mut ended = Ended::new();
-        dispatch.pump(&mut dirty, &mut ended);
         drop(dispatch);
+        if initializer.is_none() {
+            self.open_lane(slot, key);
+        }
         dirty.flush();
-        self.shared.finish_ended(ended);
-        // Counted once its lane is open: a caller woken by this finds it taking work.
-        self.shared.ready_changed(1);
         if broken {
             self.kill(slot, Kill::Broken);
         }
-        self.slots[slot].start_failures = 0;
+        if initializer.is_none() {
+            // With an initializer, the start succeeds once it has run.
+            self.slots[slot].start_failures = 0;
+        }
         let local = &self.slots[..self.config.workers];
         if self.phase == Phase::Starting
             && local
@@ -332,6 +341,26 @@ impl Supervisor {
             if let Some(ready) = self.ready_tx.take() {
                 let _ = ready.send(Ok(self.tasks.clone().unwrap_or_default()));
             }
+        }
+    }
+
+    /// The worker is ready for tasks: its lane opens (unless it was told to
+    /// shut down meanwhile) and takes queued work.
+    fn open_lane(&mut self, slot: usize, key: u64) {
+        let mut dirty = Dirty::default();
+        let mut ended = Ended::new();
+        let mut dispatch = self.shared.dispatch();
+        if let Some(lane) = dispatch.lane_mut(slot, key) {
+            lane.open = !lane.shutdown_sent && !lane.retiring;
+        }
+        dispatch.pump(&mut dirty, &mut ended);
+        drop(dispatch);
+        dirty.flush();
+        self.shared.finish_ended(ended);
+        // Counted once its lane is open: a caller woken by this finds it taking work.
+        if let Some(w) = self.worker_mut(slot, key) {
+            w.taking_work = true;
+            self.shared.ready_changed(1);
         }
     }
 
@@ -359,7 +388,7 @@ impl Supervisor {
         let key = w.key;
         let status = w.exit.flatten();
         let error = w.gone.take().and_then(|(e, _)| e);
-        if w.ready {
+        if w.taking_work {
             self.shared.ready_changed(-1);
         }
         self.shared.set_pid(slot, None);
@@ -428,7 +457,16 @@ impl Supervisor {
                 }
             }
         }
-        if let Some(e) = verdict.startup {
+        // A failed initializer is a failed start: three in a row leave the
+        // slot empty, and once no worker is left the work fails with it.
+        let startup = match w.init_error.take() {
+            Some(source) => Some(Error::Initializer {
+                worker_id: slot,
+                source,
+            }),
+            None => verdict.startup,
+        };
+        if let Some(e) = startup {
             if self.phase == Phase::Starting {
                 // A worker that never connected held no work.
                 debug_assert!(failed.is_empty());

@@ -71,6 +71,10 @@ pub(crate) struct Worker {
     pub(crate) exit: Option<Option<ExitStatus>>,
     /// Why the connection ended, once the reader has stopped, and when.
     pub(crate) gone: Option<(Option<IpcError>, Instant)>,
+    /// How its initializer failed, if it did.
+    pub(crate) init_error: Option<TaskError>,
+    /// Its lane is open and it counts as a ready worker.
+    pub(crate) taking_work: bool,
 }
 
 /// Where a new worker goes: its slot and key, and what its reader thread
@@ -202,6 +206,8 @@ impl Worker {
             killed: None,
             exit: None,
             gone: None,
+            init_error: None,
+            taking_work: false,
         }
     }
 
@@ -341,16 +347,20 @@ impl ReaderContext {
             None => {
                 // The initializer: a failure makes the worker unusable.
                 let payload = &results.frame[results.payload_at..];
-                match codec::decode::<Result<(), TaskError>>(payload) {
-                    Ok((Ok(()), _)) => None,
-                    outcome => {
-                        tracing::warn!(worker_id = self.slot, ?outcome, "initializer failed");
-                        Some(Msg::InitFailed {
-                            slot: self.slot,
-                            key: self.key,
-                        })
-                    }
+                let result = match codec::decode::<Result<(), TaskError>>(payload) {
+                    Ok((result, _)) => result,
+                    Err(e) => Err(TaskError::DecodeInput {
+                        message: format!("the initializer's result does not decode: {e}"),
+                    }),
+                };
+                if let Err(e) = &result {
+                    tracing::warn!(worker_id = self.slot, error = %e, "initializer failed");
                 }
+                Some(Msg::Initialized {
+                    slot: self.slot,
+                    key: self.key,
+                    result,
+                })
             }
         };
         let wake = wake.or_else(|| {

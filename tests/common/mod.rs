@@ -36,6 +36,8 @@ pub const INIT_COUNT: Task<u64, (u32, u64)> = Task::new("init_count");
 pub const INIT: Task<(), ()> = Task::new("init");
 /// An initializer with an argument: records it in the worker.
 pub const INIT_WITH: Task<String, ()> = Task::new("init_with");
+/// An initializer that panics with its argument as the message.
+pub const INIT_PANIC: Task<String, ()> = Task::new("init_panic");
 /// Returns the worker's pid and every argument its `INIT_WITH` received.
 pub const INIT_ARGS: Task<u64, (u32, Vec<String>)> = Task::new("init_args");
 /// Sleeps this many milliseconds, returns the worker's pid.
@@ -138,6 +140,7 @@ pub fn registry() -> Registry {
             }
             x
         })
+        .task(INIT_PANIC, |msg| panic!("{msg}"))
         .task(INIT_WITH, |arg| {
             INIT_WITH_ARGS
                 .lock()
