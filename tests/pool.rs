@@ -55,6 +55,7 @@ fn main() {
         unknown_task_is_a_clear_error,
         mismatched_task_types_are_refused,
         invalid_settings_are_refused,
+        imap_input_panic_comes_after_earlier_results,
         worker_program_mode_runs_map,
         worker_program_without_the_task_is_a_clear_error,
         version_mismatch_is_reported_at_start,
@@ -214,6 +215,25 @@ fn invalid_settings_are_refused() -> anyhow::Result<()> {
     }
     let err = Pool::new(0).unwrap_err();
     ensure!(err.to_string().contains("at least one worker"), "{err}");
+    Ok(())
+}
+
+/// An input iterator that panics partway: the items before it still run
+/// and their results come out first, then the panic.
+fn imap_input_panic_comes_after_earlier_results() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(2).build()?.watched();
+    let input = (0..5u64).chain(std::iter::from_fn(|| panic!("input broke")));
+    let mut it = pool.imap(SQUARE, input)?;
+    let mut got = Vec::new();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for r in &mut it {
+            got.push(r.expect("a result"));
+        }
+    }));
+    let panic = outcome.expect_err("the input's panic must come out of imap");
+    let message = panic.downcast_ref::<&str>().copied().unwrap_or_default();
+    ensure!(message == "input broke", "panic {message:?}");
+    ensure!(got == [0, 1, 4, 9, 16], "results before the panic: {got:?}");
     Ok(())
 }
 

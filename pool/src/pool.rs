@@ -324,6 +324,12 @@ impl Pool {
     /// # Errors
     /// [`Error::UnknownTask`], [`Error::Closed`] or [`Error::Interrupted`]
     /// up front; per-item errors come through the iterator.
+    ///
+    /// # Panics
+    /// If `items` panics, the items it gave before still run and their
+    /// results are yielded first; then the panic resumes from `next`, as
+    /// Python's `imap` raises the input's exception after the results
+    /// before it. (Dropping the iterator before that point drops the panic.)
     pub fn imap<I, O, It>(
         &self,
         task: Task<I, O>,

@@ -4,10 +4,12 @@
 //! `map`, `imap`, `imap_unordered` and `submit` are all this one machine
 //! with different settings.
 
+use std::any::Any;
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, VecDeque};
 use std::iter::Fuse;
 use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -189,6 +191,9 @@ pub struct Imap<'p, I, O, It> {
     ready: VecDeque<Outcome>,
     current: Option<Current>,
     input_done: bool,
+    /// The input iterator panicked: raised again once every result of the
+    /// items before it has been handed out.
+    input_panic: Option<Box<dyn Any + Send>>,
     ended: bool,
     _types: PhantomData<fn(I) -> O>,
 }
@@ -240,6 +245,7 @@ where
             ready: VecDeque::new(),
             current: None,
             input_done: false,
+            input_panic: None,
             ended: false,
             _types: PhantomData,
         }
@@ -261,9 +267,18 @@ where
             };
             let mut packer = Packer::new(self.pool.config.max_frame_len);
             while (packer.count() as usize) < want {
-                let Some(item) = self.input.next() else {
-                    self.input_done = true;
-                    break;
+                let item = match catch_unwind(AssertUnwindSafe(|| self.input.next())) {
+                    Ok(Some(item)) => item,
+                    Ok(None) => {
+                        self.input_done = true;
+                        break;
+                    }
+                    Err(panic) => {
+                        // What was taken before still runs and is yielded.
+                        self.input_panic = Some(panic);
+                        self.input_done = true;
+                        break;
+                    }
                 };
                 // Encoded from the borrow: `&u64` items cost no copy.
                 let Packed { full, failed } = packer.push::<I>(item.borrow());
@@ -440,6 +455,9 @@ where
             }
             if self.outstanding == 0 && self.input_done {
                 self.ended = true;
+                if let Some(panic) = self.input_panic.take() {
+                    resume_unwind(panic);
+                }
                 return None;
             }
             if interrupted {
