@@ -32,6 +32,8 @@ const TAKE_ONE_THEN_HOLD: Task<HoldArgs, ()> = Task::new("take_one_then_hold");
 type HoldArgs = (Queue<u64>, SimpleQueue<u64>, Queue<()>);
 /// Takes items with `try_get` until it says Empty; returns them.
 const TRY_DRAIN: Task<Queue<u64>, Vec<u64>> = Task::new("try_drain");
+/// Puts 7; whether the put said the queue was closed.
+const PUT_SEES_CLOSED: Task<Queue<u64>, bool> = Task::new("put_sees_closed");
 /// Producer for the exactly-once test: puts `Some(start..start + n)`.
 const JQ_PRODUCE: Task<(JoinableQueue<Option<u64>>, u64, u64), u64> = Task::new("jq_produce");
 /// Consumer for the exactly-once test: (count, sum of items, sum of squares) until `None`.
@@ -120,6 +122,20 @@ fn try_get_in_a_child_takes_every_item() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A queue closed before a process used it refuses that process's put,
+/// instead of taking an item nobody will get (a consumer that saw Closed
+/// is gone).
+fn put_after_close_from_another_process_is_refused() -> anyhow::Result<()> {
+    let q: Queue<u64> = Queue::new();
+    q.close();
+    let refused = Process::spawn(PUT_SEES_CLOSED, q.clone())?
+        .watched()
+        .join()?;
+    ensure!(refused, "the child's put after close was accepted");
+    ensure!(q.len() == 0, "len {} after close", q.len());
+    Ok(())
+}
+
 fn registry() -> Registry {
     common::registry()
         .task(PRODUCE, |(q, start, n)| {
@@ -144,6 +160,9 @@ fn registry() -> Registry {
         .task(TAKE_ONE_THEN_HOLD, |(q, took, hold)| {
             took.put(q.get().expect("get")).expect("took");
             hold.get().expect("hold");
+        })
+        .task(PUT_SEES_CLOSED, |q| {
+            matches!(q.put(7), Err(procpool::PutError::Closed(7)))
         })
         .task(TRY_DRAIN, |q| {
             let mut got = Vec::new();
@@ -261,6 +280,7 @@ fn main() {
         closed_waits_for_items_held_elsewhere,
         released_handle_gives_back_items,
         try_get_in_a_child_takes_every_item,
+        put_after_close_from_another_process_is_refused,
         bounded_put_blocks_across_processes,
         exit_right_after_put_loses_nothing_and_never_deadlocks,
         killed_writer_loses_nothing_put_accepted,

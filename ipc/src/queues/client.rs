@@ -120,6 +120,10 @@ struct SubState {
     put_closed: bool,
     /// The hub holds no such queue any more (its handles there were dropped).
     gone: bool,
+    /// A put from here was answered: the hub knows this connection uses
+    /// the queue and tells it when the queue closes, so later puts to an
+    /// unbounded queue may be one-way.
+    puts_confirmed: bool,
     subscribed: bool,
     credit: u64,
     last_take: Option<Instant>,
@@ -318,6 +322,16 @@ impl Client {
         payload: &[u8],
     ) -> Result<(), QueueError> {
         self.send(0, code, queue, arg, payload)
+    }
+
+    /// Whether a put to `queue` from this process was answered already.
+    pub(crate) fn puts_confirmed(&self, queue: u64) -> bool {
+        lock(&self.sub(queue).state).puts_confirmed
+    }
+
+    /// Records that a put to `queue` was answered.
+    pub(crate) fn confirm_puts(&self, queue: u64) {
+        lock(&self.sub(queue).state).puts_confirmed = true;
     }
 
     /// A one-way `PUT` from code that puts at will: waits up to `wait` for

@@ -11,6 +11,11 @@
 //!   the item is as good as in the queue, since frames on a connection are
 //!   read in order, and before its end. A `PUT` that arrives after `close`
 //!   is still accepted: its sender had not seen the close.
+//! - A process's first put to an unbounded queue is a `PUT_WAIT` like a
+//!   bounded queue's: answered, and it makes the connection a user of the
+//!   queue, which is told when the queue closes. So a queue closed before
+//!   a process used it refuses that process's put instead of taking an
+//!   item nobody will get.
 //! - `PUT_WAIT` (bounded queues) answers `OK`, `FULL` or `CLOSED`, or parks
 //!   until there is room. A waiting proxy that gives up sends `CANCEL`; the
 //!   hub answers `CANCELLED` if the put was still parked.

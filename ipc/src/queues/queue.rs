@@ -268,7 +268,13 @@ impl<T: Payload> Queue<T> {
                     Some(e) => return Err(PutError::Failed(item, e)),
                     None => {}
                 }
-                if !bounded {
+                // An unbounded queue takes one-way puts once a first put from
+                // this process was answered: from then on the hub tells
+                // this process when the queue closes (or goes), and a put
+                // after that is refused here. The first one asks, so a put
+                // to a queue closed before this process used it is refused
+                // instead of lost.
+                if !bounded && client.puts_confirmed(*id) {
                     // Full only when the master has not been reading: the
                     // connection's outbox is at its limit.
                     return match client.put_oneway(*id, &bytes, wait) {
@@ -282,7 +288,10 @@ impl<T: Payload> Queue<T> {
                     .request(op::PUT_WAIT, *id, arg, &bytes, wait)
                     .and_then(|(st, _, _)| wire::check(st, *id));
                 match result {
-                    Ok(()) => Ok(()),
+                    Ok(()) => {
+                        client.confirm_puts(*id);
+                        Ok(())
+                    }
                     Err(QueueError::Full) => Err(PutError::Full(item)),
                     Err(QueueError::Closed) => Err(PutError::Closed(item)),
                     Err(e) => Err(PutError::Failed(item, e)),

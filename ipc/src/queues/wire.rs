@@ -6,7 +6,7 @@
 //! | op | `req` | `arg` | payload | answer |
 //! |---|---|---|---|---|
 //! | `PUT` | 0 (one-way) | — | item | none; `NO_QUEUE` notice if the queue is gone |
-//! | `PUT_WAIT` | id | 1: park until room, 0: never wait | item | `OK`, `FULL`, `CLOSED` (or later, once parked) |
+//! | `PUT_WAIT` | id | 1: park until room, 0: never wait | item | `OK`, `FULL`, `CLOSED` (or later, once parked); also a process's first put to an unbounded queue |
 //! | `SUBSCRIBE` | id, or 0 to raise the credit | credit to add | — | deliveries, then `OK` (if `req`) |
 //! | `ACK` | 0 | items taken | — | none (returns their credit) |
 //! | `TASK_DONE` | id or 0 | count | — | `OK`, or `TOO_MANY_TASK_DONE` with `value` = unfinished |
