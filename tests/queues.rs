@@ -132,7 +132,7 @@ fn put_after_close_from_another_process_is_refused() -> anyhow::Result<()> {
         .watched()
         .join()?;
     ensure!(refused, "the child's put after close was accepted");
-    ensure!(q.len() == 0, "len {} after close", q.len());
+    ensure!(q.is_empty(), "len {} after close", q.len());
     Ok(())
 }
 
@@ -236,10 +236,12 @@ fn registry() -> Registry {
             log
         })
         .task(PUT_TO_GONE, |(q, ready, go)| {
+            // Answered (a first put): from now on puts are one-way.
+            q.put(0).expect("first put");
             ready.put(()).expect("ready");
             go.get().expect("go");
             // One-way: accepted here, lost in the hub, since nobody holds
-            // the queue; the hub says so.
+            // the queue; the hub says so, and the next put reports it.
             let first = q.put(1);
             // A round trip on the same connection: the notice is in by now.
             let _ = go.len();

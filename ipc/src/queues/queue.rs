@@ -224,6 +224,13 @@ impl<T: Payload> Queue<T> {
 
     /// Adds an item, waiting for room if the queue is bounded and full.
     ///
+    /// From another process than the hub's: the first put to a queue is
+    /// answered by the hub; later puts to an unbounded queue are one-way
+    /// (the item is in the kernel when `put` returns). A one-way put that
+    /// reaches a queue the hub has dropped meanwhile (every handle there
+    /// was dropped) cannot be delivered: the hub says so and the next
+    /// operation on the handle reports [`QueueError::NoSuchQueue`].
+    ///
     /// # Errors
     /// [`PutError::Closed`], or [`PutError::Failed`] when the item cannot
     /// be encoded or the hub cannot be reached; the item comes back.
