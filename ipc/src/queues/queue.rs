@@ -240,6 +240,12 @@ impl<T: Payload> Queue<T> {
 
     /// Like [`put`](Self::put), waiting at most `timeout` for room.
     ///
+    /// From another process than the hub's, an unbounded queue is "full"
+    /// only when the master has stopped reading this process's connection
+    /// and its outbox (4 MiB) is full: then the item comes back. An item
+    /// the outbox took is sent in order even if it is not in the kernel by
+    /// the deadline (`put` without a timeout waits until it is).
+    ///
     /// # Errors
     /// As [`put`](Self::put), plus [`PutError::Full`] when time ran out.
     pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), PutError<T>> {
