@@ -50,7 +50,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, TryLockEr
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use procpool::{Error, GetError, JoinableQueue, Pool, Process, Queue, Registry, Task};
+use procpool::{Error, GetError, JoinableQueue, Pool, Process, Queue, QueueError, Registry, Task};
 
 // ---------------------------------------------------------------- tasks --
 
@@ -949,36 +949,49 @@ fn step_queue(soak: &Soak, who: usize, cur: &Current, rng: &mut Rng) {
             ),
         );
     }
-    // Unfinished (taken, no task_done) is at least the lost items and at
-    // most one per dead consumer attempt; the last task_done of a consumer
-    // may still be on its way, so give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let unfinished = loop {
-        let u = jobs.unfinished().unwrap_or(0);
-        if u <= missing || Instant::now() > deadline {
-            break u;
+    // A consumer that died owing a task_done (it took the item, and may or
+    // may not have put it to `results`) is reported by `join`, once, and
+    // its item leaves the unfinished count: the reported items are at
+    // least the lost ones and at most one per dead consumer attempt, and
+    // then `join` succeeds. A dead consumer's connection may be cleaned up
+    // a moment after its outcome is known: until then `join` waits.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut reported = 0;
+    let mut reports = Vec::new();
+    let joined = loop {
+        let piece = Duration::from_millis(200);
+        let joined = soak.timed(who, "queue_join", piece + SLACK, || {
+            jobs.join_timeout(piece)
+        });
+        match joined {
+            Err(QueueError::ConsumerDied { pid, unfinished }) => {
+                reported += unfinished;
+                reports.push(format!("{pid:?} left {unfinished}"));
+            }
+            Ok(false) if Instant::now() < deadline => {}
+            other => break other,
         }
-        thread::sleep(Duration::from_millis(10));
     };
-    if unfinished < missing || unfinished > allowed {
+    soak.count("queue items reported with their consumer", reported);
+    if !matches!(joined, Ok(true)) {
         soak.violation(
             "queue_unfinished",
             format!(
-                "{unfinished} items unfinished: expected between {missing} lost and {allowed} dead consumer attempts; consumers: {}",
+                "join after the round: {joined:?} with {:?} unfinished; reported: [{}]; consumers: {}",
+                jobs.unfinished(),
+                reports.join(", "),
                 outcomes.join(", ")
             ),
         );
-    }
-    if unfinished == 0 {
-        let joined = soak.timed(who, "queue_join", Duration::from_secs(1) + SLACK, || {
-            jobs.join_timeout(Duration::from_secs(1))
-        });
-        if !matches!(joined, Ok(true)) {
-            soak.violation(
-                "queue_unfinished",
-                format!("join after a clean round: {joined:?}"),
-            );
-        }
+    } else if reported < missing || reported > allowed {
+        soak.violation(
+            "queue_unfinished",
+            format!(
+                "{reported} items reported unfinished by dead consumers ([{}]): expected between {missing} lost and {allowed} dead consumer attempts; consumers: {}",
+                reports.join(", "),
+                outcomes.join(", ")
+            ),
+        );
     }
 }
 

@@ -51,6 +51,13 @@ const GUARDED_SUM: Task<JoinableQueue<u64>, u64> = Task::new("guarded_sum");
 const PUT_TO_GONE: Task<GoneArgs, Result<(), String>> = Task::new("put_to_gone");
 /// The queue to put to, a readiness signal, and a go signal.
 type GoneArgs = (Queue<u64>, SimpleQueue<()>, Queue<()>);
+/// Takes items and marks them done, until it takes 13: reports it on the
+/// second queue and aborts, without `task_done`.
+const ABORT_ON_ITEM_13: Task<(JoinableQueue<u64>, SimpleQueue<u64>), ()> =
+    Task::new("abort_on_item_13");
+/// Waits for the go signal, then takes items and marks them done until the
+/// queue is closed and drained; returns how many.
+const CONSUME_AFTER_GO: Task<(JoinableQueue<u64>, Queue<()>), u64> = Task::new("consume_after_go");
 
 /// A worker that took one item and dropped its handle gives back what was
 /// delivered to it and not taken: the master gets every other item, in
@@ -257,6 +264,28 @@ fn registry() -> Registry {
             // Ends when the queue is closed and drained, like a channel.
             q.iter().map(|s| s.expect("get failed")).collect()
         })
+        .task(ABORT_ON_ITEM_13, |(q, took)| {
+            loop {
+                let item = q.get().expect("get");
+                if item == 13 {
+                    took.put(item).expect("took");
+                    std::process::abort();
+                }
+                q.task_done().expect("task_done");
+            }
+        })
+        .task(CONSUME_AFTER_GO, |(q, go)| {
+            go.get().expect("go");
+            let mut n = 0;
+            loop {
+                match q.get() {
+                    Ok(_) => q.task_done().expect("task_done"),
+                    Err(GetError::Closed) => return n,
+                    Err(e) => panic!("get failed: {e}"),
+                }
+                n += 1;
+            }
+        })
         .task(GUARDED_SUM, |q| {
             let mut sum = 0;
             loop {
@@ -293,6 +322,7 @@ fn main() {
         process_join_kill_and_death,
         put_to_a_queue_the_hub_dropped_is_reported,
         guards_confirm_items_in_other_processes_even_on_panic,
+        join_reports_a_consumer_that_died_before_task_done,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -577,5 +607,53 @@ fn guards_confirm_items_in_other_processes_even_on_panic() -> anyhow::Result<()>
         "join timed out with {:?} items unfinished",
         jq.unfinished()
     );
+    Ok(())
+}
+
+/// Python's trap: a consumer process dies between `get` and `task_done`,
+/// and `join` waits for ever. 50 items, two consumers; the first takes
+/// and confirms 1 to 12, takes 13 and aborts. `join` must say so at once,
+/// naming it, instead of running out its 10 s; the 37 items left go to the
+/// other consumer, and a second `join` then succeeds: 12 + 37 confirmed,
+/// 1 reported, none silently dropped.
+fn join_reports_a_consumer_that_died_before_task_done() -> anyhow::Result<()> {
+    let jq = JoinableQueue::new();
+    for i in 1..=50u64 {
+        jq.put(i)?;
+    }
+    jq.close();
+    let (took, go) = (SimpleQueue::new(), Queue::new());
+    let dying = Process::spawn(ABORT_ON_ITEM_13, (jq.clone(), took.clone()))?.watched();
+    // Gated, so the first consumer alone takes 1 to 13, in order.
+    let other = Process::spawn(CONSUME_AFTER_GO, (jq.clone(), go.clone()))?.watched();
+    ensure!(took.get()? == 13, "the first consumer took another item");
+    go.put(())?;
+    let start = Instant::now();
+    match jq.join_timeout(Duration::from_secs(10)) {
+        Err(QueueError::ConsumerDied { pid, unfinished }) => {
+            ensure!(
+                pid == Some(dying.pid()) && unfinished == 1,
+                "reported pid {pid:?} with {unfinished} unfinished; expected pid {} with 1",
+                dying.pid()
+            );
+        }
+        Ok(false) => bail!(
+            "join ran out its {:?} waiting for the dead consumer's item",
+            start.elapsed()
+        ),
+        other => bail!("join: {other:?} (expected ConsumerDied)"),
+    }
+    ensure!(
+        matches!(dying.join(), Err(Error::WorkerDied { .. })),
+        "the first consumer should have died"
+    );
+    let confirmed = other.join()?;
+    ensure!(confirmed == 37, "the other consumer confirmed {confirmed}");
+    ensure!(
+        jq.join_timeout(Duration::from_secs(10))?,
+        "the second join timed out with {:?} unfinished",
+        jq.unfinished()
+    );
+    ensure!(jq.unfinished() == Some(0) && jq.is_empty());
     Ok(())
 }

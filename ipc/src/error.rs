@@ -115,6 +115,22 @@ pub enum QueueError {
     /// The queue is closed.
     #[error("the queue is closed")]
     Closed,
+    /// A process that had taken items from a `JoinableQueue` ended (died,
+    /// was killed, or exited) without marking `unfinished` of them done:
+    /// they will never be, so they no longer count as unfinished, and
+    /// `join` reports them instead of waiting forever. Reported once per
+    /// process; a later `join` waits for the remaining items as usual.
+    #[error(
+        "a consumer process ({}) ended with {unfinished} item(s) it had taken not marked done",
+        pid.map_or_else(|| "pid unknown".to_owned(), |p| format!("pid {p}"))
+    )]
+    ConsumerDied {
+        /// The process id, as its worker announced it (on its own machine,
+        /// for a remote worker); `None` if it never did.
+        pid: Option<u32>,
+        /// How many items it had taken and not marked done.
+        unfinished: u64,
+    },
     /// The hub answered something this side does not understand.
     #[error("unexpected answer from the hub")]
     Protocol,

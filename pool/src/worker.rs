@@ -262,9 +262,11 @@ struct ReaderContext {
 
 impl ReaderContext {
     fn run(self, reader: impl Read, max: u32) {
-        let error = self.serve(reader, max);
-        // What the hub had handed this worker and it had not taken goes back.
-        hub::disconnect(self.link.id());
+        let mut pid = None;
+        let error = self.serve(reader, max, &mut pid);
+        // What the hub had handed this worker and it had not taken goes
+        // back; what it took and did not confirm is reported to joins.
+        hub::disconnect(self.link.id(), pid);
         let _ = self.tx.send(Msg::Gone {
             slot: self.slot,
             key: self.key,
@@ -273,7 +275,8 @@ impl ReaderContext {
     }
 
     /// Reads until the connection ends; returns why, if not a clean EOF.
-    fn serve(&self, reader: impl Read, max: u32) -> Option<IpcError> {
+    /// `pid` is set to the process id the worker announces.
+    fn serve(&self, reader: impl Read, max: u32, pid: &mut Option<u32>) -> Option<IpcError> {
         let (slot, key) = (self.slot, self.key);
         let mut reader = FrameReader::new(reader, max);
         let mut frame = Vec::new();
@@ -297,6 +300,7 @@ impl ReaderContext {
                 }
                 Ok(Message::Hello(hello)) if !hello_seen => {
                     hello_seen = true;
+                    *pid = Some(hello.pid);
                     if self.tx.send(Msg::Hello { slot, key, hello }).is_err() {
                         return None;
                     }

@@ -334,6 +334,17 @@ impl Client {
         lock(&self.sub(queue).state).puts_confirmed = true;
     }
 
+    /// A one-way operation that must reach the hub even if this process
+    /// dies right after (`ACK`, `TASK_DONE`): returns once the frame is in
+    /// the kernel (at once, unless the link is backed up).
+    pub(crate) fn oneway_sent(&self, code: u8, queue: u64, arg: u64) -> Result<(), QueueError> {
+        self.send(0, code, queue, arg, &[])?;
+        self.link
+            .drain(None)
+            .map(drop)
+            .map_err(QueueError::from_ipc)
+    }
+
     /// A one-way `PUT` from code that puts at will: waits up to `wait` for
     /// room in the link's outbox, then until the frame is in the kernel.
     /// `Ok(false)`: no room in time, nothing was sent.
@@ -415,9 +426,10 @@ impl Client {
             if let Some(item) = state.buf.pop_front() {
                 state.last_take = Some(Instant::now());
                 drop(state);
-                // Acknowledged before the caller sees it: if this process
-                // dies now, the hub knows the item was taken.
-                self.oneway(op::ACK, queue, 1, &[])?;
+                // Acknowledged, and in the kernel, before the caller sees
+                // it: if this process dies now, the hub knows the item was
+                // taken (and does not hand it to another consumer).
+                self.oneway_sent(op::ACK, queue, 1)?;
                 return Ok(Taken::Item(item));
             }
             if state.closed {

@@ -26,6 +26,46 @@
 //!   the queue: a process that dies in `get` loses nothing.
 //! - Delivered-but-unacknowledged items count towards `len` and capacity.
 //!
+//! # Who owes a `task_done`
+//!
+//! `JoinableQueue::join` waits for `unfinished` (items put and not yet
+//! confirmed) to reach zero. A process that dies between taking an item
+//! and confirming it would make every `join` wait forever, as in Python,
+//! so the hub keeps, per queue, who owes confirmations: each connection's
+//! *debt* (items it acknowledged taking, less the `TASK_DONE`s it sent),
+//! and the hub process's own (items its threads took, less their
+//! `task_done`s). A confirmation pays its sender's own debt first. What it
+//! confirms beyond that (the hub process confirming items a worker took
+//! and handed back, which is allowed) pays the largest other debt, then
+//! the hub's own, then is kept as *spare* (confirmations ahead of takes;
+//! `task_done` needs no `get` in between).
+//!
+//! When a connection ends, its debt, less what spare covers, is *lost*:
+//! nobody holds those items any more, so nobody will confirm them. They
+//! leave `unfinished` and are reported, once, as
+//! `QueueError::ConsumerDied` (with the process id the worker announced
+//! in its hello, and the count): to every join waiting then, remote joins
+//! answered with `CONSUMER_DIED`, or, if none waits, to the next join.
+//! So a join fails fast and names the culprit; a join after it waits for
+//! the rest as usual. Every item put is either confirmed or reported,
+//! never silently dropped from the count.
+//!
+//! Why not give lost items back to the queue (at-least-once)? The hub
+//! would have to keep every taken item until its confirmation, and a
+//! `task_done` says neither which item it confirms nor, when the hub
+//! process confirms for a worker, whose: the hub cannot know which items a
+//! dead process had finished (a consumer that died after its side
+//! effects would have them done twice), and memory would grow with
+//! everything in progress. Items *delivered but not taken* do go back
+//! (above): no consumer code has seen them. An item the consumer's code
+//! has seen is processed at most once, and a loss is an error, not a hang.
+//!
+//! The hub cannot tell a crash from a clean exit: any process that ends
+//! owing confirmations is reported (it will never confirm them). A worker
+//! that hands items to another process for confirmation must not end
+//! before they are confirmed; if it does, they are reported lost, and a
+//! late confirmation of one pays another debt or fails as too many.
+//!
 //! # Lock order
 //!
 //! A queue's state lock, then a link's outbox lock; never the reverse.
@@ -85,8 +125,26 @@ pub(crate) struct Core {
 struct State {
     items: VecDeque<Vec<u8>>,
     closed: bool,
-    /// Items put and not yet `task_done` (JoinableQueue accounting).
+    /// Items put and not yet `task_done`, nor reported lost
+    /// (JoinableQueue accounting; see the module docs).
     unfinished: u64,
+    /// Set for a `JoinableQueue`: only its losses are reported.
+    joinable: bool,
+    /// Connections' debts, by link id: items acknowledged, less `TASK_DONE`s.
+    debts: HashMap<u64, u64>,
+    /// The hub process's debt: items its threads took, less their `task_done`s.
+    local_debt: u64,
+    /// Confirmations that paid no debt (made before the items were taken).
+    spare: u64,
+    /// Losses, in the order the hub learnt of them; the first is number
+    /// `losses_base`. Kept until delivered to a join, and while local
+    /// joins wait (one of them may need an entry).
+    losses: VecDeque<Lost>,
+    losses_base: u64,
+    /// Losses `[.. delivered)` have been reported to some join.
+    delivered: u64,
+    /// Local threads waiting in `join`.
+    local_joins: usize,
     /// Local threads blocked in `get`: they take precedence over
     /// subscribers, which are fed only when nobody here waits.
     local_getters: usize,
@@ -108,6 +166,30 @@ struct Sub {
     closed_sent: bool,
 }
 
+/// Items a process left unconfirmed when its connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Lost {
+    /// The process id its worker announced, if it did.
+    pub(crate) pid: Option<u32>,
+    pub(crate) unfinished: u64,
+}
+
+impl Lost {
+    /// The `CONSUMER_DIED` payload: the pid, little endian, or nothing.
+    fn payload(self) -> Vec<u8> {
+        self.pid
+            .map(|p| p.to_le_bytes().to_vec())
+            .unwrap_or_default()
+    }
+}
+
+/// Who sent a confirmation.
+#[derive(Clone, Copy, Debug)]
+enum Party {
+    Here,
+    Link(u64),
+}
+
 #[derive(Debug)]
 struct Parked {
     link: Arc<Link>,
@@ -116,6 +198,17 @@ struct Parked {
 }
 
 fn reply(link: &Arc<Link>, req: u64, status: u8, value: u64, dirty: &mut Dirty) {
+    reply_with(link, req, status, value, &[], dirty);
+}
+
+fn reply_with(
+    link: &Arc<Link>,
+    req: u64,
+    status: u8,
+    value: u64,
+    payload: &[u8],
+    dirty: &mut Dirty,
+) {
     if req == 0 {
         return;
     }
@@ -123,7 +216,7 @@ fn reply(link: &Arc<Link>, req: u64, status: u8, value: u64, dirty: &mut Dirty) 
         req,
         status,
         value,
-        payload: &[],
+        payload,
     };
     if link.write(&msg).is_ok() {
         dirty.mark(link);
@@ -150,6 +243,87 @@ impl State {
 
     fn len(&self) -> usize {
         self.items.len() + self.unacked()
+    }
+
+    /// Counts `n` confirmations from `party` (`n <= unfinished`, checked
+    /// by the caller): they pay its own debt, then the largest other
+    /// debt, then the hub's, and the rest is spare.
+    fn confirm(&mut self, party: Party, n: u64) {
+        self.unfinished -= n;
+        let mut rest = n;
+        let own = match party {
+            Party::Here => Some(&mut self.local_debt),
+            Party::Link(id) => self.debts.get_mut(&id),
+        };
+        if let Some(own) = own {
+            let paid = rest.min(*own);
+            *own -= paid;
+            rest -= paid;
+        }
+        while rest > 0 {
+            let Some(debt) = self.debts.values_mut().filter(|d| **d > 0).max() else {
+                break;
+            };
+            let paid = rest.min(*debt);
+            *debt -= paid;
+            rest -= paid;
+        }
+        let paid = rest.min(self.local_debt);
+        self.local_debt -= paid;
+        self.spare += rest - paid;
+    }
+
+    /// The connection `link_id` ended: its debt, less what spare covers,
+    /// is lost. Returns the loss, recorded (for a joinable queue) and out
+    /// of `unfinished`, if there is one.
+    fn settle(&mut self, link_id: u64, pid: Option<u32>) -> Option<Lost> {
+        let debt = self.debts.remove(&link_id).unwrap_or(0);
+        let covered = debt.min(self.spare);
+        self.spare -= covered;
+        let lost = debt - covered;
+        if lost == 0 {
+            return None;
+        }
+        debug_assert!(self.unfinished >= lost, "debts exceed unfinished");
+        self.unfinished = self.unfinished.saturating_sub(lost);
+        if !self.joinable {
+            return None;
+        }
+        let lost = Lost {
+            pid,
+            unfinished: lost,
+        };
+        self.losses.push_back(lost);
+        Some(lost)
+    }
+
+    /// Absolute number of the next loss to be recorded.
+    fn losses_end(&self) -> u64 {
+        self.losses_base + self.losses.len() as u64
+    }
+
+    /// Loss number `i`, marked delivered, if it is known.
+    fn deliver_loss(&mut self, i: u64) -> Option<Lost> {
+        let at = usize::try_from(i.checked_sub(self.losses_base)?).ok()?;
+        let lost = *self.losses.get(at)?;
+        self.delivered = self.delivered.max(i + 1);
+        self.prune_losses();
+        Some(lost)
+    }
+
+    /// The oldest loss no join has been told of, marked delivered.
+    fn undelivered_loss(&mut self) -> Option<Lost> {
+        self.deliver_loss(self.delivered.max(self.losses_base))
+    }
+
+    /// Forgets delivered losses no local join may still need.
+    fn prune_losses(&mut self) {
+        if self.local_joins > 0 {
+            return;
+        }
+        while self.losses_base < self.delivered && self.losses.pop_front().is_some() {
+            self.losses_base += 1;
+        }
     }
 
     /// Items delivered to subscribers and not yet acknowledged: they may
@@ -337,6 +511,7 @@ impl Core {
         let mut state = self.lock();
         loop {
             if let Some(item) = state.items.pop_front() {
+                state.local_debt += 1;
                 state.pump(self.capacity, self.id, &mut dirty);
                 self.notify(state);
                 return Ok(item);
@@ -385,23 +560,47 @@ impl Core {
         if state.unfinished < n {
             return false;
         }
-        state.unfinished -= n;
+        state.confirm(Party::Here, n);
         state.pump(self.capacity, self.id, &mut dirty);
         self.notify(state);
         true
     }
 
-    /// Waits until every item put has been marked done; false on timeout.
-    pub(crate) fn join(&self, wait: Wait) -> bool {
+    /// Marks the queue as a `JoinableQueue`'s: its losses are reported.
+    pub(crate) fn set_joinable(&self) {
+        self.lock().joinable = true;
+    }
+
+    /// Waits until every item put has been marked done; `Ok(false)` on
+    /// timeout, `Err` with a loss no join was told of yet, or one that
+    /// happened while this one waited (see the module docs).
+    pub(crate) fn join(&self, wait: Wait) -> Result<bool, Lost> {
         let mut state = self.lock();
+        if let Some(lost) = state.undelivered_loss() {
+            return Err(lost);
+        }
+        let first = state.losses_end();
         loop {
-            if state.unfinished == 0 {
-                return true;
+            if let Some(lost) = state.deliver_loss(first) {
+                return Err(lost);
             }
+            if state.unfinished == 0 {
+                return Ok(true);
+            }
+            if matches!(wait, Wait::No) {
+                return Ok(false);
+            }
+            state.local_joins += 1;
             let (s, more) = self.wait(state, wait);
             state = s;
+            state.local_joins -= 1;
             if !more {
-                return state.unfinished == 0;
+                if let Some(lost) = state.deliver_loss(first) {
+                    return Err(lost);
+                }
+                let done = state.unfinished == 0;
+                state.prune_losses();
+                return Ok(done);
             }
         }
     }
@@ -486,6 +685,9 @@ impl Core {
                         .min(sub.unacked.len());
                     sub.unacked.drain(..n);
                     sub.credit += n as u64;
+                    if n > 0 {
+                        *state.debts.entry(link.id()).or_default() += n as u64;
+                    }
                 }
             }
             op::TASK_DONE => {
@@ -498,12 +700,16 @@ impl Core {
                         dirty,
                     );
                 } else {
-                    state.unfinished -= arg;
+                    state.confirm(Party::Link(link.id()), arg);
                     reply(link, req, status::OK, 0, dirty);
                 }
             }
             op::JOIN => {
-                if state.unfinished == 0 {
+                if let Some(lost) = state.undelivered_loss() {
+                    let payload = lost.payload();
+                    let n = lost.unfinished;
+                    reply_with(link, req, status::CONSUMER_DIED, n, &payload, dirty);
+                } else if state.unfinished == 0 {
                     reply(link, req, status::OK, 0, dirty);
                 } else {
                     state.parked_joins.push((Arc::clone(link), req));
@@ -548,13 +754,27 @@ impl Core {
     }
 
     /// Forgets a connection that ended: what was delivered to it and not
-    /// acknowledged goes back to the front of the queue, in order.
-    fn disconnect(&self, link_id: u64, dirty: &mut Dirty) {
+    /// acknowledged goes back to the front of the queue, in order; what it
+    /// took and did not confirm is lost, and parked joins hear of it.
+    fn disconnect(&self, link_id: u64, pid: Option<u32>, dirty: &mut Dirty) {
         let mut state = self.lock();
         state.unsubscribe(link_id);
         state.parked_puts.retain(|p| p.link.id() != link_id);
         state.parked_joins.retain(|(l, _)| l.id() != link_id);
         state.users.retain(|l| l.id() != link_id);
+        if let Some(lost) = state.settle(link_id, pid) {
+            let i = state.losses_end() - 1;
+            let payload = lost.payload();
+            let joins = std::mem::take(&mut state.parked_joins);
+            if !joins.is_empty() {
+                state.delivered = state.delivered.max(i + 1);
+            }
+            for (link, req) in joins {
+                let n = lost.unfinished;
+                reply_with(&link, req, status::CONSUMER_DIED, n, &payload, dirty);
+            }
+            state.prune_losses();
+        }
         state.pump(self.capacity, self.id, dirty);
         self.notify(state);
     }
@@ -618,12 +838,14 @@ pub fn serve(link: &Arc<Link>, msg: &Message<'_>, dirty: &mut Dirty) {
 
 /// Cleans up after a connection that ended: items delivered on it and not
 /// acknowledged go back to the front of their queues, in order; its parked
-/// operations are dropped.
-pub fn disconnect(link_id: u64) {
+/// operations are dropped; items it took and did not confirm are reported
+/// to joins as lost by process `pid` (the id its worker announced, if it
+/// did; see the module docs).
+pub fn disconnect(link_id: u64, pid: Option<u32>) {
     let cores: Vec<Arc<Core>> = registry().values().filter_map(Weak::upgrade).collect();
     let mut dirty = Dirty::default();
     for core in cores {
-        core.disconnect(link_id, &mut dirty);
+        core.disconnect(link_id, pid, &mut dirty);
     }
 }
 

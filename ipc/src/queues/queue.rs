@@ -11,7 +11,9 @@
 //! `put` returns, the item is in the hub or in the kernel on its way there,
 //! so a process may exit right after `put` and the item is not lost. Items
 //! handed to a getter in another process that dies before taking them go
-//! back to the queue.
+//! back to the queue; items it took from a [`JoinableQueue`] and had not
+//! marked done are reported by [`JoinableQueue::join`] instead of making it
+//! wait for ever.
 //!
 //! The queue exists while a handle to it exists in the hub process; remote
 //! handles do not keep it alive.
@@ -508,6 +510,9 @@ impl<T: Payload> JoinableQueue<T> {
     }
 
     fn from_queue(queue: Queue<T>) -> Self {
+        if let Handle::Local(core) = &queue.handle {
+            core.set_joinable();
+        }
         Self {
             queue,
             taken: Arc::new(AtomicU64::new(0)),
@@ -592,8 +597,39 @@ impl<T: Payload> JoinableQueue<T> {
     }
     /// Waits until every item put has been marked done.
     ///
+    /// # A consumer that dies
+    ///
+    /// In Python, a consumer process that dies between `get` and
+    /// `task_done` makes `join` wait forever. Here the hub knows which
+    /// process took each item (a take is acknowledged before the
+    /// consumer's code sees the item) and which `task_done`s it sent: when
+    /// a process ends owing confirmations, `join` returns
+    /// [`QueueError::ConsumerDied`] with its pid and how many items it left
+    /// unfinished, at once (other consumers may still be working: join
+    /// again to wait for them). Those items no longer count as
+    /// unfinished, so the next `join` succeeds once the rest are done.
+    /// Each such loss is reported once: to every `join` waiting when it
+    /// happens, or, if none is, to the next one.
+    ///
+    /// The lost items are **not** put back: an item a consumer's code has
+    /// seen is processed at most once. The hub cannot tell how far a dead
+    /// consumer got (its side effects may be done, only the confirmation
+    /// missing), and `task_done` does not say which item it confirms, so
+    /// redelivering would mean processing some items twice, and keeping
+    /// every item in progress in the hub. Items handed to a process but
+    /// not yet taken by its code do go back to the queue. A producer that
+    /// wants at-least-once puts the items again on this error.
+    ///
+    /// A process that ends normally owing confirmations is reported the
+    /// same way (nothing tells the two apart, and it will not confirm them
+    /// either). `task_done` may be called in the hub process for items a
+    /// worker took: it pays that worker's debt (the largest one, if
+    /// several owe). Such a worker must not end before its items are
+    /// confirmed.
+    ///
     /// # Errors
-    /// [`QueueError`] when the hub cannot be reached.
+    /// [`QueueError::ConsumerDied`] as above; another [`QueueError`] when
+    /// the hub cannot be reached.
     pub fn join(&self) -> Result<(), QueueError> {
         self.join_wait(Wait::Forever).map(drop)
     }
@@ -602,26 +638,30 @@ impl<T: Payload> JoinableQueue<T> {
     /// time ran out.
     ///
     /// # Errors
-    /// [`QueueError`] when the hub cannot be reached.
+    /// As [`join`](Self::join).
     pub fn join_timeout(&self, timeout: Duration) -> Result<bool, QueueError> {
         self.join_wait(wait_for(timeout))
     }
 
     fn join_wait(&self, wait: Wait) -> Result<bool, QueueError> {
         match &self.queue.handle {
-            Handle::Local(core) => Ok(core.join(wait)),
+            Handle::Local(core) => core.join(wait).map_err(|lost| QueueError::ConsumerDied {
+                pid: lost.pid,
+                unfinished: lost.unfinished,
+            }),
             Handle::Remote { id, client, .. } => {
-                let (st, _, _) = client.request(op::JOIN, *id, 0, &[], wait)?;
+                let (st, value, payload) = client.request(op::JOIN, *id, 0, &[], wait)?;
                 match st {
                     status::CANCELLED => Ok(false),
-                    st => wire::check(st, *id).map(|()| true),
+                    st => wire::check_reply(st, *id, value, &payload).map(|()| true),
                 }
             }
         }
     }
 
     /// Items put and not yet marked done, in the hub (a snapshot; only
-    /// known in the hub process, `None` elsewhere).
+    /// known in the hub process, `None` elsewhere). Items reported lost by
+    /// [`join`](Self::join) no longer count.
     pub fn unfinished(&self) -> Option<u64> {
         match &self.queue.handle {
             Handle::Local(core) => Some(core.unfinished()),
@@ -655,7 +695,9 @@ impl<T> JoinableQueue<T> {
                 self.taken
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                     .map_err(|_| QueueError::TooManyTaskDone)?;
-                client.oneway(op::TASK_DONE, *id, 1, &[])
+                // In the kernel before we go on: a process that exits or
+                // dies right after is not charged for this item.
+                client.oneway_sent(op::TASK_DONE, *id, 1)
             }
         }
     }

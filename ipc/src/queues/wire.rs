@@ -10,11 +10,22 @@
 //! | `SUBSCRIBE` | id, or 0 to raise the credit | credit to add | — | deliveries, then `OK` (if `req`) |
 //! | `ACK` | 0 | items taken | — | none (returns their credit) |
 //! | `TASK_DONE` | id or 0 | count | — | `OK`, or `TOO_MANY_TASK_DONE` with `value` = unfinished |
-//! | `JOIN` | id | — | — | `OK` once nothing is unfinished (parks) |
+//! | `JOIN` | id | — | — | `OK` once nothing is unfinished (parks); `CONSUMER_DIED` at once, or while parked, when a connection ended owing confirmations |
 //! | `LEN` | id | — | — | `OK` with `value` = length |
 //! | `CLOSE` | id | — | — | `OK` |
 //! | `CANCEL` | 0 | the parked request's id | — | `CANCELLED` to that request, if still parked |
 //! | `UNSUBSCRIBE` | id | — | — | `OK`, after the subscription's unacknowledged items went back to the front of the queue |
+//!
+//! `ACK` adds to the sending connection's debt and `TASK_DONE` pays it
+//! (see [`hub`](super::hub)): a worker sends both before the caller goes
+//! on, and waits until they are in the kernel, so a process that dies
+//! right after `get` or `task_done` is charged for what its code saw.
+//!
+//! `CONSUMER_DIED` carries `value` = the items that connection left
+//! unconfirmed (now out of the unfinished count) and, as payload, the
+//! process id its worker announced in its hello (4 bytes, little endian),
+//! or nothing if unknown. Each such loss is answered to every join parked
+//! when it happens, or, if none is, to the next join.
 //!
 //! A reply with `req` 0 is a notice about queue `value`: `CLOSED` (puts
 //! are refused from now on) or `NO_QUEUE` (the hub dropped it). A
@@ -51,6 +62,7 @@ pub(crate) mod status {
     pub(crate) const TOO_MANY_TASK_DONE: u8 = 4;
     pub(crate) const CANCELLED: u8 = 5;
     pub(crate) const BAD_REQUEST: u8 = 6;
+    pub(crate) const CONSUMER_DIED: u8 = 7;
 }
 
 /// How long an operation may block.
@@ -74,12 +86,33 @@ impl Wait {
 
 /// What a reply status means to the queue API.
 pub(crate) fn check(code: u8, queue: u64) -> Result<(), QueueError> {
+    check_reply(code, queue, 0, &[])
+}
+
+/// As [`check`], for replies whose value and payload may say more.
+pub(crate) fn check_reply(
+    code: u8,
+    queue: u64,
+    value: u64,
+    payload: &[u8],
+) -> Result<(), QueueError> {
     match code {
         status::OK => Ok(()),
         status::FULL | status::CANCELLED => Err(QueueError::Full),
         status::CLOSED => Err(QueueError::Closed),
         status::NO_QUEUE => Err(QueueError::NoSuchQueue { id: queue }),
         status::TOO_MANY_TASK_DONE => Err(QueueError::TooManyTaskDone),
+        status::CONSUMER_DIED => match payload {
+            [] => Ok(None),
+            &[a, b, c, d] => Ok(Some(u32::from_le_bytes([a, b, c, d]))),
+            _ => Err(QueueError::Protocol),
+        }
+        .and_then(|pid| {
+            Err(QueueError::ConsumerDied {
+                pid,
+                unfinished: value,
+            })
+        }),
         _ => Err(QueueError::Protocol),
     }
 }

@@ -36,6 +36,20 @@ enum Got {
     Item(Vec<u8>),
     /// The queue is closed and drained.
     End,
+    /// A join answered `CONSUMER_DIED`.
+    Died {
+        req: u64,
+        pid: Option<u32>,
+        unfinished: u64,
+    },
+}
+
+fn died(req: u64, pid: Option<u32>, unfinished: u64) -> Got {
+    Got::Died {
+        req,
+        pid,
+        unfinished,
+    }
 }
 
 fn ok(req: u64) -> Got {
@@ -108,6 +122,19 @@ impl Peer {
                     status,
                     value,
                     payload,
+                } if status == status::CONSUMER_DIED => Got::Died {
+                    req,
+                    pid: match payload {
+                        [] => None,
+                        p => Some(u32::from_le_bytes(p.try_into().expect("4 bytes"))),
+                    },
+                    unfinished: value,
+                },
+                Message::Reply {
+                    req,
+                    status,
+                    value,
+                    payload,
                 } => {
                     assert!(payload.is_empty());
                     Got::Reply { req, status, value }
@@ -139,6 +166,17 @@ fn queue(capacity: Option<usize>, items: &[&[u8]]) -> Arc<Core> {
         q.put(item.to_vec(), Wait::No).expect("room");
     }
     q
+}
+
+/// A `JoinableQueue`'s queue with `items` put locally.
+fn joinable(items: &[&[u8]]) -> Arc<Core> {
+    let q = queue(None, items);
+    q.set_joinable();
+    q
+}
+
+fn lost(pid: Option<u32>, unfinished: u64) -> Lost {
+    Lost { pid, unfinished }
 }
 
 /// Takes everything the queue holds locally, without waiting.
@@ -285,7 +323,7 @@ fn a_disconnect_requeues_unacked_items_at_the_front_in_order() {
     // a is taken for good; its credit brings d.
     assert_eq!(p.ask(0, op::ACK, &q, 1, &[]), [item(b"d")]);
     q.put(b"e".to_vec(), Wait::No).expect("room");
-    disconnect(p.link.id());
+    disconnect(p.link.id(), None);
     assert_eq!(q.len(), 4);
     assert_eq!(
         take_all(&q),
@@ -302,7 +340,7 @@ fn a_disconnect_hands_unacked_items_to_other_subscribers() {
         [item(b"a"), item(b"b"), ok(1)]
     );
     assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 5, &[]), [ok(1)]);
-    disconnect(p.link.id());
+    disconnect(p.link.id(), None);
     assert_eq!(r.got_from(q.id), [item(b"a"), item(b"b")]);
     assert!(p.got_from(q.id).is_empty());
 }
@@ -352,7 +390,7 @@ fn closed_is_not_told_until_requeued_items_are_taken() {
     q.close();
     assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
     // The getter dies: its item goes to the other subscriber, still no end.
-    disconnect(p.link.id());
+    disconnect(p.link.id(), None);
     assert_eq!(r.got_from(q.id), [item(b"a")]);
     assert_eq!(q.get(Wait::No), Err(GetFail::Empty));
     assert_eq!(r.ask(0, op::ACK, &q, 1, &[]), [Got::End]);
@@ -433,7 +471,7 @@ fn a_disconnect_drops_parked_operations() {
     let p = Peer::new();
     assert!(p.ask(1, op::PUT_WAIT, &q, 1, b"b").is_empty());
     assert!(p.ask(2, op::JOIN, &q, 0, &[]).is_empty());
-    disconnect(p.link.id());
+    disconnect(p.link.id(), None);
     assert_eq!(take_all(&q), [b"a".to_vec()]);
     assert!(q.task_done(1));
     assert!(
@@ -495,4 +533,173 @@ fn a_queue_that_is_gone_is_reported() {
             value: id
         }]
     );
+}
+
+#[test]
+fn a_link_that_ends_owing_confirmations_is_reported_to_parked_joins() {
+    let q = joinable(&[b"a", b"b", b"c", b"d"]);
+    let (p, j, k) = (Peer::new(), Peer::new(), Peer::new());
+    assert_eq!(
+        p.ask(1, op::SUBSCRIBE, &q, 3, &[]),
+        [item(b"a"), item(b"b"), item(b"c"), ok(1)]
+    );
+    // a and b taken for good (d comes for the credit), a confirmed.
+    assert_eq!(p.ask(0, op::ACK, &q, 2, &[]), [item(b"d")]);
+    assert!(p.ask(0, op::TASK_DONE, &q, 1, &[]).is_empty());
+    assert!(j.ask(9, op::JOIN, &q, 0, &[]).is_empty(), "parked");
+    assert!(k.ask(4, op::JOIN, &q, 0, &[]).is_empty(), "parked");
+    disconnect(p.link.id(), Some(77));
+    // b is lost: every parked join hears it at once, though c and d are
+    // still to do; they went back to the queue, unconfirmed.
+    assert_eq!(j.got_from(q.id), [died(9, Some(77), 1)]);
+    assert_eq!(k.got_from(q.id), [died(4, Some(77), 1)]);
+    assert_eq!((q.len(), q.unfinished()), (2, 2));
+    // Reported once: later joins wait for the rest as usual.
+    assert_eq!(q.join(Wait::No), Ok(false));
+    assert!(j.ask(10, op::JOIN, &q, 0, &[]).is_empty(), "parked");
+    assert_eq!(take_all(&q), [b"c".to_vec(), b"d".to_vec()]);
+    assert!(q.task_done(2));
+    assert_eq!(j.got_from(q.id), [ok(10)]);
+    assert_eq!(q.join(Wait::No), Ok(true));
+    // 1 confirmed by p, 2 here, 1 reported: all four accounted for.
+    assert!(!q.task_done(1), "the lost item cannot be confirmed on top");
+}
+
+#[test]
+fn a_loss_nobody_waits_for_goes_to_the_next_join_only() {
+    let q = joinable(&[b"a", b"b"]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(
+        p.ask(1, op::SUBSCRIBE, &q, 2, &[]),
+        [item(b"a"), item(b"b"), ok(1)]
+    );
+    assert!(p.ask(0, op::ACK, &q, 2, &[]).is_empty());
+    disconnect(p.link.id(), None);
+    assert_eq!(q.unfinished(), 0, "nothing left to wait for");
+    assert_eq!(
+        q.join(Wait::No),
+        Err(lost(None, 2)),
+        "but the next join is told"
+    );
+    assert_eq!(q.join(Wait::No), Ok(true));
+    assert_eq!(r.ask(3, op::JOIN, &q, 0, &[]), [ok(3)]);
+    // A remote join can be the one told; then the local one is not.
+    q.put(b"c".to_vec(), Wait::No).expect("room");
+    let p = Peer::new();
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [item(b"c"), ok(1)]);
+    assert!(p.ask(0, op::ACK, &q, 1, &[]).is_empty());
+    disconnect(p.link.id(), Some(5));
+    assert_eq!(r.ask(4, op::JOIN, &q, 0, &[]), [died(4, Some(5), 1)]);
+    assert_eq!(q.join(Wait::No), Ok(true));
+}
+
+#[test]
+fn a_waiting_local_join_is_told_of_a_loss_at_once() {
+    let q = joinable(&[b"a", b"b"]);
+    let p = Peer::new();
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [item(b"a"), ok(1)]);
+    assert_eq!(p.ask(0, op::ACK, &q, 1, &[]), [item(b"b")]);
+    let joiner = {
+        let q = Arc::clone(&q);
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            (q.join(Wait::Until(start + DRAIN)), start.elapsed())
+        })
+    };
+    // Whether the joiner waits already or comes after: it is the one told.
+    disconnect(p.link.id(), Some(8));
+    let (outcome, took) = joiner.join().expect("joiner");
+    assert_eq!(outcome, Err(lost(Some(8), 1)));
+    assert!(took < DRAIN, "the join ran out its time");
+    assert_eq!(q.join(Wait::No), Ok(false), "b is still to do");
+}
+
+#[test]
+fn several_losses_are_each_reported_once() {
+    let q = joinable(&[b"a", b"b", b"c"]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [item(b"a"), ok(1)]);
+    assert_eq!(
+        r.ask(1, op::SUBSCRIBE, &q, 2, &[]),
+        [item(b"b"), item(b"c"), ok(1)]
+    );
+    assert!(p.ask(0, op::ACK, &q, 1, &[]).is_empty());
+    assert!(r.ask(0, op::ACK, &q, 2, &[]).is_empty());
+    disconnect(p.link.id(), Some(1));
+    disconnect(r.link.id(), Some(2));
+    assert_eq!(q.join(Wait::No), Err(lost(Some(1), 1)));
+    assert_eq!(q.join(Wait::No), Err(lost(Some(2), 2)));
+    assert_eq!(q.join(Wait::No), Ok(true));
+}
+
+#[test]
+fn task_done_here_pays_a_workers_debt() {
+    // A worker takes items and hands them back; the hub process confirms.
+    let q = joinable(&[b"a", b"b", b"c"]);
+    let p = Peer::new();
+    assert_eq!(
+        p.ask(1, op::SUBSCRIBE, &q, 2, &[]),
+        [item(b"a"), item(b"b"), ok(1)]
+    );
+    assert_eq!(p.ask(0, op::ACK, &q, 2, &[]), [item(b"c")]);
+    assert!(q.task_done(2));
+    disconnect(p.link.id(), Some(3));
+    assert_eq!(q.join(Wait::No), Ok(false), "no loss; c came back");
+    // Items taken here are paid by confirmations made here first.
+    let r = Peer::new();
+    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [item(b"c"), ok(1)]);
+    assert!(r.ask(0, op::ACK, &q, 1, &[]).is_empty());
+    // Letting go of the subscription keeps the debt.
+    assert_eq!(r.ask(2, op::UNSUBSCRIBE, &q, 0, &[]), [ok(2)]);
+    q.put(b"d".to_vec(), Wait::No).expect("room");
+    assert_eq!(q.get(Wait::No), Ok(b"d".to_vec()));
+    assert!(q.task_done(1));
+    disconnect(r.link.id(), Some(4));
+    assert_eq!(q.join(Wait::No), Err(lost(Some(4), 1)));
+    assert_eq!(q.join(Wait::No), Ok(true));
+}
+
+#[test]
+fn task_done_from_another_connection_pays_its_own_debt_first() {
+    let q = joinable(&[b"a", b"b", b"c"]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(
+        p.ask(1, op::SUBSCRIBE, &q, 2, &[]),
+        [item(b"a"), item(b"b"), ok(1)]
+    );
+    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [item(b"c"), ok(1)]);
+    assert!(p.ask(0, op::ACK, &q, 2, &[]).is_empty());
+    assert!(r.ask(0, op::ACK, &q, 1, &[]).is_empty());
+    // r confirms two: its own c, then one of p's.
+    assert_eq!(r.ask(5, op::TASK_DONE, &q, 2, &[]), [ok(5)]);
+    disconnect(r.link.id(), Some(2));
+    assert_eq!(q.join(Wait::No), Ok(false), "r owed nothing");
+    disconnect(p.link.id(), Some(1));
+    assert_eq!(q.join(Wait::No), Err(lost(Some(1), 1)));
+    assert_eq!(q.join(Wait::No), Ok(true));
+}
+
+#[test]
+fn confirmations_ahead_of_takes_cover_a_later_debt() {
+    let q = joinable(&[b"a", b"b"]);
+    // Confirmed before anyone took them (task_done needs no get).
+    assert!(q.task_done(2));
+    let p = Peer::new();
+    assert_eq!(
+        p.ask(1, op::SUBSCRIBE, &q, 2, &[]),
+        [item(b"a"), item(b"b"), ok(1)]
+    );
+    assert!(p.ask(0, op::ACK, &q, 2, &[]).is_empty());
+    disconnect(p.link.id(), Some(1));
+    assert_eq!(q.join(Wait::No), Ok(true), "nothing was lost");
+}
+
+#[test]
+fn a_queue_that_is_not_joinable_reports_no_loss() {
+    let q = queue(None, &[b"a"]);
+    let p = Peer::new();
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [item(b"a"), ok(1)]);
+    assert!(p.ask(0, op::ACK, &q, 1, &[]).is_empty());
+    disconnect(p.link.id(), Some(1));
+    assert_eq!(q.join(Wait::No), Ok(true));
 }
