@@ -462,7 +462,9 @@ impl Core {
             }
             op::SUBSCRIBE => {
                 match state.subs.iter_mut().find(|s| s.link.id() == link.id()) {
-                    Some(sub) => sub.credit += arg,
+                    // Saturating: the credit is the peer's number (issue 14:
+                    // two huge grants overflowed it).
+                    Some(sub) => sub.credit = sub.credit.saturating_add(arg),
                     None => state.subs.push(Sub {
                         link: Arc::clone(link),
                         credit: arg,
@@ -480,7 +482,7 @@ impl Core {
                         .unwrap_or(usize::MAX)
                         .min(sub.unacked.len());
                     sub.unacked.drain(..n);
-                    sub.credit += n as u64;
+                    sub.credit = sub.credit.saturating_add(n as u64);
                 }
             }
             op::TASK_DONE => {
