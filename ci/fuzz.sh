@@ -9,8 +9,9 @@
 #
 # Limits: an allocation of 64 MiB or more is an OOM (-malloc_limit_mb), so
 # a decoder that allocates what a header announces fails at once; RSS is
-# capped at 128 MiB (ASan's own memory is about 40 MiB of it, with its
-# quarantine of freed memory cut to 16 MiB); one input may take 10 s.
+# capped at 256 MiB (ASan's own memory is about 40 MiB, its quarantine of
+# freed memory is cut to 16 MiB, and the hub target's in-memory corpus
+# reaches about 100 MiB in a few minutes); one input may take 10 s.
 #
 # What the fuzzer finds worth keeping goes to fuzz/target/corpus/<target>
 # (not in git), so later runs start from there. Final stats, including
@@ -42,7 +43,7 @@ fuzz() {
     ASAN_OPTIONS=${ASAN_OPTIONS:-quarantine_size_mb=16} \
         cargo +nightly fuzz run "$target" "$corpus" "fuzz/corpus/$target" -- \
         -max_total_time="$seconds" -timeout=10 \
-        -rss_limit_mb=128 -malloc_limit_mb=64 -print_final_stats=1
+        -rss_limit_mb=256 -malloc_limit_mb=64 -print_final_stats=1
 }
 
 step "nightly toolchain" nightly
