@@ -68,10 +68,11 @@ fn released_handle_gives_back_items() -> anyhow::Result<()> {
     for i in 0..10u64 {
         q.put(i)?;
     }
+    // Kept here: a queue whose last handle the master drops is gone.
     let ready = SimpleQueue::new();
     // Taking 0 returns its credit, so the hub delivers 1 to the worker,
     // where nobody takes it once the task has returned.
-    let first = pool.apply(GET_ONE, (ready, q.clone()))?;
+    let first = pool.apply(GET_ONE, (ready.clone(), q.clone()))?;
     ensure!(first == 0, "the worker took {first}");
     ensure!(q.len() == 9, "len {} after one of ten was taken", q.len());
     let mut rest = Vec::new();

@@ -3,8 +3,8 @@
 //! Every typed value that crosses a process boundary goes through these two
 //! functions, so swapping the codec means changing this file only.
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::IpcError;
 
@@ -44,6 +44,21 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Resul
 /// [`IpcError::Decode`] when `bytes` do not hold a valid `T`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), IpcError> {
     bincode::serde::decode_from_slice(bytes, CONFIG).map_err(IpcError::Decode)
+}
+
+/// Decodes one value borrowing from `bytes` (`&str`, `&[u8]` fields point
+/// into it); returns it and how many bytes it used.
+///
+/// Unlike [`decode`], a borrowed string or byte slice allocates nothing,
+/// whatever length its prefix announces: an owned `String` is allocated at
+/// its announced length (up to the decode limit) before its bytes are read.
+///
+/// # Errors
+/// [`IpcError::Decode`] when `bytes` do not hold a valid `T`.
+pub(crate) fn decode_borrowed<'de, T: Deserialize<'de>>(
+    bytes: &'de [u8],
+) -> Result<(T, usize), IpcError> {
+    bincode::serde::borrow_decode_from_slice(bytes, CONFIG).map_err(IpcError::Decode)
 }
 
 #[cfg(test)]

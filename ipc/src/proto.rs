@@ -215,14 +215,19 @@ impl<'a> Message<'a> {
                     });
                 }
                 let pid = c.u32()?;
-                let ((tasks, signatures), used) = codec::decode::<(Vec<String>, Vec<String>)>(c.0)?;
+                // Borrowed: an owned `String` would be allocated at the
+                // length its prefix announces, before its bytes are read
+                // (issue 14: a 22-byte hello asked for 452 MB).
+                let ((tasks, signatures), used) =
+                    codec::decode_borrowed::<(Vec<&str>, Vec<&str>)>(c.0)?;
                 if used != c.0.len() || tasks.len() != signatures.len() {
                     return Err(IpcError::Malformed("malformed task list in hello"));
                 }
+                let owned = |names: Vec<&str>| names.into_iter().map(str::to_owned).collect();
                 Ok(Message::Hello(Hello {
                     pid,
-                    tasks,
-                    signatures,
+                    tasks: owned(tasks),
+                    signatures: owned(signatures),
                 }))
             }
             RUN => Ok(Message::Run {

@@ -95,6 +95,23 @@ pub fn accept_worker(
 ) -> io::Result<()> {
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     stream.set_nodelay(true)?;
+    master_handshake(stream, key, heartbeat_timeout)?;
+    stream.set_read_timeout(None)?;
+    Ok(())
+}
+
+/// The master's half of the handshake over any byte stream (what
+/// [`accept_worker`] runs once the socket's timeouts are set; public for
+/// the fuzz targets).
+///
+/// # Errors
+/// As [`accept_worker`].
+#[doc(hidden)]
+pub fn master_handshake(
+    stream: &mut (impl Read + Write),
+    key: &[u8],
+    heartbeat_timeout: Duration,
+) -> io::Result<()> {
     let challenge = nonce()?;
     let mut hello = GREETING.to_vec();
     hello.extend_from_slice(&challenge);
@@ -113,9 +130,7 @@ pub fn accept_worker(
         .into_bytes()
         .to_vec();
     last.extend_from_slice(&ms);
-    stream.write_all(&last)?;
-    stream.set_read_timeout(None)?;
-    Ok(())
+    stream.write_all(&last)
 }
 
 /// Worker side: connects to a master at `addr` and authenticates both
@@ -131,6 +146,19 @@ pub fn connect_to_master(
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     stream.set_nodelay(true)?;
+    let heartbeat_timeout = worker_handshake(&mut stream, key)?;
+    stream.set_read_timeout(None)?;
+    Ok((stream, heartbeat_timeout))
+}
+
+/// The worker's half of the handshake over any byte stream (what
+/// [`connect_to_master`] runs once connected; public for the fuzz
+/// targets). Returns the master's heartbeat timeout.
+///
+/// # Errors
+/// As [`connect_to_master`].
+#[doc(hidden)]
+pub fn worker_handshake(stream: &mut (impl Read + Write), key: &[u8]) -> io::Result<Duration> {
     let mut hello = [0u8; GREETING.len() + NONCE_LEN];
     stream.read_exact(&mut hello)?;
     let (greeting, challenge) = hello.split_at(GREETING.len());
@@ -156,9 +184,8 @@ pub fn connect_to_master(
     mac(key, b"master", &mine, ms)
         .verify_slice(proof)
         .map_err(|_| refused("the master does not know the key"))?;
-    stream.set_read_timeout(None)?;
     let ms = u32::from_le_bytes(ms.try_into().expect("4 bytes"));
-    Ok((stream, Duration::from_millis(u64::from(ms).max(1))))
+    Ok(Duration::from_millis(u64::from(ms).max(1)))
 }
 
 #[cfg(test)]

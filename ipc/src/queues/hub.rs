@@ -666,7 +666,9 @@ impl Core {
             }
             op::SUBSCRIBE => {
                 match state.subs.iter_mut().find(|s| s.link.id() == link.id()) {
-                    Some(sub) => sub.credit += arg,
+                    // Saturating: the credit is the peer's number (issue 14:
+                    // two huge grants overflowed it).
+                    Some(sub) => sub.credit = sub.credit.saturating_add(arg),
                     None => state.subs.push(Sub {
                         link: Arc::clone(link),
                         credit: arg,
@@ -684,7 +686,7 @@ impl Core {
                         .unwrap_or(usize::MAX)
                         .min(sub.unacked.len());
                     sub.unacked.drain(..n);
-                    sub.credit += n as u64;
+                    sub.credit = sub.credit.saturating_add(n as u64);
                     if n > 0 {
                         *state.debts.entry(link.id()).or_default() += n as u64;
                     }

@@ -298,6 +298,26 @@ fn subscribers_get_up_to_their_credit_and_acks_return_it() {
     assert_eq!(q.len(), 4);
 }
 
+/// A peer's credit grants are its own numbers: huge ones saturate instead
+/// of overflowing (a panic in the reader thread; found by the `hub` fuzz
+/// target, fuzz/corpus/hub/seed-regression-subscribe-credit-overflow).
+#[test]
+fn huge_credit_grants_saturate() {
+    let q = queue(None, &[b"a"]);
+    let p = Peer::new();
+    assert_eq!(
+        p.ask(1, op::SUBSCRIBE, &q, u64::MAX - 1, &[]),
+        [item(b"a"), ok(1)]
+    );
+    // Credit u64::MAX - 2 and one item out: a grant and an ack past the top.
+    assert_eq!(p.ask(2, op::SUBSCRIBE, &q, u64::MAX, &[]), [ok(2)]);
+    assert!(p.ask(0, op::ACK, &q, 1, &[]).is_empty());
+    assert_eq!(q.len(), 0);
+    // Still subscribed, with all the credit there is.
+    q.put(b"b".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), [item(b"b")]);
+}
+
 #[test]
 fn deliveries_go_round_robin() {
     let q = queue(None, &[]);
