@@ -10,10 +10,18 @@
 //! - [`task`]: the typed task declaration both sides name tasks by.
 //! - [`endpoint`]: the connection between a master and one worker (a
 //!   socketpair on Unix, an authenticated named pipe on Windows).
-//! - [`link`]: the shared writing side of a connection.
-//! - [`remote`]: the authenticated TCP handshake of remote workers.
-//! - [`queue`], [`pipe`]: queues and pipes shared between processes, held
-//!   by the [`hub`] (the master) and reached from workers by proxy.
+//! - [`link`]: the shared writing side of a connection: an outbox drained
+//!   by the link's own writer thread, so no caller blocks on a peer.
+//! - [`remote`]: the authenticated TCP handshake of remote workers, and
+//!   their liveness settings.
+//! - [`sync`]: the lock and deadline-wait helpers every crate uses.
+//! - `sys/`: everything platform-specific (and all `unsafe`), behind one
+//!   internal interface documented in `sys/mod.rs`.
+//!
+//! Above the transport, the queue layer (`queues/`): [`queue`] and
+//! [`pipe`] (the public types), the [`hub`] (the queues a master holds and
+//! serves), the worker-side client (proxies), and `queues/wire.rs`, the
+//! queue protocol in one place (every operation, its fields and answers).
 //!
 //! # Example
 //!

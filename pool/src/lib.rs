@@ -2,6 +2,33 @@
 //!
 //! Users reach this crate through the `procpool` facade, which also
 //! provides `init` for the worker side.
+//!
+//! # Where things live
+//!
+//! Threads: the caller's (submits, waits), one reader thread per worker
+//! (`worker.rs`: results, the worker's queue operations), one waiter
+//! thread per child (reaps it), the supervisor (`supervisor.rs`: starts,
+//! kills, replaces, stops), and each worker link's writer thread (in
+//! `procpool_ipc::link`).
+//!
+//! - `pool.rs`, `builder.rs`, `process.rs`, `stream.rs` (`Imap`),
+//!   `error.rs`: the public API.
+//! - `dispatch.rs`: the queue of chunks and each worker's lane, under one
+//!   lock; what goes where (prefetch, limits). Never blocks, never calls
+//!   back: chunks that end under its lock are returned.
+//! - `shared.rs`: what the threads share (dispatch, accounting, counters,
+//!   the stop signals) and `Shared::finish`, the one exit of every chunk.
+//! - `supervisor.rs`: a worker's life and the pool's stops; `blame.rs`:
+//!   the pure decision of what a dead worker's chunks become.
+//! - `worker.rs`: one worker process (spawn, reader, waiter, kill);
+//!   `remote.rs`: the TCP listener for remote workers.
+//! - Leaves (import nothing of the crate): `config.rs` (settings), `msg.rs`
+//!   (what threads tell the supervisor), `work.rs` (jobs, chunks,
+//!   outcomes), `joinable.rs` (JoinableQueue accounting).
+//!
+//! A change to what happens when a worker dies goes to `blame.rs`; to how
+//! work is spread, `dispatch.rs`; to a setting, `builder.rs` and
+//! `config.rs`. `python3 ci/module_cycles.py .` must stay silent.
 #![forbid(unsafe_code)]
 
 mod blame;
