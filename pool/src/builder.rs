@@ -31,7 +31,7 @@ impl std::fmt::Debug for EncodedArg {
 
 /// Configures and starts a [`Pool`].
 ///
-/// ```
+/// ```rust,standalone_crate
 /// use std::time::Duration;
 /// use procpool::{Pool, Registry, Task};
 ///
@@ -250,7 +250,7 @@ impl PoolBuilder {
     /// (replacements included) runs `task` on a copy of it before its first
     /// task. Default: none.
     ///
-    /// ```
+    /// ```rust,standalone_crate
     /// use std::sync::OnceLock;
     /// use procpool::{Pool, Registry, Task};
     ///

@@ -36,7 +36,7 @@ use procpool_ipc::sync::lock;
 /// period (default 5 s) to finish, then the workers are killed. Every worker
 /// is reaped before `drop` returns.
 ///
-/// ```
+/// ```rust,standalone_crate
 /// use procpool::{Pool, Registry, Task};
 ///
 /// const SQUARE: Task<u64, u64> = Task::new("square");
@@ -255,7 +255,7 @@ impl Pool {
     /// workers that have joined). Returns at the
     /// first failed item; work not yet dispatched is then dropped.
     ///
-    /// ```
+    /// ```rust,standalone_crate
     /// use procpool::{Pool, Registry, Task};
     ///
     /// const SQUARE: Task<u64, u64> = Task::new("square");
@@ -460,7 +460,7 @@ impl Pool {
     /// does), and the workers exit when the pool is dropped. Python's
     /// `pool.close(); pool.join()` is:
     ///
-    /// ```
+    /// ```rust,standalone_crate
     /// # use procpool::{Pool, Registry, Task};
     /// # const SQUARE: Task<u64, u64> = Task::new("square");
     /// # fn main() -> Result<(), procpool::Error> {

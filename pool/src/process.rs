@@ -18,7 +18,7 @@ use crate::{AsyncResult, Error, Pool, PoolBuilder};
 /// the handle waits for the task for the grace period (default 5 s), then
 /// kills the process; it is always reaped.
 ///
-/// ```
+/// ```rust,standalone_crate
 /// use procpool::{Process, Registry, Task};
 ///
 /// const GREET: Task<String, String> = Task::new("greet");
