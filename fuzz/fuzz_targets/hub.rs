@@ -124,7 +124,7 @@ fuzz_target!(|input: Input| {
             Action::Reconnect { second_link } => {
                 // A disconnected link's id is as good as a new one's.
                 let slot = &mut links[usize::from(second_link)];
-                hub::disconnect(LINKS[*slot].id());
+                hub::disconnect(LINKS[*slot].id(), None);
                 *slot = next;
                 next = (next + 1) % LINKS.len();
                 if links.contains(&next) {
@@ -148,6 +148,6 @@ fuzz_target!(|input: Input| {
         }
     }
     for link in LINKS.iter() {
-        hub::disconnect(link.id());
+        hub::disconnect(link.id(), None);
     }
 });
