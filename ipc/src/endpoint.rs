@@ -8,6 +8,7 @@
 
 use std::io;
 use std::process::{Child, Command};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::sys;
@@ -15,6 +16,17 @@ use crate::sys;
 pub use crate::sys::ENDPOINT_ENV;
 
 static CLAIMED: AtomicBool = AtomicBool::new(false);
+
+/// The endpoint variable, if it was set for this process (see
+/// [`connect_worker`]); looked at once.
+fn own_endpoint() -> Option<&'static str> {
+    static OWN: OnceLock<Option<String>> = OnceLock::new();
+    OWN.get_or_init(|| {
+        let value = std::env::var_os(ENDPOINT_ENV)?.into_string().ok()?;
+        sys::endpoint_is_ours(&value).then_some(value)
+    })
+    .as_deref()
+}
 
 pub use crate::sys::{ReadHalf, WriteHalf};
 
@@ -95,28 +107,30 @@ pub fn process_alive(pid: u32) -> bool {
 
 /// In a worker process, takes the connection to the master.
 ///
-/// Returns `None` when this process was not started as a worker (the
-/// variable is absent). The variable is removed so programs the worker
-/// starts do not mistake themselves for workers. Only the first call can
-/// return `Some`.
+/// Returns `None` when this process was not started as a worker: the
+/// variable is absent, or was not set for this process but inherited from
+/// a worker by a program it started (the endpoint it names is not this
+/// process's: on Unix the worker's descriptor is close-on-exec and, on
+/// Linux, must be a socket its named master created; on Windows the
+/// master it names must be this process's parent). The variable is left in
+/// the environment: removing it would be unsound once threads run. Only
+/// the first call can return `Some`.
 ///
 /// # Errors
-/// The variable is present but names no usable endpoint.
+/// The endpoint cannot be opened.
 #[doc(hidden)]
 pub fn connect_worker() -> Option<io::Result<(ReadHalf, WriteHalf)>> {
-    let value = std::env::var_os(ENDPOINT_ENV)?;
+    let value = own_endpoint()?;
     if CLAIMED.swap(true, Ordering::SeqCst) {
         return None;
     }
-    sys::remove_env(ENDPOINT_ENV);
-    let value = value.to_string_lossy().into_owned();
-    Some(sys::connect(&value))
+    Some(sys::connect(value))
 }
 
 /// Whether this process was started as a worker but has not (yet) taken its
 /// endpoint, meaning its `main` did not call the worker's `init` first.
 pub fn is_unclaimed_worker() -> bool {
-    !CLAIMED.load(Ordering::SeqCst) && std::env::var_os(ENDPOINT_ENV).is_some()
+    !CLAIMED.load(Ordering::SeqCst) && own_endpoint().is_some()
 }
 
 /// Makes this process ignore the terminal's interrupt (SIGINT on Unix,

@@ -318,3 +318,64 @@ fn child_echo() {
 #[test]
 #[ignore = "worker side of the endpoint tests, started by them"]
 fn child_never_connects() {}
+
+/// A program a worker starts inherits the endpoint variable (it is never
+/// removed: editing a running process's environment is unsound once it has
+/// threads) but is told it is no worker, so it can be a master itself.
+#[test]
+fn programs_a_worker_starts_are_not_workers() {
+    let (_child, r, _w) = spawn_child("child_starts_program");
+    let frames = read_frames(r);
+    let report = next(&frames, STEP).expect("report frame").expect("a frame");
+    assert_eq!(
+        String::from_utf8_lossy(&report),
+        "variable=true unclaimed=false connect=none"
+    );
+}
+
+/// Worker side: starts `child_report_endpoint` (which inherits this
+/// process's environment) and sends back what it printed.
+#[test]
+#[ignore = "worker side of the endpoint tests, started by them"]
+fn child_starts_program() {
+    if std::env::var_os(ROLE_ENV).is_none() {
+        return;
+    }
+    let (_r, w) = endpoint::connect_worker()
+        .expect("started as a worker")
+        .expect("worker endpoint");
+    let out = child_command("child_report_endpoint")
+        .stdout(Stdio::piped())
+        .output()
+        .expect("run the program");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // libtest may print the test's name on the same line first.
+    let line = text
+        .lines()
+        .find_map(|l| l.find("variable=").map(|at| &l[at..]))
+        .unwrap_or("no report");
+    let mut writer = FrameWriter::new(w, DEFAULT_MAX_FRAME_LEN);
+    writer.write_frame(&[line.as_bytes()]).expect("report");
+    writer.flush().expect("flush report");
+}
+
+/// Started by a worker: says what it makes of the inherited variable.
+#[test]
+#[ignore = "started by child_starts_program"]
+fn child_report_endpoint() {
+    if std::env::var_os(ROLE_ENV).is_none() {
+        return;
+    }
+    let variable = std::env::var_os(endpoint::ENDPOINT_ENV).is_some();
+    let unclaimed = endpoint::is_unclaimed_worker();
+    let connect = match endpoint::connect_worker() {
+        None => "none",
+        Some(Ok(_)) => "connected",
+        Some(Err(_)) => "error",
+    };
+    writeln!(
+        std::io::stdout(),
+        "variable={variable} unclaimed={unclaimed} connect={connect}"
+    )
+    .expect("print the report");
+}

@@ -16,6 +16,10 @@
 //!   Windows job object).
 //! - `connect(value) -> io::Result<(ReadHalf, WriteHalf)>`: worker side;
 //!   `value` is the variable's content. Called at most once per process.
+//! - `endpoint_is_ours(value) -> bool`: whether the variable was set for
+//!   this process by its master, rather than inherited from a worker by a
+//!   program it started (the variable is never removed: editing the
+//!   environment of a running process is unsound once it has threads).
 //! - `ReadHalf::set_timeouts(timeout)`: reads and writes on the connection
 //!   that wait longer than `timeout` fail (`WouldBlock`/`TimedOut`);
 //!   `Unsupported` on Windows named pipes.
@@ -114,7 +118,9 @@ mod windows;
 #[cfg(windows)]
 use windows as imp;
 
-pub(crate) use imp::{ExitWatch, connect, ignore_interrupts, process_alive, spawn, try_send_tcp};
+pub(crate) use imp::{
+    ExitWatch, connect, endpoint_is_ours, ignore_interrupts, process_alive, spawn, try_send_tcp,
+};
 pub use imp::{ReadHalf, WriteHalf};
 
 #[cfg(all(test, unix))]
@@ -122,11 +128,3 @@ pub(crate) use imp::test_pair;
 
 #[cfg(test)]
 mod tests;
-
-/// Removes an environment variable of this process.
-pub(crate) fn remove_env(name: &str) {
-    // SAFETY: called from the worker's `init`, which its contract places at
-    // the top of `main`, before the program starts threads that could read
-    // the environment concurrently.
-    unsafe { std::env::remove_var(name) };
-}

@@ -94,7 +94,7 @@ pub(crate) fn spawn(mut cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)
     let (master, child_end) = UnixStream::pair()?;
     let child_raw = child_end.as_raw_fd();
     let master_pid = std::process::id();
-    cmd.env(ENDPOINT_ENV, format!("fd:{CHILD_FD}"));
+    cmd.env(ENDPOINT_ENV, format!("fd:{CHILD_FD}:{master_pid}"));
     let pre_exec = move || -> io::Result<()> {
         // Only async-signal-safe calls from here on: we are between fork and exec.
         if child_raw == CHILD_FD {
@@ -130,22 +130,69 @@ pub(crate) fn spawn(mut cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)
     Ok((child, r, w))
 }
 
-pub(crate) fn connect(value: &str) -> io::Result<(ReadHalf, WriteHalf)> {
-    let fd: RawFd = value
-        .strip_prefix("fd:")
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("bad endpoint {value:?}"),
+/// Parses `fd:<n>:<master pid>`.
+fn parse_endpoint(value: &str) -> Option<(RawFd, u32)> {
+    let (fd, pid) = value.strip_prefix("fd:")?.split_once(':')?;
+    Some((fd.parse().ok()?, pid.parse().ok()?))
+}
+
+/// Whether `value` was set for this very process: its descriptor is a
+/// socket made by the master it names (Linux: the socket's peer
+/// credentials, fixed when the master called `socketpair`, carry its pid;
+/// elsewhere: the descriptor is a socket). A worker sets its end
+/// close-on-exec, so a program it starts inherits the variable but not the
+/// descriptor, and is told it is no worker.
+pub(crate) fn endpoint_is_ours(value: &str) -> bool {
+    let Some((fd, master)) = parse_endpoint(value) else {
+        return false;
+    };
+    if !is_socket(fd) {
+        return false;
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: `ucred` is a plain C struct of integers, for which
+        // all-zero bytes are a valid value; getsockopt overwrites it.
+        let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: getsockopt on an integer descriptor writes at most `len`
+        // bytes into `cred`, which outlives the call; a wrong fd is EBADF.
+        let ret = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&raw mut cred).cast(),
+                &mut len,
             )
-        })?;
+        };
+        ret == 0 && u32::try_from(cred.pid).ok() == Some(master)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = master;
+        true
+    }
+}
+
+/// Whether `fd` is an open socket.
+fn is_socket(fd: RawFd) -> bool {
     // SAFETY: `libc::stat` is a plain C struct of integers (and padding),
     // for which all-zero bytes are a valid value; fstat overwrites it.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat on any integer is safe; an unopened fd yields EBADF.
-    cvt(unsafe { libc::fstat(fd, &mut st) })?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+    let ret = unsafe { libc::fstat(fd, &mut st) };
+    ret == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+}
+
+pub(crate) fn connect(value: &str) -> io::Result<(ReadHalf, WriteHalf)> {
+    let (fd, _) = parse_endpoint(value).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad endpoint {value:?}"),
+        )
+    })?;
+    if !is_socket(fd) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("endpoint fd {fd} is not a socket"),

@@ -42,8 +42,13 @@ use interprocess::os::windows::named_pipe::{
     DuplexPipeStream, PipeListener, PipeListenerOptions, PipeMode, RecvPipeStream, SendPipeStream,
     pipe_mode::Bytes,
 };
-use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, STILL_ACTIVE, WAIT_OBJECT_0};
+use windows_sys::Win32::Foundation::{
+    ERROR_ACCESS_DENIED, INVALID_HANDLE_VALUE, STILL_ACTIVE, WAIT_OBJECT_0,
+};
 use windows_sys::Win32::System::Console::SetConsoleCtrlHandler;
+use windows_sys::Win32::System::Diagnostics::ToolHelp::{
+    CreateToolhelp32Snapshot, PROCESSENTRY32W, Process32FirstW, Process32NextW, TH32CS_SNAPPROCESS,
+};
 use windows_sys::Win32::System::JobObjects::{
     AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
     JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JobObjectExtendedLimitInformation,
@@ -404,6 +409,49 @@ pub(crate) fn spawn(mut cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)
 }
 
 /// Worker side: connects to the pipe named in `value` and sends the token.
+/// Whether `value` was set for this very process: the master its pipe's
+/// name carries (`procpool-<pid>-…`) is our parent. A program a worker
+/// starts inherits the variable, but its parent is the worker: it is told
+/// it is no worker.
+pub(crate) fn endpoint_is_ours(value: &str) -> bool {
+    let Ok(endpoint) = Endpoint::parse(value) else {
+        return false;
+    };
+    let master = endpoint.name[NAME_PREFIX.len()..]
+        .split('-')
+        .next()
+        .and_then(|pid| pid.parse::<u32>().ok());
+    master.is_some() && master == parent_pid()
+}
+
+/// This process's parent's pid, from a snapshot of the process table.
+fn parent_pid() -> Option<u32> {
+    // SAFETY: CreateToolhelp32Snapshot takes plain integers; failure is
+    // INVALID_HANDLE_VALUE, checked below.
+    let raw = unsafe { CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0) };
+    if raw == INVALID_HANDLE_VALUE {
+        return None;
+    }
+    // SAFETY: `raw` is a valid snapshot handle we own alone.
+    let snapshot = unsafe { OwnedHandle::from_raw_handle(raw) };
+    // SAFETY: PROCESSENTRY32W is a plain C struct of integers and arrays,
+    // for which all-zero bytes are a valid value.
+    let mut entry: PROCESSENTRY32W = unsafe { std::mem::zeroed() };
+    entry.dwSize = std::mem::size_of::<PROCESSENTRY32W>() as u32;
+    let me = std::process::id();
+    // SAFETY: the snapshot handle is valid and `entry` is a writable
+    // PROCESSENTRY32W whose dwSize is set, as both calls require.
+    let mut more = unsafe { Process32FirstW(snapshot.as_raw_handle(), &mut entry) } != 0;
+    while more {
+        if entry.th32ProcessID == me {
+            return Some(entry.th32ParentProcessID);
+        }
+        // SAFETY: as for Process32FirstW.
+        more = unsafe { Process32NextW(snapshot.as_raw_handle(), &mut entry) } != 0;
+    }
+    None
+}
+
 pub(crate) fn connect(value: &str) -> io::Result<(ReadHalf, WriteHalf)> {
     let endpoint = Endpoint::parse(value)?;
     let mut stream = DuplexPipeStream::<Bytes>::connect_by_path_with_wait_mode(
