@@ -8,17 +8,56 @@ use serde::{Deserialize, Serialize};
 
 use crate::IpcError;
 
-/// Upper bound on what a decoder may claim to allocate for one value, so a
-/// corrupt length prefix inside a payload cannot ask for more than this.
-const DECODE_LIMIT: usize = 1 << 30;
+/// How much a decoder may claim per byte of input. bincode claims, before
+/// allocating, the in-memory size of what a length prefix announces (an
+/// owned `String` or byte buffer is allocated at its announced length
+/// before its bytes are read) and of every primitive it decodes (8 bytes
+/// for a `u64` that took one), so a bound proportional to the input
+/// lets every honest value through and keeps what a lying prefix can make
+/// this process allocate to a small multiple of the bytes it received.
+const CLAIM_PER_BYTE: usize = 64;
 
-type Config = bincode::config::Configuration<
+/// The smallest claim limit, so small inputs need no arithmetic.
+const MIN_CLAIM: usize = 1 << 20;
+
+type Config<const LIMIT: usize> = bincode::config::Configuration<
     bincode::config::LittleEndian,
     bincode::config::Varint,
-    bincode::config::Limit<DECODE_LIMIT>,
+    bincode::config::Limit<LIMIT>,
 >;
 
-const CONFIG: Config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
+const fn config<const LIMIT: usize>() -> Config<LIMIT> {
+    bincode::config::standard().with_limit::<LIMIT>()
+}
+
+/// Evaluates `$decode` with `$cfg` bound to a configuration whose claim
+/// limit is at least [`CLAIM_PER_BYTE`] times `$len` (the limit is a
+/// constant of the configuration's type: one of a few sizes, 16 times
+/// apart, is picked).
+macro_rules! with_claim_limit {
+    ($len:expr, |$cfg:ident| $decode:expr) => {{
+        let need = $len.saturating_mul(CLAIM_PER_BYTE);
+        if need <= MIN_CLAIM {
+            let $cfg = config::<MIN_CLAIM>();
+            $decode
+        } else if need <= 1 << 24 {
+            let $cfg = config::<{ 1 << 24 }>();
+            $decode
+        } else if need <= 1 << 28 {
+            let $cfg = config::<{ 1 << 28 }>();
+            $decode
+        } else if need <= 1 << 32 {
+            let $cfg = config::<{ 1 << 32 }>();
+            $decode
+        } else if need <= 1 << 36 {
+            let $cfg = config::<{ 1 << 36 }>();
+            $decode
+        } else {
+            let $cfg = config::<{ usize::MAX }>();
+            $decode
+        }
+    }};
+}
 
 /// Appends the encoding of `value` to `buf`.
 ///
@@ -29,7 +68,7 @@ const CONFIG: Config = bincode::config::standard().with_limit::<DECODE_LIMIT>();
 /// `Serialize` impl that fails, or a map of unknown length).
 pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), IpcError> {
     let len = buf.len();
-    bincode::serde::encode_into_std_write(value, buf, CONFIG)
+    bincode::serde::encode_into_std_write(value, buf, config::<{ usize::MAX }>())
         .map(drop)
         .map_err(|e| {
             buf.truncate(len);
@@ -43,7 +82,10 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Resul
 /// # Errors
 /// [`IpcError::Decode`] when `bytes` do not hold a valid `T`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), IpcError> {
-    bincode::serde::decode_from_slice(bytes, CONFIG).map_err(IpcError::Decode)
+    with_claim_limit!(bytes.len(), |cfg| bincode::serde::decode_from_slice(
+        bytes, cfg
+    ))
+    .map_err(IpcError::Decode)
 }
 
 /// Decodes one value borrowing from `bytes` (`&str`, `&[u8]` fields point
@@ -51,14 +93,17 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), IpcError>
 ///
 /// Unlike [`decode`], a borrowed string or byte slice allocates nothing,
 /// whatever length its prefix announces: an owned `String` is allocated at
-/// its announced length (up to the decode limit) before its bytes are read.
+/// its announced length (within the claim limit) before its bytes are read.
 ///
 /// # Errors
 /// [`IpcError::Decode`] when `bytes` do not hold a valid `T`.
 pub(crate) fn decode_borrowed<'de, T: Deserialize<'de>>(
     bytes: &'de [u8],
 ) -> Result<(T, usize), IpcError> {
-    bincode::serde::borrow_decode_from_slice(bytes, CONFIG).map_err(IpcError::Decode)
+    with_claim_limit!(bytes.len(), |cfg| {
+        bincode::serde::borrow_decode_from_slice(bytes, cfg)
+    })
+    .map_err(IpcError::Decode)
 }
 
 #[cfg(test)]
@@ -73,6 +118,38 @@ mod tests {
         let (a, n): (u64, usize) = decode(&buf).unwrap();
         let (b, _): (String, usize) = decode(&buf[n..]).unwrap();
         assert_eq!((a, b.as_str()), (7, "seven"));
+    }
+
+    #[test]
+    fn a_lying_length_cannot_claim_more_than_the_input_allows() {
+        // 10 bytes announcing a 100 MiB string: before, bincode allocated
+        // the 100 MiB (the limit was a fixed 1 GiB) and then found the
+        // bytes missing.
+        let mut bytes = Vec::new();
+        encode_into(&(100u64 << 20), &mut bytes).unwrap();
+        bytes.extend_from_slice(b"abc");
+        let err = decode::<String>(&bytes).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                IpcError::Decode(bincode::error::DecodeError::LimitExceeded)
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn honest_values_fit_the_claim_limit() {
+        // Small numbers take a byte each but claim eight: still decoded.
+        let many = vec![1u64; 3 << 20];
+        let mut buf = Vec::new();
+        encode_into(&many, &mut buf).unwrap();
+        let (back, _): (Vec<u64>, usize) = decode(&buf).unwrap();
+        assert_eq!(back, many);
+        let text = "x".repeat(5 << 20);
+        buf.clear();
+        encode_into(&text, &mut buf).unwrap();
+        assert_eq!(decode::<String>(&buf).unwrap().0, text);
     }
 
     #[test]
