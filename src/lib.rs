@@ -31,10 +31,10 @@
 //!
 //! A [`Task`] is a name with an input and an output type, declared once as a
 //! constant. The worker registers a function under it ([`Registry::task`],
-//! or [`Registry::try_task`] for a function returning `Result<T, E:
-//! Display>`); the master submits inputs by it. Types are checked at compile
-//! time on both sides; only the name and serde-encoded values cross the
-//! process boundary.
+//! or [`Registry::try_task`] for a function returning `Result<T, E>`); the
+//! master submits inputs by it. Types are checked at compile time on both
+//! sides; only the name and serde-encoded values cross the process
+//! boundary.
 //!
 //! Inputs and outputs are [`Payload`]s: any owned, `Send` type with
 //! serde's `Serialize` and `Deserialize`, so your own types only need a
@@ -137,7 +137,7 @@ pub use procpool_ipc::task::Payload;
 pub use procpool_ipc::{IpcError, Task, TaskError};
 
 pub use procpool_pool::{
-    AsyncResult, EXIT_INTERRUPTED, Error, Imap, Pool, PoolBuilder, Process, Stats,
+    AsyncResult, EXIT_INTERRUPTED, Error, Imap, Pool, PoolBuilder, Process, StartupFailure, Stats,
     install_ctrlc_handler, interrupted, sibling_exe,
 };
 pub use procpool_worker::{Registry, init, run_remote_worker, run_worker};

@@ -144,7 +144,7 @@ fn returned_error_arrives_typed() -> anyhow::Result<()> {
     ensure!(pool.apply(PARSE, "42".to_string())? == 42);
     let err = pool.apply(PARSE, "forty-two".to_string()).unwrap_err();
     ensure!(
-        matches!(&err, Error::Task(TaskError::Failed { message }) if message.contains("invalid digit")),
+        matches!(&err, Error::Task(TaskError::Failed { message, .. }) if message.contains("invalid digit")),
         "{err:?}"
     );
     // anyhow takes it through std::error::Error.

@@ -61,11 +61,16 @@ pub enum TaskError {
         /// `file:line:column` of the panic, when known.
         location: Option<String>,
     },
-    /// The task returned `Err(e)`; `message` is `e.to_string()`.
-    #[error("task failed: {message}")]
+    /// The task returned `Err(e)`: `message` is `e`'s text, `causes` the
+    /// text of each of its sources in turn (its `source()` chain, which a
+    /// process boundary cannot carry as types). `Display` shows them all,
+    /// as `anyhow`'s `{:#}` does.
+    #[error("task failed: {message}{}", causes.iter().map(|c| format!(": {c}")).collect::<String>())]
     Failed {
         /// The error's display text.
         message: String,
+        /// Its sources' display texts, outermost first.
+        causes: Vec<String>,
     },
     /// The worker could not decode the task's input (the master and the
     /// worker disagree on the input type).

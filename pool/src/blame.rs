@@ -33,8 +33,8 @@ use std::time::Duration;
 
 use procpool_ipc::IpcError;
 
-use crate::Error;
 use crate::worker::Kill;
+use crate::{Error, StartupFailure};
 
 /// What the supervisor knows of a worker that left.
 #[derive(Debug)]
@@ -182,7 +182,7 @@ pub(crate) fn blame(facts: Facts) -> Verdict {
     let startup = (!ready).then(|| match (killed, version, culprit.clone()) {
         (Some(Kill::StartTimeout), ..) => Error::Startup {
             worker_id,
-            reason: format!("no handshake within {start_timeout:?}"),
+            reason: StartupFailure::NoHandshake(start_timeout),
         },
         (_, Some((ours, theirs)), _) => Error::VersionMismatch {
             worker_id,
@@ -191,18 +191,13 @@ pub(crate) fn blame(facts: Facts) -> Verdict {
         },
         (.., Error::Connection { source, .. }) => Error::Startup {
             worker_id,
-            reason: format!("invalid handshake: {source}"),
+            reason: StartupFailure::InvalidHandshake(source),
         },
         _ => Error::Startup {
             worker_id,
-            reason: match (status, peer) {
-                (_, Some(peer)) => {
-                    format!("the remote worker at {peer} left before its handshake")
-                }
-                (Some(status), None) => {
-                    format!("pid {pid} exited before its handshake: {status}")
-                }
-                (None, None) => format!("pid {pid} exited before its handshake"),
+            reason: match peer {
+                Some(peer) => StartupFailure::RemoteLeft { peer },
+                None => StartupFailure::Exited { pid, status },
             },
         },
     });

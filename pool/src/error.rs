@@ -153,7 +153,8 @@ pub enum Error {
         /// The worker's id.
         worker_id: usize,
         /// What happened.
-        reason: String,
+        #[source]
+        reason: StartupFailure,
     },
     /// An input, or all inputs of one chunk, did not fit in one frame.
     #[error("a message of {len} bytes exceeds the maximum frame length of {max} bytes")]
@@ -205,6 +206,33 @@ pub enum Error {
         "this process is a procpool worker whose main did not call procpool::init() first; refusing to start a pool (that would start workers recursively)"
     )]
     NotInitialized,
+}
+
+/// Why a worker did not complete its handshake (inside [`Error::Startup`]).
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartupFailure {
+    /// It sent no handshake within the pool's start timeout, and was killed.
+    #[error("no handshake within {0:?}")]
+    NoHandshake(Duration),
+    /// What it sent was not a valid handshake.
+    #[error("invalid handshake: {0}")]
+    InvalidHandshake(#[source] Arc<IpcError>),
+    /// The process exited before its handshake.
+    #[error("pid {pid} exited before its handshake{}", status.map(|s| format!(": {s}")).unwrap_or_default())]
+    Exited {
+        /// Its process id.
+        pid: u32,
+        /// How it exited, when known (unknown when this process ignores
+        /// `SIGCHLD`).
+        status: Option<ExitStatus>,
+    },
+    /// The remote worker disconnected before its handshake.
+    #[error("the remote worker at {peer} left before its handshake")]
+    RemoteLeft {
+        /// Its address.
+        peer: SocketAddr,
+    },
 }
 
 impl Error {

@@ -1,7 +1,7 @@
 //! Named, typed tasks a worker can run.
 
 use std::cell::{Cell, RefCell};
-use std::fmt::{self, Display};
+use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
 
@@ -65,7 +65,10 @@ impl Registry {
     }
 
     /// Registers a fallible task: `Err(e)` reaches the caller as
-    /// [`TaskError::Failed`] carrying `e.to_string()`.
+    /// [`TaskError::Failed`] carrying `e`'s text and the text of each of
+    /// its sources. `E` is anything that converts into a boxed error:
+    /// `anyhow::Error`, any `std::error::Error + Send + Sync`, `String`,
+    /// `&str`.
     ///
     /// # Panics
     /// If a task of the same name is already registered.
@@ -73,16 +76,12 @@ impl Registry {
     where
         I: Payload,
         O: Payload,
-        E: Display,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
         F: Fn(I) -> Result<O, E> + Send + Sync + 'static,
     {
         self.add(
             task,
-            runner(move |input| {
-                f(input).map_err(|e| TaskError::Failed {
-                    message: e.to_string(),
-                })
-            }),
+            runner(move |input| f(input).map_err(|e| failed(&*e.into()))),
         )
     }
 
@@ -202,6 +201,20 @@ fn call_caught<O>(f: impl FnOnce() -> Result<O, TaskError>) -> Result<O, TaskErr
     })
 }
 
+/// A task's error as it travels: its text and its sources' texts.
+fn failed(e: &(dyn std::error::Error + 'static)) -> TaskError {
+    let mut causes = Vec::new();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    TaskError::Failed {
+        message: e.to_string(),
+        causes,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,7 +260,34 @@ mod tests {
         let got = results::<u8>(&run(&reg, 1, &["7", "x"]), 2);
         assert_eq!(got[0], Ok(7));
         assert!(
-            matches!(&got[1], Err(TaskError::Failed { message }) if message.contains("invalid digit"))
+            matches!(&got[1], Err(TaskError::Failed { message, .. }) if message.contains("invalid digit"))
+        );
+    }
+
+    #[test]
+    fn a_failure_keeps_its_sources() {
+        // Before, only the outermost text crossed: "loading input 3".
+        let reg = Registry::new().try_task(PARSE, |s: String| {
+            let n: u8 = s
+                .parse()
+                .map_err(anyhow::Error::from)
+                .map_err(|e| e.context("parsing the count"))
+                .map_err(|e| e.context(format!("loading input {s}")))?;
+            Ok::<_, anyhow::Error>(n)
+        });
+        let got = results::<u8>(&run(&reg, 0, &["x"]), 1);
+        let Err(err @ TaskError::Failed { message, causes }) = &got[0] else {
+            panic!("expected a failure, got {:?}", got[0]);
+        };
+        assert_eq!(message, "loading input x");
+        assert_eq!(causes[0], "parsing the count");
+        assert!(causes[1].contains("invalid digit"), "{causes:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "task failed: loading input x: parsing the count: {}",
+                causes[1]
+            )
         );
     }
 

@@ -245,12 +245,12 @@ fn startup(facts: Facts) -> Error {
     .expect("a start-up error")
 }
 
-fn reason(e: &Error) -> &str {
+fn reason(e: &Error) -> String {
     match e {
         Error::Startup {
             worker_id: 3,
             reason,
-        } => reason,
+        } => reason.to_string(),
         other => panic!("expected a start-up error, got {other:?}"),
     }
 }
@@ -296,6 +296,14 @@ fn startup_errors() {
     });
     assert!(reason(&e).starts_with("invalid handshake: "), "{e:?}");
     assert!(reason(&e).contains("bad hello"), "{e:?}");
+    // The decoder's error stays typed, reachable as the source's source.
+    let inner = std::error::Error::source(&e)
+        .and_then(std::error::Error::source)
+        .and_then(|s| s.downcast_ref::<Arc<IpcError>>());
+    assert!(
+        matches!(inner.map(|e| &**e), Some(IpcError::Malformed("bad hello"))),
+        "{e:?}"
+    );
 
     let e = startup(died());
     assert_eq!(
