@@ -438,7 +438,7 @@ fn submit_and_apply() -> anyhow::Result<()> {
 /// back: the worker reports it as `TaskError::EncodeOutput` (for every item
 /// of its chunk) instead, and lives on.
 fn oversized_input_is_frame_too_large() -> anyhow::Result<()> {
-    const MAX: u32 = 1024;
+    const MAX: u64 = 1024;
     const NOT_REGISTERED: Task<ByteBuf, u64> = Task::new("not_registered");
     let bytes = |n: usize| ByteBuf::from(vec![7u8; n]);
     let pool = Pool::builder()
@@ -447,8 +447,7 @@ fn oversized_input_is_frame_too_large() -> anyhow::Result<()> {
         .max_frame_len(MAX)
         .build()?
         .watched();
-    let too_large =
-        |e: &Error| matches!(e, Error::FrameTooLarge { len, max: MAX } if *len > u64::from(MAX));
+    let too_large = |e: &Error| matches!(e, Error::FrameTooLarge { len, max: MAX } if *len > MAX);
 
     // The task is checked before the input's size.
     let err = pool.submit(NOT_REGISTERED, bytes(4096)).unwrap_err();

@@ -5,7 +5,7 @@
 //!
 //! Input: one byte choosing how the stream hands out its bytes (chunk size,
 //! interruptions), then the stream. It is read twice: with a 1 MiB maximum,
-//! and with no maximum at all (`u32::MAX`), where only the bytes that
+//! and with no maximum at all (`u64::MAX`), where only the bytes that
 //! really arrive may be allocated.
 #![no_main]
 
@@ -37,7 +37,7 @@ impl Read for Chunky<'_> {
     }
 }
 
-fn read_all(mode: u8, data: &[u8], max: u32) {
+fn read_all(mode: u8, data: &[u8], max: u64) {
     let stream = Chunky {
         data,
         chunk: usize::from(mode & 0x1F) * 37 + 1,
@@ -52,16 +52,17 @@ fn read_all(mode: u8, data: &[u8], max: u32) {
         let capacity = buf.capacity();
         match r.read_frame(&mut buf) {
             Ok(true) => {
-                assert!(buf.len() <= max as usize, "frame over the maximum");
+                assert!(buf.len() as u64 <= max, "frame over the maximum");
+                // At least: a header is 4 bytes, or 12 in its long form.
                 consumed += 4 + buf.len();
                 assert!(consumed <= data.len(), "a frame of bytes that never came");
             }
             Ok(false) => {
-                assert_eq!(consumed, data.len(), "clean end before the end");
+                assert!(consumed <= data.len(), "more frames than bytes");
                 return;
             }
             Err(IpcError::FrameTooLarge { len, max: m }) => {
-                assert!(len > u64::from(m));
+                assert!(len > m);
                 assert_eq!(buf.capacity(), capacity, "allocated for a refused frame");
                 return;
             }
@@ -86,5 +87,5 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     read_all(mode, data, 1 << 20);
-    read_all(mode, data, u32::MAX);
+    read_all(mode, data, u64::MAX);
 });

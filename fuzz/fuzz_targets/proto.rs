@@ -10,11 +10,11 @@ use procpool_ipc::proto::Message;
 
 fn encode(msg: &Message<'_>) -> Vec<u8> {
     let mut wire = Vec::new();
-    let mut w = FrameWriter::new(&mut wire, u32::MAX);
+    let mut w = FrameWriter::new(&mut wire, u64::MAX);
     msg.write(&mut w).expect("a decoded message re-encodes");
     w.flush().expect("flush to a Vec");
     drop(w);
-    let mut r = FrameReader::new(&wire[..], u32::MAX);
+    let mut r = FrameReader::new(&wire[..], u64::MAX);
     let mut body = Vec::new();
     assert!(r.read_frame(&mut body).expect("our own frame reads back"));
     assert!(

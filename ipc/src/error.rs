@@ -17,7 +17,7 @@ pub enum IpcError {
         /// The announced (or attempted) frame length.
         len: u64,
         /// The configured maximum.
-        max: u32,
+        max: u64,
     },
     /// The stream ended in the middle of a frame.
     #[error("connection closed in the middle of a frame ({read} of {expected} bytes received)")]

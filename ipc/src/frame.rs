@@ -1,6 +1,9 @@
 //! Length-prefixed frames.
 //!
-//! A frame is a 4-byte little-endian length followed by that many bytes.
+//! A frame is a 4-byte little-endian length followed by that many bytes;
+//! a body of `u32::MAX` bytes or more has the length `u32::MAX` followed by
+//! its real length in 8 bytes ([`Header`]), so no limit is built into the
+//! format.
 //! The reader checks the length against a maximum *before* it allocates, and
 //! grows its buffer only as bytes actually arrive, so a hostile or corrupt
 //! header cannot make it allocate the announced size. A clean end of stream
@@ -12,10 +15,42 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 use crate::IpcError;
 
 /// Default maximum frame length: 64 MiB.
-pub const DEFAULT_MAX_FRAME_LEN: u32 = 64 << 20;
+pub const DEFAULT_MAX_FRAME_LEN: u64 = 64 << 20;
 
-/// Length of the frame header.
+/// Length of the frame header of a body shorter than `u32::MAX` bytes.
 pub const HEADER_LEN: usize = 4;
+
+/// The short length that announces an 8-byte length after it.
+const LONG: u32 = u32::MAX;
+
+/// A frame's header: its body's length, in 4 bytes or (from `u32::MAX`
+/// bytes on) in 12.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Header {
+    bytes: [u8; 12],
+    len: usize,
+}
+
+impl Header {
+    pub(crate) fn new(body: u64) -> Self {
+        let mut bytes = [0; 12];
+        match u32::try_from(body) {
+            Ok(short) if short != LONG => {
+                bytes[..4].copy_from_slice(&short.to_le_bytes());
+                Self { bytes, len: 4 }
+            }
+            _ => {
+                bytes[..4].copy_from_slice(&LONG.to_le_bytes());
+                bytes[4..].copy_from_slice(&body.to_le_bytes());
+                Self { bytes, len: 12 }
+            }
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
 
 const BUF_CAPACITY: usize = 64 << 10;
 
@@ -23,12 +58,12 @@ const BUF_CAPACITY: usize = 64 << 10;
 #[derive(Debug)]
 pub struct FrameReader<R> {
     inner: BufReader<R>,
-    max: u32,
+    max: u64,
 }
 
 impl<R: Read> FrameReader<R> {
     /// Wraps `inner`; frames longer than `max` bytes are refused.
-    pub fn new(inner: R, max: u32) -> Self {
+    pub fn new(inner: R, max: u64) -> Self {
         Self {
             inner: BufReader::with_capacity(BUF_CAPACITY, inner),
             max,
@@ -64,14 +99,24 @@ impl<R: Read> FrameReader<R> {
                 expected: HEADER_LEN,
             });
         }
-        let len = u32::from_le_bytes(header);
-        if len > self.max {
-            return Err(IpcError::FrameTooLarge {
-                len: len.into(),
-                max: self.max,
-            });
+        let mut len = u64::from(u32::from_le_bytes(header));
+        if len == u64::from(LONG) {
+            let mut long = [0u8; 8];
+            let got = read_full(&mut self.inner, &mut long)?;
+            if got < long.len() {
+                return Err(IpcError::Truncated {
+                    read: HEADER_LEN + got,
+                    expected: HEADER_LEN + long.len(),
+                });
+            }
+            len = u64::from_le_bytes(long);
         }
-        let len = len as usize;
+        let len = match usize::try_from(len) {
+            Ok(fits) if len <= self.max => fits,
+            _ => {
+                return Err(IpcError::FrameTooLarge { len, max: self.max });
+            }
+        };
         // Reserve at most one buffer's worth up front; the rest grows as the
         // bytes really arrive.
         buf.reserve(len.min(BUF_CAPACITY));
@@ -127,7 +172,7 @@ pub fn is_peer_gone(e: &io::Error) -> bool {
 #[derive(Debug)]
 pub struct FrameWriter<W: Write> {
     inner: BufWriter<W>,
-    max: u32,
+    max: u64,
 }
 
 /// Something frames can be written to: a [`FrameWriter`], or a
@@ -142,21 +187,18 @@ pub trait WriteFrame {
 }
 
 /// The length of a frame whose body is `parts`, checked against `max`.
-pub(crate) fn checked_len(parts: &[&[u8]], max: u32) -> Result<u32, IpcError> {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    u32::try_from(len)
-        .ok()
-        .filter(|&l| l <= max)
-        .ok_or(IpcError::FrameTooLarge {
-            len: len as u64,
-            max,
-        })
+pub(crate) fn checked_len(parts: &[&[u8]], max: u64) -> Result<u64, IpcError> {
+    let len = parts.iter().map(|p| p.len() as u64).sum();
+    if len > max {
+        return Err(IpcError::FrameTooLarge { len, max });
+    }
+    Ok(len)
 }
 
 impl<W: Write> WriteFrame for FrameWriter<W> {
     fn write_frame(&mut self, parts: &[&[u8]]) -> Result<(), IpcError> {
         let len = checked_len(parts, self.max)?;
-        self.inner.write_all(&len.to_le_bytes())?;
+        self.inner.write_all(Header::new(len).as_bytes())?;
         for part in parts {
             self.inner.write_all(part)?;
         }
@@ -166,7 +208,7 @@ impl<W: Write> WriteFrame for FrameWriter<W> {
 
 impl<W: Write> FrameWriter<W> {
     /// Wraps `inner`; frames longer than `max` bytes are refused.
-    pub fn new(inner: W, max: u32) -> Self {
+    pub fn new(inner: W, max: u64) -> Self {
         Self {
             inner: BufWriter::with_capacity(BUF_CAPACITY, inner),
             max,
@@ -174,7 +216,7 @@ impl<W: Write> FrameWriter<W> {
     }
 
     /// The configured maximum frame length.
-    pub fn max_frame_len(&self) -> u32 {
+    pub fn max_frame_len(&self) -> u64 {
         self.max
     }
 
@@ -225,18 +267,16 @@ mod tests {
     }
 
     #[test]
-    fn four_gib_header_is_refused_without_allocating() {
-        let mut r = FrameReader::new(&[0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3][..], u32::MAX - 1);
+    fn huge_long_header_is_refused_without_allocating() {
+        // 0xFFFF_FFFF announces an 8-byte length: here 2^40.
+        let mut wire = vec![0xFF; 4];
+        wire.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        wire.extend_from_slice(&[1, 2, 3]);
+        let mut r = FrameReader::new(&wire[..], (1 << 40) - 1);
         let mut buf = Vec::new();
         let err = r.read_frame(&mut buf).unwrap_err();
         assert!(
-            matches!(
-                err,
-                IpcError::FrameTooLarge {
-                    len: 0xFFFF_FFFF,
-                    ..
-                }
-            ),
+            matches!(err, IpcError::FrameTooLarge { len, .. } if len == 1 << 40),
             "{err}"
         );
         assert_eq!(
@@ -244,12 +284,50 @@ mod tests {
             0,
             "nothing may be allocated for a refused frame"
         );
+        // A long header cut short is a truncated frame.
+        let err = FrameReader::new(&[0xFF, 0xFF, 0xFF, 0xFF, 1, 2][..], u64::MAX)
+            .read_frame(&mut buf)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                IpcError::Truncated {
+                    read: 6,
+                    expected: 12
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn headers_switch_to_eight_bytes_at_u32_max() {
+        assert_eq!(Header::new(0).as_bytes(), &[0, 0, 0, 0]);
+        assert_eq!(
+            Header::new(u64::from(u32::MAX) - 1).as_bytes(),
+            &[0xFE, 0xFF, 0xFF, 0xFF]
+        );
+        let long = Header::new(u64::from(u32::MAX));
+        assert_eq!(long.as_bytes().len(), 12);
+        assert_eq!(&long.as_bytes()[..4], &[0xFF; 4]);
+        assert_eq!(long.as_bytes()[4..], u64::from(u32::MAX).to_le_bytes());
+        // A reader takes the long form whatever the length (here 3 bytes).
+        let mut wire = vec![0xFF; 4];
+        wire.extend_from_slice(&3u64.to_le_bytes());
+        wire.extend_from_slice(b"abc");
+        let mut buf = Vec::new();
+        assert!(
+            FrameReader::new(&wire[..], 10)
+                .read_frame(&mut buf)
+                .unwrap()
+        );
+        assert_eq!(buf, b"abc");
     }
 
     #[test]
     fn announced_size_below_max_is_not_preallocated() {
         // 1 GiB announced, 3 bytes sent: the buffer grows with the bytes, not the header.
-        let mut r = FrameReader::new(&[0, 0, 0, 0x40, 1, 2, 3][..], u32::MAX);
+        let mut r = FrameReader::new(&[0, 0, 0, 0x40, 1, 2, 3][..], u64::MAX);
         let mut buf = Vec::new();
         let err = r.read_frame(&mut buf).unwrap_err();
         assert!(matches!(err, IpcError::Truncated { read: 3, .. }), "{err}");

@@ -46,7 +46,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::IpcError;
-use crate::frame::{WriteFrame, checked_len};
+use crate::frame::{Header, WriteFrame, checked_len};
 use crate::proto::Message;
 use crate::sync::{lock, wait_until};
 
@@ -103,7 +103,7 @@ pub struct Link {
 
 struct Inner {
     id: u64,
-    max: u32,
+    max: u64,
     outbox: Mutex<Outbox>,
     /// Wakes the writer thread.
     work: Condvar,
@@ -182,18 +182,19 @@ impl Outbox {
     }
 }
 
-impl WriteFrame for (&mut Outbox, u32) {
+impl WriteFrame for (&mut Outbox, u64) {
     fn write_frame(&mut self, parts: &[&[u8]]) -> Result<(), IpcError> {
         let (outbox, max) = self;
         if let Some(e) = outbox.broken_error() {
             return Err(e);
         }
-        let len = checked_len(parts, *max)?;
-        outbox.buf.extend_from_slice(&len.to_le_bytes());
+        let header = Header::new(checked_len(parts, *max)?);
+        outbox.buf.extend_from_slice(header.as_bytes());
         for part in parts {
             outbox.buf.extend_from_slice(part);
         }
-        outbox.appended += 4 + u64::from(len);
+        outbox.appended +=
+            (header.as_bytes().len() + parts.iter().map(|p| p.len()).sum::<usize>()) as u64;
         Ok(())
     }
 }
@@ -211,8 +212,9 @@ impl WriteFrame for Direct<'_> {
     fn write_frame(&mut self, parts: &[&[u8]]) -> Result<(), IpcError> {
         let inner = self.0;
         let mut outbox = inner.lock();
-        let len = checked_len(parts, inner.max)?;
-        let total = 4 + len as usize;
+        let header = Header::new(checked_len(parts, inner.max)?);
+        let header = header.as_bytes();
+        let total = header.len() + parts.iter().map(|p| p.len()).sum::<usize>();
         if total < DIRECT_MIN || !outbox.buf.is_empty() || outbox.broken.is_some() {
             return (&mut *outbox, inner.max).write_frame(parts);
         }
@@ -221,10 +223,9 @@ impl WriteFrame for Direct<'_> {
         };
         outbox.appended += total as u64;
         drop(outbox);
-        let header = len.to_le_bytes();
         let mut written = 0;
         let mut error = None;
-        for part in std::iter::once(&header[..]).chain(parts.iter().copied()) {
+        for part in std::iter::once(header).chain(parts.iter().copied()) {
             let (n, e) = try_write_all(&mut *sink, part);
             written += n;
             if n < part.len() || e.is_some() {
@@ -235,7 +236,7 @@ impl WriteFrame for Direct<'_> {
         // What the kernel did not take waits in the outbox, in front.
         let mut rest = Vec::with_capacity(total - written);
         let mut skip = written;
-        for part in std::iter::once(&header[..]).chain(parts.iter().copied()) {
+        for part in std::iter::once(header).chain(parts.iter().copied()) {
             let from = skip.min(part.len());
             skip -= from;
             rest.extend_from_slice(&part[from..]);
@@ -280,7 +281,7 @@ impl Link {
     ///
     /// # Errors
     /// The writer thread could not be started.
-    pub fn new(sink: impl Sink, max_frame_len: u32) -> io::Result<Arc<Self>> {
+    pub fn new(sink: impl Sink, max_frame_len: u64) -> io::Result<Arc<Self>> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let inner = Arc::new(Inner {
             id: NEXT.fetch_add(1, Ordering::Relaxed),

@@ -59,7 +59,7 @@ pub struct PoolBuilder {
     chunk_size: Option<usize>,
     window: Option<usize>,
     prefetch: Option<usize>,
-    max_frame_len: Option<u32>,
+    max_frame_len: Option<u64>,
     start_timeout: Option<Duration>,
     grace_period: Option<Duration>,
     task_timeout: Option<Duration>,
@@ -190,7 +190,7 @@ impl PoolBuilder {
     /// Largest frame accepted on a worker connection, in bytes; larger
     /// inputs or results are reported as [`Error::FrameTooLarge`].
     /// Default: 64 MiB.
-    pub fn max_frame_len(mut self, bytes: u32) -> Self {
+    pub fn max_frame_len(mut self, bytes: u64) -> Self {
         self.max_frame_len = Some(bytes);
         self
     }

@@ -19,7 +19,7 @@ pub(crate) struct Config {
     pub(crate) window: usize,
     /// `None`: adapted to the measured chunk time (see `dispatch`).
     pub(crate) prefetch: Option<usize>,
-    pub(crate) max_frame_len: u32,
+    pub(crate) max_frame_len: u64,
     pub(crate) start_timeout: Duration,
     pub(crate) grace_period: Duration,
     pub(crate) task_timeout: Option<Duration>,

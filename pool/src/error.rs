@@ -162,7 +162,7 @@ pub enum Error {
         /// The encoded size.
         len: u64,
         /// The pool's `max_frame_len`.
-        max: u32,
+        max: u64,
     },
     /// A task input could not be encoded.
     #[error("failed to encode a task input")]

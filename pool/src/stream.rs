@@ -78,7 +78,7 @@ fn next_chunk_len(
 struct Packer {
     payload: Vec<u8>,
     count: u32,
-    max_frame_len: u32,
+    max_frame_len: u64,
 }
 
 /// What packing one input gave, to be handled in this order: a full chunk
@@ -90,7 +90,7 @@ struct Packed {
 }
 
 impl Packer {
-    fn new(max_frame_len: u32) -> Self {
+    fn new(max_frame_len: u64) -> Self {
         Self {
             payload: Vec::new(),
             count: 0,

@@ -261,7 +261,7 @@ struct ReaderContext {
 }
 
 impl ReaderContext {
-    fn run(self, reader: impl Read, max: u32) {
+    fn run(self, reader: impl Read, max: u64) {
         let mut pid = None;
         let error = self.serve(reader, max, &mut pid);
         // What the hub had handed this worker and it had not taken goes
@@ -276,7 +276,7 @@ impl ReaderContext {
 
     /// Reads until the connection ends; returns why, if not a clean EOF.
     /// `pid` is set to the process id the worker announces.
-    fn serve(&self, reader: impl Read, max: u32, pid: &mut Option<u32>) -> Option<IpcError> {
+    fn serve(&self, reader: impl Read, max: u64, pid: &mut Option<u32>) -> Option<IpcError> {
         let (slot, key) = (self.slot, self.key);
         let mut reader = FrameReader::new(reader, max);
         let mut frame = Vec::new();

@@ -106,7 +106,7 @@ fn fail(e: &ServeError) -> ! {
     process::exit(EXIT_FAILURE)
 }
 
-fn max_frame_len() -> u32 {
+fn max_frame_len() -> u64 {
     std::env::var(endpoint::MAX_FRAME_ENV)
         .ok()
         .and_then(|v| v.parse().ok())

@@ -85,7 +85,7 @@ struct Peer {
 }
 
 impl Peer {
-    fn new(max: u32) -> Self {
+    fn new(max: u64) -> Self {
         let bytes = Arc::new(Mutex::new(Vec::new()));
         let link = Link::new(Blocking(Capture(Arc::clone(&bytes))), max).expect("writer thread");
         Self { link, bytes }

@@ -6,7 +6,7 @@ use serde::ser::Error as _;
 use super::*;
 
 /// The smallest frame limit a pool accepts.
-const MAX: u32 = 64;
+const MAX: u64 = 64;
 /// Payload bytes a chunk may hold under [`MAX`].
 const LIMIT: usize = MAX as usize - RUN_OVERHEAD;
 
