@@ -428,14 +428,7 @@ impl Pool {
             cancelled: false.into(),
         });
         self.shared.stats.submitted.fetch_add(1, Ordering::Relaxed);
-        let chunk = Chunk {
-            job,
-            seq: 0,
-            task: index,
-            count: 1,
-            payload,
-            attempts: 0,
-        };
+        let chunk = Chunk::new(job, 0, index, 1, payload, crate::stream::skip::<I>);
         if let Err((_, e)) = self.shared.submit(chunk) {
             self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
             return Err(e);

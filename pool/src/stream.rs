@@ -19,8 +19,13 @@ use procpool_ipc::task::Payload;
 use procpool_ipc::{TaskError, codec};
 use serde::Serialize;
 
-use crate::work::{Chunk, Job, Outcome, Results};
+use crate::work::{Chunk, Job, Outcome, Results, Skip};
 use crate::{Error, Pool};
+
+/// The length of the first encoded `I` in `bytes` (see [`Skip`]).
+pub(crate) fn skip<I: Payload>(bytes: &[u8]) -> Option<usize> {
+    codec::decode::<I>(bytes).ok().map(|(_, used)| used)
+}
 
 /// How many items go into one chunk.
 #[derive(Clone, Copy, Debug)]
@@ -185,7 +190,9 @@ pub struct Imap<'p, I, O, It> {
     /// Most chunks out at once: while the adaptive size is still being
     /// learned, this keeps the first small chunks from filling the window.
     max_chunks: usize,
-    next_seq: u64,
+    /// Inputs taken so far: the index of the next one.
+    next_index: u64,
+    /// The index of the next item to yield, in order.
     next_yield: u64,
     reorder: BTreeMap<u64, Outcome>,
     ready: VecDeque<Outcome>,
@@ -239,7 +246,7 @@ where
             outstanding: 0,
             chunks_out: 0,
             max_chunks,
-            next_seq: 0,
+            next_index: 0,
             next_yield: 0,
             reorder: BTreeMap::new(),
             ready: VecDeque::new(),
@@ -296,8 +303,8 @@ where
     }
 
     fn submit(&mut self, payload: Vec<u8>, count: u32) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let first = self.next_index;
+        self.next_index += u64::from(count);
         self.outstanding += count as usize;
         let pool = self.pool;
         let shared = &pool.shared;
@@ -305,14 +312,15 @@ where
             .stats
             .submitted
             .fetch_add(u64::from(count), Ordering::Relaxed);
-        let chunk = Chunk {
-            job: Arc::clone(&self.job),
-            seq,
-            task: self.task,
+        let skip: Skip = skip::<I>;
+        let chunk = Chunk::new(
+            Arc::clone(&self.job),
+            first,
+            self.task,
             count,
             payload,
-            attempts: 0,
-        };
+            skip,
+        );
         self.chunks_out += 1;
         if let Err((chunk, error)) = shared.submit(chunk) {
             self.chunks_out -= 1;
@@ -321,8 +329,9 @@ where
                 .failed
                 .fetch_add(u64::from(count), Ordering::Relaxed);
             self.accept(Outcome {
-                seq: chunk.seq,
+                first: chunk.first,
                 count,
+                last: false,
                 result: Err(error),
             });
         }
@@ -330,8 +339,8 @@ where
 
     /// One input that never left this process (it did not encode or fit).
     fn fail_locally(&mut self, error: Error) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let first = self.next_index;
+        self.next_index += 1;
         self.outstanding += 1;
         self.pool
             .shared
@@ -344,18 +353,27 @@ where
             .failed
             .fetch_add(1, Ordering::Relaxed);
         self.accept(Outcome {
-            seq,
+            first,
             count: 1,
+            last: false,
             result: Err(error),
         });
     }
 
+    /// Takes an outcome that arrived (or failed here).
     fn accept(&mut self, outcome: Outcome) {
+        if outcome.last {
+            self.chunks_out -= 1;
+        }
+        if outcome.count == 0 {
+            // The end of a chunk whose items were all reported before.
+            return;
+        }
         if let Ok(r) = &outcome.result {
             self.chunking.learn(outcome.count, r.elapsed_ns);
         }
         if self.ordered {
-            self.reorder.insert(outcome.seq, outcome);
+            self.reorder.insert(outcome.first, outcome);
         } else {
             self.ready.push_back(outcome);
         }
@@ -364,7 +382,7 @@ where
     fn next_outcome(&mut self) -> Option<Outcome> {
         if self.ordered {
             let outcome = self.reorder.remove(&self.next_yield)?;
-            self.next_yield += 1;
+            self.next_yield += u64::from(outcome.count);
             Some(outcome)
         } else {
             self.ready.pop_front()
@@ -434,7 +452,6 @@ where
                 // Results that have already arrived are still handed out,
                 // then the interrupt.
                 while let Ok(outcome) = self.rx.try_recv() {
-                    self.chunks_out -= 1;
                     self.accept(outcome);
                 }
             } else {
@@ -465,10 +482,7 @@ where
             }
             select! {
                 recv(self.rx) -> outcome => match outcome {
-                    Ok(outcome) => {
-                        self.chunks_out -= 1;
-                        self.accept(outcome);
-                    }
+                    Ok(outcome) => self.accept(outcome),
                     // Unreachable while we hold `job.sink`; be safe anyway.
                     Err(_) => return Some(Err(Error::Terminated)),
                 },
