@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::ensure;
+use anyhow::{Context, ensure};
 use common::*;
-use procpool::{Error, Pool};
+use procpool::{Error, Pool, TaskError};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -22,6 +22,7 @@ fn main() {
         death_with_retries_fails_only_the_running_item,
         death_under_automatic_chunks_fails_one_item,
         slow_finished_item_keeps_its_result,
+        errors_name_their_input,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -101,5 +102,44 @@ fn slow_finished_item_keeps_its_result() -> anyhow::Result<()> {
         got[1]
     );
     ensure!(matches!(got[2], Ok(3)), "{:?}", got[2]);
+    Ok(())
+}
+
+/// Every per-input error names the input's index, in `Display` too; pool
+/// stops do not. Failed before: the errors carried no index.
+fn errors_name_their_input() -> anyhow::Result<()> {
+    let pool = Pool::builder()
+        .workers(2)
+        .chunk_size(4)
+        .task_timeout(Duration::from_secs(2))
+        .build()?
+        .watched();
+    // A panic, through `map`.
+    let e = pool.map(PANIC_ON_13, 0..40u64).unwrap_err();
+    ensure!(e.index() == Some(13) && e.is_panic(), "{e:?}");
+    ensure!(e.to_string().starts_with("input 13: "), "{e}");
+    // A returned error, through `imap_unordered`.
+    let words = ["1", "2", "x", "4", "5"];
+    let got: Vec<_> = pool
+        .imap_unordered(PARSE, words.map(String::from))?
+        .collect();
+    let errors: Vec<_> = got.iter().filter_map(|r| r.as_ref().err()).collect();
+    ensure!(errors.len() == 1, "{got:?}");
+    ensure!(errors[0].index() == Some(2), "{:?}", errors[0]);
+    ensure!(
+        matches!(errors[0].inner(), Error::Task(TaskError::Failed { .. })),
+        "{:?}",
+        errors[0]
+    );
+    // A death, through `imap`.
+    let got: Vec<_> = pool.imap(ABORT_ON_13, inputs(30, 21))?.collect();
+    let e = got[21].as_ref().err().context("item 21 must fail")?;
+    ensure!(e.index() == Some(21) && e.is_worker_died(), "{e:?}");
+    ensure!(e.to_string().contains("input 21"), "{e}");
+    // A timeout, through `apply` (index 0).
+    let e = pool.apply(SLEEP_MS, 600_000).unwrap_err();
+    ensure!(e.index() == Some(0), "{e:?}");
+    ensure!(matches!(e.inner(), Error::Timeout { .. }), "{e:?}");
+    ensure!(e.to_string().starts_with("input 0: "), "{e}");
     Ok(())
 }

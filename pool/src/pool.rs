@@ -435,9 +435,9 @@ impl Pool {
         }
         Ok(AsyncResult {
             rx,
-            interrupt: self.shared.interrupt_rx.clone(),
             shared: Arc::clone(&self.shared),
             result: None,
+            index: Some(0),
             _output: PhantomData,
         })
     }
@@ -545,9 +545,11 @@ impl Drop for Pool {
 /// it over.
 pub struct AsyncResult<O> {
     rx: Receiver<Outcome>,
-    interrupt: Receiver<()>,
     shared: Arc<Shared>,
     result: Option<Result<O, Error>>,
+    /// The index its errors name (see [`Error::Item`]); `None` for a
+    /// [`Process`](crate::Process), which has no input list.
+    index: Option<u64>,
     _output: PhantomData<fn() -> O>,
 }
 
@@ -560,6 +562,12 @@ impl<O> fmt::Debug for AsyncResult<O> {
 }
 
 impl<O: Payload> AsyncResult<O> {
+    /// Its errors name no input (a [`Process`](crate::Process)'s).
+    pub(crate) fn unindexed(mut self) -> Self {
+        self.index = None;
+        self
+    }
+
     fn settle(&mut self, outcome: Result<Outcome, Error>) {
         let result = outcome.and_then(|o| o.result).and_then(|r| {
             let (value, _) = codec::decode::<Result<O, TaskError>>(&r.frame[r.payload_at..])
@@ -572,7 +580,10 @@ impl<O: Payload> AsyncResult<O> {
                 Error::Task(e)
             })
         });
-        self.result = Some(result);
+        self.result = Some(result.map_err(|e| match self.index {
+            Some(index) => e.at(index),
+            None => e,
+        }));
     }
 
     fn poll(&mut self, deadline: Option<Instant>) {
@@ -580,25 +591,20 @@ impl<O: Payload> AsyncResult<O> {
             return;
         }
         let timeout = deadline.map_or(crossbeam_channel::never(), crossbeam_channel::at);
+        // Also after a stop: the task ends within the grace period, with
+        // its result or failed (`Interrupted`, `Terminated`).
         select! {
             recv(self.rx) -> o => self.settle(o.map_err(|_| Error::Terminated)),
-            recv(self.interrupt) -> _ => {
-                // A result that is already here still counts.
-                let o = self.rx.try_recv().map_err(|_| self.shared.stop_error());
-                self.settle(o);
-            }
             recv(timeout) -> _ => {}
         }
     }
 
     /// The result if it has arrived; never blocks.
     pub fn try_get(&mut self) -> Option<&Result<O, Error>> {
-        if self.result.is_none() {
-            if let Ok(o) = self.rx.try_recv() {
-                self.settle(Ok(o));
-            } else if self.shared.interrupted.load(Ordering::SeqCst) {
-                self.settle(Err(self.shared.stop_error()));
-            }
+        if self.result.is_none()
+            && let Ok(o) = self.rx.try_recv()
+        {
+            self.settle(Ok(o));
         }
         self.result.as_ref()
     }

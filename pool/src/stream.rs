@@ -174,6 +174,19 @@ impl Packer {
 /// It takes items from its input only while fewer than the pool's `window`
 /// are in flight, so memory stays flat however long the input is. Dropping
 /// it cancels the work it has not dispatched yet.
+///
+/// # After a stop (Ctrl-C, [`Pool::shutdown`], [`Pool::terminate`])
+///
+/// It takes no more input, and yields one result for every input it had
+/// taken, in its usual order: the output of those that finish, including
+/// those that finish during the grace period (the grace period buys exactly
+/// that: the tasks running when the stop came may finish and be handed
+/// out); [`Error::Interrupted`] for those that had not started;
+/// [`Error::Terminated`] for those still running when the grace period ran
+/// out, or after `terminate`. Then, if its input was not exhausted, one
+/// more `Err(Error::Interrupted)` (or `Terminated`) stands for the inputs
+/// never taken, and it ends. Waiting for the running tasks takes at most
+/// the grace period (plus the time to kill the workers).
 pub struct Imap<'p, I, O, It> {
     pool: &'p Pool,
     task: u32,
@@ -207,6 +220,8 @@ pub struct Imap<'p, I, O, It> {
 
 struct Current {
     result: Result<Results, Error>,
+    /// The index in the job of the next item.
+    index: u64,
     offset: usize,
     left: u32,
 }
@@ -397,6 +412,8 @@ where
             return None;
         }
         current.left -= 1;
+        let index = current.index;
+        current.index += 1;
         self.outstanding -= 1;
         let item = match &current.result {
             Err(e) => Err(e.clone()),
@@ -423,7 +440,7 @@ where
                 }
             }
         };
-        Some(item)
+        Some(item.map_err(|e| e.at(index)))
     }
 
     fn interrupted(&mut self) -> Option<Result<O, Error>> {
@@ -447,47 +464,49 @@ where
             if let Some(item) = self.take_current() {
                 return Some(item);
             }
+            // After a stop no input is taken, but every input taken gets
+            // its result: see the type's docs.
             let interrupted = self.pool.shared.interrupted.load(Ordering::SeqCst);
-            if interrupted {
-                // Results that have already arrived are still handed out,
-                // then the interrupt.
-                while let Ok(outcome) = self.rx.try_recv() {
-                    self.accept(outcome);
-                }
-            } else {
+            if !interrupted {
                 self.fill();
             }
             if let Some(outcome) = self.next_outcome() {
-                if interrupted
-                    && matches!(outcome.result, Err(Error::Interrupted | Error::Terminated))
-                {
-                    return self.interrupted();
-                }
                 self.current = Some(Current {
                     result: outcome.result,
+                    index: outcome.first,
                     offset: 0,
                     left: outcome.count,
                 });
                 continue;
             }
-            if self.outstanding == 0 && self.input_done {
-                self.ended = true;
-                if let Some(panic) = self.input_panic.take() {
-                    resume_unwind(panic);
+            if self.outstanding == 0 {
+                if self.input_done {
+                    self.ended = true;
+                    if let Some(panic) = self.input_panic.take() {
+                        resume_unwind(panic);
+                    }
+                    return None;
                 }
-                return None;
+                if interrupted {
+                    // Stands for the inputs never taken.
+                    return self.interrupted();
+                }
             }
-            if interrupted {
-                return self.interrupted();
-            }
-            select! {
-                recv(self.rx) -> outcome => match outcome {
-                    Ok(outcome) => self.accept(outcome),
-                    // Unreachable while we hold `job.sink`; be safe anyway.
-                    Err(_) => return Some(Err(Error::Terminated)),
-                },
-                // Handled at the top of the loop.
-                recv(self.pool.shared.interrupt_rx) -> _ => {}
+            let outcome = if interrupted {
+                // Every chunk out ends within the grace period: with its
+                // results, or failed (`Interrupted`, `Terminated`).
+                self.rx.recv().ok()
+            } else {
+                select! {
+                    recv(self.rx) -> outcome => outcome.ok(),
+                    // Handled at the top of the loop.
+                    recv(self.pool.shared.interrupt_rx) -> _ => continue,
+                }
+            };
+            match outcome {
+                Some(outcome) => self.accept(outcome),
+                // Unreachable while we hold `job.sink`; be safe anyway.
+                None => return Some(Err(Error::Terminated)),
             }
         }
     }
@@ -495,7 +514,15 @@ where
     fn size_hint(&self) -> (usize, Option<usize>) {
         let (lo, hi) = self.input.size_hint();
         let pending = self.outstanding;
-        (lo + pending, hi.map(|h| h + pending))
+        // After a stop no more input is taken; an endless input's hint
+        // saturates.
+        if self.pool.shared.interrupted.load(Ordering::SeqCst) {
+            return (0, pending.checked_add(1));
+        }
+        (
+            lo.saturating_add(pending),
+            hi.and_then(|h| h.checked_add(pending)),
+        )
     }
 }
 
