@@ -281,8 +281,9 @@ impl Pool {
     /// `l.parse()` or `vec![]` ("type annotations needed").
     ///
     /// # Errors
-    /// The first error among the items ([`Error::Task`] for a panic or a
-    /// returned error, [`Error::WorkerDied`], [`Error::Timeout`], ...), or
+    /// The first error among the items, as [`Error::Item`] naming the
+    /// input's index ([`Error::Task`] for a panic or a returned error,
+    /// [`Error::WorkerDied`], [`Error::Timeout`], ... inside), or
     /// [`Error::UnknownTask`], [`Error::Closed`], [`Error::Interrupted`].
     pub fn map<I, O, It>(&self, task: Task<I, O>, items: It) -> Result<Vec<O>, Error>
     where
@@ -619,7 +620,10 @@ impl<O: Payload> AsyncResult<O> {
     ///
     /// # Errors
     /// The task's error ([`Error::Task`]), [`Error::WorkerDied`],
-    /// [`Error::Timeout`], [`Error::Interrupted`], [`Error::Terminated`], ...
+    /// [`Error::Timeout`], ... wrapped in [`Error::Item`] with index 0;
+    /// [`Error::Interrupted`], [`Error::Terminated`] when the pool stopped
+    /// before the task ran (a task running when the pool was shut down
+    /// finishes within the grace period, and its result is kept).
     pub fn wait(mut self) -> Result<O, Error> {
         self.poll(None);
         self.result.unwrap_or(Err(Error::Terminated))
