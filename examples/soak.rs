@@ -429,7 +429,7 @@ impl Soak {
     /// violation otherwise. `Interrupted`, `Closed` and `Terminated` are
     /// expected only once the pool is retiring.
     fn error(&self, op: &'static str, cur: &Current, e: &Error) {
-        let kind = match e {
+        let kind = match e.inner() {
             Error::WorkerDied { .. } => "worker_died",
             Error::Timeout { .. } => "timeout",
             Error::RemoteWorkerLost { .. } => "remote_lost",

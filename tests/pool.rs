@@ -82,6 +82,7 @@ fn main() {
         several_threads_share_one_pool,
         slow_tasks_after_fast_ones_spread_over_workers,
         interrupted_imap_hands_out_what_arrived,
+        interrupted_endless_imap_ends_with_one_interrupted,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -119,7 +120,9 @@ fn map_is_exact_and_ordered_for_every_chunk_size() -> anyhow::Result<()> {
 fn panic_is_reported_and_pool_keeps_working() -> anyhow::Result<()> {
     let pool = Pool::builder().workers(2).chunk_size(4).build()?.watched();
     let err = pool.map(PANIC_ON_13, 0..100u64).unwrap_err();
-    match &err {
+    ensure!(err.index() == Some(13), "{err:?}");
+    ensure!(err.to_string().starts_with("input 13: "), "{err}");
+    match err.inner() {
         Error::Task(TaskError::Panicked { message, location }) => {
             ensure!(message == "unlucky number 13", "message: {message}");
             ensure!(
@@ -144,7 +147,7 @@ fn returned_error_arrives_typed() -> anyhow::Result<()> {
     ensure!(pool.apply(PARSE, "42".to_string())? == 42);
     let err = pool.apply(PARSE, "forty-two".to_string()).unwrap_err();
     ensure!(
-        matches!(&err, Error::Task(TaskError::Failed { message, .. }) if message.contains("invalid digit")),
+        matches!(err.inner(), Error::Task(TaskError::Failed { message, .. }) if message.contains("invalid digit")),
         "{err:?}"
     );
     // anyhow takes it through std::error::Error.
@@ -158,7 +161,8 @@ fn abort_in_task_is_worker_died_not_a_hang() -> anyhow::Result<()> {
     // "Not a hang": the trial's watchdog fails (and cleans up) a map that
     // never returns; how fast it returns is not the point.
     let err = pool.map(ABORT_ON_13, 0..200u64).unwrap_err();
-    match &err {
+    ensure!(err.index() == Some(13), "{err:?}");
+    match err.inner() {
         Error::WorkerDied { pid, status, .. } => {
             ensure!(*pid > 0);
             ensure!(!status.success(), "status {status}");
@@ -447,7 +451,8 @@ fn oversized_input_is_frame_too_large() -> anyhow::Result<()> {
         .max_frame_len(MAX)
         .build()?
         .watched();
-    let too_large = |e: &Error| matches!(e, Error::FrameTooLarge { len, max: MAX } if *len > MAX);
+    let too_large =
+        |e: &Error| matches!(e.inner(), Error::FrameTooLarge { len, max: MAX } if *len > MAX);
 
     // The task is checked before the input's size.
     let err = pool.submit(NOT_REGISTERED, bytes(4096)).unwrap_err();
@@ -482,7 +487,7 @@ fn oversized_input_is_frame_too_large() -> anyhow::Result<()> {
 
     // A result over the limit comes back as the task's error.
     let encode_output = |r: &Result<ByteBuf, Error>| {
-        matches!(r, Err(Error::Task(TaskError::EncodeOutput { message }))
+        matches!(r.as_ref().map_err(Error::inner), Err(Error::Task(TaskError::EncodeOutput { message }))
             if message.contains(&MAX.to_string()))
     };
     let got = pool.apply(BYTES, 4096);
@@ -558,7 +563,10 @@ fn borrowed_inputs_work_like_owned_ones() -> anyhow::Result<()> {
     let words = vec!["12".to_string(), "x".to_string()];
     let parsed = pool.map(PARSE, &words);
     ensure!(
-        matches!(&parsed, Err(Error::Task(TaskError::Failed { .. }))),
+        matches!(
+            parsed.as_ref().map_err(Error::inner),
+            Err(Error::Task(TaskError::Failed { .. }))
+        ),
         "{parsed:?}"
     );
     ensure!(pool.apply(PARSE, words[0].clone())? == 12);
@@ -593,7 +601,10 @@ fn worker_deaths_fail_only_their_tasks_and_are_replaced() -> anyhow::Result<()> 
         ensure!(dead.len() == 5, "{name}: failed items {dead:?}");
         for &i in &dead {
             ensure!(
-                matches!(&results[i], Err(Error::WorkerDied { .. })),
+                matches!(
+                    results[i].as_ref().map_err(Error::inner),
+                    Err(Error::WorkerDied { .. })
+                ),
                 "{name}: item {i}: {:?}",
                 results[i]
             );
@@ -608,7 +619,7 @@ fn worker_deaths_fail_only_their_tasks_and_are_replaced() -> anyhow::Result<()> 
         use std::os::unix::process::ExitStatusExt;
         let signals: Vec<_> = got2
             .iter()
-            .filter_map(|r| match r {
+            .filter_map(|r| match r.as_ref().map_err(Error::inner) {
                 Err(Error::WorkerDied { status, .. }) => status.signal(),
                 _ => None,
             })
@@ -680,7 +691,7 @@ fn task_timeout_kills_and_replaces() -> anyhow::Result<()> {
     let started = Instant::now();
     let err = pool.apply(SLEEP_MS, 600_000).unwrap_err();
     let took = started.elapsed();
-    ensure!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    ensure!(matches!(err.inner(), Error::Timeout { .. }), "{err:?}");
     // The timeout firing is the feature, so its time is checked: not
     // before the timeout, and long before the 10-minute task would have
     // ended. The upper bound is generous (a loaded CI machine), not a
@@ -927,27 +938,69 @@ fn slow_tasks_after_fast_ones_spread_over_workers() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// After a shutdown, an `imap` yields the results that had already arrived,
-/// in order, then one `Interrupted`, then ends.
+/// After a shutdown, an `imap` yields one result per input it had taken, in
+/// order: the outputs of the tasks that were running (they finish during
+/// the grace period), then `Interrupted` for those that had not started.
+/// It failed before: the results that finished during the grace period
+/// were dropped, and one `Interrupted` ended the iterator.
 fn interrupted_imap_hands_out_what_arrived() -> anyhow::Result<()> {
     let pool = Pool::builder().workers(2).chunk_size(1).build()?.watched();
-    let mut it = pool.imap(SLEEP_MS, (0..40u64).map(|i| 20 + i % 3))?;
-    let mut seen = Vec::new();
-    for _ in 0..3 {
-        seen.push(it.next().context("ended early")??);
+    let mut it = pool.imap(SLEEP_MS, (0..40u64).map(|i| 200 + i % 3))?;
+    let mut seen = vec![it.next().context("ended early")??];
+    // Both workers are running a 200 ms task now.
+    pool.shutdown();
+    let rest: Vec<_> = it.by_ref().collect();
+    ensure!(
+        rest.len() == 39,
+        "{} results after the shutdown: {rest:?}",
+        rest.len()
+    );
+    let oks = rest.iter().take_while(|r| r.is_ok()).count();
+    ensure!(
+        oks >= 1,
+        "the running tasks' results were dropped: {rest:?}"
+    );
+    for r in &rest[..oks] {
+        seen.push(*r.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?);
     }
+    ensure!(
+        rest[oks..]
+            .iter()
+            .all(|r| matches!(r, Err(Error::Interrupted))),
+        "after the outputs, only Interrupted: {rest:?}"
+    );
+    let want: Vec<u64> = (0..seen.len() as u64).map(|i| 200 + i % 3).collect();
+    ensure!(seen == want, "results out of order: {seen:?}");
+    ensure!(it.next().is_none(), "the iterator ends");
+    Ok(())
+}
+
+/// After a shutdown, an `imap` over an endless input yields what it had
+/// taken, then one `Interrupted` for the inputs never taken, and ends.
+fn interrupted_endless_imap_ends_with_one_interrupted() -> anyhow::Result<()> {
+    let pool = Pool::builder()
+        .workers(2)
+        .chunk_size(1)
+        .window(4)
+        .build()?
+        .watched();
+    let mut it = pool.imap_unordered(SLEEP_MS, std::iter::repeat(200u64))?;
+    it.next().context("ended early")??;
     pool.shutdown();
     let rest: Vec<_> = it.by_ref().collect();
     let (last, before) = rest.split_last().context("nothing after the shutdown")?;
+    ensure!(matches!(last, Err(Error::Interrupted)), "{rest:?}");
+    ensure!(before.len() <= 4, "at most the window: {rest:?}");
     ensure!(
-        matches!(last, Err(Error::Interrupted)),
-        "last item: {last:?}"
+        before.iter().any(|r| matches!(r, Ok(200))),
+        "the running tasks' results were dropped: {rest:?}"
     );
-    for r in before {
-        seen.push(*r.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?);
-    }
-    let want: Vec<u64> = (0..seen.len() as u64).map(|i| 20 + i % 3).collect();
-    ensure!(seen == want, "results out of order: {seen:?}");
-    ensure!(it.next().is_none(), "the iterator ends after Interrupted");
+    ensure!(
+        before
+            .iter()
+            .all(|r| matches!(r, Ok(200) | Err(Error::Interrupted))),
+        "{rest:?}"
+    );
+    ensure!(it.next().is_none(), "the iterator ends");
     Ok(())
 }

@@ -124,7 +124,10 @@ fn remote_death_fails_its_task_and_is_not_replaced() -> anyhow::Result<()> {
             "no task failed when the remote worker died"
         );
     };
-    ensure!(matches!(lost, Error::RemoteWorkerLost { .. }), "{lost:?}");
+    ensure!(
+        matches!(lost.inner(), Error::RemoteWorkerLost { .. }),
+        "{lost:?}"
+    );
     ensure!(!alive(remote_pid));
     ensure!(
         pool.stats().workers_alive == 1,

@@ -128,7 +128,7 @@ mod unix {
             move || p.map(ABORT_ON_13, 0..20u64),
         );
         if let Some((r, _)) = v.check(aborted) {
-            match r {
+            match r.map_err(Error::into_inner) {
                 // The system reaped the worker: its status is unknown.
                 Err(Error::WorkerExited { .. }) => {}
                 other => v.fail(format!("expected a worker-death error, got {other:?}")),

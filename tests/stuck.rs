@@ -216,7 +216,7 @@ mod unix {
             handle,
             TIMEOUT + Duration::from_secs(5),
             &format!("Error::Unresponsive for pid {pid}"),
-            |e| matches!(e, Error::Unresponsive { pid: p, .. } if *p == pid),
+            |e| matches!(e.inner(), Error::Unresponsive { pid: p, .. } if *p == pid),
             &mut v,
         );
         teardown(pool, &mut peers, &[pid], &mut v);
@@ -239,7 +239,7 @@ mod unix {
                 handle,
                 bound.saturating_sub(submitted_at.elapsed()),
                 &format!("Error::Timeout for pid {pid} (task_timeout {TIMEOUT:?})"),
-                |e| matches!(e, Error::Timeout { pid: p, .. } if *p == pid),
+                |e| matches!(e.inner(), Error::Timeout { pid: p, .. } if *p == pid),
                 &mut v,
             );
         }
@@ -605,7 +605,10 @@ fn remote_worker_behind_dead_network_is_lost() -> anyhow::Result<()> {
         move || task.wait(),
     );
     if let Some((result, _)) = v.check(waited) {
-        if !matches!(result, Err(Error::RemoteWorkerLost { .. })) {
+        if !matches!(
+            result.as_ref().map_err(Error::inner),
+            Err(Error::RemoteWorkerLost { .. })
+        ) {
             v.fail(format!("expected Error::RemoteWorkerLost, got {result:?}"));
         }
     }

@@ -159,4 +159,16 @@ mod tests {
         assert!(decode::<String>(&bytes).is_err());
         assert!(decode::<u64>(&[]).is_err());
     }
+
+    /// The cause shows in `Display` (issue 14: it showed only in `{:?}`).
+    #[test]
+    fn decode_errors_say_why() {
+        let e = decode::<u64>(&[]).unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.starts_with("failed to decode a payload: "), "{shown}");
+        assert!(
+            shown.len() > "failed to decode a payload: ".len(),
+            "{shown}"
+        );
+    }
 }

@@ -39,11 +39,12 @@ pub enum IpcError {
         theirs: u32,
     },
     /// A value could not be encoded.
-    #[error("failed to encode a payload")]
-    Encode(#[source] bincode::error::EncodeError),
+    // The cause is in the message (callers print `{e}`), so not a `source`.
+    #[error("failed to encode a payload: {0}")]
+    Encode(bincode::error::EncodeError),
     /// Bytes could not be decoded as the expected type.
-    #[error("failed to decode a payload")]
-    Decode(#[source] bincode::error::DecodeError),
+    #[error("failed to decode a payload: {0}")]
+    Decode(bincode::error::DecodeError),
     /// The operating system reported an error.
     #[error("i/o error on the connection")]
     Io(#[from] io::Error),

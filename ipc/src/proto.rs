@@ -7,7 +7,8 @@
 //! ```text
 //! HELLO    worker→master  kind=1 "PPOL" version:u32 pid:u32 tasks:bincode(Vec<String>)
 //! RUN      master→worker  kind=2 id:u64 task:u32 count:u32 payload (count encoded inputs)
-//! DONE     worker→master  kind=3 id:u64 count:u32 elapsed_ns:u64 payload (count encoded Result<Output, TaskError>)
+//! DONE     worker→master  kind=3 id:u64 count:u32 elapsed_ns:u64 payload (the chunk's last count encoded Result<Output, TaskError>)
+//! PART     worker→master  kind=9 id:u64 count:u32 elapsed_ns:u64 payload (the next count results of a chunk still running)
 //! SHUTDOWN master→worker  kind=4
 //! HUB      worker→master  kind=5 req:u64 op:u8 queue:u64 arg:u64 payload   (a queue operation)
 //! REPLY    master→worker  kind=6 req:u64 status:u8 value:u64 payload      (its answer, if it wants one)
@@ -15,6 +16,12 @@
 //! ```
 //!
 //! Queue operations are described in [`crate::queue`].
+//!
+//! A chunk's results arrive in order: zero or more `PART`s, each with the
+//! results of the items after those already reported, then one `DONE` with
+//! the rest. A worker sends a `PART` when an item took long or some time
+//! passed since its last report (see the worker's runtime), so that when it
+//! dies the master knows which items had finished.
 //!
 //! The magic and version come first in `HELLO`, so a version mismatch is
 //! reported as such whatever else changed in later versions.
@@ -24,7 +31,7 @@ use crate::codec;
 use crate::frame::WriteFrame;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 const MAGIC: &[u8; 4] = b"PPOL";
 
@@ -36,6 +43,7 @@ const HUB: u8 = 5;
 const REPLY: u8 = 6;
 const DELIVER: u8 = 7;
 const HEARTBEAT: u8 = 8;
+const PART: u8 = 9;
 
 /// The first message of a worker: who it is and which tasks it serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,13 +75,26 @@ pub enum Message<'a> {
         /// `count` encoded inputs, back to back.
         payload: &'a [u8],
     },
-    /// Worker → master: the results of one `Run`, in input order.
+    /// Worker → master: the results of a `Run`'s items that follow those
+    /// already reported (by [`Message::Part`]), up to its last item.
     Done {
         /// The id of the `Run`.
         id: u64,
         /// Number of results in `payload`.
         count: u32,
         /// Time the worker spent running the chunk.
+        elapsed_ns: u64,
+        /// `count` encoded `Result<Output, TaskError>`, back to back.
+        payload: &'a [u8],
+    },
+    /// Worker → master: the results of the next `count` items of a `Run`
+    /// still running (after those already reported), in input order.
+    Part {
+        /// The id of the `Run`.
+        id: u64,
+        /// Number of results in `payload`.
+        count: u32,
+        /// Time the worker spent running these items.
         elapsed_ns: u64,
         /// `count` encoded `Result<Output, TaskError>`, back to back.
         payload: &'a [u8],
@@ -242,6 +263,12 @@ impl<'a> Message<'a> {
                 elapsed_ns: c.u64()?,
                 payload: c.0,
             }),
+            PART => Ok(Message::Part {
+                id: c.u64()?,
+                count: c.u32()?,
+                elapsed_ns: c.u64()?,
+                payload: c.0,
+            }),
             SHUTDOWN if rest.is_empty() => Ok(Message::Shutdown),
             HEARTBEAT if rest.is_empty() => Ok(Message::Heartbeat),
             HUB => Ok(Message::Hub {
@@ -299,6 +326,15 @@ impl<'a> Message<'a> {
                 payload,
             } => {
                 let head = Head::new(DONE).u64(*id).u32(*count).u64(*elapsed_ns);
+                w.write_frame(&[head.bytes(), payload])
+            }
+            Message::Part {
+                id,
+                count,
+                elapsed_ns,
+                payload,
+            } => {
+                let head = Head::new(PART).u64(*id).u32(*count).u64(*elapsed_ns);
                 w.write_frame(&[head.bytes(), payload])
             }
             Message::Shutdown => w.write_frame(&[Head::new(SHUTDOWN).bytes()]),
@@ -373,6 +409,12 @@ mod tests {
                 count: 1,
                 elapsed_ns: 77,
                 payload: b"r",
+            },
+            Message::Part {
+                id: 9,
+                count: 2,
+                elapsed_ns: 5,
+                payload: b"rs",
             },
             Message::Shutdown,
             Message::Hub {

@@ -25,6 +25,29 @@
 //! (in the `Stopping` phase, or `Shutdown` sent to this worker); otherwise
 //! failed. The chunks behind the head never started: they go back to the
 //! front of the queue in order, or fail with the culprit when stopping.
+//!
+//! # Which item died
+//!
+//! A worker reports a chunk's results as they finish (`PART` frames, see
+//! `procpool_ipc::proto`), not one by one but whenever an item took long or
+//! 1 ms passed since its last report, and at the chunk's end. So the
+//! master knows which items finished, except the fast ones since the last
+//! report. The verdict concerns only the head chunk's *unreported* items
+//! (the reported ones have been delivered already):
+//!
+//! - one unreported item: it is the one that was running, and the verdict
+//!   (retry, fail) is its own;
+//! - several, after a death or a timeout (not while stopping): the culprit
+//!   is one of them, nobody knows which. They are **split**: each goes back
+//!   to the front of the queue as a chunk of its own, with the head's
+//!   attempts, so that a death while one runs alone is blamed on it. Items
+//!   that had finished but whose results had not left the dead worker run
+//!   again: delivery is at-least-once for them (their results are handed
+//!   out once).
+//!
+//! Per-item reporting costs a clock read per item and a frame per
+//! millisecond of work; a progress word in shared memory would say exactly
+//! which item runs, at the cost of platform code (not done).
 
 use std::net::SocketAddr;
 use std::process::ExitStatus;
@@ -62,6 +85,8 @@ pub(crate) struct Facts {
     pub(crate) head_id: Option<u64>,
     /// How many times the head chunk was retried already.
     pub(crate) attempts: u32,
+    /// Items of the head chunk whose results had not arrived.
+    pub(crate) unreported: u32,
     /// The pool's `retries`.
     pub(crate) retries: u32,
     /// The pool's `start_timeout`.
@@ -79,6 +104,9 @@ pub(crate) enum Fate {
     Retry,
     /// Finished with the culprit error.
     Fail,
+    /// Its unreported items back to the front of the queue, each alone
+    /// (the item that was running is one of them, not known which).
+    Split,
 }
 
 /// The supervisor's decision about a worker that left.
@@ -112,6 +140,7 @@ pub(crate) fn blame(facts: Facts) -> Verdict {
         phase_stopping,
         head_id,
         attempts,
+        unreported,
         retries,
         start_timeout,
         heartbeat,
@@ -171,8 +200,21 @@ pub(crate) fn blame(facts: Facts) -> Verdict {
                 | Error::Connection { .. }
         )
         && attempts < retries;
+    // Several items had not reported: which one was running is unknown.
+    let unknown = unreported > 1
+        && matches!(
+            culprit,
+            Error::WorkerDied { .. }
+                | Error::WorkerExited { .. }
+                | Error::Unresponsive { .. }
+                | Error::RemoteWorkerLost { .. }
+                | Error::Connection { .. }
+                | Error::Timeout { .. }
+        );
     let head = if blameless && !stopping {
         Fate::Requeue
+    } else if unknown && !stopping {
+        Fate::Split
     } else if retry {
         Fate::Retry
     } else {

@@ -210,7 +210,10 @@ impl PoolBuilder {
 
     /// Kill a worker whose task runs longer than this; the caller gets
     /// [`Error::Timeout`] and a replacement starts. For a chunk of n items
-    /// the limit is n × `d`. The chunks prefetched behind it never started:
+    /// the limit is n × `d`; the chunk's items whose results had arrived
+    /// keep them, and when several had not, each of those runs again alone
+    /// (with the limit `d`), so that the item to blame is the one that
+    /// times out. The chunks prefetched behind it never started:
     /// they go to other workers (see [`prefetch`](Self::prefetch)). The
     /// timeout holds whatever the worker does, even if it is stopped and
     /// reads nothing. Default: none.
@@ -221,6 +224,12 @@ impl PoolBuilder {
 
     /// Resubmit a task whose worker died up to `n` times before returning
     /// the error. Default: 0.
+    ///
+    /// Retries count per input: a death fails or retries only the input
+    /// that was running; the inputs of its chunk whose results had arrived
+    /// keep them, and the others run again without using a retry (see
+    /// "Which item died" in the pool's `blame.rs`: inputs whose results had
+    /// not yet left the dead worker may run twice).
     pub fn retries(mut self, n: u32) -> Self {
         self.retries = n;
         self

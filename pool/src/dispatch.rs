@@ -17,8 +17,9 @@
 //!
 //! ```text
 //! submit ──► pending ──pump──► lane.inflight ──DONE──► caller's channel        (finish)
-//!              ▲                     │
-//!              │    worker dies:     ├─ head chunk (it was running): retry, or fail   (finish)
+//!              ▲                     │ └─PART─► caller's channel (items reported early)
+//!              │    worker dies:     ├─ head chunk (it was running): its unreported
+//!              │                     │  items are retried, failed or split (see blame)
 //!              └────── requeue ──────┴─ chunks queued behind it (never started)
 //! cancelled job: dropped when its turn comes                                     (finish)
 //! ```
@@ -45,7 +46,7 @@ use procpool_ipc::proto::Message;
 
 use crate::Error;
 use crate::config::Config;
-use crate::work::Chunk;
+use crate::work::{Chunk, Job};
 
 /// With automatic prefetch, the work (by measured time) to keep queued at
 /// each worker.
@@ -300,17 +301,45 @@ impl Dispatch {
         started
     }
 
-    /// Takes the answered chunk `id` off lane `slot`; `None` if the worker
-    /// answered something it was not running.
+    /// Records that the worker on lane `slot` reported the next `count`
+    /// items of chunk `id`, the one it is running; returns the job and the
+    /// index of the first of them, or `None` if the worker was not running
+    /// that chunk or it has fewer items left.
+    pub(crate) fn part(
+        &mut self,
+        slot: usize,
+        key: u64,
+        id: u64,
+        count: u32,
+        elapsed_ns: u64,
+    ) -> Option<(Arc<Job>, u64)> {
+        let lane = self.lane_mut(slot, key)?;
+        let head = lane.inflight.front_mut().filter(|f| f.id == id)?;
+        let chunk = head.chunk.as_mut()?;
+        if count > chunk.unreported() {
+            return None;
+        }
+        let first = chunk.first + u64::from(chunk.reported);
+        chunk.reported += count;
+        chunk.reported_ns = chunk.reported_ns.saturating_add(elapsed_ns);
+        Some((Arc::clone(&chunk.job), first))
+    }
+
+    /// Takes the answered chunk `id` off lane `slot`, whose last `count`
+    /// items it answered; `None` if the worker answered something it was
+    /// not running, or another number of items.
     pub(crate) fn complete(
         &mut self,
         slot: usize,
         key: u64,
         id: u64,
+        count: u32,
         elapsed_ns: u64,
     ) -> Option<Inflight> {
         let lane = self.lane_mut(slot, key)?;
-        if lane.inflight.front().map(|f| f.id) != Some(id) {
+        let head = lane.inflight.front().filter(|f| f.id == id)?;
+        let left = head.chunk.as_ref().map_or(1, Chunk::unreported);
+        if left != count {
             return None;
         }
         let done = lane.inflight.pop_front();

@@ -11,9 +11,45 @@ use procpool_ipc::{IpcError, TaskError};
 ///
 /// Cheap to clone (sources are shared), so one worker death can be reported
 /// for every task it took down.
+///
+/// # Which input failed
+///
+/// An error that concerns one input of [`Pool::map`](crate::Pool::map),
+/// [`imap`](crate::Pool::imap), [`imap_unordered`](crate::Pool::imap_unordered)
+/// or [`apply`](crate::Pool::apply)/[`submit`](crate::Pool::submit) (index 0)
+/// comes wrapped in [`Error::Item`], which names the input's index; that is
+/// a panic or returned error ([`Error::Task`]), a death
+/// ([`Error::WorkerDied`], [`Error::WorkerExited`], [`Error::Unresponsive`],
+/// [`Error::RemoteWorkerLost`], [`Error::Connection`]), a timeout
+/// ([`Error::Timeout`]), or an input or result that does not encode, decode
+/// or fit ([`Error::Encode`], [`Error::Decode`], [`Error::FrameTooLarge`]).
+/// Stops of the whole pool ([`Error::Interrupted`], [`Error::Terminated`],
+/// [`Error::Closed`]) are not wrapped. Match on [`inner`](Error::inner) to
+/// look through the wrapper; [`index`](Error::index) gives the index, and
+/// the helpers ([`is_panic`](Error::is_panic), ...) look through it too.
+///
+/// ```
+/// # use procpool::{Error, TaskError};
+/// fn describe(e: &Error) -> String {
+///     match (e.index(), e.inner()) {
+///         (Some(i), Error::Task(TaskError::Failed { message, .. })) => format!("input {i}: {message}"),
+///         (Some(i), other) => format!("input {i}: {other}"),
+///         (None, other) => other.to_string(),
+///     }
+/// }
+/// ```
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// Input number `index` (its position in the job's input) failed with
+    /// `error`; see [Which input failed](#which-input-failed).
+    #[error("input {index}: {error}")]
+    Item {
+        /// The input's position in its job's input, from 0.
+        index: u64,
+        /// What happened to it (never an `Item` itself).
+        error: Box<Error>,
+    },
     /// The task panicked or returned an error inside the worker.
     #[error(transparent)]
     Task(#[from] TaskError),
@@ -164,13 +200,14 @@ pub enum Error {
         /// The pool's `max_frame_len`.
         max: u64,
     },
-    /// A task input could not be encoded.
-    #[error("failed to encode a task input")]
-    Encode(#[source] Arc<IpcError>),
+    /// A task input could not be encoded. The cause is part of the message
+    /// (and so not also a `source`).
+    #[error("failed to encode a task input: {0}")]
+    Encode(Arc<IpcError>),
     /// A task result could not be decoded (the master and the worker
-    /// disagree on the output type).
-    #[error("failed to decode a task result")]
-    Decode(#[source] Arc<IpcError>),
+    /// disagree on the output type). The cause is part of the message.
+    #[error("failed to decode a task result: {0}")]
+    Decode(Arc<IpcError>),
     /// The connection to a worker failed in a way other than EOF.
     #[error("connection to worker {worker_id} failed")]
     Connection {
@@ -238,12 +275,62 @@ pub enum StartupFailure {
 impl Error {
     /// Whether the task itself panicked.
     pub fn is_panic(&self) -> bool {
-        matches!(self, Error::Task(TaskError::Panicked { .. }))
+        matches!(self.inner(), Error::Task(TaskError::Panicked { .. }))
     }
 
     /// Whether the worker running the task died.
     pub fn is_worker_died(&self) -> bool {
-        matches!(self, Error::WorkerDied { .. } | Error::WorkerExited { .. })
+        matches!(
+            self.inner(),
+            Error::WorkerDied { .. } | Error::WorkerExited { .. }
+        )
+    }
+
+    /// The index of the input this error concerns, if it concerns one
+    /// (see [`Error::Item`]).
+    pub fn index(&self) -> Option<u64> {
+        match self {
+            Error::Item { index, .. } => Some(*index),
+            _ => None,
+        }
+    }
+
+    /// The error without its input index: what an [`Error::Item`] wraps,
+    /// or the error itself.
+    pub fn inner(&self) -> &Error {
+        match self {
+            Error::Item { error, .. } => error,
+            e => e,
+        }
+    }
+
+    /// Like [`inner`](Self::inner), by value.
+    pub fn into_inner(self) -> Error {
+        match self {
+            Error::Item { error, .. } => *error,
+            e => e,
+        }
+    }
+
+    /// This error as the failure of input `index`, if it is one that
+    /// concerns an input (see [`Error::Item`]).
+    pub(crate) fn at(self, index: u64) -> Error {
+        match self {
+            Error::Task(_)
+            | Error::WorkerDied { .. }
+            | Error::WorkerExited { .. }
+            | Error::Unresponsive { .. }
+            | Error::RemoteWorkerLost { .. }
+            | Error::Timeout { .. }
+            | Error::Connection { .. }
+            | Error::Encode(_)
+            | Error::Decode(_)
+            | Error::FrameTooLarge { .. } => Error::Item {
+                index,
+                error: Box::new(self),
+            },
+            e => e,
+        }
     }
 
     pub(crate) fn encode(e: IpcError) -> Self {

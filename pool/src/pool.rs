@@ -281,8 +281,9 @@ impl Pool {
     /// `l.parse()` or `vec![]` ("type annotations needed").
     ///
     /// # Errors
-    /// The first error among the items ([`Error::Task`] for a panic or a
-    /// returned error, [`Error::WorkerDied`], [`Error::Timeout`], ...), or
+    /// The first error among the items, as [`Error::Item`] naming the
+    /// input's index ([`Error::Task`] for a panic or a returned error,
+    /// [`Error::WorkerDied`], [`Error::Timeout`], ... inside), or
     /// [`Error::UnknownTask`], [`Error::Closed`], [`Error::Interrupted`].
     pub fn map<I, O, It>(&self, task: Task<I, O>, items: It) -> Result<Vec<O>, Error>
     where
@@ -428,23 +429,16 @@ impl Pool {
             cancelled: false.into(),
         });
         self.shared.stats.submitted.fetch_add(1, Ordering::Relaxed);
-        let chunk = Chunk {
-            job,
-            seq: 0,
-            task: index,
-            count: 1,
-            payload,
-            attempts: 0,
-        };
+        let chunk = Chunk::new(job, 0, index, 1, payload, crate::stream::skip::<I>);
         if let Err((_, e)) = self.shared.submit(chunk) {
             self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
         Ok(AsyncResult {
             rx,
-            interrupt: self.shared.interrupt_rx.clone(),
             shared: Arc::clone(&self.shared),
             result: None,
+            index: Some(0),
             _output: PhantomData,
         })
     }
@@ -552,9 +546,11 @@ impl Drop for Pool {
 /// it over.
 pub struct AsyncResult<O> {
     rx: Receiver<Outcome>,
-    interrupt: Receiver<()>,
     shared: Arc<Shared>,
     result: Option<Result<O, Error>>,
+    /// The index its errors name (see [`Error::Item`]); `None` for a
+    /// [`Process`](crate::Process), which has no input list.
+    index: Option<u64>,
     _output: PhantomData<fn() -> O>,
 }
 
@@ -567,6 +563,12 @@ impl<O> fmt::Debug for AsyncResult<O> {
 }
 
 impl<O: Payload> AsyncResult<O> {
+    /// Its errors name no input (a [`Process`](crate::Process)'s).
+    pub(crate) fn unindexed(mut self) -> Self {
+        self.index = None;
+        self
+    }
+
     fn settle(&mut self, outcome: Result<Outcome, Error>) {
         let result = outcome.and_then(|o| o.result).and_then(|r| {
             let (value, _) = codec::decode::<Result<O, TaskError>>(&r.frame[r.payload_at..])
@@ -579,7 +581,10 @@ impl<O: Payload> AsyncResult<O> {
                 Error::Task(e)
             })
         });
-        self.result = Some(result);
+        self.result = Some(result.map_err(|e| match self.index {
+            Some(index) => e.at(index),
+            None => e,
+        }));
     }
 
     fn poll(&mut self, deadline: Option<Instant>) {
@@ -587,25 +592,20 @@ impl<O: Payload> AsyncResult<O> {
             return;
         }
         let timeout = deadline.map_or(crossbeam_channel::never(), crossbeam_channel::at);
+        // Also after a stop: the task ends within the grace period, with
+        // its result or failed (`Interrupted`, `Terminated`).
         select! {
             recv(self.rx) -> o => self.settle(o.map_err(|_| Error::Terminated)),
-            recv(self.interrupt) -> _ => {
-                // A result that is already here still counts.
-                let o = self.rx.try_recv().map_err(|_| self.shared.stop_error());
-                self.settle(o);
-            }
             recv(timeout) -> _ => {}
         }
     }
 
     /// The result if it has arrived; never blocks.
     pub fn try_get(&mut self) -> Option<&Result<O, Error>> {
-        if self.result.is_none() {
-            if let Ok(o) = self.rx.try_recv() {
-                self.settle(Ok(o));
-            } else if self.shared.interrupted.load(Ordering::SeqCst) {
-                self.settle(Err(self.shared.stop_error()));
-            }
+        if self.result.is_none()
+            && let Ok(o) = self.rx.try_recv()
+        {
+            self.settle(Ok(o));
         }
         self.result.as_ref()
     }
@@ -620,7 +620,10 @@ impl<O: Payload> AsyncResult<O> {
     ///
     /// # Errors
     /// The task's error ([`Error::Task`]), [`Error::WorkerDied`],
-    /// [`Error::Timeout`], [`Error::Interrupted`], [`Error::Terminated`], ...
+    /// [`Error::Timeout`], ... wrapped in [`Error::Item`] with index 0;
+    /// [`Error::Interrupted`], [`Error::Terminated`] when the pool stopped
+    /// before the task ran (a task running when the pool was shut down
+    /// finishes within the grace period, and its result is kept).
     pub fn wait(mut self) -> Result<O, Error> {
         self.poll(None);
         self.result.unwrap_or(Err(Error::Terminated))

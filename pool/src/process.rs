@@ -72,7 +72,7 @@ impl<O: Payload> Process<O> {
             .single_process()
             .build()?;
         let pid = pool.worker_pids().first().copied().unwrap_or(0);
-        let result = pool.submit(task, arg)?;
+        let result = pool.submit(task, arg)?.unindexed();
         Ok(Self { pool, result, pid })
     }
 

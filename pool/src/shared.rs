@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::dispatch::{Dispatch, Ended};
 use crate::joinable::Accounting;
 use crate::msg::Msg;
-use crate::work::{Chunk, Outcome, Results};
+use crate::work::{Chunk, Job, Outcome, Results};
 use procpool_ipc::sync::{lock, wait_until};
 
 /// State shared between the pool handle, its callers, the reader threads
@@ -80,6 +80,7 @@ impl Shared {
 
     /// Queues a chunk and sends it at once if a worker has room. On refusal
     /// the chunk comes back with the reason.
+    #[allow(clippy::result_large_err)] // the chunk comes back, as in crossbeam's `SendError`
     pub(crate) fn submit(&self, chunk: Chunk) -> Result<(), (Chunk, Error)> {
         let mut dirty = Dirty::default();
         let mut ended = Ended::new();
@@ -100,27 +101,44 @@ impl Shared {
         Ok(())
     }
 
-    /// Leaves the books: the chunk's outcome goes to its caller and the
-    /// JoinableQueue counter goes down by one. Every chunk passes here
-    /// exactly once, whoever ends it, and never under the dispatch lock.
+    /// Leaves the books: the chunk's outcome (for its items not reported
+    /// yet) goes to its caller and the JoinableQueue counter goes down by
+    /// one. Every chunk passes here exactly once, whoever ends it, and
+    /// never under the dispatch lock.
     pub(crate) fn finish(&self, chunk: Chunk, result: Result<Results, Error>) {
+        let count = chunk.unreported();
+        let result = result.map(|mut r| {
+            r.elapsed_ns = r.elapsed_ns.saturating_sub(chunk.reported_ns);
+            r
+        });
+        let outcome = Outcome {
+            first: chunk.first + u64::from(chunk.reported),
+            count,
+            last: chunk.closes,
+            result,
+        };
+        // With every item reported already, only the end is news.
+        if count > 0 || chunk.closes {
+            self.deliver(&chunk.job, outcome);
+        }
+        self.accounting.done(1);
+    }
+
+    /// Hands results to their caller, counting them; part of a chunk when
+    /// a worker reported them early.
+    pub(crate) fn deliver(&self, job: &Job, outcome: Outcome) {
         let stats = &self.stats;
-        let n = u64::from(chunk.count);
-        if chunk.job.cancelled.load(Ordering::Relaxed) {
+        let n = u64::from(outcome.count);
+        if job.cancelled.load(Ordering::Relaxed) {
             stats.cancelled.fetch_add(n, Ordering::Relaxed);
         } else {
-            match &result {
+            match &outcome.result {
                 Ok(_) => stats.completed.fetch_add(n, Ordering::Relaxed),
                 Err(_) => stats.failed.fetch_add(n, Ordering::Relaxed),
             };
             // A caller that went away no longer wants the outcome.
-            let _ = chunk.job.sink.send(Outcome {
-                seq: chunk.seq,
-                count: chunk.count,
-                result,
-            });
+            let _ = job.sink.send(outcome);
         }
-        self.accounting.done(1);
     }
 
     /// Finishes chunks that ended under the dispatch lock.

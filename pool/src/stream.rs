@@ -19,8 +19,13 @@ use procpool_ipc::task::Payload;
 use procpool_ipc::{TaskError, codec};
 use serde::Serialize;
 
-use crate::work::{Chunk, Job, Outcome, Results};
+use crate::work::{Chunk, Job, Outcome, Results, Skip};
 use crate::{Error, Pool};
+
+/// The length of the first encoded `I` in `bytes` (see [`Skip`]).
+pub(crate) fn skip<I: Payload>(bytes: &[u8]) -> Option<usize> {
+    codec::decode::<I>(bytes).ok().map(|(_, used)| used)
+}
 
 /// How many items go into one chunk.
 #[derive(Clone, Copy, Debug)]
@@ -169,6 +174,19 @@ impl Packer {
 /// It takes items from its input only while fewer than the pool's `window`
 /// are in flight, so memory stays flat however long the input is. Dropping
 /// it cancels the work it has not dispatched yet.
+///
+/// # After a stop (Ctrl-C, [`Pool::shutdown`], [`Pool::terminate`])
+///
+/// It takes no more input, and yields one result for every input it had
+/// taken, in its usual order: the output of those that finish, including
+/// those that finish during the grace period (the grace period buys exactly
+/// that: the tasks running when the stop came may finish and be handed
+/// out); [`Error::Interrupted`] for those that had not started;
+/// [`Error::Terminated`] for those still running when the grace period ran
+/// out, or after `terminate`. Then, if its input was not exhausted, one
+/// more `Err(Error::Interrupted)` (or `Terminated`) stands for the inputs
+/// never taken, and it ends. Waiting for the running tasks takes at most
+/// the grace period (plus the time to kill the workers).
 pub struct Imap<'p, I, O, It> {
     pool: &'p Pool,
     task: u32,
@@ -185,7 +203,9 @@ pub struct Imap<'p, I, O, It> {
     /// Most chunks out at once: while the adaptive size is still being
     /// learned, this keeps the first small chunks from filling the window.
     max_chunks: usize,
-    next_seq: u64,
+    /// Inputs taken so far: the index of the next one.
+    next_index: u64,
+    /// The index of the next item to yield, in order.
     next_yield: u64,
     reorder: BTreeMap<u64, Outcome>,
     ready: VecDeque<Outcome>,
@@ -200,6 +220,8 @@ pub struct Imap<'p, I, O, It> {
 
 struct Current {
     result: Result<Results, Error>,
+    /// The index in the job of the next item.
+    index: u64,
     offset: usize,
     left: u32,
 }
@@ -239,7 +261,7 @@ where
             outstanding: 0,
             chunks_out: 0,
             max_chunks,
-            next_seq: 0,
+            next_index: 0,
             next_yield: 0,
             reorder: BTreeMap::new(),
             ready: VecDeque::new(),
@@ -296,8 +318,8 @@ where
     }
 
     fn submit(&mut self, payload: Vec<u8>, count: u32) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let first = self.next_index;
+        self.next_index += u64::from(count);
         self.outstanding += count as usize;
         let pool = self.pool;
         let shared = &pool.shared;
@@ -305,14 +327,15 @@ where
             .stats
             .submitted
             .fetch_add(u64::from(count), Ordering::Relaxed);
-        let chunk = Chunk {
-            job: Arc::clone(&self.job),
-            seq,
-            task: self.task,
+        let skip: Skip = skip::<I>;
+        let chunk = Chunk::new(
+            Arc::clone(&self.job),
+            first,
+            self.task,
             count,
             payload,
-            attempts: 0,
-        };
+            skip,
+        );
         self.chunks_out += 1;
         if let Err((chunk, error)) = shared.submit(chunk) {
             self.chunks_out -= 1;
@@ -321,8 +344,9 @@ where
                 .failed
                 .fetch_add(u64::from(count), Ordering::Relaxed);
             self.accept(Outcome {
-                seq: chunk.seq,
+                first: chunk.first,
                 count,
+                last: false,
                 result: Err(error),
             });
         }
@@ -330,8 +354,8 @@ where
 
     /// One input that never left this process (it did not encode or fit).
     fn fail_locally(&mut self, error: Error) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let first = self.next_index;
+        self.next_index += 1;
         self.outstanding += 1;
         self.pool
             .shared
@@ -344,18 +368,27 @@ where
             .failed
             .fetch_add(1, Ordering::Relaxed);
         self.accept(Outcome {
-            seq,
+            first,
             count: 1,
+            last: false,
             result: Err(error),
         });
     }
 
+    /// Takes an outcome that arrived (or failed here).
     fn accept(&mut self, outcome: Outcome) {
+        if outcome.last {
+            self.chunks_out -= 1;
+        }
+        if outcome.count == 0 {
+            // The end of a chunk whose items were all reported before.
+            return;
+        }
         if let Ok(r) = &outcome.result {
             self.chunking.learn(outcome.count, r.elapsed_ns);
         }
         if self.ordered {
-            self.reorder.insert(outcome.seq, outcome);
+            self.reorder.insert(outcome.first, outcome);
         } else {
             self.ready.push_back(outcome);
         }
@@ -364,7 +397,7 @@ where
     fn next_outcome(&mut self) -> Option<Outcome> {
         if self.ordered {
             let outcome = self.reorder.remove(&self.next_yield)?;
-            self.next_yield += 1;
+            self.next_yield += u64::from(outcome.count);
             Some(outcome)
         } else {
             self.ready.pop_front()
@@ -379,6 +412,8 @@ where
             return None;
         }
         current.left -= 1;
+        let index = current.index;
+        current.index += 1;
         self.outstanding -= 1;
         let item = match &current.result {
             Err(e) => Err(e.clone()),
@@ -405,7 +440,7 @@ where
                 }
             }
         };
-        Some(item)
+        Some(item.map_err(|e| e.at(index)))
     }
 
     fn interrupted(&mut self) -> Option<Result<O, Error>> {
@@ -429,51 +464,49 @@ where
             if let Some(item) = self.take_current() {
                 return Some(item);
             }
+            // After a stop no input is taken, but every input taken gets
+            // its result: see the type's docs.
             let interrupted = self.pool.shared.interrupted.load(Ordering::SeqCst);
-            if interrupted {
-                // Results that have already arrived are still handed out,
-                // then the interrupt.
-                while let Ok(outcome) = self.rx.try_recv() {
-                    self.chunks_out -= 1;
-                    self.accept(outcome);
-                }
-            } else {
+            if !interrupted {
                 self.fill();
             }
             if let Some(outcome) = self.next_outcome() {
-                if interrupted
-                    && matches!(outcome.result, Err(Error::Interrupted | Error::Terminated))
-                {
-                    return self.interrupted();
-                }
                 self.current = Some(Current {
                     result: outcome.result,
+                    index: outcome.first,
                     offset: 0,
                     left: outcome.count,
                 });
                 continue;
             }
-            if self.outstanding == 0 && self.input_done {
-                self.ended = true;
-                if let Some(panic) = self.input_panic.take() {
-                    resume_unwind(panic);
-                }
-                return None;
-            }
-            if interrupted {
-                return self.interrupted();
-            }
-            select! {
-                recv(self.rx) -> outcome => match outcome {
-                    Ok(outcome) => {
-                        self.chunks_out -= 1;
-                        self.accept(outcome);
+            if self.outstanding == 0 {
+                if self.input_done {
+                    self.ended = true;
+                    if let Some(panic) = self.input_panic.take() {
+                        resume_unwind(panic);
                     }
-                    // Unreachable while we hold `job.sink`; be safe anyway.
-                    Err(_) => return Some(Err(Error::Terminated)),
-                },
-                // Handled at the top of the loop.
-                recv(self.pool.shared.interrupt_rx) -> _ => {}
+                    return None;
+                }
+                if interrupted {
+                    // Stands for the inputs never taken.
+                    return self.interrupted();
+                }
+            }
+            let outcome = if interrupted {
+                // Every chunk out ends within the grace period: with its
+                // results, or failed (`Interrupted`, `Terminated`).
+                self.rx.recv().ok()
+            } else {
+                select! {
+                    recv(self.rx) -> outcome => outcome.ok(),
+                    // Handled at the top of the loop.
+                    recv(self.pool.shared.interrupt_rx) -> _ => continue,
+                }
+            };
+            match outcome {
+                Some(outcome) => self.accept(outcome),
+                // Unreachable while we hold `job.sink`; be safe anyway.
+                None => return Some(Err(Error::Terminated)),
             }
         }
     }
@@ -481,7 +514,15 @@ where
     fn size_hint(&self) -> (usize, Option<usize>) {
         let (lo, hi) = self.input.size_hint();
         let pending = self.outstanding;
-        (lo + pending, hi.map(|h| h + pending))
+        // After a stop no more input is taken; an endless input's hint
+        // saturates.
+        if self.pool.shared.interrupted.load(Ordering::SeqCst) {
+            return (0, pending.checked_add(1));
+        }
+        (
+            lo.saturating_add(pending),
+            hi.and_then(|h| h.checked_add(pending)),
+        )
     }
 }
 

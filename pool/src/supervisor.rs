@@ -13,8 +13,9 @@
 //!
 //! A worker's death is seen at once: its reader thread reads EOF and sends
 //! [`Msg::Gone`]; the supervisor reaps the process right away, so no zombie
-//! outlives its connection. The chunk the worker was running fails (or is
-//! retried); the chunks queued behind it go back to the front of the queue.
+//! outlives its connection. The item the worker was running fails (or is
+//! retried; see `blame.rs` for how it is found); the chunks queued behind
+//! it go back to the front of the queue.
 //!
 //! # Stops
 //!
@@ -41,6 +42,7 @@ use crate::dispatch::{Ended, Lane};
 use crate::msg::{Catalog, Msg};
 use crate::remote::Listener;
 use crate::shared::Shared;
+use crate::work::Chunk;
 use crate::worker::{Kill, Seat, Worker};
 
 /// A start-up that fails this many times in a row leaves its slot empty.
@@ -426,6 +428,10 @@ impl Supervisor {
                 .front()
                 .and_then(|i| i.chunk.as_ref())
                 .map_or(0, |c| c.attempts),
+            unreported: inflight
+                .front()
+                .and_then(|i| i.chunk.as_ref())
+                .map_or(1, Chunk::unreported),
             retries: self.config.retries,
             start_timeout: self.config.start_timeout,
             heartbeat: self
@@ -439,13 +445,33 @@ impl Supervisor {
         let mut failed = Vec::new();
         {
             let mut dispatch = self.shared.dispatch();
-            if let Some(mut chunk) = inflight.pop_front().and_then(|i| i.chunk) {
+            // Its items reported already were delivered: only the rest is
+            // retried, split or failed (see `blame`).
+            if let Some(chunk) = inflight.pop_front().and_then(|i| i.chunk) {
                 match verdict.head {
-                    Fate::Requeue => dispatch.pending.push_front(chunk),
-                    Fate::Retry => {
-                        chunk.attempts += 1;
-                        dispatch.pending.push_front(chunk);
-                    }
+                    Fate::Requeue => match chunk.remainder() {
+                        Ok(rest) => dispatch.pending.push_front(rest),
+                        Err(chunk) => failed.push(chunk),
+                    },
+                    Fate::Retry => match chunk.remainder() {
+                        Ok(mut rest) => {
+                            rest.attempts += 1;
+                            dispatch.pending.push_front(rest);
+                        }
+                        Err(chunk) => failed.push(chunk),
+                    },
+                    Fate::Split => match chunk.split() {
+                        Ok(pieces) => {
+                            // One chunk becomes several on the books.
+                            self.shared
+                                .accounting
+                                .add(pieces.len().saturating_sub(1) as u64);
+                            for piece in pieces.into_iter().rev() {
+                                dispatch.pending.push_front(piece);
+                            }
+                        }
+                        Err(chunk) => failed.push(chunk),
+                    },
                     Fate::Fail => failed.push(chunk),
                 }
             }
@@ -453,7 +479,7 @@ impl Supervisor {
             for chunk in inflight.into_iter().rev().filter_map(|i| i.chunk) {
                 match verdict.rest {
                     Fate::Fail => failed.push(chunk),
-                    Fate::Requeue | Fate::Retry => dispatch.pending.push_front(chunk),
+                    Fate::Requeue | Fate::Retry | Fate::Split => dispatch.pending.push_front(chunk),
                 }
             }
         }

@@ -16,30 +16,140 @@ pub(crate) struct Job {
     pub(crate) cancelled: AtomicBool,
 }
 
+/// Finds the end of the first encoded input in a payload: the job's input
+/// type, decoded and dropped. Used only to split a chunk after a death.
+pub(crate) type Skip = fn(&[u8]) -> Option<usize>;
+
 /// Consecutive inputs of one job, encoded, bound for one worker.
 #[derive(Debug)]
 pub(crate) struct Chunk {
     pub(crate) job: Arc<Job>,
-    /// Position of this chunk within its job.
-    pub(crate) seq: u64,
+    /// Index within its job of this chunk's first input.
+    pub(crate) first: u64,
     pub(crate) task: u32,
     pub(crate) count: u32,
     pub(crate) payload: Vec<u8>,
     pub(crate) attempts: u32,
+    /// Items whose results were already delivered (by `PART` frames); the
+    /// chunk's outcome covers the rest.
+    pub(crate) reported: u32,
+    /// Worker time spent on the reported items.
+    pub(crate) reported_ns: u64,
+    /// Whether the chunk's outcome ends one chunk its caller submitted (a
+    /// piece of a split chunk other than the last does not).
+    pub(crate) closes: bool,
+    pub(crate) skip: Skip,
 }
 
-/// What became of a chunk.
+impl Chunk {
+    /// A new chunk of `count` inputs starting at input `first` of `job`.
+    pub(crate) fn new(
+        job: Arc<Job>,
+        first: u64,
+        task: u32,
+        count: u32,
+        payload: Vec<u8>,
+        skip: Skip,
+    ) -> Self {
+        Chunk {
+            job,
+            first,
+            task,
+            count,
+            payload,
+            attempts: 0,
+            reported: 0,
+            reported_ns: 0,
+            closes: true,
+            skip,
+        }
+    }
+
+    /// Items not yet reported.
+    pub(crate) fn unreported(&self) -> u32 {
+        self.count - self.reported
+    }
+
+    /// Byte offsets in the payload where each of the first `n` inputs ends.
+    fn ends(&self, n: u32) -> Option<Vec<usize>> {
+        let mut ends = Vec::with_capacity(n as usize);
+        let mut at = 0;
+        for _ in 0..n {
+            at += (self.skip)(self.payload.get(at..)?)?;
+            ends.push(at);
+        }
+        Some(ends)
+    }
+
+    /// The chunk without its reported items, ready to be sent again; the
+    /// chunk itself if its inputs cannot be found (then it must fail).
+    pub(crate) fn remainder(mut self) -> Result<Chunk, Chunk> {
+        if self.reported == 0 {
+            return Ok(self);
+        }
+        let Some(&cut) = self.ends(self.reported).as_ref().and_then(|e| e.last()) else {
+            return Err(self);
+        };
+        self.payload.drain(..cut);
+        self.first += u64::from(self.reported);
+        self.count -= self.reported;
+        self.reported = 0;
+        self.reported_ns = 0;
+        Ok(self)
+    }
+
+    /// The unreported items as chunks of one item each, in order; the
+    /// chunk itself if its inputs cannot be found (then it must fail).
+    pub(crate) fn split(self) -> Result<Vec<Chunk>, Chunk> {
+        let rest = self.remainder()?;
+        let Some(ends) = rest.ends(rest.count) else {
+            return Err(rest);
+        };
+        let mut start = 0;
+        let pieces = ends
+            .iter()
+            .zip(rest.first..)
+            .map(|(&end, first)| {
+                let mut piece = Chunk::new(
+                    Arc::clone(&rest.job),
+                    first,
+                    rest.task,
+                    1,
+                    rest.payload[start..end].to_vec(),
+                    rest.skip,
+                );
+                piece.attempts = rest.attempts;
+                piece.closes = false;
+                start = end;
+                piece
+            })
+            .collect::<Vec<_>>();
+        let mut pieces = pieces;
+        if let Some(last) = pieces.last_mut() {
+            last.closes = rest.closes;
+        }
+        Ok(pieces)
+    }
+}
+
+/// What became of consecutive items of a job: a whole chunk, or the part
+/// of one that a worker reported before the rest.
 #[derive(Debug)]
 pub(crate) struct Outcome {
-    pub(crate) seq: u64,
+    /// Index within the job of the first item.
+    pub(crate) first: u64,
     pub(crate) count: u32,
+    /// Whether this ends one chunk its caller submitted.
+    pub(crate) last: bool,
     pub(crate) result: Result<Results, Error>,
 }
 
-/// A `DONE` frame: `count` encoded results start at `frame[payload_at..]`.
+/// A `DONE` or `PART` frame: `count` encoded results start at
+/// `frame[payload_at..]`.
 #[derive(Debug)]
 pub(crate) struct Results {
     pub(crate) frame: Vec<u8>,
     pub(crate) payload_at: usize,
+    /// Worker time spent on these items.
     pub(crate) elapsed_ns: u64,
 }

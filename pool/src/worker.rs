@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::dispatch::Ended;
 use crate::msg::Msg;
 use crate::shared::Shared;
-use crate::work::Results;
+use crate::work::{Outcome, Results};
 use procpool_ipc::sync::lock;
 
 /// Why the supervisor killed a worker.
@@ -307,9 +307,9 @@ impl ReaderContext {
                 }
                 Ok(Message::Done {
                     id,
+                    count,
                     elapsed_ns,
                     payload,
-                    ..
                 }) if hello_seen => {
                     let payload_at = frame.len() - payload.len();
                     let results = Results {
@@ -317,11 +317,42 @@ impl ReaderContext {
                         payload_at,
                         elapsed_ns,
                     };
-                    if !self.complete(id, results, &mut dirty) {
+                    if !self.complete(id, count, results, &mut dirty) {
                         return Some(IpcError::Malformed(
                             "result for a task the worker was not running",
                         ));
                     }
+                }
+                Ok(Message::Part {
+                    id,
+                    count,
+                    elapsed_ns,
+                    payload,
+                }) if hello_seen => {
+                    let payload_at = frame.len() - payload.len();
+                    let taken = self
+                        .shared
+                        .dispatch()
+                        .part(slot, key, id, count, elapsed_ns);
+                    let Some((job, first)) = taken else {
+                        return Some(IpcError::Malformed(
+                            "partial result for a task the worker was not running",
+                        ));
+                    };
+                    let results = Results {
+                        frame: std::mem::take(&mut frame),
+                        payload_at,
+                        elapsed_ns,
+                    };
+                    self.shared.deliver(
+                        &job,
+                        Outcome {
+                            first,
+                            count,
+                            last: false,
+                            result: Ok(results),
+                        },
+                    );
                 }
                 Ok(_) => return Some(IpcError::Malformed("unexpected message from worker")),
                 Err(e) => return Some(e),
@@ -332,11 +363,12 @@ impl ReaderContext {
     /// Takes the answered chunk `id` off this worker's lane, refills the
     /// lanes, and delivers the results; false if the worker was not running
     /// that chunk.
-    fn complete(&self, id: u64, results: Results, dirty: &mut Dirty) -> bool {
+    fn complete(&self, id: u64, count: u32, results: Results, dirty: &mut Dirty) -> bool {
         let mut ended = Ended::new();
         let done = {
             let mut dispatch = self.shared.dispatch();
-            let Some(done) = dispatch.complete(self.slot, self.key, id, results.elapsed_ns) else {
+            let Some(done) = dispatch.complete(self.slot, self.key, id, count, results.elapsed_ns)
+            else {
                 return false;
             };
             dispatch.pump(dirty, &mut ended);

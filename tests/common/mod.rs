@@ -21,6 +21,9 @@ pub const SQUARE: Task<u64, u64> = Task::new("square");
 pub const PANIC_ON_13: Task<u64, u64> = Task::new("panic_on_13");
 /// Aborts the worker on 13.
 pub const ABORT_ON_13: Task<u64, u64> = Task::new("abort_on_13");
+/// `(ms, x)`: sleeps `ms` milliseconds, then aborts the worker if `x` is
+/// 13; returns `x`.
+pub const SLEEP_THEN_ABORT_ON_13: Task<(u64, u64), u64> = Task::new("sleep_then_abort_on_13");
 pub const PARSE: Task<String, i64> = Task::new("parse");
 /// Returns the worker's pid.
 pub const PID: Task<u64, u32> = Task::new("pid");
@@ -89,6 +92,13 @@ pub fn registry() -> Registry {
             x
         })
         .task(ABORT_ON_13, |x| {
+            if x == 13 {
+                std::process::abort();
+            }
+            x
+        })
+        .task(SLEEP_THEN_ABORT_ON_13, |(ms, x)| {
+            std::thread::sleep(Duration::from_millis(ms));
             if x == 13 {
                 std::process::abort();
             }

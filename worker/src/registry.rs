@@ -8,9 +8,11 @@ use std::sync::Once;
 use procpool_ipc::task::Payload;
 use procpool_ipc::{Task, TaskError, codec};
 
-/// Runs `count` encoded inputs from `payload`, appending `count` encoded
-/// `Result<Output, TaskError>` to `out`.
-pub(crate) type Runner = Box<dyn Fn(&[u8], u32, &mut Vec<u8>) + Send + Sync>;
+/// Runs `count` encoded inputs from `payload`, appending each one's encoded
+/// `Result<Output, TaskError>` to `out` and then calling `done(out)` (which
+/// may report and clear what `out` holds).
+pub(crate) type Runner =
+    Box<dyn Fn(&[u8], u32, &mut Vec<u8>, &mut dyn FnMut(&mut Vec<u8>)) + Send + Sync>;
 
 /// The tasks a worker serves, each under its [`Task`] name.
 ///
@@ -118,7 +120,7 @@ where
     O: Payload,
     F: Fn(I) -> Result<O, TaskError> + Send + Sync + 'static,
 {
-    Box::new(move |payload, count, out| {
+    Box::new(move |payload, count, out, done| {
         let mut rest = payload;
         let mut bad_input: Option<String> = None;
         for _ in 0..count {
@@ -145,6 +147,7 @@ where
                 });
                 codec::encode_into(&failed, out).expect("a TaskError always encodes");
             }
+            done(out);
         }
     })
 }
@@ -228,7 +231,7 @@ mod tests {
             codec::encode_into(i, &mut payload).unwrap();
         }
         let mut out = Vec::new();
-        reg.runner(index).unwrap()(&payload, inputs.len() as u32, &mut out);
+        reg.runner(index).unwrap()(&payload, inputs.len() as u32, &mut out, &mut |_| {});
         out
     }
 
@@ -295,7 +298,7 @@ mod tests {
     fn undecodable_input_fails_every_item_of_the_chunk() {
         let reg = Registry::new().task(PARSE, |s: String| s.len() as u8);
         let mut out = Vec::new();
-        reg.runner(0).unwrap()(&[0xFF, 0xFF], 2, &mut out);
+        reg.runner(0).unwrap()(&[0xFF, 0xFF], 2, &mut out, &mut |_| {});
         let got = results::<u8>(&out, 2);
         assert!(
             got.iter()

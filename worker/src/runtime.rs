@@ -2,9 +2,13 @@
 //!
 //! Two threads: a reader that takes frames off the connection as soon as
 //! they arrive (so the master's writes never wait on a busy worker), and the
-//! main thread, which runs tasks in order. Results are flushed before the
-//! next task starts, so a task that kills the process never takes an
-//! earlier task's result with it. When the
+//! main thread, which runs tasks in order. A chunk's results are reported
+//! while it runs, whenever an item ends [`REPORT_EVERY`] after the last
+//! report (`PART` frames), and at its end (`DONE`); they are flushed before
+//! the next chunk starts. So a task that kills the process never takes the
+//! results of an earlier chunk with it, nor those of its own chunk's items
+//! that finished before the last report: the master then knows which item
+//! died, or which few it may have been (see the pool's `blame.rs`). When the
 //! connection reaches EOF the master is gone: the reader ends the process
 //! at once, even in the middle of a task. On `SHUTDOWN` the running task
 //! finishes and its result is sent; tasks queued behind it are not started.
@@ -230,36 +234,28 @@ where
                 link.drain(None)?;
                 out.clear();
                 let started = Instant::now();
-                runner(payload, count, &mut out);
-                let elapsed_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                let done = Message::Done {
+                let mut reporter = Reporter {
+                    link: &link,
                     id,
                     count,
-                    elapsed_ns,
-                    payload: &out,
+                    finished: 0,
+                    unreported: 0,
+                    last: started,
+                    error: None,
                 };
-                match link.write(&done) {
-                    Err(IpcError::FrameTooLarge { len, max }) => {
-                        // Report every item as failed rather than lose the chunk.
-                        let message = format!(
-                            "the results take {len} bytes, more than the maximum frame length of {max}"
-                        );
-                        out.clear();
-                        for _ in 0..count {
-                            let failed: Result<(), TaskError> = Err(TaskError::EncodeOutput {
-                                message: message.clone(),
-                            });
-                            codec::encode_into(&failed, &mut out)?;
-                        }
-                        link.write(&Message::Done {
-                            id,
-                            count,
-                            elapsed_ns,
-                            payload: &out,
-                        })?;
-                    }
-                    other => other?,
+                runner(payload, count, &mut out, &mut |out| reporter.item_done(out));
+                if let Some(e) = reporter.error {
+                    return Err(e.into());
                 }
+                let elapsed_ns = nanos(started.elapsed());
+                report(
+                    &link,
+                    Kind::Done,
+                    id,
+                    reporter.unreported,
+                    elapsed_ns,
+                    &mut out,
+                )?;
             }
             Message::Shutdown => break,
             _ => return Err(ServeError::Unexpected),
@@ -268,6 +264,116 @@ where
     }
     link.drain(Some(Instant::now() + EXIT_DRAIN))?;
     Ok(())
+}
+
+/// How often a worker reports the results of a chunk still running: an
+/// item that ends this long after the last report (or the chunk's start)
+/// is reported at once, with those before it. Tiny items cost a clock read
+/// each, and a frame per this much work.
+const REPORT_EVERY: Duration = Duration::from_millis(1);
+
+/// Reports a running chunk's results as `PART` frames: see [`REPORT_EVERY`].
+struct Reporter<'a> {
+    link: &'a Link,
+    id: u64,
+    count: u32,
+    /// Items finished so far.
+    finished: u32,
+    /// Items finished whose results are in `out`, not yet reported.
+    unreported: u32,
+    last: Instant,
+    error: Option<IpcError>,
+}
+
+impl Reporter<'_> {
+    /// One more item's result is in `out`.
+    fn item_done(&mut self, out: &mut Vec<u8>) {
+        self.finished += 1;
+        self.unreported += 1;
+        // The last item goes with the `DONE`.
+        if self.finished == self.count || self.error.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let since = now - self.last;
+        if since < REPORT_EVERY {
+            return;
+        }
+        let sent = report(
+            self.link,
+            Kind::Part,
+            self.id,
+            self.unreported,
+            nanos(since),
+            out,
+        )
+        .and_then(|()| self.link.flush());
+        match sent {
+            Ok(()) => {
+                self.unreported = 0;
+                self.last = now;
+            }
+            Err(e) => self.error = Some(e),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Part,
+    Done,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Appends the `count` results in `out` as one frame of `kind` to the
+/// link's outbox and clears `out`. Results too large for a frame are
+/// reported as failed rather than lost.
+fn report(
+    link: &Link,
+    kind: Kind,
+    id: u64,
+    count: u32,
+    elapsed_ns: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), IpcError> {
+    let frame = |payload: &[u8]| {
+        let msg = match kind {
+            Kind::Part => Message::Part {
+                id,
+                count,
+                elapsed_ns,
+                payload,
+            },
+            Kind::Done => Message::Done {
+                id,
+                count,
+                elapsed_ns,
+                payload,
+            },
+        };
+        link.write(&msg)
+    };
+    let written = match frame(out) {
+        Err(IpcError::FrameTooLarge { len, max }) => {
+            let message = format!(
+                "the results take {len} bytes, more than the maximum frame length of {max}"
+            );
+            out.clear();
+            for _ in 0..count {
+                let failed: Result<(), TaskError> = Err(TaskError::EncodeOutput {
+                    message: message.clone(),
+                });
+                codec::encode_into(&failed, out)?;
+            }
+            frame(out)
+        }
+        other => other,
+    };
+    out.clear();
+    written
 }
 
 /// The next request, flushing buffered results before blocking.

@@ -28,6 +28,7 @@ fn died() -> Facts {
         phase_stopping: false,
         head_id: Some(HEAD),
         attempts: 0,
+        unreported: 1,
         retries: 1,
         start_timeout: Duration::from_secs(5),
         heartbeat: None,
@@ -70,7 +71,7 @@ fn kind(e: &Error) -> &'static str {
     }
 }
 
-use Fate::{Fail, Requeue, Retry};
+use Fate::{Fail, Requeue, Retry, Split};
 
 #[test]
 fn the_matrix() {
@@ -156,6 +157,18 @@ fn the_matrix() {
             Facts { phase_stopping: true, ..died() }, "WorkerDied", Fail, Fail),
         ("connection error while the pool stops",
             Facts { phase_stopping: true, error: Some(io_error()), ..died() }, "Connection", Fail, Fail),
+        ("died with several items unreported: split",
+            Facts { unreported: 8, ..died() }, "WorkerDied", Split, Requeue),
+        ("split even with retries used up (the culprit is not known yet)",
+            Facts { unreported: 2, attempts: 1, ..died() }, "WorkerDied", Split, Requeue),
+        ("timeout with several items unreported: split",
+            Facts { killed: timeout_of(HEAD), unreported: 3, ..died() }, "Timeout", Split, Requeue),
+        ("several unreported, but stopping: fail",
+            Facts { unreported: 3, phase_stopping: true, ..died() }, "WorkerDied", Fail, Fail),
+        ("several unreported, terminated: fail",
+            Facts { unreported: 3, killed: Some(Kill::Terminated), ..died() }, "Terminated", Fail, Requeue),
+        ("several unreported, blameless: requeued as is",
+            Facts { unreported: 3, killed: timeout_of(HEAD - 1), ..died() }, "WorkerDied", Requeue, Requeue),
     ];
     let n = rows.len();
     for (name, facts, culprit, head, rest) in rows {
@@ -168,7 +181,7 @@ fn the_matrix() {
         );
         assert_eq!(v.startup.is_some(), !ready, "row {name:?}");
     }
-    assert_eq!(n, 33);
+    assert_eq!(n, 39);
 }
 
 /// The culprits carry who died and how.

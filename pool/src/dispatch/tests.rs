@@ -155,14 +155,9 @@ fn job() -> (Arc<Job>, Receiver<Outcome>) {
 
 /// Chunk `seq` of `job`: `count` items of task 0, its payload naming it.
 fn chunk(job: &Arc<Job>, seq: u8, count: u32) -> Chunk {
-    Chunk {
-        job: Arc::clone(job),
-        seq: u64::from(seq),
-        task: 0,
-        count,
-        payload: vec![seq],
-        attempts: 0,
-    }
+    Chunk::new(Arc::clone(job), u64::from(seq), 0, count, vec![seq], |_| {
+        Some(1)
+    })
 }
 
 /// A dispatch whose lanes are open and write to the returned peers.
@@ -201,7 +196,7 @@ fn held(d: &Dispatch, slot: usize) -> usize {
 }
 
 fn pending_seqs(d: &Dispatch) -> Vec<u64> {
-    d.pending.iter().map(|c| c.seq).collect()
+    d.pending.iter().map(|c| c.first).collect()
 }
 
 /// A lane holding entries with these estimates.
@@ -378,7 +373,7 @@ fn max_tasks_per_worker_limits_and_retires() {
     assert_eq!(peers[2].runs(), [vec![3]]);
     // Lane 2 finishes its chunk: the next pump tells it to exit.
     let id = lane(&d, 2).inflight[0].id;
-    assert!(d.complete(2, 2, id, 1_000).is_some());
+    assert!(d.complete(2, 2, id, 9, 1_000).is_some());
     pump(&mut d, []);
     assert!(lane(&d, 2).shutdown_sent);
     assert_eq!(peers[2].frames(), [Frame::Shutdown]);
@@ -398,7 +393,7 @@ fn cancelled_chunks_end_closed_when_their_turn_comes() {
         &mut d,
         [chunk(&gone, 0, 1), chunk(&live, 1, 1), chunk(&gone, 2, 1)],
     );
-    let ended: Vec<_> = ended.iter().map(|(c, e)| (c.seq, e)).collect();
+    let ended: Vec<_> = ended.iter().map(|(c, e)| (c.first, e)).collect();
     assert_eq!(ended.len(), 2);
     assert!(
         ended.iter().all(|(_, e)| matches!(e, Error::Closed)),
@@ -422,7 +417,7 @@ fn a_chunk_too_large_for_a_frame_ends_and_the_lane_goes_on() {
     assert!(started);
     assert_eq!(ended.len(), 1);
     let (c, e) = &ended[0];
-    assert_eq!(c.seq, 0);
+    assert_eq!(c.first, 0);
     assert!(
         matches!(e, Error::FrameTooLarge { len: 65, max: 64 }),
         "{e:?}"
@@ -465,27 +460,27 @@ fn complete_takes_only_the_head_and_starts_the_next() {
     // Lanes 0 and 1 share them: 0 and 2 on lane 0, 1 on lane 1.
     let ids: Vec<u64> = lane(&d, 0).inflight.iter().map(|i| i.id).collect();
     assert_eq!(ids.len(), 2);
-    assert!(d.complete(0, 0, ids[1], 1).is_none(), "not the head");
+    assert!(d.complete(0, 0, ids[1], 1, 1).is_none(), "not the head");
     assert!(
-        d.complete(0, 1, ids[0], 1).is_none(),
+        d.complete(0, 1, ids[0], 1, 1).is_none(),
         "another worker's key"
     );
     assert!(
-        d.complete(1, 1, ids[0], 1).is_none(),
+        d.complete(1, 1, ids[0], 1, 1).is_none(),
         "another lane's chunk"
     );
-    assert!(d.complete(9, 0, ids[0], 1).is_none(), "no such slot");
+    assert!(d.complete(9, 0, ids[0], 1, 1).is_none(), "no such slot");
     assert_eq!(held(&d, 0), 2, "nothing taken off");
     assert!(lane(&d, 0).inflight[1].started.is_none());
 
-    let done = d.complete(0, 0, ids[0], 1).expect("the head");
+    let done = d.complete(0, 0, ids[0], 1, 1).expect("the head");
     assert_eq!(done.id, ids[0]);
-    assert_eq!(done.chunk.map(|c| c.seq), Some(0));
+    assert_eq!(done.chunk.map(|c| c.first), Some(0));
     let l0 = lane(&d, 0);
     assert_eq!(l0.inflight.len(), 1);
     assert_eq!(l0.inflight[0].id, ids[1]);
     assert!(l0.inflight[0].started.is_some(), "the next one runs now");
-    assert!(d.complete(0, 0, ids[0], 1).is_none(), "answered twice");
+    assert!(d.complete(0, 0, ids[0], 1, 1).is_none(), "answered twice");
 }
 
 #[test]
@@ -498,8 +493,9 @@ fn the_pace_is_a_moving_average_per_task() {
         c
     };
     let answer = |d: &mut Dispatch, elapsed_ns| {
-        let id = lane(d, 0).inflight[0].id;
-        d.complete(0, 0, id, elapsed_ns).expect("the head")
+        let head = &lane(d, 0).inflight[0];
+        let (id, count) = (head.id, head.chunk.as_ref().map_or(1, |c| c.count));
+        d.complete(0, 0, id, count, elapsed_ns).expect("the head")
     };
     assert_eq!(d.estimate(&of_task(0, 1)), None, "unknown at first");
     pump(&mut d, [of_task(0, 4)]);
@@ -552,13 +548,13 @@ fn the_initializer_runs_first_and_is_not_counted() {
     );
     assert_eq!(lane(&d, 0).assigned, 1, "only the chunk counts");
     // Its answer teaches no pace.
-    let init = d.complete(0, 0, 0, 1_000).expect("the initializer");
+    let init = d.complete(0, 0, 0, 1, 1_000).expect("the initializer");
     assert!(init.chunk.is_none());
     assert!(d.item_ns.is_empty());
     // No lane: the chunk comes back.
     d.lanes[0] = None;
     let back = d.send(0, 0, Some(chunk(&job, 5, 1)), &mut dirty);
-    assert!(matches!(back, Err((Some(c), IpcError::Malformed(_))) if c.seq == 5));
+    assert!(matches!(back, Err((Some(c), IpcError::Malformed(_))) if c.first == 5));
 }
 
 #[test]
