@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use common::*;
-use procpool::{Error, Pool, Queue, Task, TaskError};
+use procpool::{Error, Oversized, Pool, Queue, Task, TaskError};
 use serde_bytes::ByteBuf;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -65,7 +65,9 @@ fn main() {
         close_then_join_then_drop_leaves_no_child,
         join_waits_for_submitted_work,
         submit_and_apply,
-        oversized_input_is_frame_too_large,
+        oversized_values_are_payload_too_large,
+        results_together_over_the_limit_travel_in_several_frames,
+        a_buffer_as_large_as_the_limit_passes,
         imap_is_lazy_and_bounded,
         imap_order_and_unordered_exactly_once,
         borrowed_inputs_work_like_owned_ones,
@@ -197,7 +199,7 @@ fn mismatched_task_types_are_refused() -> anyhow::Result<()> {
 /// Settings that cannot work are refused by name, not quietly changed
 /// (`Pool::new(0)` used to start one worker), and nothing is started.
 fn invalid_settings_are_refused() -> anyhow::Result<()> {
-    let cases: [(&str, procpool::PoolBuilder); 6] = [
+    let cases: [(&str, procpool::PoolBuilder); 5] = [
         ("workers", Pool::builder().workers(0)),
         ("chunk_size", Pool::builder().chunk_size(0)),
         ("window", Pool::builder().window(0)),
@@ -205,7 +207,6 @@ fn invalid_settings_are_refused() -> anyhow::Result<()> {
             "max_tasks_per_worker",
             Pool::builder().max_tasks_per_worker(0),
         ),
-        ("max_frame_len", Pool::builder().max_frame_len(10)),
         (
             "heartbeat_timeout",
             Pool::builder().heartbeat_timeout(Duration::from_millis(1)),
@@ -435,24 +436,26 @@ fn submit_and_apply() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `max_frame_len` bounds every frame, both ways. An input over it fails
-/// in the master with `FrameTooLarge`, before anything is sent (`submit`
+/// `max_payload_len` bounds every value, both ways, with one error shape.
+/// An input over it fails in the master, before anything is sent (`submit`
 /// looks the task up first, then checks the size); in a stream only that
-/// item fails, and the pool keeps working. A result over it cannot be sent
-/// back: the worker reports it as `TaskError::EncodeOutput` (for every item
-/// of its chunk) instead, and lives on.
-fn oversized_input_is_frame_too_large() -> anyhow::Result<()> {
+/// item fails, and the pool keeps working. A result over it fails in the
+/// worker, only that item (before, every item of its chunk failed, as
+/// `TaskError::EncodeOutput`), and the worker lives on.
+fn oversized_values_are_payload_too_large() -> anyhow::Result<()> {
     const MAX: u64 = 1024;
     const NOT_REGISTERED: Task<ByteBuf, u64> = Task::new("not_registered");
     let bytes = |n: usize| ByteBuf::from(vec![7u8; n]);
     let pool = Pool::builder()
         .workers(1)
         .chunk_size(1)
-        .max_frame_len(MAX)
+        .max_payload_len(MAX)
         .build()?
         .watched();
-    let too_large =
-        |e: &Error| matches!(e.inner(), Error::FrameTooLarge { len, max: MAX } if *len > MAX);
+    let too_large = |e: &Error, which: Oversized| {
+        // 4096 bytes, their length prefix (and a result's tag).
+        matches!(e.inner(), Error::PayloadTooLarge { what, len: 4099..=4100, max: MAX } if *what == which)
+    };
 
     // The task is checked before the input's size.
     let err = pool.submit(NOT_REGISTERED, bytes(4096)).unwrap_err();
@@ -461,45 +464,67 @@ fn oversized_input_is_frame_too_large() -> anyhow::Result<()> {
         "{err:?}"
     );
     let err = pool.submit(LEN, bytes(4096)).unwrap_err();
-    ensure!(too_large(&err), "submit: {err:?}");
+    ensure!(too_large(&err, Oversized::Input), "submit: {err:?}");
     let err = pool.apply(LEN, bytes(4096)).unwrap_err();
-    ensure!(too_large(&err), "apply: {err:?}");
+    ensure!(too_large(&err, Oversized::Input), "apply: {err:?}");
 
     // In a stream only the oversized item fails, whether it would have
-    // shared a chunk with its neighbours or not.
+    // shared a chunk with its neighbours or not; the same for results.
     for chunk in [1, 8] {
         let p = Pool::builder()
             .workers(1)
             .chunk_size(chunk)
-            .max_frame_len(MAX)
+            .max_payload_len(MAX)
             .build()?
             .watched();
         let items = vec![bytes(1), bytes(4096), bytes(3)];
         let got: Vec<_> = p.imap(LEN, items)?.collect();
         ensure!(
-            matches!(got[..], [Ok(1), Err(ref e), Ok(3)] if too_large(e)),
+            matches!(got[..], [Ok(1), Err(ref e), Ok(3)] if too_large(e, Oversized::Input)),
             "chunk size {chunk}: {got:?}"
         );
+        let got: Vec<_> = p.imap(BYTES, [10u64, 4096, 20])?.collect();
+        ensure!(
+            matches!(&got[..], [Ok(a), Err(e), Ok(b)]
+                if a.len() == 10 && too_large(e, Oversized::Output) && b.len() == 20),
+            "chunk size {chunk}: {got:?}"
+        );
+        ensure!(p.stats().workers_replaced == 0, "a worker was lost");
     }
 
     // The pool still works, and nothing it did cost a worker.
     ensure!(pool.apply(LEN, bytes(100))? == 100);
+    let err = pool.apply(BYTES, 4096).unwrap_err();
+    ensure!(too_large(&err, Oversized::Output), "apply: {err:?}");
+    ensure!(pool.apply(LEN, bytes(100))? == 100);
+    ensure!(pool.stats().workers_replaced == 0, "a worker was lost");
+    Ok(())
+}
 
-    // A result over the limit comes back as the task's error.
-    let encode_output = |r: &Result<ByteBuf, Error>| {
-        matches!(r.as_ref().map_err(Error::inner), Err(Error::Task(TaskError::EncodeOutput { message }))
-            if message.contains(&MAX.to_string()))
-    };
-    let got = pool.apply(BYTES, 4096);
-    ensure!(encode_output(&got), "apply: {got:?}");
-    let got: Vec<_> = pool.imap(BYTES, [10u64, 4096, 20])?.collect();
+/// Results each within the limit but over it together, in one chunk, are
+/// reported in several frames (before: every item failed).
+fn results_together_over_the_limit_travel_in_several_frames() -> anyhow::Result<()> {
+    let pool = Pool::builder()
+        .workers(1)
+        .chunk_size(8)
+        .max_payload_len(1024)
+        .build()?
+        .watched();
+    let got = pool.map(BYTES, [600u64, 700, 1000, 5, 900])?;
     ensure!(
-        matches!(&got[..], [Ok(a), bad, Ok(b)] if a.len() == 10 && encode_output(bad) && b.len() == 20),
+        got.iter().map(|b| b.len()).collect::<Vec<_>>() == [600, 700, 1000, 5, 900],
         "{got:?}"
     );
-    ensure!(pool.apply(LEN, bytes(100))? == 100);
-    let stats = pool.stats();
-    ensure!(stats.workers_replaced == 0, "{stats:?}");
+    Ok(())
+}
+
+/// The default limit is 64 MiB of data: a 64 MiB buffer passes both ways
+/// (before, the limit counted the frame's header and refused it).
+fn a_buffer_as_large_as_the_limit_passes() -> anyhow::Result<()> {
+    const LIMIT: usize = 64 << 20;
+    let pool = Pool::builder().workers(1).build()?.watched();
+    ensure!(pool.apply(LEN, ByteBuf::from(vec![1u8; LIMIT]))? == LIMIT as u64);
+    ensure!(pool.apply(BYTES, LIMIT as u64)?.len() == LIMIT);
     Ok(())
 }
 
@@ -794,12 +819,19 @@ fn initializer_argument_reaches_every_worker() -> anyhow::Result<()> {
 fn initializer_argument_that_cannot_be_sent_fails_the_build() -> anyhow::Result<()> {
     let err = Pool::builder()
         .workers(1)
-        .max_frame_len(64)
+        .max_payload_len(64)
         .initializer_with(INIT_WITH, "x".repeat(100))
         .build()
         .unwrap_err();
     ensure!(
-        matches!(err, Error::FrameTooLarge { max: 64, .. }),
+        matches!(
+            err,
+            Error::PayloadTooLarge {
+                what: Oversized::InitializerArg,
+                len: 101,
+                max: 64
+            }
+        ),
         "{err:?}"
     );
     #[cfg(unix)]

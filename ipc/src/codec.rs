@@ -76,6 +76,64 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Resul
         })
 }
 
+/// Appends the encoding of `value` to `buf`, giving up as soon as it
+/// passes `limit` bytes: a value over the limit is refused without being
+/// encoded whole (nor its bytes kept). Then its full size is measured
+/// (encoded again into a counter, allocating nothing) for the error.
+///
+/// On error `buf` is restored to its previous length.
+///
+/// # Errors
+/// [`IpcError::PayloadTooLarge`] when the encoding is longer than `limit`;
+/// [`IpcError::Encode`] as [`encode_into`].
+pub fn encode_into_limited<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut Vec<u8>,
+    limit: u64,
+) -> Result<(), IpcError> {
+    let start = buf.len();
+    let writer = Limited {
+        buf: &mut *buf,
+        left: limit,
+    };
+    match bincode::serde::encode_into_writer(value, writer, config::<{ usize::MAX }>()) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            buf.truncate(start);
+            if !matches!(e, bincode::error::EncodeError::Other(OVER_LIMIT)) {
+                return Err(IpcError::Encode(e));
+            }
+            let mut size = bincode::enc::write::SizeWriter::default();
+            bincode::serde::encode_into_writer(value, &mut size, config::<{ usize::MAX }>())
+                .map_err(IpcError::Encode)?;
+            Err(IpcError::PayloadTooLarge {
+                len: size.bytes_written as u64,
+                max: limit,
+            })
+        }
+    }
+}
+
+/// What [`Limited`] reports when a value passes its limit.
+const OVER_LIMIT: &str = "over the payload limit";
+
+/// Appends to a buffer until `left` bytes have been written.
+struct Limited<'a> {
+    buf: &'a mut Vec<u8>,
+    left: u64,
+}
+
+impl bincode::enc::write::Writer for Limited<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.left = self
+            .left
+            .checked_sub(bytes.len() as u64)
+            .ok_or(bincode::error::EncodeError::Other(OVER_LIMIT))?;
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// Decodes one value from the front of `bytes`; returns it and how many
 /// bytes it used.
 ///
@@ -150,6 +208,27 @@ mod tests {
         buf.clear();
         encode_into(&text, &mut buf).unwrap();
         assert_eq!(decode::<String>(&buf).unwrap().0, text);
+    }
+
+    #[test]
+    fn a_value_over_the_limit_is_refused_with_its_size() {
+        let mut buf = vec![7];
+        let big = "x".repeat(1000);
+        let err = encode_into_limited(&big, &mut buf, 100).unwrap_err();
+        // 1000 bytes and their 3-byte length prefix.
+        assert!(
+            matches!(
+                err,
+                IpcError::PayloadTooLarge {
+                    len: 1003,
+                    max: 100
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(buf, [7], "nothing of the refused value is kept");
+        encode_into_limited(&big, &mut buf, 1003).unwrap();
+        assert_eq!(buf.len(), 1004);
     }
 
     #[test]

@@ -140,9 +140,9 @@ pub fn ignore_interrupts() {
 }
 
 /// The environment variable through which the master tells a worker its
-/// maximum frame length (defaults to
-/// [`DEFAULT_MAX_FRAME_LEN`](crate::frame::DEFAULT_MAX_FRAME_LEN)).
-pub const MAX_FRAME_ENV: &str = "PROCPOOL_MAX_FRAME_LEN";
+/// payload limit (defaults to
+/// [`DEFAULT_MAX_PAYLOAD_LEN`](crate::frame::DEFAULT_MAX_PAYLOAD_LEN)).
+pub const MAX_PAYLOAD_ENV: &str = "PROCPOOL_MAX_PAYLOAD_LEN";
 
 /// The environment variable holding the worker id the master gave a worker.
 pub const WORKER_ID_ENV: &str = "PROCPOOL_WORKER_ID";

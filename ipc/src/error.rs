@@ -19,6 +19,15 @@ pub enum IpcError {
         /// The configured maximum.
         max: u64,
     },
+    /// A value's encoding is longer than the payload limit (see
+    /// [`crate::frame`]); it was refused before being encoded whole.
+    #[error("a payload of {len} bytes exceeds the payload limit of {max} bytes")]
+    PayloadTooLarge {
+        /// The encoding's length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
     /// The stream ended in the middle of a frame.
     #[error("connection closed in the middle of a frame ({read} of {expected} bytes received)")]
     Truncated {
@@ -61,6 +70,16 @@ pub enum TaskError {
         message: String,
         /// `file:line:column` of the panic, when known.
         location: Option<String>,
+    },
+    /// The task's result is longer than the pool's payload limit
+    /// (`PoolBuilder::max_payload_len`); the master reports it as the
+    /// pool's `Error::PayloadTooLarge`, like an input over the limit.
+    #[error("the task's result of {len} bytes exceeds the payload limit of {max} bytes")]
+    OutputTooLarge {
+        /// The encoded result's length.
+        len: u64,
+        /// The limit.
+        max: u64,
     },
     /// The task returned `Err(e)`: `message` is `e`'s text, `causes` the
     /// text of each of its sources in turn (its `source()` chain, which a

@@ -2,7 +2,7 @@
 //!
 //! A frame is a 4-byte little-endian length followed by that many bytes;
 //! a body of `u32::MAX` bytes or more has the length `u32::MAX` followed by
-//! its real length in 8 bytes ([`Header`]), so no limit is built into the
+//! its real length in 8 bytes (`Header`), so no limit is built into the
 //! format.
 //! The reader checks the length against a maximum *before* it allocates, and
 //! grows its buffer only as bytes actually arrive, so a hostile or corrupt
@@ -14,8 +14,27 @@ use std::io::{self, BufReader, BufWriter, Read, Write};
 
 use crate::IpcError;
 
-/// Default maximum frame length: 64 MiB.
-pub const DEFAULT_MAX_FRAME_LEN: u64 = 64 << 20;
+/// Default payload limit: 64 MiB. The payload limit bounds one encoded
+/// value (a task's input or result, a queue item): what the pool's
+/// `max_payload_len` sets. A frame carries one value, or a chunk of values
+/// within the limit together, plus its message's header.
+pub const DEFAULT_MAX_PAYLOAD_LEN: u64 = 64 << 20;
+
+/// Bytes a value's encoding may add to the payload limit: its length
+/// prefixes and tags, so that a 64 MiB buffer passes a 64 MiB limit.
+pub const ENCODING_SLACK: u64 = 16;
+
+/// Room a message needs beside the values it carries.
+pub const MESSAGE_OVERHEAD: u64 = 1024;
+
+/// The longest frame that carries values within `max_payload`.
+pub const fn frame_limit(max_payload: u64) -> u64 {
+    max_payload.saturating_add(ENCODING_SLACK + MESSAGE_OVERHEAD)
+}
+
+/// Default maximum frame length: what carries values within
+/// [`DEFAULT_MAX_PAYLOAD_LEN`].
+pub const DEFAULT_MAX_FRAME_LEN: u64 = frame_limit(DEFAULT_MAX_PAYLOAD_LEN);
 
 /// Length of the frame header of a body shorter than `u32::MAX` bytes.
 pub const HEADER_LEN: usize = 4;

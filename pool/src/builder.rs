@@ -7,13 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use procpool_ipc::frame::DEFAULT_MAX_FRAME_LEN;
-use procpool_ipc::proto::RUN_OVERHEAD;
+use procpool_ipc::frame::{DEFAULT_MAX_PAYLOAD_LEN, ENCODING_SLACK};
 use procpool_ipc::task::Payload;
 use procpool_ipc::{Task, codec};
 
 use crate::config::{Config, Key};
-use crate::{Error, Pool};
+use crate::{Error, Oversized, Pool};
 
 /// An initializer's argument, encoded (or why it did not encode: reported
 /// by `build`). Its `Debug` shows the length, not the bytes.
@@ -59,7 +58,7 @@ pub struct PoolBuilder {
     chunk_size: Option<usize>,
     window: Option<usize>,
     prefetch: Option<usize>,
-    max_frame_len: Option<u64>,
+    max_payload_len: Option<u64>,
     start_timeout: Option<Duration>,
     grace_period: Option<Duration>,
     task_timeout: Option<Duration>,
@@ -88,12 +87,6 @@ impl PoolBuilder {
         }
         if self.max_tasks_per_worker == Some(0) {
             return refuse("max_tasks_per_worker", "a worker must be allowed one task");
-        }
-        if self.max_frame_len.is_some_and(|n| n < 64) {
-            return refuse(
-                "max_frame_len",
-                "frames of fewer than 64 bytes cannot carry the protocol",
-            );
         }
         if self
             .heartbeat_timeout
@@ -187,11 +180,36 @@ impl PoolBuilder {
         self
     }
 
-    /// Largest frame accepted on a worker connection, in bytes; larger
-    /// inputs or results are reported as [`Error::FrameTooLarge`].
-    /// Default: 64 MiB.
-    pub fn max_frame_len(mut self, bytes: u64) -> Self {
-        self.max_frame_len = Some(bytes);
+    /// The payload limit: the most bytes one task input, one result or one
+    /// queue item may take once encoded (not counting the few bytes of
+    /// length prefixes and tags the encoding adds, so a 64 MiB buffer passes
+    /// a 64 MiB limit). Default: 64 MiB.
+    ///
+    /// A value over it is refused without being encoded whole, as
+    /// [`Error::PayloadTooLarge`]: an input in the master before anything is
+    /// sent, a result in the worker (which stays up). Connections refuse
+    /// frames longer than the limit plus a message's header, so a corrupt
+    /// or hostile length makes nobody allocate more.
+    ///
+    /// ```rust,standalone_crate
+    /// use procpool::{Error, Oversized, Pool, Registry, Task};
+    ///
+    /// const LEN: Task<String, usize> = Task::new("len");
+    ///
+    /// fn main() -> Result<(), Error> {
+    ///     procpool::init(Registry::new().task(LEN, |s| s.len()));
+    ///     let pool = Pool::builder().workers(1).max_payload_len(1000).build()?;
+    ///     assert_eq!(pool.apply(LEN, "x".repeat(1000))?, 1000);
+    ///     let err = pool.apply(LEN, "x".repeat(2000)).unwrap_err();
+    ///     assert!(matches!(
+    ///         err.inner(),
+    ///         Error::PayloadTooLarge { what: Oversized::Input, len: 2003, max: 1000 }
+    ///     ));
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn max_payload_len(mut self, bytes: u64) -> Self {
+        self.max_payload_len = Some(bytes);
         self
     }
 
@@ -285,7 +303,7 @@ impl PoolBuilder {
     /// ```
     ///
     /// [`build`](Self::build) fails with [`Error::Encode`] if `arg` does
-    /// not encode, [`Error::FrameTooLarge`] if it does not fit in a frame.
+    /// not encode, [`Error::PayloadTooLarge`] if it is over the payload limit.
     pub fn initializer_with<A: Payload>(mut self, task: Task<A, ()>, arg: A) -> Self {
         let mut bytes = Vec::new();
         let encoded = codec::encode_into(&arg, &mut bytes)
@@ -370,7 +388,7 @@ impl PoolBuilder {
     /// did not call `init` first; [`Error::Spawn`], [`Error::Startup`] or
     /// [`Error::VersionMismatch`] when a worker cannot start;
     /// [`Error::UnknownTask`] when the initializer is not registered;
-    /// [`Error::Encode`] or [`Error::FrameTooLarge`] when the initializer's
+    /// [`Error::Encode`] or [`Error::PayloadTooLarge`] when the initializer's
     /// argument does not encode or fit in a frame;
     /// [`Error::Signal`] when `handle_ctrlc` was asked for and the process
     /// already has a Ctrl-C handler.
@@ -386,16 +404,17 @@ impl PoolBuilder {
                 source: e.into(),
             })?,
         };
-        let max_frame_len = self.max_frame_len.unwrap_or(DEFAULT_MAX_FRAME_LEN);
+        let max_payload_len = self.max_payload_len.unwrap_or(DEFAULT_MAX_PAYLOAD_LEN);
         let initializer = match self.initializer {
             None => None,
             Some((name, arg)) => {
                 let arg = arg.0?;
-                let len = arg.len() + RUN_OVERHEAD;
-                if len > max_frame_len as usize {
-                    return Err(Error::FrameTooLarge {
-                        len: len as u64,
-                        max: max_frame_len,
+                let len = arg.len() as u64;
+                if len > max_payload_len.saturating_add(ENCODING_SLACK) {
+                    return Err(Error::PayloadTooLarge {
+                        what: Oversized::InitializerArg,
+                        len,
+                        max: max_payload_len,
                     });
                 }
                 Some((name, arg))
@@ -412,7 +431,7 @@ impl PoolBuilder {
             chunk_size: self.chunk_size,
             window: self.window.unwrap_or(8192),
             prefetch: self.prefetch,
-            max_frame_len,
+            max_payload_len,
             start_timeout: self.start_timeout.unwrap_or(Duration::from_secs(30)),
             grace_period: self.grace_period.unwrap_or(Duration::from_secs(5)),
             task_timeout: self.task_timeout,

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use procpool_ipc::frame::ENCODING_SLACK;
+
 /// Settings shared by the pool handle and its supervisor.
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
@@ -19,7 +21,7 @@ pub(crate) struct Config {
     pub(crate) window: usize,
     /// `None`: adapted to the measured chunk time (see `dispatch`).
     pub(crate) prefetch: Option<usize>,
-    pub(crate) max_frame_len: u64,
+    pub(crate) max_payload_len: u64,
     pub(crate) start_timeout: Duration,
     pub(crate) grace_period: Duration,
     pub(crate) task_timeout: Option<Duration>,
@@ -35,6 +37,14 @@ pub(crate) struct Config {
     pub(crate) heartbeat_timeout: Duration,
     /// Local workers heartbeat too.
     pub(crate) local_heartbeat: bool,
+}
+
+impl Config {
+    /// The most bytes one encoded value may take: the payload limit and the
+    /// length prefixes and tags its encoding adds.
+    pub(crate) fn payload_limit(&self) -> u64 {
+        self.max_payload_len.saturating_add(ENCODING_SLACK)
+    }
 }
 
 /// The pool's authentication key; never printed.

@@ -275,9 +275,12 @@ impl Dispatch {
             };
             match self.send(slot, 0, Some(chunk), dirty) {
                 Ok(head) => started |= head,
-                Err((chunk, IpcError::FrameTooLarge { len, max })) => {
+                // The packer keeps chunks within the payload limit, so this
+                // frame could not be written for another reason: refuse
+                // the chunk rather than break the connection.
+                Err((chunk, e @ IpcError::FrameTooLarge { .. })) => {
                     if let Some(chunk) = chunk {
-                        ended.push((chunk, Error::FrameTooLarge { len, max }));
+                        ended.push((chunk, Error::Encode(Arc::new(e))));
                     }
                 }
                 Err((chunk, e)) => {

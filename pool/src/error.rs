@@ -5,6 +5,7 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
+use procpool_ipc::frame::ENCODING_SLACK;
 use procpool_ipc::{IpcError, TaskError};
 
 /// Everything that can go wrong with a pool, a task or a worker.
@@ -22,7 +23,7 @@ use procpool_ipc::{IpcError, TaskError};
 /// ([`Error::WorkerDied`], [`Error::WorkerExited`], [`Error::Unresponsive`],
 /// [`Error::RemoteWorkerLost`], [`Error::Connection`]), a timeout
 /// ([`Error::Timeout`]), or an input or result that does not encode, decode
-/// or fit ([`Error::Encode`], [`Error::Decode`], [`Error::FrameTooLarge`]).
+/// or fit ([`Error::Encode`], [`Error::Decode`], [`Error::PayloadTooLarge`]).
 /// Stops of the whole pool ([`Error::Interrupted`], [`Error::Terminated`],
 /// [`Error::Closed`]) are not wrapped. Match on [`inner`](Error::inner) to
 /// look through the wrapper; [`index`](Error::index) gives the index, and
@@ -192,12 +193,17 @@ pub enum Error {
         #[source]
         reason: StartupFailure,
     },
-    /// An input, or all inputs of one chunk, did not fit in one frame.
-    #[error("a message of {len} bytes exceeds the maximum frame length of {max} bytes")]
-    FrameTooLarge {
-        /// The encoded size.
+    /// An input, a result or the initializer's argument is longer, encoded,
+    /// than the pool's payload limit (`PoolBuilder::max_payload_len`). An
+    /// input is refused in the master before anything is sent, a result in
+    /// the worker; neither is encoded past the limit.
+    #[error("{what} of {len} bytes exceeds the payload limit of {max} bytes")]
+    PayloadTooLarge {
+        /// Which value.
+        what: Oversized,
+        /// Its encoded length.
         len: u64,
-        /// The pool's `max_frame_len`.
+        /// The pool's payload limit.
         max: u64,
     },
     /// A task input could not be encoded. The cause is part of the message
@@ -243,6 +249,29 @@ pub enum Error {
         "this process is a procpool worker whose main did not call procpool::init() first; refusing to start a pool (that would start workers recursively)"
     )]
     NotInitialized,
+}
+
+/// Which value was over the payload limit (inside
+/// [`Error::PayloadTooLarge`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Oversized {
+    /// A task's input.
+    Input,
+    /// A task's result.
+    Output,
+    /// The argument of `PoolBuilder::initializer_with`.
+    InitializerArg,
+}
+
+impl std::fmt::Display for Oversized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Oversized::Input => "an input",
+            Oversized::Output => "a result",
+            Oversized::InitializerArg => "the initializer's argument",
+        })
+    }
 }
 
 /// Why a worker did not complete its handshake (inside [`Error::Startup`]).
@@ -325,7 +354,7 @@ impl Error {
             | Error::Connection { .. }
             | Error::Encode(_)
             | Error::Decode(_)
-            | Error::FrameTooLarge { .. } => Error::Item {
+            | Error::PayloadTooLarge { .. } => Error::Item {
                 index,
                 error: Box::new(self),
             },
@@ -333,10 +362,28 @@ impl Error {
         }
     }
 
+    /// An input that did not encode (within the payload limit).
     pub(crate) fn encode(e: IpcError) -> Self {
         match e {
-            IpcError::FrameTooLarge { len, max } => Error::FrameTooLarge { len, max },
+            IpcError::PayloadTooLarge { len, max } => Error::PayloadTooLarge {
+                what: Oversized::Input,
+                len,
+                max: max.saturating_sub(ENCODING_SLACK),
+            },
             e => Error::Encode(Arc::new(e)),
+        }
+    }
+
+    /// A task's failure as reported by its worker: a result over the
+    /// payload limit has the same shape as an input over it.
+    pub(crate) fn task(e: TaskError) -> Self {
+        match e {
+            TaskError::OutputTooLarge { len, max } => Error::PayloadTooLarge {
+                what: Oversized::Output,
+                len,
+                max,
+            },
+            e => Error::Task(e),
         }
     }
 }

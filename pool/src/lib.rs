@@ -49,7 +49,7 @@ mod work;
 mod worker;
 
 pub use builder::{PoolBuilder, sibling_exe};
-pub use error::{Error, StartupFailure};
+pub use error::{Error, Oversized, StartupFailure};
 pub use interrupt::{EXIT_INTERRUPTED, install_ctrlc_handler, interrupted};
 pub use pool::{AsyncResult, Pool, Stats};
 pub use process::Process;

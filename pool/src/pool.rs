@@ -407,7 +407,7 @@ impl Pool {
     ///
     /// # Errors
     /// [`Error::UnknownTask`], [`Error::Closed`], [`Error::Interrupted`],
-    /// [`Error::Encode`] or [`Error::FrameTooLarge`].
+    /// [`Error::Encode`] or [`Error::PayloadTooLarge`].
     pub fn submit<I: Payload, O: Payload>(
         &self,
         task: Task<I, O>,
@@ -415,14 +415,8 @@ impl Pool {
     ) -> Result<AsyncResult<O>, Error> {
         let index = self.task_index(task)?;
         let mut payload = Vec::new();
-        codec::encode_into(&item, &mut payload).map_err(Error::encode)?;
-        let max = self.config.max_frame_len;
-        if payload.len() + procpool_ipc::proto::RUN_OVERHEAD > max as usize {
-            return Err(Error::FrameTooLarge {
-                len: (payload.len() + procpool_ipc::proto::RUN_OVERHEAD) as u64,
-                max,
-            });
-        }
+        codec::encode_into_limited(&item, &mut payload, self.config.payload_limit())
+            .map_err(Error::encode)?;
         let (sink, rx) = crossbeam_channel::bounded(1);
         let job = Arc::new(Job {
             sink,
@@ -578,7 +572,7 @@ impl<O: Payload> AsyncResult<O> {
                     .stats
                     .task_errors
                     .fetch_add(1, Ordering::Relaxed);
-                Error::Task(e)
+                Error::task(e)
             })
         });
         self.result = Some(result.map_err(|e| match self.index {

@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, select};
-use procpool_ipc::proto::RUN_OVERHEAD;
+use procpool_ipc::frame::ENCODING_SLACK;
 use procpool_ipc::task::Payload;
-use procpool_ipc::{TaskError, codec};
+use procpool_ipc::{IpcError, TaskError, codec};
 use serde::Serialize;
 
 use crate::work::{Chunk, Job, Outcome, Results, Skip};
-use crate::{Error, Pool};
+use crate::{Error, Oversized, Pool};
 
 /// The length of the first encoded `I` in `bytes` (see [`Skip`]).
 pub(crate) fn skip<I: Payload>(bytes: &[u8]) -> Option<usize> {
@@ -77,13 +77,14 @@ fn next_chunk_len(
     Some(want.min(room))
 }
 
-/// Packs encoded inputs, one at a time, into chunk payloads that fit in a
-/// `RUN` frame of at most `max_frame_len` bytes.
+/// Packs encoded inputs, one at a time, into chunk payloads of at most
+/// `limit` bytes (the pool's payload limit: a chunk's `RUN` frame then fits
+/// the connection's frame limit).
 #[derive(Debug)]
 struct Packer {
     payload: Vec<u8>,
     count: u32,
-    max_frame_len: u64,
+    limit: u64,
 }
 
 /// What packing one input gave, to be handled in this order: a full chunk
@@ -95,11 +96,11 @@ struct Packed {
 }
 
 impl Packer {
-    fn new(max_frame_len: u64) -> Self {
+    fn new(limit: u64) -> Self {
         Self {
             payload: Vec::new(),
             count: 0,
-            max_frame_len,
+            limit,
         }
     }
 
@@ -109,52 +110,33 @@ impl Packer {
     }
 
     /// Adds `item` to the chunk. One that does not fit after others closes
-    /// the chunk and starts the next; one that does not fit on its own, or
-    /// does not encode, fails (after the chunk before it, which is closed
-    /// early).
+    /// the chunk and starts the next; one over the limit on its own, or
+    /// that does not encode, fails (after the chunk before it, which is
+    /// closed early). Nothing is encoded past the limit.
     fn push<I: Serialize>(&mut self, item: &I) -> Packed {
-        let max = self.max_frame_len;
-        let limit = max as usize - RUN_OVERHEAD;
         let mark = self.payload.len();
-        let encoded = codec::encode_into(item, &mut self.payload).map_err(Error::encode);
-        let encoded = encoded.and_then(|()| {
-            if self.payload.len() <= limit {
-                Ok(())
-            } else {
-                Err(Error::FrameTooLarge {
-                    len: (self.payload.len() - mark + RUN_OVERHEAD) as u64,
-                    max,
-                })
-            }
-        });
-        match encoded {
+        let room = self.limit.saturating_sub(mark as u64);
+        let failed = match codec::encode_into_limited(item, &mut self.payload, room) {
             Ok(()) => {
                 self.count += 1;
-                Packed::default()
+                return Packed::default();
             }
-            Err(Error::FrameTooLarge { .. }) if self.count > 0 => {
-                // The chunk is full: send it, start the next with this item.
-                self.payload.truncate(mark);
+            // It does not fit after the others: it starts the next chunk.
+            Err(IpcError::PayloadTooLarge { len, .. }) if self.count > 0 && len <= self.limit => {
                 let full = self.take();
-                let failed = if codec::encode_into(item, &mut self.payload).is_ok()
-                    && self.payload.len() <= limit
-                {
-                    self.count = 1;
-                    None
-                } else {
-                    let len = (self.payload.len() + RUN_OVERHEAD) as u64;
-                    self.payload.clear();
-                    Some(Error::FrameTooLarge { len, max })
-                };
-                Packed { full, failed }
+                let failed = self.push(item).failed;
+                return Packed { full, failed };
             }
-            Err(e) => {
-                self.payload.truncate(mark);
-                Packed {
-                    full: self.take(),
-                    failed: Some(e),
-                }
-            }
+            Err(IpcError::PayloadTooLarge { len, .. }) => Error::PayloadTooLarge {
+                what: Oversized::Input,
+                len,
+                max: self.limit.saturating_sub(ENCODING_SLACK),
+            },
+            Err(e) => Error::encode(e),
+        };
+        Packed {
+            full: self.take(),
+            failed: Some(failed),
         }
     }
 
@@ -287,7 +269,7 @@ where
             ) else {
                 break;
             };
-            let mut packer = Packer::new(self.pool.config.max_frame_len);
+            let mut packer = Packer::new(self.pool.config.payload_limit());
             while (packer.count() as usize) < want {
                 let item = match catch_unwind(AssertUnwindSafe(|| self.input.next())) {
                     Ok(Some(item)) => item,
@@ -428,7 +410,7 @@ where
                                 .stats
                                 .task_errors
                                 .fetch_add(1, Ordering::Relaxed);
-                            Error::Task(e)
+                            Error::task(e)
                         })
                     }
                     Err(e) => {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use procpool_ipc::endpoint::{self, ExitWatch};
-use procpool_ipc::frame::FrameReader;
+use procpool_ipc::frame::{FrameReader, frame_limit};
 use procpool_ipc::hub;
 use procpool_ipc::link::{Dirty, Link, Sink};
 use procpool_ipc::proto::Message;
@@ -99,7 +99,10 @@ impl Seat<'_> {
         cmd.args(&config.args)
             .envs(config.envs.iter().map(|(k, v)| (k, v)))
             .env(endpoint::WORKER_ID_ENV, slot.to_string())
-            .env(endpoint::MAX_FRAME_ENV, config.max_frame_len.to_string())
+            .env(
+                endpoint::MAX_PAYLOAD_ENV,
+                config.max_payload_len.to_string(),
+            )
             .stdin(Stdio::null());
         let spawn_error = |e: std::io::Error| Error::Spawn {
             program: config.program.clone(),
@@ -179,7 +182,7 @@ impl Seat<'_> {
         R: Read + Send + 'static,
         W: Sink,
     {
-        let max = self.config.max_frame_len;
+        let max = frame_limit(self.config.max_payload_len);
         let link = Link::new(writer, max)?;
         let ctx = ReaderContext {
             slot: self.slot,

@@ -5,14 +5,17 @@ use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
 
+use procpool_ipc::frame::ENCODING_SLACK;
 use procpool_ipc::task::Payload;
-use procpool_ipc::{Task, TaskError, codec};
+use procpool_ipc::{IpcError, Task, TaskError, codec};
 
 /// Runs `count` encoded inputs from `payload`, appending each one's encoded
 /// `Result<Output, TaskError>` to `out` and then calling `done(out)` (which
-/// may report and clear what `out` holds).
+/// may report and clear what `out` holds). An output whose encoding passes
+/// the payload limit (the third argument) is replaced by
+/// [`TaskError::OutputTooLarge`], without being encoded whole.
 pub(crate) type Runner =
-    Box<dyn Fn(&[u8], u32, &mut Vec<u8>, &mut dyn FnMut(&mut Vec<u8>)) + Send + Sync>;
+    Box<dyn Fn(&[u8], u32, u64, &mut Vec<u8>, &mut dyn FnMut(&mut Vec<u8>)) + Send + Sync>;
 
 /// The tasks a worker serves, each under its [`Task`] name.
 ///
@@ -120,7 +123,8 @@ where
     O: Payload,
     F: Fn(I) -> Result<O, TaskError> + Send + Sync + 'static,
 {
-    Box::new(move |payload, count, out, done| {
+    Box::new(move |payload, count, max_payload, out, done| {
+        let limit = max_payload.saturating_add(ENCODING_SLACK);
         let mut rest = payload;
         let mut bad_input: Option<String> = None;
         for _ in 0..count {
@@ -141,10 +145,17 @@ where
                     }
                 },
             };
-            if let Err(e) = codec::encode_into(&result, out) {
-                let failed: Result<O, TaskError> = Err(TaskError::EncodeOutput {
-                    message: error_chain(&e),
-                });
+            if let Err(e) = codec::encode_into_limited(&result, out, limit) {
+                let error = match e {
+                    IpcError::PayloadTooLarge { len, .. } => TaskError::OutputTooLarge {
+                        len,
+                        max: max_payload,
+                    },
+                    e => TaskError::EncodeOutput {
+                        message: error_chain(&e),
+                    },
+                };
+                let failed: Result<O, TaskError> = Err(error);
                 codec::encode_into(&failed, out).expect("a TaskError always encodes");
             }
             done(out);
@@ -231,7 +242,13 @@ mod tests {
             codec::encode_into(i, &mut payload).unwrap();
         }
         let mut out = Vec::new();
-        reg.runner(index).unwrap()(&payload, inputs.len() as u32, &mut out, &mut |_| {});
+        reg.runner(index).unwrap()(
+            &payload,
+            inputs.len() as u32,
+            1 << 20,
+            &mut out,
+            &mut |_| {},
+        );
         out
     }
 
@@ -298,7 +315,7 @@ mod tests {
     fn undecodable_input_fails_every_item_of_the_chunk() {
         let reg = Registry::new().task(PARSE, |s: String| s.len() as u8);
         let mut out = Vec::new();
-        reg.runner(0).unwrap()(&[0xFF, 0xFF], 2, &mut out, &mut |_| {});
+        reg.runner(0).unwrap()(&[0xFF, 0xFF], 2, 1 << 20, &mut out, &mut |_| {});
         let got = results::<u8>(&out, 2);
         assert!(
             got.iter()

@@ -22,11 +22,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
+use procpool_ipc::IpcError;
 use procpool_ipc::endpoint::{self, ReadHalf, WriteHalf};
-use procpool_ipc::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader};
+use procpool_ipc::frame::{DEFAULT_MAX_PAYLOAD_LEN, ENCODING_SLACK, FrameReader, frame_limit};
 use procpool_ipc::link::{Link, Sink};
 use procpool_ipc::proto::{Hello, Message};
-use procpool_ipc::{IpcError, TaskError, codec};
 
 use crate::Registry;
 use crate::registry::{error_chain, install_panic_hook};
@@ -110,11 +110,11 @@ fn fail(e: &ServeError) -> ! {
     process::exit(EXIT_FAILURE)
 }
 
-fn max_frame_len() -> u64 {
-    std::env::var(endpoint::MAX_FRAME_ENV)
+fn max_payload_len() -> u64 {
+    std::env::var(endpoint::MAX_PAYLOAD_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_MAX_FRAME_LEN)
+        .unwrap_or(DEFAULT_MAX_PAYLOAD_LEN)
 }
 
 /// Serves tasks and exits as a *remote* worker: connects to the master
@@ -167,7 +167,8 @@ where
     W: Sink,
 {
     install_panic_hook();
-    let max = max_frame_len();
+    let max_payload = max_payload_len();
+    let max = frame_limit(max_payload);
     let link = Link::new(w, max).map_err(IpcError::from)?;
     link.set_heartbeat(heartbeat.map(procpool_ipc::remote::heartbeat_interval));
     let hello = Hello {
@@ -238,24 +239,22 @@ where
                     link: &link,
                     id,
                     count,
+                    limit: max_payload.saturating_add(ENCODING_SLACK),
                     finished: 0,
                     unreported: 0,
+                    reported_len: 0,
                     last: started,
                     error: None,
                 };
-                runner(payload, count, &mut out, &mut |out| reporter.item_done(out));
+                runner(payload, count, max_payload, &mut out, &mut |out| {
+                    reporter.item_done(out);
+                });
                 if let Some(e) = reporter.error {
                     return Err(e.into());
                 }
                 let elapsed_ns = nanos(started.elapsed());
-                report(
-                    &link,
-                    Kind::Done,
-                    id,
-                    reporter.unreported,
-                    elapsed_ns,
-                    &mut out,
-                )?;
+                report(&link, Kind::Done, id, reporter.unreported, elapsed_ns, &out)?;
+                out.clear();
             }
             Message::Shutdown => break,
             _ => return Err(ServeError::Unexpected),
@@ -273,14 +272,21 @@ where
 const REPORT_EVERY: Duration = Duration::from_millis(1);
 
 /// Reports a running chunk's results as `PART` frames: see [`REPORT_EVERY`].
+/// Each result is within the payload limit (the runner replaces a larger one
+/// with [`TaskError::OutputTooLarge`]); results that would together pass it
+/// are reported in more frames, so no frame is over its limit.
 struct Reporter<'a> {
     link: &'a Link,
     id: u64,
     count: u32,
+    /// The most bytes of results one frame carries.
+    limit: u64,
     /// Items finished so far.
     finished: u32,
     /// Items finished whose results are in `out`, not yet reported.
     unreported: u32,
+    /// Bytes in `out` before the latest result.
+    reported_len: usize,
     last: Instant,
     error: Option<IpcError>,
 }
@@ -290,6 +296,26 @@ impl Reporter<'_> {
     fn item_done(&mut self, out: &mut Vec<u8>) {
         self.finished += 1;
         self.unreported += 1;
+        if out.len() as u64 > self.limit && self.unreported > 1 && self.error.is_none() {
+            // The results before this one go first, in a frame of their own.
+            let before = self.reported_len;
+            let sent = report(
+                self.link,
+                Kind::Part,
+                self.id,
+                self.unreported - 1,
+                nanos(self.last.elapsed()),
+                &out[..before],
+            );
+            match sent {
+                Ok(()) => {
+                    out.drain(..before);
+                    self.unreported = 1;
+                }
+                Err(e) => self.error = Some(e),
+            }
+        }
+        self.reported_len = out.len();
         // The last item goes with the `DONE`.
         if self.finished == self.count || self.error.is_some() {
             return;
@@ -310,6 +336,8 @@ impl Reporter<'_> {
         .and_then(|()| self.link.flush());
         match sent {
             Ok(()) => {
+                out.clear();
+                self.reported_len = 0;
                 self.unreported = 0;
                 self.last = now;
             }
@@ -328,52 +356,30 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Appends the `count` results in `out` as one frame of `kind` to the
-/// link's outbox and clears `out`. Results too large for a frame are
-/// reported as failed rather than lost.
+/// Appends the `count` results in `payload` as one frame of `kind` to the
+/// link's outbox.
 fn report(
     link: &Link,
     kind: Kind,
     id: u64,
     count: u32,
     elapsed_ns: u64,
-    out: &mut Vec<u8>,
+    payload: &[u8],
 ) -> Result<(), IpcError> {
-    let frame = |payload: &[u8]| {
-        let msg = match kind {
-            Kind::Part => Message::Part {
-                id,
-                count,
-                elapsed_ns,
-                payload,
-            },
-            Kind::Done => Message::Done {
-                id,
-                count,
-                elapsed_ns,
-                payload,
-            },
-        };
-        link.write(&msg)
-    };
-    let written = match frame(out) {
-        Err(IpcError::FrameTooLarge { len, max }) => {
-            let message = format!(
-                "the results take {len} bytes, more than the maximum frame length of {max}"
-            );
-            out.clear();
-            for _ in 0..count {
-                let failed: Result<(), TaskError> = Err(TaskError::EncodeOutput {
-                    message: message.clone(),
-                });
-                codec::encode_into(&failed, out)?;
-            }
-            frame(out)
-        }
-        other => other,
-    };
-    out.clear();
-    written
+    link.write(&match kind {
+        Kind::Part => Message::Part {
+            id,
+            count,
+            elapsed_ns,
+            payload,
+        },
+        Kind::Done => Message::Done {
+            id,
+            count,
+            elapsed_ns,
+            payload,
+        },
+    })
 }
 
 /// The next request, flushing buffered results before blocking.

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
-use procpool_ipc::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader};
+use procpool_ipc::frame::{DEFAULT_MAX_FRAME_LEN, DEFAULT_MAX_PAYLOAD_LEN, FrameReader};
 use procpool_ipc::link::Blocking;
 use procpool_ipc::proto::RUN_OVERHEAD;
 use procpool_ipc::sync::lock;
@@ -27,7 +27,7 @@ fn config(workers: usize, prefetch: Option<usize>, limit: Option<u64>) -> Config
         chunk_size: None,
         window: 64,
         prefetch,
-        max_frame_len: DEFAULT_MAX_FRAME_LEN,
+        max_payload_len: DEFAULT_MAX_PAYLOAD_LEN,
         start_timeout: Duration::from_secs(5),
         grace_period: Duration::from_secs(5),
         task_timeout: None,
@@ -419,7 +419,7 @@ fn a_chunk_too_large_for_a_frame_ends_and_the_lane_goes_on() {
     let (c, e) = &ended[0];
     assert_eq!(c.first, 0);
     assert!(
-        matches!(e, Error::FrameTooLarge { len: 65, max: 64 }),
+        matches!(e, Error::Encode(e) if matches!(**e, IpcError::FrameTooLarge { len: 65, max: 64 })),
         "{e:?}"
     );
     let l = lane(&d, 0);

@@ -5,10 +5,10 @@ use serde::ser::Error as _;
 
 use super::*;
 
-/// The smallest frame limit a pool accepts.
-const MAX: u64 = 64;
-/// Payload bytes a chunk may hold under [`MAX`].
-const LIMIT: usize = MAX as usize - RUN_OVERHEAD;
+/// A payload limit.
+const MAX: u64 = 31;
+/// Bytes a chunk may hold under [`MAX`]: the limit and the encoding's slack.
+const LIMIT: usize = (MAX + ENCODING_SLACK) as usize;
 
 /// An input whose encoding fails.
 struct Unencodable;
@@ -41,7 +41,7 @@ fn summary(p: Packed) -> (Option<(usize, u32)>, Option<Error>) {
 
 #[test]
 fn inputs_are_packed_back_to_back() {
-    let mut p = Packer::new(MAX);
+    let mut p = Packer::new(LIMIT as u64);
     assert!(p.take().is_none(), "nothing packed yet");
     for s in ["a", "bc", "def"] {
         let (full, failed) = summary(p.push(&s));
@@ -60,7 +60,7 @@ fn inputs_are_packed_back_to_back() {
 
 #[test]
 fn a_chunk_is_cut_before_it_exceeds_the_frame() {
-    let mut p = Packer::new(MAX);
+    let mut p = Packer::new(LIMIT as u64);
     // Up to the limit exactly is fine.
     let (full, failed) = summary(p.push(&bytes(LIMIT - 1)));
     assert!(full.is_none() && failed.is_none());
@@ -77,7 +77,7 @@ fn a_chunk_is_cut_before_it_exceeds_the_frame() {
 
 #[test]
 fn a_cut_keeps_every_input_in_order() {
-    let mut p = Packer::new(MAX);
+    let mut p = Packer::new(LIMIT as u64);
     let items: Vec<Vec<u8>> = (0..10u8).map(|i| vec![i; 19]).collect();
     let mut chunks = Vec::new();
     for item in &items {
@@ -97,13 +97,13 @@ fn a_cut_keeps_every_input_in_order() {
 
 #[test]
 fn an_oversized_input_fails_alone() {
-    let mut p = Packer::new(MAX);
+    let mut p = Packer::new(LIMIT as u64);
     // First in its chunk: it fails, nothing is sent.
     let (full, failed) = summary(p.push(&bytes(LIMIT + 1)));
     assert!(full.is_none());
-    let len = (LIMIT + 1 + RUN_OVERHEAD) as u64;
+    let len = (LIMIT + 1) as u64;
     assert!(
-        matches!(failed, Some(Error::FrameTooLarge { len: l, max: MAX }) if l == len),
+        matches!(failed, Some(Error::PayloadTooLarge { what: Oversized::Input, len: l, max: MAX }) if l == len),
         "{failed:?}"
     );
     assert_eq!(p.count(), 0);
@@ -113,7 +113,14 @@ fn an_oversized_input_fails_alone() {
     let (full, failed) = summary(p.push(&bytes(200)));
     assert_eq!(full, Some((3, 1)));
     assert!(
-        matches!(failed, Some(Error::FrameTooLarge { len: l, max: MAX }) if l == 200 + RUN_OVERHEAD as u64),
+        matches!(
+            failed,
+            Some(Error::PayloadTooLarge {
+                len: 200,
+                max: MAX,
+                ..
+            })
+        ),
         "{failed:?}"
     );
     assert_eq!(p.count(), 0);
@@ -123,7 +130,7 @@ fn an_oversized_input_fails_alone() {
 
 #[test]
 fn an_input_that_does_not_encode_fails_and_cuts_the_chunk() {
-    let mut p = Packer::new(MAX);
+    let mut p = Packer::new(LIMIT as u64);
     let (full, failed) = summary(p.push(&Unencodable));
     assert!(full.is_none());
     assert!(matches!(failed, Some(Error::Encode(_))), "{failed:?}");
