@@ -12,7 +12,7 @@
 //! left.send("ping".to_string()).unwrap();
 //! assert_eq!(right.recv().unwrap(), "ping");
 //! right.send(4).unwrap();
-//! assert!(left.poll(Duration::from_secs(1)));
+//! assert!(left.poll(Duration::from_secs(1)).unwrap());
 //! assert_eq!(left.recv().unwrap(), 4);
 //!
 //! let (rx, tx) = Pipe::one_way::<u8>();
@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::queue::{GetError, PutError, Queue};
+use super::queue::{GetError, PutError, Queue, QueueError};
 use crate::task::Payload;
 
 /// Makes pipes.
@@ -106,14 +106,20 @@ impl<S: Payload, R: Payload> PipeEnd<S, R> {
     }
 
     /// Waits at most `timeout` until [`recv`](Self::recv) would not block.
-    pub fn poll(&self, timeout: Duration) -> bool {
+    ///
+    /// # Errors
+    /// The hub cannot be reached (see [`Queue::len`]).
+    pub fn poll(&self, timeout: Duration) -> Result<bool, QueueError> {
         self.rx.poll(timeout)
     }
 
     /// Tells the other end nothing more will come: once it has received
     /// what was sent, its `recv` returns [`GetError::Closed`].
-    pub fn close(&self) {
-        self.tx.close();
+    ///
+    /// # Errors
+    /// As [`Queue::close`].
+    pub fn close(&self) -> Result<(), QueueError> {
+        self.tx.close()
     }
 }
 
@@ -138,8 +144,11 @@ impl<T: Payload> PipeSender<T> {
     }
 
     /// Tells the receiver nothing more will come.
-    pub fn close(&self) {
-        self.0.close();
+    ///
+    /// # Errors
+    /// As [`Queue::close`].
+    pub fn close(&self) -> Result<(), QueueError> {
+        self.0.close()
     }
 }
 
@@ -180,7 +189,10 @@ impl<T: Payload> PipeReceiver<T> {
     }
 
     /// Waits at most `timeout` until [`recv`](Self::recv) would not block.
-    pub fn poll(&self, timeout: Duration) -> bool {
+    ///
+    /// # Errors
+    /// As [`PipeEnd::poll`].
+    pub fn poll(&self, timeout: Duration) -> Result<bool, QueueError> {
         self.0.poll(timeout)
     }
 }

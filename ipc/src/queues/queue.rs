@@ -27,7 +27,7 @@
 //! q.put("b".to_string()).unwrap();
 //! assert!(q.try_put("c".to_string()).unwrap_err().is_full());
 //! assert_eq!(q.get().unwrap(), "a");
-//! q.close();
+//! q.close().unwrap();
 //! assert_eq!(q.get().unwrap(), "b");
 //! assert!(matches!(q.get_timeout(Duration::from_secs(1)), Err(GetError::Closed)));
 //! ```
@@ -366,44 +366,57 @@ impl<T: Payload> Queue<T> {
             .map(|(item, _)| item)
             .map_err(|e| GetError::Failed(QueueError::Decode(Arc::new(e))))
     }
+}
 
+impl<T> Queue<T> {
     /// Waits at most `timeout` until an item can be taken (or the queue is
     /// closed and drained); whether one can.
-    pub(crate) fn poll(&self, timeout: Duration) -> bool {
+    pub(crate) fn poll(&self, timeout: Duration) -> Result<bool, QueueError> {
         match &self.handle {
-            Handle::Local(core) => core.poll(wait_for(timeout)),
+            Handle::Local(core) => Ok(core.poll(wait_for(timeout))),
+            Handle::Remote { id, client, .. } => client.poll(*id, wait_for(timeout)),
+        }
+    }
+
+    /// Number of items in the queue now (a snapshot). Items handed to a
+    /// getter in another process and not yet taken there still count.
+    ///
+    /// # Errors
+    /// From another process than the hub's: the hub cannot be reached, or
+    /// no longer holds the queue ([`QueueError::NoSuchQueue`]).
+    pub fn len(&self) -> Result<usize, QueueError> {
+        match &self.handle {
+            Handle::Local(core) => Ok(core.len()),
             Handle::Remote { id, client, .. } => {
-                client.poll(*id, wait_for(timeout)).unwrap_or(true)
+                let (st, n, _) = client.request(op::LEN, *id, 0, &[], Wait::Forever)?;
+                wire::check(st, *id)?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
             }
         }
     }
 
-    /// Number of items in the queue now (a snapshot; 0 if the hub cannot be
-    /// reached). Items handed to a getter in another process and not yet
-    /// taken there still count.
-    pub fn len(&self) -> usize {
-        match &self.handle {
-            Handle::Local(core) => core.len(),
-            Handle::Remote { id, client, .. } => client
-                .request(op::LEN, *id, 0, &[], Wait::Forever)
-                .ok()
-                .filter(|(st, _, _)| *st == status::OK)
-                .map_or(0, |(_, n, _)| usize::try_from(n).unwrap_or(usize::MAX)),
-        }
-    }
-
     /// Whether the queue is empty now (a snapshot).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    ///
+    /// # Errors
+    /// As [`len`](Self::len).
+    pub fn is_empty(&self) -> Result<bool, QueueError> {
+        self.len().map(|n| n == 0)
     }
 
     /// Refuses further puts, in every process. Getters take what is left,
-    /// then get [`GetError::Closed`].
-    pub fn close(&self) {
+    /// then get [`GetError::Closed`]. Closing a closed queue does nothing.
+    ///
+    /// # Errors
+    /// As [`len`](Self::len).
+    pub fn close(&self) -> Result<(), QueueError> {
         match &self.handle {
-            Handle::Local(core) => core.close(),
+            Handle::Local(core) => {
+                core.close();
+                Ok(())
+            }
             Handle::Remote { id, client, .. } => {
-                let _ = client.request(op::CLOSE, *id, 0, &[], Wait::Forever);
+                let (st, _, _) = client.request(op::CLOSE, *id, 0, &[], Wait::Forever)?;
+                wire::check(st, *id)
             }
         }
     }
@@ -762,7 +775,10 @@ impl<T: Payload> SimpleQueue<T> {
     }
 
     /// Whether the queue is empty now (a snapshot).
-    pub fn is_empty(&self) -> bool {
+    ///
+    /// # Errors
+    /// As [`Queue::len`].
+    pub fn is_empty(&self) -> Result<bool, QueueError> {
         self.0.is_empty()
     }
 
