@@ -36,21 +36,24 @@ impl Pipe {
     /// A duplex pipe: the first end sends `A` and receives `B`, the second
     /// the reverse.
     pub fn duplex<A: Payload, B: Payload>() -> (PipeEnd<A, B>, PipeEnd<B, A>) {
-        let (ab, ba) = (Queue::new(), Queue::new());
+        let ((ab_rx, ab_tx), (ba_rx, ba_tx)) = (Queue::pipe(), Queue::pipe());
         (
             PipeEnd {
-                tx: ab.clone(),
-                rx: ba.clone(),
+                tx: ab_tx,
+                rx: ba_rx,
             },
-            PipeEnd { tx: ba, rx: ab },
+            PipeEnd {
+                tx: ba_tx,
+                rx: ab_rx,
+            },
         )
     }
 
     /// A one-way pipe: `(receiver, sender)`, in the order Python's
     /// `Pipe(duplex=False)` returns them.
     pub fn one_way<T: Payload>() -> (PipeReceiver<T>, PipeSender<T>) {
-        let q = Queue::new();
-        (PipeReceiver(q.clone()), PipeSender(q))
+        let (rx, tx) = Queue::pipe();
+        (PipeReceiver(rx), PipeSender(tx))
     }
 }
 

@@ -15,8 +15,8 @@
 //! marked done are reported by [`JoinableQueue::join`] instead of making it
 //! wait for ever.
 //!
-//! The queue exists while a handle to it exists in the hub process; remote
-//! handles do not keep it alive.
+//! The queue exists while any process holds a handle to it (see
+//! [`Queue`]'s Lifetime section).
 //!
 //! ```
 //! use procpool::{GetError, Queue};
@@ -43,7 +43,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::client::{self, Client, Held, Taken};
-use super::hub::{Core, GetFail, PutFail};
+use super::hub::{self, Core, GetFail, PutFail};
 use super::wire::{self, Wait, op, status};
 use crate::codec;
 pub use crate::error::QueueError;
@@ -131,6 +131,8 @@ enum Handle {
     Local(Arc<Core>),
     Remote {
         id: u64,
+        /// The id of the hub that holds the queue (the parent's).
+        hub: u64,
         bounded: bool,
         client: &'static Arc<Client>,
         /// Shared by clones: the client forgets the queue when the last
@@ -155,8 +157,30 @@ impl Handle {
 /// What a handle looks like on the wire.
 #[derive(Serialize, Deserialize)]
 struct Wire {
+    /// The id of the hub that holds the queue.
+    hub: u64,
     id: u64,
     bounded: bool,
+    /// A pipe's sending end (see [`Writer`]).
+    writer: bool,
+}
+
+/// Marks a handle as a pipe's sending end: the hub ends the pipe's
+/// direction when the last one goes (see the hub's `lifetime` docs).
+#[derive(Debug)]
+enum Writer {
+    /// In the hub process: counted by the queue until this drops.
+    Local(Arc<Core>),
+    /// In a worker: the handle's hold carries the mark.
+    Remote,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Writer::Local(core) = self {
+            core.writer_dropped();
+        }
+    }
 }
 
 fn wait_for(timeout: Duration) -> Wait {
@@ -169,8 +193,27 @@ fn wait_for(timeout: Duration) -> Wait {
 ///
 /// `len` and `is_empty` are snapshots: other processes may change the
 /// queue at any moment.
+///
+/// # Lifetime
+///
+/// The queue lives while any process holds a handle to it: a handle in the
+/// hub process, a handle in a worker (until it and its clones drop, or the
+/// worker ends), and a handle serialised and not yet received (so the
+/// creator may move its only handle into `Process::spawn` or a task). A
+/// handle serialised and never received keeps the queue until the hub
+/// process exits.
+///
+/// # Reach
+///
+/// A handle works in the hub's process and in its direct workers (the
+/// processes of its pools and `Process`es). Passed further, to a process a
+/// worker starts, it does not deserialise: the error names
+/// [`QueueError::Unreachable`]. Pass such a process a queue the worker
+/// made, and relay in the worker.
 pub struct Queue<T> {
     handle: Handle,
+    /// Set on a pipe's sending end.
+    writer: Option<Arc<Writer>>,
     _items: PhantomData<fn(T) -> T>,
 }
 
@@ -178,6 +221,7 @@ impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
         Self {
             handle: self.handle.clone(),
+            writer: self.writer.clone(),
             _items: PhantomData,
         }
     }
@@ -220,8 +264,25 @@ impl<T: Payload> Queue<T> {
     fn with_capacity(capacity: Option<usize>) -> Self {
         Self {
             handle: Handle::new(capacity),
+            writer: None,
             _items: PhantomData,
         }
+    }
+
+    /// A pipe's direction: `(reading handle, sending handle)`; it ends
+    /// (reads `Closed` once drained) when every sending handle is gone.
+    pub(crate) fn pipe() -> (Self, Self) {
+        let reader = Self::new();
+        let Handle::Local(core) = &reader.handle else {
+            unreachable!("a new queue is local");
+        };
+        core.set_pipe();
+        let writer = Self {
+            handle: reader.handle.clone(),
+            writer: Some(Arc::new(Writer::Local(Arc::clone(core)))),
+            _items: PhantomData,
+        };
+        (reader, writer)
     }
 
     /// Adds an item, waiting for room if the queue is bounded and full.
@@ -424,13 +485,32 @@ impl<T> Queue<T> {
 
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let bounded = match &self.handle {
-            Handle::Local(core) => core.capacity.is_some(),
-            Handle::Remote { bounded, .. } => *bounded,
+        let writer = self.writer.is_some();
+        let (hub, bounded) = match &self.handle {
+            Handle::Local(core) => {
+                core.pin(writer);
+                (hub::hub_id(), core.capacity.is_some())
+            }
+            Handle::Remote {
+                id,
+                hub,
+                bounded,
+                client,
+                ..
+            } => {
+                // The queue lives until the receiver holds it, even if
+                // this handle drops first (frames reach the hub in order).
+                client
+                    .oneway(op::PIN, *id, u64::from(writer), &[])
+                    .map_err(serde::ser::Error::custom)?;
+                (*hub, *bounded)
+            }
         };
         Wire {
+            hub,
             id: self.handle.id(),
             bounded,
+            writer,
         }
         .serialize(s)
     }
@@ -438,23 +518,37 @@ impl<T> Serialize for Queue<T> {
 
 impl<'de, T> Deserialize<'de> for Queue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let Wire { id, bounded } = Wire::deserialize(d)?;
-        let handle = match (Core::lookup(id), client::client()) {
-            (Some(core), _) => Handle::Local(core),
-            (None, Some(client)) => Handle::Remote {
+        let Wire {
+            hub,
+            id,
+            bounded,
+            writer,
+        } = Wire::deserialize(d)?;
+        if hub == hub::hub_id() {
+            let core =
+                Core::lookup(id).ok_or_else(|| D::Error::custom(QueueError::NoSuchQueue { id }))?;
+            core.receive(writer);
+            return Ok(Queue {
+                writer: writer.then(|| Arc::new(Writer::Local(Arc::clone(&core)))),
+                handle: Handle::Local(core),
+                _items: PhantomData,
+            });
+        }
+        let unreachable = || D::Error::custom(QueueError::Unreachable { id, hub });
+        let client = client::client().ok_or_else(unreachable)?;
+        if client.upstream_hub().map_err(D::Error::custom)? != hub {
+            return Err(unreachable());
+        }
+        let held = client.hold(id, writer).map_err(D::Error::custom)?;
+        Ok(Queue {
+            handle: Handle::Remote {
                 id,
+                hub,
                 bounded,
                 client,
-                _held: Arc::new(client.hold(id)),
+                _held: Arc::new(held),
             },
-            (None, None) => {
-                return Err(D::Error::custom(format_args!(
-                    "queue {id} is not held by this process and this process is not a worker"
-                )));
-            }
-        };
-        Ok(Queue {
-            handle,
+            writer: writer.then(|| Arc::new(Writer::Remote)),
             _items: PhantomData,
         })
     }

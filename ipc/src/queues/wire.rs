@@ -15,6 +15,10 @@
 //! | `CLOSE` | id | — | — | `OK` |
 //! | `CANCEL` | 0 | the parked request's id | — | `CANCELLED` to that request, if still parked |
 //! | `UNSUBSCRIBE` | id | — | — | `OK`, after the subscription's unacknowledged items went back to the front of the queue |
+//! | `HUB_ID` | id (queue 0) | — | — | `OK` with `value` = the hub's id (a worker asks once, to tell its parent's handles from others) |
+//! | `PIN` | 0 | 1: a pipe writer's handle, 0: any other | — | none; a handle was serialised: the queue lives until a `HOLD` (or the hub process's own deserialisation) takes the pin |
+//! | `HOLD` | 0 | as `PIN` | — | none; a handle was deserialised in the sender's process: the queue lives while the connection holds it. `NO_QUEUE` notice if the queue is gone |
+//! | `UNHOLD` | 0 | as `PIN` | — | none; that handle (with its clones) was dropped |
 //!
 //! `ACK` adds to the sending connection's debt and `TASK_DONE` pays it
 //! (see [`hub`](super::hub)): a worker sends both before the caller goes
@@ -51,6 +55,10 @@ pub(crate) mod op {
     pub(crate) const CLOSE: u8 = 8;
     pub(crate) const CANCEL: u8 = 9;
     pub(crate) const UNSUBSCRIBE: u8 = 10;
+    pub(crate) const HUB_ID: u8 = 11;
+    pub(crate) const PIN: u8 = 12;
+    pub(crate) const HOLD: u8 = 13;
+    pub(crate) const UNHOLD: u8 = 14;
 }
 
 /// Status codes of `Message::Reply`.
