@@ -128,7 +128,7 @@ struct SubState {
     closed: bool,
     /// Closed: puts are refused.
     put_closed: bool,
-    /// The hub holds no such queue any more (its handles there were dropped).
+    /// The hub holds no such queue (it was gone before this process held it).
     gone: bool,
     /// A put from here was answered: the hub knows this connection uses
     /// the queue and tells it when the queue closes, so later puts to an

@@ -25,6 +25,11 @@
 //!   but not acknowledged when the connection ends go back to the front of
 //!   the queue: a process that dies in `get` loses nothing.
 //! - Delivered-but-unacknowledged items count towards `len` and capacity.
+//! - `PIN`, `HOLD` and `UNHOLD` keep the queue alive while handles to it
+//!   travel and live in workers; a pipe's direction ends when its last
+//!   writer goes (see `hub/lifetime.rs`). `HUB_ID` tells a worker which hub its
+//!   connection leads to: a handle carries its hub's id, so a worker knows
+//!   whether it can reach the queue.
 //!
 //! # Who owes a `task_done`
 //!

@@ -4,6 +4,12 @@
 //! `Serialize` like a queue handle: pass one end to a spawned process or a
 //! pool task and keep the other.
 //!
+//! A direction ends when its sending end is closed, and also when every
+//! copy of the sending end is gone without `close`: dropped, or its process
+//! ended or died. The receiver then gets what was sent, then
+//! [`GetError::Closed`] (Python's `EOFError`), from `recv`, `recv_timeout`
+//! and `try_recv` alike; it never waits for a peer that is gone.
+//!
 //! ```
 //! use procpool::Pipe;
 //! use std::time::Duration;
@@ -86,8 +92,9 @@ impl<S: Payload, R: Payload> PipeEnd<S, R> {
     /// Receives the next value, waiting until one arrives.
     ///
     /// # Errors
-    /// [`GetError::Closed`] once the other end has closed and everything
-    /// it sent was received; as [`Queue::get`] otherwise.
+    /// [`GetError::Closed`] once the other end has closed, or is gone
+    /// (dropped, or its process ended), and everything it sent was
+    /// received; as [`Queue::get`] otherwise.
     pub fn recv(&self) -> Result<R, GetError> {
         self.rx.get()
     }

@@ -289,10 +289,10 @@ impl<T: Payload> Queue<T> {
     ///
     /// From another process than the hub's: the first put to a queue is
     /// answered by the hub; later puts to an unbounded queue are one-way
-    /// (the item is in the kernel when `put` returns). A one-way put that
-    /// reaches a queue the hub has dropped meanwhile (every handle there
-    /// was dropped) cannot be delivered: the hub says so and the next
-    /// operation on the handle reports [`QueueError::NoSuchQueue`].
+    /// (the item is in the kernel when `put` returns). The handle holds the
+    /// queue in the hub (see Lifetime above), so a one-way put always
+    /// lands; a handle that arrived after its queue was gone gets
+    /// [`QueueError::NoSuchQueue`] from its first (answered) put.
     ///
     /// # Errors
     /// [`PutError::Closed`], or [`PutError::Failed`] when the item cannot

@@ -32,7 +32,8 @@
 //! when it happens, or, if none is, to the next join.
 //!
 //! A reply with `req` 0 is a notice about queue `value`: `CLOSED` (puts
-//! are refused from now on) or `NO_QUEUE` (the hub dropped it). A
+//! are refused from now on) or `NO_QUEUE` (the hub holds no such queue:
+//! a `HOLD` came after every handle was gone). A
 //! `Deliver` with `closed` set says the queue is closed and drained.
 //!
 //! [`Message::Hub`]: crate::proto::Message::Hub

@@ -251,3 +251,33 @@ fn failed_task_done_in_a_guard_is_reported_not_a_panic() {
     drop(b);
     assert!(q.join_timeout(LONG).unwrap());
 }
+
+#[test]
+fn a_pipe_end_dropped_without_close_ends_the_pipe() {
+    use crate::queues::pipe::Pipe;
+    let (rx, tx) = Pipe::one_way::<u8>();
+    tx.send(1).unwrap();
+    drop(tx);
+    assert_eq!(rx.recv_timeout(LONG).unwrap(), 1);
+    assert!(matches!(rx.recv_timeout(LONG), Err(GetError::Closed)));
+
+    let (left, right) = Pipe::duplex::<u8, u8>();
+    right.send(2).unwrap();
+    drop(right);
+    assert_eq!(left.recv_timeout(LONG).unwrap(), 2);
+    assert!(matches!(left.try_recv(), Err(GetError::Closed)));
+    // The other direction is still open: `right` is gone, but nobody
+    // closed `left`'s sending side.
+    left.send(3).unwrap();
+}
+
+#[test]
+fn a_local_handle_round_trip_keeps_the_queue() {
+    let q = Queue::<u8>::new();
+    q.put(5).unwrap();
+    let mut bytes = Vec::new();
+    crate::codec::encode_into(&q, &mut bytes).unwrap();
+    drop(q);
+    let (back, _): (Queue<u8>, _) = crate::codec::decode(&bytes).unwrap();
+    assert_eq!(back.try_get().unwrap(), 5);
+}
