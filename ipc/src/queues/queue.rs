@@ -39,17 +39,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::client::{self, Client, Held, Taken};
-use super::hub::{self, Core, GetFail, PutFail};
+use super::client::{Client, Held, Taken};
+use super::hub::{Core, GetFail, PutFail};
 use super::wire::{self, Wait, op, status};
 use crate::codec;
 pub use crate::error::QueueError;
 use crate::task::Payload;
 
+mod handle;
 mod iter;
+use handle::Writer;
 pub use iter::{DoneGuard, QueueIter};
 
 /// A failed put; the item comes back.
@@ -150,35 +151,6 @@ impl Handle {
         match self {
             Handle::Local(core) => core.id,
             Handle::Remote { id, .. } => *id,
-        }
-    }
-}
-
-/// What a handle looks like on the wire.
-#[derive(Serialize, Deserialize)]
-struct Wire {
-    /// The id of the hub that holds the queue.
-    hub: u64,
-    id: u64,
-    bounded: bool,
-    /// A pipe's sending end (see [`Writer`]).
-    writer: bool,
-}
-
-/// Marks a handle as a pipe's sending end: the hub ends the pipe's
-/// direction when the last one goes (see the hub's `lifetime` docs).
-#[derive(Debug)]
-enum Writer {
-    /// In the hub process: counted by the queue until this drops.
-    Local(Arc<Core>),
-    /// In a worker: the handle's hold carries the mark.
-    Remote,
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        if let Writer::Local(core) = self {
-            core.writer_dropped();
         }
     }
 }
@@ -480,77 +452,6 @@ impl<T> Queue<T> {
                 wire::check(st, *id)
             }
         }
-    }
-}
-
-impl<T> Serialize for Queue<T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let writer = self.writer.is_some();
-        let (hub, bounded) = match &self.handle {
-            Handle::Local(core) => {
-                core.pin(writer);
-                (hub::hub_id(), core.capacity.is_some())
-            }
-            Handle::Remote {
-                id,
-                hub,
-                bounded,
-                client,
-                ..
-            } => {
-                // The queue lives until the receiver holds it, even if
-                // this handle drops first (frames reach the hub in order).
-                client
-                    .oneway(op::PIN, *id, u64::from(writer), &[])
-                    .map_err(serde::ser::Error::custom)?;
-                (*hub, *bounded)
-            }
-        };
-        Wire {
-            hub,
-            id: self.handle.id(),
-            bounded,
-            writer,
-        }
-        .serialize(s)
-    }
-}
-
-impl<'de, T> Deserialize<'de> for Queue<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let Wire {
-            hub,
-            id,
-            bounded,
-            writer,
-        } = Wire::deserialize(d)?;
-        if hub == hub::hub_id() {
-            let core =
-                Core::lookup(id).ok_or_else(|| D::Error::custom(QueueError::NoSuchQueue { id }))?;
-            core.receive(writer);
-            return Ok(Queue {
-                writer: writer.then(|| Arc::new(Writer::Local(Arc::clone(&core)))),
-                handle: Handle::Local(core),
-                _items: PhantomData,
-            });
-        }
-        let unreachable = || D::Error::custom(QueueError::Unreachable { id, hub });
-        let client = client::client().ok_or_else(unreachable)?;
-        if client.upstream_hub().map_err(D::Error::custom)? != hub {
-            return Err(unreachable());
-        }
-        let held = client.hold(id, writer).map_err(D::Error::custom)?;
-        Ok(Queue {
-            handle: Handle::Remote {
-                id,
-                hub,
-                bounded,
-                client,
-                _held: Arc::new(held),
-            },
-            writer: writer.then(|| Arc::new(Writer::Remote)),
-            _items: PhantomData,
-        })
     }
 }
 
