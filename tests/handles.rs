@@ -22,6 +22,9 @@ const TAKE_FIVE: Task<Queue<u32>, Vec<u32>> = Task::new("take_five");
 const PUT_THEN_SPAWN: Task<Queue<u32>, String> = Task::new("put_then_spawn");
 /// Puts 2.
 const PUT_TWO: Task<Queue<u32>, ()> = Task::new("put_two");
+/// Decodes a queue handle from bytes, then reports what `put`, `len`,
+/// `is_empty` and `close` return on it, as text.
+const OPS_ON_DECODED: Task<serde_bytes::ByteBuf, Vec<String>> = Task::new("ops_on_decoded");
 /// Sends 7, then aborts (`true`) or returns, dropping its end unclosed.
 const SEND_THEN_END: Task<(PipeEnd<u32, u32>, bool), ()> = Task::new("send_then_end");
 
@@ -45,6 +48,16 @@ fn registry() -> procpool::Registry {
             }
         })
         .task(PUT_TWO, |q| q.put(2).expect("put 2"))
+        .task(OPS_ON_DECODED, |bytes| {
+            let (q, _): (Queue<u32>, _) =
+                procpool_ipc::codec::decode(&bytes).expect("decode the handle");
+            vec![
+                format!("put: {:?}", q.put(1).err()),
+                format!("len: {:?}", q.len()),
+                format!("is_empty: {:?}", q.is_empty()),
+                format!("close: {:?}", q.close()),
+            ]
+        })
         .task(SEND_THEN_END, |(end, abort)| {
             end.send(7).expect("send");
             if abort {
@@ -62,6 +75,7 @@ fn main() {
         handle_two_hops_away_fails_clearly_and_loses_nothing,
         pipe_peer_that_dies_reads_as_ended,
         pipe_peer_that_drops_its_end_reads_as_ended,
+        operations_on_a_queue_that_is_gone_say_so,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -119,5 +133,27 @@ fn pipe_peer_that_drops_its_end_reads_as_ended() -> anyhow::Result<()> {
         other => bail!("expected the pipe's end (Closed), got {other:?}"),
     }
     p.join()?;
+    Ok(())
+}
+
+/// Issue 14: `len` said 0 and `close` said nothing when the hub had no
+/// such queue. A handle's bytes kept past the queue's life (received once,
+/// then every handle dropped) arrive in a worker as a handle to nothing:
+/// every operation says so.
+fn operations_on_a_queue_that_is_gone_say_so() -> anyhow::Result<()> {
+    let q = Queue::<u32>::new();
+    let mut bytes = Vec::new();
+    procpool_ipc::codec::encode_into(&q, &mut bytes)?;
+    let (received, _): (Queue<u32>, _) = procpool_ipc::codec::decode(&bytes)?;
+    drop((q, received)); // the pin was taken: nothing holds the queue now
+    let log = Process::spawn(OPS_ON_DECODED, serde_bytes::ByteBuf::from(bytes))?
+        .watched()
+        .join()?;
+    for (line, op) in log.iter().zip(["put", "len", "is_empty", "close"]) {
+        ensure!(
+            line.starts_with(op) && line.contains("NoSuchQueue"),
+            "{op} on a queue that is gone must say NoSuchQueue: {log:?}"
+        );
+    }
     Ok(())
 }
