@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
         jobs.put(Some(x))?;
     }
     jobs.join()?; // every job put so far has been processed
-    println!("all 1000 jobs done; {} results waiting", results.len());
+    println!("all 1000 jobs done; {} results waiting", results.len()?);
     for _ in &consumers {
         jobs.put(None)?;
     }

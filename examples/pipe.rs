@@ -35,7 +35,7 @@ fn main() -> anyhow::Result<()> {
     }
     let per = started.elapsed() / u32::try_from(rounds)?;
     let pid = child.pid();
-    mine.close();
+    mine.close()?;
     let answered = child.join()?;
     anyhow::ensure!(n == rounds && answered == rounds);
     println!(

@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
     for i in 0..5 {
         queue.put(format!("message {i} from pid {}", std::process::id()))?;
     }
-    queue.close(); // the reader drains what is left, then sees Closed
+    queue.close()?; // the reader drains what is left, then sees Closed
     let n = process.join()?;
     println!("the reader got {n} messages");
     Ok(())

@@ -371,6 +371,15 @@ struct Soak {
     baseline: OnceLock<Resources>,
 }
 
+/// A local queue's length; an error (which a local queue never returns) is
+/// a violation, counted as 0.
+fn queue_len<T>(soak: &Soak, q: &Queue<T>) -> usize {
+    q.len().unwrap_or_else(|e| {
+        soak.violation("queue_error", format!("len of a local queue: {e}"));
+        0
+    })
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -753,7 +762,9 @@ fn step_queue(soak: &Soak, who: usize, cur: &Current, rng: &mut Rng) {
             soak.violation("queue_error", format!("put {x} into a local queue: {e}"));
         }
     }
-    jobs.close();
+    if let Err(e) = jobs.close() {
+        soak.violation("queue_error", format!("close a local queue: {e}"));
+    }
     soak.count("queue items put", n);
 
     // Kill the process consumer half the time, while it works.
@@ -852,7 +863,7 @@ fn step_queue(soak: &Soak, who: usize, cur: &Current, rng: &mut Rng) {
                     "queue_not_drained",
                     format!(
                         "jobs: {e} ({} items still counted) 5 s after the consumers ended",
-                        jobs.len()
+                        queue_len(soak, &jobs)
                     ),
                 );
                 break;
@@ -864,9 +875,9 @@ fn step_queue(soak: &Soak, who: usize, cur: &Current, rng: &mut Rng) {
     // connection is cleaned up; if that happens after `Closed`, consumers
     // that saw `Closed` have left and the items would be stranded.
     let closed_at = Instant::now();
-    let held_at_close = jobs.len();
+    let held_at_close = queue_len(soak, &jobs);
     let (mut late, mut last_late) = (0, Duration::ZERO);
-    while !jobs.is_empty() && closed_at.elapsed() < Duration::from_secs(5) {
+    while queue_len(soak, &jobs) > 0 && closed_at.elapsed() < Duration::from_secs(5) {
         match jobs.try_get() {
             Ok(x) => {
                 mark(&mut count, x, "jobs (after Closed)");
@@ -877,7 +888,7 @@ fn step_queue(soak: &Soak, who: usize, cur: &Current, rng: &mut Rng) {
             Err(_) => thread::sleep(Duration::from_millis(10)),
         }
     }
-    let still_held = jobs.len();
+    let still_held = queue_len(soak, &jobs);
     leftover += late;
     // Everything in `results`: until all numbers are accounted for, or
     // nothing more arrives for a second.

@@ -79,6 +79,11 @@
 //! proxy. When `put` returns, the item is in the hub or in the kernel on its
 //! way there — there is no feeder thread to flush at exit — and an item
 //! handed to a process that dies before taking it goes back to the queue.
+//! A queue lives while any process holds a handle (the creator may move
+//! its only one into a child); a handle reaches its queue from the hub's
+//! process and its direct workers, and fails to deserialise further away
+//! ([`QueueError::Unreachable`]) rather than lose items. A pipe whose
+//! peer is gone reads as ended ([`GetError::Closed`]) once drained.
 //!
 //! ```no_run
 //! use procpool::{Process, Queue, Registry, Task};

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use common::*;
 use procpool::{
-    Error, GetError, JoinableQueue, Pipe, PipeEnd, Pool, Process, PutError, Queue, QueueError,
-    Registry, SimpleQueue, Task, TaskError,
+    Error, GetError, JoinableQueue, Pipe, PipeEnd, Pool, Process, Queue, QueueError, Registry,
+    SimpleQueue, Task, TaskError,
 };
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -46,8 +46,9 @@ const REMOTE_OPS: Task<(JoinableQueue<u32>, Queue<u32>), Vec<String>> = Task::ne
 const READ_ALL: Task<Queue<String>, Vec<String>> = Task::new("read_all");
 /// Sums items taken with `get_guarded` until the queue is closed; panics on 13.
 const GUARDED_SUM: Task<JoinableQueue<u64>, u64> = Task::new("guarded_sum");
-/// Puts to a queue the hub has dropped meanwhile; checks what the puts
-/// return there (errors do not cross processes): `Err` says what was wrong.
+/// Puts to a queue whose every handle in the hub process was dropped
+/// meanwhile; checks there (errors do not cross processes) that the queue
+/// lives on, holding both items: `Err` says what was wrong.
 const PUT_TO_GONE: Task<GoneArgs, Result<(), String>> = Task::new("put_to_gone");
 /// The queue to put to, a readiness signal, and a go signal.
 type GoneArgs = (Queue<u64>, SimpleQueue<()>, Queue<()>);
@@ -68,13 +69,12 @@ fn released_handle_gives_back_items() -> anyhow::Result<()> {
     for i in 0..10u64 {
         q.put(i)?;
     }
-    // Kept here: a queue whose last handle the master drops is gone.
     let ready = SimpleQueue::new();
     // Taking 0 returns its credit, so the hub delivers 1 to the worker,
     // where nobody takes it once the task has returned.
     let first = pool.apply(GET_ONE, (ready.clone(), q.clone()))?;
     ensure!(first == 0, "the worker took {first}");
-    ensure!(q.len() == 9, "len {} after one of ten was taken", q.len());
+    ensure!(q.len()? == 9, "len {} after one of ten was taken", q.len()?);
     let mut rest = Vec::new();
     for _ in 0..9 {
         rest.push(
@@ -100,7 +100,7 @@ fn closed_waits_for_items_held_elsewhere() -> anyhow::Result<()> {
     // Its acknowledgement of 0 came before its report: by now the hub has
     // delivered 1 to it in 0's place, and it will not take it.
     ensure!(took.get()? == 0, "the holder took another item first");
-    q.close();
+    q.close()?;
     ensure!(q.get()? == 2, "the master should get the item still queued");
     match q.get_timeout(Duration::from_millis(300)) {
         Err(GetError::Empty) => {}
@@ -135,12 +135,12 @@ fn try_get_in_a_child_takes_every_item() -> anyhow::Result<()> {
 /// is gone).
 fn put_after_close_from_another_process_is_refused() -> anyhow::Result<()> {
     let q: Queue<u64> = Queue::new();
-    q.close();
+    q.close()?;
     let refused = Process::spawn(PUT_SEES_CLOSED, q.clone())?
         .watched()
         .join()?;
     ensure!(refused, "the child's put after close was accepted");
-    ensure!(q.is_empty(), "len {} after close", q.len());
+    ensure!(q.is_empty()?, "len {} after close", q.len()?);
     Ok(())
 }
 
@@ -223,7 +223,7 @@ fn registry() -> Registry {
             for i in 0..3 {
                 jq.put(i).expect("put");
             }
-            log.push(format!("len: {}", jq.len()));
+            log.push(format!("len: {}", jq.len().expect("len")));
             log.push(format!(
                 "get: {:?}",
                 jq.get_timeout(Duration::from_secs(10)).ok()
@@ -248,16 +248,15 @@ fn registry() -> Registry {
             q.put(0).expect("first put");
             ready.put(()).expect("ready");
             go.get().expect("go");
-            // One-way: accepted here, lost in the hub, since nobody holds
-            // the queue; the hub says so, and the next put reports it.
-            let first = q.put(1);
-            // A round trip on the same connection: the notice is in by now.
-            let _ = go.len();
-            let second = q.put(2);
-            match (&first, &second) {
-                (Ok(()), Err(PutError::Failed(2, QueueError::NoSuchQueue { .. }))) => Ok(()),
+            // The hub process dropped its handles: this one holds the
+            // queue, so the one-way put lands.
+            let put = q.put(1);
+            let len = q.len();
+            let got = (q.try_get(), q.try_get());
+            match (&put, &len, &got) {
+                (Ok(()), Ok(2), (Ok(0), Ok(1))) => Ok(()),
                 _ => Err(format!(
-                    "expected Ok(()) then Failed(2, NoSuchQueue), got {first:?} then {second:?}"
+                    "expected the put accepted, len 2, items 0 and 1; got {put:?}, {len:?}, {got:?}"
                 )),
             }
         })
@@ -321,7 +320,7 @@ fn main() {
         pipe_ping_pong_and_close,
         queue_handle_through_a_pool_task,
         process_join_kill_and_death,
-        put_to_a_queue_the_hub_dropped_is_reported,
+        queue_lives_while_a_worker_holds_it,
         guards_confirm_items_in_other_processes_even_on_panic,
         join_reports_a_consumer_that_died_before_task_done,
     ];
@@ -349,12 +348,15 @@ fn remote_operations_and_their_errors() -> anyhow::Result<()> {
     ensure!(log == want, "remote log:\n{}", log.join("\n"));
     // The hub agrees: two items left, both unfinished.
     ensure!(
-        jq.len() == 2 && jq.unfinished() == Some(2),
+        jq.len()? == 2 && jq.unfinished() == Some(2),
         "len {} unfinished {:?}",
-        jq.len(),
+        jq.len()?,
         jq.unfinished()
     );
-    ensure!(bounded.len() == 1, "the timed-out put must not have landed");
+    ensure!(
+        bounded.len()? == 1,
+        "the timed-out put must not have landed"
+    );
     Ok(())
 }
 
@@ -364,7 +366,7 @@ fn close_reaches_readers_in_other_processes() -> anyhow::Result<()> {
     for word in ["a", "b", "c"] {
         q.put(word.to_string())?;
     }
-    q.close();
+    q.close()?;
     ensure!(q.put("d".to_string()).is_err_and(|e| e.is_closed()));
     let got = reader.join()?;
     ensure!(got == ["a", "b", "c"], "{got:?}");
@@ -377,7 +379,7 @@ fn bounded_put_blocks_across_processes() -> anyhow::Result<()> {
     let mut got = Vec::new();
     while got.len() < 100 {
         // Never more than the capacity, in every process.
-        ensure!(q.len() <= 4, "bounded queue holds {}", q.len());
+        ensure!(q.len()? <= 4, "bounded queue holds {}", q.len()?);
         got.push(q.get_timeout(Duration::from_secs(20))?);
     }
     ensure!(writer.join()? == 100);
@@ -404,7 +406,7 @@ fn exit_right_after_put_loses_nothing_and_never_deadlocks() -> anyhow::Result<()
             "item {i} out of order"
         );
     }
-    ensure!(q.is_empty());
+    ensure!(q.is_empty()?);
     Ok(())
 }
 
@@ -494,9 +496,9 @@ fn dying_getter_loses_nothing() -> anyhow::Result<()> {
     ensure!(took.get()? == 1, "the getter took something else");
     q.put(42)?;
     ensure!(
-        q.len() == 1,
+        q.len()? == 1,
         "len {} with one item delivered to the getter",
-        q.len()
+        q.len()?
     );
     ensure!(
         matches!(q.try_get(), Err(GetError::Empty)),
@@ -509,9 +511,9 @@ fn dying_getter_loses_nothing() -> anyhow::Result<()> {
         .context("the item delivered to the killed getter did not come back")?;
     ensure!(back == 42, "got {back}");
     ensure!(
-        matches!(q.try_get(), Err(GetError::Empty)) && q.is_empty(),
+        matches!(q.try_get(), Err(GetError::Empty)) && q.is_empty()?,
         "the item came back more than once: len {}",
-        q.len()
+        q.len()?
     );
     Ok(())
 }
@@ -521,11 +523,11 @@ fn pipe_ping_pong_and_close() -> anyhow::Result<()> {
     let echo = Process::spawn(ECHO, theirs)?.watched();
     for i in 0..1000 {
         mine.send(i)?;
-        ensure!(mine.poll(Duration::from_secs(10)), "no echo within 10 s");
+        ensure!(mine.poll(Duration::from_secs(10))?, "no echo within 10 s");
         ensure!(mine.recv_timeout(Duration::from_secs(10))? == i);
     }
     ensure!(matches!(mine.try_recv(), Err(GetError::Empty)));
-    mine.close();
+    mine.close()?;
     ensure!(echo.join()? == 1000);
     let (rx, tx) = Pipe::one_way::<String>();
     tx.send("one way".into())?;
@@ -541,7 +543,7 @@ fn queue_handle_through_a_pool_task() -> anyhow::Result<()> {
     let mut got: Vec<u64> = (0..400).map(|_| q.try_get()).collect::<Result<_, _>>()?;
     got.sort_unstable();
     ensure!(got == (0..400).collect::<Vec<_>>());
-    ensure!(q.is_empty());
+    ensure!(q.is_empty()?);
     Ok(())
 }
 
@@ -574,12 +576,15 @@ fn process_join_kill_and_death() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn put_to_a_queue_the_hub_dropped_is_reported() -> anyhow::Result<()> {
+/// Issue 14: a queue lives while any process holds a handle. (It used to
+/// go with the hub process's last handle: the worker's next one-way put
+/// said `Ok` and the item was dropped.)
+fn queue_lives_while_a_worker_holds_it() -> anyhow::Result<()> {
     let q = Queue::new();
     let (ready, go) = (SimpleQueue::new(), Queue::new());
     let p = Process::spawn(PUT_TO_GONE, (q.clone(), ready.clone(), go.clone()))?.watched();
     ready.get()?;
-    drop(q); // the hub's last handle: the queue is gone
+    drop(q); // the hub process's last handle: the worker's keeps the queue
     go.put(())?;
     p.join()?.map_err(anyhow::Error::msg)
 }
@@ -589,7 +594,7 @@ fn guards_confirm_items_in_other_processes_even_on_panic() -> anyhow::Result<()>
     for i in 1..=20u64 {
         jq.put(i)?;
     }
-    jq.close();
+    jq.close()?;
     // The first consumer panics on 13: items 1..=13 are done, 13 by the
     // guard's drop while unwinding.
     let first = Process::spawn(GUARDED_SUM, jq.clone())?.watched().join();
@@ -622,7 +627,7 @@ fn join_reports_a_consumer_that_died_before_task_done() -> anyhow::Result<()> {
     for i in 1..=50u64 {
         jq.put(i)?;
     }
-    jq.close();
+    jq.close()?;
     let (took, go) = (SimpleQueue::new(), Queue::new());
     let dying = Process::spawn(ABORT_ON_ITEM_13, (jq.clone(), took.clone()))?.watched();
     // Gated, so the first consumer alone takes 1 to 13, in order.
@@ -655,6 +660,6 @@ fn join_reports_a_consumer_that_died_before_task_done() -> anyhow::Result<()> {
         "the second join timed out with {:?} unfinished",
         jq.unfinished()
     );
-    ensure!(jq.unfinished() == Some(0) && jq.is_empty());
+    ensure!(jq.unfinished() == Some(0) && jq.is_empty()?);
     Ok(())
 }

@@ -158,7 +158,7 @@ pub(crate) fn pipe_round_trip(args: &[String]) -> anyhow::Result<f64> {
         }
         ensure!(back.len() == size, "echo {i} has {} bytes", back.len());
     }
-    mine.close();
+    mine.close()?;
     let echoed = child.join()?;
     ensure!(echoed == warmup + rounds, "echoed {echoed}");
     Ok(median(&mut times))

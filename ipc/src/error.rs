@@ -112,12 +112,25 @@ pub enum TaskError {
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueueError {
-    /// The hub has no queue of this id: every handle in its process was
-    /// dropped.
-    #[error("no queue with id {id} in the hub (all of its handles there were dropped)")]
+    /// The hub has no queue of this id: every handle to it, in every
+    /// process, was dropped.
+    #[error("no queue with id {id} in the hub (all of its handles were dropped)")]
     NoSuchQueue {
         /// The queue id.
         id: u64,
+    },
+    /// A handle arrived in a process that cannot reach its queue: the
+    /// queue is held by hub `hub`, and this process is neither that hub's
+    /// process nor one of its direct workers (a handle passed on from a
+    /// worker to a process the worker started is not relayed).
+    #[error(
+        "queue {id} is held by hub {hub:016x}, which this process cannot reach (handles work in the hub's process and its direct workers, not two hops away)"
+    )]
+    Unreachable {
+        /// The queue id.
+        id: u64,
+        /// The id of the hub that holds the queue.
+        hub: u64,
     },
     /// The item could not be encoded.
     #[error("failed to encode the item")]

@@ -49,6 +49,8 @@ pub(crate) type Reply = (u8, u64, Vec<u8>);
 #[derive(Debug)]
 pub(crate) struct Client {
     link: Arc<Link>,
+    /// The parent's hub id, once asked.
+    upstream: OnceLock<u64>,
     next_req: AtomicU64,
     pending: Mutex<HashMap<u64, Waiter>>,
     subs: Mutex<HashMap<u64, Entry>>,
@@ -76,16 +78,24 @@ struct Entry {
     leaving: usize,
 }
 
-/// Keeps a queue's entry in this process's client; see [`Client::hold`].
+/// Keeps a queue's entry in this process's client, and the queue alive in
+/// the hub; see [`Client::hold`].
 #[derive(Debug)]
 pub(crate) struct Held {
     client: &'static Arc<Client>,
     queue: u64,
+    /// A pipe writer's handle (the hub ends the pipe when the last goes).
+    writer: bool,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         self.client.release(self.queue);
+        // A broken link needs no `UNHOLD`: the hub drops a connection's
+        // holds when it ends.
+        let _ = self
+            .client
+            .oneway(op::UNHOLD, self.queue, u64::from(self.writer), &[]);
     }
 }
 
@@ -118,7 +128,7 @@ struct SubState {
     closed: bool,
     /// Closed: puts are refused.
     put_closed: bool,
-    /// The hub holds no such queue any more (its handles there were dropped).
+    /// The hub holds no such queue (it was gone before this process held it).
     gone: bool,
     /// A put from here was answered: the hub knows this connection uses
     /// the queue and tells it when the queue closes, so later puts to an
@@ -135,6 +145,7 @@ struct SubState {
 pub fn install(link: Arc<Link>) {
     let _ = CLIENT.set(Arc::new(Client {
         link,
+        upstream: OnceLock::new(),
         next_req: AtomicU64::new(1),
         pending: Mutex::new(HashMap::new()),
         subs: Mutex::new(HashMap::new()),
@@ -220,14 +231,36 @@ impl Client {
         Some(Arc::clone(&entry.sub))
     }
 
-    /// Counts one more handle group for `queue` in this process, until the
-    /// returned guard drops.
-    pub(crate) fn hold(self: &'static Arc<Self>, queue: u64) -> Held {
+    /// Counts one more handle group for `queue` in this process, and holds
+    /// the queue in the hub, until the returned guard drops.
+    ///
+    /// # Errors
+    /// The hub cannot be reached.
+    pub(crate) fn hold(
+        self: &'static Arc<Self>,
+        queue: u64,
+        writer: bool,
+    ) -> Result<Held, QueueError> {
+        self.oneway(op::HOLD, queue, u64::from(writer), &[])?;
         lock(&self.subs).entry(queue).or_default().handles += 1;
-        Held {
+        Ok(Held {
             client: self,
             queue,
+            writer,
+        })
+    }
+
+    /// The id of the hub this process's connection leads to (asked once).
+    ///
+    /// # Errors
+    /// The hub cannot be reached or does not answer as expected.
+    pub(crate) fn upstream_hub(&self) -> Result<u64, QueueError> {
+        if let Some(&id) = self.upstream.get() {
+            return Ok(id);
         }
+        let (st, id, _) = self.request(op::HUB_ID, 0, 0, &[], Wait::Forever)?;
+        super::wire::check(st, 0)?;
+        Ok(*self.upstream.get_or_init(|| id))
     }
 
     /// The last handle for `queue` here is gone: a subscription is handed

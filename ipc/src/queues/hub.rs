@@ -25,6 +25,11 @@
 //!   but not acknowledged when the connection ends go back to the front of
 //!   the queue: a process that dies in `get` loses nothing.
 //! - Delivered-but-unacknowledged items count towards `len` and capacity.
+//! - `PIN`, `HOLD` and `UNHOLD` keep the queue alive while handles to it
+//!   travel and live in workers; a pipe's direction ends when its last
+//!   writer goes (see `hub/lifetime.rs`). `HUB_ID` tells a worker which hub its
+//!   connection leads to: a handle carries its hub's id, so a worker knows
+//!   whether it can reach the queue.
 //!
 //! # Who owes a `task_done`
 //!
@@ -101,6 +106,27 @@ pub(crate) enum GetFail {
 /// (for a pool of its own) never shares an id with one of its master's.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// This process's hub id: random, so handles from hubs on other machines
+/// (or earlier processes with the same pid) are told apart.
+static HUB_ID: LazyLock<u64> = LazyLock::new(|| {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No entropy source: the pid and the clock still tell hubs apart
+        // on one machine.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        bytes = ((u64::from(std::process::id()) << 32) | u64::from(nanos)).to_le_bytes();
+    }
+    u64::from_le_bytes(bytes).max(1)
+});
+
+/// The id of this process's hub, carried by every handle to a queue it
+/// holds.
+pub(crate) fn hub_id() -> u64 {
+    *HUB_ID
+}
+
 fn next_id() -> u64 {
     (u64::from(std::process::id()) << 32) | (NEXT_ID.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF)
 }
@@ -156,6 +182,9 @@ struct State {
     users: Vec<Arc<Link>>,
     /// Local threads waiting on the condition variable.
     waiters: usize,
+    /// What keeps the queue alive beyond the hub process's own handles
+    /// (see [`lifetime`]).
+    life: lifetime::Life,
 }
 
 #[derive(Debug)]
@@ -616,6 +645,12 @@ impl Core {
     pub(crate) fn close(&self) {
         let mut dirty = Dirty::default();
         let mut state = self.lock();
+        self.close_locked(&mut state, &mut dirty);
+        self.notify(state);
+    }
+
+    /// Closes the queue, under its lock (nothing if it is closed already).
+    fn close_locked(&self, state: &mut State, dirty: &mut Dirty) {
         if !state.closed {
             state.closed = true;
             for link in &state.users {
@@ -623,14 +658,13 @@ impl Core {
                     dirty.mark(link);
                 }
             }
-            state.pump(self.capacity, self.id, &mut dirty);
+            state.pump(self.capacity, self.id, dirty);
         }
-        self.notify(state);
     }
 
     /// One remote operation; see the module docs.
     fn serve(
-        &self,
+        self: &Arc<Self>,
         link: &Arc<Link>,
         req: u64,
         code: u8,
@@ -749,6 +783,14 @@ impl Core {
                 state.unsubscribe(link.id());
                 reply(link, req, status::OK, 0, dirty);
             }
+            op::PIN | op::HOLD | op::UNHOLD => {
+                let released = self.life_op(&mut state, link.id(), code, arg != 0, dirty);
+                state.pump(self.capacity, self.id, dirty);
+                self.notify(state);
+                // Outside the lock: this may be the last reference.
+                drop(released);
+                return;
+            }
             _ => reply(link, req, status::BAD_REQUEST, 0, dirty),
         }
         state.pump(self.capacity, self.id, dirty);
@@ -758,12 +800,13 @@ impl Core {
     /// Forgets a connection that ended: what was delivered to it and not
     /// acknowledged goes back to the front of the queue, in order; what it
     /// took and did not confirm is lost, and parked joins hear of it.
-    fn disconnect(&self, link_id: u64, pid: Option<u32>, dirty: &mut Dirty) {
+    fn disconnect(self: &Arc<Self>, link_id: u64, pid: Option<u32>, dirty: &mut Dirty) {
         let mut state = self.lock();
         state.unsubscribe(link_id);
         state.parked_puts.retain(|p| p.link.id() != link_id);
         state.parked_joins.retain(|(l, _)| l.id() != link_id);
         state.users.retain(|l| l.id() != link_id);
+        let released = self.life_disconnect(&mut state, link_id, dirty);
         if let Some(lost) = state.settle(link_id, pid) {
             let i = state.losses_end() - 1;
             let payload = lost.payload();
@@ -779,6 +822,7 @@ impl Core {
         }
         state.pump(self.capacity, self.id, dirty);
         self.notify(state);
+        drop(released);
     }
 }
 
@@ -819,6 +863,9 @@ pub fn serve(link: &Arc<Link>, msg: &Message<'_>, dirty: &mut Dirty) {
     else {
         return;
     };
+    if code == op::HUB_ID {
+        return reply(link, req, status::OK, hub_id(), dirty);
+    }
     match Core::lookup(queue) {
         Some(core) => core.serve(link, req, code, arg, payload, dirty),
         None if req != 0 => reply(link, req, status::NO_QUEUE, 0, dirty),
@@ -851,5 +898,6 @@ pub fn disconnect(link_id: u64, pid: Option<u32>) {
     }
 }
 
+mod lifetime;
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,12 @@
 //! `Serialize` like a queue handle: pass one end to a spawned process or a
 //! pool task and keep the other.
 //!
+//! A direction ends when its sending end is closed, and also when every
+//! copy of the sending end is gone without `close`: dropped, or its process
+//! ended or died. The receiver then gets what was sent, then
+//! [`GetError::Closed`] (Python's `EOFError`), from `recv`, `recv_timeout`
+//! and `try_recv` alike; it never waits for a peer that is gone.
+//!
 //! ```
 //! use procpool::Pipe;
 //! use std::time::Duration;
@@ -12,7 +18,7 @@
 //! left.send("ping".to_string()).unwrap();
 //! assert_eq!(right.recv().unwrap(), "ping");
 //! right.send(4).unwrap();
-//! assert!(left.poll(Duration::from_secs(1)));
+//! assert!(left.poll(Duration::from_secs(1)).unwrap());
 //! assert_eq!(left.recv().unwrap(), 4);
 //!
 //! let (rx, tx) = Pipe::one_way::<u8>();
@@ -25,7 +31,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::queue::{GetError, PutError, Queue};
+use super::queue::{GetError, PutError, Queue, QueueError};
 use crate::task::Payload;
 
 /// Makes pipes.
@@ -36,21 +42,24 @@ impl Pipe {
     /// A duplex pipe: the first end sends `A` and receives `B`, the second
     /// the reverse.
     pub fn duplex<A: Payload, B: Payload>() -> (PipeEnd<A, B>, PipeEnd<B, A>) {
-        let (ab, ba) = (Queue::new(), Queue::new());
+        let ((ab_rx, ab_tx), (ba_rx, ba_tx)) = (Queue::pipe(), Queue::pipe());
         (
             PipeEnd {
-                tx: ab.clone(),
-                rx: ba.clone(),
+                tx: ab_tx,
+                rx: ba_rx,
             },
-            PipeEnd { tx: ba, rx: ab },
+            PipeEnd {
+                tx: ba_tx,
+                rx: ab_rx,
+            },
         )
     }
 
     /// A one-way pipe: `(receiver, sender)`, in the order Python's
     /// `Pipe(duplex=False)` returns them.
     pub fn one_way<T: Payload>() -> (PipeReceiver<T>, PipeSender<T>) {
-        let q = Queue::new();
-        (PipeReceiver(q.clone()), PipeSender(q))
+        let (rx, tx) = Queue::pipe();
+        (PipeReceiver(rx), PipeSender(tx))
     }
 }
 
@@ -83,8 +92,9 @@ impl<S: Payload, R: Payload> PipeEnd<S, R> {
     /// Receives the next value, waiting until one arrives.
     ///
     /// # Errors
-    /// [`GetError::Closed`] once the other end has closed and everything
-    /// it sent was received; as [`Queue::get`] otherwise.
+    /// [`GetError::Closed`] once the other end has closed, or is gone
+    /// (dropped, or its process ended), and everything it sent was
+    /// received; as [`Queue::get`] otherwise.
     pub fn recv(&self) -> Result<R, GetError> {
         self.rx.get()
     }
@@ -106,14 +116,20 @@ impl<S: Payload, R: Payload> PipeEnd<S, R> {
     }
 
     /// Waits at most `timeout` until [`recv`](Self::recv) would not block.
-    pub fn poll(&self, timeout: Duration) -> bool {
+    ///
+    /// # Errors
+    /// The hub cannot be reached (see [`Queue::len`]).
+    pub fn poll(&self, timeout: Duration) -> Result<bool, QueueError> {
         self.rx.poll(timeout)
     }
 
     /// Tells the other end nothing more will come: once it has received
     /// what was sent, its `recv` returns [`GetError::Closed`].
-    pub fn close(&self) {
-        self.tx.close();
+    ///
+    /// # Errors
+    /// As [`Queue::close`].
+    pub fn close(&self) -> Result<(), QueueError> {
+        self.tx.close()
     }
 }
 
@@ -138,8 +154,11 @@ impl<T: Payload> PipeSender<T> {
     }
 
     /// Tells the receiver nothing more will come.
-    pub fn close(&self) {
-        self.0.close();
+    ///
+    /// # Errors
+    /// As [`Queue::close`].
+    pub fn close(&self) -> Result<(), QueueError> {
+        self.0.close()
     }
 }
 
@@ -180,7 +199,10 @@ impl<T: Payload> PipeReceiver<T> {
     }
 
     /// Waits at most `timeout` until [`recv`](Self::recv) would not block.
-    pub fn poll(&self, timeout: Duration) -> bool {
+    ///
+    /// # Errors
+    /// As [`PipeEnd::poll`].
+    pub fn poll(&self, timeout: Duration) -> Result<bool, QueueError> {
         self.0.poll(timeout)
     }
 }

@@ -15,8 +15,8 @@
 //! marked done are reported by [`JoinableQueue::join`] instead of making it
 //! wait for ever.
 //!
-//! The queue exists while a handle to it exists in the hub process; remote
-//! handles do not keep it alive.
+//! The queue exists while any process holds a handle to it (see
+//! [`Queue`]'s Lifetime section).
 //!
 //! ```
 //! use procpool::{GetError, Queue};
@@ -27,7 +27,7 @@
 //! q.put("b".to_string()).unwrap();
 //! assert!(q.try_put("c".to_string()).unwrap_err().is_full());
 //! assert_eq!(q.get().unwrap(), "a");
-//! q.close();
+//! q.close().unwrap();
 //! assert_eq!(q.get().unwrap(), "b");
 //! assert!(matches!(q.get_timeout(Duration::from_secs(1)), Err(GetError::Closed)));
 //! ```
@@ -39,17 +39,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::client::{self, Client, Held, Taken};
+use super::client::{Client, Held, Taken};
 use super::hub::{Core, GetFail, PutFail};
 use super::wire::{self, Wait, op, status};
 use crate::codec;
 pub use crate::error::QueueError;
 use crate::task::Payload;
 
+mod handle;
 mod iter;
+use handle::Writer;
 pub use iter::{DoneGuard, QueueIter};
 
 /// A failed put; the item comes back.
@@ -131,6 +132,8 @@ enum Handle {
     Local(Arc<Core>),
     Remote {
         id: u64,
+        /// The id of the hub that holds the queue (the parent's).
+        hub: u64,
         bounded: bool,
         client: &'static Arc<Client>,
         /// Shared by clones: the client forgets the queue when the last
@@ -152,13 +155,6 @@ impl Handle {
     }
 }
 
-/// What a handle looks like on the wire.
-#[derive(Serialize, Deserialize)]
-struct Wire {
-    id: u64,
-    bounded: bool,
-}
-
 fn wait_for(timeout: Duration) -> Wait {
     Instant::now()
         .checked_add(timeout)
@@ -169,8 +165,27 @@ fn wait_for(timeout: Duration) -> Wait {
 ///
 /// `len` and `is_empty` are snapshots: other processes may change the
 /// queue at any moment.
+///
+/// # Lifetime
+///
+/// The queue lives while any process holds a handle to it: a handle in the
+/// hub process, a handle in a worker (until it and its clones drop, or the
+/// worker ends), and a handle serialised and not yet received (so the
+/// creator may move its only handle into `Process::spawn` or a task). A
+/// handle serialised and never received keeps the queue until the hub
+/// process exits.
+///
+/// # Reach
+///
+/// A handle works in the hub's process and in its direct workers (the
+/// processes of its pools and `Process`es). Passed further, to a process a
+/// worker starts, it does not deserialise: the error names
+/// [`QueueError::Unreachable`]. Pass such a process a queue the worker
+/// made, and relay in the worker.
 pub struct Queue<T> {
     handle: Handle,
+    /// Set on a pipe's sending end.
+    writer: Option<Arc<Writer>>,
     _items: PhantomData<fn(T) -> T>,
 }
 
@@ -178,6 +193,7 @@ impl<T> Clone for Queue<T> {
     fn clone(&self) -> Self {
         Self {
             handle: self.handle.clone(),
+            writer: self.writer.clone(),
             _items: PhantomData,
         }
     }
@@ -220,18 +236,35 @@ impl<T: Payload> Queue<T> {
     fn with_capacity(capacity: Option<usize>) -> Self {
         Self {
             handle: Handle::new(capacity),
+            writer: None,
             _items: PhantomData,
         }
+    }
+
+    /// A pipe's direction: `(reading handle, sending handle)`; it ends
+    /// (reads `Closed` once drained) when every sending handle is gone.
+    pub(crate) fn pipe() -> (Self, Self) {
+        let reader = Self::new();
+        let Handle::Local(core) = &reader.handle else {
+            unreachable!("a new queue is local");
+        };
+        core.set_pipe();
+        let writer = Self {
+            handle: reader.handle.clone(),
+            writer: Some(Arc::new(Writer::Local(Arc::clone(core)))),
+            _items: PhantomData,
+        };
+        (reader, writer)
     }
 
     /// Adds an item, waiting for room if the queue is bounded and full.
     ///
     /// From another process than the hub's: the first put to a queue is
     /// answered by the hub; later puts to an unbounded queue are one-way
-    /// (the item is in the kernel when `put` returns). A one-way put that
-    /// reaches a queue the hub has dropped meanwhile (every handle there
-    /// was dropped) cannot be delivered: the hub says so and the next
-    /// operation on the handle reports [`QueueError::NoSuchQueue`].
+    /// (the item is in the kernel when `put` returns). The handle holds the
+    /// queue in the hub (see Lifetime above), so a one-way put always
+    /// lands; a handle that arrived after its queue was gone gets
+    /// [`QueueError::NoSuchQueue`] from its first (answered) put.
     ///
     /// # Errors
     /// [`PutError::Closed`], or [`PutError::Failed`] when the item cannot
@@ -366,84 +399,59 @@ impl<T: Payload> Queue<T> {
             .map(|(item, _)| item)
             .map_err(|e| GetError::Failed(QueueError::Decode(Arc::new(e))))
     }
+}
 
+impl<T> Queue<T> {
     /// Waits at most `timeout` until an item can be taken (or the queue is
     /// closed and drained); whether one can.
-    pub(crate) fn poll(&self, timeout: Duration) -> bool {
+    pub(crate) fn poll(&self, timeout: Duration) -> Result<bool, QueueError> {
         match &self.handle {
-            Handle::Local(core) => core.poll(wait_for(timeout)),
-            Handle::Remote { id, client, .. } => {
-                client.poll(*id, wait_for(timeout)).unwrap_or(true)
-            }
+            Handle::Local(core) => Ok(core.poll(wait_for(timeout))),
+            Handle::Remote { id, client, .. } => client.poll(*id, wait_for(timeout)),
         }
     }
 
-    /// Number of items in the queue now (a snapshot; 0 if the hub cannot be
-    /// reached). Items handed to a getter in another process and not yet
-    /// taken there still count.
-    pub fn len(&self) -> usize {
+    /// Number of items in the queue now (a snapshot). Items handed to a
+    /// getter in another process and not yet taken there still count.
+    ///
+    /// # Errors
+    /// From another process than the hub's: the hub cannot be reached, or
+    /// no longer holds the queue ([`QueueError::NoSuchQueue`]).
+    pub fn len(&self) -> Result<usize, QueueError> {
         match &self.handle {
-            Handle::Local(core) => core.len(),
-            Handle::Remote { id, client, .. } => client
-                .request(op::LEN, *id, 0, &[], Wait::Forever)
-                .ok()
-                .filter(|(st, _, _)| *st == status::OK)
-                .map_or(0, |(_, n, _)| usize::try_from(n).unwrap_or(usize::MAX)),
+            Handle::Local(core) => Ok(core.len()),
+            Handle::Remote { id, client, .. } => {
+                let (st, n, _) = client.request(op::LEN, *id, 0, &[], Wait::Forever)?;
+                wire::check(st, *id)?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            }
         }
     }
 
     /// Whether the queue is empty now (a snapshot).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    ///
+    /// # Errors
+    /// As [`len`](Self::len).
+    pub fn is_empty(&self) -> Result<bool, QueueError> {
+        self.len().map(|n| n == 0)
     }
 
     /// Refuses further puts, in every process. Getters take what is left,
-    /// then get [`GetError::Closed`].
-    pub fn close(&self) {
+    /// then get [`GetError::Closed`]. Closing a closed queue does nothing.
+    ///
+    /// # Errors
+    /// As [`len`](Self::len).
+    pub fn close(&self) -> Result<(), QueueError> {
         match &self.handle {
-            Handle::Local(core) => core.close(),
+            Handle::Local(core) => {
+                core.close();
+                Ok(())
+            }
             Handle::Remote { id, client, .. } => {
-                let _ = client.request(op::CLOSE, *id, 0, &[], Wait::Forever);
+                let (st, _, _) = client.request(op::CLOSE, *id, 0, &[], Wait::Forever)?;
+                wire::check(st, *id)
             }
         }
-    }
-}
-
-impl<T> Serialize for Queue<T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let bounded = match &self.handle {
-            Handle::Local(core) => core.capacity.is_some(),
-            Handle::Remote { bounded, .. } => *bounded,
-        };
-        Wire {
-            id: self.handle.id(),
-            bounded,
-        }
-        .serialize(s)
-    }
-}
-
-impl<'de, T> Deserialize<'de> for Queue<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let Wire { id, bounded } = Wire::deserialize(d)?;
-        let handle = match (Core::lookup(id), client::client()) {
-            (Some(core), _) => Handle::Local(core),
-            (None, Some(client)) => Handle::Remote {
-                id,
-                bounded,
-                client,
-                _held: Arc::new(client.hold(id)),
-            },
-            (None, None) => {
-                return Err(D::Error::custom(format_args!(
-                    "queue {id} is not held by this process and this process is not a worker"
-                )));
-            }
-        };
-        Ok(Queue {
-            handle,
-            _items: PhantomData,
-        })
     }
 }
 
@@ -762,7 +770,10 @@ impl<T: Payload> SimpleQueue<T> {
     }
 
     /// Whether the queue is empty now (a snapshot).
-    pub fn is_empty(&self) -> bool {
+    ///
+    /// # Errors
+    /// As [`Queue::len`].
+    pub fn is_empty(&self) -> Result<bool, QueueError> {
         self.0.is_empty()
     }
 

@@ -15,6 +15,10 @@
 //! | `CLOSE` | id | — | — | `OK` |
 //! | `CANCEL` | 0 | the parked request's id | — | `CANCELLED` to that request, if still parked |
 //! | `UNSUBSCRIBE` | id | — | — | `OK`, after the subscription's unacknowledged items went back to the front of the queue |
+//! | `HUB_ID` | id (queue 0) | — | — | `OK` with `value` = the hub's id (a worker asks once, to tell its parent's handles from others) |
+//! | `PIN` | 0 | 1: a pipe writer's handle, 0: any other | — | none; a handle was serialised: the queue lives until a `HOLD` (or the hub process's own deserialisation) takes the pin |
+//! | `HOLD` | 0 | as `PIN` | — | none; a handle was deserialised in the sender's process: the queue lives while the connection holds it. `NO_QUEUE` notice if the queue is gone |
+//! | `UNHOLD` | 0 | as `PIN` | — | none; that handle (with its clones) was dropped |
 //!
 //! `ACK` adds to the sending connection's debt and `TASK_DONE` pays it
 //! (see [`hub`](super::hub)): a worker sends both before the caller goes
@@ -28,7 +32,8 @@
 //! when it happens, or, if none is, to the next join.
 //!
 //! A reply with `req` 0 is a notice about queue `value`: `CLOSED` (puts
-//! are refused from now on) or `NO_QUEUE` (the hub dropped it). A
+//! are refused from now on) or `NO_QUEUE` (the hub holds no such queue:
+//! a `HOLD` came after every handle was gone). A
 //! `Deliver` with `closed` set says the queue is closed and drained.
 //!
 //! [`Message::Hub`]: crate::proto::Message::Hub
@@ -51,6 +56,10 @@ pub(crate) mod op {
     pub(crate) const CLOSE: u8 = 8;
     pub(crate) const CANCEL: u8 = 9;
     pub(crate) const UNSUBSCRIBE: u8 = 10;
+    pub(crate) const HUB_ID: u8 = 11;
+    pub(crate) const PIN: u8 = 12;
+    pub(crate) const HOLD: u8 = 13;
+    pub(crate) const UNHOLD: u8 = 14;
 }
 
 /// Status codes of `Message::Reply`.

@@ -723,3 +723,51 @@ fn a_queue_that_is_not_joinable_reports_no_loss() {
     disconnect(p.link.id(), Some(1));
     assert_eq!(q.join(Wait::No), Ok(true));
 }
+
+#[test]
+fn pins_and_holds_keep_a_queue_until_the_last_goes() {
+    let q = queue(None, &[b"a"]);
+    let id = q.id;
+    q.pin(false); // serialised, then the hub process drops its handle
+    drop(q);
+    let q = Core::lookup(id).expect("pinned");
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(p.ask(0, op::HOLD, &q, 0, &[]), []); // takes the pin
+    assert_eq!(r.ask(0, op::HOLD, &q, 0, &[]), []); // a second receipt
+    assert_eq!(p.ask(0, op::UNHOLD, &q, 0, &[]), []);
+    drop(q);
+    let q = Core::lookup(id).expect("still held by r");
+    assert_eq!(q.len(), 1);
+    drop(q);
+    disconnect(r.link.id(), None);
+    assert!(Core::lookup(id).is_none(), "nothing holds the queue");
+}
+
+#[test]
+fn a_pipe_direction_ends_when_its_last_writer_goes() {
+    let q = Core::new(None);
+    q.set_pipe(); // the sending end, here
+    q.pin(true); // serialised for a worker
+    q.writer_dropped(); // the hub process's sending end dropped
+    let p = Peer::new();
+    assert_eq!(p.ask(0, op::HOLD, &q, 1, &[]), []); // the worker holds it
+    assert_eq!(p.ask(0, op::PUT, &q, 0, b"x"), []);
+    assert_eq!(q.get(Wait::No), Ok(b"x".to_vec()));
+    assert_eq!(q.get(Wait::No), Err(GetFail::Empty), "writers remain");
+    disconnect(p.link.id(), None);
+    assert_eq!(q.get(Wait::No), Err(GetFail::Closed), "the pipe's end");
+}
+
+#[test]
+fn hub_id_is_answered() {
+    let p = Peer::new();
+    let q = queue(None, &[]);
+    assert_eq!(
+        p.ask(4, op::HUB_ID, &q, 0, &[]),
+        [Got::Reply {
+            req: 4,
+            status: status::OK,
+            value: hub_id()
+        }]
+    );
+}

@@ -32,7 +32,7 @@ use crate::task::Payload;
 /// for i in 0..3u32 {
 ///     q.put(i).unwrap();
 /// }
-/// q.close(); // without it, the loop would wait for more items
+/// q.close().unwrap(); // without it, the loop would wait for more items
 /// let mut sum = 0;
 /// for item in &q {
 ///     sum += item?;

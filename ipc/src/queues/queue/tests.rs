@@ -12,11 +12,11 @@ const LONG: Duration = Duration::from_secs(10);
 #[test]
 fn fifo_and_len() {
     let q = Queue::new();
-    assert!(q.is_empty());
+    assert!(q.is_empty().unwrap());
     for i in 0..5u32 {
         q.put(i).unwrap();
     }
-    assert_eq!(q.len(), 5);
+    assert_eq!(q.len().unwrap(), 5);
     let got: Vec<u32> = (0..5).map(|_| q.get().unwrap()).collect();
     assert_eq!(got, [0, 1, 2, 3, 4]);
     assert!(matches!(q.try_get(), Err(GetError::Empty)));
@@ -53,7 +53,7 @@ fn bounded_put_blocks_until_a_get() {
 fn close_drains_then_reports_closed() {
     let q = Queue::new();
     q.put("a".to_string()).unwrap();
-    q.close();
+    q.close().unwrap();
     assert!(q.put("b".to_string()).unwrap_err().is_closed());
     assert_eq!(q.get().unwrap(), "a");
     assert!(matches!(q.get(), Err(GetError::Closed)));
@@ -68,7 +68,7 @@ fn close_wakes_a_blocked_getter() {
         thread::spawn(move || q.get_timeout(LONG))
     };
     // Whether the getter is already waiting or not, it must end with Closed.
-    q.close();
+    q.close().unwrap();
     assert!(matches!(getter.join().unwrap(), Err(GetError::Closed)));
 }
 
@@ -101,9 +101,9 @@ fn joinable_accounting() {
 fn simple_queue() {
     let q = SimpleQueue::new();
     q.put(vec![1u8, 2]).unwrap();
-    assert!(!q.is_empty());
+    assert!(!q.is_empty().unwrap());
     assert_eq!(q.get().unwrap(), [1, 2]);
-    assert!(q.is_empty());
+    assert!(q.is_empty().unwrap());
 }
 
 #[test]
@@ -142,7 +142,7 @@ fn iteration_ends_when_closed_and_drained() {
     for i in 0..3u32 {
         q.put(i).unwrap();
     }
-    q.close();
+    q.close().unwrap();
     let got: Vec<u32> = (&q).into_iter().collect::<Result<_, _>>().unwrap();
     assert_eq!(got, [0, 1, 2]);
     // Fused, and a second iteration ends at once too.
@@ -177,7 +177,7 @@ fn iteration_wakes_for_items_put_by_another_thread() {
             for i in 0..100u64 {
                 q.put(i).unwrap();
             }
-            q.close();
+            q.close().unwrap();
         })
     };
     let mut n = 0;
@@ -194,7 +194,7 @@ fn joinable_iteration_counts_items_for_task_done() {
     let q = JoinableQueue::new();
     q.put(1u8).unwrap();
     q.put(2u8).unwrap();
-    q.close();
+    q.close().unwrap();
     for item in &q {
         item.unwrap();
         q.task_done().unwrap();
@@ -250,4 +250,34 @@ fn failed_task_done_in_a_guard_is_reported_not_a_panic() {
     assert!(matches!(a.done(), Err(QueueError::TooManyTaskDone)));
     drop(b);
     assert!(q.join_timeout(LONG).unwrap());
+}
+
+#[test]
+fn a_pipe_end_dropped_without_close_ends_the_pipe() {
+    use crate::queues::pipe::Pipe;
+    let (rx, tx) = Pipe::one_way::<u8>();
+    tx.send(1).unwrap();
+    drop(tx);
+    assert_eq!(rx.recv_timeout(LONG).unwrap(), 1);
+    assert!(matches!(rx.recv_timeout(LONG), Err(GetError::Closed)));
+
+    let (left, right) = Pipe::duplex::<u8, u8>();
+    right.send(2).unwrap();
+    drop(right);
+    assert_eq!(left.recv_timeout(LONG).unwrap(), 2);
+    assert!(matches!(left.try_recv(), Err(GetError::Closed)));
+    // The other direction is still open: `right` is gone, but nobody
+    // closed `left`'s sending side.
+    left.send(3).unwrap();
+}
+
+#[test]
+fn a_local_handle_round_trip_keeps_the_queue() {
+    let q = Queue::<u8>::new();
+    q.put(5).unwrap();
+    let mut bytes = Vec::new();
+    crate::codec::encode_into(&q, &mut bytes).unwrap();
+    drop(q);
+    let (back, _): (Queue<u8>, _) = crate::codec::decode(&bytes).unwrap();
+    assert_eq!(back.try_get().unwrap(), 5);
 }

@@ -1,0 +1,114 @@
+//! A handle's wire form and its (de)serialisation: which hub holds the
+//! queue, how the handle keeps the queue alive while it travels, and
+//! where it cannot go (see [`Queue`]'s Lifetime and Reach sections).
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{Handle, Queue, QueueError};
+use crate::queues::client;
+use crate::queues::hub::{self, Core};
+use crate::queues::wire::op;
+
+/// What a handle looks like on the wire.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    /// The id of the hub that holds the queue.
+    hub: u64,
+    id: u64,
+    bounded: bool,
+    /// A pipe's sending end (see [`Writer`]).
+    writer: bool,
+}
+
+/// Marks a handle as a pipe's sending end: the hub ends the pipe's
+/// direction when the last one goes (see the hub's `lifetime` docs).
+#[derive(Debug)]
+pub(super) enum Writer {
+    /// In the hub process: counted by the queue until this drops.
+    Local(Arc<Core>),
+    /// In a worker: the handle's hold carries the mark.
+    Remote,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Writer::Local(core) = self {
+            core.writer_dropped();
+        }
+    }
+}
+
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let writer = self.writer.is_some();
+        let (hub, bounded) = match &self.handle {
+            Handle::Local(core) => {
+                core.pin(writer);
+                (hub::hub_id(), core.capacity.is_some())
+            }
+            Handle::Remote {
+                id,
+                hub,
+                bounded,
+                client,
+                ..
+            } => {
+                // The queue lives until the receiver holds it, even if
+                // this handle drops first (frames reach the hub in order).
+                client
+                    .oneway(op::PIN, *id, u64::from(writer), &[])
+                    .map_err(serde::ser::Error::custom)?;
+                (*hub, *bounded)
+            }
+        };
+        Wire {
+            hub,
+            id: self.handle.id(),
+            bounded,
+            writer,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Wire {
+            hub,
+            id,
+            bounded,
+            writer,
+        } = Wire::deserialize(d)?;
+        if hub == hub::hub_id() {
+            let core =
+                Core::lookup(id).ok_or_else(|| D::Error::custom(QueueError::NoSuchQueue { id }))?;
+            core.receive(writer);
+            return Ok(Queue {
+                writer: writer.then(|| Arc::new(Writer::Local(Arc::clone(&core)))),
+                handle: Handle::Local(core),
+                _items: PhantomData,
+            });
+        }
+        let unreachable = || D::Error::custom(QueueError::Unreachable { id, hub });
+        let client = client::client().ok_or_else(unreachable)?;
+        if client.upstream_hub().map_err(D::Error::custom)? != hub {
+            return Err(unreachable());
+        }
+        let held = client.hold(id, writer).map_err(D::Error::custom)?;
+        Ok(Queue {
+            handle: Handle::Remote {
+                id,
+                hub,
+                bounded,
+                client,
+                _held: Arc::new(held),
+            },
+            writer: writer.then(|| Arc::new(Writer::Remote)),
+            _items: PhantomData,
+        })
+    }
+}
