@@ -5,7 +5,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -423,11 +423,9 @@ impl Pool {
             });
         }
         let (sink, rx) = crossbeam_channel::bounded(1);
-        let job = Arc::new(Job {
-            sink,
-            cancelled: false.into(),
-        });
+        let job = Arc::new(Job::new(sink));
         self.shared.stats.submitted.fetch_add(1, Ordering::Relaxed);
+        let weak = Arc::downgrade(&job);
         let chunk = Chunk {
             job,
             seq: 0,
@@ -441,6 +439,7 @@ impl Pool {
             return Err(e);
         }
         Ok(AsyncResult {
+            job: weak,
             rx,
             interrupt: self.shared.interrupt_rx.clone(),
             shared: Arc::clone(&self.shared),
@@ -551,10 +550,12 @@ impl Drop for Pool {
 /// [`wait_timeout`](Self::wait_timeout) lend it, [`wait`](Self::wait) hands
 /// it over.
 pub struct AsyncResult<O> {
-    rx: Receiver<Outcome>,
+    /// Weak, so that a chunk lost without an outcome still disconnects `rx`.
+    pub(crate) job: Weak<Job>,
+    pub(crate) rx: Receiver<Outcome>,
     interrupt: Receiver<()>,
-    shared: Arc<Shared>,
-    result: Option<Result<O, Error>>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) result: Option<Result<O, Error>>,
     _output: PhantomData<fn() -> O>,
 }
 
@@ -567,7 +568,7 @@ impl<O> fmt::Debug for AsyncResult<O> {
 }
 
 impl<O: Payload> AsyncResult<O> {
-    fn settle(&mut self, outcome: Result<Outcome, Error>) {
+    pub(crate) fn settle(&mut self, outcome: Result<Outcome, Error>) {
         let result = outcome.and_then(|o| o.result).and_then(|r| {
             let (value, _) = codec::decode::<Result<O, TaskError>>(&r.frame[r.payload_at..])
                 .map_err(|e| Error::Decode(Arc::new(e)))?;

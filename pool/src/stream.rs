@@ -195,6 +195,8 @@ pub struct Imap<'p, I, O, It> {
     /// items before it has been handed out.
     input_panic: Option<Box<dyn Any + Send>>,
     ended: bool,
+    /// Key in the pool's stop set while polled as a stream.
+    stop_key: Option<u64>,
     _types: PhantomData<fn(I) -> O>,
 }
 
@@ -228,10 +230,7 @@ where
             pool,
             task,
             input: input.fuse(),
-            job: Arc::new(Job {
-                sink,
-                cancelled: false.into(),
-            }),
+            job: Arc::new(Job::new(sink)),
             rx,
             ordered,
             window: window.max(1),
@@ -247,6 +246,7 @@ where
             input_done: false,
             input_panic: None,
             ended: false,
+            stop_key: None,
             _types: PhantomData,
         }
     }
@@ -408,26 +408,16 @@ where
         Some(item)
     }
 
-    fn interrupted(&mut self) -> Option<Result<O, Error>> {
-        self.ended = true;
-        Some(Err(self.pool.shared.stop_error()))
-    }
-}
-
-impl<I: Payload, O: Payload, It> Iterator for Imap<'_, I, O, It>
-where
-    It: Iterator,
-    It::Item: Borrow<I>,
-{
-    type Item = Result<O, Error>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+    /// Advances without blocking: `Some(next)` when there is something to
+    /// return (an item, or the end), `None` when it must wait for an
+    /// outcome from `rx` (or the interrupt).
+    fn step(&mut self) -> Option<Option<Result<O, Error>>> {
         loop {
             if self.ended {
-                return None;
+                return Some(None);
             }
             if let Some(item) = self.take_current() {
-                return Some(item);
+                return Some(Some(item));
             }
             let interrupted = self.pool.shared.interrupted.load(Ordering::SeqCst);
             if interrupted {
@@ -444,7 +434,7 @@ where
                 if interrupted
                     && matches!(outcome.result, Err(Error::Interrupted | Error::Terminated))
                 {
-                    return self.interrupted();
+                    return Some(self.interrupted());
                 }
                 self.current = Some(Current {
                     result: outcome.result,
@@ -458,10 +448,32 @@ where
                 if let Some(panic) = self.input_panic.take() {
                     resume_unwind(panic);
                 }
-                return None;
+                return Some(None);
             }
             if interrupted {
-                return self.interrupted();
+                return Some(self.interrupted());
+            }
+            return None;
+        }
+    }
+
+    fn interrupted(&mut self) -> Option<Result<O, Error>> {
+        self.ended = true;
+        Some(Err(self.pool.shared.stop_error()))
+    }
+}
+
+impl<I: Payload, O: Payload, It> Iterator for Imap<'_, I, O, It>
+where
+    It: Iterator,
+    It::Item: Borrow<I>,
+{
+    type Item = Result<O, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(next) = self.step() {
+                return next;
             }
             select! {
                 recv(self.rx) -> outcome => match outcome {
@@ -499,8 +511,11 @@ impl<I, O, It> Drop for Imap<'_, I, O, It> {
     fn drop(&mut self) {
         // Chunks not yet dispatched are dropped when their turn comes.
         self.job.cancelled.store(true, Ordering::Relaxed);
+        self.pool.shared.stop_wakers.remove(&mut self.stop_key);
     }
 }
 
+#[cfg(feature = "futures")]
+mod poll;
 #[cfg(test)]
 mod tests;
