@@ -131,7 +131,8 @@
 
 pub use procpool_ipc::pipe::{Pipe, PipeEnd, PipeReceiver, PipeSender};
 pub use procpool_ipc::queue::{
-    DoneGuard, GetError, JoinableQueue, PutError, Queue, QueueError, QueueIter, SimpleQueue,
+    DoneGuard, GetError, GetFuture, JoinFuture, JoinableQueue, PutError, PutFuture, Queue,
+    QueueError, QueueIter, SimpleQueue,
 };
 pub use procpool_ipc::task::Payload;
 pub use procpool_ipc::{IpcError, Task, TaskError};

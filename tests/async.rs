@@ -25,6 +25,30 @@ const LIMIT: Duration = Duration::from_secs(60);
 const GATE: Task<Queue<u64>, u64> = Task::new("gate");
 /// Puts its input on the queue: a record that it ran.
 const RECORD: Task<(Queue<u64>, u64), ()> = Task::new("record");
+/// In the worker, awaits an item from the first queue (`get_async`), then
+/// puts it plus one on the second, a bounded one (`put_async`): the
+/// remote forms, driven by the worker's reader thread.
+const RELAY_ASYNC: Task<(Queue<u64>, Queue<u64>), ()> = Task::new("relay_async");
+
+/// The smallest executor: parks the thread until woken.
+fn block_on<F: Future>(f: F) -> F::Output {
+    use std::task::{Context, Wake};
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
 
 fn main() {
     procpool::init(
@@ -32,6 +56,12 @@ fn main() {
             .task(GATE, |q: Queue<u64>| q.get().expect("the gate opens"))
             .task(RECORD, |(q, x): (Queue<u64>, u64)| {
                 q.put(x).expect("recorded");
+            })
+            .task(RELAY_ASYNC, |(from, to): (Queue<u64>, Queue<u64>)| {
+                block_on(async {
+                    let x = from.get_async().await.expect("an item");
+                    to.put_async(x + 1).await.expect("relayed");
+                });
             }),
     );
     let args = libtest_mimic::Arguments::from_args();
@@ -43,6 +73,10 @@ fn main() {
         shutdown_wakes_pending_futures,
         imap_stream_is_ordered_and_bounded,
         imap_unordered_stream_gives_each_result_once,
+        queue_get_awaited_while_another_task_puts,
+        bounded_put_and_join_awaited_on_one_thread,
+        dropped_queue_futures_take_and_put_nothing,
+        queue_futures_in_a_worker,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -263,4 +297,98 @@ fn imap_unordered_stream_gives_each_result_once() -> anyhow::Result<()> {
     got.sort_unstable();
     ensure!(got == (0..3000u64).map(|x| x * x).collect::<Vec<_>>());
     Ok(())
+}
+
+/// A get awaited in one task while another task on the same thread puts:
+/// a get that blocked its thread would never let the put run.
+fn queue_get_awaited_while_another_task_puts() -> anyhow::Result<()> {
+    let q = Queue::<u64>::new();
+    let (left, right) = procpool::Pipe::duplex::<u64, u64>();
+    let rt = runtime()?;
+    rt.block_on(async {
+        let getter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.get_async().await })
+        };
+        let receiver = tokio::spawn(async move { right.recv_async().await });
+        tokio::task::yield_now().await;
+        q.put_async(5).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        left.send(6).map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(getter.await?? == 5);
+        ensure!(receiver.await?? == 6);
+        // A closed, drained queue ends an awaited get too.
+        let waiting = {
+            let q = q.clone();
+            tokio::spawn(async move { q.get_async().await })
+        };
+        tokio::task::yield_now().await;
+        q.close();
+        let r = waiting.await?;
+        ensure!(matches!(r, Err(procpool::GetError::Closed)), "{r:?}");
+        Ok(())
+    })
+}
+
+/// A bounded queue of one: the put awaits room that a getter task makes;
+/// `join_async` waits for the `task_done`s.
+fn bounded_put_and_join_awaited_on_one_thread() -> anyhow::Result<()> {
+    let q = procpool::JoinableQueue::<u64>::bounded(1);
+    let rt = runtime()?;
+    rt.block_on(async {
+        q.put_async(1).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let consumer = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut sum = 0;
+                for _ in 0..3 {
+                    sum += q.get_async().await?;
+                    q.task_done()?;
+                }
+                Ok::<_, anyhow::Error>(sum)
+            })
+        };
+        // Full: waits for the consumer, which runs on this same thread.
+        q.put_async(2).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        q.put_async(3).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        q.join_async().await?;
+        ensure!(consumer.await?? == 6);
+        Ok(())
+    })
+}
+
+fn dropped_queue_futures_take_and_put_nothing() -> anyhow::Result<()> {
+    let q = Queue::<u64>::bounded(1);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut get = q.get_async();
+        ensure!(!poll_once(&mut get).await, "empty");
+        drop(get);
+        q.put(1)?;
+        let mut put = q.put_async(2);
+        ensure!(!poll_once(&mut put).await, "full");
+        drop(put);
+        Ok(())
+    })?;
+    ensure!(q.try_get()? == 1, "the item stays for the next get");
+    ensure!(q.try_get().is_err(), "the dropped put put nothing");
+    Ok(())
+}
+
+/// The remote forms: a worker awaits a get and a bounded put (its reader
+/// thread wakes them) while the master awaits the other ends.
+fn queue_futures_in_a_worker() -> anyhow::Result<()> {
+    let pool = Pool::new(1)?.watched();
+    let (from, to) = (Queue::<u64>::new(), Queue::<u64>::bounded(1));
+    to.put(0)?; // full: the worker's put must await room
+    let rt = runtime()?;
+    rt.block_on(async {
+        let relay = pool.submit(RELAY_ASYNC, (from.clone(), to.clone()))?;
+        from.put_async(41)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(to.get_async().await? == 0);
+        ensure!(to.get_async().await? == 42);
+        relay.await?;
+        Ok(())
+    })
 }
