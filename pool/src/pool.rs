@@ -549,6 +549,13 @@ impl Drop for Pool {
 /// The result is kept once it arrives: [`try_get`](Self::try_get) and
 /// [`wait_timeout`](Self::wait_timeout) lend it, [`wait`](Self::wait) hands
 /// it over.
+///
+/// [`wait`](Self::wait) and [`wait_timeout`](Self::wait_timeout) block the
+/// calling thread; in async code, `.await` the handle instead (it is
+/// [`IntoFuture`](std::future::IntoFuture), giving a
+/// [`TaskFuture`](crate::TaskFuture)), which blocks nothing and works on
+/// any runtime. Dropping that future before it completes cancels the task
+/// if it has not started; dropping the `AsyncResult` itself does not.
 pub struct AsyncResult<O> {
     /// Weak, so that a chunk lost without an outcome still disconnects `rx`.
     pub(crate) job: Weak<Job>,

@@ -169,6 +169,11 @@ impl Packer {
 /// It takes items from its input only while fewer than the pool's `window`
 /// are in flight, so memory stays flat however long the input is. Dropping
 /// it cancels the work it has not dispatched yet.
+///
+/// `next` blocks the calling thread until a result is in. In async code,
+/// poll it as a `futures_core::Stream` instead (feature `futures`, on by
+/// default): the same window, woken by the pool's threads, no thread
+/// blocked.
 pub struct Imap<'p, I, O, It> {
     pool: &'p Pool,
     task: u32,
