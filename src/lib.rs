@@ -136,14 +136,15 @@
 
 pub use procpool_ipc::pipe::{Pipe, PipeEnd, PipeReceiver, PipeSender};
 pub use procpool_ipc::queue::{
-    DoneGuard, GetError, JoinableQueue, PutError, Queue, QueueError, QueueIter, SimpleQueue,
+    DoneGuard, GetError, GetFuture, JoinFuture, JoinableQueue, PutError, PutFuture, Queue,
+    QueueError, QueueIter, SimpleQueue,
 };
 pub use procpool_ipc::task::Payload;
 pub use procpool_ipc::{IpcError, Task, TaskError};
 
 pub use procpool_pool::{
     AsyncResult, EXIT_INTERRUPTED, Error, Imap, Oversized, Pool, PoolBuilder, Process,
-    StartupFailure, Stats, install_ctrlc_handler, interrupted, sibling_exe,
+    StartupFailure, Stats, TaskFuture, install_ctrlc_handler, interrupted, sibling_exe,
 };
 pub use procpool_worker::{Registry, init, run_remote_worker, run_worker};
 

@@ -19,6 +19,7 @@ fn main() {
         pipe,
         remote,
         soak,
+        async_offload,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -126,5 +127,17 @@ fn soak() -> anyhow::Result<()> {
         Duration::from_secs(90),
     )?;
     ensure!(out.contains("invariant violations: 0"), "{out}");
+    Ok(())
+}
+
+fn async_offload() -> anyhow::Result<()> {
+    let out = run("async_offload", &["300"], LIMIT)?;
+    for mode in [
+        "await:",
+        "spawn_blocking + apply:",
+        "blocking on the runtime:",
+    ] {
+        ensure!(out.contains(mode), "no {mode} line:\n{out}");
+    }
     Ok(())
 }

@@ -22,9 +22,13 @@
 //!   the pure decision of what a dead worker's chunks become.
 //! - `worker.rs`: one worker process (spawn, reader, waiter, kill);
 //!   `remote.rs`: the TCP listener for remote workers.
+//! - `future.rs`: `AsyncResult` as a future (`TaskFuture`); `wake.rs`
+//!   (a leaf): the wakers the finishing threads wake, so every wait also
+//!   has a runtime-agnostic async form.
 //! - Leaves (import nothing of the crate): `config.rs` (settings), `msg.rs`
 //!   (what threads tell the supervisor), `work.rs` (jobs, chunks,
-//!   outcomes), `joinable.rs` (JoinableQueue accounting).
+//!   outcomes; it uses only `wake.rs`), `joinable.rs` (JoinableQueue
+//!   accounting).
 //!
 //! A change to what happens when a worker dies goes to `blame.rs`; to how
 //! work is spread, `dispatch.rs`; to a setting, `builder.rs` and
@@ -36,6 +40,7 @@ mod builder;
 mod config;
 mod dispatch;
 mod error;
+mod future;
 mod interrupt;
 mod joinable;
 mod msg;
@@ -45,11 +50,13 @@ mod remote;
 mod shared;
 mod stream;
 mod supervisor;
+mod wake;
 mod work;
 mod worker;
 
 pub use builder::{PoolBuilder, sibling_exe};
 pub use error::{Error, Oversized, StartupFailure};
+pub use future::TaskFuture;
 pub use interrupt::{EXIT_INTERRUPTED, install_ctrlc_handler, interrupted};
 pub use pool::{AsyncResult, Pool, Stats};
 pub use process::Process;

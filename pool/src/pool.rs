@@ -5,7 +5,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -418,17 +418,16 @@ impl Pool {
         codec::encode_into_limited(&item, &mut payload, self.config.payload_limit())
             .map_err(Error::encode)?;
         let (sink, rx) = crossbeam_channel::bounded(1);
-        let job = Arc::new(Job {
-            sink,
-            cancelled: false.into(),
-        });
+        let job = Arc::new(Job::new(sink));
         self.shared.stats.submitted.fetch_add(1, Ordering::Relaxed);
+        let weak = Arc::downgrade(&job);
         let chunk = Chunk::new(job, 0, index, 1, payload, crate::stream::skip::<I>);
         if let Err((_, e)) = self.shared.submit(chunk) {
             self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
         Ok(AsyncResult {
+            job: weak,
             rx,
             shared: Arc::clone(&self.shared),
             result: None,
@@ -538,10 +537,19 @@ impl Drop for Pool {
 /// The result is kept once it arrives: [`try_get`](Self::try_get) and
 /// [`wait_timeout`](Self::wait_timeout) lend it, [`wait`](Self::wait) hands
 /// it over.
+///
+/// [`wait`](Self::wait) and [`wait_timeout`](Self::wait_timeout) block the
+/// calling thread; in async code, `.await` the handle instead (it is
+/// [`IntoFuture`](std::future::IntoFuture), giving a
+/// [`TaskFuture`](crate::TaskFuture)), which blocks nothing and works on
+/// any runtime. Dropping that future before it completes cancels the task
+/// if it has not started; dropping the `AsyncResult` itself does not.
 pub struct AsyncResult<O> {
-    rx: Receiver<Outcome>,
-    shared: Arc<Shared>,
-    result: Option<Result<O, Error>>,
+    /// Weak, so that a chunk lost without an outcome still disconnects `rx`.
+    pub(crate) job: Weak<Job>,
+    pub(crate) rx: Receiver<Outcome>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) result: Option<Result<O, Error>>,
     /// The index its errors name (see [`Error::Item`]); `None` for a
     /// [`Process`](crate::Process), which has no input list.
     index: Option<u64>,
@@ -563,7 +571,7 @@ impl<O: Payload> AsyncResult<O> {
         self
     }
 
-    fn settle(&mut self, outcome: Result<Outcome, Error>) {
+    pub(crate) fn settle(&mut self, outcome: Result<Outcome, Error>) {
         let result = outcome.and_then(|o| o.result).and_then(|r| {
             let (value, _) = codec::decode::<Result<O, TaskError>>(&r.frame[r.payload_at..])
                 .map_err(|e| Error::Decode(Arc::new(e)))?;

@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::dispatch::{Dispatch, Ended};
 use crate::joinable::Accounting;
 use crate::msg::Msg;
+use crate::wake::WakerSet;
 use crate::work::{Chunk, Job, Outcome, Results};
 use procpool_ipc::sync::{lock, wait_until};
 
@@ -40,6 +41,8 @@ pub(crate) struct Shared {
     /// Workers that completed their handshake, and a signal when it changes.
     ready: Mutex<usize>,
     ready_cv: Condvar,
+    /// Async callers to wake when the pool stops.
+    pub(crate) stop_wakers: WakerSet,
 }
 
 /// Raw counters behind [`Stats`](crate::Stats).
@@ -71,6 +74,7 @@ impl Shared {
             stats: Counters::default(),
             ready: Mutex::new(0),
             ready_cv: Condvar::new(),
+            stop_wakers: WakerSet::default(),
         }
     }
 
@@ -138,6 +142,7 @@ impl Shared {
             };
             // A caller that went away no longer wants the outcome.
             let _ = job.sink.send(outcome);
+            job.waker.wake();
         }
     }
 
@@ -160,6 +165,7 @@ impl Shared {
         self.close(self.refusal());
         drop(lock(&self.interrupt_tx).take());
         self.accounting.wake_all();
+        self.stop_wakers.wake_all();
     }
 
     /// Marks the stop a `terminate`, then interrupts: blocked calls return

@@ -157,6 +157,11 @@ impl Packer {
 /// are in flight, so memory stays flat however long the input is. Dropping
 /// it cancels the work it has not dispatched yet.
 ///
+/// `next` blocks the calling thread until a result is in. In async code,
+/// poll it as a `futures_core::Stream` instead (feature `futures`, on by
+/// default): the same window, woken by the pool's threads, no thread
+/// blocked.
+///
 /// # After a stop (Ctrl-C, [`Pool::shutdown`], [`Pool::terminate`])
 ///
 /// It takes no more input, and yields one result for every input it had
@@ -197,6 +202,8 @@ pub struct Imap<'p, I, O, It> {
     /// items before it has been handed out.
     input_panic: Option<Box<dyn Any + Send>>,
     ended: bool,
+    /// Key in the pool's stop set while polled as a stream.
+    stop_key: Option<u64>,
     _types: PhantomData<fn(I) -> O>,
 }
 
@@ -232,10 +239,7 @@ where
             pool,
             task,
             input: input.fuse(),
-            job: Arc::new(Job {
-                sink,
-                cancelled: false.into(),
-            }),
+            job: Arc::new(Job::new(sink)),
             rx,
             ordered,
             window: window.max(1),
@@ -251,6 +255,7 @@ where
             input_done: false,
             input_panic: None,
             ended: false,
+            stop_key: None,
             _types: PhantomData,
         }
     }
@@ -425,26 +430,16 @@ where
         Some(item.map_err(|e| e.at(index)))
     }
 
-    fn interrupted(&mut self) -> Option<Result<O, Error>> {
-        self.ended = true;
-        Some(Err(self.pool.shared.stop_error()))
-    }
-}
-
-impl<I: Payload, O: Payload, It> Iterator for Imap<'_, I, O, It>
-where
-    It: Iterator,
-    It::Item: Borrow<I>,
-{
-    type Item = Result<O, Error>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+    /// Advances without blocking: `Some(next)` when there is something to
+    /// return (an item, or the end), `None` when it must wait for an
+    /// outcome from `rx` (or, before a stop, the interrupt).
+    fn step(&mut self) -> Option<Option<Result<O, Error>>> {
         loop {
             if self.ended {
-                return None;
+                return Some(None);
             }
             if let Some(item) = self.take_current() {
-                return Some(item);
+                return Some(Some(item));
             }
             // After a stop no input is taken, but every input taken gets
             // its result: see the type's docs.
@@ -467,21 +462,43 @@ where
                     if let Some(panic) = self.input_panic.take() {
                         resume_unwind(panic);
                     }
-                    return None;
+                    return Some(None);
                 }
                 if interrupted {
                     // Stands for the inputs never taken.
-                    return self.interrupted();
+                    return Some(self.interrupted());
                 }
             }
-            let outcome = if interrupted {
+            return None;
+        }
+    }
+
+    fn interrupted(&mut self) -> Option<Result<O, Error>> {
+        self.ended = true;
+        Some(Err(self.pool.shared.stop_error()))
+    }
+}
+
+impl<I: Payload, O: Payload, It> Iterator for Imap<'_, I, O, It>
+where
+    It: Iterator,
+    It::Item: Borrow<I>,
+{
+    type Item = Result<O, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(next) = self.step() {
+                return next;
+            }
+            let outcome = if self.pool.shared.interrupted.load(Ordering::SeqCst) {
                 // Every chunk out ends within the grace period: with its
                 // results, or failed (`Interrupted`, `Terminated`).
                 self.rx.recv().ok()
             } else {
                 select! {
                     recv(self.rx) -> outcome => outcome.ok(),
-                    // Handled at the top of the loop.
+                    // Handled by the next step.
                     recv(self.pool.shared.interrupt_rx) -> _ => continue,
                 }
             };
@@ -522,8 +539,11 @@ impl<I, O, It> Drop for Imap<'_, I, O, It> {
     fn drop(&mut self) {
         // Chunks not yet dispatched are dropped when their turn comes.
         self.job.cancelled.store(true, Ordering::Relaxed);
+        self.pool.shared.stop_wakers.remove(&mut self.stop_key);
     }
 }
 
+#[cfg(feature = "futures")]
+mod poll;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 //! The units of work the pool's threads pass around: [`Job`], [`Chunk`],
 //! [`Outcome`], [`Results`]. A leaf: it imports no module of the crate but
-//! the error type.
+//! the error type and the waker slot.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -8,12 +8,33 @@ use std::sync::atomic::AtomicBool;
 use crossbeam_channel::Sender;
 
 use crate::Error;
+use crate::wake::WakeSlot;
 
 /// One caller's stream of results (a `map`, an `imap`, a `submit`).
 #[derive(Debug)]
 pub(crate) struct Job {
     pub(crate) sink: Sender<Outcome>,
     pub(crate) cancelled: AtomicBool,
+    /// The async caller waiting for this job's next outcome, woken after
+    /// each outcome is sent (and when the job is dropped).
+    pub(crate) waker: WakeSlot,
+}
+
+impl Job {
+    pub(crate) fn new(sink: Sender<Outcome>) -> Self {
+        Self {
+            sink,
+            cancelled: AtomicBool::new(false),
+            waker: WakeSlot::default(),
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        // The sink disconnects now: a waiting caller sees that on its next poll.
+        self.waker.wake();
+    }
 }
 
 /// Finds the end of the first encoded input in a payload: the job's input

@@ -26,6 +26,9 @@ use crate::link::Link;
 use crate::proto::Message;
 use crate::sync::{lock, wait_until};
 
+mod poll;
+pub(crate) use poll::AsyncRequest;
+
 /// Most items a subscription may hold unacknowledged in this process.
 pub(crate) const MAX_CREDIT: u64 = 256;
 
@@ -63,6 +66,8 @@ enum Waiter {
     Caller(Sender<Reply>),
     /// Nobody: the reply ends the release of this queue's subscription.
     Unsubscribed(u64),
+    /// A future: the reply is sent, then its task woken (see `poll.rs`).
+    Async(Sender<Reply>, std::task::Waker),
 }
 
 /// What this process knows of one queue: its subscription, how many
@@ -139,6 +144,8 @@ struct SubState {
     last_take: Option<Instant>,
     /// Threads waiting for a delivery.
     waiters: usize,
+    /// Futures waiting for a delivery (see `poll.rs`), woken with the threads.
+    wakers: Vec<std::task::Waker>,
 }
 
 /// Installs the client for this worker process (once).
@@ -188,6 +195,10 @@ pub fn dispatch(msg: &Message<'_>) -> bool {
                     let _ = tx.send((code, value, payload.to_vec()));
                 }
                 Some(Waiter::Unsubscribed(queue)) => client.unsubscribed(queue),
+                Some(Waiter::Async(tx, waker)) => {
+                    let _ = tx.send((code, value, payload.to_vec()));
+                    waker.wake();
+                }
                 None => {}
             }
             true
@@ -207,10 +218,14 @@ pub fn dispatch(msg: &Message<'_>) -> bool {
                 state.buf.push_back(payload.to_vec());
             }
             let waiters = state.waiters;
+            let wakers = std::mem::take(&mut state.wakers);
             drop(state);
             // A notify is a system call even when nobody waits.
             if waiters > 0 {
                 sub.arrived.notify_all();
+            }
+            for w in wakers {
+                w.wake();
             }
             true
         }

@@ -185,6 +185,9 @@ struct State {
     /// What keeps the queue alive beyond the hub process's own handles
     /// (see [`lifetime`]).
     life: lifetime::Life,
+    /// Local async waiters (see `poll.rs`), by key: woken with the threads.
+    wakers: HashMap<u64, Option<std::task::Waker>>,
+    next_waker: u64,
 }
 
 #[derive(Debug)]
@@ -501,11 +504,15 @@ impl Core {
 
     /// Releases the state and wakes local waiters, if there are any (a
     /// condition variable's notify is a system call even when nobody waits).
-    fn notify(&self, state: MutexGuard<'_, State>) {
+    fn notify(&self, mut state: MutexGuard<'_, State>) {
         let waiters = state.waiters;
+        let wakers = state.take_wakers();
         drop(state);
         if waiters > 0 {
             self.changed.notify_all();
+        }
+        for w in wakers {
+            w.wake();
         }
     }
 
@@ -901,3 +908,6 @@ pub fn disconnect(link_id: u64, pid: Option<u32>) {
 mod lifetime;
 #[cfg(test)]
 mod tests;
+
+mod poll;
+pub(crate) use poll::AsyncWait;

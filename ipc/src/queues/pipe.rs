@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::queue::{GetError, PutError, Queue, QueueError};
+use super::queue::{GetError, GetFuture, PutError, Queue, QueueError};
 use crate::task::Payload;
 
 /// Makes pipes.
@@ -97,6 +97,15 @@ impl<S: Payload, R: Payload> PipeEnd<S, R> {
     /// received; as [`Queue::get`] otherwise.
     pub fn recv(&self) -> Result<R, GetError> {
         self.rx.get()
+    }
+
+    /// Receives the next value without blocking a thread, as
+    /// [`Queue::get_async`]. Works on any async runtime.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    pub fn recv_async(&self) -> GetFuture<'_, R> {
+        self.rx.get_async()
     }
 
     /// Like [`recv`](Self::recv), waiting at most `timeout`.
@@ -180,6 +189,15 @@ impl<T: Payload> PipeReceiver<T> {
     /// As [`PipeEnd::recv`].
     pub fn recv(&self) -> Result<T, GetError> {
         self.0.get()
+    }
+
+    /// Receives the next value without blocking a thread, as
+    /// [`Queue::get_async`]. Works on any async runtime.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    pub fn recv_async(&self) -> GetFuture<'_, T> {
+        self.0.get_async()
     }
 
     /// Like [`recv`](Self::recv), waiting at most `timeout`.

@@ -48,8 +48,10 @@ use crate::codec;
 pub use crate::error::QueueError;
 use crate::task::Payload;
 
+mod future;
 mod handle;
 mod iter;
+pub use future::{GetFuture, JoinFuture, PutFuture};
 use handle::Writer;
 pub use iter::{DoneGuard, QueueIter};
 
@@ -348,6 +350,58 @@ impl<T: Payload> Queue<T> {
         }
     }
 
+    /// Adds an item, as [`put`](Self::put), without blocking a thread:
+    /// awaits room in a bounded queue. Works on any async runtime.
+    ///
+    /// Dropping the future before it is ready puts nothing (in a worker
+    /// process, unless the hub had already accepted the put when the
+    /// cancel reached it: then the item is in the queue, as with
+    /// [`put_timeout`](Self::put_timeout)).
+    ///
+    /// # Errors
+    /// As [`put`](Self::put); the item comes back.
+    pub fn put_async(&self, item: T) -> PutFuture<'_, T> {
+        PutFuture::new(self, item)
+    }
+
+    /// Takes the oldest item, as [`get`](Self::get), without blocking a
+    /// thread: the future is ready once there is one (or the queue is
+    /// closed and drained). Works on any async runtime; dropping the
+    /// future before it is ready takes nothing.
+    ///
+    /// ```
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     use std::sync::Arc;
+    /// #     use std::task::{Context, Poll, Wake};
+    /// #     struct Unpark(std::thread::Thread);
+    /// #     impl Wake for Unpark {
+    /// #         fn wake(self: Arc<Self>) { self.0.unpark() }
+    /// #     }
+    /// #     let waker = Arc::new(Unpark(std::thread::current())).into();
+    /// #     let mut cx = Context::from_waker(&waker);
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     loop {
+    /// #         match f.as_mut().poll(&mut cx) {
+    /// #             Poll::Ready(v) => return v,
+    /// #             Poll::Pending => std::thread::park(),
+    /// #         }
+    /// #     }
+    /// # }
+    /// use procpool::Queue;
+    ///
+    /// let q = Queue::new();
+    /// let putter = q.clone();
+    /// std::thread::spawn(move || putter.put(7u32));
+    /// assert_eq!(block_on(q.get_async()).unwrap(), 7);
+    /// ```
+    ///
+    /// # Errors
+    /// [`GetError::Closed`] once the queue is closed and drained;
+    /// [`GetError::Failed`] as for [`get`](Self::get).
+    pub fn get_async(&self) -> GetFuture<'_, T> {
+        GetFuture::new(self, None)
+    }
+
     /// Takes the oldest item, waiting until there is one.
     ///
     /// # Errors
@@ -534,6 +588,25 @@ impl<T: Payload> JoinableQueue<T> {
     /// As [`Queue::get`].
     pub fn get(&self) -> Result<T, GetError> {
         self.count(self.queue.get())
+    }
+
+    /// Takes an item without blocking a thread, as [`Queue::get_async`];
+    /// call [`task_done`](Self::task_done) once it has been processed.
+    ///
+    /// # Errors
+    /// As [`Queue::get_async`].
+    pub fn get_async(&self) -> GetFuture<'_, T> {
+        GetFuture::new(&self.queue, Some(&self.taken))
+    }
+
+    /// Waits without blocking a thread until every item put has been
+    /// marked done, as [`join`](Self::join). Works on any async runtime;
+    /// dropping the future stops waiting.
+    ///
+    /// # Errors
+    /// As [`join`](Self::join).
+    pub fn join_async(&self) -> JoinFuture<'_, T> {
+        JoinFuture::new(self)
     }
 
     /// As [`Queue::get_timeout`].
@@ -767,6 +840,15 @@ impl<T: Payload> SimpleQueue<T> {
     /// As [`Queue::get`].
     pub fn get(&self) -> Result<T, GetError> {
         self.0.get()
+    }
+
+    /// Takes the oldest item without blocking a thread, as
+    /// [`Queue::get_async`].
+    ///
+    /// # Errors
+    /// As [`Queue::get_async`].
+    pub fn get_async(&self) -> GetFuture<'_, T> {
+        self.0.get_async()
     }
 
     /// Whether the queue is empty now (a snapshot).

@@ -146,11 +146,7 @@ fn broken_link() -> Arc<Link> {
 
 fn job() -> (Arc<Job>, Receiver<Outcome>) {
     let (sink, rx) = crossbeam_channel::unbounded();
-    let job = Job {
-        sink,
-        cancelled: false.into(),
-    };
-    (Arc::new(job), rx)
+    (Arc::new(Job::new(sink)), rx)
 }
 
 /// Chunk `seq` of `job`: `count` items of task 0, its payload naming it.
