@@ -47,8 +47,10 @@ fn main() -> anyhow::Result<()> {
                 writeln!(out, "done {done}/{tasks}")?;
                 out.flush()?;
             }
-            // After every result that had arrived: the last item.
-            Err(Error::Interrupted) => break,
+            // After a Ctrl-C the tasks that were running finish (and are
+            // counted above); the first input that never ran says
+            // `Interrupted`, or `Terminated` after a second Ctrl-C.
+            Err(Error::Interrupted | Error::Terminated) => break,
             Err(e) => return Err(e.into()),
         }
     }

@@ -244,6 +244,8 @@ where
                     unreported: 0,
                     reported_len: 0,
                     last: started,
+                    stride: 1,
+                    until_check: 1,
                     error: None,
                 };
                 runner(payload, count, max_payload, &mut out, &mut |out| {
@@ -288,8 +290,19 @@ struct Reporter<'a> {
     /// Bytes in `out` before the latest result.
     reported_len: usize,
     last: Instant,
+    /// Items between clock reads: 1 while items take a while, more for
+    /// tiny ones (see [`TINY_ITEM`]).
+    stride: u32,
+    /// Items left before the next clock read.
+    until_check: u32,
     error: Option<IpcError>,
 }
+
+/// Items faster than this are timed in batches of [`TINY_STRIDE`]: a clock
+/// read per item would cost them more than the report is worth. An item
+/// that turns out slow among them is reported at the end of its batch.
+const TINY_ITEM: Duration = Duration::from_micros(10);
+const TINY_STRIDE: u32 = 64;
 
 impl Reporter<'_> {
     /// One more item's result is in `out`.
@@ -320,11 +333,23 @@ impl Reporter<'_> {
         if self.finished == self.count || self.error.is_some() {
             return;
         }
+        self.until_check -= 1;
+        if self.until_check > 0 {
+            return;
+        }
         let now = Instant::now();
         let since = now - self.last;
         if since < REPORT_EVERY {
+            // The pace of the items since the last report sets the stride.
+            self.stride = if since < TINY_ITEM * self.unreported {
+                TINY_STRIDE
+            } else {
+                1
+            };
+            self.until_check = self.stride;
             return;
         }
+        self.until_check = self.stride;
         let sent = report(
             self.link,
             Kind::Part,
