@@ -52,5 +52,5 @@ pub use builder::{PoolBuilder, sibling_exe};
 pub use error::Error;
 pub use interrupt::{EXIT_INTERRUPTED, install_ctrlc_handler, interrupted};
 pub use pool::{AsyncResult, Pool, Stats};
-pub use process::Process;
+pub use process::{ChildProcess, Process, active_children, cpu_count};
 pub use stream::Imap;
