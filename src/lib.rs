@@ -133,6 +133,9 @@ pub use procpool_ipc::pipe::{Pipe, PipeEnd, PipeReceiver, PipeSender};
 pub use procpool_ipc::queue::{
     DoneGuard, GetError, JoinableQueue, PutError, Queue, QueueError, QueueIter, SimpleQueue,
 };
+pub use procpool_ipc::sync_prims::{
+    Event, Lock, LockError, LockGuard, ReleaseError, Semaphore, SemaphoreGuard,
+};
 pub use procpool_ipc::task::Payload;
 pub use procpool_ipc::{IpcError, Task, TaskError};
 

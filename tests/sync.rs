@@ -6,22 +6,78 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::{bail, ensure};
+use anyhow::{Context, bail, ensure};
 use common::*;
-use procpool::{Error, Process};
+use procpool::{Error, Event, Lock, LockError, Process, Queue, Semaphore, SimpleQueue, Task};
 
 const LIMIT: Duration = Duration::from_secs(90);
 /// Long enough for any process start under load; only hangs reach it.
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Takes the lock (or a permit), says so, and holds it until killed.
+const HOLD: Task<(Lock, SimpleQueue<()>), ()> = Task::new("hold");
+/// The same with a semaphore permit.
+const HOLD_PERMIT: Task<(Semaphore, SimpleQueue<()>), ()> = Task::new("hold_permit");
+/// Says it is about to wait, then acquires the lock: how it went, as text.
+const ACQUIRE: Task<(Lock, SimpleQueue<()>), String> = Task::new("acquire");
+/// `rounds` times, under the lock: logs (id, true), then (id, false).
+const CRITICAL: Task<CriticalArgs, ()> = Task::new("critical");
+/// The lock, the log, this process's id, the rounds.
+type CriticalArgs = (Lock, Queue<(u64, bool)>, u64, u64);
+/// Says it waits, then waits for the event; whether it was set.
+const WAIT_EVENT: Task<(Event, SimpleQueue<()>), bool> = Task::new("wait_event");
+
+fn sync_registry() -> procpool::Registry {
+    registry()
+        .task(HOLD, |(lock, ready)| {
+            let _guard = lock.acquire().expect("acquire");
+            ready.put(()).expect("ready");
+            loop {
+                std::thread::park();
+            }
+        })
+        .task(HOLD_PERMIT, |(sem, ready)| {
+            let _guard = sem.acquire().expect("acquire");
+            ready.put(()).expect("ready");
+            loop {
+                std::thread::park();
+            }
+        })
+        .task(ACQUIRE, |(lock, ready)| {
+            ready.put(()).expect("ready");
+            match lock.acquire_timeout(PATIENCE) {
+                Ok(_) => "acquired".to_string(),
+                Err(LockError::OwnerDied(_)) => "owner died".to_string(),
+                Err(e) => format!("{e:?}"),
+            }
+        })
+        .task(CRITICAL, |(lock, log, id, rounds)| {
+            for _ in 0..rounds {
+                let _guard = lock.acquire().expect("acquire");
+                log.put((id, true)).expect("log");
+                std::thread::yield_now();
+                log.put((id, false)).expect("log");
+            }
+        })
+        .task(WAIT_EVENT, |(event, ready)| {
+            ready.put(()).expect("ready");
+            event.wait_timeout(PATIENCE).expect("wait")
+        })
+}
+
 fn main() {
-    procpool::init(registry());
+    procpool::init(sync_registry());
     let args = libtest_mimic::Arguments::from_args();
     let tests = trials![
         LIMIT;
         join_waits_for_the_exit,
         terminate_is_sigterm_and_kill_is_sigkill,
         names_and_active_children,
+        lock_excludes_across_processes,
+        killed_holder_hands_the_lock_on_as_owner_died,
+        killed_holder_wakes_a_waiter_in_another_process,
+        killed_permit_holder_gives_the_permit_back,
+        event_set_wakes_waiters_in_three_processes,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -115,5 +171,115 @@ fn names_and_active_children() -> anyhow::Result<()> {
     ensure!(!children.iter().any(|c| c.name == nb), "{children:?}");
     a.kill();
     ensure!(!procpool::active_children().iter().any(|c| c.pid == a.pid()));
+    Ok(())
+}
+
+/// Three processes and the master take turns under one lock: the log
+/// never shows two inside at once.
+fn lock_excludes_across_processes() -> anyhow::Result<()> {
+    let lock = Lock::new();
+    let log = Queue::new();
+    let rounds = 50;
+    let procs = (1..=3)
+        .map(|id| Ok(Process::spawn(CRITICAL, (lock.clone(), log.clone(), id, rounds))?.watched()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for _ in 0..rounds {
+        let _guard = lock.acquire().map_err(|e| anyhow::anyhow!("{e}"))?;
+        log.put((0, true))?;
+        log.put((0, false))?;
+    }
+    for p in procs {
+        p.join()?;
+    }
+    let mut inside = None;
+    for _ in 0..4 * rounds * 2 {
+        let (id, enter) = log.try_get().context("log entry missing")?;
+        match (inside, enter) {
+            (None, true) => inside = Some(id),
+            (Some(i), false) if i == id => inside = None,
+            _ => bail!(
+                "{id} {} while {inside:?} was inside",
+                if enter { "entered" } else { "left" }
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// Python deadlocks here forever: the holder is SIGKILLed while holding
+/// the lock; the next acquirer gets it within a second, told the owner
+/// died, and the lock works normally afterwards.
+fn killed_holder_hands_the_lock_on_as_owner_died() -> anyhow::Result<()> {
+    let lock = Lock::new();
+    let ready = SimpleQueue::new();
+    let holder = Process::spawn(HOLD, (lock.clone(), ready.clone()))?.watched();
+    ready.get()?;
+    ensure!(
+        lock.try_acquire().is_err_and(|e| e.is_timeout()),
+        "the lock is held"
+    );
+    holder.kill();
+    let guard = match lock.acquire_timeout(Duration::from_secs(1)) {
+        Err(LockError::OwnerDied(guard)) => guard,
+        Ok(_) => bail!("acquired without hearing that the owner died"),
+        Err(e) => bail!("{e:?}"),
+    };
+    ensure!(lock.try_acquire().is_err_and(|e| e.is_timeout()));
+    drop(guard);
+    // The news went to one acquirer; the lock is an ordinary lock again.
+    drop(lock.try_acquire().map_err(|e| anyhow::anyhow!("{e}"))?);
+    Ok(())
+}
+
+/// A process already waiting for the lock gets it, with the news, when
+/// the holder (another process) is killed.
+fn killed_holder_wakes_a_waiter_in_another_process() -> anyhow::Result<()> {
+    let lock = Lock::new();
+    let ready = SimpleQueue::new();
+    let holder = Process::spawn(HOLD, (lock.clone(), ready.clone()))?.watched();
+    ready.get()?;
+    let waiter = Process::spawn(ACQUIRE, (lock.clone(), ready.clone()))?.watched();
+    ready.get()?;
+    holder.kill();
+    let got = waiter.join()?;
+    ensure!(got == "owner died", "the waiter: {got}");
+    // The waiter exited holding it too (its guard dropped at the end).
+    drop(
+        lock.acquire_timeout(PATIENCE)
+            .or_else(LockError::recover)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    Ok(())
+}
+
+/// A semaphore permit held by a killed process comes back.
+fn killed_permit_holder_gives_the_permit_back() -> anyhow::Result<()> {
+    let sem = Semaphore::new(1);
+    let ready = SimpleQueue::new();
+    let holder = Process::spawn(HOLD_PERMIT, (sem.clone(), ready.clone()))?.watched();
+    ready.get()?;
+    ensure!(sem.try_acquire().is_err_and(|e| e.is_timeout()));
+    holder.kill();
+    match sem.acquire_timeout(PATIENCE) {
+        Err(LockError::OwnerDied(_)) => Ok(()),
+        other => bail!("{other:?}"),
+    }
+}
+
+/// An `Event` set in the master wakes waiters in three processes.
+fn event_set_wakes_waiters_in_three_processes() -> anyhow::Result<()> {
+    let event = Event::new();
+    let ready = SimpleQueue::new();
+    let procs = (0..3)
+        .map(|_| Ok(Process::spawn(WAIT_EVENT, (event.clone(), ready.clone()))?.watched()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for _ in 0..3 {
+        ready.get()?;
+    }
+    ensure!(!event.is_set()?);
+    event.set()?;
+    for p in procs {
+        ensure!(p.join()?, "a waiter timed out");
+    }
     Ok(())
 }

@@ -1,0 +1,67 @@
+//! The hub-side rules, in one process (the cross-process behaviour is in
+//! the workspace's `tests/sync.rs`).
+
+use std::time::Duration;
+
+use super::*;
+
+#[test]
+fn lock_excludes_and_hands_over_in_order() {
+    let lock = Lock::new();
+    let g = lock.acquire().unwrap();
+    assert!(lock.try_acquire().unwrap_err().is_timeout());
+    assert!(
+        lock.acquire_timeout(Duration::from_millis(5))
+            .unwrap_err()
+            .is_timeout()
+    );
+    let other = lock.clone();
+    let t = std::thread::spawn(move || other.acquire().map(drop).is_ok());
+    drop(g);
+    assert!(t.join().unwrap());
+    drop(lock.try_acquire().unwrap());
+}
+
+#[test]
+fn a_dead_connection_s_permits_come_back_orphaned() {
+    let lock = Lock::new();
+    let Place::Local(prim) = &lock.place else {
+        unreachable!()
+    };
+    // A remote holder (link 7) that ends while holding the lock.
+    {
+        let mut state = prim.lock();
+        assert_eq!(prim.take(&mut state, Party::Link(7)), Some(false));
+    }
+    assert!(lock.try_acquire().unwrap_err().is_timeout());
+    disconnect(7, &mut Dirty::default());
+    let guard = lock.try_acquire().unwrap_err().recover().unwrap();
+    drop(guard);
+    // The news goes to one acquirer only.
+    drop(lock.try_acquire().unwrap());
+}
+
+#[test]
+fn bounded_semaphore_refuses_extra_releases() {
+    let s = Semaphore::bounded(1);
+    assert!(matches!(s.release(), Err(ReleaseError::NotHeld)));
+    let g = s.acquire().unwrap();
+    std::mem::forget(g);
+    s.release().unwrap();
+    let u = Semaphore::new(0);
+    u.release().unwrap();
+    drop(u.try_acquire().unwrap());
+}
+
+#[test]
+fn event_wakes_waiters_and_clears() {
+    let e = Event::new();
+    assert!(!e.is_set().unwrap());
+    let w = e.clone();
+    let t = std::thread::spawn(move || w.wait_timeout(Duration::from_secs(30)).unwrap());
+    e.set().unwrap();
+    assert!(t.join().unwrap());
+    assert!(e.wait_timeout(Duration::ZERO).unwrap());
+    e.clear().unwrap();
+    assert!(!e.wait_timeout(Duration::from_millis(1)).unwrap());
+}
