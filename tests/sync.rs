@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use common::*;
-use procpool::{Error, Event, Lock, LockError, Process, Queue, Semaphore, SimpleQueue, Task};
+use procpool::{
+    Error, Event, Lock, LockError, Process, Queue, RLock, Semaphore, SimpleQueue, Task,
+};
 
 const LIMIT: Duration = Duration::from_secs(90);
 /// Long enough for any process start under load; only hangs reach it.
@@ -18,6 +20,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 const HOLD: Task<(Lock, SimpleQueue<()>), ()> = Task::new("hold");
 /// The same with a semaphore permit.
 const HOLD_PERMIT: Task<(Semaphore, SimpleQueue<()>), ()> = Task::new("hold_permit");
+/// Takes the reentrant lock twice, says so, and holds it until killed.
+const HOLD_RLOCK: Task<(RLock, SimpleQueue<()>), ()> = Task::new("hold_rlock");
 /// Says it is about to wait, then acquires the lock: how it went, as text.
 const ACQUIRE: Task<(Lock, SimpleQueue<()>), String> = Task::new("acquire");
 /// `rounds` times, under the lock: logs (id, true), then (id, false).
@@ -38,6 +42,14 @@ fn sync_registry() -> procpool::Registry {
         })
         .task(HOLD_PERMIT, |(sem, ready)| {
             let _guard = sem.acquire().expect("acquire");
+            ready.put(()).expect("ready");
+            loop {
+                std::thread::park();
+            }
+        })
+        .task(HOLD_RLOCK, |(lock, ready)| {
+            let _outer = lock.acquire().expect("acquire");
+            let _inner = lock.acquire().expect("acquire again");
             ready.put(()).expect("ready");
             loop {
                 std::thread::park();
@@ -77,6 +89,7 @@ fn main() {
         killed_holder_hands_the_lock_on_as_owner_died,
         killed_holder_wakes_a_waiter_in_another_process,
         killed_permit_holder_gives_the_permit_back,
+        killed_rlock_holder_hands_it_on_whatever_its_depth,
         event_set_wakes_waiters_in_three_processes,
     ];
     libtest_mimic::run(&args, tests).exit();
@@ -281,5 +294,21 @@ fn event_set_wakes_waiters_in_three_processes() -> anyhow::Result<()> {
     for p in procs {
         ensure!(p.join()?, "a waiter timed out");
     }
+    Ok(())
+}
+
+/// A process killed holding an `RLock` two levels deep hands it on too.
+fn killed_rlock_holder_hands_it_on_whatever_its_depth() -> anyhow::Result<()> {
+    let lock = RLock::new();
+    let ready = SimpleQueue::new();
+    let holder = Process::spawn(HOLD_RLOCK, (lock.clone(), ready.clone()))?.watched();
+    ready.get()?;
+    ensure!(lock.try_acquire().is_err_and(|e| e.is_timeout()));
+    holder.kill();
+    match lock.acquire_timeout(PATIENCE) {
+        Err(LockError::OwnerDied(_)) => {}
+        other => bail!("{other:?}"),
+    }
+    drop(lock.try_acquire().map_err(|e| anyhow::anyhow!("{e}"))?);
     Ok(())
 }

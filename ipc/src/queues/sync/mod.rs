@@ -1,5 +1,6 @@
 //! Crash-safe synchronization between processes, held by the hub:
-//! [`Lock`], [`Semaphore`] (and its bounded form) and [`Event`].
+//! [`Lock`], [`RLock`], [`Semaphore`] (and its bounded form) and
+//! [`Event`].
 //!
 //! Like a queue, a primitive lives in the process that created it (the
 //! *hub*, normally the master); a handle is `Serialize`, and passed to a
@@ -37,10 +38,12 @@
 
 mod event;
 mod lock;
+mod rlock;
 mod semaphore;
 
 pub use event::Event;
 pub use lock::{Lock, LockGuard};
+pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{Semaphore, SemaphoreGuard};
 
 use std::collections::{HashMap, VecDeque};

@@ -42,6 +42,24 @@ fn a_dead_connection_s_permits_come_back_orphaned() {
 }
 
 #[test]
+fn rlock_nests_in_one_thread_and_excludes_others() {
+    let r = RLock::new();
+    let outer = r.acquire().unwrap();
+    let inner = r.try_acquire().unwrap();
+    let other = r.clone();
+    let blocked = std::thread::spawn(move || other.try_acquire().map(drop).is_err());
+    assert!(blocked.join().unwrap());
+    drop(outer);
+    let other = r.clone();
+    let still = std::thread::spawn(move || other.try_acquire().map(drop).is_err());
+    assert!(still.join().unwrap(), "one level is still held");
+    drop(inner);
+    let other = r.clone();
+    let free = std::thread::spawn(move || other.try_acquire().map(drop).is_ok());
+    assert!(free.join().unwrap());
+}
+
+#[test]
 fn bounded_semaphore_refuses_extra_releases() {
     let s = Semaphore::bounded(1);
     assert!(matches!(s.release(), Err(ReleaseError::NotHeld)));
