@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use common::*;
 use procpool::{
-    Error, Event, Lock, LockError, Process, Queue, RLock, Semaphore, SimpleQueue, Task,
+    Barrier, BarrierError, Error, Event, Lock, LockError, Process, Queue, RLock, Semaphore,
+    SimpleQueue, Task,
 };
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -22,6 +23,10 @@ const HOLD: Task<(Lock, SimpleQueue<()>), ()> = Task::new("hold");
 const HOLD_PERMIT: Task<(Semaphore, SimpleQueue<()>), ()> = Task::new("hold_permit");
 /// Takes the reentrant lock twice, says so, and holds it until killed.
 const HOLD_RLOCK: Task<(RLock, SimpleQueue<()>), ()> = Task::new("hold_rlock");
+/// Waits at the barrier: the arrival index, or the error as text.
+const AT_BARRIER: Task<Barrier, Result<u64, String>> = Task::new("at_barrier");
+/// Passes the barrier once, says so, then holds until killed.
+const PASS_THEN_HOLD: Task<(Barrier, SimpleQueue<()>), ()> = Task::new("pass_then_hold");
 /// Says it is about to wait, then acquires the lock: how it went, as text.
 const ACQUIRE: Task<(Lock, SimpleQueue<()>), String> = Task::new("acquire");
 /// `rounds` times, under the lock: logs (id, true), then (id, false).
@@ -50,6 +55,16 @@ fn sync_registry() -> procpool::Registry {
         .task(HOLD_RLOCK, |(lock, ready)| {
             let _outer = lock.acquire().expect("acquire");
             let _inner = lock.acquire().expect("acquire again");
+            ready.put(()).expect("ready");
+            loop {
+                std::thread::park();
+            }
+        })
+        .task(AT_BARRIER, |b| {
+            b.wait_timeout(PATIENCE).map_err(|e| format!("{e:?}"))
+        })
+        .task(PASS_THEN_HOLD, |(b, ready)| {
+            b.wait_timeout(PATIENCE).expect("first round");
             ready.put(()).expect("ready");
             loop {
                 std::thread::park();
@@ -91,6 +106,8 @@ fn main() {
         killed_permit_holder_gives_the_permit_back,
         killed_rlock_holder_hands_it_on_whatever_its_depth,
         event_set_wakes_waiters_in_three_processes,
+        barrier_releases_parties_in_three_processes,
+        killed_party_breaks_the_barrier,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -311,4 +328,42 @@ fn killed_rlock_holder_hands_it_on_whatever_its_depth() -> anyhow::Result<()> {
     }
     drop(lock.try_acquire().map_err(|e| anyhow::anyhow!("{e}"))?);
     Ok(())
+}
+
+/// Two processes and the master meet at a barrier: each gets a distinct
+/// arrival index.
+fn barrier_releases_parties_in_three_processes() -> anyhow::Result<()> {
+    let b = Barrier::new(3);
+    let procs = (0..2)
+        .map(|_| Ok(Process::spawn(AT_BARRIER, b.clone())?.watched()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut indexes = vec![b.wait_timeout(PATIENCE)?];
+    for p in procs {
+        indexes.push(p.join()?.map_err(anyhow::Error::msg)?);
+    }
+    indexes.sort_unstable();
+    ensure!(indexes == [0, 1, 2], "{indexes:?}");
+    Ok(())
+}
+
+/// A party killed between rounds breaks the barrier: the master and
+/// another process get `Broken` instead of waiting forever (Python's
+/// barrier waits for the dead party until a timeout).
+fn killed_party_breaks_the_barrier() -> anyhow::Result<()> {
+    let b = Barrier::new(2);
+    let ready = SimpleQueue::new();
+    let party = Process::spawn(PASS_THEN_HOLD, (b.clone(), ready.clone()))?.watched();
+    b.wait_timeout(PATIENCE)?;
+    ready.get()?;
+    let waiter = Process::spawn(AT_BARRIER, b.clone())?.watched();
+    party.kill();
+    let got = waiter.join()?;
+    ensure!(
+        matches!(&got, Err(e) if e == "Broken"),
+        "the other process: {got:?}"
+    );
+    match b.wait_timeout(PATIENCE) {
+        Err(BarrierError::Broken) => Ok(()),
+        other => bail!("the master: {other:?}"),
+    }
 }

@@ -1,6 +1,6 @@
 //! Crash-safe synchronization between processes, held by the hub:
-//! [`Lock`], [`RLock`], [`Semaphore`] (and its bounded form) and
-//! [`Event`].
+//! [`Lock`], [`RLock`], [`Semaphore`] (and its bounded form), [`Event`]
+//! and [`Barrier`].
 //!
 //! Like a queue, a primitive lives in the process that created it (the
 //! *hub*, normally the master); a handle is `Serialize`, and passed to a
@@ -34,19 +34,24 @@
 //! | `SET` / `CLEAR` | id | — | `OK` |
 //! | `IS_SET` | id | — | `OK` with `value` 1 if set |
 //! | `WAIT` | id | 1: park until set, 0: never wait | `OK` once set, `FULL` if not set and no wait |
+//! | `BARRIER_WAIT` | id | — | `OK` with `value` = arrival index once all parties are there, `BROKEN` |
+//! | `ABORT` / `RESET` | id | — | `OK` |
+//! | `IS_BROKEN` | id | — | `OK` with `value` 1 if broken |
 //! | `CANCEL` (queue op) | 0 | the parked request's id | `CANCELLED` to it, if still parked |
 
+mod barrier;
 mod event;
 mod lock;
 mod rlock;
 mod semaphore;
 
+pub use barrier::{Barrier, BarrierError};
 pub use event::Event;
 pub use lock::{Lock, LockGuard};
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{Semaphore, SemaphoreGuard};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Weak};
@@ -69,12 +74,17 @@ mod op {
     pub(super) const CLEAR: u8 = 35;
     pub(super) const IS_SET: u8 = 36;
     pub(super) const WAIT: u8 = 37;
+    pub(super) const BARRIER_WAIT: u8 = 38;
+    pub(super) const ABORT: u8 = 39;
+    pub(super) const RESET: u8 = 40;
+    pub(super) const IS_BROKEN: u8 = 41;
 }
 
 /// Status codes (beside the queue statuses of `wire.rs`).
 mod status {
     pub(super) const OWNER_DIED: u8 = 32;
     pub(super) const NOT_HELD: u8 = 33;
+    pub(super) const BROKEN: u8 = 34;
 }
 
 /// Why an acquire did not simply succeed.
@@ -200,6 +210,9 @@ enum Kind {
         bound: Option<u64>,
     },
     Event,
+    Barrier {
+        parties: u64,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -214,6 +227,11 @@ struct State {
     /// Local waiters served: ticket → whose permit was orphaned.
     granted: HashMap<u64, bool>,
     next_ticket: u64,
+    /// A barrier's: broken; parties that waited on it; local waiters'
+    /// outcomes (arrival index, or `None`: broken).
+    broken: bool,
+    members: HashSet<Party>,
+    outcomes: HashMap<u64, Option<u64>>,
 }
 
 /// One primitive held by this process.
@@ -339,7 +357,7 @@ impl Prim {
                         return false;
                     }
                 }
-                Kind::Event => return false,
+                Kind::Event | Kind::Barrier { .. } => return false,
             }
         }
         state.free += 1;
@@ -404,6 +422,18 @@ impl Prim {
     /// One remote operation; see the module docs.
     fn serve(&self, link: &Arc<Link>, req: u64, code: u8, arg: u64, dirty: &mut Dirty) {
         let mut state = self.lock();
+        if matches!(self.kind, Kind::Barrier { .. }) {
+            let done = if code == qop::CANCEL {
+                self.cancel_barrier_wait(&mut state, link, arg, dirty);
+                true
+            } else {
+                self.serve_barrier(&mut state, link, req, code, dirty)
+            };
+            if !done {
+                reply(link, req, qstatus::BAD_REQUEST, 0, dirty);
+            }
+            return;
+        }
         let party = Party::Link(link.id());
         let event = matches!(self.kind, Kind::Event);
         match code {
@@ -456,6 +486,10 @@ impl Prim {
     /// permits it held go to the next acquirers as orphaned.
     fn disconnect(&self, link_id: u64, dirty: &mut Dirty) {
         let mut state = self.lock();
+        if matches!(self.kind, Kind::Barrier { .. }) {
+            self.barrier_disconnect(&mut state, link_id, dirty);
+            return;
+        }
         state.waiters.retain(|w| w.party() != Party::Link(link_id));
         if let Some(n) = state.held.remove(&Party::Link(link_id)) {
             state.free += n;
@@ -536,6 +570,12 @@ impl Place {
 
     fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let Wire { id } = Wire::deserialize(d)?;
+        Self::from_id::<D>(id)
+    }
+
+    /// The handle for primitive `id`: the primitive itself in its hub, a
+    /// proxy in a worker.
+    fn from_id<'de, D: Deserializer<'de>>(id: u64) -> Result<Self, D::Error> {
         match (Prim::lookup(id), client::client()) {
             (Some(prim), _) => Ok(Place::Local(prim)),
             (None, Some(client)) => Ok(Place::Remote { id, client }),
@@ -592,6 +632,7 @@ impl Place {
     fn simple(&self, code: u8) -> Result<u64, QueueError> {
         match self {
             Place::Local(prim) => Ok(match code {
+                op::ABORT | op::RESET | op::IS_BROKEN => prim.local_barrier_op(code),
                 op::SET | op::CLEAR => {
                     prim.local_set(code == op::SET);
                     0

@@ -83,3 +83,41 @@ fn event_wakes_waiters_and_clears() {
     e.clear().unwrap();
     assert!(!e.wait_timeout(Duration::from_millis(1)).unwrap());
 }
+
+#[test]
+fn barrier_releases_rounds_and_a_timeout_breaks_it() {
+    let b = Barrier::new(2);
+    for _ in 0..3 {
+        let other = b.clone();
+        let t = std::thread::spawn(move || other.wait().unwrap());
+        let mine = b.wait().unwrap();
+        assert_eq!(mine + t.join().unwrap(), 1);
+    }
+    assert!(matches!(
+        b.wait_timeout(Duration::from_millis(5)),
+        Err(BarrierError::Timeout)
+    ));
+    assert!(b.is_broken().unwrap());
+    assert!(matches!(b.wait(), Err(BarrierError::Broken)));
+    b.reset().unwrap();
+    assert!(!b.is_broken().unwrap());
+    b.abort().unwrap();
+    assert!(matches!(b.wait(), Err(BarrierError::Broken)));
+}
+
+#[test]
+fn a_dead_party_breaks_the_barrier_for_waiters() {
+    let b = Barrier::new(3);
+    let Place::Local(prim) = &b.place else {
+        unreachable!()
+    };
+    {
+        let mut state = prim.lock();
+        state.members.insert(Party::Link(9));
+    }
+    let other = b.clone();
+    let t = std::thread::spawn(move || other.wait_timeout(Duration::from_secs(30)));
+    // Until the thread has arrived, a break reaches it at its wait instead.
+    disconnect(9, &mut Dirty::default());
+    assert!(matches!(t.join().unwrap(), Err(BarrierError::Broken)));
+}
