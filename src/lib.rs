@@ -141,8 +141,8 @@ pub use procpool_ipc::task::Payload;
 pub use procpool_ipc::{IpcError, Task, TaskError};
 
 pub use procpool_pool::{
-    AsyncResult, ChildProcess, EXIT_INTERRUPTED, Error, Imap, Pool, PoolBuilder, Process, Stats,
-    active_children, cpu_count, install_ctrlc_handler, interrupted, sibling_exe,
+    AsyncResult, ChildProcess, EXIT_INTERRUPTED, Error, Imap, MapResult, Pool, PoolBuilder,
+    Process, Stats, active_children, cpu_count, install_ctrlc_handler, interrupted, sibling_exe,
 };
 pub use procpool_worker::{Registry, init, run_remote_worker, run_worker};
 

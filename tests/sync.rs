@@ -1,5 +1,6 @@
-//! Process lifecycle (exit codes, terminate, join, names, live children)
-//! and the crash-safe synchronization primitives, across real processes.
+//! Process lifecycle (exit codes, terminate, join, names, live children),
+//! the crash-safe synchronization primitives, and `Pool::map_async`,
+//! across real processes.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a test program reports progress
 
 mod common;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use common::*;
 use procpool::{
-    Barrier, BarrierError, Error, Event, Lock, LockError, Process, Queue, RLock, Semaphore,
+    Barrier, BarrierError, Error, Event, Lock, LockError, Pool, Process, Queue, RLock, Semaphore,
     SimpleQueue, Task,
 };
 
@@ -108,6 +109,8 @@ fn main() {
         event_set_wakes_waiters_in_three_processes,
         barrier_releases_parties_in_three_processes,
         killed_party_breaks_the_barrier,
+        map_async_gives_every_output_in_order,
+        map_async_gives_the_first_error,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -365,5 +368,44 @@ fn killed_party_breaks_the_barrier() -> anyhow::Result<()> {
     match b.wait_timeout(PATIENCE) {
         Err(BarrierError::Broken) => Ok(()),
         other => bail!("the master: {other:?}"),
+    }
+}
+
+/// `map_async` returns at once; its outputs come in input order, with the
+/// builder's chunking or one given per call.
+fn map_async_gives_every_output_in_order() -> anyhow::Result<()> {
+    let pool = Pool::new(2)?.watched();
+    let want: Vec<u64> = (0..100).map(|x| x * x).collect();
+    let mut pending = pool.map_async(SQUARE, 0..100)?;
+    ensure!(
+        pending.wait_timeout(PATIENCE).is_some(),
+        "not ready in time"
+    );
+    ensure!(pending.ready());
+    ensure!(pending.wait()? == want);
+    for chunk in [0, 1, 7, 1000] {
+        ensure!(pool.map_async_chunked(SQUARE, 0..100, chunk)?.wait()? == want);
+        ensure!(pool.map_chunked(SQUARE, 0..100, chunk)? == want);
+    }
+    ensure!(
+        pool.map_async(SQUARE, Vec::<u64>::new())?
+            .wait()?
+            .is_empty()
+    );
+    // Not ready while a slow item runs (one worker, items of 2 s).
+    let slow = Pool::builder().workers(1).build()?.watched();
+    let mut pending = slow.map_async(SLEEP_MS, [2000u64, 0])?;
+    ensure!(!pending.ready());
+    ensure!(pending.wait()? == [2000, 0]);
+    Ok(())
+}
+
+/// The first failed item is the outcome.
+fn map_async_gives_the_first_error() -> anyhow::Result<()> {
+    let pool = Pool::new(2)?.watched();
+    let pending = pool.map_async_chunked(PANIC_ON_13, 0..50, 5)?;
+    match pending.wait() {
+        Err(e) if e.is_panic() => Ok(()),
+        other => bail!("{other:?}"),
     }
 }

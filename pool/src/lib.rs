@@ -12,7 +12,7 @@
 //! `procpool_ipc::link`).
 //!
 //! - `pool.rs`, `builder.rs`, `process.rs`, `stream.rs` (`Imap`),
-//!   `error.rs`: the public API.
+//!   `map_async.rs` (`MapResult`), `error.rs`: the public API.
 //! - `dispatch.rs`: the queue of chunks and each worker's lane, under one
 //!   lock; what goes where (prefetch, limits). Never blocks, never calls
 //!   back: chunks that end under its lock are returned.
@@ -38,6 +38,7 @@ mod dispatch;
 mod error;
 mod interrupt;
 mod joinable;
+mod map_async;
 mod msg;
 mod pool;
 mod process;
@@ -51,6 +52,7 @@ mod worker;
 pub use builder::{PoolBuilder, sibling_exe};
 pub use error::Error;
 pub use interrupt::{EXIT_INTERRUPTED, install_ctrlc_handler, interrupted};
+pub use map_async::MapResult;
 pub use pool::{AsyncResult, Pool, Stats};
 pub use process::{ChildProcess, Process, active_children, cpu_count};
 pub use stream::Imap;

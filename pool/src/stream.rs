@@ -75,7 +75,7 @@ fn next_chunk_len(
 /// Packs encoded inputs, one at a time, into chunk payloads that fit in a
 /// `RUN` frame of at most `max_frame_len` bytes.
 #[derive(Debug)]
-struct Packer {
+pub(crate) struct Packer {
     payload: Vec<u8>,
     count: u32,
     max_frame_len: u32,
@@ -84,13 +84,13 @@ struct Packer {
 /// What packing one input gave, to be handled in this order: a full chunk
 /// to submit (without the input), then the input's own failure.
 #[derive(Debug, Default)]
-struct Packed {
-    full: Option<(Vec<u8>, u32)>,
-    failed: Option<Error>,
+pub(crate) struct Packed {
+    pub(crate) full: Option<(Vec<u8>, u32)>,
+    pub(crate) failed: Option<Error>,
 }
 
 impl Packer {
-    fn new(max_frame_len: u32) -> Self {
+    pub(crate) fn new(max_frame_len: u32) -> Self {
         Self {
             payload: Vec::new(),
             count: 0,
@@ -99,7 +99,7 @@ impl Packer {
     }
 
     /// Inputs in the chunk being packed.
-    fn count(&self) -> u32 {
+    pub(crate) fn count(&self) -> u32 {
         self.count
     }
 
@@ -107,7 +107,7 @@ impl Packer {
     /// the chunk and starts the next; one that does not fit on its own, or
     /// does not encode, fails (after the chunk before it, which is closed
     /// early).
-    fn push<I: Serialize>(&mut self, item: &I) -> Packed {
+    pub(crate) fn push<I: Serialize>(&mut self, item: &I) -> Packed {
         let max = self.max_frame_len;
         let limit = max as usize - RUN_OVERHEAD;
         let mark = self.payload.len();
@@ -154,7 +154,7 @@ impl Packer {
     }
 
     /// Takes the chunk packed so far, if it holds any input.
-    fn take(&mut self) -> Option<(Vec<u8>, u32)> {
+    pub(crate) fn take(&mut self) -> Option<(Vec<u8>, u32)> {
         if self.count == 0 {
             return None;
         }
