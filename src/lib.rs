@@ -134,8 +134,8 @@ pub use procpool_ipc::queue::{
     DoneGuard, GetError, JoinableQueue, PutError, Queue, QueueError, QueueIter, SimpleQueue,
 };
 pub use procpool_ipc::sync_prims::{
-    Barrier, BarrierError, Event, Lock, LockError, LockGuard, RLock, RLockGuard, ReleaseError,
-    Semaphore, SemaphoreGuard,
+    Barrier, BarrierError, Condition, ConditionGuard, Event, Lock, LockError, LockGuard, RLock,
+    RLockGuard, ReleaseError, Semaphore, SemaphoreGuard,
 };
 pub use procpool_ipc::task::Payload;
 pub use procpool_ipc::{IpcError, Task, TaskError};

@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use common::*;
 use procpool::{
-    Barrier, BarrierError, Error, Event, Lock, LockError, Pool, Process, Queue, RLock, Semaphore,
-    SimpleQueue, Task,
+    Barrier, BarrierError, Condition, Error, Event, Lock, LockError, Pool, Process, Queue, RLock,
+    Semaphore, SimpleQueue, Task,
 };
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -28,6 +28,9 @@ const HOLD_RLOCK: Task<(RLock, SimpleQueue<()>), ()> = Task::new("hold_rlock");
 const AT_BARRIER: Task<Barrier, Result<u64, String>> = Task::new("at_barrier");
 /// Passes the barrier once, says so, then holds until killed.
 const PASS_THEN_HOLD: Task<(Barrier, SimpleQueue<()>), ()> = Task::new("pass_then_hold");
+/// Takes the condition's lock, says so (with its pid), and waits to be
+/// notified: "notified", "owner died" (also woken) or "timeout".
+const COND_WAIT: Task<(Condition, SimpleQueue<u32>), String> = Task::new("cond_wait");
 /// Says it is about to wait, then acquires the lock: how it went, as text.
 const ACQUIRE: Task<(Lock, SimpleQueue<()>), String> = Task::new("acquire");
 /// `rounds` times, under the lock: logs (id, true), then (id, false).
@@ -71,6 +74,16 @@ fn sync_registry() -> procpool::Registry {
                 std::thread::park();
             }
         })
+        .task(COND_WAIT, |(c, ready)| {
+            let g = c.acquire().expect("acquire");
+            ready.put(std::process::id()).expect("ready");
+            match g.wait_timeout(PATIENCE) {
+                Ok((_, true)) => "notified".to_string(),
+                Ok((_, false)) => "timeout".to_string(),
+                Err(LockError::OwnerDied(_)) => "owner died".to_string(),
+                Err(e) => format!("{e:?}"),
+            }
+        })
         .task(ACQUIRE, |(lock, ready)| {
             ready.put(()).expect("ready");
             match lock.acquire_timeout(PATIENCE) {
@@ -109,6 +122,7 @@ fn main() {
         event_set_wakes_waiters_in_three_processes,
         barrier_releases_parties_in_three_processes,
         killed_party_breaks_the_barrier,
+        notified_waiter_that_dies_passes_the_notification_on,
         map_async_gives_every_output_in_order,
         map_async_gives_the_first_error,
     ];
@@ -408,4 +422,28 @@ fn map_async_gives_the_first_error() -> anyhow::Result<()> {
         Err(e) if e.is_panic() => Ok(()),
         other => bail!("{other:?}"),
     }
+}
+
+/// Two processes wait on a condition; the one notified is killed before it
+/// has the lock back: the notification goes to the other, which wakes
+/// (Python loses it, and the other waits forever).
+fn notified_waiter_that_dies_passes_the_notification_on() -> anyhow::Result<()> {
+    let c = Condition::new();
+    let ready = SimpleQueue::new();
+    let first = Process::spawn(COND_WAIT, (c.clone(), ready.clone()))?.watched();
+    ready.get()?;
+    // The waiter holds the lock until it waits: once we have it, it waits.
+    drop(c.acquire().map_err(|e| anyhow::anyhow!("{e}"))?);
+    let second = Process::spawn(COND_WAIT, (c.clone(), ready.clone()))?.watched();
+    ready.get()?;
+    let guard = c.acquire().map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(guard.notify(1)? == 1);
+    first.kill(); // notified, but still waiting for the lock we hold
+    drop(guard);
+    let got = second.join()?;
+    ensure!(
+        got == "notified" || got == "owner died",
+        "the other waiter: {got}"
+    );
+    Ok(())
 }

@@ -37,7 +37,7 @@ pub struct Lock {
 /// `Serialize`.
 #[must_use = "the lock is released when the guard drops"]
 pub struct LockGuard {
-    place: Place,
+    pub(super) place: Place,
 }
 
 impl Drop for LockGuard {

@@ -1,6 +1,6 @@
 //! Crash-safe synchronization between processes, held by the hub:
-//! [`Lock`], [`RLock`], [`Semaphore`] (and its bounded form), [`Event`]
-//! and [`Barrier`].
+//! [`Lock`], [`RLock`], [`Semaphore`] (and its bounded form), [`Event`],
+//! [`Barrier`] and [`Condition`].
 //!
 //! Like a queue, a primitive lives in the process that created it (the
 //! *hub*, normally the master); a handle is `Serialize`, and passed to a
@@ -37,15 +37,19 @@
 //! | `BARRIER_WAIT` | id | — | `OK` with `value` = arrival index once all parties are there, `BROKEN` |
 //! | `ABORT` / `RESET` | id | — | `OK` |
 //! | `IS_BROKEN` | id | — | `OK` with `value` 1 if broken |
+//! | `COND_WAIT` | id | — | releases the lock and parks; `OK` or `OWNER_DIED` once the lock is held again, `value` 1 if notified, 0 if cancelled; `NOT_HELD` |
+//! | `NOTIFY` | id | most waiters to wake | `OK` with `value` = woken |
 //! | `CANCEL` (queue op) | 0 | the parked request's id | `CANCELLED` to it, if still parked |
 
 mod barrier;
+mod condition;
 mod event;
 mod lock;
 mod rlock;
 mod semaphore;
 
 pub use barrier::{Barrier, BarrierError};
+pub use condition::{Condition, ConditionGuard};
 pub use event::Event;
 pub use lock::{Lock, LockGuard};
 pub use rlock::{RLock, RLockGuard};
@@ -78,6 +82,8 @@ mod op {
     pub(super) const ABORT: u8 = 39;
     pub(super) const RESET: u8 = 40;
     pub(super) const IS_BROKEN: u8 = 41;
+    pub(super) const COND_WAIT: u8 = 42;
+    pub(super) const NOTIFY: u8 = 43;
 }
 
 /// Status codes (beside the queue statuses of `wire.rs`).
@@ -213,6 +219,8 @@ enum Kind {
     Barrier {
         parties: u64,
     },
+    /// A lock (one permit) with a wait set.
+    Condition,
 }
 
 #[derive(Debug, Default)]
@@ -232,6 +240,14 @@ struct State {
     broken: bool,
     members: HashSet<Party>,
     outcomes: HashMap<u64, Option<u64>>,
+    /// A condition's wait set, and the waiters back in the lock's queue
+    /// from it (notified, or not: given up).
+    cond_waiters: VecDeque<Waiter>,
+    returning: HashMap<condition::Key, bool>,
+    /// Connections holding a condition's lock they were handed as
+    /// notified waiters: if one ends before it releases the lock, its
+    /// notification goes to the next waiter (a spare wakeup at worst).
+    notified_holders: HashSet<u64>,
 }
 
 /// One primitive held by this process.
@@ -294,7 +310,7 @@ impl Prim {
     /// holder had died.
     fn take(&self, state: &mut State, party: Party) -> Option<bool> {
         match self.kind {
-            Kind::Permits { .. } if state.free > 0 => {
+            Kind::Permits { .. } | Kind::Condition if state.free > 0 => {
                 state.free -= 1;
                 *state.held.entry(party).or_default() += 1;
                 let died = state.orphaned > 0;
@@ -322,7 +338,15 @@ impl Prim {
                     } else {
                         qstatus::OK
                     };
-                    reply(&link, req, code, 1, dirty);
+                    // A condition's waiter hears whether it was notified.
+                    let value = state
+                        .returning
+                        .remove(&condition::Key::Remote(link.id(), req))
+                        .map_or(1, u64::from);
+                    if value == 1 && matches!(self.kind, Kind::Condition) {
+                        state.notified_holders.insert(link.id());
+                    }
+                    reply(&link, req, code, value, dirty);
                 }
                 Some(Waiter::Local { ticket }) => {
                     state.granted.insert(ticket, died);
@@ -340,6 +364,9 @@ impl Prim {
     /// semaphore released by a non-holder); false if there was nothing to
     /// return.
     fn give_back(&self, state: &mut State, party: Party) -> bool {
+        if let Party::Link(id) = party {
+            state.notified_holders.remove(&id);
+        }
         if let Some(n) = state.held.get_mut(&party).filter(|n| **n > 0) {
             *n -= 1;
             if *n == 0 {
@@ -348,7 +375,11 @@ impl Prim {
         } else {
             match self.kind {
                 Kind::Permits { bound: None } => {}
-                Kind::Permits { bound: Some(b) } => {
+                Kind::Permits { bound: Some(_) } | Kind::Condition => {
+                    let b = match self.kind {
+                        Kind::Permits { bound: Some(b) } => b,
+                        _ => 1,
+                    };
                     // A permit another party of this process took (a guard
                     // moved between threads is still this party's), else
                     // one more than the bound allows.
@@ -434,6 +465,20 @@ impl Prim {
             }
             return;
         }
+        if matches!(self.kind, Kind::Condition) {
+            let done = if code == qop::CANCEL {
+                // One back in the lock's queue must take the lock: no cancel.
+                self.cancel_cond_wait(&mut state, link.id(), arg, dirty)
+                    || state
+                        .returning
+                        .contains_key(&condition::Key::Remote(link.id(), arg))
+            } else {
+                self.serve_condition(&mut state, link, req, code, arg, dirty)
+            };
+            if done {
+                return;
+            }
+        }
         let party = Party::Link(link.id());
         let event = matches!(self.kind, Kind::Event);
         match code {
@@ -489,6 +534,9 @@ impl Prim {
         if matches!(self.kind, Kind::Barrier { .. }) {
             self.barrier_disconnect(&mut state, link_id, dirty);
             return;
+        }
+        if matches!(self.kind, Kind::Condition) {
+            self.condition_disconnect(&mut state, link_id, dirty);
         }
         state.waiters.retain(|w| w.party() != Party::Link(link_id));
         if let Some(n) = state.held.remove(&Party::Link(link_id)) {

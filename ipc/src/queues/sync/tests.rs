@@ -121,3 +121,27 @@ fn a_dead_party_breaks_the_barrier_for_waiters() {
     disconnect(9, &mut Dirty::default());
     assert!(matches!(t.join().unwrap(), Err(BarrierError::Broken)));
 }
+
+#[test]
+fn condition_wait_releases_the_lock_and_notify_wakes() {
+    let c = Condition::new();
+    let other = c.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let g = other.acquire().unwrap();
+        tx.send(()).unwrap();
+        let (g, notified) = g.wait_timeout(Duration::from_secs(30)).unwrap();
+        drop(g);
+        notified
+    });
+    rx.recv().unwrap();
+    // Held by the waiter until it waits: this acquire means it waits.
+    let g = c.acquire().unwrap();
+    assert_eq!(g.notify(1).unwrap(), 1);
+    drop(g);
+    assert!(t.join().unwrap());
+    let g = c.acquire().unwrap();
+    assert_eq!(g.notify_all().unwrap(), 0);
+    let (_g, notified) = g.wait_timeout(Duration::from_millis(1)).unwrap();
+    assert!(!notified);
+}
