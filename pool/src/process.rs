@@ -176,15 +176,11 @@ impl<O: Payload> Process<O> {
     /// [`terminate`](Self::terminate)), [`Error::Terminated`] after
     /// [`kill`](Self::kill), [`Error::Interrupted`] on Ctrl-C.
     pub fn join(self) -> Result<O, Error> {
-        let Process {
-            pool,
-            result,
-            entry,
-        } = self;
+        let Process { pool, result, .. } = self;
         let output = result.wait();
-        // The process exits after its one task (or was killed, or its pool
-        // stopped): this wait ends.
-        entry.wait_exit(None);
+        // Dropping the pool waits for the process to exit after its one
+        // task (and kills it after the grace period if it lingers): once
+        // this returns, it has exited and been reaped.
         drop(pool);
         output
     }
