@@ -139,12 +139,17 @@ pub use procpool_ipc::queue::{
     DoneGuard, GetError, GetFuture, JoinFuture, JoinableQueue, PutError, PutFuture, Queue,
     QueueError, QueueIter, SimpleQueue,
 };
+pub use procpool_ipc::sync_prims::{
+    Barrier, BarrierError, Condition, ConditionGuard, Event, Lock, LockError, LockGuard, RLock,
+    RLockGuard, ReleaseError, Semaphore, SemaphoreGuard,
+};
 pub use procpool_ipc::task::Payload;
 pub use procpool_ipc::{IpcError, Task, TaskError};
 
 pub use procpool_pool::{
-    AsyncResult, EXIT_INTERRUPTED, Error, Imap, Oversized, Pool, PoolBuilder, Process,
-    StartupFailure, Stats, TaskFuture, install_ctrlc_handler, interrupted, sibling_exe,
+    AsyncResult, ChildProcess, EXIT_INTERRUPTED, Error, Imap, MapResult, Oversized, Pool,
+    PoolBuilder, Process, StartupFailure, Stats, TaskFuture, active_children, cpu_count,
+    install_ctrlc_handler, interrupted, sibling_exe,
 };
 pub use procpool_worker::{Registry, init, run_remote_worker, run_worker};
 

@@ -17,6 +17,7 @@ fn main() {
         queue_reader_writer,
         joinable,
         pipe,
+        locks,
         remote,
         soak,
         async_offload,
@@ -109,6 +110,12 @@ fn joinable() -> anyhow::Result<()> {
 fn pipe() -> anyhow::Result<()> {
     let out = run("pipe", &[], LIMIT)?;
     ensure!(out.contains("10000 round trips"), "{out}");
+    Ok(())
+}
+
+fn locks() -> anyhow::Result<()> {
+    let out = run("locks", &[], LIMIT)?;
+    ensure!(out.contains("300 turns, never two inside at once"), "{out}");
     Ok(())
 }
 

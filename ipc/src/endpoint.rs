@@ -105,6 +105,25 @@ pub fn process_alive(pid: u32) -> bool {
     pid != 0 && sys::process_alive(pid)
 }
 
+/// Asks a child to end: SIGTERM on Unix (a handler may catch it),
+/// `TerminateProcess` with exit code `0x10000` on Windows (as Python's
+/// `Process.terminate`). The child must not have been reaped yet (hold
+/// its `Child` and check `try_wait` first), so its pid cannot be reused.
+///
+/// # Errors
+/// The signal could not be sent.
+pub fn terminate(child: &Child) -> io::Result<()> {
+    sys::terminate(child)
+}
+
+/// Python's `Process.exitcode` for an exit status: the exit code, or
+/// minus the signal that ended the process (-9 after SIGKILL, -15 after
+/// SIGTERM or, on Windows, after [`terminate`]). `None` only for a status
+/// that has neither, which the platforms do not produce.
+pub fn exit_code(status: std::process::ExitStatus) -> Option<i32> {
+    sys::exit_code(status)
+}
+
 /// In a worker process, takes the connection to the master.
 ///
 /// Returns `None` when this process was not started as a worker: the

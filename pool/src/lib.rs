@@ -12,7 +12,7 @@
 //! `procpool_ipc::link`).
 //!
 //! - `pool.rs`, `builder.rs`, `process.rs`, `stream.rs` (`Imap`),
-//!   `error.rs`: the public API.
+//!   `map_async.rs` (`MapResult`), `error.rs`: the public API.
 //! - `dispatch.rs`: the queue of chunks and each worker's lane, under one
 //!   lock; what goes where (prefetch, limits). Never blocks, never calls
 //!   back: chunks that end under its lock are returned.
@@ -43,6 +43,7 @@ mod error;
 mod future;
 mod interrupt;
 mod joinable;
+mod map_async;
 mod msg;
 mod pool;
 mod process;
@@ -58,6 +59,7 @@ pub use builder::{PoolBuilder, sibling_exe};
 pub use error::{Error, Oversized, StartupFailure};
 pub use future::TaskFuture;
 pub use interrupt::{EXIT_INTERRUPTED, install_ctrlc_handler, interrupted};
+pub use map_async::MapResult;
 pub use pool::{AsyncResult, Pool, Stats};
-pub use process::Process;
+pub use process::{ChildProcess, Process, active_children, cpu_count};
 pub use stream::Imap;

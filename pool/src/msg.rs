@@ -18,6 +18,10 @@ pub(crate) enum Msg {
     Interrupt,
     /// Kill every worker now.
     Terminate,
+    /// Ask every local worker to end (SIGTERM; `TerminateProcess` on
+    /// Windows), as Python's `Process.terminate`; their deaths are then
+    /// handled as any other.
+    Signal,
     Hello {
         slot: usize,
         key: u64,

@@ -218,7 +218,7 @@ impl Pool {
 
     /// The number of `task` in the workers' registry, once its types are
     /// known to match.
-    fn task_index<I, O>(&self, task: Task<I, O>) -> Result<u32, Error> {
+    pub(crate) fn task_index<I, O>(&self, task: Task<I, O>) -> Result<u32, Error> {
         if self.shared.closed.load(Ordering::SeqCst) {
             return Err(self.shared.refusal());
         }

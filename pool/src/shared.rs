@@ -2,6 +2,7 @@
 //! counters, the interrupt signal), and [`Shared::finish`], the one exit of
 //! every chunk.
 
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
@@ -43,6 +44,19 @@ pub(crate) struct Shared {
     ready_cv: Condvar,
     /// Async callers to wake when the pool stops.
     pub(crate) stop_wakers: WakerSet,
+    /// Workers that left, by pid, with their exit status (recorded only
+    /// when workers are not replaced, as for a `Process`, so it stays
+    /// small), and a signal when one is added.
+    exits: Option<(Mutex<Exits>, Condvar)>,
+}
+
+/// Workers that left, for [`Shared::wait_exit`].
+#[derive(Debug, Default)]
+struct Exits {
+    /// By pid, with the exit status.
+    left: Vec<(u32, Option<ExitStatus>)>,
+    /// The supervisor has ended: every worker has left.
+    over: bool,
 }
 
 /// Raw counters behind [`Stats`](crate::Stats).
@@ -75,6 +89,8 @@ impl Shared {
             ready: Mutex::new(0),
             ready_cv: Condvar::new(),
             stop_wakers: WakerSet::default(),
+            exits: (!config.replace_workers)
+                .then(|| (Mutex::new(Exits::default()), Condvar::new())),
         }
     }
 
@@ -215,6 +231,44 @@ impl Shared {
             };
         }
         true
+    }
+
+    /// Records that worker `pid` left (its connection ended and it was
+    /// reaped) with `status`, if this pool keeps such records.
+    pub(crate) fn record_exit(&self, pid: u32, status: Option<ExitStatus>) {
+        if let Some((exits, cv)) = &self.exits {
+            lock(exits).left.push((pid, status));
+            cv.notify_all();
+        }
+    }
+
+    /// Records that every worker has left (the supervisor ends).
+    pub(crate) fn exits_over(&self) {
+        if let Some((exits, cv)) = &self.exits {
+            lock(exits).over = true;
+            cv.notify_all();
+        }
+    }
+
+    /// Waits until worker `pid` has left, or `deadline`: its status
+    /// (`Some(None)`: the system reaped it, or it never started), `None`
+    /// on timeout or if this pool keeps no records.
+    pub(crate) fn wait_exit(
+        &self,
+        pid: u32,
+        deadline: Option<Instant>,
+    ) -> Option<Option<ExitStatus>> {
+        let (exits, cv) = self.exits.as_ref()?;
+        let mut exits = lock(exits);
+        loop {
+            if let Some((_, status)) = exits.left.iter().find(|(p, _)| *p == pid) {
+                return Some(*status);
+            }
+            if exits.over {
+                return Some(None);
+            }
+            exits = wait_until(cv, exits, deadline).ok()?;
+        }
     }
 
     /// Records a local worker's pid (remote workers' pids are not ours).

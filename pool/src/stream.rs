@@ -81,7 +81,7 @@ fn next_chunk_len(
 /// `limit` bytes (the pool's payload limit: a chunk's `RUN` frame then fits
 /// the connection's frame limit).
 #[derive(Debug)]
-struct Packer {
+pub(crate) struct Packer {
     payload: Vec<u8>,
     count: u32,
     limit: u64,
@@ -90,13 +90,13 @@ struct Packer {
 /// What packing one input gave, to be handled in this order: a full chunk
 /// to submit (without the input), then the input's own failure.
 #[derive(Debug, Default)]
-struct Packed {
-    full: Option<(Vec<u8>, u32)>,
-    failed: Option<Error>,
+pub(crate) struct Packed {
+    pub(crate) full: Option<(Vec<u8>, u32)>,
+    pub(crate) failed: Option<Error>,
 }
 
 impl Packer {
-    fn new(limit: u64) -> Self {
+    pub(crate) fn new(limit: u64) -> Self {
         Self {
             payload: Vec::new(),
             count: 0,
@@ -105,7 +105,7 @@ impl Packer {
     }
 
     /// Inputs in the chunk being packed.
-    fn count(&self) -> u32 {
+    pub(crate) fn count(&self) -> u32 {
         self.count
     }
 
@@ -113,7 +113,7 @@ impl Packer {
     /// the chunk and starts the next; one over the limit on its own, or
     /// that does not encode, fails (after the chunk before it, which is
     /// closed early). Nothing is encoded past the limit.
-    fn push<I: Serialize>(&mut self, item: &I) -> Packed {
+    pub(crate) fn push<I: Serialize>(&mut self, item: &I) -> Packed {
         let mark = self.payload.len();
         let room = self.limit.saturating_sub(mark as u64);
         let failed = match codec::encode_into_limited(item, &mut self.payload, room) {
@@ -141,7 +141,7 @@ impl Packer {
     }
 
     /// Takes the chunk packed so far, if it holds any input.
-    fn take(&mut self) -> Option<(Vec<u8>, u32)> {
+    pub(crate) fn take(&mut self) -> Option<(Vec<u8>, u32)> {
         if self.count == 0 {
             return None;
         }

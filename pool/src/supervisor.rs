@@ -165,6 +165,11 @@ impl Supervisor {
                 self.begin_drain(Error::Interrupted);
             }
             Msg::Terminate => self.terminate(),
+            Msg::Signal => {
+                for w in self.slots.iter_mut().filter_map(|s| s.worker.as_mut()) {
+                    w.signal_terminate();
+                }
+            }
             Msg::Hello { slot, key, hello } => self.on_hello(slot, key, hello),
             Msg::Wake => {}
             Msg::Initialized { slot, key, result } => {
@@ -394,6 +399,9 @@ impl Supervisor {
             self.shared.ready_changed(-1);
         }
         self.shared.set_pid(slot, None);
+        if w.peer().is_none() {
+            self.shared.record_exit(w.pid, status);
+        }
         self.shared
             .stats
             .workers_alive
@@ -700,7 +708,10 @@ impl Supervisor {
         self.shared.close(Error::Terminated);
         for slot in 0..self.slots.len() {
             if let Some(mut w) = self.slots[slot].worker.take() {
-                w.kill_and_reap();
+                let status = w.kill_and_reap();
+                if w.peer().is_none() {
+                    self.shared.record_exit(w.pid, status);
+                }
                 self.shared.set_pid(slot, None);
                 self.shared
                     .stats
@@ -720,5 +731,6 @@ impl Supervisor {
         if let Some(ready) = self.ready_tx.take() {
             let _ = ready.send(Err(Error::Terminated));
         }
+        self.shared.exits_over();
     }
 }

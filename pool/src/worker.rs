@@ -228,14 +228,29 @@ impl Worker {
         }
     }
 
-    /// Kills the worker and, for a child, waits until it is reaped (by
-    /// this call or its waiter thread).
-    pub(crate) fn kill_and_reap(&mut self) {
-        self.kill();
+    /// Asks a local worker to end (see [`endpoint::terminate`]); no-op for
+    /// a remote one, or a child already reaped.
+    pub(crate) fn signal_terminate(&mut self) {
         if let Proc::Local(child) = &self.proc {
+            let mut child = lock(child);
+            // Unreaped under the lock, so the pid is still this child's.
+            if matches!(child.try_wait(), Ok(None)) {
+                if let Err(e) = endpoint::terminate(&child) {
+                    tracing::warn!(pid = self.pid, error = %e, "cannot terminate the worker");
+                }
+            }
+        }
+    }
+
+    /// Kills the worker and, for a child, waits until it is reaped (by
+    /// this call or its waiter thread); returns a child's exit status.
+    pub(crate) fn kill_and_reap(&mut self) -> Option<ExitStatus> {
+        self.kill();
+        match &self.proc {
             // Killed, so this returns promptly; the waiter only takes the
             // lock once the child has exited.
-            let _ = lock(child).wait();
+            Proc::Local(child) => lock(child).wait().ok(),
+            Proc::Remote { .. } => None,
         }
     }
 

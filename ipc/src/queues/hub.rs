@@ -875,6 +875,7 @@ pub fn serve(link: &Arc<Link>, msg: &Message<'_>, dirty: &mut Dirty) {
     }
     match Core::lookup(queue) {
         Some(core) => core.serve(link, req, code, arg, payload, dirty),
+        None if super::sync::serve(link, req, code, queue, arg, dirty) => {}
         None if req != 0 => reply(link, req, status::NO_QUEUE, 0, dirty),
         None => {
             // A one-way put to a queue that is gone: nobody could ever get
@@ -903,6 +904,7 @@ pub fn disconnect(link_id: u64, pid: Option<u32>) {
     for core in cores {
         core.disconnect(link_id, pid, &mut dirty);
     }
+    super::sync::disconnect(link_id, &mut dirty);
 }
 
 mod lifetime;

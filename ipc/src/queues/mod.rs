@@ -9,7 +9,9 @@
 //!   processes' operations on them (the master's reader threads call it);
 //! - `client`: the proxies' side in a worker: requests, replies,
 //!   subscriptions;
-//! - `wire`: the queue protocol, what every operation and status means.
+//! - `wire`: the queue protocol, what every operation and status means;
+//! - [`sync`]: `Lock`, `Semaphore`, `Event`: crash-safe synchronization
+//!   held by the hub like a queue (its ops extend `wire`'s table).
 //!
 //! Transport (frames, links, endpoints) lives beside this tree and knows
 //! nothing of queues.
@@ -18,4 +20,5 @@ pub(crate) mod client;
 pub mod hub;
 pub mod pipe;
 pub mod queue;
+pub mod sync;
 mod wire;

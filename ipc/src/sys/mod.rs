@@ -38,6 +38,12 @@
 //!   an unreaped zombie counts. Windows: the process can be opened for
 //!   query and its exit code is `STILL_ACTIVE`. A pid whose process is gone
 //!   (reaped; on Windows, exited) is not alive until it is reused.
+//! - `terminate(&child)`: asks an unreaped child to end. Unix: SIGTERM.
+//!   Windows: `TerminateProcess` with exit code `0x10000` (Python's
+//!   `TERMINATE`).
+//! - `exit_code(status) -> Option<i32>`: Python's `exitcode` of a status:
+//!   the exit code, or minus the ending signal (Windows: `0x10000` reads
+//!   as -15).
 
 use std::fmt;
 use std::io;
@@ -119,7 +125,8 @@ mod windows;
 use windows as imp;
 
 pub(crate) use imp::{
-    ExitWatch, connect, endpoint_is_ours, ignore_interrupts, process_alive, spawn, try_send_tcp,
+    ExitWatch, connect, endpoint_is_ours, exit_code, ignore_interrupts, process_alive, spawn,
+    terminate, try_send_tcp,
 };
 pub use imp::{ReadHalf, WriteHalf};
 

@@ -269,3 +269,20 @@ pub(crate) fn process_alive(pid: u32) -> bool {
     // It exists but belongs to someone we may not signal.
     io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
+
+/// Asks a child to end (SIGTERM). The caller holds the `Child` unreaped,
+/// so its pid cannot have been reused.
+pub(crate) fn terminate(child: &Child) -> io::Result<()> {
+    let pid =
+        libc::pid_t::try_from(child.id()).map_err(|_| io::Error::other("pid out of range"))?;
+    // SAFETY: kill takes plain integers and touches no memory of ours; the
+    // pid is our unreaped child's.
+    cvt(unsafe { libc::kill(pid, libc::SIGTERM) }).map(drop)
+}
+
+/// Python's `exitcode`: the exit status, or minus the signal that ended
+/// the process.
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().or_else(|| status.signal().map(|s| -s))
+}

@@ -56,7 +56,7 @@ use windows_sys::Win32::System::JobObjects::{
 };
 use windows_sys::Win32::System::Threading::{
     CREATE_NEW_PROCESS_GROUP, GetExitCodeProcess, INFINITE, OpenProcess,
-    PROCESS_QUERY_LIMITED_INFORMATION, WaitForSingleObject,
+    PROCESS_QUERY_LIMITED_INFORMATION, TerminateProcess, WaitForSingleObject,
 };
 
 use super::{ENDPOINT_ENV, ExitedBeforeConnecting};
@@ -485,6 +485,31 @@ pub(crate) fn process_alive(pid: u32) -> bool {
     // SAFETY: the handle is valid and has query rights; `code` outlives the call.
     let ok = unsafe { GetExitCodeProcess(process.as_raw_handle(), &mut code) };
     ok != 0 && code == STILL_ACTIVE as u32
+}
+
+/// The exit code [`terminate`] gives a process, as Python's
+/// `multiprocessing` does (`TERMINATE`); [`exit_code`] reads it as
+/// minus SIGTERM.
+const TERMINATE_CODE: u32 = 0x10000;
+
+/// Ends a child with `TerminateProcess` and [`TERMINATE_CODE`]: Windows
+/// has no gentler request a console-less child would act on.
+pub(crate) fn terminate(child: &Child) -> io::Result<()> {
+    // SAFETY: the handle is the child's, open for as long as `child` lives.
+    let ok = unsafe { TerminateProcess(child.as_raw_handle(), TERMINATE_CODE) };
+    if ok == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Python's `exitcode`: the exit code, with [`TERMINATE_CODE`] read as
+/// minus SIGTERM (15).
+pub(crate) fn exit_code(status: std::process::ExitStatus) -> Option<i32> {
+    status
+        .code()
+        .map(|c| if c as u32 == TERMINATE_CODE { -15 } else { c })
 }
 
 #[cfg(test)]
