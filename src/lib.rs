@@ -110,6 +110,17 @@
 //! pool's address and key. Both sides prove they know the key; the
 //! connection is authenticated, not encrypted.
 //!
+//! A key is at least [`MIN_KEY_LEN`] (16) bytes, or the pool refuses to
+//! start with [`Error::KeyTooShort`] (and a remote worker exits saying
+//! so). Make one with [`random_key`], or in a shell with
+//! `head -c 32 /dev/urandom | base64`:
+//!
+//! ```
+//! let key = procpool::random_key()?;
+//! assert!(key.len() >= procpool::MIN_KEY_LEN);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
 //! # Performance notes
 //!
 //! - Small tasks want chunks: `map` picks Python's chunk size, `imap` learns
@@ -133,6 +144,7 @@ pub use procpool_ipc::pipe::{Pipe, PipeEnd, PipeReceiver, PipeSender};
 pub use procpool_ipc::queue::{
     DoneGuard, GetError, JoinableQueue, PutError, Queue, QueueError, QueueIter, SimpleQueue,
 };
+pub use procpool_ipc::remote::{KeyTooShort, MIN_KEY_LEN, random_key};
 pub use procpool_ipc::task::Payload;
 pub use procpool_ipc::{IpcError, Task, TaskError};
 

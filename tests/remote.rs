@@ -29,6 +29,7 @@ fn main() {
         LIMIT;
         remote_workers_join_and_take_tasks,
         wrong_key_is_refused,
+        short_keys_are_refused_on_both_sides,
         remote_death_fails_its_task_and_is_not_replaced,
     ];
     libtest_mimic::run(&args, tests).exit();
@@ -83,12 +84,34 @@ fn remote_workers_join_and_take_tasks() -> anyhow::Result<()> {
 
 fn wrong_key_is_refused() -> anyhow::Result<()> {
     let (pool, addr) = listening_pool(1)?;
-    let mut intruder = start_remote(addr, "a guess")?;
+    let mut intruder = start_remote(addr, "a wrong guess, long enough")?;
     let (code, err) = wait_exit(&mut intruder, Duration::from_secs(20))?;
     ensure!(code == Some(70), "exit code {code:?}");
     ensure!(err.contains("authentication failed"), "stderr: {err}");
     ensure!(pool.stats().workers_alive == 1, "{:?}", pool.stats());
     ensure!(pool.map(SQUARE, 0..10u64)?.len() == 10);
+    Ok(())
+}
+
+fn short_keys_are_refused_on_both_sides() -> anyhow::Result<()> {
+    let err = Pool::builder()
+        .workers(1)
+        .listen("127.0.0.1:0".parse()?, "hunter2")
+        .build()
+        .err()
+        .context("a pool with a 7-byte key started")?;
+    ensure!(
+        matches!(err, Error::KeyTooShort(procpool::KeyTooShort { len: 7 })),
+        "{err:?}"
+    );
+    ensure!(err.to_string().contains("too short"), "{err}");
+
+    let (pool, addr) = listening_pool(1)?;
+    let mut short = start_remote(addr, "fifteen bytes!!")?;
+    let (code, err) = wait_exit(&mut short, Duration::from_secs(20))?;
+    ensure!(code == Some(70), "exit code {code:?}");
+    ensure!(err.contains("too short"), "stderr: {err}");
+    ensure!(pool.stats().workers_alive == 1, "{:?}", pool.stats());
     Ok(())
 }
 

@@ -80,6 +80,9 @@ impl PoolBuilder {
         if self.workers == Some(0) {
             return refuse("workers", "a pool needs at least one worker");
         }
+        if let Some((_, key)) = &self.listen {
+            procpool_ipc::remote::check_key(&key.0)?;
+        }
         if self.chunk_size == Some(0) {
             return refuse("chunk_size", "a chunk holds at least one item");
         }
@@ -304,8 +307,16 @@ impl PoolBuilder {
     /// registry must hold the same tasks as the local workers'. Default: no
     /// listening.
     ///
-    /// The key is the only protection: use a long random one, and a network
-    /// you trust (the connection is authenticated, not encrypted).
+    /// The key is the only protection: use a long random one (at least 16
+    /// bytes, or [`build`](Self::build) fails with [`Error::KeyTooShort`];
+    /// `procpool::random_key()` makes one, as does
+    /// `head -c 32 /dev/urandom | base64`), and a network you trust (the
+    /// connection is authenticated, not encrypted).
+    ///
+    /// Anyone who reaches the port can connect, but not hurt the pool:
+    /// handshakes are capped (16 at once, each done within 10 s, the
+    /// connections beyond closed at once), read into fixed buffers, and a
+    /// failing `accept` (descriptors exhausted) is retried with a back-off.
     pub fn listen(mut self, addr: SocketAddr, key: impl Into<Vec<u8>>) -> Self {
         self.listen = Some((addr, Key(key.into().into())));
         self
@@ -354,7 +365,8 @@ impl PoolBuilder {
     /// Starts the workers and waits for each to complete its handshake.
     ///
     /// # Errors
-    /// [`Error::InvalidSetting`] for a setting that cannot work (no
+    /// [`Error::KeyTooShort`] for a [`listen`](Self::listen) key under
+    /// 16 bytes; [`Error::InvalidSetting`] for a setting that cannot work (no
     /// workers, chunks of 0 items, a window of 0, `max_tasks_per_worker(0)`,
     /// a frame limit under 64 bytes, a heartbeat timeout under 10 ms);
     /// [`Error::NotInitialized`] when called from a worker whose `main`

@@ -108,6 +108,11 @@ pub enum Error {
         #[source]
         source: TaskError,
     },
+    /// The key given to [`PoolBuilder::listen`](crate::PoolBuilder::listen)
+    /// is shorter than `procpool_ipc::remote::MIN_KEY_LEN` (16) bytes;
+    /// nothing was started. `procpool::random_key()` makes a good one.
+    #[error(transparent)]
+    KeyTooShort(#[from] procpool_ipc::remote::KeyTooShort),
     /// A builder setting that cannot work; nothing was started.
     #[error("invalid pool setting {setting}: {reason}")]
     InvalidSetting {
