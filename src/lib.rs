@@ -152,7 +152,7 @@ pub use procpool_pool::{
     AsyncResult, EXIT_INTERRUPTED, Error, Imap, Pool, PoolBuilder, Process, Stats,
     install_ctrlc_handler, interrupted, sibling_exe,
 };
-pub use procpool_worker::{Registry, init, run_remote_worker, run_worker};
+pub use procpool_worker::{JOIN_TIMEOUT_ENV, Registry, init, run_remote_worker, run_worker};
 
 /// The README's code, compiled and run as a doctest (its quickstart starts
 /// real workers: the doctest binary re-executes itself).

@@ -296,7 +296,7 @@ pub fn connect_to_master(
     key: &[u8],
 ) -> io::Result<(TcpStream, Duration)> {
     usable(key)?;
-    let stream = TcpStream::connect(addr)?;
+    let stream = connect_any(addr)?;
     stream.set_nodelay(true)?;
     let mut bounded = Deadlined {
         stream: &stream,
@@ -306,6 +306,77 @@ pub fn connect_to_master(
     stream.set_read_timeout(None)?;
     stream.set_write_timeout(None)?;
     Ok((stream, heartbeat_timeout))
+}
+
+/// Connects to the first of `addr`'s addresses that answers, each given
+/// [`HANDSHAKE_TIMEOUT`] (a plain `connect` to an unreachable host can
+/// wait minutes).
+fn connect_any(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
+    let mut last = None;
+    for a in addr.to_socket_addrs()? {
+        match TcpStream::connect_timeout(&a, HANDSHAKE_TIMEOUT) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the master's address resolved to nothing",
+        )
+    }))
+}
+
+/// How long a remote worker keeps trying to join its master unless told
+/// otherwise (see [`connect_to_master_by`]).
+pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// [`connect_to_master`], tried again with a growing pause (50 ms doubling
+/// to 2 s, with jitter so that many workers do not retry in step) until
+/// `deadline`, for a worker that may start before its master listens, or
+/// find it busy with other handshakes. A refused key, or a key too short,
+/// is not retried.
+///
+/// # Errors
+/// As [`connect_to_master`]: the refusal at once, or the last error once
+/// `deadline` has passed.
+pub fn connect_to_master_by(
+    addr: impl ToSocketAddrs,
+    key: &[u8],
+    deadline: Instant,
+) -> io::Result<(TcpStream, Duration)> {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match connect_to_master(&addr, key) {
+            Ok(joined) => return Ok(joined),
+            Err(e) if !retryable(&e) => return Err(e),
+            Err(e) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(e);
+                }
+                tracing::debug!(error = %e, ?pause, "cannot join the master yet; retrying");
+                std::thread::sleep(jitter(pause).min(left));
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Whether joining may succeed later: not when the key is refused or
+/// unusable.
+fn retryable(e: &io::Error) -> bool {
+    !matches!(
+        e.kind(),
+        io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput
+    )
+}
+
+/// `pause` scaled by a random factor in [0.5, 1.5).
+fn jitter(pause: Duration) -> Duration {
+    let mut b = [0u8; 1];
+    let r = getrandom::fill(&mut b).map_or(128, |()| b[0]);
+    pause / 2 + pause * u32::from(r) / 256
 }
 
 /// The worker's half of the handshake over any byte stream (what

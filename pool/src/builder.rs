@@ -77,8 +77,11 @@ impl PoolBuilder {
     /// Refuses settings that cannot work rather than quietly changing them.
     fn validate(&self) -> Result<(), Error> {
         let refuse = |setting, reason| Err(Error::InvalidSetting { setting, reason });
-        if self.workers == Some(0) {
-            return refuse("workers", "a pool needs at least one worker");
+        if self.workers == Some(0) && self.listen.is_none() {
+            return refuse(
+                "workers",
+                "a pool needs at least one worker, unless it listens for remote ones",
+            );
         }
         if let Some((_, key)) = &self.listen {
             procpool_ipc::remote::check_key(&key.0)?;
@@ -110,8 +113,15 @@ impl PoolBuilder {
         Ok(())
     }
 
-    /// Number of worker processes. Default: the number of CPUs
+    /// Number of local worker processes. Default: the number of CPUs
     /// (`std::thread::available_parallelism`).
+    ///
+    /// `workers(0)` with [`listen`](Self::listen) makes a pool of remote
+    /// workers only: `build` returns once the pool listens, its task list
+    /// is the registry this program gave `procpool::init` (remote workers
+    /// must serve the same tasks, in the same order), and
+    /// [`Pool::wait_for_workers`] is the gate before submitting work (work
+    /// submitted earlier waits for the first worker to join).
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
         self

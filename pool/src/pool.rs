@@ -296,7 +296,7 @@ impl Pool {
         let len = items.len();
         let chunk = self.config.chunk_size.unwrap_or_else(|| {
             // Remote workers that have joined count too.
-            let per = self.config.workers.max(self.shared.ready_workers()) * 4;
+            let per = self.config.workers.max(self.shared.ready_workers()).max(1) * 4;
             len.div_ceil(per).max(1)
         });
         let stream = Imap::new(
@@ -380,7 +380,8 @@ impl Pool {
             Some(n) => Chunking::Fixed(n),
             None => Chunking::Adaptive {
                 current: 1,
-                max: (window / (2 * self.config.workers * (self.config.prefetch.unwrap_or(2) + 1)))
+                max: (window
+                    / (2 * self.config.workers.max(1) * (self.config.prefetch.unwrap_or(2) + 1)))
                     .max(1),
             },
         };

@@ -60,6 +60,11 @@ pub fn init(registry: Registry) {
     if let Some(connection) = endpoint::connect_worker() {
         serve_and_exit(registry, connection.map_err(ServeError::Endpoint));
     }
+    // The master: a pool without local workers takes its task list from here.
+    procpool_ipc::task::register_catalog(procpool_ipc::task::Catalog {
+        names: registry.names().iter().map(|s| (*s).to_owned()).collect(),
+        signatures: registry.signatures().to_vec(),
+    });
 }
 
 /// Serves tasks and exits: the `main` of a dedicated worker program.
@@ -120,16 +125,28 @@ fn max_frame_len() -> u32 {
 /// Unlike a local worker it keeps the terminal's Ctrl-C: it belongs to
 /// whatever launched it (ssh, a batch system), not to the master.
 ///
+/// A worker may start before its master listens: it tries again, with a
+/// growing pause, for up to 60 s (or [`JOIN_TIMEOUT_ENV`] milliseconds),
+/// and gives up at once on a refused or too short key (under 16 bytes).
+///
 /// Exits with status 70 and a message on stderr when it cannot connect or
 /// authenticate.
 pub fn run_remote_worker(addr: impl ToSocketAddrs, key: &[u8], registry: Registry) -> ! {
-    let connection = procpool_ipc::remote::connect_to_master(addr, key)
-        .and_then(|(stream, master_timeout)| {
-            let timeout = heartbeat_timeout().unwrap_or(master_timeout);
-            procpool_ipc::remote::set_liveness(&stream, timeout)?;
-            Ok((stream.try_clone()?, stream, timeout))
-        })
-        .map_err(ServeError::Remote);
+    let join_timeout = std::env::var(JOIN_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(
+            procpool_ipc::remote::DEFAULT_JOIN_TIMEOUT,
+            Duration::from_millis,
+        );
+    let connection =
+        procpool_ipc::remote::connect_to_master_by(addr, key, Instant::now() + join_timeout)
+            .and_then(|(stream, master_timeout)| {
+                let timeout = heartbeat_timeout().unwrap_or(master_timeout);
+                procpool_ipc::remote::set_liveness(&stream, timeout)?;
+                Ok((stream.try_clone()?, stream, timeout))
+            })
+            .map_err(ServeError::Remote);
     match connection.and_then(|(r, w, timeout)| serve(&registry, r, w, Some(timeout))) {
         Ok(()) => process::exit(0),
         Err(e) => fail(&e),
@@ -147,6 +164,10 @@ fn heartbeat_timeout() -> Option<Duration> {
 }
 
 pub use procpool_ipc::endpoint::HEARTBEAT_TIMEOUT_ENV;
+
+/// How long, in milliseconds, [`run_remote_worker`] keeps trying to join
+/// its master (default 60 000).
+pub const JOIN_TIMEOUT_ENV: &str = "PROCPOOL_JOIN_TIMEOUT_MS";
 
 /// How long a worker that is done waits for its last frames to reach the
 /// kernel before it exits anyway.
