@@ -110,6 +110,12 @@
 //! pool's address and key. Both sides prove they know the key; the
 //! connection is authenticated, not encrypted.
 //!
+//! Workers connect to [`Pool::advertised_addr`]: this machine's host name
+//! for a pool listening on all interfaces, the bound address otherwise, or
+//! what [`PoolBuilder::advertise`] names (a host, an IP, an interface).
+//! A pool may also have remote workers only (`workers(0)`), with
+//! [`Pool::wait_for_workers`] as its gate.
+//!
 //! A key is at least [`MIN_KEY_LEN`] (16) bytes, or the pool refuses to
 //! start with [`Error::KeyTooShort`] (and a remote worker exits saying
 //! so). Make one with [`random_key`], or in a shell with

@@ -33,13 +33,14 @@ fn main() {
         remote_only_pool_runs_on_workers_that_join,
         a_worker_started_before_its_master_joins_when_it_listens,
         a_worker_whose_master_never_listens_gives_up,
+        the_advertised_address_is_the_host_name_or_what_was_asked,
         remote_death_fails_its_task_and_is_not_replaced,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
 
 /// A remote worker joining the pool at `addr` with `key`.
-fn start_remote(addr: SocketAddr, key: &str) -> anyhow::Result<Remote> {
+fn start_remote(addr: impl std::fmt::Display, key: &str) -> anyhow::Result<Remote> {
     Remote::start(REMOTE_ENV, addr, key)
 }
 
@@ -204,6 +205,46 @@ fn a_worker_whose_master_never_listens_gives_up() -> anyhow::Result<()> {
     let (code, err) = wait_exit(&mut r, Duration::from_secs(20))?;
     ensure!(code == Some(70), "exit code {code:?}");
     ensure!(err.contains("cannot join the master"), "stderr: {err}");
+    Ok(())
+}
+
+/// On all interfaces the pool advertises this machine's name, and a worker
+/// joins through it; an interface name stands for its address; a name that
+/// does not resolve (a Slurm node name) is refused at `build`.
+fn the_advertised_address_is_the_host_name_or_what_was_asked() -> anyhow::Result<()> {
+    let pool = Pool::builder()
+        .workers(0)
+        .listen("0.0.0.0:0".parse()?, KEY)
+        .build()?;
+    let port = pool.listen_addr().context("listening")?.port();
+    let advertised = pool.advertised_addr().context("advertised")?.to_owned();
+    let host = procpool_ipc::remote::hostname()?;
+    ensure!(advertised == format!("{host}:{port}"), "{advertised}");
+    let remote = start_remote(&advertised, KEY)?;
+    ensure!(
+        pool.wait_for_workers(1, Duration::from_secs(30)),
+        "no worker joined at {advertised}"
+    );
+    ensure!(pool.apply(SLEEP_PID, 0)? == remote.pid());
+    drop(pool);
+
+    let err = Pool::builder()
+        .workers(0)
+        .listen("0.0.0.0:0".parse()?, KEY)
+        .advertise("n2.invalid")
+        .build()
+        .err();
+    ensure!(matches!(err, Some(Error::Advertise { .. })), "{err:?}");
+
+    if cfg!(target_os = "linux") {
+        let pool = Pool::builder()
+            .workers(0)
+            .listen("127.0.0.1:0".parse()?, KEY)
+            .advertise("lo")
+            .build()?;
+        let port = pool.listen_addr().context("listening")?.port();
+        ensure!(pool.advertised_addr() == Some(format!("127.0.0.1:{port}").as_str()));
+    }
     Ok(())
 }
 

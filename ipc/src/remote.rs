@@ -35,7 +35,7 @@
 //! hold its connection longer than that.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
@@ -327,6 +327,110 @@ fn connect_any(addr: impl ToSocketAddrs) -> io::Result<TcpStream> {
     }))
 }
 
+/// This machine's host name (`gethostname`; `COMPUTERNAME` on Windows).
+///
+/// # Errors
+/// The system does not say, or the name is not UTF-8.
+pub fn hostname() -> io::Result<String> {
+    crate::sys::hostname()
+}
+
+/// The address of the network interface `name` (`eth0`, `ib0`, `lo`): its
+/// first IPv4 address, else its first IPv6 one; `None` when no interface
+/// has that name.
+///
+/// # Errors
+/// The interfaces cannot be listed (always on Windows: `Unsupported`).
+pub fn interface_addr(name: &str) -> io::Result<Option<IpAddr>> {
+    let addrs: Vec<IpAddr> = crate::sys::interface_addrs()?
+        .into_iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, ip)| ip)
+        .collect();
+    Ok(addrs
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied())
+}
+
+/// The host a master listening on `bound` tells its workers to connect to.
+///
+/// - `advertise` given: an interface name (`eth0`) becomes that
+///   interface's address; a host name or an IP is taken as it is, once it
+///   is known to resolve (a Slurm node name such as `$SLURMD_NODENAME` is
+///   often not a host name: it is refused here rather than making every
+///   worker fail later).
+/// - Otherwise, for a listener on all interfaces (`0.0.0.0`, `::`), this
+///   machine's host name if it resolves, else the address of its first
+///   interface that is not a loopback one; for a listener on one address,
+///   that address.
+///
+/// An IPv6 address comes in brackets, ready for `host:port`.
+///
+/// ```
+/// use std::net::{IpAddr, Ipv4Addr};
+/// use procpool_ipc::remote::advertised_host;
+///
+/// let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
+/// assert_eq!(advertised_host(local, None).unwrap(), "127.0.0.1");
+/// assert_eq!(advertised_host(local, Some("10.1.2.3")).unwrap(), "10.1.2.3");
+/// assert!(advertised_host(local, Some("no-such-host.invalid")).is_err());
+/// ```
+///
+/// # Errors
+/// [`io::ErrorKind::NotFound`] when `advertise` is neither an interface
+/// nor a host name that resolves; for the default on all interfaces, when
+/// the machine has neither a resolvable name nor a non-loopback address.
+pub fn advertised_host(bound: IpAddr, advertise: Option<&str>) -> io::Result<String> {
+    let bracket = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    let resolves = |host: &str| {
+        (host, 0u16)
+            .to_socket_addrs()
+            .is_ok_and(|mut a| a.next().is_some())
+    };
+    if let Some(host) = advertise {
+        if let Ok(ip) = host.trim_matches(['[', ']']).parse::<IpAddr>() {
+            return Ok(bracket(ip));
+        }
+        if let Ok(Some(ip)) = interface_addr(host) {
+            return Ok(bracket(ip));
+        }
+        if resolves(host) {
+            return Ok(host.to_owned());
+        }
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "cannot advertise {host:?}: it is neither a network interface nor a host name that resolves (a Slurm node name may not be a host name)"
+            ),
+        ));
+    }
+    if !bound.is_unspecified() {
+        return Ok(bracket(bound));
+    }
+    if let Ok(name) = hostname() {
+        if resolves(&name) {
+            return Ok(name);
+        }
+    }
+    let fallback = crate::sys::interface_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, ip)| ip)
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .min_by_key(|ip| ip.is_ipv6());
+    fallback.map(bracket).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "this machine's host name does not resolve and it has no network address but loopback: give one to advertise",
+        )
+    })
+}
+
 /// How long a remote worker keeps trying to join its master unless told
 /// otherwise (see [`connect_to_master_by`]).
 pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -417,7 +521,7 @@ pub fn worker_handshake(stream: &mut (impl Read + Write), key: &[u8]) -> io::Res
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
+    use std::net::{Ipv4Addr, TcpListener};
     use std::thread;
 
     use super::*;
@@ -521,6 +625,31 @@ mod tests {
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
         peer.join().unwrap();
+    }
+
+    #[test]
+    fn advertised_hosts() {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        assert_eq!(advertised_host(local, None).unwrap(), "127.0.0.1");
+        assert_eq!(
+            advertised_host(any, Some("::1")).unwrap(),
+            "[::1]",
+            "IPv6 in brackets"
+        );
+        assert_eq!(
+            advertised_host(any, Some("localhost")).unwrap(),
+            "localhost"
+        );
+        let err = advertised_host(any, Some("n2.invalid")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+        // On all interfaces: the host name (it resolves on any sane test machine).
+        assert_eq!(advertised_host(any, None).unwrap(), hostname().unwrap());
+        #[cfg(target_os = "linux")]
+        {
+            assert_eq!(advertised_host(any, Some("lo")).unwrap(), "127.0.0.1");
+            assert_eq!(interface_addr("no-such-if0").unwrap(), None);
+        }
     }
 
     #[test]

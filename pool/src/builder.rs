@@ -69,6 +69,7 @@ pub struct PoolBuilder {
     handle_ctrlc: bool,
     single_process: bool,
     listen: Option<(SocketAddr, Key)>,
+    advertise: Option<String>,
     heartbeat_timeout: Option<Duration>,
     local_heartbeat: bool,
 }
@@ -332,6 +333,23 @@ impl PoolBuilder {
         self
     }
 
+    /// The host remote workers are told to connect to, as
+    /// [`Pool::advertised_addr`] reports it: a host name, an IP address, or
+    /// the name of a network interface (`eth0`, `ib0`), which stands for
+    /// its address. `build` fails with [`Error::Advertise`] when it is none
+    /// of these (a name that does not resolve: a Slurm node name such as
+    /// `$SLURMD_NODENAME` is often not a host name). Default: for a pool
+    /// listening on all interfaces (`0.0.0.0`), this machine's host name
+    /// (`gethostname`), or its first non-loopback address when that name
+    /// does not resolve; for a pool listening on one address, that address.
+    ///
+    /// The listener binds only what [`listen`](Self::listen) names: all
+    /// interfaces only when asked for with `0.0.0.0` (or `::`).
+    pub fn advertise(mut self, host: impl Into<String>) -> Self {
+        self.advertise = Some(host.into());
+        self
+    }
+
     /// How long a remote worker may stay silent before it is declared lost.
     /// Both ends of a remote link send a heartbeat when they have had
     /// nothing else to send for a quarter of this (at most a second), and
@@ -434,6 +452,7 @@ impl PoolBuilder {
             initializer,
             replace_workers: !self.single_process,
             listen: self.listen,
+            advertise: self.advertise,
             heartbeat_timeout: self
                 .heartbeat_timeout
                 .unwrap_or(procpool_ipc::remote::DEFAULT_HEARTBEAT_TIMEOUT),

@@ -71,6 +71,17 @@ pub enum Error {
         #[source]
         source: Arc<io::Error>,
     },
+    /// The pool cannot tell remote workers where to connect: the host given
+    /// to `PoolBuilder::advertise` (or, by default, this machine's name) is
+    /// neither an interface nor a name that resolves.
+    #[error("cannot advertise the pool's address {host:?}")]
+    Advertise {
+        /// The host asked for (`None`: the default).
+        host: Option<String>,
+        /// What went wrong.
+        #[source]
+        source: Arc<io::Error>,
+    },
     /// The task ran longer than the pool's `task_timeout`; its worker was
     /// killed and replaced.
     #[error("task exceeded its {timeout:?} timeout; worker {worker_id} (pid {pid}) was killed")]

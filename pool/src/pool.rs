@@ -56,6 +56,7 @@ pub struct Pool {
     stopped: Receiver<()>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
     listen_addr: Option<SocketAddr>,
+    advertised_addr: Option<String>,
 }
 
 impl fmt::Debug for Pool {
@@ -125,6 +126,27 @@ impl Pool {
             None => None,
         };
         let listen_addr = listener.as_ref().map(Listener::addr);
+        let advertised_addr =
+            match listen_addr {
+                None => None,
+                Some(bound) => {
+                    let advertise = config.advertise.as_deref();
+                    let host = procpool_ipc::remote::advertised_host(bound.ip(), advertise)
+                        .map_err(|e| Error::Advertise {
+                            host: advertise.map(str::to_owned),
+                            source: Arc::new(e),
+                        });
+                    match host {
+                        Ok(host) => Some(format!("{host}:{}", bound.port())),
+                        Err(e) => {
+                            if let Some(l) = &listener {
+                                l.stop();
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+            };
         let supervisor = Supervisor::new(
             Arc::clone(&config),
             Arc::clone(&shared),
@@ -155,6 +177,7 @@ impl Pool {
                     stopped,
                     supervisor: Mutex::new(Some(handle)),
                     listen_addr,
+                    advertised_addr,
                 })
             }
             Ok(Err(e)) => {
@@ -177,6 +200,15 @@ impl Pool {
     /// [`PoolBuilder::listen`]); with port 0 asked for, the port chosen.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen_addr
+    }
+
+    /// Where remote workers should connect, as `host:port`, when the pool
+    /// listens: the host [`PoolBuilder::advertise`] chose (by default this
+    /// machine's name for a pool on all interfaces), and the port bound.
+    /// Hand it to the workers with the key (an environment variable or a
+    /// file in a shared directory), never on a command line.
+    pub fn advertised_addr(&self) -> Option<&str> {
+        self.advertised_addr.as_deref()
     }
 
     /// Waits until at least `n` workers (local and remote) have completed

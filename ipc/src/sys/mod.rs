@@ -34,6 +34,11 @@
 //!   an unreaped zombie counts. Windows: the process can be opened for
 //!   query and its exit code is `STILL_ACTIVE`. A pid whose process is gone
 //!   (reaped; on Windows, exited) is not alive until it is reused.
+//! - `hostname() -> io::Result<String>`: this machine's name (Unix:
+//!   `gethostname`; Windows: `COMPUTERNAME`).
+//! - `interface_addrs() -> io::Result<Vec<(String, IpAddr)>>`: each network
+//!   interface's name and IPv4/IPv6 addresses (Unix: `getifaddrs`);
+//!   `Unsupported` on Windows.
 
 use std::fmt;
 use std::io;
@@ -114,7 +119,10 @@ mod windows;
 #[cfg(windows)]
 use windows as imp;
 
-pub(crate) use imp::{ExitWatch, connect, ignore_interrupts, process_alive, spawn, try_send_tcp};
+pub(crate) use imp::{
+    ExitWatch, connect, hostname, ignore_interrupts, interface_addrs, process_alive, spawn,
+    try_send_tcp,
+};
 pub use imp::{ReadHalf, WriteHalf};
 
 #[cfg(all(test, unix))]

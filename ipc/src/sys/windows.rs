@@ -439,6 +439,20 @@ pub(crate) fn process_alive(pid: u32) -> bool {
     ok != 0 && code == STILL_ACTIVE as u32
 }
 
+/// The computer's name, as Windows sets it in the environment.
+pub(crate) fn hostname() -> io::Result<String> {
+    std::env::var("COMPUTERNAME")
+        .map_err(|_| io::Error::new(io::ErrorKind::NotFound, "COMPUTERNAME is not set"))
+}
+
+/// Not implemented on Windows: give a host name or an address instead.
+pub(crate) fn interface_addrs() -> io::Result<Vec<(String, std::net::IpAddr)>> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "interface names are not supported on Windows",
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
