@@ -155,7 +155,7 @@ pub use procpool_ipc::task::Payload;
 pub use procpool_ipc::{IpcError, Task, TaskError};
 
 pub use procpool_pool::{
-    AsyncResult, EXIT_INTERRUPTED, Error, Imap, Pool, PoolBuilder, Process, Stats,
+    AsyncResult, EXIT_INTERRUPTED, Error, Imap, Pool, PoolBuilder, Process, Srun, Stats,
     install_ctrlc_handler, interrupted, sibling_exe,
 };
 pub use procpool_worker::{JOIN_TIMEOUT_ENV, Registry, init, run_remote_worker, run_worker};

@@ -96,7 +96,55 @@ pub fn random_key() -> io::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)
         .map_err(|e| io::Error::other(format!("no randomness for a key: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&bytes))
+}
+
+/// Set by a launcher (`procpool::Srun`) in the processes it starts: the
+/// master's address, `host:port`. `procpool::init` in such a process
+/// becomes a remote worker joining it.
+pub const LAUNCH_ADDR_ENV: &str = "PROCPOOL_LAUNCH_ADDR";
+/// Set with [`LAUNCH_ADDR_ENV`]: the pool's key, hex-encoded.
+pub const LAUNCH_KEY_ENV: &str = "PROCPOOL_LAUNCH_KEY";
+
+/// `bytes` as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// In a process a launcher started: the master's address and the key,
+/// taken out of the environment (so the tasks' own children do not see
+/// the key). `None` elsewhere. Call it before the program starts threads
+/// (it edits the environment), as `procpool::init` does.
+///
+/// # Errors
+/// The key variable is missing or not hex.
+#[doc(hidden)]
+pub fn take_launch_env() -> Option<io::Result<(String, Vec<u8>)>> {
+    let addr = std::env::var(LAUNCH_ADDR_ENV).ok()?;
+    let key = std::env::var(LAUNCH_KEY_ENV).ok();
+    crate::sys::remove_env(LAUNCH_ADDR_ENV);
+    crate::sys::remove_env(LAUNCH_KEY_ENV);
+    Some(
+        key.as_deref()
+            .and_then(unhex)
+            .map(|k| (addr, k))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{LAUNCH_KEY_ENV} is missing or not hex"),
+                )
+            }),
+    )
 }
 
 /// The key check as the handshake reports it.
@@ -650,6 +698,16 @@ mod tests {
             assert_eq!(advertised_host(any, Some("lo")).unwrap(), "127.0.0.1");
             assert_eq!(interface_addr("no-such-if0").unwrap(), None);
         }
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        assert_eq!(
+            unhex(&hex(&[0, 1, 0xab, 0xff])),
+            Some(vec![0, 1, 0xab, 0xff])
+        );
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
     }
 
     #[test]

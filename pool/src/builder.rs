@@ -70,6 +70,7 @@ pub struct PoolBuilder {
     single_process: bool,
     listen: Option<(SocketAddr, Key)>,
     advertise: Option<String>,
+    launcher: Option<crate::Srun>,
     heartbeat_timeout: Option<Duration>,
     local_heartbeat: bool,
 }
@@ -78,7 +79,7 @@ impl PoolBuilder {
     /// Refuses settings that cannot work rather than quietly changing them.
     fn validate(&self) -> Result<(), Error> {
         let refuse = |setting, reason| Err(Error::InvalidSetting { setting, reason });
-        if self.workers == Some(0) && self.listen.is_none() {
+        if self.workers == Some(0) && self.listen.is_none() && self.launcher.is_none() {
             return refuse(
                 "workers",
                 "a pool needs at least one worker, unless it listens for remote ones",
@@ -350,6 +351,22 @@ impl PoolBuilder {
         self
     }
 
+    /// Starts remote workers through a cluster manager: with
+    /// [`Srun`](crate::Srun), one Slurm job step of workers running this
+    /// program (or the [`worker_program`](Self::worker_program)), whose
+    /// `procpool::init` makes them join. Unless [`listen`](Self::listen)
+    /// says otherwise, the pool listens on all interfaces on a free port
+    /// with a fresh random key (32 bytes), and local
+    /// [`workers`](Self::workers) default to 0. The address and key reach
+    /// the workers in their environment, never on a command line.
+    /// [`Pool::wait_for_workers`] tells when they have joined. Dropping the
+    /// pool ends the step (after the grace period, `srun` is killed).
+    /// Default: none.
+    pub fn launcher(mut self, launcher: crate::Srun) -> Self {
+        self.launcher = Some(launcher);
+        self
+    }
+
     /// How long a remote worker may stay silent before it is declared lost.
     /// Both ends of a remote link send a heartbeat when they have had
     /// nothing else to send for a quarter of this (at most a second), and
@@ -432,9 +449,26 @@ impl PoolBuilder {
                 Some((name, arg))
             }
         };
-        let workers = self
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, Into::into));
+        let listen = match (self.listen, &self.launcher) {
+            (None, Some(_)) => {
+                let key = procpool_ipc::remote::random_key().map_err(|e| Error::Listen {
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    source: Arc::new(e),
+                })?;
+                Some((
+                    SocketAddr::from(([0, 0, 0, 0], 0)),
+                    Key(key.into_bytes().into()),
+                ))
+            }
+            (listen, _) => listen,
+        };
+        let workers = self.workers.unwrap_or_else(|| {
+            if self.launcher.is_some() {
+                0
+            } else {
+                std::thread::available_parallelism().map_or(1, Into::into)
+            }
+        });
         let config = Config {
             workers,
             program,
@@ -451,14 +485,18 @@ impl PoolBuilder {
             max_tasks_per_worker: self.max_tasks_per_worker,
             initializer,
             replace_workers: !self.single_process,
-            listen: self.listen,
+            listen,
             advertise: self.advertise,
             heartbeat_timeout: self
                 .heartbeat_timeout
                 .unwrap_or(procpool_ipc::remote::DEFAULT_HEARTBEAT_TIMEOUT),
             local_heartbeat: self.local_heartbeat,
         };
-        Pool::start(config)
+        let mut pool = Pool::start(config)?;
+        if let Some(launcher) = self.launcher {
+            pool.launch(&launcher)?;
+        }
+        Ok(pool)
     }
 }
 

@@ -21,7 +21,8 @@
 //! - `supervisor.rs`: a worker's life and the pool's stops; `blame.rs`:
 //!   the pure decision of what a dead worker's chunks become.
 //! - `worker.rs`: one worker process (spawn, reader, waiter, kill);
-//!   `remote.rs`: the TCP listener for remote workers.
+//!   `remote.rs`: the TCP listener for remote workers; `launcher.rs`:
+//!   remote workers started through Slurm (`Srun`).
 //! - Leaves (import nothing of the crate): `config.rs` (settings), `msg.rs`
 //!   (what threads tell the supervisor), `work.rs` (jobs, chunks,
 //!   outcomes), `joinable.rs` (JoinableQueue accounting).
@@ -38,6 +39,7 @@ mod dispatch;
 mod error;
 mod interrupt;
 mod joinable;
+mod launcher;
 mod msg;
 mod pool;
 mod process;
@@ -51,6 +53,7 @@ mod worker;
 pub use builder::{PoolBuilder, sibling_exe};
 pub use error::Error;
 pub use interrupt::{EXIT_INTERRUPTED, install_ctrlc_handler, interrupted};
+pub use launcher::Srun;
 pub use pool::{AsyncResult, Pool, Stats};
 pub use process::Process;
 pub use stream::Imap;

@@ -57,6 +57,7 @@ pub struct Pool {
     supervisor: Mutex<Option<JoinHandle<()>>>,
     listen_addr: Option<SocketAddr>,
     advertised_addr: Option<String>,
+    launched: Option<crate::launcher::Launched>,
 }
 
 impl fmt::Debug for Pool {
@@ -178,6 +179,7 @@ impl Pool {
                     supervisor: Mutex::new(Some(handle)),
                     listen_addr,
                     advertised_addr,
+                    launched: None,
                 })
             }
             Ok(Err(e)) => {
@@ -200,6 +202,22 @@ impl Pool {
     /// [`PoolBuilder::listen`]); with port 0 asked for, the port chosen.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen_addr
+    }
+
+    /// Starts remote workers through `launcher`, told to join this pool.
+    pub(crate) fn launch(&mut self, launcher: &crate::Srun) -> Result<(), Error> {
+        let (Some(addr), Some((_, key))) = (&self.advertised_addr, &self.config.listen) else {
+            return Ok(());
+        };
+        let launched = launcher.launch(
+            &self.config.program,
+            &self.config.args,
+            &self.config.envs,
+            addr,
+            &key.0,
+        )?;
+        self.launched = Some(launched);
+        Ok(())
     }
 
     /// Where remote workers should connect, as `host:port`, when the pool
@@ -556,6 +574,9 @@ impl Pool {
         self.shared.terminate();
         let _ = self.tx.send(Msg::Terminate);
         self.wait_stopped();
+        if let Some(launched) = &self.launched {
+            launched.end(Duration::ZERO);
+        }
     }
 
     fn wait_stopped(&self) {
@@ -574,6 +595,10 @@ impl Drop for Pool {
         let _ = self.tx.send(Msg::Shutdown);
         // Still registered while stopping: a Ctrl-C now cuts the grace period short.
         self.wait_stopped();
+        if let Some(launched) = &self.launched {
+            // Its workers were told to exit: the step ends with them.
+            launched.end(self.config.grace_period);
+        }
         crate::interrupt::unregister(&self.shared);
     }
 }

@@ -53,10 +53,20 @@ enum ServeError {
 /// Call it before the program starts other threads: it edits the
 /// environment.
 ///
+/// In a process a launcher started (`procpool::Srun`, which sets
+/// `PROCPOOL_LAUNCH_ADDR` and `PROCPOOL_LAUNCH_KEY`), it serves as a
+/// remote worker of that master, as [`run_remote_worker`] does.
+///
 /// A worker exits when the master sends shutdown or closes the connection
 /// (the master died); it ignores the terminal's Ctrl-C, leaving that to the
 /// master.
 pub fn init(registry: Registry) {
+    // Started by a launcher (`procpool::Srun`): a remote worker.
+    match procpool_ipc::remote::take_launch_env() {
+        Some(Ok((addr, key))) => run_remote_worker(addr.as_str(), &key, registry),
+        Some(Err(e)) => fail(&ServeError::Remote(e)),
+        None => {}
+    }
     if let Some(connection) = endpoint::connect_worker() {
         serve_and_exit(registry, connection.map_err(ServeError::Endpoint));
     }
