@@ -31,14 +31,33 @@ fn registry() -> Registry {
     })
 }
 
+/// Set: run as a master that launches 2 workers with `srun`, prints
+/// `ready <worker pids>` once they have joined, and waits for stdin to end.
+const MASTER_ENV: &str = "PROCPOOL_TEST_SLURM_MASTER";
+
 fn main() {
     procpool::init(registry());
+    if std::env::var_os(MASTER_ENV).is_some() {
+        let code = match serve_master() {
+            Ok(()) => 0,
+            Err(e) => {
+                #[allow(clippy::print_stderr)]
+                {
+                    eprintln!("slurm master: {e:#}");
+                }
+                1
+            }
+        };
+        std::process::exit(code);
+    }
     let mut args = libtest_mimic::Arguments::from_args();
     args.test_threads = Some(1);
     let tests = trials![
         LIMIT;
         srun_launched_workers_run_1000_items_over_both_nodes,
         a_wrong_key_is_refused_under_slurm,
+        sigkill_of_the_master_leaves_no_step_and_no_worker,
+        a_node_down_mid_map_with_retries_completes_without_them_fails_as_lost,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -140,4 +159,164 @@ fn a_wrong_key_is_refused_under_slurm() -> anyhow::Result<()> {
     ensure!(pool.stats().workers_alive == 0, "{:?}", pool.stats());
     drop(pool);
     squeue_empty_within(Duration::from_secs(30))
+}
+
+fn serve_master() -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let pool = Pool::builder()
+        .launcher(Srun::new(2).arg("--overcommit"))
+        .build()?;
+    ensure!(
+        pool.wait_for_workers(2, Duration::from_secs(60)),
+        "no workers"
+    );
+    let mut pids: Vec<u32> = pool
+        .map(NODE, 0..40u64)?
+        .into_iter()
+        .map(|(_, pid)| pid)
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    writeln!(std::io::stdout(), "ready {}", pids.join(" "))?;
+    for line in std::io::stdin().lock().lines() {
+        line?;
+    }
+    Ok(())
+}
+
+/// A master killed with SIGKILL cannot clean up: its workers see their
+/// connection end and exit, and the step (and `srun`) end with them.
+fn sigkill_of_the_master_leaves_no_step_and_no_worker() -> anyhow::Result<()> {
+    use std::io::BufRead;
+    if skip() {
+        return Ok(());
+    }
+    let mut master = Command::new(std::env::current_exe()?)
+        .env(MASTER_ENV, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?
+        .watched();
+    let stdout = master.stdout.take().expect("piped");
+    let line = within(
+        "the master's workers join",
+        Duration::from_secs(60),
+        move || {
+            let mut line = String::new();
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .map(|_| line)
+        },
+    );
+    let line = match line {
+        Ok((line, _)) => line?,
+        Err(e) => {
+            let _ = master.kill();
+            let _ = master.wait();
+            return Err(e);
+        }
+    };
+    let pids: Vec<u32> = line
+        .trim()
+        .strip_prefix("ready ")
+        .with_context(|| format!("master said {line:?}"))?
+        .split(' ')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    ensure!(pids.len() == 2, "{pids:?}");
+    master.kill()?;
+    master.wait()?;
+    squeue_empty_within(Duration::from_secs(30))?;
+    wait_gone(&pids, Duration::from_secs(10))
+}
+
+/// Node n2 set DOWN in the middle of a map over both nodes, with `srun
+/// --no-kill` so the step lives on n1: with retries every item completes
+/// on the survivors; without them the items that were on n2 fail with
+/// `RemoteWorkerLost` (and nothing hangs).
+fn a_node_down_mid_map_with_retries_completes_without_them_fails_as_lost() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let result = (|| {
+        for retries in [2u32, 0] {
+            let pool = Pool::builder()
+                .launcher(Srun::new(4).args(["--nodes=2", "--overcommit", "--no-kill"]))
+                .chunk_size(1)
+                .retries(retries)
+                .heartbeat_timeout(Duration::from_secs(3))
+                .build()?;
+            ensure!(
+                pool.wait_for_workers(4, Duration::from_secs(60)),
+                "workers did not join"
+            );
+            // Long enough that n2 goes down while its workers run tasks.
+            let mut handles: Vec<_> = (0..24u64)
+                .map(|_| pool.submit(SLEEP_PID, 500))
+                .collect::<Result<_, _>>()?;
+            // Once the first result is in, every worker runs a task.
+            ensure!(handles[0].wait_timeout(Duration::from_secs(30)).is_some());
+            scontrol(&[
+                "update",
+                "NodeName=n2",
+                "State=DOWN",
+                "Reason=procpool-test",
+            ])?;
+            let mut lost = 0;
+            let mut done = 0;
+            for mut h in handles {
+                match h.wait_timeout(Duration::from_secs(60)) {
+                    Some(Ok(_)) => done += 1,
+                    Some(Err(procpool::Error::RemoteWorkerLost { .. })) => lost += 1,
+                    other => anyhow::bail!("retries {retries}: unexpected {other:?}"),
+                }
+            }
+            if retries > 0 {
+                ensure!(done == 24, "with retries: {done} done, {lost} lost");
+            } else {
+                ensure!(lost > 0, "without retries nothing was lost ({done} done)");
+            }
+            drop(pool);
+            squeue_empty_within(Duration::from_secs(30))?;
+            resume_n2()?;
+        }
+        Ok(())
+    })();
+    // Whatever happened, n2 comes back for the next test.
+    let _ = resume_n2();
+    result
+}
+
+fn scontrol(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("scontrol").args(args).status()?;
+    ensure!(status.success(), "scontrol {args:?}: {status}");
+    Ok(())
+}
+
+/// Brings n2 back (`RESUME` fails when it is back already, with
+/// `ReturnToService=2`), then waits until both nodes are idle.
+fn resume_n2() -> anyhow::Result<()> {
+    let _ = Command::new("scontrol")
+        .args(["update", "NodeName=n2", "State=RESUME"])
+        .stderr(Stdio::null())
+        .status();
+    wait_idle(Duration::from_secs(30))
+}
+
+/// Waits until both nodes are idle again.
+fn wait_idle(limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let out = Command::new("sinfo")
+            .args(["-h", "-N", "-o", "%t"])
+            .output()?;
+        let states = String::from_utf8_lossy(&out.stdout).to_string();
+        if states.lines().filter(|s| s.trim() == "idle").count() == 2 {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "nodes not idle: {states}");
+        // Polling the node states is the event; the pause paces it.
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
