@@ -83,6 +83,16 @@ fn skip() -> bool {
     true
 }
 
+/// A child process killed and reaped when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits until `squeue` lists no job.
 fn squeue_empty_within(limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
@@ -192,14 +202,16 @@ fn sigkill_of_the_master_leaves_no_step_and_no_worker() -> anyhow::Result<()> {
     if skip() {
         return Ok(());
     }
-    let mut master = Command::new(std::env::current_exe()?)
-        .env(MASTER_ENV, "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?
-        .watched();
-    let stdout = master.stdout.take().expect("piped");
-    let line = within(
+    let mut master = KillOnDrop(
+        Command::new(std::env::current_exe()?)
+            .env(MASTER_ENV, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?
+            .watched(),
+    );
+    let stdout = master.0.stdout.take().expect("piped");
+    let (line, _) = within(
         "the master's workers join",
         Duration::from_secs(60),
         move || {
@@ -208,15 +220,8 @@ fn sigkill_of_the_master_leaves_no_step_and_no_worker() -> anyhow::Result<()> {
                 .read_line(&mut line)
                 .map(|_| line)
         },
-    );
-    let line = match line {
-        Ok((line, _)) => line?,
-        Err(e) => {
-            let _ = master.kill();
-            let _ = master.wait();
-            return Err(e);
-        }
-    };
+    )?;
+    let line = line?;
     let pids: Vec<u32> = line
         .trim()
         .strip_prefix("ready ")
@@ -225,8 +230,8 @@ fn sigkill_of_the_master_leaves_no_step_and_no_worker() -> anyhow::Result<()> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     ensure!(pids.len() == 2, "{pids:?}");
-    master.kill()?;
-    master.wait()?;
+    master.0.kill()?;
+    master.0.wait()?;
     squeue_empty_within(Duration::from_secs(30))?;
     wait_gone(&pids, Duration::from_secs(10))
 }
