@@ -58,6 +58,7 @@ fn main() {
         a_wrong_key_is_refused_under_slurm,
         sigkill_of_the_master_leaves_no_step_and_no_worker,
         a_node_down_mid_map_with_retries_completes_without_them_fails_as_lost,
+        the_sbatch_example_completes,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -324,4 +325,36 @@ fn wait_idle(limit: Duration) -> anyhow::Result<()> {
         // Polling the node states is the event; the pause paces it.
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `sbatch examples/slurm.sbatch` (the README's example) reaches
+/// COMPLETED with exit code 0, its 1000 items spread over both nodes.
+fn the_sbatch_example_completes() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let program = example("slurm")?;
+    let dir = temp_dir("sbatch")?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/slurm.sbatch");
+    let out = Command::new("sbatch")
+        .args(["--wait", "--parsable"])
+        .arg(format!("--output={}/%j.out", dir.display()))
+        .arg(script)
+        .env("PROCPOOL_EXAMPLE", &program)
+        .output()?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let log = std::fs::read_to_string(dir.join(format!("{id}.out"))).unwrap_or_default();
+    ensure!(out.status.success(), "sbatch --wait: {} {log}", out.status);
+    let show = Command::new("scontrol")
+        .args(["show", "job", &id])
+        .output()?;
+    let show = String::from_utf8_lossy(&show.stdout);
+    ensure!(
+        show.contains("JobState=COMPLETED") && show.contains("ExitCode=0:0"),
+        "job {id}: {show}"
+    );
+    ensure!(log.contains("all items done"), "{log}");
+    ensure!(log.contains("n1:") && log.contains("n2:"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+    squeue_empty_within(Duration::from_secs(30))
 }
