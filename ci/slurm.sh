@@ -146,8 +146,8 @@ case "${1:-start}" in
         shift
         start
         trap stop_daemons EXIT
-        # The sbatch test runs examples/slurm.rs.
-        step slurm-build cargo build -p procpool --example slurm
+        # The sbatch and one-program tests run these examples.
+        step slurm-build cargo build -p procpool --example slurm --example one_program
         step slurm-tests cargo test -p procpool --test slurm -- "$@"
         ;;
     *)

@@ -146,6 +146,7 @@
 //! queues report [`PutError`], [`GetError`] and [`QueueError`].
 #![forbid(unsafe_code)]
 
+pub use procpool_ipc::one_program::{ONE_PROGRAM_ENV, OneProgram, detect as one_program};
 pub use procpool_ipc::pipe::{Pipe, PipeEnd, PipeReceiver, PipeSender};
 pub use procpool_ipc::queue::{
     DoneGuard, GetError, JoinableQueue, PutError, Queue, QueueError, QueueIter, SimpleQueue,

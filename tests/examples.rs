@@ -18,6 +18,7 @@ fn main() {
         joinable,
         pipe,
         remote,
+        one_program_without_the_mode,
         soak,
     ];
     libtest_mimic::run(&args, tests).exit();
@@ -108,6 +109,15 @@ fn joinable() -> anyhow::Result<()> {
 fn pipe() -> anyhow::Result<()> {
     let out = run("pipe", &[], LIMIT)?;
     ensure!(out.contains("10000 round trips"), "{out}");
+    Ok(())
+}
+
+/// Without `PROCPOOL_ONE_PROGRAM` the program is not taken over: local
+/// workers run it (`tests/slurm.rs` runs it under `srun -n 3`).
+fn one_program_without_the_mode() -> anyhow::Result<()> {
+    let out = run("one_program", &[], LIMIT)?;
+    ensure!(out.contains("local: 1000 items"), "{out}");
+    ensure!(out.contains("all items done"), "{out}");
     Ok(())
 }
 

@@ -59,6 +59,7 @@ fn main() {
         sigkill_of_the_master_leaves_no_step_and_no_worker,
         a_node_down_mid_map_with_retries_completes_without_them_fails_as_lost,
         the_sbatch_example_completes,
+        one_program_mode_under_srun_n3,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -355,6 +356,36 @@ fn the_sbatch_example_completes() -> anyhow::Result<()> {
     );
     ensure!(log.contains("all items done"), "{log}");
     ensure!(log.contains("n1:") && log.contains("n2:"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+    squeue_empty_within(Duration::from_secs(30))
+}
+
+/// `srun -n 3 one_program` with `PROCPOOL_ONE_PROGRAM`: rank 0 is the
+/// master, ranks 1 and 2 (one per node) its workers.
+fn one_program_mode_under_srun_n3() -> anyhow::Result<()> {
+    if skip() {
+        return Ok(());
+    }
+    let program = example("one_program")?;
+    let dir = temp_dir("one-program")?;
+    let out = Command::new("srun")
+        .args(["--ntasks=3", "--nodes=2", "--overcommit", "--quiet"])
+        .arg(&program)
+        .env(procpool::ONE_PROGRAM_ENV, &dir)
+        .stdin(Stdio::null())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success(),
+        "srun: {} {stdout} {stderr}",
+        out.status
+    );
+    ensure!(
+        stdout.matches("all items done").count() == 1,
+        "only rank 0 is the master: {stdout}"
+    );
+    ensure!(stdout.contains("n1:") && stdout.contains("n2:"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
     squeue_empty_within(Duration::from_secs(30))
 }

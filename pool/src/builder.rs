@@ -409,6 +409,14 @@ impl PoolBuilder {
 
     /// Starts the workers and waits for each to complete its handshake.
     ///
+    /// In one-program mode (rank 0 of `srun -n N prog` or `mpirun -np N
+    /// prog` with `PROCPOOL_ONE_PROGRAM` set to a shared directory, see
+    /// `procpool::init`), a pool with neither [`listen`](Self::listen) nor
+    /// a [`launcher`](Self::launcher) listens on all interfaces with a
+    /// fresh key, has no local workers unless asked, and leaves its address
+    /// for the other ranks, which join it: wait for them with
+    /// [`Pool::wait_for_workers`]`(N - 1, ..)`.
+    ///
     /// # Errors
     /// [`Error::KeyTooShort`] for a [`listen`](Self::listen) key under
     /// 16 bytes; [`Error::InvalidSetting`] for a setting that cannot work (no
@@ -449,8 +457,12 @@ impl PoolBuilder {
                 Some((name, arg))
             }
         };
+        // One-program mode (rank 0 of `srun -n N` with PROCPOOL_ONE_PROGRAM):
+        // the other ranks are the workers, and find us through a file.
+        let one_program = procpool_ipc::one_program::detect()
+            .filter(|me| me.is_master() && self.listen.is_none() && self.launcher.is_none());
         let listen = match (self.listen, &self.launcher) {
-            (None, Some(_)) => {
+            (None, _) if one_program.is_some() || self.launcher.is_some() => {
                 let key = procpool_ipc::remote::random_key().map_err(|e| Error::Listen {
                     addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                     source: Arc::new(e),
@@ -463,7 +475,7 @@ impl PoolBuilder {
             (listen, _) => listen,
         };
         let workers = self.workers.unwrap_or_else(|| {
-            if self.launcher.is_some() {
+            if self.launcher.is_some() || one_program.is_some() {
                 0
             } else {
                 std::thread::available_parallelism().map_or(1, Into::into)
@@ -495,6 +507,9 @@ impl PoolBuilder {
         let mut pool = Pool::start(config)?;
         if let Some(launcher) = self.launcher {
             pool.launch(&launcher)?;
+        }
+        if let Some(me) = one_program {
+            pool.publish(&me.file)?;
         }
         Ok(pool)
     }

@@ -204,6 +204,18 @@ impl Pool {
         self.listen_addr
     }
 
+    /// One-program mode: leaves this pool's address and key in `file` for
+    /// the other ranks.
+    pub(crate) fn publish(&self, file: &std::path::Path) -> Result<(), Error> {
+        let (Some(addr), Some((bound, key))) = (&self.advertised_addr, &self.config.listen) else {
+            return Ok(());
+        };
+        procpool_ipc::one_program::publish(file, addr, &key.0).map_err(|e| Error::Listen {
+            addr: *bound,
+            source: Arc::new(e),
+        })
+    }
+
     /// Starts remote workers through `launcher`, told to join this pool.
     pub(crate) fn launch(&mut self, launcher: &crate::Srun) -> Result<(), Error> {
         let (Some(addr), Some((_, key))) = (&self.advertised_addr, &self.config.listen) else {

@@ -53,6 +53,11 @@ enum ServeError {
 /// Call it before the program starts other threads: it edits the
 /// environment.
 ///
+/// In one-program mode (`PROCPOOL_ONE_PROGRAM` set to a shared directory,
+/// and a rank from Slurm or MPI), every rank but 0 becomes a remote worker
+/// of rank 0, whose address it finds in that directory; rank 0 returns
+/// and builds the pool (see `procpool::PoolBuilder::build`).
+///
 /// In a process a launcher started (`procpool::Srun`, which sets
 /// `PROCPOOL_LAUNCH_ADDR` and `PROCPOOL_LAUNCH_KEY`), it serves as a
 /// remote worker of that master, as [`run_remote_worker`] does.
@@ -61,6 +66,14 @@ enum ServeError {
 /// (the master died); it ignores the terminal's Ctrl-C, leaving that to the
 /// master.
 pub fn init(registry: Registry) {
+    // One-program mode: every rank but 0 joins rank 0.
+    if let Some(me) = procpool_ipc::one_program::detect().filter(|me| !me.is_master()) {
+        let deadline = Instant::now() + join_timeout();
+        match procpool_ipc::one_program::rendezvous(&me.file, deadline) {
+            Ok((addr, key)) => run_remote_worker(addr.as_str(), &key, registry),
+            Err(e) => fail(&ServeError::Remote(e)),
+        }
+    }
     // Started by a launcher (`procpool::Srun`): a remote worker.
     match procpool_ipc::remote::take_launch_env() {
         Some(Ok((addr, key))) => run_remote_worker(addr.as_str(), &key, registry),
@@ -142,15 +155,8 @@ fn max_frame_len() -> u32 {
 /// Exits with status 70 and a message on stderr when it cannot connect or
 /// authenticate.
 pub fn run_remote_worker(addr: impl ToSocketAddrs, key: &[u8], registry: Registry) -> ! {
-    let join_timeout = std::env::var(JOIN_TIMEOUT_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(
-            procpool_ipc::remote::DEFAULT_JOIN_TIMEOUT,
-            Duration::from_millis,
-        );
     let connection =
-        procpool_ipc::remote::connect_to_master_by(addr, key, Instant::now() + join_timeout)
+        procpool_ipc::remote::connect_to_master_by(addr, key, Instant::now() + join_timeout())
             .and_then(|(stream, master_timeout)| {
                 let timeout = heartbeat_timeout().unwrap_or(master_timeout);
                 procpool_ipc::remote::set_liveness(&stream, timeout)?;
@@ -161,6 +167,17 @@ pub fn run_remote_worker(addr: impl ToSocketAddrs, key: &[u8], registry: Registr
         Ok(()) => process::exit(0),
         Err(e) => fail(&e),
     }
+}
+
+/// How long a remote worker tries to join: [`JOIN_TIMEOUT_ENV`], or 60 s.
+fn join_timeout() -> Duration {
+    std::env::var(JOIN_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(
+            procpool_ipc::remote::DEFAULT_JOIN_TIMEOUT,
+            Duration::from_millis,
+        )
 }
 
 /// A remote worker's own heartbeat timeout, if [`HEARTBEAT_TIMEOUT_ENV`]

@@ -131,6 +131,17 @@ pub(crate) use imp::test_pair;
 #[cfg(test)]
 mod tests;
 
+/// Writes `contents` to a new file at `path` that only this user can read
+/// (Unix: mode 0600; Windows: the default ACL).
+pub(crate) fn write_private(path: &std::path::Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents)
+}
+
 /// Removes an environment variable of this process.
 pub(crate) fn remove_env(name: &str) {
     // SAFETY: called from the worker's `init`, which its contract places at
