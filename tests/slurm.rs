@@ -386,6 +386,12 @@ fn one_program_mode_under_srun_n3() -> anyhow::Result<()> {
         "only rank 0 is the master: {stdout}"
     );
     ensure!(stdout.contains("n1:") && stdout.contains("n2:"), "{stdout}");
+    // The master removed its rendezvous file (it holds the key).
+    let left: Vec<_> = std::fs::read_dir(&dir)?.collect();
+    ensure!(
+        left.is_empty(),
+        "left in the rendezvous directory: {left:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     squeue_empty_within(Duration::from_secs(30))
 }

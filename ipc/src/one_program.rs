@@ -13,8 +13,8 @@
 //! `SLURM_JOB_ID.SLURM_STEP_ID`, else `PROCPOOL_ONE_PROGRAM_ID`, else
 //! `default`), holds the master's `host:port` and the hex key on two
 //! lines. The master writes it atomically (a private temporary file, then
-//! a rename), readable by its user only; workers wait for it with a
-//! growing pause.
+//! a rename), readable by its user only, and removes it when its pool
+//! stops; workers wait for it with a growing pause.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -58,6 +58,9 @@ pub struct Pool {
     listen_addr: Option<SocketAddr>,
     advertised_addr: Option<String>,
     launched: Option<crate::launcher::Launched>,
+    /// One-program mode: the rendezvous file this pool wrote, removed
+    /// when it stops.
+    published: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for Pool {
@@ -180,6 +183,7 @@ impl Pool {
                     listen_addr,
                     advertised_addr,
                     launched: None,
+                    published: None,
                 })
             }
             Ok(Err(e)) => {
@@ -206,14 +210,16 @@ impl Pool {
 
     /// One-program mode: leaves this pool's address and key in `file` for
     /// the other ranks.
-    pub(crate) fn publish(&self, file: &std::path::Path) -> Result<(), Error> {
+    pub(crate) fn publish(&mut self, file: &std::path::Path) -> Result<(), Error> {
         let (Some(addr), Some((bound, key))) = (&self.advertised_addr, &self.config.listen) else {
             return Ok(());
         };
         procpool_ipc::one_program::publish(file, addr, &key.0).map_err(|e| Error::Listen {
             addr: *bound,
             source: Arc::new(e),
-        })
+        })?;
+        self.published = Some(file.to_owned());
+        Ok(())
     }
 
     /// Starts remote workers through `launcher`, told to join this pool.
@@ -610,6 +616,9 @@ impl Drop for Pool {
         if let Some(launched) = &self.launched {
             // Its workers were told to exit: the step ends with them.
             launched.end(self.config.grace_period);
+        }
+        if let Some(file) = &self.published {
+            let _ = std::fs::remove_file(file);
         }
         crate::interrupt::unregister(&self.shared);
     }
