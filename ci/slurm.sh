@@ -9,7 +9,7 @@
 #
 # Usage:
 #   ci/slurm.sh start            install if needed, start, wait until both nodes are idle
-#   ci/slurm.sh stop             stop the daemons (SIGKILL after a few seconds)
+#   ci/slurm.sh stop             stop the daemons by their pid files (SIGKILL after a few seconds), and munged
 #   ci/slurm.sh test [ARGS...]   start, run `cargo test --test slurm ARGS`, stop (in a trap)
 set -euo pipefail
 
@@ -91,6 +91,7 @@ EOF
 }
 
 pidfiles=(/run/slurm/slurmd-n1.pid /run/slurm/slurmd-n2.pid /run/slurm/slurmctld.pid)
+munge_pid=/run/munge/munged.pid
 # The daemon whose pid file this is runs (its pid is alive).
 running() { [[ -s $1 ]] && sudo_ kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -103,13 +104,19 @@ stop_daemons() {
     for _ in $(seq 30); do
         local up=0
         for f in "${pidfiles[@]}"; do if running "$f"; then up=1; fi; done
-        [[ $up -eq 0 ]] && return 0
+        if [[ $up -eq 0 ]]; then return 0; fi
         sleep 0.2
     done
     # A slurmd with a hung step may ignore SIGTERM (CLUSTER.md).
     for f in "${pidfiles[@]}"; do
         if running "$f"; then sudo_ kill -KILL "$(cat "$f")" || true; fi
     done
+}
+
+# `stop`: the Slurm daemons, then munged.
+stop_all() {
+    stop_daemons
+    if running "$munge_pid"; then sudo_ kill "$(cat "$munge_pid")" || true; fi
 }
 
 start_daemons() {
@@ -141,11 +148,11 @@ start() {
 
 case "${1:-start}" in
     start) start ;;
-    stop) stop_daemons ;;
+    stop) stop_all ;;
     test)
         shift
         start
-        trap stop_daemons EXIT
+        trap stop_all EXIT
         # The sbatch and one-program tests run these examples.
         step slurm-build cargo build -p procpool --example slurm --example one_program
         step slurm-tests cargo test -p procpool --test slurm -- "$@"
