@@ -40,12 +40,9 @@ fn main() -> anyhow::Result<()> {
     }
     procpool::init(registry());
 
-    // A fresh key per run; a real deployment shares a long random key out of band.
-    let key = format!(
-        "demo-{}-{:?}",
-        std::process::id(),
-        std::time::SystemTime::now()
-    );
+    // A fresh key per run (32 random bytes, hex); a real deployment may
+    // also share a long random key out of band.
+    let key = procpool::random_key()?;
     let pool = Pool::builder()
         .workers(1)
         .listen("127.0.0.1:0".parse()?, key.as_bytes())

@@ -115,6 +115,23 @@
 //! pool's address and key. Both sides prove they know the key; the
 //! connection is authenticated, not encrypted.
 //!
+//! Workers connect to [`Pool::advertised_addr`]: this machine's host name
+//! for a pool listening on all interfaces, the bound address otherwise, or
+//! what [`PoolBuilder::advertise`] names (a host, an IP, an interface).
+//! A pool may also have remote workers only (`workers(0)`), with
+//! [`Pool::wait_for_workers`] as its gate.
+//!
+//! A key is at least [`MIN_KEY_LEN`] (16) bytes, or the pool refuses to
+//! start with [`Error::KeyTooShort`] (and a remote worker exits saying
+//! so). Make one with [`random_key`], or in a shell with
+//! `head -c 32 /dev/urandom | base64`:
+//!
+//! ```
+//! let key = procpool::random_key()?;
+//! assert!(key.len() >= procpool::MIN_KEY_LEN);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
 //! # Performance notes
 //!
 //! - Small tasks want chunks: `map` picks Python's chunk size, `imap` learns
@@ -134,11 +151,13 @@
 //! queues report [`PutError`], [`GetError`] and [`QueueError`].
 #![forbid(unsafe_code)]
 
+pub use procpool_ipc::one_program::{ONE_PROGRAM_ENV, OneProgram, detect as one_program};
 pub use procpool_ipc::pipe::{Pipe, PipeEnd, PipeReceiver, PipeSender};
 pub use procpool_ipc::queue::{
     DoneGuard, GetError, GetFuture, JoinFuture, JoinableQueue, PutError, PutFuture, Queue,
     QueueError, QueueIter, SimpleQueue,
 };
+pub use procpool_ipc::remote::{KeyTooShort, MIN_KEY_LEN, random_key};
 pub use procpool_ipc::sync_prims::{
     Barrier, BarrierError, Condition, ConditionGuard, Event, Lock, LockError, LockGuard, RLock,
     RLockGuard, ReleaseError, Semaphore, SemaphoreGuard,
@@ -148,10 +167,10 @@ pub use procpool_ipc::{IpcError, Task, TaskError};
 
 pub use procpool_pool::{
     AsyncResult, ChildProcess, EXIT_INTERRUPTED, Error, Imap, MapResult, Oversized, Pool,
-    PoolBuilder, Process, StartupFailure, Stats, TaskFuture, active_children, cpu_count,
+    PoolBuilder, Process, Srun, StartupFailure, Stats, TaskFuture, active_children, cpu_count,
     install_ctrlc_handler, interrupted, sibling_exe,
 };
-pub use procpool_worker::{Registry, init, run_remote_worker, run_worker};
+pub use procpool_worker::{JOIN_TIMEOUT_ENV, Registry, init, run_remote_worker, run_worker};
 
 /// The README's code, compiled and run as a doctest (its quickstart starts
 /// real workers: the doctest binary re-executes itself).

@@ -19,6 +19,7 @@ fn main() {
         pipe,
         locks,
         remote,
+        one_program_without_the_mode,
         soak,
         async_offload,
     ];
@@ -116,6 +117,15 @@ fn pipe() -> anyhow::Result<()> {
 fn locks() -> anyhow::Result<()> {
     let out = run("locks", &[], LIMIT)?;
     ensure!(out.contains("300 turns, never two inside at once"), "{out}");
+    Ok(())
+}
+
+/// Without `PROCPOOL_ONE_PROGRAM` the program is not taken over: local
+/// workers run it (`tests/slurm.rs` runs it under `srun -n 3`).
+fn one_program_without_the_mode() -> anyhow::Result<()> {
+    let out = run("one_program", &[], LIMIT)?;
+    ensure!(out.contains("local: 1000 items"), "{out}");
+    ensure!(out.contains("all items done"), "{out}");
     Ok(())
 }
 

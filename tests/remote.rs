@@ -29,13 +29,18 @@ fn main() {
         LIMIT;
         remote_workers_join_and_take_tasks,
         wrong_key_is_refused,
+        short_keys_are_refused_on_both_sides,
+        remote_only_pool_runs_on_workers_that_join,
+        a_worker_started_before_its_master_joins_when_it_listens,
+        a_worker_whose_master_never_listens_gives_up,
+        the_advertised_address_is_the_host_name_or_what_was_asked,
         remote_death_fails_its_task_and_is_not_replaced,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
 
 /// A remote worker joining the pool at `addr` with `key`.
-fn start_remote(addr: SocketAddr, key: &str) -> anyhow::Result<Remote> {
+fn start_remote(addr: impl std::fmt::Display, key: &str) -> anyhow::Result<Remote> {
     Remote::start(REMOTE_ENV, addr, key)
 }
 
@@ -83,12 +88,163 @@ fn remote_workers_join_and_take_tasks() -> anyhow::Result<()> {
 
 fn wrong_key_is_refused() -> anyhow::Result<()> {
     let (pool, addr) = listening_pool(1)?;
-    let mut intruder = start_remote(addr, "a guess")?;
+    let mut intruder = start_remote(addr, "a wrong guess, long enough")?;
     let (code, err) = wait_exit(&mut intruder, Duration::from_secs(20))?;
     ensure!(code == Some(70), "exit code {code:?}");
     ensure!(err.contains("authentication failed"), "stderr: {err}");
     ensure!(pool.stats().workers_alive == 1, "{:?}", pool.stats());
     ensure!(pool.map(SQUARE, 0..10u64)?.len() == 10);
+    Ok(())
+}
+
+fn short_keys_are_refused_on_both_sides() -> anyhow::Result<()> {
+    let err = Pool::builder()
+        .workers(1)
+        .listen("127.0.0.1:0".parse()?, "hunter2")
+        .build()
+        .err()
+        .context("a pool with a 7-byte key started")?;
+    ensure!(
+        matches!(err, Error::KeyTooShort(procpool::KeyTooShort { len: 7 })),
+        "{err:?}"
+    );
+    ensure!(err.to_string().contains("too short"), "{err}");
+
+    let (pool, addr) = listening_pool(1)?;
+    let mut short = start_remote(addr, "fifteen bytes!!")?;
+    let (code, err) = wait_exit(&mut short, Duration::from_secs(20))?;
+    ensure!(code == Some(70), "exit code {code:?}");
+    ensure!(err.contains("too short"), "stderr: {err}");
+    ensure!(pool.stats().workers_alive == 1, "{:?}", pool.stats());
+    Ok(())
+}
+
+/// `workers(0)` with `listen`: the pool starts with no worker, knows its
+/// tasks from `init`'s registry, and runs everything on workers that join
+/// (seen failing before: `workers(0)` was an invalid setting).
+fn remote_only_pool_runs_on_workers_that_join() -> anyhow::Result<()> {
+    let err = Pool::builder().workers(0).build().err();
+    ensure!(
+        matches!(
+            err,
+            Some(Error::InvalidSetting {
+                setting: "workers",
+                ..
+            })
+        ),
+        "no workers and no listening: {err:?}"
+    );
+    let (pool, addr) = listening_pool(0)?;
+    ensure!(
+        pool.tasks().iter().any(|t| t == "sleep_pid"),
+        "{:?}",
+        pool.tasks()
+    );
+    ensure!(pool.stats().workers_alive == 0, "{:?}", pool.stats());
+    // Work submitted before any worker joins waits for one.
+    let mut early = pool.submit(SQUARE, 12)?;
+    let remotes = [start_remote(addr, KEY)?, start_remote(addr, KEY)?];
+    ensure!(
+        pool.wait_for_workers(2, Duration::from_secs(30)),
+        "remote workers did not join"
+    );
+    match early.wait_timeout(Duration::from_secs(30)) {
+        Some(Ok(144)) => {}
+        other => anyhow::bail!("the task submitted before any worker joined: {other:?}"),
+    }
+    let pids: HashSet<u32> = pool.map(SLEEP_PID, vec![20u64; 40])?.into_iter().collect();
+    let expected: HashSet<u32> = remotes.iter().map(Remote::pid).collect();
+    ensure!(
+        pids == expected,
+        "ran on {pids:?}, remote workers {expected:?}"
+    );
+    let squares = pool
+        .imap(SQUARE, 0..200u64)?
+        .collect::<Result<Vec<_>, _>>()?;
+    ensure!(squares.len() == 200);
+    Ok(())
+}
+
+/// A free port on loopback, nobody listening on it (for a moment).
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A worker started before its master listens retries until it does (seen
+/// failing before: it exited at once with "connection refused").
+fn a_worker_started_before_its_master_joins_when_it_listens() -> anyhow::Result<()> {
+    let addr = free_addr()?;
+    let mut early = start_remote(addr, KEY)?;
+    // It is trying (and failing) to connect now; it must not have given up.
+    ensure!(
+        early.exit_within(Duration::from_millis(300))?.is_none(),
+        "the worker gave up before its master listened"
+    );
+    let pool = Pool::builder()
+        .workers(0)
+        .listen(addr, KEY)
+        .build()?
+        .watched();
+    ensure!(
+        pool.wait_for_workers(1, Duration::from_secs(30)),
+        "the early worker did not join"
+    );
+    ensure!(pool.apply(SLEEP_PID, 0)? == early.pid());
+    Ok(())
+}
+
+/// ... but not for ever: it gives up at its join deadline, saying why.
+fn a_worker_whose_master_never_listens_gives_up() -> anyhow::Result<()> {
+    let addr = free_addr()?;
+    let mut r = Remote::start_with(
+        REMOTE_ENV,
+        addr,
+        KEY,
+        &[(procpool::JOIN_TIMEOUT_ENV, "500")],
+    )?;
+    let (code, err) = wait_exit(&mut r, Duration::from_secs(20))?;
+    ensure!(code == Some(70), "exit code {code:?}");
+    ensure!(err.contains("cannot join the master"), "stderr: {err}");
+    Ok(())
+}
+
+/// On all interfaces the pool advertises this machine's name, and a worker
+/// joins through it; an interface name stands for its address; a name that
+/// does not resolve (a Slurm node name) is refused at `build`.
+fn the_advertised_address_is_the_host_name_or_what_was_asked() -> anyhow::Result<()> {
+    let pool = Pool::builder()
+        .workers(0)
+        .listen("0.0.0.0:0".parse()?, KEY)
+        .build()?;
+    let port = pool.listen_addr().context("listening")?.port();
+    let advertised = pool.advertised_addr().context("advertised")?.to_owned();
+    let host = procpool_ipc::remote::hostname()?;
+    ensure!(advertised == format!("{host}:{port}"), "{advertised}");
+    let remote = start_remote(&advertised, KEY)?;
+    ensure!(
+        pool.wait_for_workers(1, Duration::from_secs(30)),
+        "no worker joined at {advertised}"
+    );
+    ensure!(pool.apply(SLEEP_PID, 0)? == remote.pid());
+    drop(pool);
+
+    let err = Pool::builder()
+        .workers(0)
+        .listen("0.0.0.0:0".parse()?, KEY)
+        .advertise("n2.invalid")
+        .build()
+        .err();
+    ensure!(matches!(err, Some(Error::Advertise { .. })), "{err:?}");
+
+    if cfg!(target_os = "linux") {
+        let pool = Pool::builder()
+            .workers(0)
+            .listen("127.0.0.1:0".parse()?, KEY)
+            .advertise("lo")
+            .build()?;
+        let port = pool.listen_addr().context("listening")?.port();
+        ensure!(pool.advertised_addr() == Some(format!("127.0.0.1:{port}").as_str()));
+    }
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use libfuzzer_sys::fuzz_target;
 use procpool_ipc::remote::{master_handshake, worker_handshake};
 use sha2::Sha256;
 
-const KEY: &[u8] = b"fuzzing key";
+const KEY: &[u8] = b"fuzzing key, sixteen bytes or more";
 const GREETING: &[u8] = b"PPAUTH2";
 
 fn mac(role: &[u8], nonce: &[u8], extra: &[u8]) -> Vec<u8> {

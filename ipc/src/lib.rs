@@ -48,6 +48,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod link;
 #[doc(hidden)]
+pub mod one_program;
 pub mod proto;
 mod queues;
 pub mod remote;

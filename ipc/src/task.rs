@@ -134,3 +134,30 @@ impl<I, O> fmt::Debug for Task<I, O> {
             .finish()
     }
 }
+
+/// The task list of this program's registry, as `procpool::init` found it
+/// in the master: each task's name and [`Task::signature`], in
+/// registration order. A pool without local workers takes its task list
+/// from here, since no local worker's handshake brings one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Catalog {
+    /// Task names; a task's number is its index.
+    pub names: Vec<String>,
+    /// Each task's signature, `Input -> Output`.
+    pub signatures: Vec<String>,
+}
+
+static REGISTERED: std::sync::OnceLock<Catalog> = std::sync::OnceLock::new();
+
+/// Records this process's task list (the first call wins); called by
+/// `procpool::init` in the master.
+#[doc(hidden)]
+pub fn register_catalog(catalog: Catalog) {
+    let _ = REGISTERED.set(catalog);
+}
+
+/// The task list `procpool::init` recorded in this process, if it was
+/// called (in the master).
+pub fn registered_catalog() -> Option<&'static Catalog> {
+    REGISTERED.get()
+}

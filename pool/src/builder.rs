@@ -68,6 +68,8 @@ pub struct PoolBuilder {
     handle_ctrlc: bool,
     single_process: bool,
     listen: Option<(SocketAddr, Key)>,
+    advertise: Option<String>,
+    launcher: Option<crate::Srun>,
     heartbeat_timeout: Option<Duration>,
     local_heartbeat: bool,
 }
@@ -76,8 +78,14 @@ impl PoolBuilder {
     /// Refuses settings that cannot work rather than quietly changing them.
     fn validate(&self) -> Result<(), Error> {
         let refuse = |setting, reason| Err(Error::InvalidSetting { setting, reason });
-        if self.workers == Some(0) {
-            return refuse("workers", "a pool needs at least one worker");
+        if self.workers == Some(0) && self.listen.is_none() && self.launcher.is_none() {
+            return refuse(
+                "workers",
+                "a pool needs at least one worker, unless it listens for remote ones",
+            );
+        }
+        if let Some((_, key)) = &self.listen {
+            procpool_ipc::remote::check_key(&key.0)?;
         }
         if self.chunk_size == Some(0) {
             return refuse("chunk_size", "a chunk holds at least one item");
@@ -100,8 +108,15 @@ impl PoolBuilder {
         Ok(())
     }
 
-    /// Number of worker processes. Default: the number of CPUs
+    /// Number of local worker processes. Default: the number of CPUs
     /// (`std::thread::available_parallelism`).
+    ///
+    /// `workers(0)` with [`listen`](Self::listen) makes a pool of remote
+    /// workers only: `build` returns once the pool listens, its task list
+    /// is the registry this program gave `procpool::init` (remote workers
+    /// must serve the same tasks, in the same order), and
+    /// [`Pool::wait_for_workers`] is the gate before submitting work (work
+    /// submitted earlier waits for the first worker to join).
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = Some(n);
         self
@@ -331,10 +346,51 @@ impl PoolBuilder {
     /// registry must hold the same tasks as the local workers'. Default: no
     /// listening.
     ///
-    /// The key is the only protection: use a long random one, and a network
-    /// you trust (the connection is authenticated, not encrypted).
+    /// The key is the only protection: use a long random one (at least 16
+    /// bytes, or [`build`](Self::build) fails with [`Error::KeyTooShort`];
+    /// `procpool::random_key()` makes one, as does
+    /// `head -c 32 /dev/urandom | base64`), and a network you trust (the
+    /// connection is authenticated, not encrypted).
+    ///
+    /// Anyone who reaches the port can connect, but not hurt the pool:
+    /// handshakes are capped (16 at once, each done within 10 s, the
+    /// connections beyond closed at once), read into fixed buffers, and a
+    /// failing `accept` (descriptors exhausted) is retried with a back-off.
     pub fn listen(mut self, addr: SocketAddr, key: impl Into<Vec<u8>>) -> Self {
         self.listen = Some((addr, Key(key.into().into())));
+        self
+    }
+
+    /// The host remote workers are told to connect to, as
+    /// [`Pool::advertised_addr`] reports it: a host name, an IP address, or
+    /// the name of a network interface (`eth0`, `ib0`), which stands for
+    /// its address. `build` fails with [`Error::Advertise`] when it is none
+    /// of these (a name that does not resolve: a Slurm node name such as
+    /// `$SLURMD_NODENAME` is often not a host name). Default: for a pool
+    /// listening on all interfaces (`0.0.0.0`), this machine's host name
+    /// (`gethostname`), or its first non-loopback address when that name
+    /// does not resolve; for a pool listening on one address, that address.
+    ///
+    /// The listener binds only what [`listen`](Self::listen) names: all
+    /// interfaces only when asked for with `0.0.0.0` (or `::`).
+    pub fn advertise(mut self, host: impl Into<String>) -> Self {
+        self.advertise = Some(host.into());
+        self
+    }
+
+    /// Starts remote workers through a cluster manager: with
+    /// [`Srun`](crate::Srun), one Slurm job step of workers running this
+    /// program (or the [`worker_program`](Self::worker_program)), whose
+    /// `procpool::init` makes them join. Unless [`listen`](Self::listen)
+    /// says otherwise, the pool listens on all interfaces on a free port
+    /// with a fresh random key (32 bytes), and local
+    /// [`workers`](Self::workers) default to 0. The address and key reach
+    /// the workers in their environment, never on a command line.
+    /// [`Pool::wait_for_workers`] tells when they have joined. Dropping the
+    /// pool ends the step (after the grace period, `srun` is killed).
+    /// Default: none.
+    pub fn launcher(mut self, launcher: crate::Srun) -> Self {
+        self.launcher = Some(launcher);
         self
     }
 
@@ -380,8 +436,17 @@ impl PoolBuilder {
 
     /// Starts the workers and waits for each to complete its handshake.
     ///
+    /// In one-program mode (rank 0 of `srun -n N prog` or `mpirun -np N
+    /// prog` with `PROCPOOL_ONE_PROGRAM` set to a shared directory, see
+    /// `procpool::init`), a pool with neither [`listen`](Self::listen) nor
+    /// a [`launcher`](Self::launcher) listens on all interfaces with a
+    /// fresh key, has no local workers unless asked, and leaves its address
+    /// for the other ranks, which join it: wait for them with
+    /// [`Pool::wait_for_workers`]`(N - 1, ..)`.
+    ///
     /// # Errors
-    /// [`Error::InvalidSetting`] for a setting that cannot work (no
+    /// [`Error::KeyTooShort`] for a [`listen`](Self::listen) key under
+    /// 16 bytes; [`Error::InvalidSetting`] for a setting that cannot work (no
     /// workers, chunks of 0 items, a window of 0, `max_tasks_per_worker(0)`,
     /// a frame limit under 64 bytes, a heartbeat timeout under 10 ms);
     /// [`Error::NotInitialized`] when called from a worker whose `main`
@@ -420,9 +485,30 @@ impl PoolBuilder {
                 Some((name, arg))
             }
         };
-        let workers = self
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, Into::into));
+        // One-program mode (rank 0 of `srun -n N` with PROCPOOL_ONE_PROGRAM):
+        // the other ranks are the workers, and find us through a file.
+        let one_program = procpool_ipc::one_program::detect()
+            .filter(|me| me.is_master() && self.listen.is_none() && self.launcher.is_none());
+        let listen = match (self.listen, &self.launcher) {
+            (None, _) if one_program.is_some() || self.launcher.is_some() => {
+                let key = procpool_ipc::remote::random_key().map_err(|e| Error::Listen {
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    source: Arc::new(e),
+                })?;
+                Some((
+                    SocketAddr::from(([0, 0, 0, 0], 0)),
+                    Key(key.into_bytes().into()),
+                ))
+            }
+            (listen, _) => listen,
+        };
+        let workers = self.workers.unwrap_or_else(|| {
+            if self.launcher.is_some() || one_program.is_some() {
+                0
+            } else {
+                std::thread::available_parallelism().map_or(1, Into::into)
+            }
+        });
         let config = Config {
             workers,
             program,
@@ -439,13 +525,21 @@ impl PoolBuilder {
             max_tasks_per_worker: self.max_tasks_per_worker,
             initializer,
             replace_workers: !self.single_process,
-            listen: self.listen,
+            listen,
+            advertise: self.advertise,
             heartbeat_timeout: self
                 .heartbeat_timeout
                 .unwrap_or(procpool_ipc::remote::DEFAULT_HEARTBEAT_TIMEOUT),
             local_heartbeat: self.local_heartbeat,
         };
-        Pool::start(config)
+        let mut pool = Pool::start(config)?;
+        if let Some(launcher) = self.launcher {
+            pool.launch(&launcher)?;
+        }
+        if let Some(me) = one_program {
+            pool.publish(&me.file)?;
+        }
+        Ok(pool)
     }
 }
 

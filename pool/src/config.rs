@@ -33,6 +33,8 @@ pub(crate) struct Config {
     pub(crate) replace_workers: bool,
     /// Where to listen for remote workers, and their key.
     pub(crate) listen: Option<(SocketAddr, Key)>,
+    /// The host workers are told to connect to (see `PoolBuilder::advertise`).
+    pub(crate) advertise: Option<String>,
     /// A remote worker silent this long is lost.
     pub(crate) heartbeat_timeout: Duration,
     /// Local workers heartbeat too.

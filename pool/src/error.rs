@@ -108,6 +108,17 @@ pub enum Error {
         #[source]
         source: Arc<io::Error>,
     },
+    /// The pool cannot tell remote workers where to connect: the host given
+    /// to `PoolBuilder::advertise` (or, by default, this machine's name) is
+    /// neither an interface nor a name that resolves.
+    #[error("cannot advertise the pool's address {host:?}")]
+    Advertise {
+        /// The host asked for (`None`: the default).
+        host: Option<String>,
+        /// What went wrong.
+        #[source]
+        source: Arc<io::Error>,
+    },
     /// The task ran longer than the pool's `task_timeout`; its worker was
     /// killed and replaced.
     #[error("task exceeded its {timeout:?} timeout; worker {worker_id} (pid {pid}) was killed")]
@@ -145,6 +156,11 @@ pub enum Error {
         #[source]
         source: TaskError,
     },
+    /// The key given to [`PoolBuilder::listen`](crate::PoolBuilder::listen)
+    /// is shorter than `procpool_ipc::remote::MIN_KEY_LEN` (16) bytes;
+    /// nothing was started. `procpool::random_key()` makes a good one.
+    #[error(transparent)]
+    KeyTooShort(#[from] procpool_ipc::remote::KeyTooShort),
     /// A builder setting that cannot work; nothing was started.
     #[error("invalid pool setting {setting}: {reason}")]
     InvalidSetting {

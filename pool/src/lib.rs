@@ -21,7 +21,8 @@
 //! - `supervisor.rs`: a worker's life and the pool's stops; `blame.rs`:
 //!   the pure decision of what a dead worker's chunks become.
 //! - `worker.rs`: one worker process (spawn, reader, waiter, kill);
-//!   `remote.rs`: the TCP listener for remote workers.
+//!   `remote.rs`: the TCP listener for remote workers; `launcher.rs`:
+//!   remote workers started through Slurm (`Srun`).
 //! - `future.rs`: `AsyncResult` as a future (`TaskFuture`); `wake.rs`
 //!   (a leaf): the wakers the finishing threads wake, so every wait also
 //!   has a runtime-agnostic async form.
@@ -43,6 +44,7 @@ mod error;
 mod future;
 mod interrupt;
 mod joinable;
+mod launcher;
 mod map_async;
 mod msg;
 mod pool;
@@ -59,6 +61,7 @@ pub use builder::{PoolBuilder, sibling_exe};
 pub use error::{Error, Oversized, StartupFailure};
 pub use future::TaskFuture;
 pub use interrupt::{EXIT_INTERRUPTED, install_ctrlc_handler, interrupted};
+pub use launcher::Srun;
 pub use map_async::MapResult;
 pub use pool::{AsyncResult, Pool, Stats};
 pub use process::{ChildProcess, Process, active_children, cpu_count};

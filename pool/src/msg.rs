@@ -59,17 +59,12 @@ pub(crate) enum Msg {
 
 /// The tasks the workers serve: names (the index is the task number) and
 /// each one's `Task::signature`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Catalog {
-    pub(crate) names: Vec<String>,
-    pub(crate) signatures: Vec<String>,
-}
+pub(crate) use procpool_ipc::task::Catalog;
 
-impl Catalog {
-    pub(crate) fn of(hello: &Hello) -> Self {
-        Self {
-            names: hello.tasks.clone(),
-            signatures: hello.signatures.clone(),
-        }
+/// The task list a worker announces in its handshake.
+pub(crate) fn catalog_of(hello: &Hello) -> Catalog {
+    Catalog {
+        names: hello.tasks.clone(),
+        signatures: hello.signatures.clone(),
     }
 }

@@ -56,6 +56,11 @@ pub struct Pool {
     stopped: Receiver<()>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
     listen_addr: Option<SocketAddr>,
+    advertised_addr: Option<String>,
+    launched: Option<crate::launcher::Launched>,
+    /// One-program mode: the rendezvous file this pool wrote, removed
+    /// when it stops.
+    published: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for Pool {
@@ -125,6 +130,27 @@ impl Pool {
             None => None,
         };
         let listen_addr = listener.as_ref().map(Listener::addr);
+        let advertised_addr =
+            match listen_addr {
+                None => None,
+                Some(bound) => {
+                    let advertise = config.advertise.as_deref();
+                    let host = procpool_ipc::remote::advertised_host(bound.ip(), advertise)
+                        .map_err(|e| Error::Advertise {
+                            host: advertise.map(str::to_owned),
+                            source: Arc::new(e),
+                        });
+                    match host {
+                        Ok(host) => Some(format!("{host}:{}", bound.port())),
+                        Err(e) => {
+                            if let Some(l) = &listener {
+                                l.stop();
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+            };
         let supervisor = Supervisor::new(
             Arc::clone(&config),
             Arc::clone(&shared),
@@ -155,6 +181,9 @@ impl Pool {
                     stopped,
                     supervisor: Mutex::new(Some(handle)),
                     listen_addr,
+                    advertised_addr,
+                    launched: None,
+                    published: None,
                 })
             }
             Ok(Err(e)) => {
@@ -177,6 +206,45 @@ impl Pool {
     /// [`PoolBuilder::listen`]); with port 0 asked for, the port chosen.
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen_addr
+    }
+
+    /// One-program mode: leaves this pool's address and key in `file` for
+    /// the other ranks.
+    pub(crate) fn publish(&mut self, file: &std::path::Path) -> Result<(), Error> {
+        let (Some(addr), Some((bound, key))) = (&self.advertised_addr, &self.config.listen) else {
+            return Ok(());
+        };
+        procpool_ipc::one_program::publish(file, addr, &key.0).map_err(|e| Error::Listen {
+            addr: *bound,
+            source: Arc::new(e),
+        })?;
+        self.published = Some(file.to_owned());
+        Ok(())
+    }
+
+    /// Starts remote workers through `launcher`, told to join this pool.
+    pub(crate) fn launch(&mut self, launcher: &crate::Srun) -> Result<(), Error> {
+        let (Some(addr), Some((_, key))) = (&self.advertised_addr, &self.config.listen) else {
+            return Ok(());
+        };
+        let launched = launcher.launch(
+            &self.config.program,
+            &self.config.args,
+            &self.config.envs,
+            addr,
+            &key.0,
+        )?;
+        self.launched = Some(launched);
+        Ok(())
+    }
+
+    /// Where remote workers should connect, as `host:port`, when the pool
+    /// listens: the host [`PoolBuilder::advertise`] chose (by default this
+    /// machine's name for a pool on all interfaces), and the port bound.
+    /// Hand it to the workers with the key (an environment variable or a
+    /// file in a shared directory), never on a command line.
+    pub fn advertised_addr(&self) -> Option<&str> {
+        self.advertised_addr.as_deref()
     }
 
     /// Waits until at least `n` workers (local and remote) have completed
@@ -297,7 +365,7 @@ impl Pool {
         let len = items.len();
         let chunk = self.config.chunk_size.unwrap_or_else(|| {
             // Remote workers that have joined count too.
-            let per = self.config.workers.max(self.shared.ready_workers()) * 4;
+            let per = self.config.workers.max(self.shared.ready_workers()).max(1) * 4;
             len.div_ceil(per).max(1)
         });
         let stream = Imap::new(
@@ -381,7 +449,8 @@ impl Pool {
             Some(n) => Chunking::Fixed(n),
             None => Chunking::Adaptive {
                 current: 1,
-                max: (window / (2 * self.config.workers * (self.config.prefetch.unwrap_or(2) + 1)))
+                max: (window
+                    / (2 * self.config.workers.max(1) * (self.config.prefetch.unwrap_or(2) + 1)))
                     .max(1),
             },
         };
@@ -510,6 +579,9 @@ impl Pool {
         self.shared.terminate();
         let _ = self.tx.send(Msg::Terminate);
         self.wait_stopped();
+        if let Some(launched) = &self.launched {
+            launched.end(Duration::ZERO);
+        }
     }
 
     fn wait_stopped(&self) {
@@ -528,6 +600,13 @@ impl Drop for Pool {
         let _ = self.tx.send(Msg::Shutdown);
         // Still registered while stopping: a Ctrl-C now cuts the grace period short.
         self.wait_stopped();
+        if let Some(launched) = &self.launched {
+            // Its workers were told to exit: the step ends with them.
+            launched.end(self.config.grace_period);
+        }
+        if let Some(file) = &self.published {
+            let _ = std::fs::remove_file(file);
+        }
         crate::interrupt::unregister(&self.shared);
     }
 }

@@ -232,7 +232,7 @@ where
         let max_chunks = match chunking {
             Chunking::Fixed(_) => usize::MAX,
             Chunking::Adaptive { .. } => {
-                2 * pool.config.workers * (pool.config.prefetch.unwrap_or(2) + 1)
+                2 * pool.config.workers.max(1) * (pool.config.prefetch.unwrap_or(2) + 1)
             }
         };
         Self {

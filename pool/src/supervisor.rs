@@ -39,7 +39,7 @@ use crate::Error;
 use crate::blame::{Facts, Fate, blame};
 use crate::config::Config;
 use crate::dispatch::{Ended, Lane};
-use crate::msg::{Catalog, Msg};
+use crate::msg::{Catalog, Msg, catalog_of};
 use crate::remote::Listener;
 use crate::shared::Shared;
 use crate::work::Chunk;
@@ -113,6 +113,9 @@ impl Supervisor {
                 self.startup_failed(e);
                 break;
             }
+        }
+        if self.config.workers == 0 {
+            self.start_remote_only();
         }
         loop {
             let msg = match self.next_deadline() {
@@ -281,10 +284,10 @@ impl Supervisor {
     fn on_hello(&mut self, slot: usize, key: u64, hello: Hello) {
         let mismatch = match &self.tasks {
             None => {
-                self.tasks = Some(Catalog::of(&hello));
+                self.tasks = Some(catalog_of(&hello));
                 false
             }
-            Some(tasks) => *tasks != Catalog::of(&hello),
+            Some(tasks) => *tasks != catalog_of(&hello),
         };
         let initializer = match self.config.initializer.as_ref().map(|(name, _)| *name) {
             None => None,
@@ -543,6 +546,25 @@ impl Supervisor {
         }
         for chunk in failed {
             self.shared.finish(chunk, Err(culprit.clone()));
+        }
+    }
+
+    /// A pool of remote workers only is ready once it listens: its task
+    /// list is the registry `procpool::init` recorded, which every worker
+    /// that joins must match (`Pool::wait_for_workers` is the gate).
+    fn start_remote_only(&mut self) {
+        match procpool_ipc::task::registered_catalog() {
+            Some(catalog) => {
+                self.tasks = Some(catalog.clone());
+                self.phase = Phase::Running;
+                if let Some(ready) = self.ready_tx.take() {
+                    let _ = ready.send(Ok(catalog.clone()));
+                }
+            }
+            None => self.startup_failed(Error::InvalidSetting {
+                setting: "workers",
+                reason: "a pool without local workers takes its task list from the registry given to procpool::init, which this program did not call",
+            }),
         }
     }
 

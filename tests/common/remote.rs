@@ -2,7 +2,6 @@
 //! environment variable that makes its `main` call
 //! `procpool::run_remote_worker` instead of running tests.
 
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,9 +20,20 @@ impl Drop for Remote {
 impl Remote {
     /// Starts this test binary with `env` set to `"<addr> <key>"`; its
     /// stderr is kept for [`wait_exit`](Self::wait_exit).
-    pub fn start(env: &str, addr: SocketAddr, key: &str) -> anyhow::Result<Remote> {
+    pub fn start(env: &str, addr: impl std::fmt::Display, key: &str) -> anyhow::Result<Remote> {
+        Self::start_with(env, addr, key, &[])
+    }
+
+    /// [`start`](Self::start) with more environment variables.
+    pub fn start_with(
+        env: &str,
+        addr: impl std::fmt::Display,
+        key: &str,
+        vars: &[(&str, &str)],
+    ) -> anyhow::Result<Remote> {
         let child = Command::new(std::env::current_exe()?)
             .env(env, format!("{addr} {key}"))
+            .envs(vars.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

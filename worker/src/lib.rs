@@ -23,4 +23,4 @@ mod registry;
 mod runtime;
 
 pub use registry::Registry;
-pub use runtime::{HEARTBEAT_TIMEOUT_ENV, init, run_remote_worker, run_worker};
+pub use runtime::{HEARTBEAT_TIMEOUT_ENV, JOIN_TIMEOUT_ENV, init, run_remote_worker, run_worker};

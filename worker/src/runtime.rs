@@ -57,13 +57,41 @@ enum ServeError {
 /// Call it before the program starts other threads: it edits the
 /// environment.
 ///
+/// In one-program mode (`PROCPOOL_ONE_PROGRAM` set to a shared directory,
+/// and a rank from Slurm or MPI), every rank but 0 becomes a remote worker
+/// of rank 0, whose address it finds in that directory; rank 0 returns
+/// and builds the pool (see `procpool::PoolBuilder::build`).
+///
+/// In a process a launcher started (`procpool::Srun`, which sets
+/// `PROCPOOL_LAUNCH_ADDR` and `PROCPOOL_LAUNCH_KEY`), it serves as a
+/// remote worker of that master, as [`run_remote_worker`] does.
+///
 /// A worker exits when the master sends shutdown or closes the connection
 /// (the master died); it ignores the terminal's Ctrl-C, leaving that to the
 /// master.
 pub fn init(registry: Registry) {
+    // One-program mode: every rank but 0 joins rank 0.
+    if let Some(me) = procpool_ipc::one_program::detect().filter(|me| !me.is_master()) {
+        let deadline = Instant::now() + join_timeout();
+        match procpool_ipc::one_program::rendezvous(&me.file, deadline) {
+            Ok((addr, key)) => run_remote_worker(addr.as_str(), &key, registry),
+            Err(e) => fail(&ServeError::Remote(e)),
+        }
+    }
+    // Started by a launcher (`procpool::Srun`): a remote worker.
+    match procpool_ipc::remote::take_launch_env() {
+        Some(Ok((addr, key))) => run_remote_worker(addr.as_str(), &key, registry),
+        Some(Err(e)) => fail(&ServeError::Remote(e)),
+        None => {}
+    }
     if let Some(connection) = endpoint::connect_worker() {
         serve_and_exit(registry, connection.map_err(ServeError::Endpoint));
     }
+    // The master: a pool without local workers takes its task list from here.
+    procpool_ipc::task::register_catalog(procpool_ipc::task::Catalog {
+        names: registry.names().iter().map(|s| (*s).to_owned()).collect(),
+        signatures: registry.signatures().to_vec(),
+    });
 }
 
 /// Serves tasks and exits: the `main` of a dedicated worker program.
@@ -124,20 +152,36 @@ fn max_payload_len() -> u64 {
 /// Unlike a local worker it keeps the terminal's Ctrl-C: it belongs to
 /// whatever launched it (ssh, a batch system), not to the master.
 ///
+/// A worker may start before its master listens: it tries again, with a
+/// growing pause, for up to 60 s (or [`JOIN_TIMEOUT_ENV`] milliseconds),
+/// and gives up at once on a refused or too short key (under 16 bytes).
+///
 /// Exits with status 70 and a message on stderr when it cannot connect or
 /// authenticate.
 pub fn run_remote_worker(addr: impl ToSocketAddrs, key: &[u8], registry: Registry) -> ! {
-    let connection = procpool_ipc::remote::connect_to_master(addr, key)
-        .and_then(|(stream, master_timeout)| {
-            let timeout = heartbeat_timeout().unwrap_or(master_timeout);
-            procpool_ipc::remote::set_liveness(&stream, timeout)?;
-            Ok((stream.try_clone()?, stream, timeout))
-        })
-        .map_err(ServeError::Remote);
+    let connection =
+        procpool_ipc::remote::connect_to_master_by(addr, key, Instant::now() + join_timeout())
+            .and_then(|(stream, master_timeout)| {
+                let timeout = heartbeat_timeout().unwrap_or(master_timeout);
+                procpool_ipc::remote::set_liveness(&stream, timeout)?;
+                Ok((stream.try_clone()?, stream, timeout))
+            })
+            .map_err(ServeError::Remote);
     match connection.and_then(|(r, w, timeout)| serve(&registry, r, w, Some(timeout))) {
         Ok(()) => process::exit(0),
         Err(e) => fail(&e),
     }
+}
+
+/// How long a remote worker tries to join: [`JOIN_TIMEOUT_ENV`], or 60 s.
+fn join_timeout() -> Duration {
+    std::env::var(JOIN_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(
+            procpool_ipc::remote::DEFAULT_JOIN_TIMEOUT,
+            Duration::from_millis,
+        )
 }
 
 /// A remote worker's own heartbeat timeout, if [`HEARTBEAT_TIMEOUT_ENV`]
@@ -151,6 +195,10 @@ fn heartbeat_timeout() -> Option<Duration> {
 }
 
 pub use procpool_ipc::endpoint::HEARTBEAT_TIMEOUT_ENV;
+
+/// How long, in milliseconds, [`run_remote_worker`] keeps trying to join
+/// its master (default 60 000).
+pub const JOIN_TIMEOUT_ENV: &str = "PROCPOOL_JOIN_TIMEOUT_MS";
 
 /// How long a worker that is done waits for its last frames to reach the
 /// kernel before it exits anyway.

@@ -44,6 +44,11 @@
 //! - `exit_code(status) -> Option<i32>`: Python's `exitcode` of a status:
 //!   the exit code, or minus the ending signal (Windows: `0x10000` reads
 //!   as -15).
+//! - `hostname() -> io::Result<String>`: this machine's name (Unix:
+//!   `gethostname`; Windows: `COMPUTERNAME`).
+//! - `interface_addrs() -> io::Result<Vec<(String, IpAddr)>>`: each network
+//!   interface's name and IPv4/IPv6 addresses (Unix: `getifaddrs`);
+//!   `Unsupported` on Windows.
 
 use std::fmt;
 use std::io;
@@ -125,8 +130,8 @@ mod windows;
 use windows as imp;
 
 pub(crate) use imp::{
-    ExitWatch, connect, endpoint_is_ours, exit_code, ignore_interrupts, process_alive, spawn,
-    terminate, try_send_tcp,
+    ExitWatch, connect, endpoint_is_ours, exit_code, hostname, ignore_interrupts, interface_addrs,
+    process_alive, spawn, terminate, try_send_tcp,
 };
 pub use imp::{ReadHalf, WriteHalf};
 
@@ -135,3 +140,14 @@ pub(crate) use imp::test_pair;
 
 #[cfg(test)]
 mod tests;
+
+/// Writes `contents` to a new file at `path` that only this user can read
+/// (Unix: mode 0600; Windows: the default ACL).
+pub(crate) fn write_private(path: &std::path::Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents)
+}

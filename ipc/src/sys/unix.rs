@@ -286,3 +286,51 @@ pub(crate) fn exit_code(status: std::process::ExitStatus) -> Option<i32> {
     use std::os::unix::process::ExitStatusExt;
     status.code().or_else(|| status.signal().map(|s| -s))
 }
+
+pub(crate) fn hostname() -> io::Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes, the most
+    // `gethostname` writes.
+    cvt(unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) })?;
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8(buf[..len].to_vec())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "the host name is not UTF-8"))
+}
+
+pub(crate) fn interface_addrs() -> io::Result<Vec<(String, std::net::IpAddr)>> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `head` is a valid place for `getifaddrs` to store the list.
+    cvt(unsafe { libc::getifaddrs(&mut head) })?;
+    let mut found = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list `getifaddrs` returned, which
+        // stays allocated until `freeifaddrs` below.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() && !ifa.ifa_name.is_null() {
+            // SAFETY: `ifa_name` is a NUL-terminated string of the list.
+            let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+                .to_string_lossy()
+                .into_owned();
+            // SAFETY: `ifa_addr` is non-null and points to a socket address
+            // of the list; its family field says which type it is.
+            let family = libc::c_int::from(unsafe { (*ifa.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: an `AF_INET` address is a `sockaddr_in`.
+                let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                found.push((name, IpAddr::V4(ip)));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: an `AF_INET6` address is a `sockaddr_in6`.
+                let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+                found.push((name, IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from `getifaddrs` and is freed once; nothing
+    // borrowed from the list outlives this (the names were copied).
+    unsafe { libc::freeifaddrs(head) };
+    Ok(found)
+}

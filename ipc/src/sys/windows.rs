@@ -512,6 +512,20 @@ pub(crate) fn exit_code(status: std::process::ExitStatus) -> Option<i32> {
         .map(|c| if c as u32 == TERMINATE_CODE { -15 } else { c })
 }
 
+/// The computer's name, as Windows sets it in the environment.
+pub(crate) fn hostname() -> io::Result<String> {
+    std::env::var("COMPUTERNAME")
+        .map_err(|_| io::Error::new(io::ErrorKind::NotFound, "COMPUTERNAME is not set"))
+}
+
+/// Not implemented on Windows: give a host name or an address instead.
+pub(crate) fn interface_addrs() -> io::Result<Vec<(String, std::net::IpAddr)>> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "interface names are not supported on Windows",
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,7 @@ fn config(workers: usize, prefetch: Option<usize>, limit: Option<u64>) -> Config
         initializer: None,
         replace_workers: true,
         listen: None,
+        advertise: None,
         heartbeat_timeout: Duration::from_secs(5),
         local_heartbeat: false,
     }
