@@ -397,10 +397,21 @@ fn map_async_gives_every_output_in_order() -> anyhow::Result<()> {
     );
     ensure!(pending.ready());
     ensure!(pending.wait()? == want);
-    for chunk in [0, 1, 7, 1000] {
+    for chunk in [1, 7, 1000] {
         ensure!(pool.map_async_chunked(SQUARE, 0..100, chunk)?.wait()? == want);
         ensure!(pool.map_chunked(SQUARE, 0..100, chunk)? == want);
     }
+    let err = pool.map_chunked(SQUARE, 0..100, 0).unwrap_err();
+    ensure!(
+        matches!(
+            err,
+            Error::InvalidSetting {
+                setting: "chunk_size",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     ensure!(
         pool.map_async(SQUARE, Vec::<u64>::new())?
             .wait()?

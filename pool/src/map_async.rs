@@ -194,10 +194,11 @@ impl Pool {
     }
 
     /// [`map_async`](Self::map_async) with `chunk_size` items per chunk
-    /// for this call (Python's `chunksize` argument); 0 counts as 1.
+    /// for this call (Python's `chunksize` argument).
     ///
     /// # Errors
-    /// As [`map_async`](Self::map_async).
+    /// As [`map_async`](Self::map_async); [`Error::InvalidSetting`] for a
+    /// `chunk_size` of 0.
     pub fn map_async_chunked<I, O, It>(
         &self,
         task: Task<I, O>,
@@ -210,11 +211,17 @@ impl Pool {
         It: IntoIterator,
         It::Item: Borrow<I>,
     {
-        self.start_map(task, items, Some(chunk_size.max(1)))
+        if chunk_size == 0 {
+            return Err(Error::InvalidSetting {
+                setting: "chunk_size",
+                reason: "a chunk holds at least one item",
+            });
+        }
+        self.start_map(task, items, Some(chunk_size))
     }
 
     /// [`map`](Self::map) with `chunk_size` items per chunk for this call
-    /// (Python's `chunksize` argument); 0 counts as 1.
+    /// (Python's `chunksize` argument).
     ///
     /// # Errors
     /// As [`map`](Self::map).
