@@ -23,7 +23,7 @@
 //! # Protocol
 //!
 //! `Message::Hub` frames whose id names no queue are offered to
-//! [`serve`]; ops and statuses below extend the queue table in `wire.rs`
+//! `serve`; ops and statuses below extend the queue table in `wire.rs`
 //! (whose `CANCEL`, `OK`, `FULL`, `CANCELLED`, `NO_QUEUE` and
 //! `BAD_REQUEST` they share).
 //!
