@@ -1186,6 +1186,14 @@ fn start_remote(addr: &str, key: &str) -> std::io::Result<Child> {
             REMOTE_HEARTBEAT_ENV,
             (2 * HEARTBEAT).as_millis().to_string(),
         )
+        // Remote workers retry joining until a deadline (for a master not
+        // up yet); ours start once their pool listens, so a short one lets
+        // a child started as its pool goes away give up within the time
+        // `check_remotes_gone` allows.
+        .env(
+            procpool::JOIN_TIMEOUT_ENV,
+            HEARTBEAT.as_millis().to_string(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         // A child started as its pool goes away cannot join and says so.
