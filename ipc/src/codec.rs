@@ -86,6 +86,7 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Resul
 /// # Errors
 /// [`IpcError::PayloadTooLarge`] when the encoding is longer than `limit`;
 /// [`IpcError::Encode`] as [`encode_into`].
+#[inline]
 pub fn encode_into_limited<T: Serialize + ?Sized>(
     value: &T,
     buf: &mut Vec<u8>,
@@ -100,17 +101,30 @@ pub fn encode_into_limited<T: Serialize + ?Sized>(
         Ok(()) => Ok(()),
         Err(e) => {
             buf.truncate(start);
-            if !matches!(e, bincode::error::EncodeError::Other(OVER_LIMIT)) {
-                return Err(IpcError::Encode(e));
-            }
-            let mut size = bincode::enc::write::SizeWriter::default();
-            bincode::serde::encode_into_writer(value, &mut size, config::<{ usize::MAX }>())
-                .map_err(IpcError::Encode)?;
-            Err(IpcError::PayloadTooLarge {
-                len: size.bytes_written as u64,
-                max: limit,
-            })
+            Err(refused(value, e, limit))
         }
+    }
+}
+
+/// The error for a value [`encode_into_limited`] gave up on: out of line,
+/// so that the encoding path inlines into its callers (`map` over tiny
+/// items encodes millions a second).
+#[cold]
+fn refused<T: Serialize + ?Sized>(
+    value: &T,
+    e: bincode::error::EncodeError,
+    limit: u64,
+) -> IpcError {
+    if !matches!(e, bincode::error::EncodeError::Other(OVER_LIMIT)) {
+        return IpcError::Encode(e);
+    }
+    let mut size = bincode::enc::write::SizeWriter::default();
+    match bincode::serde::encode_into_writer(value, &mut size, config::<{ usize::MAX }>()) {
+        Ok(()) => IpcError::PayloadTooLarge {
+            len: size.bytes_written as u64,
+            max: limit,
+        },
+        Err(e) => IpcError::Encode(e),
     }
 }
 

@@ -10,12 +10,20 @@ use procpool_ipc::task::Payload;
 use procpool_ipc::{IpcError, Task, TaskError, codec};
 
 /// Runs `count` encoded inputs from `payload`, appending each one's encoded
-/// `Result<Output, TaskError>` to `out` and then calling `done(out)` (which
-/// may report and clear what `out` holds). An output whose encoding passes
+/// `Result<Output, TaskError>` to `out`. An output whose encoding passes
 /// the payload limit (the third argument) is replaced by
 /// [`TaskError::OutputTooLarge`], without being encoded whole.
-pub(crate) type Runner =
-    Box<dyn Fn(&[u8], u32, u64, &mut Vec<u8>, &mut dyn FnMut(&mut Vec<u8>)) + Send + Sync>;
+///
+/// Calls `done(out, items, latest)` (which may report and drain what `out`
+/// holds) after the last item, after any item that takes `out` past the
+/// payload limit (plus [`ENCODING_SLACK`]), and otherwise once as many
+/// items as its previous call returned have finished: `items` is how many
+/// finished since the previous call, `latest` where the latest one's result
+/// starts in `out`.
+pub(crate) type Runner = Box<dyn Fn(&[u8], u32, u64, &mut Vec<u8>, &mut Done<'_>) + Send + Sync>;
+
+/// The runner's report callback: see [`Runner`].
+pub(crate) type Done<'a> = dyn FnMut(&mut Vec<u8>, u32, usize) -> u32 + 'a;
 
 /// The tasks a worker serves, each under its [`Task`] name.
 ///
@@ -127,7 +135,12 @@ where
         let limit = max_payload.saturating_add(ENCODING_SLACK);
         let mut rest = payload;
         let mut bad_input: Option<String> = None;
+        // Items finished since `done` was last called, and how many it
+        // lets pass before the next call.
+        let (mut pending, mut next) = (0u32, 1u32);
+        let mut latest = out.len();
         for _ in 0..count {
+            latest = out.len();
             let result = match &bad_input {
                 Some(message) => Err(TaskError::DecodeInput {
                     message: message.clone(),
@@ -158,7 +171,14 @@ where
                 let failed: Result<O, TaskError> = Err(error);
                 codec::encode_into(&failed, out).expect("a TaskError always encodes");
             }
-            done(out);
+            pending += 1;
+            if pending >= next || out.len() as u64 > limit {
+                next = done(out, pending, latest).max(1);
+                pending = 0;
+            }
+        }
+        if pending > 0 {
+            done(out, pending, latest);
         }
     })
 }
@@ -247,7 +267,7 @@ mod tests {
             inputs.len() as u32,
             1 << 20,
             &mut out,
-            &mut |_| {},
+            &mut |_, _, _| u32::MAX,
         );
         out
     }
@@ -315,7 +335,7 @@ mod tests {
     fn undecodable_input_fails_every_item_of_the_chunk() {
         let reg = Registry::new().task(PARSE, |s: String| s.len() as u8);
         let mut out = Vec::new();
-        reg.runner(0).unwrap()(&[0xFF, 0xFF], 2, 1 << 20, &mut out, &mut |_| {});
+        reg.runner(0).unwrap()(&[0xFF, 0xFF], 2, 1 << 20, &mut out, &mut |_, _, _| u32::MAX);
         let got = results::<u8>(&out, 2);
         assert!(
             got.iter()

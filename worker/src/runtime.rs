@@ -290,15 +290,16 @@ where
                     limit: max_payload.saturating_add(ENCODING_SLACK),
                     finished: 0,
                     unreported: 0,
-                    reported_len: 0,
                     last: started,
-                    stride: 1,
-                    until_check: 1,
                     error: None,
                 };
-                runner(payload, count, max_payload, &mut out, &mut |out| {
-                    reporter.item_done(out);
-                });
+                runner(
+                    payload,
+                    count,
+                    max_payload,
+                    &mut out,
+                    &mut |out, items, latest| reporter.items_done(out, items, latest),
+                );
                 if let Some(e) = reporter.error {
                     return Err(e.into());
                 }
@@ -335,14 +336,7 @@ struct Reporter<'a> {
     finished: u32,
     /// Items finished whose results are in `out`, not yet reported.
     unreported: u32,
-    /// Bytes in `out` before the latest result.
-    reported_len: usize,
     last: Instant,
-    /// Items between clock reads: 1 while items take a while, more for
-    /// tiny ones (see [`TINY_ITEM`]).
-    stride: u32,
-    /// Items left before the next clock read.
-    until_check: u32,
     error: Option<IpcError>,
 }
 
@@ -353,42 +347,39 @@ const TINY_ITEM: Duration = Duration::from_micros(10);
 const TINY_STRIDE: u32 = 64;
 
 impl Reporter<'_> {
-    /// One more item's result is in `out`. Inlined into the runner's
-    /// callback: for tiny items this runs a million times a second, and all
-    /// but one call in [`TINY_STRIDE`] only count.
-    #[inline]
-    fn item_done(&mut self, out: &mut Vec<u8>) {
-        self.finished += 1;
-        self.unreported += 1;
+    /// `items` more results are in `out`, the latest from byte `latest`;
+    /// returns how many more items the runner may finish before it calls
+    /// again (it calls sooner when `out` passes the limit). Counting
+    /// between calls is the runner's: for tiny items this is called once
+    /// per [`TINY_STRIDE`] of them, not once each.
+    fn items_done(&mut self, out: &mut Vec<u8>, items: u32, latest: usize) -> u32 {
+        self.finished += items;
+        self.unreported += items;
         if out.len() as u64 > self.limit && self.unreported > 1 && self.error.is_none() {
-            self.report_before_latest(out);
+            self.report_before(out, latest);
         }
-        self.reported_len = out.len();
         // The last item goes with the `DONE`.
-        if self.finished == self.count || self.error.is_some() {
-            return;
+        if self.finished >= self.count || self.error.is_some() {
+            return u32::MAX;
         }
-        self.until_check -= 1;
-        if self.until_check == 0 {
-            self.check_clock(out);
-        }
+        self.check_clock(out)
     }
 
-    /// The results before the latest one go first, in a frame of their own.
+    /// The results before byte `latest` (all but the latest) go first, in
+    /// a frame of their own.
     #[cold]
-    fn report_before_latest(&mut self, out: &mut Vec<u8>) {
-        let before = self.reported_len;
+    fn report_before(&mut self, out: &mut Vec<u8>, latest: usize) {
         let sent = report(
             self.link,
             Kind::Part,
             self.id,
             self.unreported - 1,
             nanos(self.last.elapsed()),
-            &out[..before],
+            &out[..latest],
         );
         match sent {
             Ok(()) => {
-                out.drain(..before);
+                out.drain(..latest);
                 self.unreported = 1;
             }
             Err(e) => self.error = Some(e),
@@ -396,21 +387,20 @@ impl Reporter<'_> {
     }
 
     /// Reads the clock: reports what is in `out` if [`REPORT_EVERY`] has
-    /// passed since the last report, and sets the stride.
-    fn check_clock(&mut self, out: &mut Vec<u8>) {
+    /// passed since the last report. Returns the items until the next
+    /// look: 1 while items take a while, [`TINY_STRIDE`] for tiny ones.
+    fn check_clock(&mut self, out: &mut Vec<u8>) -> u32 {
         let now = Instant::now();
         let since = now - self.last;
+        // The pace of the items since the last report sets the stride.
+        let stride = if since < TINY_ITEM * self.unreported {
+            TINY_STRIDE
+        } else {
+            1
+        };
         if since < REPORT_EVERY {
-            // The pace of the items since the last report sets the stride.
-            self.stride = if since < TINY_ITEM * self.unreported {
-                TINY_STRIDE
-            } else {
-                1
-            };
-            self.until_check = self.stride;
-            return;
+            return stride;
         }
-        self.until_check = self.stride;
         let sent = report(
             self.link,
             Kind::Part,
@@ -423,12 +413,12 @@ impl Reporter<'_> {
         match sent {
             Ok(()) => {
                 out.clear();
-                self.reported_len = 0;
                 self.unreported = 0;
                 self.last = now;
             }
             Err(e) => self.error = Some(e),
         }
+        stride
     }
 }
 
