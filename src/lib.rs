@@ -158,6 +158,7 @@ pub use procpool_ipc::queue::{
     QueueError, QueueIter, SimpleQueue,
 };
 pub use procpool_ipc::remote::{KeyTooShort, MIN_KEY_LEN, random_key};
+pub use procpool_ipc::shared_map::{MapError, MapInteger, SharedMap};
 pub use procpool_ipc::sync_prims::{
     Barrier, BarrierError, Condition, ConditionGuard, Event, Lock, LockError, LockGuard, RLock,
     RLockGuard, ReleaseError, Semaphore, SemaphoreGuard,
