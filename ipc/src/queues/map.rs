@@ -287,6 +287,12 @@ impl<K, V> SharedMap<K, V> {
         }
     }
 
+    /// The map's id in its hub (for tests and logs).
+    #[doc(hidden)]
+    pub fn id(&self) -> u64 {
+        self.place.id()
+    }
+
     /// One operation: the answer's value and payload.
     fn call(&self, code: u8, arg: u64, payload: &Request) -> Result<(u64, Vec<u8>), MapError> {
         let (st, value, out) = match &self.place {
@@ -561,9 +567,10 @@ impl<'de, K, V> Deserialize<'de> for SharedMap<K, V> {
     }
 }
 
-/// How many maps this process's hub holds. For tests: a map is freed once
-/// every handle to it, in every process, is gone.
+/// Whether this process's hub holds the map `id` (see
+/// [`SharedMap::id`]). For tests: a map is freed once every handle to
+/// it, in every process, is gone.
 #[doc(hidden)]
-pub fn held_maps() -> usize {
-    store::count()
+pub fn hub_holds(id: u64) -> bool {
+    Store::lookup(id).is_some()
 }

@@ -287,12 +287,3 @@ pub(crate) fn disconnect(link_id: u64) {
         held.disconnect(link_id);
     }
 }
-
-/// How many maps this process holds (for tests: a map whose handles are
-/// all gone is freed).
-pub(crate) fn count() -> usize {
-    lock(&REGISTRY)
-        .values()
-        .filter(|w| w.strong_count() > 0)
-        .count()
-}
