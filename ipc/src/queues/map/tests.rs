@@ -141,3 +141,64 @@ fn enc<T: Serialize>(value: &T) -> Vec<u8> {
     codec::encode_into(value, &mut buf).unwrap();
     buf
 }
+
+/// A writer into a buffer the test reads back.
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        crate::sync::lock(&self.0).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn an_answer_too_large_for_the_link_is_refused_not_dropped() {
+    use crate::frame::FrameReader;
+    use crate::link::{Blocking, Dirty, Link};
+    use crate::proto::Message;
+
+    let m = SharedMap::<u8, String>::new();
+    m.insert(&1, &"x".repeat(10_000)).unwrap();
+    m.insert(&2, &"small".to_owned()).unwrap();
+    let bytes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let max = 4096;
+    let link = Link::new(Blocking(Capture(Arc::clone(&bytes))), max).unwrap();
+    let ask = |req: u64, code: u8, arg: u64, payload: &[u8]| {
+        let msg = Message::Hub {
+            req,
+            op: code,
+            queue: m.id(),
+            arg,
+            payload,
+        };
+        let mut dirty = Dirty::default();
+        hub::serve(&link, &msg, &mut dirty);
+    };
+    let key = |k: u8| Request::new().part(&k).unwrap().0;
+    ask(1, op::GET, 0, &key(1));
+    ask(2, op::SNAPSHOT, 3, &[]);
+    ask(3, op::GET, 0, &key(2));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    assert!(link.drain(Some(deadline)).unwrap(), "not drained");
+    let bytes = std::mem::take(&mut *crate::sync::lock(&bytes));
+    let mut reader = FrameReader::new(&bytes[..], max);
+    let mut frame = Vec::new();
+    let mut got = Vec::new();
+    while reader.read_frame(&mut frame).unwrap() {
+        if let Message::Reply {
+            req, status, value, ..
+        } = Message::decode(&frame).unwrap()
+        {
+            got.push((req, status, value));
+        }
+    }
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[0].1, status::TOO_LARGE);
+    assert!(got[0].2 > 10_000, "{got:?}");
+    assert_eq!(got[1].1, status::TOO_LARGE);
+    assert_eq!((got[2].0, got[2].1, got[2].2), (3, qstatus::OK, 1));
+}
