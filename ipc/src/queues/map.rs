@@ -20,7 +20,7 @@
 //! | `LEN` / `CLEAR` | — | — | `value` = entries (before the clear) |
 //! | `SNAPSHOT` | 1: keys, 2: values, 3: both | — | `value` = entries; the parts, key before value |
 //! | `INSERT_IF_ABSENT` | — | key, value | `value` 0 (inserted), or 1 and the current value |
-//! | `COMPARE_AND_SWAP` | bit 0: current given, bit 1: new given | key, [current], [new] | `value` 1 (swapped), 0 (absent, no swap), 2 and the actual value (no swap) |
+//! | `COMPARE_AND_SWAP` | bit 0: current given, bit 1: new given | key, current (if given), new (if given) | `value` 1 (swapped), 0 (absent, no swap), 2 and the actual value (no swap) |
 //! | `FETCH_ADD` | the integer type's tag | key, delta | the previous value (0 if absent); `OVERFLOW`, `BAD_VALUE` |
 //!
 //! A reply too large for the requester's link (a snapshot, or a value
