@@ -120,6 +120,32 @@ impl Condition {
         }
     }
 
+    /// Turns a guard of this condition's lock, taken with
+    /// [`Lock::acquire`], into the condition's guard, to
+    /// [`wait`](ConditionGuard::wait) or notify with it (Python's
+    /// `with lock: cond.wait()`). A guard of another lock comes back as
+    /// the error.
+    ///
+    /// ```
+    /// use procpool::{Condition, Lock};
+    ///
+    /// let lock = Lock::new();
+    /// let c = Condition::with_lock(&lock);
+    /// let g = c.adopt(lock.acquire().unwrap()).unwrap();
+    /// assert_eq!(g.notify_all().unwrap(), 0);
+    /// assert!(c.adopt(Lock::new().acquire().unwrap()).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// The guard, if it holds another lock.
+    pub fn adopt(&self, guard: LockGuard) -> Result<ConditionGuard, LockGuard> {
+        if guard.place.id() == self.place.id() {
+            Ok(ConditionGuard { guard })
+        } else {
+            Err(guard)
+        }
+    }
+
     /// Takes the condition's lock.
     ///
     /// # Errors
