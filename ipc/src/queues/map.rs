@@ -172,7 +172,9 @@ pub enum MapError {
 ///
 /// The keys and values of one request may take at most
 /// [`DEFAULT_MAX_PAYLOAD_LEN`] bytes encoded
-/// ([`MapError::TooLarge`]), so each fits in one frame. A snapshot larger
+/// ([`MapError::TooLarge`]), so each fits in one frame (a pool built with
+/// a smaller `max_payload_len` refuses larger requests from its workers:
+/// [`MapError::Hub`] with the frame error, the map unchanged). A snapshot larger
 /// than a worker's connection carries is refused
 /// ([`MapError::AnswerTooLarge`]); the hub process itself reads any size.
 ///

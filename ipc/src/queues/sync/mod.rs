@@ -1,6 +1,6 @@
 //! Crash-safe synchronization between processes, held by the hub:
 //! [`Lock`], [`RLock`], [`Semaphore`] (and its bounded form), [`Event`],
-//! [`Barrier`] and [`Condition`].
+//! [`Barrier`] and [`Condition`] (with its own lock, or over a [`Lock`]).
 //!
 //! Like a queue, a primitive lives in the process that created it (the
 //! *hub*, normally the master); a handle is `Serialize`, and passed to a
