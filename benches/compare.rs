@@ -35,9 +35,11 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use anyhow::{Context, ensure};
-use procpool::{Pool, Registry, Task};
+use procpool::{Pool, Registry, SharedMap, Task};
 
 const SQUARE: Task<u64, u64> = Task::new("square");
+/// Adds 1 to the map's key 0, `n` times.
+const DICT_COUNT: Task<(SharedMap<u8, u64>, u64), ()> = Task::new("dict_count");
 /// Busy-loops this many iterations (see [`spin`]).
 const SPIN: Task<u64, u64> = Task::new("spin");
 
@@ -56,7 +58,14 @@ fn spin(n: u64) -> u64 {
 fn main() {
     // First: in a procpool worker this serves the tasks and exits.
     procpool::init(channels::register(
-        Registry::new().task(SQUARE, |x| x * x).task(SPIN, spin),
+        Registry::new()
+            .task(SQUARE, |x| x * x)
+            .task(SPIN, spin)
+            .task(DICT_COUNT, |(m, n)| {
+                for _ in 0..n {
+                    m.fetch_add(&0, 1).expect("fetch_add");
+                }
+            }),
     ));
     #[cfg(unix)]
     std::process::exit(harness::main(&cases()));
@@ -153,6 +162,14 @@ fn cases() -> Vec<Case> {
             better: Better::Higher,
             args: |c, _| vec![joinable_items(c).to_string(), "2".into()],
             run: channels::joinable,
+        },
+        Case {
+            key: "dict_counter",
+            label: |_| "shared_dict_counter_2_processes(py:Manager+Lock)".into(),
+            unit: "ops/s",
+            better: Better::Higher,
+            args: |c, _| vec![if c.quick { "2000" } else { "20000" }.into()],
+            run: dict_counter,
         },
         Case {
             key: "map_auto",
@@ -300,6 +317,25 @@ fn map_auto(args: &[String]) -> anyhow::Result<f64> {
     let secs = t.elapsed().as_secs_f64();
     ensure!(out.len() as u64 == n && out.last() == Some(&((n - 1) * (n - 1))));
     Ok(secs)
+}
+
+/// Two workers each `fetch_add` one key `n` times (Python: a
+/// `Manager().dict()` under a `Lock`); increments per second.
+fn dict_counter(args: &[String]) -> anyhow::Result<f64> {
+    let n = arg(args, 0)?;
+    let pool = Pool::new(2)?;
+    pool.apply(SQUARE, 1)?;
+    let m = SharedMap::<u8, u64>::new();
+    let t = Instant::now();
+    pool.map_chunked(DICT_COUNT, [(m.clone(), n), (m.clone(), n)], 1)?;
+    let secs = t.elapsed().as_secs_f64();
+    ensure!(
+        m.get(&0)? == Some(2 * n),
+        "counted {:?} of {}",
+        m.get(&0)?,
+        2 * n
+    );
+    Ok(2.0 * n as f64 / secs)
 }
 
 fn map_chunk1(args: &[String]) -> anyhow::Result<f64> {

@@ -103,6 +103,13 @@
 //! }
 //! ```
 //!
+//! A [`SharedMap`] (Python's `Manager().dict()`) is held and travels the
+//! same way; each of its operations is atomic in the hub, with
+//! `fetch_add`, `insert_if_absent` and `compare_and_swap` for the updates
+//! Python makes under a lock. [`Lock`], [`Condition`], [`Barrier`] and the
+//! other synchronization primitives are held by the hub too, and stay
+//! usable when a process holding or waiting on one dies.
+//!
 //! Queues read like channels: `for item in &queue` takes items until the
 //! queue is closed and drained (each item a `Result`, see [`QueueIter`]),
 //! and [`JoinableQueue::get_guarded`] hands out an item in a [`DoneGuard`]
@@ -158,6 +165,7 @@ pub use procpool_ipc::queue::{
     QueueError, QueueIter, SimpleQueue,
 };
 pub use procpool_ipc::remote::{KeyTooShort, MIN_KEY_LEN, random_key};
+pub use procpool_ipc::shared_map::{MapError, MapInteger, SharedMap};
 pub use procpool_ipc::sync_prims::{
     Barrier, BarrierError, Condition, ConditionGuard, Event, Lock, LockError, LockGuard, RLock,
     RLockGuard, ReleaseError, Semaphore, SemaphoreGuard,

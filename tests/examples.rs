@@ -18,6 +18,7 @@ fn main() {
         joinable,
         pipe,
         locks,
+        shared_map,
         remote,
         one_program_without_the_mode,
         soak,
@@ -117,6 +118,12 @@ fn pipe() -> anyhow::Result<()> {
 fn locks() -> anyhow::Result<()> {
     let out = run("locks", &[], LIMIT)?;
     ensure!(out.contains("300 turns, never two inside at once"), "{out}");
+    Ok(())
+}
+
+fn shared_map() -> anyhow::Result<()> {
+    let out = run("shared_map", &[], LIMIT)?;
+    ensure!(out.contains("as the master counts them"), "{out}");
     Ok(())
 }
 

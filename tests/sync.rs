@@ -37,6 +37,14 @@ const ACQUIRE: Task<(Lock, SimpleQueue<()>), String> = Task::new("acquire");
 const CRITICAL: Task<CriticalArgs, ()> = Task::new("critical");
 /// The lock, the log, this process's id, the rounds.
 type CriticalArgs = (Lock, Queue<(u64, bool)>, u64, u64);
+/// Waits on a condition over the given lock; once woken, says so (0)
+/// and holds the lock until the event is set: "notified" or what
+/// happened, as text.
+const COND_WAIT_ON_LOCK: Task<(Lock, SimpleQueue<u32>, Event), String> =
+    Task::new("cond_wait_on_lock");
+/// Receives the barrier, says so, and holds until killed, never waiting.
+const PARTY_THAT_NEVER_WAITS: Task<(Barrier, SimpleQueue<()>), ()> =
+    Task::new("party_that_never_waits");
 /// Says it waits, then waits for the event; whether it was set.
 const WAIT_EVENT: Task<(Event, SimpleQueue<()>), bool> = Task::new("wait_event");
 
@@ -100,6 +108,27 @@ fn sync_registry() -> procpool::Registry {
                 log.put((id, false)).expect("log");
             }
         })
+        .task(COND_WAIT_ON_LOCK, |(lock, ready, go)| {
+            let c = Condition::with_lock(&lock);
+            let g = c.acquire().expect("acquire");
+            ready.put(std::process::id()).expect("ready");
+            match g.wait_timeout(PATIENCE) {
+                Ok((g, true)) => {
+                    ready.put(0).expect("woken");
+                    let set = go.wait_timeout(PATIENCE).expect("wait for go");
+                    drop(g);
+                    if set { "notified" } else { "no go" }.to_string()
+                }
+                Ok((_, false)) => "timeout".to_string(),
+                Err(e) => format!("{e:?}"),
+            }
+        })
+        .task(PARTY_THAT_NEVER_WAITS, |(_barrier, ready)| {
+            ready.put(()).expect("ready");
+            loop {
+                std::thread::park();
+            }
+        })
         .task(WAIT_EVENT, |(event, ready)| {
             ready.put(()).expect("ready");
             event.wait_timeout(PATIENCE).expect("wait")
@@ -123,6 +152,8 @@ fn main() {
         barrier_releases_parties_in_three_processes,
         killed_party_breaks_the_barrier,
         notified_waiter_that_dies_passes_the_notification_on,
+        condition_over_an_existing_lock_across_processes,
+        party_killed_before_its_first_wait_breaks_the_barrier,
         map_async_gives_every_output_in_order,
         map_async_gives_the_first_error,
     ];
@@ -457,4 +488,56 @@ fn notified_waiter_that_dies_passes_the_notification_on() -> anyhow::Result<()> 
         "the other waiter: {got}"
     );
     Ok(())
+}
+
+/// `Condition::with_lock`: a waiter in another process releases the
+/// shared lock while it waits (the master can take it), is woken by the
+/// master's notify, and holds that same lock when its wait returns.
+fn condition_over_an_existing_lock_across_processes() -> anyhow::Result<()> {
+    let lock = Lock::new();
+    let c = Condition::with_lock(&lock);
+    let ready = SimpleQueue::new();
+    let go = Event::new();
+    let waiter =
+        Process::spawn(COND_WAIT_ON_LOCK, (lock.clone(), ready.clone(), go.clone()))?.watched();
+    ready.get()?;
+    // Free only once the waiter waits (it held the lock until then).
+    let guard = c.acquire().map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(guard.notify(1)? == 1, "nobody was waiting");
+    drop(guard);
+    ensure!(ready.get()? == 0, "the waiter's wake-up report");
+    ensure!(
+        lock.try_acquire().is_err_and(|e| e.is_timeout()),
+        "the woken waiter must hold the lock"
+    );
+    go.set()?;
+    let got = waiter.join()?;
+    ensure!(got == "notified", "the waiter: {got}");
+    drop(
+        lock.acquire_timeout(PATIENCE)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    Ok(())
+}
+
+/// A process that received the barrier and is killed before it ever
+/// waits breaks it: the other process and the master get `Broken` instead
+/// of waiting for it (before, the dead party was unknown to the barrier
+/// and both waited until their timeouts).
+fn party_killed_before_its_first_wait_breaks_the_barrier() -> anyhow::Result<()> {
+    let b = Barrier::new(3);
+    let ready = SimpleQueue::new();
+    let waiter = Process::spawn(AT_BARRIER, b.clone())?.watched();
+    let victim = Process::spawn(PARTY_THAT_NEVER_WAITS, (b.clone(), ready.clone()))?.watched();
+    ready.get()?;
+    victim.kill();
+    let got = waiter.join()?;
+    ensure!(
+        matches!(&got, Err(e) if e == "Broken"),
+        "the other process: {got:?}"
+    );
+    match b.wait_timeout(PATIENCE) {
+        Err(BarrierError::Broken) => Ok(()),
+        other => bail!("the master: {other:?}"),
+    }
 }

@@ -176,6 +176,29 @@ def cmd_joinable(n, consumers):
     return n / secs
 
 
+def dict_count(d, lock, n):
+    for _ in range(n):
+        with lock:
+            d["k"] = d.get("k", 0) + 1
+
+
+def cmd_dict_counter(n):
+    """Two processes each add 1 to one key of a Manager().dict() n times,
+    under a Lock (the read-modify-write Python needs one for); from both
+    started to both joined. Increments per second."""
+    n = int(n)
+    with ctx().Manager() as m:
+        d = m.dict()
+        lock = ctx().Lock()
+        t = time.perf_counter()
+        workers = [start(dict_count, d, lock, n) for _ in range(2)]
+        for w in workers:
+            joined(w)
+        secs = time.perf_counter() - t
+        assert d["k"] == 2 * n, f"counted {d['k']} of {2 * n}"
+    return 2 * n / secs
+
+
 def cmd_map_auto(n):
     n = int(n)
     with ctx().Pool(2) as pool:

@@ -22,6 +22,8 @@
 //! [`pipe`] (the public types), the [`hub`] (the queues a master holds and
 //! serves), the worker-side client (proxies), and `queues/wire.rs`, the
 //! queue protocol in one place (every operation, its fields and answers).
+//! Beside the queues, the hub holds [`sync_prims`] (locks, events,
+//! barriers, conditions) and [`shared_map`] (`SharedMap`).
 //!
 //! # Example
 //!
@@ -62,5 +64,5 @@ pub use error::{IpcError, TaskError};
 pub use queues::client::{dispatch as dispatch_to_proxies, install as install_hub_client};
 #[doc(hidden)]
 pub use queues::hub;
-pub use queues::{pipe, queue, sync as sync_prims};
+pub use queues::{map as shared_map, pipe, queue, sync as sync_prims};
 pub use task::Task;

@@ -876,6 +876,7 @@ pub fn serve(link: &Arc<Link>, msg: &Message<'_>, dirty: &mut Dirty) {
     match Core::lookup(queue) {
         Some(core) => core.serve(link, req, code, arg, payload, dirty),
         None if super::sync::serve(link, req, code, queue, arg, dirty) => {}
+        None if super::map::serve(link, req, code, queue, arg, payload, dirty) => {}
         None if req != 0 => reply(link, req, status::NO_QUEUE, 0, dirty),
         None => {
             // A one-way put to a queue that is gone: nobody could ever get
@@ -905,6 +906,7 @@ pub fn disconnect(link_id: u64, pid: Option<u32>) {
         core.disconnect(link_id, pid, &mut dirty);
     }
     super::sync::disconnect(link_id, &mut dirty);
+    super::map::disconnect(link_id);
 }
 
 mod lifetime;

@@ -11,13 +11,16 @@
 //!   subscriptions;
 //! - `wire`: the queue protocol, what every operation and status means;
 //! - [`sync`]: `Lock`, `Semaphore`, `Event`: crash-safe synchronization
-//!   held by the hub like a queue (its ops extend `wire`'s table).
+//!   held by the hub like a queue (its ops extend `wire`'s table);
+//! - [`map`]: `SharedMap`, a key-value map held by the hub, each
+//!   operation atomic (its ops extend the table too).
 //!
 //! Transport (frames, links, endpoints) lives beside this tree and knows
 //! nothing of queues.
 
 pub(crate) mod client;
 pub mod hub;
+pub mod map;
 pub mod pipe;
 pub mod queue;
 pub mod sync;

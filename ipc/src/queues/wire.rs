@@ -36,6 +36,9 @@
 //! a `HOLD` came after every handle was gone). A
 //! `Deliver` with `closed` set says the queue is closed and drained.
 //!
+//! Synchronization primitives (`sync/mod.rs`, ops and statuses from 32)
+//! and maps (`map.rs`, from 48) extend this table.
+//!
 //! [`Message::Hub`]: crate::proto::Message::Hub
 //! [`Message::Reply`]: crate::proto::Message::Reply
 //! [`Message::Deliver`]: crate::proto::Message::Deliver

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{Kind, Party, Place, Prim, State, Waiter, op, reply, status, wait_for};
@@ -36,12 +37,19 @@ pub enum BarrierError {
 /// `multiprocessing.Barrier`): [`wait`](Self::wait) returns once `parties`
 /// waits have arrived, and the barrier is ready for the next round.
 ///
-/// Crash-safe: a process that has waited on the barrier is one of its
-/// parties, and if it ends (dies, is killed, or exits) the barrier breaks:
-/// every waiter, and every later wait, gets [`BarrierError::Broken`] until
-/// [`reset`](Self::reset). (A process that dies before its first wait is
-/// not known to the barrier yet: give waits a timeout if that can
-/// happen.)
+/// Crash-safe: every process that received a handle (deserialised it:
+/// a task's or a [`Process`]'s input, an initializer's value, an item
+/// from a queue) or waited on the barrier is one of its *parties*, and if
+/// it ends (dies, is killed, or exits) the barrier breaks: every waiter,
+/// and every later wait, gets [`BarrierError::Broken`] until
+/// [`reset`](Self::reset). So a party that dies before its first wait
+/// breaks the barrier at once rather than leaving the others waiting for
+/// it. The hub's own process is not counted (it cannot end alone), and a
+/// process that is done with the barrier and ends also breaks it: give a
+/// handle only to processes that will wait, or [`reset`](Self::reset)
+/// the barrier after such an exit.
+///
+/// [`Process`]: https://docs.rs/procpool/latest/procpool/struct.Process.html
 ///
 /// ```
 /// use procpool::Barrier;
@@ -159,6 +167,14 @@ impl<'de> Deserialize<'de> for Barrier {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (id, parties) = <(u64, u64)>::deserialize(d)?;
         let place = Place::from_id::<D>(id)?;
+        if let Place::Remote { id, client } = &place {
+            // A party from now on: in the kernel before the handle is
+            // usable, so the hub learns of it even if this process dies
+            // at once.
+            client
+                .oneway_sent(op::REGISTER, *id, 0)
+                .map_err(D::Error::custom)?;
+        }
         Ok(Barrier { place, parties })
     }
 }
@@ -269,6 +285,9 @@ impl Prim {
                 reply(link, req, qstatus::OK, 0, dirty);
             }
             op::IS_BROKEN => reply(link, req, qstatus::OK, u64::from(state.broken), dirty),
+            op::REGISTER => {
+                state.members.insert(Party::Link(link.id()));
+            }
             _ => return false,
         }
         true

@@ -9,7 +9,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::lock::acquire;
 use super::{
-    Kind, LockError, LockGuard, Party, Place, Prim, State, Waiter, op, reply, status, wait_for,
+    Kind, Lock, LockError, LockGuard, Party, Place, Prim, State, Waiter, op, reply, status,
+    wait_for,
 };
 use crate::error::QueueError;
 use crate::link::{Dirty, Link};
@@ -17,11 +18,13 @@ use crate::queues::wire::{Wait, status as qstatus};
 use crate::sync::wait_until;
 
 /// A condition variable shared between processes (Python's
-/// `multiprocessing.Condition`, with its own lock): a holder of the lock
-/// may [`wait`](ConditionGuard::wait), which releases the lock until a
-/// [`notify`](ConditionGuard::notify), then takes it again.
+/// `multiprocessing.Condition`): a holder of the lock may
+/// [`wait`](ConditionGuard::wait), which releases the lock until a
+/// [`notify`](ConditionGuard::notify), then takes it again. The lock is
+/// the condition's own ([`new`](Self::new)) or an existing [`Lock`]
+/// ([`with_lock`](Self::with_lock), Python's `Condition(lock)`).
 ///
-/// Crash-safe: the lock is a [`Lock`](super::Lock)'s (a dead holder hands
+/// Crash-safe: the lock is a [`Lock`]'s (a dead holder hands
 /// it on with [`LockError::OwnerDied`]), and a notified waiter that dies
 /// before it has the lock back passes its notification to the next
 /// waiter, so a notification is never lost with a dead process.
@@ -86,6 +89,60 @@ impl Condition {
     pub fn new() -> Self {
         Condition {
             place: Place::new(Kind::Condition, 1),
+        }
+    }
+
+    /// A condition over an existing lock (Python's `Condition(lock)`):
+    /// [`acquire`](Self::acquire) takes that lock, a waiter releases it
+    /// and takes it back, and a holder that dies hands it on with
+    /// [`LockError::OwnerDied`] as the lock does. Conditions made with the
+    /// same lock share one wait set, as in Python; the lock works as
+    /// before for code that only takes it. Works on any handle of the
+    /// lock, in the hub process or a worker.
+    ///
+    /// ```
+    /// use procpool::{Condition, Lock};
+    /// use std::time::Duration;
+    ///
+    /// let lock = Lock::new();
+    /// let c = Condition::with_lock(&lock);
+    /// let guard = c.acquire().unwrap();
+    /// assert!(lock.try_acquire().unwrap_err().is_timeout()); // one lock
+    /// let (guard, notified) = guard.wait_timeout(Duration::from_millis(1)).unwrap();
+    /// assert!(!notified);
+    /// assert!(lock.try_acquire().unwrap_err().is_timeout()); // held again
+    /// drop(guard);
+    /// drop(lock.try_acquire().unwrap());
+    /// ```
+    pub fn with_lock(lock: &Lock) -> Self {
+        Condition {
+            place: lock.place.clone(),
+        }
+    }
+
+    /// Turns a guard of this condition's lock, taken with
+    /// [`Lock::acquire`], into the condition's guard, to
+    /// [`wait`](ConditionGuard::wait) or notify with it (Python's
+    /// `with lock: cond.wait()`). A guard of another lock comes back as
+    /// the error.
+    ///
+    /// ```
+    /// use procpool::{Condition, Lock};
+    ///
+    /// let lock = Lock::new();
+    /// let c = Condition::with_lock(&lock);
+    /// let g = c.adopt(lock.acquire().unwrap()).unwrap();
+    /// assert_eq!(g.notify_all().unwrap(), 0);
+    /// assert!(c.adopt(Lock::new().acquire().unwrap()).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// The guard, if it holds another lock.
+    pub fn adopt(&self, guard: LockGuard) -> Result<ConditionGuard, LockGuard> {
+        if guard.place.id() == self.place.id() {
+            Ok(ConditionGuard { guard })
+        } else {
+            Err(guard)
         }
     }
 

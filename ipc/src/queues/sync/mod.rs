@@ -1,6 +1,6 @@
 //! Crash-safe synchronization between processes, held by the hub:
 //! [`Lock`], [`RLock`], [`Semaphore`] (and its bounded form), [`Event`],
-//! [`Barrier`] and [`Condition`].
+//! [`Barrier`] and [`Condition`] (with its own lock, or over a [`Lock`]).
 //!
 //! Like a queue, a primitive lives in the process that created it (the
 //! *hub*, normally the master); a handle is `Serialize`, and passed to a
@@ -39,6 +39,7 @@
 //! | `IS_BROKEN` | id | — | `OK` with `value` 1 if broken |
 //! | `COND_WAIT` | id | — | releases the lock and parks; `OK` or `OWNER_DIED` once the lock is held again, `value` 1 if notified, 0 if cancelled; `NOT_HELD` |
 //! | `NOTIFY` | id | most waiters to wake | `OK` with `value` = woken |
+//! | `REGISTER` | 0 | — | none; the connection is a barrier's party (its end breaks the barrier) |
 //! | `CANCEL` (queue op) | 0 | the parked request's id | `CANCELLED` to it, if still parked |
 
 mod barrier;
@@ -84,6 +85,7 @@ mod op {
     pub(super) const IS_BROKEN: u8 = 41;
     pub(super) const COND_WAIT: u8 = 42;
     pub(super) const NOTIFY: u8 = 43;
+    pub(super) const REGISTER: u8 = 44;
 }
 
 /// Status codes (beside the queue statuses of `wire.rs`).
@@ -223,6 +225,15 @@ enum Kind {
     Condition,
 }
 
+impl Kind {
+    /// Whether conditions may wait on it: a condition's own lock, or a
+    /// [`Lock`] shared with [`Condition::with_lock`] (a lock is one
+    /// bounded permit; its wait set stays empty unless a condition uses it).
+    fn has_wait_set(self) -> bool {
+        matches!(self, Kind::Condition | Kind::Permits { bound: Some(1) })
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// Free permits, or the event's flag (0 or 1).
@@ -343,7 +354,7 @@ impl Prim {
                         .returning
                         .remove(&condition::Key::Remote(link.id(), req))
                         .map_or(1, u64::from);
-                    if value == 1 && matches!(self.kind, Kind::Condition) {
+                    if value == 1 && self.kind.has_wait_set() {
                         state.notified_holders.insert(link.id());
                     }
                     reply(&link, req, code, value, dirty);
@@ -465,7 +476,7 @@ impl Prim {
             }
             return;
         }
-        if matches!(self.kind, Kind::Condition) {
+        if self.kind.has_wait_set() {
             let done = if code == qop::CANCEL {
                 // One back in the lock's queue must take the lock: no cancel.
                 self.cancel_cond_wait(&mut state, link.id(), arg, dirty)
@@ -535,7 +546,7 @@ impl Prim {
             self.barrier_disconnect(&mut state, link_id, dirty);
             return;
         }
-        if matches!(self.kind, Kind::Condition) {
+        if self.kind.has_wait_set() {
             self.condition_disconnect(&mut state, link_id, dirty);
         }
         state.waiters.retain(|w| w.party() != Party::Link(link_id));

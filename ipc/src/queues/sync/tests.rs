@@ -145,3 +145,50 @@ fn condition_wait_releases_the_lock_and_notify_wakes() {
     let (_g, notified) = g.wait_timeout(Duration::from_millis(1)).unwrap();
     assert!(!notified);
 }
+
+#[test]
+fn condition_over_a_lock_shares_it_with_the_lock_s_holders() {
+    let lock = Lock::new();
+    let c = Condition::with_lock(&lock);
+    let theirs = c.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let g = theirs.acquire().unwrap();
+        tx.send(()).unwrap();
+        let (g, notified) = g.wait_timeout(Duration::from_secs(30)).unwrap();
+        (notified, g)
+    });
+    rx.recv().unwrap();
+    // Free once the waiter waits; taking the lock itself blocks a notify
+    // from nobody, so go through the condition.
+    let g = c.acquire().unwrap();
+    assert!(lock.try_acquire().unwrap_err().is_timeout());
+    assert_eq!(g.notify_all().unwrap(), 1);
+    drop(g);
+    let (notified, g) = t.join().unwrap();
+    assert!(notified);
+    assert!(
+        lock.try_acquire().unwrap_err().is_timeout(),
+        "the waiter holds it"
+    );
+    drop(g);
+    drop(lock.try_acquire().unwrap());
+}
+
+#[test]
+fn a_condition_reports_its_lock_s_dead_holder() {
+    let lock = Lock::new();
+    let c = Condition::with_lock(&lock);
+    let Place::Local(prim) = &lock.place else {
+        unreachable!()
+    };
+    {
+        let mut state = prim.lock();
+        assert_eq!(prim.take(&mut state, Party::Link(8)), Some(false));
+    }
+    assert!(c.try_acquire().unwrap_err().is_timeout());
+    disconnect(8, &mut Dirty::default());
+    let g = c.try_acquire().unwrap_err().recover().unwrap();
+    assert!(lock.try_acquire().unwrap_err().is_timeout());
+    drop(g);
+}
