@@ -163,8 +163,10 @@ fn hkdf(salt: &[u8], input: &[u8], info: &[u8]) -> [u8; 32] {
     hmac(&prk, &[info, &[1]]).into()
 }
 
-/// The Noise pre-shared key made from the pool's key (of any length).
-fn psk(key: &[u8]) -> [u8; 32] {
+/// The Noise pre-shared key made from the pool's key (of any length);
+/// public for the fuzz targets, which play the other side.
+#[doc(hidden)]
+pub fn psk(key: &[u8]) -> [u8; 32] {
     hkdf(b"procpool remote link", key, b"noise psk v1")
 }
 
