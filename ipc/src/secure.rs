@@ -137,6 +137,7 @@ impl Session {
                 sealed: Vec::new(),
                 plain: Vec::new(),
                 pos: 0,
+                failed: None,
             },
             SecureWriter {
                 stream: write,
@@ -430,6 +431,9 @@ pub struct SecureReader {
     /// The last record's bytes, of which `pos` were read.
     plain: Vec<u8>,
     pos: usize,
+    /// A record that failed after bytes before it were handed out: the
+    /// next read's error.
+    failed: Option<io::Error>,
 }
 
 impl std::fmt::Debug for SecureReader {
@@ -476,16 +480,47 @@ impl SecureReader {
     }
 }
 
+impl SecureReader {
+    /// Whether a whole record is buffered (opening it will not block).
+    fn record_buffered(&self) -> bool {
+        match self.stream.buffer() {
+            [hi, lo, rest @ ..] => rest.len() >= usize::from(u16::from_be_bytes([*hi, *lo])),
+            _ => false,
+        }
+    }
+
+    /// Copies what is left of the last record into `buf`; how much.
+    fn copy_out(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.plain.len() - self.pos);
+        buf[..n].copy_from_slice(&self.plain[self.pos..self.pos + n]);
+        self.pos += n;
+        n
+    }
+}
+
 impl Read for SecureReader {
+    /// Blocks for one record if none is open; then also opens every whole
+    /// record already buffered, as far as `buf` has room, so a frame
+    /// reader sees a burst of small records as one read (and handles it
+    /// before flushing its answers, as over a plain socket).
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         while self.pos == self.plain.len() {
             if buf.is_empty() || !self.next_record()? {
                 return Ok(0);
             }
         }
-        let n = buf.len().min(self.plain.len() - self.pos);
-        buf[..n].copy_from_slice(&self.plain[self.pos..self.pos + n]);
-        self.pos += n;
+        let mut n = self.copy_out(buf);
+        while n < buf.len() && self.pos == self.plain.len() && self.record_buffered() {
+            if let Err(e) = self.next_record() {
+                // The bytes before it are good: the error comes next.
+                self.failed = Some(e);
+                break;
+            }
+            n += self.copy_out(&mut buf[n..]);
+        }
         Ok(n)
     }
 }

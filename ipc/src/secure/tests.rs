@@ -261,10 +261,18 @@ fn a_link_over_an_encrypted_sink_never_blocks_and_drains() {
     use crate::proto::Message;
 
     let (ms, m, ws, w) = sessions();
+    // Small socket buffers, so a few hundred KiB fill them (and the test
+    // stays quick in a debug build, where encryption is slow).
+    socket2::SockRef::from(&w)
+        .set_send_buffer_size(64 << 10)
+        .unwrap();
+    socket2::SockRef::from(&m)
+        .set_recv_buffer_size(64 << 10)
+        .unwrap();
     let (mr, _mw) = ms.split(clone(&m), clone(&m));
     let (_wr, ww) = ws.split(clone(&w), clone(&w));
     let link = Link::new(ww, DEFAULT_MAX_FRAME_LEN).unwrap();
-    let big = vec![7u8; 3 << 20];
+    let big = vec![7u8; 512 << 10];
     let sizes: Vec<usize> = (0..40)
         .map(|i| if i % 10 == 9 { big.len() } else { i * 37 })
         .collect();
