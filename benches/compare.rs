@@ -55,9 +55,8 @@ fn spin(n: u64) -> u64 {
     x
 }
 
-fn main() {
-    // First: in a procpool worker this serves the tasks and exits.
-    procpool::init(channels::register(
+fn registry() -> Registry {
+    channels::register(
         Registry::new()
             .task(SQUARE, |x| x * x)
             .task(SPIN, spin)
@@ -66,7 +65,17 @@ fn main() {
                     m.fetch_add(&0, 1).expect("fetch_add");
                 }
             }),
-    ));
+    )
+}
+
+fn main() {
+    // A remote worker of the remote queue case joins its pool and serves.
+    if let Ok(spec) = std::env::var(channels::REMOTE_ENV) {
+        let (addr, key) = spec.split_once(' ').unwrap_or((&spec, ""));
+        procpool::run_remote_worker(addr, key.as_bytes(), registry());
+    }
+    // First: in a procpool worker this serves the tasks and exits.
+    procpool::init(registry());
     #[cfg(unix)]
     std::process::exit(harness::main(&cases()));
     #[cfg(not(unix))]
@@ -130,6 +139,22 @@ fn cases() -> Vec<Case> {
             better: Better::Higher,
             args: |c, _| queue_args(c, 512),
             run: channels::queue,
+        },
+        Case {
+            key: "remote_queue_512B",
+            label: |_| "remote_queue_512B_tcp_1_producer_1_consumer".into(),
+            unit: "ops/s",
+            better: Better::Higher,
+            args: |c, side| {
+                // Python's manager queue is a round trip per operation.
+                let n = if side == Side::Python {
+                    20_000
+                } else {
+                    200_000
+                };
+                vec![(if c.quick { n / 10 } else { n }).to_string(), "512".into()]
+            },
+            run: channels::remote_queue,
         },
         Case {
             key: "queue_64KiB",

@@ -119,8 +119,10 @@
 //!
 //! A pool built with [`PoolBuilder::listen`] also takes workers that join
 //! over TCP: a program on any machine calls [`run_remote_worker`] with the
-//! pool's address and key. Both sides prove they know the key; the
-//! connection is authenticated, not encrypted.
+//! pool's address and key. Both sides prove they know the key, and the
+//! connection is encrypted with forward secrecy (Noise `NNpsk0`, see
+//! `procpool_ipc::remote`); a worker of another protocol version is
+//! refused, naming both versions.
 //!
 //! Workers connect to [`Pool::advertised_addr`]: this machine's host name
 //! for a pool listening on all interfaces, the bound address otherwise, or

@@ -1,11 +1,16 @@
 //! Remote workers joining a pool over TCP with its key: they take tasks,
 //! a wrong key is refused on both sides, and a remote worker that dies
-//! fails only its own task and is not replaced.
+//! fails only its own task and is not replaced. The link is encrypted: a
+//! relay between worker and master sees no plaintext, a byte it flips
+//! ends the link, and a worker of another protocol version is refused.
 
 mod common;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
@@ -35,6 +40,9 @@ fn main() {
         a_worker_whose_master_never_listens_gives_up,
         the_advertised_address_is_the_host_name_or_what_was_asked,
         remote_death_fails_its_task_and_is_not_replaced,
+        the_wire_carries_no_plaintext_and_remote_queues_work,
+        a_flipped_byte_ends_the_link_and_loses_only_its_task,
+        a_version_mismatch_is_refused_clearly_on_both_sides,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -291,5 +299,164 @@ fn remote_death_fails_its_task_and_is_not_replaced() -> anyhow::Result<()> {
         pool.stats()
     );
     pool.terminate();
+    Ok(())
+}
+
+/// A TCP relay between one remote worker and the master: records every
+/// byte both ways, and flips one byte of the master's next bytes once
+/// armed.
+struct Relay {
+    addr: SocketAddr,
+    wire: Arc<Mutex<Vec<u8>>>,
+    flip: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn start(master: SocketAddr) -> anyhow::Result<Relay> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let wire = Arc::new(Mutex::new(Vec::new()));
+        let flip = Arc::new(AtomicBool::new(false));
+        let (w, f) = (Arc::clone(&wire), Arc::clone(&flip));
+        std::thread::spawn(move || {
+            let Ok((worker, _)) = listener.accept() else {
+                return;
+            };
+            let Ok(master) = TcpStream::connect(master) else {
+                return;
+            };
+            let pipe = |from: &TcpStream, to: &TcpStream, flip: Option<Arc<AtomicBool>>| {
+                let (mut from, mut to) = (from.try_clone().unwrap(), to.try_clone().unwrap());
+                let wire = Arc::clone(&w);
+                from.set_read_timeout(Some(LIMIT)).unwrap();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        wire.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if flip
+                            .as_ref()
+                            .is_some_and(|f| f.swap(false, Ordering::SeqCst))
+                        {
+                            buf[n - 1] ^= 0x20;
+                        }
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(Shutdown::Both);
+                    let _ = from.shutdown(Shutdown::Both);
+                });
+            };
+            pipe(&worker, &master, None);
+            pipe(&master, &worker, Some(f));
+        });
+        Ok(Relay { addr, wire, flip })
+    }
+}
+
+fn the_wire_carries_no_plaintext_and_remote_queues_work() -> anyhow::Result<()> {
+    let (pool, addr) = listening_pool(0)?;
+    let relay = Relay::start(addr)?;
+    let remote = start_remote(relay.addr, KEY)?;
+    ensure!(
+        pool.wait_for_workers(1, Duration::from_secs(30)),
+        "remote worker did not join"
+    );
+    let secret = b"procpool-distinctive-payload-7f3a9c";
+    let input = serde_bytes::ByteBuf::from(secret.repeat(100));
+    ensure!(pool.apply(LEN, input)? == 3500);
+    // A queue handed to the remote worker works there, through the hub.
+    let q = procpool::Queue::<u32>::new();
+    ensure!(pool.apply(ANNOUNCE_SLEEP, (q.clone(), 0))? == remote.pid());
+    ensure!(q.get_timeout(Duration::from_secs(10))? == remote.pid());
+    drop(pool);
+    let wire = relay.wire.lock().unwrap().clone();
+    ensure!(wire.len() > 3500, "the relay saw {} bytes", wire.len());
+    ensure!(
+        !wire.windows(secret.len()).any(|w| w == secret),
+        "the payload travelled in clear"
+    );
+    Ok(())
+}
+
+fn a_flipped_byte_ends_the_link_and_loses_only_its_task() -> anyhow::Result<()> {
+    let (pool, addr) = listening_pool(1)?;
+    let relay = Relay::start(addr)?;
+    let mut remote = start_remote(relay.addr, KEY)?;
+    ensure!(
+        pool.wait_for_workers(2, Duration::from_secs(30)),
+        "remote worker did not join"
+    );
+    // One long task per worker; once the remote one has started, the
+    // next bytes from the master (a heartbeat at the latest) are altered.
+    let q = procpool::Queue::<u32>::new();
+    let mut handles = [
+        pool.submit(ANNOUNCE_SLEEP, (q.clone(), 60_000))?,
+        pool.submit(ANNOUNCE_SLEEP, (q.clone(), 60_000))?,
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while q.get_timeout(deadline.saturating_duration_since(Instant::now()))? != remote.pid() {}
+    relay.flip.store(true, Ordering::SeqCst);
+    let lost = loop {
+        let failed =
+            handles
+                .iter_mut()
+                .find_map(|h| match h.wait_timeout(Duration::from_millis(50)) {
+                    Some(Err(e)) => Some(e.clone()),
+                    _ => None,
+                });
+        if let Some(e) = failed {
+            break e;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no task failed when the link was tampered with"
+        );
+    };
+    ensure!(
+        matches!(lost.inner(), Error::RemoteWorkerLost { .. }),
+        "{lost:?}"
+    );
+    // The worker saw the altered record and said so.
+    let (code, err) = wait_exit(&mut remote, Duration::from_secs(10))?;
+    ensure!(code == Some(70), "exit code {code:?}: {err}");
+    ensure!(err.contains("failed authentication"), "stderr: {err}");
+    ensure!(pool.stats().workers_alive == 1, "{:?}", pool.stats());
+    pool.terminate();
+    Ok(())
+}
+
+fn a_version_mismatch_is_refused_clearly_on_both_sides() -> anyhow::Result<()> {
+    let preface = |version: u32| {
+        let mut p = b"procpool".to_vec();
+        p.extend_from_slice(&version.to_le_bytes());
+        p
+    };
+    // A master of another version: the worker says which, and gives up.
+    let fake = TcpListener::bind("127.0.0.1:0")?;
+    let mut worker = start_remote(fake.local_addr()?, KEY)?;
+    let (mut s, _) = fake.accept()?;
+    s.set_read_timeout(Some(LIMIT))?;
+    s.write_all(&preface(999))?;
+    let (code, err) = wait_exit(&mut worker, Duration::from_secs(20))?;
+    ensure!(code == Some(70), "exit code {code:?}: {err}");
+    let ours = procpool_ipc::proto::PROTOCOL_VERSION;
+    ensure!(
+        err.contains(&format!(
+            "the master speaks protocol 999, this worker {ours}"
+        )),
+        "stderr: {err}"
+    );
+    // A worker of another version: the master sends its preface, reads
+    // ours and hangs up, and goes on with its own workers.
+    let (pool, addr) = listening_pool(1)?;
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(LIMIT))?;
+    s.write_all(&preface(ours + 1))?;
+    let mut theirs = Vec::new();
+    s.read_to_end(&mut theirs)?;
+    ensure!(theirs == preface(ours), "the master sent {theirs:?}");
+    ensure!(pool.map(SQUARE, 0..10u64)?.len() == 10);
+    ensure!(pool.stats().workers_alive == 1, "{:?}", pool.stats());
     Ok(())
 }

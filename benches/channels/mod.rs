@@ -103,6 +103,54 @@ fn jq_consume(q: JoinableQueue<Option<u64>>) -> anyhow::Result<u64> {
 
 // ---- the master's side of each case (in the case's child process) ----
 
+/// `"<addr> <key>"`: this binary runs as a remote worker joining that pool.
+pub(crate) const REMOTE_ENV: &str = "PROCPOOL_BENCH_REMOTE";
+
+/// Arguments `n size`: the remote queue case. The pool listens on
+/// loopback TCP with a key and has no local worker; two remote workers
+/// (this binary re-executed) join it, over encrypted links. One puts `n`
+/// items of `size` bytes on a queue the master holds, the other gets
+/// them, both through the master's hub. Time from both tasks submitted
+/// to the consumer's result; items per second.
+pub(crate) fn remote_queue(args: &[String]) -> anyhow::Result<f64> {
+    let n = arg(args, 0)?;
+    let size = usize::try_from(arg(args, 1)?)?;
+    let key = "a long random key shared out of band";
+    let pool = procpool::Pool::builder()
+        .workers(0)
+        .listen("127.0.0.1:0".parse()?, key)
+        .build()?;
+    let addr = pool.listen_addr().context("listening")?;
+    let spawn = || {
+        std::process::Command::new(std::env::current_exe()?)
+            .env(REMOTE_ENV, format!("{addr} {key}"))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+    };
+    let mut remotes = [spawn()?, spawn()?];
+    let timed = (|| {
+        ensure!(
+            pool.wait_for_workers(2, std::time::Duration::from_secs(60)),
+            "remote workers did not join"
+        );
+        let q = Queue::<Bytes>::new();
+        let t = Instant::now();
+        let consumer = pool.submit(Q_CONSUME, (q.clone(), n, size))?;
+        let producer = pool.submit(Q_PRODUCE, (q.clone(), n, size))?;
+        let got = consumer.wait()?;
+        let secs = t.elapsed().as_secs_f64();
+        let put = producer.wait()?;
+        ensure!(got == n && put == n, "put {put}, got {got} of {n}");
+        Ok(n as f64 / secs)
+    })();
+    // The remote workers exit when the pool closes their links.
+    drop(pool);
+    for r in &mut remotes {
+        let _ = r.wait();
+    }
+    timed
+}
+
 /// Arguments `n size`: a producer process puts `n` items of `size` bytes,
 /// a consumer process gets them. Time from both processes started to the
 /// consumer's join; items per second.

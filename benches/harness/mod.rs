@@ -356,12 +356,18 @@ fn targets(rows: &[Row]) {
         .zip(pp("socketpair_512B_one_way"))
         .map(|(p, f)| p / f);
     type Check<'a> = (&'a str, Option<f64>, &'a str, fn(f64) -> bool);
-    let checks: [Check<'_>; 9] = [
+    let checks: [Check<'_>; 10] = [
         (
             "Queue 512 B, procpool/python ops/s",
-            ratio("queue_512B"),
+            ratio("queue_512B_1_producer"),
             ">= 10",
             |v| v >= 10.0,
+        ),
+        (
+            "Remote queue 512 B over TCP, procpool/python ops/s (issue 12)",
+            ratio("remote_queue_512B"),
+            ">= 20",
+            |v| v >= 20.0,
         ),
         (
             "Pipe 512 B one way / socketpair one way",

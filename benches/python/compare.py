@@ -4,6 +4,7 @@ Each sub-command measures one case the way benches/compare.rs measures it
 for procpool, with the fork start method, and prints one number on stdout:
 
     python3 benches/python/compare.py queue_512B 400000 512  # ops/s (also queue_64B, queue_64KiB)
+    python3 benches/python/compare.py remote_queue_512B 20000 512  # ops/s, SyncManager over TCP
     python3 benches/python/compare.py pipe_one_way 400000 512  # msgs/s
     python3 benches/python/compare.py pipe_round_trip 20000 512  # median us
     python3 benches/python/compare.py joinable 200000 2      # ops/s
@@ -80,6 +81,32 @@ def cmd_queue(n, size):
 
 
 cmd_queue_64B = cmd_queue_512B = cmd_queue_64KiB = cmd_queue
+
+
+def cmd_remote_queue_512B(n, size):
+    """The remote queue case: a manager process (SyncManager) serves a
+    queue over loopback TCP with an authentication key; a producer
+    process puts n items of size bytes through its proxy, a consumer
+    process gets them through another. From both started to the
+    consumer's join; items per second."""
+    from multiprocessing.managers import SyncManager
+
+    n, size = int(n), int(size)
+    manager = SyncManager(
+        address=("127.0.0.1", 0), authkey=b"a long random key shared out of band", ctx=ctx()
+    )
+    manager.start()
+    try:
+        q = manager.Queue()
+        consumer = start(q_consume, q, n, size)
+        producer = start(q_produce, q, n, size)
+        t = time.perf_counter()
+        joined(consumer)
+        secs = time.perf_counter() - t
+        joined(producer)
+    finally:
+        manager.shutdown()
+    return n / secs
 
 
 def pipe_send(w, n, size):

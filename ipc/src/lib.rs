@@ -12,8 +12,9 @@
 //!   socketpair on Unix, an authenticated named pipe on Windows).
 //! - [`link`]: the shared writing side of a connection: an outbox drained
 //!   by the link's own writer thread, so no caller blocks on a peer.
-//! - [`remote`]: the authenticated TCP handshake of remote workers, and
-//!   their liveness settings.
+//! - [`remote`]: remote workers joining over TCP: keys, addresses,
+//!   liveness settings; [`secure`]: their versioned Noise handshake and
+//!   the encrypted records every remote link travels in.
 //! - [`sync`]: the lock and deadline-wait helpers every crate uses.
 //! - `sys/`: everything platform-specific (and all `unsafe`), behind one
 //!   internal interface documented in `sys/mod.rs`.
@@ -54,6 +55,7 @@ pub mod one_program;
 pub mod proto;
 mod queues;
 pub mod remote;
+pub mod secure;
 #[doc(hidden)]
 pub mod sync;
 mod sys;

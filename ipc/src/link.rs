@@ -66,6 +66,15 @@ pub trait Sink: Write + Send + 'static {
         let _ = buf;
         Err(io::ErrorKind::WouldBlock.into())
     }
+
+    /// Whether the sink holds bytes it took from a write but has not yet
+    /// handed to the kernel (an encrypting sink's last record, when the
+    /// kernel took part of it). The link's writer thread then sends them
+    /// with [`flush`](Write::flush), and the link does not count them as
+    /// in the kernel until it has. The default holds nothing.
+    fn is_holding(&self) -> bool {
+        false
+    }
 }
 
 impl Sink for crate::endpoint::WriteHalf {
@@ -119,9 +128,12 @@ struct Outbox {
     spare: Vec<u8>,
     /// The stream; `None` while a thread is writing to it.
     sink: Option<Box<dyn Sink>>,
-    /// Bytes ever appended, and ever handed to the kernel.
+    /// Bytes ever appended, and ever taken by the sink.
     appended: u64,
     written: u64,
+    /// The sink holds bytes it took that are not in the kernel yet (as of
+    /// the last time it was given back).
+    held: bool,
     /// Why the link is unusable, once it is.
     broken: Option<(io::ErrorKind, String)>,
     /// The [`Link`] was dropped: the writer drains and exits.
@@ -139,8 +151,9 @@ impl Outbox {
     }
 
     /// Takes the unwritten bytes and the sink, if no one else is writing.
+    /// Also when only the sink holds bytes (with nothing to write).
     fn take(&mut self) -> Option<(Box<dyn Sink>, Vec<u8>)> {
-        if self.buf.is_empty() || self.broken.is_some() {
+        if (self.buf.is_empty() && !self.held) || self.broken.is_some() {
             return None;
         }
         let sink = self.sink.take()?;
@@ -157,6 +170,7 @@ impl Outbox {
         n: usize,
         error: Option<io::Error>,
     ) {
+        self.held = sink.is_holding();
         self.sink = Some(sink);
         self.written += n as u64;
         if n > 0 {
@@ -252,8 +266,9 @@ impl WriteFrame for Direct<'_> {
             return Err(e);
         }
         // Frames others appended while we held the stream: their flush
-        // found it taken, so the writer thread sees to them.
-        if !outbox.buf.is_empty() {
+        // found it taken, so the writer thread sees to them, and to what
+        // the sink holds.
+        if !outbox.buf.is_empty() || outbox.held {
             inner.work.notify_one();
         }
         Ok(())
@@ -292,6 +307,7 @@ impl Link {
                 sink: Some(Box::new(sink)),
                 appended: 0,
                 written: 0,
+                held: false,
                 broken: None,
                 closed: false,
                 heartbeat: None,
@@ -337,6 +353,9 @@ impl Link {
         let mut outbox = self.inner.lock();
         // A few rounds while other threads keep appending; then the writer thread takes over.
         for _ in 0..4 {
+            if outbox.buf.is_empty() {
+                break;
+            }
             let Some((mut sink, bytes)) = outbox.take() else {
                 break;
             };
@@ -353,7 +372,7 @@ impl Link {
         if let Some(e) = outbox.broken_error() {
             return Err(e);
         }
-        if !outbox.buf.is_empty() {
+        if !outbox.buf.is_empty() || outbox.held {
             self.inner.work.notify_one();
         }
         Ok(())
@@ -413,7 +432,10 @@ impl Link {
 
     fn wait_written(&self, end: u64, deadline: Option<Instant>) -> Result<bool, IpcError> {
         let outbox = self.inner.lock();
-        let outbox = self.inner.wait_while(outbox, deadline, |o| o.written < end);
+        // Bytes the sink holds are not in the kernel yet either.
+        let outbox = self
+            .inner
+            .wait_while(outbox, deadline, |o| o.written < end || o.held);
         match outbox {
             Some(o) => o.broken_error().map_or(Ok(true), Err),
             None => Ok(false),
@@ -463,7 +485,14 @@ impl Inner {
             }
             if let Some((mut sink, bytes)) = outbox.take() {
                 drop(outbox);
-                let (n, error) = match sink.write_all(&bytes) {
+                let sent = sink.write_all(&bytes).and_then(|()| {
+                    if sink.is_holding() {
+                        sink.flush()
+                    } else {
+                        Ok(())
+                    }
+                });
+                let (n, error) = match sent {
                     Ok(()) => (bytes.len(), None),
                     // What was written of a failed write no longer matters.
                     Err(e) => (0, Some(e)),

@@ -30,8 +30,10 @@ use crate::IpcError;
 use crate::codec;
 use crate::frame::WriteFrame;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// The protocol version this build speaks: in a local worker's `HELLO`,
+/// and first on a remote link (see [`secure`](crate::secure)). 4: remote
+/// links are encrypted (Noise).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 const MAGIC: &[u8; 4] = b"PPOL";
 

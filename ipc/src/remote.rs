@@ -1,22 +1,46 @@
 //! Remote workers: a worker on another machine (or started by any launcher
 //! — ssh, Slurm, Kubernetes) joins a master over TCP, proving it knows the
-//! pool's authentication key.
+//! pool's authentication key; everything after that travels encrypted.
 //!
-//! The handshake is mutual HMAC-SHA256 challenge-response, as Python's
-//! managers do, so neither side ever sends the key, and neither side talks
-//! to a peer that does not know it:
+//! # The secure channel
 //!
-//! ```text
-//! master → worker   "PPAUTH1" nonce_m (32 random bytes)
-//! worker → master   HMAC(key, "worker" ‖ nonce_m)  nonce_w (32 random bytes)
-//! master → worker   HMAC(key, "master" ‖ nonce_w ‖ timeout)  timeout
-//! ```
+//! Every remote link is encrypted and mutually authenticated with the key,
+//! with forward secrecy, by the [Noise protocol framework]'s `NNpsk0`
+//! handshake: `Noise_NNpsk0_25519_ChaChaPoly_SHA256` ([`NOISE_PARAMS`]),
+//! through the `snow` crate.
 //!
-//! `timeout` is the master's heartbeat timeout in milliseconds (4 bytes,
-//! little-endian), covered by the master's proof: the worker adopts it, so
-//! both ends agree on how long silence means the other is gone.
+//! - **Mutual authentication by the key**: the pre-shared key is
+//!   HKDF-SHA256 of the pool's key. The worker's first message carries a
+//!   tag only a holder of the key can make, and the master's answer one
+//!   too, so neither side talks to a peer that does not know it, and
+//!   neither ever sends it.
+//! - **Forward secrecy**: each link's keys come from fresh X25519
+//!   ephemeral keys on both sides (`ee`), forgotten when the link ends; a
+//!   key stolen later does not decrypt a link recorded earlier.
+//! - **Every byte after the handshake** travels in ChaCha20-Poly1305
+//!   records whose nonce is their count, so altered, replayed, dropped or
+//!   reordered bytes end the link with [`RecordRejected`].
+//! - **Versioned**: before any key material is used, both sides send a
+//!   magic and [`PROTOCOL_VERSION`](crate::proto::PROTOCOL_VERSION); a
+//!   mismatch is refused on both sides with [`VersionMismatch`] ("the
+//!   master speaks protocol 4, this worker 3").
 //!
-//! After it, the connection carries the same frames as a local worker's.
+//! Why Noise rather than TLS: the pool has a shared key, not certificates.
+//! TLS with a pre-shared key (TLS 1.3 PSK with `psk_dhe_ke`) would give
+//! the same properties, but rustls does not offer external PSKs, and
+//! OpenSSL would bring a C library and its build to every platform. Noise
+//! `NNpsk0` is exactly "both know a key, agree fresh keys": two fixed-size
+//! messages, one round trip, no certificates, no negotiation to get
+//! wrong. `snow` is the maintained Rust implementation (pure Rust, used by
+//! libp2p and WireGuard-style projects; 0.10 fixes the 2024 nonce advisory
+//! of earlier versions); we take only its default resolver's ChaCha-Poly,
+//! SHA-256, X25519 and OS randomness (no `ring`, no C). The handshake and
+//! the records are in `secure.rs`.
+//!
+//! Local links (socketpairs, named pipes) are not encrypted: they never
+//! leave the machine and the OS already restricts who can open them.
+//!
+//! [Noise protocol framework]: https://noiseprotocol.org/noise.html
 //!
 //! # Keys
 //!
@@ -24,13 +48,16 @@
 //! with [`KeyTooShort`] before anything is sent. Make one from a good
 //! source of randomness and share it out of band, for example
 //! `head -c 32 /dev/urandom | base64` in a shell, or [`random_key`] in the
-//! program that launches the workers.
+//! program that launches the workers. The key admits a worker to the pool
+//! (it will run whatever tasks the master sends, and the master will take
+//! its results), and keeps what flows between them secret and intact.
 //!
 //! # What an unauthenticated peer can do
 //!
-//! Little: the master reads the fixed-size answer into a buffer on the
-//! stack (nothing is allocated from what the peer announces), and the whole
-//! handshake, every read and write together, ends at one deadline
+//! Little: the master reads the peer's fixed-size messages into buffers on
+//! the stack (nothing is allocated from what the peer announces), does no
+//! public-key work until the peer has proved it knows the key, and the
+//! whole handshake, every read and write together, ends at one deadline
 //! ([`HANDSHAKE_TIMEOUT`]), so a peer sending a byte now and then cannot
 //! hold its connection longer than that.
 
@@ -38,12 +65,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
-const GREETING: &[u8; 7] = b"PPAUTH2";
-const NONCE_LEN: usize = 32;
-const MAC_LEN: usize = 32;
+pub use crate::secure::{NOISE_PARAMS, RecordRejected, Role, Session, VersionMismatch};
 
 /// How long the whole handshake may take, on either side: one deadline
 /// for all its reads and writes together.
@@ -205,28 +227,6 @@ impl Write for Deadlined<'_> {
     }
 }
 
-fn mac(key: &[u8], role: &[u8], nonce: &[u8], extra: &[u8]) -> Hmac<Sha256> {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
-    m.update(role);
-    m.update(nonce);
-    m.update(extra);
-    m
-}
-
-fn nonce() -> io::Result<[u8; NONCE_LEN]> {
-    let mut n = [0u8; NONCE_LEN];
-    getrandom::fill(&mut n)
-        .map_err(|e| io::Error::other(format!("no randomness for the handshake: {e}")))?;
-    Ok(n)
-}
-
-fn refused(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::PermissionDenied,
-        format!("authentication failed: {what}"),
-    )
-}
-
 /// How long either side of a remote link waits for a sign of life from the
 /// other, unless configured otherwise.
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -256,19 +256,22 @@ pub fn set_liveness(stream: &TcpStream, timeout: Duration) -> io::Result<()> {
     socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
 }
 
-/// Master side: authenticates a worker that has just connected, within
-/// [`HANDSHAKE_TIMEOUT`] in all.
+/// Master side: authenticates a worker that has just connected and
+/// agrees the link's keys, within [`HANDSHAKE_TIMEOUT`] in all. Split the
+/// [`Session`] over the stream to read and write the link.
 ///
 /// # Errors
 /// [`io::ErrorKind::PermissionDenied`] when the peer does not know the key;
-/// [`io::ErrorKind::InvalidInput`] (with [`KeyTooShort`] inside) for a
-/// key under [`MIN_KEY_LEN`] bytes; [`io::ErrorKind::TimedOut`] when the
-/// handshake is not done by its deadline; any other I/O error.
+/// [`io::ErrorKind::Unsupported`] (with [`VersionMismatch`] inside) when
+/// it speaks another protocol version; [`io::ErrorKind::InvalidInput`]
+/// (with [`KeyTooShort`] inside) for a key under [`MIN_KEY_LEN`] bytes;
+/// [`io::ErrorKind::TimedOut`] when the handshake is not done by its
+/// deadline; any other I/O error.
 pub fn accept_worker(
     stream: &mut TcpStream,
     key: &[u8],
     heartbeat_timeout: Duration,
-) -> io::Result<()> {
+) -> io::Result<Session> {
     accept_within(stream, key, heartbeat_timeout, HANDSHAKE_TIMEOUT)
 }
 
@@ -278,21 +281,21 @@ fn accept_within(
     key: &[u8],
     heartbeat_timeout: Duration,
     limit: Duration,
-) -> io::Result<()> {
+) -> io::Result<Session> {
     usable(key)?;
     stream.set_nodelay(true)?;
     let mut bounded = Deadlined {
         stream,
         deadline: Instant::now() + limit,
     };
-    master_handshake(&mut bounded, key, heartbeat_timeout)?;
+    let session = master_handshake(&mut bounded, key, heartbeat_timeout)?;
     stream.set_read_timeout(None)?;
     stream.set_write_timeout(None)?;
-    Ok(())
+    Ok(session)
 }
 
 /// The master's half of the handshake over any byte stream (what
-/// [`accept_worker`] runs once the socket's timeouts are set; public for
+/// [`accept_worker`] runs once the socket's deadline is set; public for
 /// the fuzz targets).
 ///
 /// # Errors
@@ -302,48 +305,30 @@ pub fn master_handshake(
     stream: &mut (impl Read + Write),
     key: &[u8],
     heartbeat_timeout: Duration,
-) -> io::Result<()> {
+) -> io::Result<Session> {
     usable(key)?;
-    // Fixed buffers on the stack: nothing the peer sends sizes anything.
-    let challenge = nonce()?;
-    let mut hello = [0u8; GREETING.len() + NONCE_LEN];
-    hello[..GREETING.len()].copy_from_slice(GREETING);
-    hello[GREETING.len()..].copy_from_slice(&challenge);
-    stream.write_all(&hello)?;
-    let mut answer = [0u8; MAC_LEN + NONCE_LEN];
-    stream.read_exact(&mut answer)?;
-    let (proof, their_nonce) = answer.split_at(MAC_LEN);
-    mac(key, b"worker", &challenge, &[])
-        .verify_slice(proof)
-        .map_err(|_| refused("the worker does not know the key"))?;
-    let ms = u32::try_from(heartbeat_timeout.as_millis())
-        .unwrap_or(u32::MAX)
-        .to_le_bytes();
-    let mut last = [0u8; MAC_LEN + 4];
-    last[..MAC_LEN].copy_from_slice(
-        &mac(key, b"master", their_nonce, &ms)
-            .finalize()
-            .into_bytes(),
-    );
-    last[MAC_LEN..].copy_from_slice(&ms);
-    stream.write_all(&last)
+    crate::secure::master_handshake(stream, key, heartbeat_timeout)
 }
 
-/// Worker side: connects to a master at `addr` and authenticates both
-/// ways; returns the connection and the master's heartbeat timeout.
+/// Worker side: connects to a master at `addr`, authenticates both ways
+/// and agrees the link's keys; returns the connection, its [`Session`]
+/// (split it over the stream to read and write the link) and the master's
+/// heartbeat timeout.
 ///
 /// The handshake, once connected, takes at most [`HANDSHAKE_TIMEOUT`].
 ///
 /// # Errors
 /// [`io::ErrorKind::PermissionDenied`] when the master does not know the
-/// key (or this worker's key is wrong); [`io::ErrorKind::InvalidInput`]
-/// (with [`KeyTooShort`] inside) for a key under [`MIN_KEY_LEN`] bytes;
+/// key (or this worker's key is wrong); [`io::ErrorKind::Unsupported`]
+/// (with [`VersionMismatch`] inside) when the master speaks another
+/// protocol version; [`io::ErrorKind::InvalidInput`] (with [`KeyTooShort`]
+/// inside) for a key under [`MIN_KEY_LEN`] bytes;
 /// [`io::ErrorKind::TimedOut`] when the handshake is not done by its
 /// deadline; any other I/O error.
 pub fn connect_to_master(
     addr: impl ToSocketAddrs,
     key: &[u8],
-) -> io::Result<(TcpStream, Duration)> {
+) -> io::Result<(TcpStream, Session, Duration)> {
     usable(key)?;
     let stream = connect_any(addr)?;
     stream.set_nodelay(true)?;
@@ -351,10 +336,10 @@ pub fn connect_to_master(
         stream: &stream,
         deadline: Instant::now() + HANDSHAKE_TIMEOUT,
     };
-    let heartbeat_timeout = worker_handshake(&mut bounded, key)?;
+    let (session, heartbeat_timeout) = worker_handshake(&mut bounded, key)?;
     stream.set_read_timeout(None)?;
     stream.set_write_timeout(None)?;
-    Ok((stream, heartbeat_timeout))
+    Ok((stream, session, heartbeat_timeout))
 }
 
 /// Connects to the first of `addr`'s addresses that answers, each given
@@ -487,8 +472,8 @@ pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// [`connect_to_master`], tried again with a growing pause (50 ms doubling
 /// to 2 s, with jitter so that many workers do not retry in step) until
 /// `deadline`, for a worker that may start before its master listens, or
-/// find it busy with other handshakes. A refused key, or a key too short,
-/// is not retried.
+/// find it busy with other handshakes. A refused key, a key too short, or
+/// a master speaking another protocol version is not retried.
 ///
 /// # Errors
 /// As [`connect_to_master`]: the refusal at once, or the last error once
@@ -497,7 +482,7 @@ pub fn connect_to_master_by(
     addr: impl ToSocketAddrs,
     key: &[u8],
     deadline: Instant,
-) -> io::Result<(TcpStream, Duration)> {
+) -> io::Result<(TcpStream, Session, Duration)> {
     let mut pause = Duration::from_millis(50);
     loop {
         match connect_to_master(&addr, key) {
@@ -517,11 +502,11 @@ pub fn connect_to_master_by(
 }
 
 /// Whether joining may succeed later: not when the key is refused or
-/// unusable.
+/// unusable, or the master speaks another protocol version.
 fn retryable(e: &io::Error) -> bool {
     !matches!(
         e.kind(),
-        io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput
+        io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
     )
 }
 
@@ -534,38 +519,17 @@ fn jitter(pause: Duration) -> Duration {
 
 /// The worker's half of the handshake over any byte stream (what
 /// [`connect_to_master`] runs once connected; public for the fuzz
-/// targets). Returns the master's heartbeat timeout.
+/// targets). Returns the session and the master's heartbeat timeout.
 ///
 /// # Errors
 /// As [`connect_to_master`].
 #[doc(hidden)]
-pub fn worker_handshake(stream: &mut (impl Read + Write), key: &[u8]) -> io::Result<Duration> {
+pub fn worker_handshake(
+    stream: &mut (impl Read + Write),
+    key: &[u8],
+) -> io::Result<(Session, Duration)> {
     usable(key)?;
-    let mut hello = [0u8; GREETING.len() + NONCE_LEN];
-    stream.read_exact(&mut hello)?;
-    let (greeting, challenge) = hello.split_at(GREETING.len());
-    if greeting != GREETING {
-        return Err(refused("the peer is not a procpool master"));
-    }
-    let mine = nonce()?;
-    let mut answer = [0u8; MAC_LEN + NONCE_LEN];
-    answer[..MAC_LEN].copy_from_slice(&mac(key, b"worker", challenge, &[]).finalize().into_bytes());
-    answer[MAC_LEN..].copy_from_slice(&mine);
-    stream.write_all(&answer)?;
-    let mut last = [0u8; MAC_LEN + 4];
-    stream.read_exact(&mut last).map_err(|e| match e.kind() {
-        // The master hangs up on a wrong key.
-        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
-            refused("the master refused the key")
-        }
-        _ => e,
-    })?;
-    let (proof, ms) = last.split_at(MAC_LEN);
-    mac(key, b"master", &mine, ms)
-        .verify_slice(proof)
-        .map_err(|_| refused("the master does not know the key"))?;
-    let ms = u32::from_le_bytes(ms.try_into().expect("4 bytes"));
-    Ok(Duration::from_millis(u64::from(ms).max(1)))
+    crate::secure::worker_handshake(stream, key)
 }
 
 #[cfg(test)]
@@ -580,7 +544,10 @@ mod tests {
     fn handshake(
         master_key: &'static [u8],
         worker_key: &'static [u8],
-    ) -> (io::Result<()>, io::Result<(TcpStream, Duration)>) {
+    ) -> (
+        io::Result<Session>,
+        io::Result<(TcpStream, Session, Duration)>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let master = thread::spawn(move || {
@@ -596,7 +563,7 @@ mod tests {
         let (m, w) = handshake(KEY, KEY);
         m.unwrap();
         // The worker learns the master's heartbeat timeout.
-        assert_eq!(w.unwrap().1, Duration::from_millis(1234));
+        assert_eq!(w.unwrap().2, Duration::from_millis(1234));
     }
 
     #[test]
@@ -612,7 +579,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let fake = thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
-            let _ = s.write_all(&[b'X'; 39]);
+            let _ = s.write_all(&[b'X'; 12]);
         });
         let err = connect_to_master(addr, KEY).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
@@ -654,9 +621,11 @@ mod tests {
         let stop = std::sync::Arc::clone(&done);
         let peer = thread::spawn(move || {
             let mut s = TcpStream::connect(addr).unwrap();
-            // One byte every 20 ms, well inside any per-read timeout,
-            // for at most 64 bytes (the answer is 64).
-            for _ in 0..63 {
+            // A worker's preface, then one byte every 20 ms, well inside
+            // any per-read timeout, for at most 47 bytes (the first
+            // handshake message is 48).
+            s.write_all(&crate::secure::preface()).unwrap();
+            for _ in 0..47 {
                 if stop.load(std::sync::atomic::Ordering::SeqCst) || s.write_all(b"x").is_err() {
                     return;
                 }

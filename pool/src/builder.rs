@@ -346,11 +346,12 @@ impl PoolBuilder {
     /// registry must hold the same tasks as the local workers'. Default: no
     /// listening.
     ///
-    /// The key is the only protection: use a long random one (at least 16
-    /// bytes, or [`build`](Self::build) fails with [`Error::KeyTooShort`];
-    /// `procpool::random_key()` makes one, as does
-    /// `head -c 32 /dev/urandom | base64`), and a network you trust (the
-    /// connection is authenticated, not encrypted).
+    /// The key admits workers and keys every link: use a long random one
+    /// (at least 16 bytes, or [`build`](Self::build) fails with
+    /// [`Error::KeyTooShort`]; `procpool::random_key()` makes one, as does
+    /// `head -c 32 /dev/urandom | base64`). Each connection is mutually
+    /// authenticated with it and encrypted with forward secrecy (Noise
+    /// `NNpsk0`: X25519, ChaCha20-Poly1305, SHA-256).
     ///
     /// Anyone who reaches the port can connect, but not hurt the pool:
     /// handshakes are capped (16 at once, each done within 10 s, the

@@ -2,6 +2,8 @@
 //! imports no module of the crate.
 
 use std::net::{SocketAddr, TcpStream};
+
+use procpool_ipc::secure::Session;
 use std::process::ExitStatus;
 
 use procpool_ipc::proto::Hello;
@@ -50,9 +52,11 @@ pub(crate) enum Msg {
         key: u64,
         status: Option<ExitStatus>,
     },
-    /// A remote worker connected and authenticated.
+    /// A remote worker connected and authenticated; `session` encrypts
+    /// its link.
     Joined {
         stream: TcpStream,
+        session: Session,
         peer: SocketAddr,
     },
 }

@@ -1,8 +1,8 @@
 //! Remote workers: the pool listens on TCP, and a worker started by any
 //! launcher joins with the pool's address and key (see
 //! [`PoolBuilder::listen`](crate::PoolBuilder::listen)). Each connection is
-//! authenticated (mutual HMAC challenge, see `procpool_ipc::remote`), then
-//! handed to the supervisor as a new worker.
+//! authenticated and keyed (Noise `NNpsk0`, see `procpool_ipc::remote`),
+//! then handed to the supervisor as a new worker, its link encrypted.
 //!
 //! The listener is exposed to anyone who can reach its port, so what an
 //! unauthenticated peer can cost the master is bounded:
@@ -135,8 +135,12 @@ impl Acceptor {
             .spawn(move || {
                 let _slot = slot;
                 match procpool_ipc::remote::accept_worker(&mut stream, &key, heartbeat_timeout) {
-                    Ok(()) => {
-                        let _ = tx.send(Msg::Joined { stream, peer });
+                    Ok(session) => {
+                        let _ = tx.send(Msg::Joined {
+                            stream,
+                            session,
+                            peer,
+                        });
                     }
                     Err(e) => tracing::warn!(%peer, error = %e, "remote worker refused"),
                 }

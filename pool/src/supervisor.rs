@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use procpool_ipc::link::Dirty;
 use procpool_ipc::proto::Hello;
+use procpool_ipc::secure::Session;
 
 use crate::Error;
 use crate::blame::{Facts, Fate, blame};
@@ -203,7 +204,11 @@ impl Supervisor {
                     self.end_if_over(slot);
                 }
             }
-            Msg::Joined { stream, peer } => self.on_joined(stream, peer),
+            Msg::Joined {
+                stream,
+                session,
+                peer,
+            } => self.on_joined(stream, session, peer),
         }
     }
 
@@ -256,14 +261,14 @@ impl Supervisor {
 
     /// A remote worker becomes a new slot (and lane) at the end; it is not
     /// replaced when it leaves. Dropping `stream` refuses it.
-    fn on_joined(&mut self, stream: TcpStream, peer: SocketAddr) {
+    fn on_joined(&mut self, stream: TcpStream, session: Session, peer: SocketAddr) {
         if self.phase != Phase::Running {
             return;
         }
         let slot = self.slots.len();
         let key = self.next_key;
         self.next_key += 1;
-        match self.seat(slot, key).join(stream, peer) {
+        match self.seat(slot, key).join(stream, session, peer) {
             Ok((worker, link)) => {
                 let mut lane = Lane::new(key, 0, link);
                 lane.open = false; // until its handshake is in

@@ -22,6 +22,7 @@ use procpool_ipc::frame::{FrameReader, frame_limit};
 use procpool_ipc::hub;
 use procpool_ipc::link::{Dirty, Link, Sink};
 use procpool_ipc::proto::Message;
+use procpool_ipc::secure::Session;
 use procpool_ipc::{IpcError, TaskError, codec};
 
 use crate::Error;
@@ -158,15 +159,18 @@ impl Seat<'_> {
         }
     }
 
-    /// A remote worker that has joined over `stream` (already authenticated).
+    /// A remote worker that has joined over `stream` (already
+    /// authenticated); `session` encrypts the link.
     pub(crate) fn join(
         self,
         stream: TcpStream,
+        session: Session,
         peer: SocketAddr,
     ) -> std::io::Result<(Worker, Arc<Link>)> {
         let timeout = self.config.heartbeat_timeout;
         procpool_ipc::remote::set_liveness(&stream, timeout)?;
-        let link = self.start_reader(stream.try_clone()?, stream.try_clone()?)?;
+        let (reader, writer) = session.split(stream.try_clone()?, stream.try_clone()?);
+        let link = self.start_reader(reader, writer)?;
         link.set_heartbeat(Some(procpool_ipc::remote::heartbeat_interval(timeout)));
         tracing::debug!(worker_id = self.slot, %peer, "remote worker joined");
         Ok((

@@ -161,10 +161,11 @@ fn max_payload_len() -> u64 {
 pub fn run_remote_worker(addr: impl ToSocketAddrs, key: &[u8], registry: Registry) -> ! {
     let connection =
         procpool_ipc::remote::connect_to_master_by(addr, key, Instant::now() + join_timeout())
-            .and_then(|(stream, master_timeout)| {
+            .and_then(|(stream, session, master_timeout)| {
                 let timeout = heartbeat_timeout().unwrap_or(master_timeout);
                 procpool_ipc::remote::set_liveness(&stream, timeout)?;
-                Ok((stream.try_clone()?, stream, timeout))
+                let (reader, writer) = session.split(stream.try_clone()?, stream);
+                Ok((reader, writer, timeout))
             })
             .map_err(ServeError::Remote);
     match connection.and_then(|(r, w, timeout)| serve(&registry, r, w, Some(timeout))) {
