@@ -56,6 +56,12 @@ type GoneArgs = (Queue<u64>, SimpleQueue<()>, Queue<()>);
 /// second queue and aborts, without `task_done`.
 const ABORT_ON_ITEM_13: Task<(JoinableQueue<u64>, SimpleQueue<u64>), ()> =
     Task::new("abort_on_item_13");
+/// Passes the token through the queue a few times (get, put back: a fast
+/// getter, so its credit grows), reports the token's value on the second
+/// queue, then blocks on the third without getting again.
+const PASS_TOKEN_THEN_HOLD: Task<HoldArgs, ()> = Task::new("pass_token_then_hold");
+/// Takes one item within this many milliseconds; `None` if none came.
+const TAKE_WITHIN: Task<(Queue<u64>, u64), Option<u64>> = Task::new("take_within");
 /// Waits for the go signal, then takes items and marks them done until the
 /// queue is closed and drained; returns how many.
 const CONSUME_AFTER_GO: Task<(JoinableQueue<u64>, Queue<()>), u64> = Task::new("consume_after_go");
@@ -87,11 +93,13 @@ fn released_handle_gives_back_items() -> anyhow::Result<()> {
 }
 
 /// `Closed` means every item was taken for good: not while a getter in
-/// another process holds a delivered item it may never take. Once that
-/// getter dies, the item comes back, and only then is the queue drained.
+/// another process holds a delivered item it may never take. A holder
+/// that is not getting gives the item back when a getter waits (the hub
+/// recalls it); one that cannot answer (stopped, here) keeps it from the
+/// getters until it dies, and only then is the queue drained.
 fn closed_waits_for_items_held_elsewhere() -> anyhow::Result<()> {
     let q = Queue::new();
-    for i in 0..3u64 {
+    for i in 0..4u64 {
         q.put(i)?;
     }
     let (took, gate) = (SimpleQueue::new(), Queue::new());
@@ -101,20 +109,41 @@ fn closed_waits_for_items_held_elsewhere() -> anyhow::Result<()> {
     // delivered 1 to it in 0's place, and it will not take it.
     ensure!(took.get()? == 0, "the holder took another item first");
     q.close()?;
-    ensure!(q.get()? == 2, "the master should get the item still queued");
-    match q.get_timeout(Duration::from_millis(300)) {
-        Err(GetError::Empty) => {}
-        other => bail!("while another process holds item 1: {other:?} (expected Empty)"),
-    }
-    holder.kill();
-    let back = q
-        .get_timeout(Duration::from_secs(10))
-        .context("the killed holder's item did not come back")?;
-    ensure!(back == 1, "got {back} back");
+    ensure!(
+        q.get()? == 2,
+        "the master should get the items still queued"
+    );
+    ensure!(
+        q.get()? == 3,
+        "the master should get the items still queued"
+    );
+    let held = if cfg!(unix) {
+        stop(holder.pid())?;
+        match q.get_timeout(Duration::from_millis(300)) {
+            Err(GetError::Empty) => {}
+            other => bail!("while a stopped process holds item 1: {other:?} (expected Empty)"),
+        }
+        holder.kill();
+        q.get_timeout(Duration::from_secs(10))
+            .context("the killed holder's item did not come back")?
+    } else {
+        q.get_timeout(Duration::from_secs(10))
+            .context("the idle holder's item was not recalled")?
+    };
+    ensure!(held == 1, "got {held} back");
     match q.get_timeout(Duration::from_secs(10)) {
         Err(GetError::Closed) => Ok(()),
         other => bail!("after every item: {other:?} (expected Closed)"),
     }
+}
+
+/// Stops process `pid` (SIGSTOP), Unix only.
+fn stop(pid: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -STOP {pid}: {status}");
+    Ok(())
 }
 
 /// `try_get` never waits, yet takes an item if the queue has one: a
@@ -171,6 +200,18 @@ fn registry() -> Registry {
         })
         .task(PUT_SEES_CLOSED, |q| {
             matches!(q.put(7), Err(procpool::PutError::Closed(7)))
+        })
+        .task(PASS_TOKEN_THEN_HOLD, |(token, took, hold)| {
+            let mut t = 0;
+            for _ in 0..8 {
+                t = token.get().expect("get");
+                token.put(t + 1).expect("put");
+            }
+            took.put(t + 1).expect("took");
+            hold.get().expect("hold");
+        })
+        .task(TAKE_WITHIN, |(q, ms)| {
+            q.get_timeout(Duration::from_millis(ms)).ok()
         })
         .task(TRY_DRAIN, |q| {
             let mut got = Vec::new();
@@ -323,6 +364,7 @@ fn main() {
         queue_lives_while_a_worker_holds_it,
         guards_confirm_items_in_other_processes_even_on_panic,
         join_reports_a_consumer_that_died_before_task_done,
+        a_token_queue_never_strands_its_token,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -661,5 +703,45 @@ fn join_reports_a_consumer_that_died_before_task_done() -> anyhow::Result<()> {
         jq.unfinished()
     );
     ensure!(jq.unfinished() == Some(0) && jq.is_empty()?);
+    Ok(())
+}
+
+/// A one-item queue used as shared state (a token): process A takes and
+/// puts the token back several times, then blocks on something else
+/// without getting again. The hub had pushed the token to A (it had
+/// credit), where nobody takes it; process B waiting in `get` must still
+/// get it, as with Python's queue. (Before the hub recalled items from an
+/// idle holder, B waited for ever.)
+fn a_token_queue_never_strands_its_token() -> anyhow::Result<()> {
+    let token = Queue::new();
+    token.put(0u64)?;
+    let (took, hold) = (SimpleQueue::new(), Queue::new());
+    let a = Process::spawn(
+        PASS_TOKEN_THEN_HOLD,
+        (token.clone(), took.clone(), hold.clone()),
+    )?
+    .watched();
+    let last = took.get()?;
+    ensure!(last == 8, "A passed the token {last} times");
+    let b = Process::spawn(TAKE_WITHIN, (token.clone(), 20_000))?.watched();
+    let got = b.join()?;
+    hold.put(())?;
+    a.join()?;
+    ensure!(
+        got == Some(8),
+        "B got {got:?}: the token stayed with A, which was not getting"
+    );
+    // The master, a getter in the hub process, gets it back the same way.
+    token.put(0)?;
+    let a = Process::spawn(
+        PASS_TOKEN_THEN_HOLD,
+        (token.clone(), took.clone(), hold.clone()),
+    )?
+    .watched();
+    ensure!(took.get()? == 8);
+    let got = token.get_timeout(Duration::from_secs(20));
+    hold.put(())?;
+    a.join()?;
+    ensure!(matches!(got, Ok(8)), "the master got {got:?}");
     Ok(())
 }

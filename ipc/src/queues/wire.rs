@@ -19,6 +19,9 @@
 //! | `PIN` | 0 | 1: a pipe writer's handle, 0: any other | — | none; a handle was serialised: the queue lives until a `HOLD` (or the hub process's own deserialisation) takes the pin |
 //! | `HOLD` | 0 | as `PIN` | — | none; a handle was deserialised in the sender's process: the queue lives while the connection holds it. `NO_QUEUE` notice if the queue is gone |
 //! | `UNHOLD` | 0 | as `PIN` | — | none; that handle (with its clones) was dropped |
+//! | `WANT` | 0 | — | — | none; a getter here has waited a moment with nothing buffered: deliver here first, and recall items buffered in idle processes |
+//! | `RETURN` | 0 | count | — | none; answers a `RECALL`: no getter waits here; the last `count` items delivered (this process's unread buffer) go back to the front of the queue, and the subscription has no credit until the next `SUBSCRIBE` |
+//! | `KEEP` | 0 | count | — | none; answers a `RECALL` while a getter waits here: as `RETURN` for the `count` items the getters will not take, but the credit stays |
 //!
 //! `ACK` adds to the sending connection's debt and `TASK_DONE` pays it
 //! (see [`hub`](super::hub)): a worker sends both before the caller goes
@@ -32,8 +35,11 @@
 //! when it happens, or, if none is, to the next join.
 //!
 //! A reply with `req` 0 is a notice about queue `value`: `CLOSED` (puts
-//! are refused from now on) or `NO_QUEUE` (the hub holds no such queue:
-//! a `HOLD` came after every handle was gone). A
+//! are refused from now on), `NO_QUEUE` (the hub holds no such queue:
+//! a `HOLD` came after every handle was gone) or `RECALL` (a getter
+//! elsewhere waits and the queue is empty: give back what you buffered
+//! unless a getter of yours takes it; answered by `RETURN` or `KEEP`,
+//! and the hub delivers nothing here until then). A
 //! `Deliver` with `closed` set says the queue is closed and drained.
 //!
 //! [`Message::Hub`]: crate::proto::Message::Hub
@@ -60,6 +66,9 @@ pub(crate) mod op {
     pub(crate) const PIN: u8 = 12;
     pub(crate) const HOLD: u8 = 13;
     pub(crate) const UNHOLD: u8 = 14;
+    pub(crate) const WANT: u8 = 15;
+    pub(crate) const RETURN: u8 = 16;
+    pub(crate) const KEEP: u8 = 17;
 }
 
 /// Status codes of `Message::Reply`.
@@ -72,6 +81,7 @@ pub(crate) mod status {
     pub(crate) const CANCELLED: u8 = 5;
     pub(crate) const BAD_REQUEST: u8 = 6;
     pub(crate) const CONSUMER_DIED: u8 = 7;
+    pub(crate) const RECALL: u8 = 8;
 }
 
 /// How long an operation may block.
