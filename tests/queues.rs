@@ -62,6 +62,14 @@ const ABORT_ON_ITEM_13: Task<(JoinableQueue<u64>, SimpleQueue<u64>), ()> =
 const PASS_TOKEN_THEN_HOLD: Task<HoldArgs, ()> = Task::new("pass_token_then_hold");
 /// Takes one item within this many milliseconds; `None` if none came.
 const TAKE_WITHIN: Task<(Queue<u64>, u64), Option<u64>> = Task::new("take_within");
+/// Signals readiness, then blocks in `get`; what the get said, as text.
+const GET_REPORT: Task<(Queue<u64>, SimpleQueue<()>), String> = Task::new("get_report");
+/// Signals readiness, then blocks in `put` (the queue is full); what the
+/// put said, as text.
+const PUT_REPORT: Task<(JoinableQueue<u64>, SimpleQueue<()>), String> = Task::new("put_report");
+/// Shuts the queue down (immediately or not) from a worker, then reports
+/// what its own put says.
+const SHUT_DOWN_HERE: Task<(Queue<u64>, bool), String> = Task::new("shut_down_here");
 /// Waits for the go signal, then takes items and marks them done until the
 /// queue is closed and drained; returns how many.
 const CONSUME_AFTER_GO: Task<(JoinableQueue<u64>, Queue<()>), u64> = Task::new("consume_after_go");
@@ -118,7 +126,10 @@ fn closed_waits_for_items_held_elsewhere() -> anyhow::Result<()> {
         "the master should get the items still queued"
     );
     let held = if cfg!(unix) {
-        stop(holder.pid())?;
+        #[cfg(unix)]
+        let mut peers = common::peers::Peers::default();
+        #[cfg(unix)]
+        peers.stop(holder.pid())?;
         match q.get_timeout(Duration::from_millis(300)) {
             Err(GetError::Empty) => {}
             other => bail!("while a stopped process holds item 1: {other:?} (expected Empty)"),
@@ -135,15 +146,6 @@ fn closed_waits_for_items_held_elsewhere() -> anyhow::Result<()> {
         Err(GetError::Closed) => Ok(()),
         other => bail!("after every item: {other:?} (expected Closed)"),
     }
-}
-
-/// Stops process `pid` (SIGSTOP), Unix only.
-fn stop(pid: u32) -> anyhow::Result<()> {
-    let status = std::process::Command::new("kill")
-        .args(["-STOP", &pid.to_string()])
-        .status()?;
-    ensure!(status.success(), "kill -STOP {pid}: {status}");
-    Ok(())
 }
 
 /// `try_get` never waits, yet takes an item if the queue has one: a
@@ -212,6 +214,18 @@ fn registry() -> Registry {
         })
         .task(TAKE_WITHIN, |(q, ms)| {
             q.get_timeout(Duration::from_millis(ms)).ok()
+        })
+        .task(GET_REPORT, |(q, ready)| {
+            ready.put(()).expect("ready");
+            format!("{:?}", q.get())
+        })
+        .task(PUT_REPORT, |(q, ready)| {
+            ready.put(()).expect("ready");
+            format!("{:?}", q.put(7))
+        })
+        .task(SHUT_DOWN_HERE, |(q, immediate)| {
+            q.shutdown(immediate).expect("shutdown");
+            format!("{:?}", q.put(1))
         })
         .task(TRY_DRAIN, |q| {
             let mut got = Vec::new();
@@ -365,6 +379,8 @@ fn main() {
         guards_confirm_items_in_other_processes_even_on_panic,
         join_reports_a_consumer_that_died_before_task_done,
         a_token_queue_never_strands_its_token,
+        shutdown_immediate_wakes_workers_and_join,
+        shutdown_from_a_worker_drains_then_ends,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -744,4 +760,56 @@ fn a_token_queue_never_strands_its_token() -> anyhow::Result<()> {
     a.join()?;
     ensure!(matches!(got, Ok(8)), "the master got {got:?}");
     Ok(())
+}
+
+/// Python 3.13's `shutdown(immediate=True)` across processes
+/// (CPython's `test_shutdown_immediate_all_methods_in_many_threads`, with
+/// processes): a getter blocked in a worker and a putter blocked on a full
+/// queue in another get `ShutDown`; a `join` blocked in the master
+/// returns, the pending items dropped from the unfinished count.
+fn shutdown_immediate_wakes_workers_and_join() -> anyhow::Result<()> {
+    let empty = Queue::new();
+    let full = JoinableQueue::bounded(2);
+    full.put(1u64)?;
+    full.put(2)?;
+    let ready = SimpleQueue::new();
+    let getter = Process::spawn(GET_REPORT, (empty.clone(), ready.clone()))?.watched();
+    let putter = Process::spawn(PUT_REPORT, (full.clone(), ready.clone()))?.watched();
+    ready.get()?;
+    ready.get()?;
+    let joiner = {
+        let full = full.clone();
+        std::thread::spawn(move || full.join_timeout(Duration::from_secs(60)))
+    };
+    empty.shutdown(true)?;
+    full.shutdown(true)?;
+    let got = getter.join()?;
+    ensure!(got == "Err(ShutDown)", "the blocked getter said {got}");
+    let put = putter.join()?;
+    ensure!(put == "Err(ShutDown(..))", "the blocked putter said {put}");
+    let joined = joiner
+        .join()
+        .map_err(|_| anyhow::anyhow!("join panicked"))?;
+    ensure!(matches!(joined, Ok(true)), "join said {joined:?}");
+    ensure!(full.unfinished() == Some(0) && full.is_empty()?);
+    Ok(())
+}
+
+/// A worker shuts the queue down (not immediately): its own put and the
+/// master's are refused with `ShutDown`, the master drains what is left,
+/// then gets `ShutDown` (CPython's `test_shutdown_nonempty`).
+fn shutdown_from_a_worker_drains_then_ends() -> anyhow::Result<()> {
+    let q = Queue::bounded(4);
+    q.put(1u64)?;
+    q.put(2)?;
+    let said = Process::spawn(SHUT_DOWN_HERE, (q.clone(), false))?
+        .watched()
+        .join()?;
+    ensure!(said == "Err(ShutDown(..))", "the worker's put said {said}");
+    ensure!(q.put(3).is_err_and(|e| e.is_shut_down()));
+    ensure!(q.get()? == 1 && q.get()? == 2);
+    match q.get_timeout(Duration::from_secs(10)) {
+        Err(GetError::ShutDown) => Ok(()),
+        other => bail!("after the last item: {other:?} (expected ShutDown)"),
+    }
 }

@@ -143,6 +143,8 @@ struct SubState {
     closed: bool,
     /// Closed: puts are refused.
     put_closed: bool,
+    /// Shut down: refusals and the end of the queue say `ShutDown`.
+    shut_down: bool,
     /// The hub holds no such queue (it was gone before this process held it).
     gone: bool,
     /// A put from here was answered: the hub knows this connection uses
@@ -195,6 +197,15 @@ pub fn dispatch(msg: &Message<'_>) -> bool {
                         status::CLOSED => state.put_closed = true,
                         status::NO_QUEUE => state.gone = true,
                         status::RECALL => client.give_back(value, &mut state),
+                        status::SHUT_DOWN => {
+                            state.shut_down = true;
+                            state.put_closed = true;
+                            if payload == [1] {
+                                // Immediately: what was delivered here is
+                                // dropped (the hub forgot it).
+                                state.buf.clear();
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -413,6 +424,8 @@ impl Client {
         let state = lock(&sub.state);
         if state.gone {
             Some(QueueError::NoSuchQueue { id: queue })
+        } else if state.shut_down {
+            Some(QueueError::ShutDown)
         } else if state.put_closed {
             Some(QueueError::Closed)
         } else {
@@ -447,6 +460,11 @@ impl Client {
         payload: &[u8],
     ) -> Result<(), QueueError> {
         self.send(0, code, queue, arg, payload)
+    }
+
+    /// Whether the hub said `queue` was shut down.
+    pub(crate) fn is_shut_down(&self, queue: u64) -> bool {
+        lock(&self.sub(queue).state).shut_down
     }
 
     /// Whether a put to `queue` from this process was answered already.

@@ -164,6 +164,10 @@ pub(crate) struct Core {
 struct State {
     items: VecDeque<Vec<u8>>,
     closed: bool,
+    /// Shut down (closed, and puts and getters are told `ShutDown`);
+    /// `dropped`: immediately, pending items were dropped.
+    shut_down: bool,
+    dropped: bool,
     /// Items put and not yet `task_done`, nor reported lost
     /// (JoinableQueue accounting; see the module docs).
     unfinished: u64,
@@ -432,6 +436,15 @@ impl State {
         self.closed && self.items.is_empty() && self.unacked() == 0
     }
 
+    /// What a refused put is told: `CLOSED`, or `SHUT_DOWN`.
+    fn closed_status(&self) -> u8 {
+        if self.shut_down {
+            status::SHUT_DOWN
+        } else {
+            status::CLOSED
+        }
+    }
+
     fn has_room(&self, capacity: Option<usize>) -> bool {
         capacity.is_none_or(|c| self.len() < c)
     }
@@ -494,8 +507,9 @@ impl State {
     /// queued items for subscribers, closed notices, finished joins.
     fn pump(&mut self, capacity: Option<usize>, queue: u64, dirty: &mut Dirty) {
         if self.closed {
+            let code = self.closed_status();
             for p in self.parked_puts.drain(..) {
-                reply(&p.link, p.req, status::CLOSED, 0, dirty);
+                reply(&p.link, p.req, code, 0, dirty);
             }
         }
         while self.has_room(capacity) {
@@ -793,6 +807,51 @@ impl Core {
         self.lock().unfinished
     }
 
+    /// Whether the queue was shut down.
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.lock().shut_down
+    }
+
+    /// Shuts the queue down (Python 3.13's `Queue.shutdown`): closed,
+    /// with refusals and the end of the queue told as `ShutDown`. With
+    /// `immediate`, the items not yet taken (queued, or delivered to a
+    /// process and not read there) are dropped and leave the unfinished
+    /// count, so `join` returns once the items already taken are done.
+    /// Every waiter, here and in other processes, is woken.
+    pub(crate) fn shutdown(&self, immediate: bool) {
+        let mut dirty = Dirty::default();
+        let mut state = self.lock();
+        if !state.shut_down || (immediate && !state.dropped) {
+            state.shut_down = true;
+            if immediate {
+                state.dropped = true;
+                let mut dropped = std::mem::take(&mut state.items).len();
+                for sub in &mut state.subs {
+                    dropped += sub.unacked.len();
+                    sub.unacked.clear();
+                }
+                state.unfinished = state.unfinished.saturating_sub(dropped as u64);
+            }
+            let notice = Message::Reply {
+                req: 0,
+                status: status::SHUT_DOWN,
+                value: self.id,
+                payload: &[u8::from(immediate)],
+            };
+            for link in &state.users {
+                if link.write(&notice).is_ok() {
+                    dirty.mark(link);
+                }
+            }
+        }
+        if state.closed {
+            state.pump(self.capacity, self.id, &mut dirty);
+        } else {
+            self.close_locked(&mut state, &mut dirty);
+        }
+        self.notify(state);
+    }
+
     pub(crate) fn close(&self) {
         let mut dirty = Dirty::default();
         let mut state = self.lock();
@@ -828,13 +887,17 @@ impl Core {
             state.users.push(Arc::clone(link));
         }
         match code {
+            // A one-way put its sender made before it heard of an
+            // immediate shutdown: dropped with the other pending items.
+            op::PUT if state.dropped => {}
             op::PUT => {
                 state.unfinished += 1;
                 state.push(payload.to_vec(), self.id, dirty);
             }
             op::PUT_WAIT => {
                 if state.closed {
-                    reply(link, req, status::CLOSED, 0, dirty);
+                    let code = state.closed_status();
+                    reply(link, req, code, 0, dirty);
                 } else if state.has_room(self.capacity) && state.parked_puts.is_empty() {
                     state.unfinished += 1;
                     state.push(payload.to_vec(), self.id, dirty);
@@ -912,6 +975,12 @@ impl Core {
             op::CLOSE => {
                 drop(state);
                 self.close();
+                reply(link, req, status::OK, 0, dirty);
+                return;
+            }
+            op::SHUTDOWN => {
+                drop(state);
+                self.shutdown(arg != 0);
                 reply(link, req, status::OK, 0, dirty);
                 return;
             }

@@ -13,6 +13,7 @@
 //! | `JOIN` | id | — | — | `OK` once nothing is unfinished (parks); `CONSUMER_DIED` at once, or while parked, when a connection ended owing confirmations |
 //! | `LEN` | id | — | — | `OK` with `value` = length |
 //! | `CLOSE` | id | — | — | `OK` |
+//! | `SHUTDOWN` | id | 1: immediate, 0: not | — | `OK`; users hear a `SHUT_DOWN` notice (payload: 1 byte, immediate), then `CLOSED`; puts, parked or new, are answered `SHUT_DOWN` |
 //! | `CANCEL` | 0 | the parked request's id | — | `CANCELLED` to that request, if still parked |
 //! | `UNSUBSCRIBE` | id | — | — | `OK`, after the subscription's unacknowledged items went back to the front of the queue |
 //! | `HUB_ID` | id (queue 0) | — | — | `OK` with `value` = the hub's id (a worker asks once, to tell its parent's handles from others) |
@@ -35,7 +36,8 @@
 //! when it happens, or, if none is, to the next join.
 //!
 //! A reply with `req` 0 is a notice about queue `value`: `CLOSED` (puts
-//! are refused from now on), `NO_QUEUE` (the hub holds no such queue:
+//! are refused from now on), `SHUT_DOWN` (the queue was shut down; with
+//! payload `[1]`, immediately: drop what is buffered), `NO_QUEUE` (the hub holds no such queue:
 //! a `HOLD` came after every handle was gone) or `RECALL` (a getter
 //! elsewhere waits and the queue is empty: give back what you buffered
 //! unless a getter of yours takes it; answered by `RETURN` or `KEEP`,
@@ -69,6 +71,7 @@ pub(crate) mod op {
     pub(crate) const WANT: u8 = 15;
     pub(crate) const RETURN: u8 = 16;
     pub(crate) const KEEP: u8 = 17;
+    pub(crate) const SHUTDOWN: u8 = 18;
 }
 
 /// Status codes of `Message::Reply`.
@@ -82,6 +85,7 @@ pub(crate) mod status {
     pub(crate) const BAD_REQUEST: u8 = 6;
     pub(crate) const CONSUMER_DIED: u8 = 7;
     pub(crate) const RECALL: u8 = 8;
+    pub(crate) const SHUT_DOWN: u8 = 9;
 }
 
 /// How long an operation may block.
@@ -119,6 +123,7 @@ pub(crate) fn check_reply(
         status::OK => Ok(()),
         status::FULL | status::CANCELLED => Err(QueueError::Full),
         status::CLOSED => Err(QueueError::Closed),
+        status::SHUT_DOWN => Err(QueueError::ShutDown),
         status::NO_QUEUE => Err(QueueError::NoSuchQueue { id: queue }),
         status::TOO_MANY_TASK_DONE => Err(QueueError::TooManyTaskDone),
         status::CONSUMER_DIED => match payload {
