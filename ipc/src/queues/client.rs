@@ -462,6 +462,30 @@ impl Client {
         self.send(0, code, queue, arg, payload)
     }
 
+    /// Whether a get of `queue` would not block now (an item buffered
+    /// here, or the end); if not, `waker` is woken by the next delivery
+    /// (see `wait`), and the hub hears a getter waits here.
+    pub(crate) fn watch(&self, queue: u64, waker: &std::task::Waker) -> Result<bool, QueueError> {
+        let sub = self.subscribed(queue)?;
+        let mut state = lock(&sub.state);
+        if !state.buf.is_empty() || state.closed {
+            return Ok(true);
+        }
+        self.regrant(queue, &mut state)?;
+        if !state.wakers.iter().any(|w| w.will_wake(waker)) {
+            state.wakers.push(waker.clone());
+            self.oneway(op::WANT, queue, 0, &[])?;
+        }
+        Ok(false)
+    }
+
+    /// Drops `waker` from `queue`'s subscription, if it is there.
+    pub(crate) fn unwatch(&self, queue: u64, waker: &std::task::Waker) {
+        if let Some(sub) = self.existing(queue) {
+            lock(&sub.state).wakers.retain(|w| !w.will_wake(waker));
+        }
+    }
+
     /// Whether the hub said `queue` was shut down.
     pub(crate) fn is_shut_down(&self, queue: u64) -> bool {
         lock(&self.sub(queue).state).shut_down

@@ -205,6 +205,9 @@ struct State {
     /// Local async waiters (see `poll.rs`), by key: woken with the threads.
     wakers: HashMap<u64, Option<std::task::Waker>>,
     next_waker: u64,
+    /// Threads in `wait` watching for an item (each counts as a local
+    /// getter): woken by every change, until they unwatch.
+    watchers: Vec<std::task::Waker>,
 }
 
 #[derive(Debug)]
@@ -650,7 +653,8 @@ impl Core {
     /// condition variable's notify is a system call even when nobody waits).
     fn notify(&self, mut state: MutexGuard<'_, State>) {
         let waiters = state.waiters;
-        let wakers = state.take_wakers();
+        let mut wakers = state.take_wakers();
+        wakers.extend(state.watchers.iter().cloned());
         drop(state);
         if waiters > 0 {
             self.changed.notify_all();
@@ -744,6 +748,38 @@ impl Core {
                 return !state.items.is_empty() || state.drained();
             }
         }
+    }
+
+    /// Whether a get would not block now (an item, or closed and
+    /// drained); if not, `waker` watches: it counts as a local getter
+    /// (items stay here, and those buffered in idle processes are
+    /// recalled) and is woken on every change until [`unwatch`](Self::unwatch).
+    pub(crate) fn watch(&self, waker: &std::task::Waker) -> bool {
+        let mut dirty = Dirty::default();
+        let mut state = self.lock();
+        if !state.items.is_empty() || state.drained() {
+            return true;
+        }
+        if !state.watchers.iter().any(|w| w.will_wake(waker)) {
+            state.watchers.push(waker.clone());
+            state.local_getters += 1;
+        }
+        state.recall(true, self.id, &mut dirty);
+        false
+    }
+
+    /// Drops `waker`'s watch, if any; items may go to subscribers again.
+    pub(crate) fn unwatch(&self, waker: &std::task::Waker) {
+        let mut dirty = Dirty::default();
+        let mut state = self.lock();
+        let before = state.watchers.len();
+        state.watchers.retain(|w| !w.will_wake(waker));
+        let gone = before - state.watchers.len();
+        if gone > 0 {
+            state.local_getters -= gone;
+            state.pump(self.capacity, self.id, &mut dirty);
+        }
+        drop(state);
     }
 
     /// Counts `n` items as done; false (and nothing counted) if that is more

@@ -484,6 +484,23 @@ impl<T: Payload> Queue<T> {
 }
 
 impl<T> Queue<T> {
+    /// Whether a get would not block now; if not, `waker` is woken on a
+    /// change until [`unwatch`](Self::unwatch) (see [`super::wait`]).
+    pub(crate) fn watch(&self, waker: &std::task::Waker) -> Result<bool, QueueError> {
+        match &self.handle {
+            Handle::Local(core) => Ok(core.watch(waker)),
+            Handle::Remote { id, client, .. } => client.watch(*id, waker),
+        }
+    }
+
+    /// Drops `waker`'s registration made by [`watch`](Self::watch).
+    pub(crate) fn unwatch(&self, waker: &std::task::Waker) {
+        match &self.handle {
+            Handle::Local(core) => core.unwatch(waker),
+            Handle::Remote { id, client, .. } => client.unwatch(*id, waker),
+        }
+    }
+
     /// The end of a closed and drained queue: `Closed`, or `ShutDown`.
     fn ended(&self) -> GetError {
         if self.is_shut_down() {
@@ -1022,6 +1039,13 @@ impl<T: Payload> SimpleQueue<T> {
     /// and drained, or on an error.
     pub fn iter(&self) -> QueueIter<'_, T> {
         QueueIter::queue(&self.0)
+    }
+}
+
+impl<T> SimpleQueue<T> {
+    /// The queue inside.
+    pub(crate) fn queue(&self) -> &Queue<T> {
+        &self.0
     }
 }
 
