@@ -173,6 +173,7 @@ pub use procpool_ipc::sync_prims::{
     RLockGuard, ReleaseError, Semaphore, SemaphoreGuard,
 };
 pub use procpool_ipc::task::Payload;
+pub use procpool_ipc::wait::{Waitable, wait};
 pub use procpool_ipc::{IpcError, Task, TaskError};
 
 pub use procpool_pool::{

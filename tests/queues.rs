@@ -56,6 +56,20 @@ type GoneArgs = (Queue<u64>, SimpleQueue<()>, Queue<()>);
 /// second queue and aborts, without `task_done`.
 const ABORT_ON_ITEM_13: Task<(JoinableQueue<u64>, SimpleQueue<u64>), ()> =
     Task::new("abort_on_item_13");
+/// Passes the token through the queue a few times (get, put back: a fast
+/// getter, so its credit grows), reports the token's value on the second
+/// queue, then blocks on the third without getting again.
+const PASS_TOKEN_THEN_HOLD: Task<HoldArgs, ()> = Task::new("pass_token_then_hold");
+/// Takes one item within this many milliseconds; `None` if none came.
+const TAKE_WITHIN: Task<(Queue<u64>, u64), Option<u64>> = Task::new("take_within");
+/// Signals readiness, then blocks in `get`; what the get said, as text.
+const GET_REPORT: Task<(Queue<u64>, SimpleQueue<()>), String> = Task::new("get_report");
+/// Signals readiness, then blocks in `put` (the queue is full); what the
+/// put said, as text.
+const PUT_REPORT: Task<(JoinableQueue<u64>, SimpleQueue<()>), String> = Task::new("put_report");
+/// Shuts the queue down (immediately or not) from a worker, then reports
+/// what its own put says.
+const SHUT_DOWN_HERE: Task<(Queue<u64>, bool), String> = Task::new("shut_down_here");
 /// Waits for the go signal, then takes items and marks them done until the
 /// queue is closed and drained; returns how many.
 const CONSUME_AFTER_GO: Task<(JoinableQueue<u64>, Queue<()>), u64> = Task::new("consume_after_go");
@@ -87,11 +101,13 @@ fn released_handle_gives_back_items() -> anyhow::Result<()> {
 }
 
 /// `Closed` means every item was taken for good: not while a getter in
-/// another process holds a delivered item it may never take. Once that
-/// getter dies, the item comes back, and only then is the queue drained.
+/// another process holds a delivered item it may never take. A holder
+/// that is not getting gives the item back when a getter waits (the hub
+/// recalls it); one that cannot answer (stopped, here) keeps it from the
+/// getters until it dies, and only then is the queue drained.
 fn closed_waits_for_items_held_elsewhere() -> anyhow::Result<()> {
     let q = Queue::new();
-    for i in 0..3u64 {
+    for i in 0..4u64 {
         q.put(i)?;
     }
     let (took, gate) = (SimpleQueue::new(), Queue::new());
@@ -101,16 +117,31 @@ fn closed_waits_for_items_held_elsewhere() -> anyhow::Result<()> {
     // delivered 1 to it in 0's place, and it will not take it.
     ensure!(took.get()? == 0, "the holder took another item first");
     q.close()?;
-    ensure!(q.get()? == 2, "the master should get the item still queued");
-    match q.get_timeout(Duration::from_millis(300)) {
-        Err(GetError::Empty) => {}
-        other => bail!("while another process holds item 1: {other:?} (expected Empty)"),
-    }
-    holder.kill();
-    let back = q
-        .get_timeout(Duration::from_secs(10))
-        .context("the killed holder's item did not come back")?;
-    ensure!(back == 1, "got {back} back");
+    ensure!(
+        q.get()? == 2,
+        "the master should get the items still queued"
+    );
+    ensure!(
+        q.get()? == 3,
+        "the master should get the items still queued"
+    );
+    let held = if cfg!(unix) {
+        #[cfg(unix)]
+        let mut peers = common::peers::Peers::default();
+        #[cfg(unix)]
+        peers.stop(holder.pid())?;
+        match q.get_timeout(Duration::from_millis(300)) {
+            Err(GetError::Empty) => {}
+            other => bail!("while a stopped process holds item 1: {other:?} (expected Empty)"),
+        }
+        holder.kill();
+        q.get_timeout(Duration::from_secs(10))
+            .context("the killed holder's item did not come back")?
+    } else {
+        q.get_timeout(Duration::from_secs(10))
+            .context("the idle holder's item was not recalled")?
+    };
+    ensure!(held == 1, "got {held} back");
     match q.get_timeout(Duration::from_secs(10)) {
         Err(GetError::Closed) => Ok(()),
         other => bail!("after every item: {other:?} (expected Closed)"),
@@ -171,6 +202,30 @@ fn registry() -> Registry {
         })
         .task(PUT_SEES_CLOSED, |q| {
             matches!(q.put(7), Err(procpool::PutError::Closed(7)))
+        })
+        .task(PASS_TOKEN_THEN_HOLD, |(token, took, hold)| {
+            let mut t = 0;
+            for _ in 0..8 {
+                t = token.get().expect("get");
+                token.put(t + 1).expect("put");
+            }
+            took.put(t + 1).expect("took");
+            hold.get().expect("hold");
+        })
+        .task(TAKE_WITHIN, |(q, ms)| {
+            q.get_timeout(Duration::from_millis(ms)).ok()
+        })
+        .task(GET_REPORT, |(q, ready)| {
+            ready.put(()).expect("ready");
+            format!("{:?}", q.get())
+        })
+        .task(PUT_REPORT, |(q, ready)| {
+            ready.put(()).expect("ready");
+            format!("{:?}", q.put(7))
+        })
+        .task(SHUT_DOWN_HERE, |(q, immediate)| {
+            q.shutdown(immediate).expect("shutdown");
+            format!("{:?}", q.put(1))
         })
         .task(TRY_DRAIN, |q| {
             let mut got = Vec::new();
@@ -323,6 +378,9 @@ fn main() {
         queue_lives_while_a_worker_holds_it,
         guards_confirm_items_in_other_processes_even_on_panic,
         join_reports_a_consumer_that_died_before_task_done,
+        a_token_queue_never_strands_its_token,
+        shutdown_immediate_wakes_workers_and_join,
+        shutdown_from_a_worker_drains_then_ends,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -662,4 +720,96 @@ fn join_reports_a_consumer_that_died_before_task_done() -> anyhow::Result<()> {
     );
     ensure!(jq.unfinished() == Some(0) && jq.is_empty()?);
     Ok(())
+}
+
+/// A one-item queue used as shared state (a token): process A takes and
+/// puts the token back several times, then blocks on something else
+/// without getting again. The hub had pushed the token to A (it had
+/// credit), where nobody takes it; process B waiting in `get` must still
+/// get it, as with Python's queue. (Before the hub recalled items from an
+/// idle holder, B waited for ever.)
+fn a_token_queue_never_strands_its_token() -> anyhow::Result<()> {
+    let token = Queue::new();
+    token.put(0u64)?;
+    let (took, hold) = (SimpleQueue::new(), Queue::new());
+    let a = Process::spawn(
+        PASS_TOKEN_THEN_HOLD,
+        (token.clone(), took.clone(), hold.clone()),
+    )?
+    .watched();
+    let last = took.get()?;
+    ensure!(last == 8, "A passed the token {last} times");
+    let b = Process::spawn(TAKE_WITHIN, (token.clone(), 20_000))?.watched();
+    let got = b.join()?;
+    hold.put(())?;
+    a.join()?;
+    ensure!(
+        got == Some(8),
+        "B got {got:?}: the token stayed with A, which was not getting"
+    );
+    // The master, a getter in the hub process, gets it back the same way.
+    token.put(0)?;
+    let a = Process::spawn(
+        PASS_TOKEN_THEN_HOLD,
+        (token.clone(), took.clone(), hold.clone()),
+    )?
+    .watched();
+    ensure!(took.get()? == 8);
+    let got = token.get_timeout(Duration::from_secs(20));
+    hold.put(())?;
+    a.join()?;
+    ensure!(matches!(got, Ok(8)), "the master got {got:?}");
+    Ok(())
+}
+
+/// Python 3.13's `shutdown(immediate=True)` across processes
+/// (CPython's `test_shutdown_immediate_all_methods_in_many_threads`, with
+/// processes): a getter blocked in a worker and a putter blocked on a full
+/// queue in another get `ShutDown`; a `join` blocked in the master
+/// returns, the pending items dropped from the unfinished count.
+fn shutdown_immediate_wakes_workers_and_join() -> anyhow::Result<()> {
+    let empty = Queue::new();
+    let full = JoinableQueue::bounded(2);
+    full.put(1u64)?;
+    full.put(2)?;
+    let ready = SimpleQueue::new();
+    let getter = Process::spawn(GET_REPORT, (empty.clone(), ready.clone()))?.watched();
+    let putter = Process::spawn(PUT_REPORT, (full.clone(), ready.clone()))?.watched();
+    ready.get()?;
+    ready.get()?;
+    let joiner = {
+        let full = full.clone();
+        std::thread::spawn(move || full.join_timeout(Duration::from_secs(60)))
+    };
+    empty.shutdown(true)?;
+    full.shutdown(true)?;
+    let got = getter.join()?;
+    ensure!(got == "Err(ShutDown)", "the blocked getter said {got}");
+    let put = putter.join()?;
+    ensure!(put == "Err(ShutDown(..))", "the blocked putter said {put}");
+    let joined = joiner
+        .join()
+        .map_err(|_| anyhow::anyhow!("join panicked"))?;
+    ensure!(matches!(joined, Ok(true)), "join said {joined:?}");
+    ensure!(full.unfinished() == Some(0) && full.is_empty()?);
+    Ok(())
+}
+
+/// A worker shuts the queue down (not immediately): its own put and the
+/// master's are refused with `ShutDown`, the master drains what is left,
+/// then gets `ShutDown` (CPython's `test_shutdown_nonempty`).
+fn shutdown_from_a_worker_drains_then_ends() -> anyhow::Result<()> {
+    let q = Queue::bounded(4);
+    q.put(1u64)?;
+    q.put(2)?;
+    let said = Process::spawn(SHUT_DOWN_HERE, (q.clone(), false))?
+        .watched()
+        .join()?;
+    ensure!(said == "Err(ShutDown(..))", "the worker's put said {said}");
+    ensure!(q.put(3).is_err_and(|e| e.is_shut_down()));
+    ensure!(q.get()? == 1 && q.get()? == 2);
+    match q.get_timeout(Duration::from_secs(10)) {
+        Err(GetError::ShutDown) => Ok(()),
+        other => bail!("after the last item: {other:?} (expected ShutDown)"),
+    }
 }

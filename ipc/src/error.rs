@@ -153,6 +153,10 @@ pub enum QueueError {
     /// The queue is closed.
     #[error("the queue is closed")]
     Closed,
+    /// The queue was shut down (`Queue::shutdown`, Python 3.13's
+    /// `queue.ShutDown`).
+    #[error("the queue is shut down")]
+    ShutDown,
     /// A process that had taken items from a `JoinableQueue` ended (died,
     /// was killed, or exited) without marking `unfinished` of them done:
     /// they will never be, so they no longer count as unfinished, and

@@ -66,5 +66,5 @@ pub use error::{IpcError, TaskError};
 pub use queues::client::{dispatch as dispatch_to_proxies, install as install_hub_client};
 #[doc(hidden)]
 pub use queues::hub;
-pub use queues::{map as shared_map, pipe, queue, sync as sync_prims};
+pub use queues::{map as shared_map, pipe, queue, sync as sync_prims, wait};
 pub use task::Task;

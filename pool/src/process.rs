@@ -219,6 +219,22 @@ impl<O: Payload> Process<O> {
     }
 }
 
+/// Ready for [`procpool::wait`](procpool_ipc::wait::wait) once the
+/// process has exited and been reaped (as [`is_alive`](Process::is_alive)
+/// turning false), told by the supervisor's record of the exit: no
+/// polling.
+impl<O> procpool_ipc::wait::Waitable for Process<O> {
+    fn poll_ready(
+        &self,
+        waker: &std::task::Waker,
+    ) -> Result<bool, procpool_ipc::queue::QueueError> {
+        Ok(self.entry.shared.watch_exit(self.entry.pid, waker))
+    }
+    fn forget(&self, waker: &std::task::Waker) {
+        self.entry.shared.unwatch_exit(waker);
+    }
+}
+
 /// A live child [`Process`], as listed by [`active_children`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

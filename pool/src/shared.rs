@@ -57,6 +57,8 @@ struct Exits {
     left: Vec<(u32, Option<ExitStatus>)>,
     /// The supervisor has ended: every worker has left.
     over: bool,
+    /// Waiters in `procpool::wait` (see [`Shared::watch_exit`]).
+    wakers: Vec<std::task::Waker>,
 }
 
 /// Raw counters behind [`Stats`](crate::Stats).
@@ -237,16 +239,24 @@ impl Shared {
     /// reaped) with `status`, if this pool keeps such records.
     pub(crate) fn record_exit(&self, pid: u32, status: Option<ExitStatus>) {
         if let Some((exits, cv)) = &self.exits {
-            lock(exits).left.push((pid, status));
+            let mut exits = lock(exits);
+            exits.left.push((pid, status));
+            let wakers = exits.wakers.clone();
+            drop(exits);
             cv.notify_all();
+            wakers.iter().for_each(std::task::Waker::wake_by_ref);
         }
     }
 
     /// Records that every worker has left (the supervisor ends).
     pub(crate) fn exits_over(&self) {
         if let Some((exits, cv)) = &self.exits {
-            lock(exits).over = true;
+            let mut exits = lock(exits);
+            exits.over = true;
+            let wakers = exits.wakers.clone();
+            drop(exits);
             cv.notify_all();
+            wakers.iter().for_each(std::task::Waker::wake_by_ref);
         }
     }
 
@@ -268,6 +278,31 @@ impl Shared {
                 return Some(None);
             }
             exits = wait_until(cv, exits, deadline).ok()?;
+        }
+    }
+
+    /// Whether worker `pid` has left (as [`wait_exit`](Self::wait_exit)
+    /// would say at once); if not, `waker` is woken when a worker leaves,
+    /// until [`unwatch_exit`](Self::unwatch_exit). A pool that keeps no
+    /// exit records never says so.
+    pub(crate) fn watch_exit(&self, pid: u32, waker: &std::task::Waker) -> bool {
+        let Some((exits, _)) = self.exits.as_ref() else {
+            return false;
+        };
+        let mut exits = lock(exits);
+        if exits.over || exits.left.iter().any(|(p, _)| *p == pid) {
+            return true;
+        }
+        if !exits.wakers.iter().any(|w| w.will_wake(waker)) {
+            exits.wakers.push(waker.clone());
+        }
+        false
+    }
+
+    /// Drops `waker`'s registration made by [`watch_exit`](Self::watch_exit).
+    pub(crate) fn unwatch_exit(&self, waker: &std::task::Waker) {
+        if let Some((exits, _)) = self.exits.as_ref() {
+            lock(exits).wakers.retain(|w| !w.will_wake(waker));
         }
     }
 

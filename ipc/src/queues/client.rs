@@ -12,6 +12,9 @@
 //! yet). The credit starts at one and doubles, up to [`MAX_CREDIT`], while
 //! the caller keeps finding the buffer empty right after a take — a fast
 //! consumer streams, a slow one holds at most a few items others could use.
+//! Those few are not stranded: when a getter elsewhere waits for an empty
+//! queue, the hub recalls them from a process that is not getting (see
+//! [`give_back`](Client::give_back) and the hub's docs).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +38,13 @@ pub(crate) const MAX_CREDIT: u64 = 256;
 /// A take this soon after the previous one that finds the buffer empty
 /// means the consumer is faster than the credit: double it.
 const FAST: Duration = Duration::from_millis(1);
+
+/// A getter that has waited this long with nothing buffered tells the hub
+/// (`WANT`), which then recalls items buffered in processes that are not
+/// getting: an item never waits in an idle process while a getter waits
+/// elsewhere. Sooner would cost a frame on every short wait of a
+/// streaming consumer.
+const WANT_AFTER: Duration = Duration::from_millis(2);
 
 static CLIENT: OnceLock<Arc<Client>> = OnceLock::new();
 
@@ -133,6 +143,8 @@ struct SubState {
     closed: bool,
     /// Closed: puts are refused.
     put_closed: bool,
+    /// Shut down: refusals and the end of the queue say `ShutDown`.
+    shut_down: bool,
     /// The hub holds no such queue (it was gone before this process held it).
     gone: bool,
     /// A put from here was answered: the hub knows this connection uses
@@ -184,6 +196,16 @@ pub fn dispatch(msg: &Message<'_>) -> bool {
                     match code {
                         status::CLOSED => state.put_closed = true,
                         status::NO_QUEUE => state.gone = true,
+                        status::RECALL => client.give_back(value, &mut state),
+                        status::SHUT_DOWN => {
+                            state.shut_down = true;
+                            state.put_closed = true;
+                            if payload == [1] {
+                                // Immediately: what was delivered here is
+                                // dropped (the hub forgot it).
+                                state.buf.clear();
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -234,6 +256,72 @@ pub fn dispatch(msg: &Message<'_>) -> bool {
 }
 
 impl Client {
+    /// Answers the hub's `RECALL` (see `wire`): what the waiting getters
+    /// here will not take goes back, from the end of the buffer; with no
+    /// getter waiting, the subscription also gives up its credit (the
+    /// next get grants it again). Sent under the subscription's lock, so
+    /// a grant from a getter comes after it.
+    fn give_back(&self, queue: u64, state: &mut SubState) {
+        let waiting = state.waiters + state.wakers.len();
+        let keep = state.buf.len().min(waiting);
+        let back = (state.buf.len() - keep) as u64;
+        state.buf.truncate(keep);
+        let code = if waiting == 0 {
+            state.credit = 0;
+            op::RETURN
+        } else {
+            op::KEEP
+        };
+        // A broken link needs no answer: the hub gives everything back
+        // when it sees the connection end.
+        let _ = self.oneway(code, queue, back, &[]);
+    }
+
+    /// Grants the hub credit again after a recall took it (`RETURN`):
+    /// a getter is here.
+    fn regrant(&self, queue: u64, state: &mut SubState) -> Result<(), QueueError> {
+        if state.credit == 0 {
+            state.credit = 1;
+            self.oneway(op::SUBSCRIBE, queue, 1, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Waits for a delivery until `deadline`; after [`WANT_AFTER`] tells
+    /// the hub a getter waits here (once per call: `wanted`). `None` once
+    /// the deadline has passed.
+    fn wait_wanting<'a>(
+        &self,
+        sub: &'a Sub,
+        queue: u64,
+        state: MutexGuard<'a, SubState>,
+        deadline: Option<Instant>,
+        wanted: &mut bool,
+    ) -> Result<Option<MutexGuard<'a, SubState>>, QueueError> {
+        if *wanted {
+            return Ok(sub.wait(state, deadline));
+        }
+        let want_at = Instant::now() + WANT_AFTER;
+        // (A wait that times out still returns the guard: `None` only
+        // when the time was up before it began.)
+        match sub.wait(state, Some(deadline.map_or(want_at, |d| d.min(want_at)))) {
+            Some(state) if !state.buf.is_empty() || state.closed || Instant::now() < want_at => {
+                Ok(Some(state))
+            }
+            Some(state) => {
+                *wanted = true;
+                self.oneway(op::WANT, queue, 0, &[])?;
+                Ok(Some(state))
+            }
+            None if deadline.is_some_and(|d| Instant::now() >= d) => Ok(None),
+            None => {
+                *wanted = true;
+                self.oneway(op::WANT, queue, 0, &[])?;
+                Ok(Some(lock(&sub.state)))
+            }
+        }
+    }
+
     fn sub(&self, queue: u64) -> Arc<Sub> {
         Arc::clone(&lock(&self.subs).entry(queue).or_default().sub)
     }
@@ -336,6 +424,8 @@ impl Client {
         let state = lock(&sub.state);
         if state.gone {
             Some(QueueError::NoSuchQueue { id: queue })
+        } else if state.shut_down {
+            Some(QueueError::ShutDown)
         } else if state.put_closed {
             Some(QueueError::Closed)
         } else {
@@ -370,6 +460,35 @@ impl Client {
         payload: &[u8],
     ) -> Result<(), QueueError> {
         self.send(0, code, queue, arg, payload)
+    }
+
+    /// Whether a get of `queue` would not block now (an item buffered
+    /// here, or the end); if not, `waker` is woken by the next delivery
+    /// (see `wait`), and the hub hears a getter waits here.
+    pub(crate) fn watch(&self, queue: u64, waker: &std::task::Waker) -> Result<bool, QueueError> {
+        let sub = self.subscribed(queue)?;
+        let mut state = lock(&sub.state);
+        if !state.buf.is_empty() || state.closed {
+            return Ok(true);
+        }
+        self.regrant(queue, &mut state)?;
+        if !state.wakers.iter().any(|w| w.will_wake(waker)) {
+            state.wakers.push(waker.clone());
+            self.oneway(op::WANT, queue, 0, &[])?;
+        }
+        Ok(false)
+    }
+
+    /// Drops `waker` from `queue`'s subscription, if it is there.
+    pub(crate) fn unwatch(&self, queue: u64, waker: &std::task::Waker) {
+        if let Some(sub) = self.existing(queue) {
+            lock(&sub.state).wakers.retain(|w| !w.will_wake(waker));
+        }
+    }
+
+    /// Whether the hub said `queue` was shut down.
+    pub(crate) fn is_shut_down(&self, queue: u64) -> bool {
+        lock(&self.sub(queue).state).shut_down
     }
 
     /// Whether a put to `queue` from this process was answered already.
@@ -469,6 +588,7 @@ impl Client {
         let sub = self.subscribed(queue)?;
         let deadline = wait.deadline();
         let mut synced = false;
+        let mut wanted = false;
         let mut state = lock(&sub.state);
         loop {
             if let Some(item) = state.buf.pop_front() {
@@ -489,7 +609,8 @@ impl Client {
                 state.last_take = None;
                 self.oneway(op::SUBSCRIBE, queue, more, &[])?;
             }
-            state = match sub.wait(state, deadline) {
+            self.regrant(queue, &mut state)?;
+            state = match self.wait_wanting(&sub, queue, state, deadline, &mut wanted)? {
                 Some(state) => state,
                 None if synced => return Ok(Taken::Empty),
                 None => {
@@ -510,12 +631,14 @@ impl Client {
     pub(crate) fn poll(&self, queue: u64, wait: Wait) -> Result<bool, QueueError> {
         let sub = self.subscribed(queue)?;
         let deadline = wait.deadline();
+        let mut wanted = false;
         let mut state = lock(&sub.state);
         loop {
             if !state.buf.is_empty() || state.closed {
                 return Ok(true);
             }
-            state = match sub.wait(state, deadline) {
+            self.regrant(queue, &mut state)?;
+            state = match self.wait_wanting(&sub, queue, state, deadline, &mut wanted)? {
                 Some(state) => state,
                 None => return Ok(false),
             };

@@ -25,6 +25,19 @@
 //!   but not acknowledged when the connection ends go back to the front of
 //!   the queue: a process that dies in `get` loses nothing.
 //! - Delivered-but-unacknowledged items count towards `len` and capacity.
+//! - An item is never stranded in a process that is not getting while a
+//!   getter waits elsewhere (Python's queue, a pipe any reader can take
+//!   from, never strands one). When the queue is empty and a getter waits
+//!   (a thread or future here, or a subscriber that sent `WANT`: its
+//!   getter waited a moment with nothing buffered), the hub sends
+//!   `RECALL` to every subscriber holding delivered, unacknowledged items
+//!   and stops delivering to it. The subscriber answers `RETURN` (no
+//!   getter waits there: its unread buffer comes back to the front of the
+//!   queue, and it has no credit until its next get grants some) or
+//!   `KEEP` (its getters take what they can, the rest comes back). A
+//!   subscriber that sent `WANT` is served first. A one-token queue used
+//!   as a lock between processes thus passes the token to whoever waits.
+//!   `try_get` in the hub process does not recall (it never waits).
 //! - `PIN`, `HOLD` and `UNHOLD` keep the queue alive while handles to it
 //!   travel and live in workers; a pipe's direction ends when its last
 //!   writer goes (see `hub/lifetime.rs`). `HUB_ID` tells a worker which hub its
@@ -151,6 +164,10 @@ pub(crate) struct Core {
 struct State {
     items: VecDeque<Vec<u8>>,
     closed: bool,
+    /// Shut down (closed, and puts and getters are told `ShutDown`);
+    /// `dropped`: immediately, pending items were dropped.
+    shut_down: bool,
+    dropped: bool,
     /// Items put and not yet `task_done`, nor reported lost
     /// (JoinableQueue accounting; see the module docs).
     unfinished: u64,
@@ -188,6 +205,9 @@ struct State {
     /// Local async waiters (see `poll.rs`), by key: woken with the threads.
     wakers: HashMap<u64, Option<std::task::Waker>>,
     next_waker: u64,
+    /// Threads in `wait` watching for an item (each counts as a local
+    /// getter): woken by every change, until they unwatch.
+    watchers: Vec<std::task::Waker>,
 }
 
 #[derive(Debug)]
@@ -196,6 +216,54 @@ struct Sub {
     credit: u64,
     unacked: VecDeque<Vec<u8>>,
     closed_sent: bool,
+    /// Its process has a getter waiting with nothing buffered (`WANT`):
+    /// served first, and items buffered elsewhere are recalled for it.
+    wants: bool,
+    /// A `RECALL` is unanswered: nothing is delivered to it meanwhile
+    /// (its credit waits in `held`), so `RETURN`'s count names the last
+    /// items it was delivered.
+    recalling: bool,
+    held: u64,
+    /// It answered a recall keeping what it had (a getter was about to
+    /// take it): not recalled again before it acknowledges a take.
+    kept: bool,
+    /// It gave everything back with no getter waiting: no credit until
+    /// it subscribes again (its acknowledgements return none).
+    dormant: bool,
+}
+
+impl Sub {
+    fn new(link: &Arc<Link>, credit: u64) -> Self {
+        Sub {
+            link: Arc::clone(link),
+            credit,
+            unacked: VecDeque::new(),
+            closed_sent: false,
+            wants: false,
+            recalling: false,
+            held: 0,
+            kept: false,
+            dormant: false,
+        }
+    }
+
+    /// Adds credit: held back while a recall is unanswered.
+    fn grant(&mut self, n: u64) {
+        if self.recalling {
+            self.held = self.held.saturating_add(n);
+        } else {
+            self.credit = self.credit.saturating_add(n);
+        }
+    }
+
+    /// Takes back the last `n` items delivered to it (its process's
+    /// buffer, unread), oldest first.
+    fn give_back(&mut self, n: u64) -> VecDeque<Vec<u8>> {
+        let n = usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .min(self.unacked.len());
+        self.unacked.split_off(self.unacked.len() - n)
+    }
 }
 
 /// Items a process left unconfirmed when its connection ended.
@@ -371,6 +439,15 @@ impl State {
         self.closed && self.items.is_empty() && self.unacked() == 0
     }
 
+    /// What a refused put is told: `CLOSED`, or `SHUT_DOWN`.
+    fn closed_status(&self) -> u8 {
+        if self.shut_down {
+            status::SHUT_DOWN
+        } else {
+            status::CLOSED
+        }
+    }
+
     fn has_room(&self, capacity: Option<usize>) -> bool {
         capacity.is_none_or(|c| self.len() < c)
     }
@@ -391,8 +468,19 @@ impl State {
     /// the item if none could take it.
     fn deliver(&mut self, item: Vec<u8>, queue: u64, dirty: &mut Dirty) -> Option<Vec<u8>> {
         let n = self.subs.len();
-        for k in 0..n {
-            let i = (self.next_sub + k) % n;
+        if n == 0 {
+            return Some(item);
+        }
+        let start = self.next_sub % n;
+        // A process whose getter waits goes first (it asked: `WANT`).
+        let first = self
+            .subs
+            .iter()
+            .position(|s| s.wants && s.credit > 0)
+            .unwrap_or(start);
+        let order = std::iter::once(first)
+            .chain((0..n).map(|k| (start + k) % n).filter(move |&i| i != first));
+        for i in order {
             let sub = &mut self.subs[i];
             if sub.credit == 0 {
                 continue;
@@ -409,6 +497,8 @@ impl State {
             }
             dirty.mark(&sub.link);
             sub.credit -= 1;
+            sub.wants = false;
+            sub.kept = false;
             sub.unacked.push_back(item);
             self.next_sub = (i + 1) % n;
             return None;
@@ -420,8 +510,9 @@ impl State {
     /// queued items for subscribers, closed notices, finished joins.
     fn pump(&mut self, capacity: Option<usize>, queue: u64, dirty: &mut Dirty) {
         if self.closed {
+            let code = self.closed_status();
             for p in self.parked_puts.drain(..) {
-                reply(&p.link, p.req, status::CLOSED, 0, dirty);
+                reply(&p.link, p.req, code, 0, dirty);
             }
         }
         while self.has_room(capacity) {
@@ -457,6 +548,62 @@ impl State {
             for (link, req) in self.parked_joins.drain(..) {
                 reply(&link, req, status::OK, 0, dirty);
             }
+        }
+        self.recall(false, queue, dirty);
+    }
+
+    /// Asks back the items buffered in processes that are not getting,
+    /// when a getter waits (here, if `getter_here`, or a subscriber's
+    /// `WANT`) and the queue has none: an item is never stranded with a
+    /// process busy elsewhere while another waits for it (see the
+    /// module docs). Whether a recall was sent.
+    fn recall(&mut self, getter_here: bool, queue: u64, dirty: &mut Dirty) -> bool {
+        if !self.items.is_empty()
+            || !(getter_here || self.local_getters > 0 || self.subs.iter().any(|s| s.wants))
+        {
+            return false;
+        }
+        let mut sent = false;
+        for sub in &mut self.subs {
+            if sub.wants || sub.recalling || sub.kept || sub.unacked.is_empty() {
+                continue;
+            }
+            let msg = Message::Reply {
+                req: 0,
+                status: status::RECALL,
+                value: queue,
+                payload: &[],
+            };
+            if sub.link.write(&msg).is_ok() {
+                dirty.mark(&sub.link);
+                sub.recalling = true;
+                sub.held = std::mem::take(&mut sub.credit);
+                sent = true;
+            }
+        }
+        sent
+    }
+
+    /// A subscriber answered a recall: the last `n` items delivered to it
+    /// come back to the front of the queue; `idle` (no getter waited
+    /// there) leaves it without credit until it subscribes again.
+    fn recalled(&mut self, link_id: u64, n: u64, idle: bool) {
+        let Some(sub) = self.subs.iter_mut().find(|s| s.link.id() == link_id) else {
+            return;
+        };
+        let back = sub.give_back(n);
+        sub.recalling = false;
+        if idle {
+            sub.held = 0;
+            sub.credit = 0;
+            sub.dormant = true;
+            sub.wants = false;
+        } else {
+            sub.credit = std::mem::take(&mut sub.held).saturating_add(back.len() as u64);
+            sub.kept = true;
+        }
+        for item in back.into_iter().rev() {
+            self.items.push_front(item);
         }
     }
 }
@@ -506,7 +653,8 @@ impl Core {
     /// condition variable's notify is a system call even when nobody waits).
     fn notify(&self, mut state: MutexGuard<'_, State>) {
         let waiters = state.waiters;
-        let wakers = state.take_wakers();
+        let mut wakers = state.take_wakers();
+        wakers.extend(state.watchers.iter().cloned());
         drop(state);
         if waiters > 0 {
             self.changed.notify_all();
@@ -555,6 +703,13 @@ impl Core {
             if state.drained() {
                 return Err(GetFail::Closed);
             }
+            if !matches!(wait, Wait::No) && state.recall(true, self.id, &mut dirty) {
+                // Sent before waiting: the items come back to this getter.
+                drop(state);
+                dirty.flush();
+                state = self.lock();
+                continue;
+            }
             state.local_getters += 1;
             let (s, more) = self.wait(state, wait);
             state = s;
@@ -573,10 +728,17 @@ impl Core {
 
     /// Waits until an item can be taken (or the queue is closed and empty).
     pub(crate) fn poll(&self, wait: Wait) -> bool {
+        let mut dirty = Dirty::default();
         let mut state = self.lock();
         loop {
             if !state.items.is_empty() || state.drained() {
                 return true;
+            }
+            if !matches!(wait, Wait::No) && state.recall(true, self.id, &mut dirty) {
+                drop(state);
+                dirty.flush();
+                state = self.lock();
+                continue;
             }
             state.local_getters += 1;
             let (s, more) = self.wait(state, wait);
@@ -586,6 +748,38 @@ impl Core {
                 return !state.items.is_empty() || state.drained();
             }
         }
+    }
+
+    /// Whether a get would not block now (an item, or closed and
+    /// drained); if not, `waker` watches: it counts as a local getter
+    /// (items stay here, and those buffered in idle processes are
+    /// recalled) and is woken on every change until [`unwatch`](Self::unwatch).
+    pub(crate) fn watch(&self, waker: &std::task::Waker) -> bool {
+        let mut dirty = Dirty::default();
+        let mut state = self.lock();
+        if !state.items.is_empty() || state.drained() {
+            return true;
+        }
+        if !state.watchers.iter().any(|w| w.will_wake(waker)) {
+            state.watchers.push(waker.clone());
+            state.local_getters += 1;
+        }
+        state.recall(true, self.id, &mut dirty);
+        false
+    }
+
+    /// Drops `waker`'s watch, if any; items may go to subscribers again.
+    pub(crate) fn unwatch(&self, waker: &std::task::Waker) {
+        let mut dirty = Dirty::default();
+        let mut state = self.lock();
+        let before = state.watchers.len();
+        state.watchers.retain(|w| !w.will_wake(waker));
+        let gone = before - state.watchers.len();
+        if gone > 0 {
+            state.local_getters -= gone;
+            state.pump(self.capacity, self.id, &mut dirty);
+        }
+        drop(state);
     }
 
     /// Counts `n` items as done; false (and nothing counted) if that is more
@@ -649,6 +843,51 @@ impl Core {
         self.lock().unfinished
     }
 
+    /// Whether the queue was shut down.
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.lock().shut_down
+    }
+
+    /// Shuts the queue down (Python 3.13's `Queue.shutdown`): closed,
+    /// with refusals and the end of the queue told as `ShutDown`. With
+    /// `immediate`, the items not yet taken (queued, or delivered to a
+    /// process and not read there) are dropped and leave the unfinished
+    /// count, so `join` returns once the items already taken are done.
+    /// Every waiter, here and in other processes, is woken.
+    pub(crate) fn shutdown(&self, immediate: bool) {
+        let mut dirty = Dirty::default();
+        let mut state = self.lock();
+        if !state.shut_down || (immediate && !state.dropped) {
+            state.shut_down = true;
+            if immediate {
+                state.dropped = true;
+                let mut dropped = std::mem::take(&mut state.items).len();
+                for sub in &mut state.subs {
+                    dropped += sub.unacked.len();
+                    sub.unacked.clear();
+                }
+                state.unfinished = state.unfinished.saturating_sub(dropped as u64);
+            }
+            let notice = Message::Reply {
+                req: 0,
+                status: status::SHUT_DOWN,
+                value: self.id,
+                payload: &[u8::from(immediate)],
+            };
+            for link in &state.users {
+                if link.write(&notice).is_ok() {
+                    dirty.mark(link);
+                }
+            }
+        }
+        if state.closed {
+            state.pump(self.capacity, self.id, &mut dirty);
+        } else {
+            self.close_locked(&mut state, &mut dirty);
+        }
+        self.notify(state);
+    }
+
     pub(crate) fn close(&self) {
         let mut dirty = Dirty::default();
         let mut state = self.lock();
@@ -684,13 +923,17 @@ impl Core {
             state.users.push(Arc::clone(link));
         }
         match code {
+            // A one-way put its sender made before it heard of an
+            // immediate shutdown: dropped with the other pending items.
+            op::PUT if state.dropped => {}
             op::PUT => {
                 state.unfinished += 1;
                 state.push(payload.to_vec(), self.id, dirty);
             }
             op::PUT_WAIT => {
                 if state.closed {
-                    reply(link, req, status::CLOSED, 0, dirty);
+                    let code = state.closed_status();
+                    reply(link, req, code, 0, dirty);
                 } else if state.has_room(self.capacity) && state.parked_puts.is_empty() {
                     state.unfinished += 1;
                     state.push(payload.to_vec(), self.id, dirty);
@@ -707,15 +950,15 @@ impl Core {
             }
             op::SUBSCRIBE => {
                 match state.subs.iter_mut().find(|s| s.link.id() == link.id()) {
+                    // A grant after giving everything back starts afresh.
+                    Some(sub) if sub.dormant && arg > 0 => {
+                        sub.dormant = false;
+                        sub.grant(arg);
+                    }
                     // Saturating: the credit is the peer's number (issue 14:
                     // two huge grants overflowed it).
-                    Some(sub) => sub.credit = sub.credit.saturating_add(arg),
-                    None => state.subs.push(Sub {
-                        link: Arc::clone(link),
-                        credit: arg,
-                        unacked: VecDeque::new(),
-                        closed_sent: false,
-                    }),
+                    Some(sub) => sub.grant(arg),
+                    None => state.subs.push(Sub::new(link, arg)),
                 }
                 state.pump(self.capacity, self.id, dirty);
                 // After the deliveries: the proxy knows what is there now.
@@ -727,8 +970,11 @@ impl Core {
                         .unwrap_or(usize::MAX)
                         .min(sub.unacked.len());
                     sub.unacked.drain(..n);
-                    sub.credit = sub.credit.saturating_add(n as u64);
+                    if !sub.dormant {
+                        sub.grant(n as u64);
+                    }
                     if n > 0 {
+                        sub.kept = false;
                         *state.debts.entry(link.id()).or_default() += n as u64;
                     }
                 }
@@ -768,6 +1014,12 @@ impl Core {
                 reply(link, req, status::OK, 0, dirty);
                 return;
             }
+            op::SHUTDOWN => {
+                drop(state);
+                self.shutdown(arg != 0);
+                reply(link, req, status::OK, 0, dirty);
+                return;
+            }
             op::CANCEL => {
                 let me = link.id();
                 if let Some(i) = state
@@ -786,6 +1038,12 @@ impl Core {
                     reply(link, arg, status::CANCELLED, 0, dirty);
                 }
             }
+            op::WANT => {
+                if let Some(sub) = state.subs.iter_mut().find(|s| s.link.id() == link.id()) {
+                    sub.wants = true;
+                }
+            }
+            op::RETURN | op::KEEP => state.recalled(link.id(), arg, code == op::RETURN),
             op::UNSUBSCRIBE => {
                 state.unsubscribe(link.id());
                 reply(link, req, status::OK, 0, dirty);

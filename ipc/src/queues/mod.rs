@@ -9,6 +9,7 @@
 //!   processes' operations on them (the master's reader threads call it);
 //! - `client`: the proxies' side in a worker: requests, replies,
 //!   subscriptions;
+//! - [`wait`]: waiting on many queues, pipe ends and processes at once;
 //! - `wire`: the queue protocol, what every operation and status means;
 //! - [`sync`]: `Lock`, `Semaphore`, `Event`: crash-safe synchronization
 //!   held by the hub like a queue (its ops extend `wire`'s table);
@@ -24,4 +25,5 @@ pub mod map;
 pub mod pipe;
 pub mod queue;
 pub mod sync;
+pub mod wait;
 mod wire;

@@ -80,6 +80,20 @@ impl<S, R> fmt::Debug for PipeEnd<S, R> {
     }
 }
 
+impl<S, R> PipeEnd<S, R> {
+    /// The queue this end receives from.
+    pub(crate) fn receiving(&self) -> &Queue<R> {
+        &self.rx
+    }
+}
+
+impl<T> PipeReceiver<T> {
+    /// The queue this end receives from.
+    pub(crate) fn queue(&self) -> &Queue<T> {
+        &self.0
+    }
+}
+
 impl<S: Payload, R: Payload> PipeEnd<S, R> {
     /// Sends a value to the other end. Never blocks.
     ///

@@ -61,6 +61,8 @@ pub enum PutError<T> {
     Full(T),
     /// The queue is closed.
     Closed(T),
+    /// The queue was shut down ([`Queue::shutdown`]).
+    ShutDown(T),
     /// The item could not be encoded or sent.
     Failed(T, QueueError),
 }
@@ -69,7 +71,10 @@ impl<T> PutError<T> {
     /// The item that was not put.
     pub fn into_inner(self) -> T {
         match self {
-            PutError::Full(t) | PutError::Closed(t) | PutError::Failed(t, _) => t,
+            PutError::Full(t)
+            | PutError::Closed(t)
+            | PutError::ShutDown(t)
+            | PutError::Failed(t, _) => t,
         }
     }
 
@@ -82,6 +87,11 @@ impl<T> PutError<T> {
     pub fn is_closed(&self) -> bool {
         matches!(self, PutError::Closed(_))
     }
+
+    /// Whether the queue was shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, PutError::ShutDown(_))
+    }
 }
 
 impl<T> fmt::Debug for PutError<T> {
@@ -89,6 +99,7 @@ impl<T> fmt::Debug for PutError<T> {
         match self {
             PutError::Full(_) => f.write_str("Full(..)"),
             PutError::Closed(_) => f.write_str("Closed(..)"),
+            PutError::ShutDown(_) => f.write_str("ShutDown(..)"),
             PutError::Failed(_, e) => f.debug_tuple("Failed").field(&"..").field(e).finish(),
         }
     }
@@ -99,6 +110,7 @@ impl<T> fmt::Display for PutError<T> {
         match self {
             PutError::Full(_) => f.write_str("the queue is full"),
             PutError::Closed(_) => f.write_str("the queue is closed"),
+            PutError::ShutDown(_) => f.write_str("the queue is shut down"),
             PutError::Failed(..) => f.write_str("failed to put the item"),
         }
     }
@@ -123,6 +135,10 @@ pub enum GetError {
     /// The queue is closed and every item has been taken.
     #[error("the queue is closed and empty")]
     Closed,
+    /// The queue was shut down ([`Queue::shutdown`]) and every item left
+    /// was taken (or, immediately, dropped).
+    #[error("the queue is shut down")]
+    ShutDown,
     /// The item could not be received or decoded.
     #[error("failed to get an item")]
     Failed(#[source] QueueError),
@@ -136,7 +152,7 @@ enum Handle {
         id: u64,
         /// The id of the hub that holds the queue (the parent's).
         hub: u64,
-        bounded: bool,
+        capacity: Option<usize>,
         client: &'static Arc<Client>,
         /// Shared by clones: the client forgets the queue when the last
         /// handle group here drops.
@@ -305,16 +321,18 @@ impl<T: Payload> Queue<T> {
         match &self.handle {
             Handle::Local(core) => core.put(bytes, wait).map_err(|f| match f {
                 PutFail::Full => PutError::Full(item),
-                PutFail::Closed => PutError::Closed(item),
+                PutFail::Closed => self.refused(item),
             }),
             Handle::Remote {
                 id,
-                bounded,
+                capacity,
                 client,
                 ..
             } => {
+                let bounded = capacity.is_some();
                 match client.put_refused(*id) {
                     Some(QueueError::Closed) => return Err(PutError::Closed(item)),
+                    Some(QueueError::ShutDown) => return Err(PutError::ShutDown(item)),
                     Some(e) => return Err(PutError::Failed(item, e)),
                     None => {}
                 }
@@ -344,9 +362,19 @@ impl<T: Payload> Queue<T> {
                     }
                     Err(QueueError::Full) => Err(PutError::Full(item)),
                     Err(QueueError::Closed) => Err(PutError::Closed(item)),
+                    Err(QueueError::ShutDown) => Err(PutError::ShutDown(item)),
                     Err(e) => Err(PutError::Failed(item, e)),
                 }
             }
+        }
+    }
+
+    /// A put refused because the queue is closed: `Closed`, or `ShutDown`.
+    fn refused(&self, item: T) -> PutError<T> {
+        if self.is_shut_down() {
+            PutError::ShutDown(item)
+        } else {
+            PutError::Closed(item)
         }
     }
 
@@ -439,13 +467,13 @@ impl<T: Payload> Queue<T> {
         let bytes = match &self.handle {
             Handle::Local(core) => core.get(wait).map_err(|f| match f {
                 GetFail::Empty => GetError::Empty,
-                GetFail::Closed => GetError::Closed,
+                GetFail::Closed => self.ended(),
             })?,
             Handle::Remote { id, client, .. } => {
                 match client.get(*id, wait).map_err(GetError::Failed)? {
                     Taken::Item(bytes) => bytes,
                     Taken::Empty => return Err(GetError::Empty),
-                    Taken::Closed => return Err(GetError::Closed),
+                    Taken::Closed => return Err(self.ended()),
                 }
             }
         };
@@ -456,6 +484,81 @@ impl<T: Payload> Queue<T> {
 }
 
 impl<T> Queue<T> {
+    /// Whether a get would not block now; if not, `waker` is woken on a
+    /// change until [`unwatch`](Self::unwatch) (see [`super::wait`]).
+    pub(crate) fn watch(&self, waker: &std::task::Waker) -> Result<bool, QueueError> {
+        match &self.handle {
+            Handle::Local(core) => Ok(core.watch(waker)),
+            Handle::Remote { id, client, .. } => client.watch(*id, waker),
+        }
+    }
+
+    /// Drops `waker`'s registration made by [`watch`](Self::watch).
+    pub(crate) fn unwatch(&self, waker: &std::task::Waker) {
+        match &self.handle {
+            Handle::Local(core) => core.unwatch(waker),
+            Handle::Remote { id, client, .. } => client.unwatch(*id, waker),
+        }
+    }
+
+    /// The end of a closed and drained queue: `Closed`, or `ShutDown`.
+    fn ended(&self) -> GetError {
+        if self.is_shut_down() {
+            GetError::ShutDown
+        } else {
+            GetError::Closed
+        }
+    }
+
+    /// Whether the queue was shut down (known here: in the hub, or told
+    /// by it; a snapshot).
+    fn is_shut_down(&self) -> bool {
+        match &self.handle {
+            Handle::Local(core) => core.is_shut_down(),
+            Handle::Remote { id, client, .. } => client.is_shut_down(*id),
+        }
+    }
+
+    /// The queue's capacity: `None` for an unbounded queue (Python's
+    /// `maxsize` is 0 then; here 0 is never a capacity, see
+    /// [`bounded`](Queue::bounded)). Known in every process, without
+    /// asking the hub.
+    ///
+    /// ```
+    /// use procpool::Queue;
+    ///
+    /// assert_eq!(Queue::<u8>::bounded(3).maxsize(), Some(3));
+    /// assert_eq!(Queue::<u8>::new().maxsize(), None);
+    /// ```
+    pub fn maxsize(&self) -> Option<usize> {
+        match &self.handle {
+            Handle::Local(core) => core.capacity,
+            Handle::Remote { capacity, .. } => *capacity,
+        }
+    }
+
+    /// Whether the queue holds [`maxsize`](Self::maxsize) items now (a
+    /// snapshot, as Python's `full()`); always false for an unbounded
+    /// queue (answered without asking the hub).
+    ///
+    /// ```
+    /// use procpool::Queue;
+    ///
+    /// let q = Queue::bounded(1);
+    /// assert!(!q.is_full().unwrap());
+    /// q.put(1u8).unwrap();
+    /// assert!(q.is_full().unwrap());
+    /// ```
+    ///
+    /// # Errors
+    /// As [`len`](Self::len).
+    pub fn is_full(&self) -> Result<bool, QueueError> {
+        match self.maxsize() {
+            None => Ok(false),
+            Some(max) => self.len().map(|n| n >= max),
+        }
+    }
+
     /// Waits at most `timeout` until an item can be taken (or the queue is
     /// closed and drained); whether one can.
     pub(crate) fn poll(&self, timeout: Duration) -> Result<bool, QueueError> {
@@ -493,6 +596,13 @@ impl<T> Queue<T> {
     /// Refuses further puts, in every process. Getters take what is left,
     /// then get [`GetError::Closed`]. Closing a closed queue does nothing.
     ///
+    /// Python's `multiprocessing.Queue.close` only says that *this
+    /// process* puts no more, and a getter never learns the queue ended;
+    /// this `close` is queue-wide and ends it for getters once drained,
+    /// like Python 3.13's `shutdown(immediate=False)` (see
+    /// [`shutdown`](Self::shutdown), which differs only in its errors and
+    /// in offering `immediate`).
+    ///
     /// # Errors
     /// As [`len`](Self::len).
     pub fn close(&self) -> Result<(), QueueError> {
@@ -503,6 +613,58 @@ impl<T> Queue<T> {
             }
             Handle::Remote { id, client, .. } => {
                 let (st, _, _) = client.request(op::CLOSE, *id, 0, &[], Wait::Forever)?;
+                wire::check(st, *id)
+            }
+        }
+    }
+
+    /// Shuts the queue down, in every process, as Python 3.13's
+    /// `queue.Queue.shutdown(immediate)`:
+    ///
+    /// - puts fail with [`PutError::ShutDown`] (blocked ones too, at once);
+    /// - `immediate = false`: getters take what is left, then get
+    ///   [`GetError::ShutDown`];
+    /// - `immediate = true`: the items not yet taken are dropped (those
+    ///   queued, and those delivered to another process and not yet read
+    ///   there), and, in a [`JoinableQueue`], leave the unfinished count
+    ///   (Python calls `task_done` for each), so `join` returns once the
+    ///   items already taken are done; getters get
+    ///   [`GetError::ShutDown`] at once.
+    ///
+    /// Blocked getters, putters and joins, here and in other processes,
+    /// are woken. A shut-down queue is also closed: shutting down a closed
+    /// queue only changes what its errors say (and drops its items, with
+    /// `immediate`); shutting it down again does nothing more, except an
+    /// `immediate` one after a non-immediate one.
+    ///
+    /// A one-way put from another process that crosses an immediate
+    /// shutdown (sent before that process heard of it) is dropped with
+    /// the pending items.
+    ///
+    /// ```
+    /// use procpool::{GetError, Queue};
+    ///
+    /// let q = Queue::new();
+    /// q.put(1u8).unwrap();
+    /// q.put(2).unwrap();
+    /// q.shutdown(false).unwrap();
+    /// assert!(q.put(3).unwrap_err().is_shut_down());
+    /// assert_eq!(q.get().unwrap(), 1);
+    /// q.shutdown(true).unwrap(); // drops 2
+    /// assert!(matches!(q.get(), Err(GetError::ShutDown)));
+    /// ```
+    ///
+    /// # Errors
+    /// As [`len`](Self::len).
+    pub fn shutdown(&self, immediate: bool) -> Result<(), QueueError> {
+        match &self.handle {
+            Handle::Local(core) => {
+                core.shutdown(immediate);
+                Ok(())
+            }
+            Handle::Remote { id, client, .. } => {
+                let arg = u64::from(immediate);
+                let (st, _, _) = client.request(op::SHUTDOWN, *id, arg, &[], Wait::Forever)?;
                 wire::check(st, *id)
             }
         }
@@ -859,11 +1021,31 @@ impl<T: Payload> SimpleQueue<T> {
         self.0.is_empty()
     }
 
+    /// Refuses further puts, in every process; getters take what is left,
+    /// then get [`GetError::Closed`], as [`Queue::close`].
+    ///
+    /// Python's `SimpleQueue.close` releases this process's pipe ends
+    /// (a later use here fails; other processes are not affected); this
+    /// one ends the queue for everyone, once drained.
+    ///
+    /// # Errors
+    /// As [`Queue::close`].
+    pub fn close(&self) -> Result<(), QueueError> {
+        self.0.close()
+    }
+
     /// A blocking iterator over the items, as [`Queue::iter`]; `for item in
-    /// &queue` does the same. A `SimpleQueue` cannot be closed, so the
-    /// iteration ends only on an error.
+    /// &queue` does the same. The iteration ends once the queue is closed
+    /// and drained, or on an error.
     pub fn iter(&self) -> QueueIter<'_, T> {
         QueueIter::queue(&self.0)
+    }
+}
+
+impl<T> SimpleQueue<T> {
+    /// The queue inside.
+    pub(crate) fn queue(&self) -> &Queue<T> {
+        &self.0
     }
 }
 

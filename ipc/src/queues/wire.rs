@@ -13,12 +13,16 @@
 //! | `JOIN` | id | — | — | `OK` once nothing is unfinished (parks); `CONSUMER_DIED` at once, or while parked, when a connection ended owing confirmations |
 //! | `LEN` | id | — | — | `OK` with `value` = length |
 //! | `CLOSE` | id | — | — | `OK` |
+//! | `SHUTDOWN` | id | 1: immediate, 0: not | — | `OK`; users hear a `SHUT_DOWN` notice (payload: 1 byte, immediate), then `CLOSED`; puts, parked or new, are answered `SHUT_DOWN` |
 //! | `CANCEL` | 0 | the parked request's id | — | `CANCELLED` to that request, if still parked |
 //! | `UNSUBSCRIBE` | id | — | — | `OK`, after the subscription's unacknowledged items went back to the front of the queue |
 //! | `HUB_ID` | id (queue 0) | — | — | `OK` with `value` = the hub's id (a worker asks once, to tell its parent's handles from others) |
 //! | `PIN` | 0 | 1: a pipe writer's handle, 0: any other | — | none; a handle was serialised: the queue lives until a `HOLD` (or the hub process's own deserialisation) takes the pin |
 //! | `HOLD` | 0 | as `PIN` | — | none; a handle was deserialised in the sender's process: the queue lives while the connection holds it. `NO_QUEUE` notice if the queue is gone |
 //! | `UNHOLD` | 0 | as `PIN` | — | none; that handle (with its clones) was dropped |
+//! | `WANT` | 0 | — | — | none; a getter here has waited a moment with nothing buffered: deliver here first, and recall items buffered in idle processes |
+//! | `RETURN` | 0 | count | — | none; answers a `RECALL`: no getter waits here; the last `count` items delivered (this process's unread buffer) go back to the front of the queue, and the subscription has no credit until the next `SUBSCRIBE` |
+//! | `KEEP` | 0 | count | — | none; answers a `RECALL` while a getter waits here: as `RETURN` for the `count` items the getters will not take, but the credit stays |
 //!
 //! `ACK` adds to the sending connection's debt and `TASK_DONE` pays it
 //! (see [`hub`](super::hub)): a worker sends both before the caller goes
@@ -32,8 +36,12 @@
 //! when it happens, or, if none is, to the next join.
 //!
 //! A reply with `req` 0 is a notice about queue `value`: `CLOSED` (puts
-//! are refused from now on) or `NO_QUEUE` (the hub holds no such queue:
-//! a `HOLD` came after every handle was gone). A
+//! are refused from now on), `SHUT_DOWN` (the queue was shut down; with
+//! payload `[1]`, immediately: drop what is buffered), `NO_QUEUE` (the hub holds no such queue:
+//! a `HOLD` came after every handle was gone) or `RECALL` (a getter
+//! elsewhere waits and the queue is empty: give back what you buffered
+//! unless a getter of yours takes it; answered by `RETURN` or `KEEP`,
+//! and the hub delivers nothing here until then). A
 //! `Deliver` with `closed` set says the queue is closed and drained.
 //!
 //! Synchronization primitives (`sync/mod.rs`, ops and statuses from 32)
@@ -63,6 +71,10 @@ pub(crate) mod op {
     pub(crate) const PIN: u8 = 12;
     pub(crate) const HOLD: u8 = 13;
     pub(crate) const UNHOLD: u8 = 14;
+    pub(crate) const WANT: u8 = 15;
+    pub(crate) const RETURN: u8 = 16;
+    pub(crate) const KEEP: u8 = 17;
+    pub(crate) const SHUTDOWN: u8 = 18;
 }
 
 /// Status codes of `Message::Reply`.
@@ -75,6 +87,8 @@ pub(crate) mod status {
     pub(crate) const CANCELLED: u8 = 5;
     pub(crate) const BAD_REQUEST: u8 = 6;
     pub(crate) const CONSUMER_DIED: u8 = 7;
+    pub(crate) const RECALL: u8 = 8;
+    pub(crate) const SHUT_DOWN: u8 = 9;
 }
 
 /// How long an operation may block.
@@ -112,6 +126,7 @@ pub(crate) fn check_reply(
         status::OK => Ok(()),
         status::FULL | status::CANCELLED => Err(QueueError::Full),
         status::CLOSED => Err(QueueError::Closed),
+        status::SHUT_DOWN => Err(QueueError::ShutDown),
         status::NO_QUEUE => Err(QueueError::NoSuchQueue { id: queue }),
         status::TOO_MANY_TASK_DONE => Err(QueueError::TooManyTaskDone),
         status::CONSUMER_DIED => match payload {

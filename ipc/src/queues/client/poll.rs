@@ -59,8 +59,16 @@ impl Client {
                 return Poll::Ready(Err(e));
             }
         }
+        if let Err(e) = self.regrant(queue, &mut state) {
+            return Poll::Ready(Err(e));
+        }
         if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
             state.wakers.push(cx.waker().clone());
+            // No timer here to wait a moment first (see `WANT_AFTER`):
+            // the hub hears at once that a getter waits.
+            if let Err(e) = self.oneway(op::WANT, queue, 0, &[]) {
+                return Poll::Ready(Err(e));
+            }
         }
         Poll::Pending
     }

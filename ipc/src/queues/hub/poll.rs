@@ -122,6 +122,10 @@ impl Core {
             return Poll::Ready(Err(GetFail::Closed));
         }
         state.register(wait, cx.waker());
+        // Items buffered in idle processes come back for this getter
+        // (flushed when `dirty` drops, after the lock).
+        state.recall(true, self.id, &mut dirty);
+        drop(state);
         Poll::Pending
     }
 

@@ -136,7 +136,8 @@ impl Peer {
                     value,
                     payload,
                 } => {
-                    assert!(payload.is_empty());
+                    // A shutdown notice says in one byte whether immediate.
+                    assert!(payload.is_empty() || status == status::SHUT_DOWN);
                     Got::Reply { req, status, value }
                 }
                 Message::Deliver {
@@ -769,5 +770,71 @@ fn hub_id_is_answered() {
             status: status::OK,
             value: hub_id()
         }]
+    );
+}
+
+fn recall_notice(q: &Core) -> Got {
+    Got::Reply {
+        req: 0,
+        status: status::RECALL,
+        value: q.id,
+    }
+}
+
+#[test]
+fn a_want_recalls_items_buffered_by_an_idle_subscriber() {
+    let q = queue(None, &[]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
+    q.put(b"a".to_vec(), Wait::No).expect("room");
+    q.put(b"b".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), [item(b"a"), item(b"b")]);
+    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    // r's getter waits: p, which holds both unread, is asked back.
+    assert_eq!(r.ask(0, op::WANT, &q, 0, &[]), []);
+    assert_eq!(p.got_from(q.id), [recall_notice(&q)]);
+    // Nothing is delivered to p while the recall is unanswered.
+    q.put(b"c".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), []);
+    assert_eq!(
+        r.got_from(q.id),
+        [item(b"c")],
+        "the wanting subscriber first"
+    );
+    // p has no getter: both come back, in order, ahead of the rest.
+    assert_eq!(p.ask(0, op::RETURN, &q, 2, &[]), []);
+    assert_eq!(take_all(&q), [b"a".to_vec(), b"b".to_vec()]);
+    // p gave up its credit: nothing comes to it until it subscribes again.
+    q.put(b"d".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), []);
+    assert_eq!(p.ask(2, op::SUBSCRIBE, &q, 1, &[]), [item(b"d"), ok(2)]);
+}
+
+#[test]
+fn shutdown_immediate_drops_delivered_items_and_tells_users() {
+    let q = joinable(&[]);
+    let p = Peer::new();
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    q.put(b"a".to_vec(), Wait::No).expect("room");
+    q.put(b"b".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), [item(b"a")]);
+    assert_eq!(
+        p.ask(2, op::SHUTDOWN, &q, 1, &[]),
+        [
+            Got::Reply {
+                req: 0,
+                status: status::SHUT_DOWN,
+                value: q.id
+            },
+            close_notice(&q),
+            Got::End,
+            ok(2)
+        ]
+    );
+    assert_eq!(q.unfinished(), 0, "both dropped");
+    assert_eq!(q.len(), 0);
+    assert_eq!(
+        p.ask(3, op::PUT_WAIT, &q, 0, b"c"),
+        [answer(3, status::SHUT_DOWN)]
     );
 }

@@ -64,12 +64,12 @@ impl<T: Payload> Future for GetFuture<'_, T> {
             Handle::Local(core) => match core.poll_get(&mut this.wait, cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(bytes)) => Ok(bytes),
-                Poll::Ready(Err(GetFail::Closed | GetFail::Empty)) => Err(GetError::Closed),
+                Poll::Ready(Err(GetFail::Closed | GetFail::Empty)) => Err(this.queue.ended()),
             },
             Handle::Remote { id, client, .. } => match client.poll_get(*id, cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(Taken::Item(bytes))) => Ok(bytes),
-                Poll::Ready(Ok(Taken::Closed | Taken::Empty)) => Err(GetError::Closed),
+                Poll::Ready(Ok(Taken::Closed | Taken::Empty)) => Err(this.queue.ended()),
                 Poll::Ready(Err(e)) => Err(GetError::Failed(e)),
             },
         };
@@ -158,7 +158,7 @@ impl<T: Payload> Future for PutFuture<'_, T> {
                     Poll::Pending
                 }
                 Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-                Poll::Ready(Err(PutFail::Closed)) => Poll::Ready(Err(PutError::Closed(item))),
+                Poll::Ready(Err(PutFail::Closed)) => Poll::Ready(Err(this.queue.refused(item))),
                 Poll::Ready(Err(PutFail::Full)) => Poll::Ready(Err(PutError::Full(item))),
             },
             Handle::Remote { id, client, .. } => {
@@ -167,6 +167,9 @@ impl<T: Payload> Future for PutFuture<'_, T> {
                     match client.put_refused(id) {
                         Some(QueueError::Closed) => {
                             return Poll::Ready(Err(PutError::Closed(item)));
+                        }
+                        Some(QueueError::ShutDown) => {
+                            return Poll::Ready(Err(PutError::ShutDown(item)));
                         }
                         Some(e) => return Poll::Ready(Err(PutError::Failed(item, e))),
                         None => {}
@@ -193,6 +196,7 @@ impl<T: Payload> Future for PutFuture<'_, T> {
                         }
                         Err(QueueError::Full) => Poll::Ready(Err(PutError::Full(item))),
                         Err(QueueError::Closed) => Poll::Ready(Err(PutError::Closed(item))),
+                        Err(QueueError::ShutDown) => Poll::Ready(Err(PutError::ShutDown(item))),
                         Err(e) => Poll::Ready(Err(PutError::Failed(item, e))),
                     },
                 }

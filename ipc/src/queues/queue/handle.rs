@@ -19,7 +19,8 @@ struct Wire {
     /// The id of the hub that holds the queue.
     hub: u64,
     id: u64,
-    bounded: bool,
+    /// The queue's capacity (`None`: unbounded).
+    capacity: Option<u64>,
     /// A pipe's sending end (see [`Writer`]).
     writer: bool,
 }
@@ -45,15 +46,15 @@ impl Drop for Writer {
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let writer = self.writer.is_some();
-        let (hub, bounded) = match &self.handle {
+        let (hub, capacity) = match &self.handle {
             Handle::Local(core) => {
                 core.pin(writer);
-                (hub::hub_id(), core.capacity.is_some())
+                (hub::hub_id(), core.capacity)
             }
             Handle::Remote {
                 id,
                 hub,
-                bounded,
+                capacity,
                 client,
                 ..
             } => {
@@ -62,13 +63,13 @@ impl<T> Serialize for Queue<T> {
                 client
                     .oneway(op::PIN, *id, u64::from(writer), &[])
                     .map_err(serde::ser::Error::custom)?;
-                (*hub, *bounded)
+                (*hub, *capacity)
             }
         };
         Wire {
             hub,
             id: self.handle.id(),
-            bounded,
+            capacity: capacity.map(|c| c as u64),
             writer,
         }
         .serialize(s)
@@ -80,7 +81,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
         let Wire {
             hub,
             id,
-            bounded,
+            capacity,
             writer,
         } = Wire::deserialize(d)?;
         if hub == hub::hub_id() {
@@ -103,7 +104,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             handle: Handle::Remote {
                 id,
                 hub,
-                bounded,
+                capacity: capacity.map(|c| usize::try_from(c).unwrap_or(usize::MAX)),
                 client,
                 _held: Arc::new(held),
             },

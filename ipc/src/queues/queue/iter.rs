@@ -83,7 +83,7 @@ impl<T: Payload> Iterator for QueueIter<'_, T> {
         };
         match got {
             Ok(item) => Some(Ok(item)),
-            Err(GetError::Closed) => {
+            Err(GetError::Closed | GetError::ShutDown) => {
                 self.done = true;
                 None
             }

@@ -281,3 +281,119 @@ fn a_local_handle_round_trip_keeps_the_queue() {
     let (back, _): (Queue<u8>, _) = crate::codec::decode(&bytes).unwrap();
     assert_eq!(back.try_get().unwrap(), 5);
 }
+
+// Python 3.13 `queue.Queue.shutdown` parity; the names follow CPython's
+// Lib/test/test_queue.py.
+
+/// `test_shutdown_empty`: puts and gets on an empty shut-down queue fail
+/// with ShutDown, blocking or not.
+#[test]
+fn shutdown_empty() {
+    let q: Queue<u8> = Queue::new();
+    q.shutdown(false).unwrap();
+    assert!(q.put(1).unwrap_err().is_shut_down());
+    assert!(matches!(q.get(), Err(GetError::ShutDown)));
+    assert!(matches!(q.try_get(), Err(GetError::ShutDown)));
+    assert!(matches!(q.get_timeout(LONG), Err(GetError::ShutDown)));
+}
+
+/// `test_shutdown_nonempty`: gets drain what is left, then fail.
+#[test]
+fn shutdown_nonempty() {
+    let q = Queue::new();
+    q.put(1u8).unwrap();
+    q.shutdown(false).unwrap();
+    assert!(q.try_put(2).unwrap_err().is_shut_down());
+    assert_eq!(q.get().unwrap(), 1);
+    assert!(matches!(q.get(), Err(GetError::ShutDown)));
+    let seen: Vec<_> = q.iter().collect::<Result<_, _>>().unwrap();
+    assert!(seen.is_empty(), "the iteration ends on ShutDown");
+}
+
+/// `test_shutdown_immediate_all_methods_in_one_thread`: pending items are
+/// dropped, gets fail at once, and the unfinished count loses them.
+#[test]
+fn shutdown_immediate_all_methods_in_one_thread() {
+    let q = JoinableQueue::new();
+    for i in 0..3u8 {
+        q.put(i).unwrap();
+    }
+    assert_eq!(q.get().unwrap(), 0);
+    q.shutdown(true).unwrap();
+    assert_eq!(q.len().unwrap(), 0);
+    assert!(matches!(q.get(), Err(GetError::ShutDown)));
+    assert_eq!(q.unfinished(), Some(1), "only the item taken is left");
+    assert!(!q.join_timeout(SHORT).unwrap());
+    q.task_done().unwrap();
+    assert!(q.join_timeout(LONG).unwrap());
+}
+
+/// `test_shutdown_pending_get`, `test_shutdown_immediate_join`,
+/// `test_shutdown_put` with blocked callers: a getter blocked on an empty
+/// queue, a putter blocked on a full one and a join are all woken.
+#[test]
+fn shutdown_wakes_blocked_getters_putters_and_joins() {
+    let empty: Queue<u8> = Queue::new();
+    let getter = {
+        let q = empty.clone();
+        thread::spawn(move || q.get_timeout(LONG))
+    };
+    let full = JoinableQueue::bounded(1);
+    full.put(1u8).unwrap();
+    let putter = {
+        let q = full.clone();
+        thread::spawn(move || q.put_timeout(2, LONG))
+    };
+    let joiner = {
+        let q = full.clone();
+        thread::spawn(move || q.join_timeout(LONG))
+    };
+    empty.shutdown(false).unwrap();
+    full.shutdown(true).unwrap();
+    assert!(matches!(getter.join().unwrap(), Err(GetError::ShutDown)));
+    let put = putter.join().unwrap();
+    assert!(matches!(put, Err(PutError::ShutDown(2))), "{put:?}");
+    assert!(joiner.join().unwrap().unwrap());
+}
+
+/// `test_shutdown_*` after `close`: a closed queue shut down reports
+/// ShutDown; close after shutdown changes nothing.
+#[test]
+fn shutdown_after_close_and_close_after_shutdown() {
+    let q = Queue::new();
+    q.put(1u8).unwrap();
+    q.close().unwrap();
+    assert!(q.put(2).unwrap_err().is_closed());
+    q.shutdown(false).unwrap();
+    assert!(q.put(2).unwrap_err().is_shut_down());
+    q.close().unwrap();
+    assert_eq!(q.get().unwrap(), 1);
+    assert!(matches!(q.get(), Err(GetError::ShutDown)));
+}
+
+/// `test_maxsize`, `test_full` (`full()`, `maxsize`): known without items.
+#[test]
+fn maxsize_and_is_full() {
+    let q = Queue::bounded(2);
+    assert_eq!(q.maxsize(), Some(2));
+    assert!(!q.is_full().unwrap());
+    q.put(1u8).unwrap();
+    q.put(2).unwrap();
+    assert!(q.is_full().unwrap());
+    let unbounded: Queue<u8> = Queue::new();
+    assert_eq!(unbounded.maxsize(), None);
+    assert!(!unbounded.is_full().unwrap());
+    assert_eq!(JoinableQueue::<u8>::bounded(0).maxsize(), Some(1));
+}
+
+/// multiprocessing's `TestSimpleQueue.test_close`: a closed SimpleQueue
+/// refuses puts; here getters drain it, then see Closed.
+#[test]
+fn simple_queue_close() {
+    let q = SimpleQueue::new();
+    q.put(1u8).unwrap();
+    q.close().unwrap();
+    assert!(q.put(2).unwrap_err().is_closed());
+    assert_eq!(q.get().unwrap(), 1);
+    assert!(matches!(q.get(), Err(GetError::Closed)));
+}
