@@ -141,6 +141,8 @@ pub(crate) use imp::test_pair;
 #[cfg(test)]
 mod tests;
 
+pub(crate) mod shm;
+
 /// Writes `contents` to a new file at `path` that only this user can read
 /// (Unix: mode 0600; Windows: the default ACL).
 pub(crate) fn write_private(path: &std::path::Path, contents: &[u8]) -> io::Result<()> {

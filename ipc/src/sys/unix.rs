@@ -74,7 +74,7 @@ fn halves(stream: UnixStream) -> io::Result<(ReadHalf, WriteHalf)> {
     Ok((ReadHalf(stream.try_clone()?), WriteHalf(stream)))
 }
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret == -1 {
         Err(io::Error::last_os_error())
     } else {
