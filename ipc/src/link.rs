@@ -608,3 +608,6 @@ impl Drop for Dirty {
 // Over an in-process socketpair, which only the Unix backend makes.
 #[cfg(all(test, unix))]
 mod tests;
+
+#[cfg(all(test, unix))]
+mod shm_tests;

@@ -161,6 +161,11 @@ impl ShmTransport {
         })
     }
 
+    #[cfg(all(test, unix))]
+    pub(crate) fn send_handle_for_test(&self, id: u64, handle: &ShmHandle) -> std::io::Result<()> {
+        self.channel.send(id, handle)
+    }
+
     /// Writes the frame made of `parts` to `w`: as an `SHM` frame naming a
     /// segment holding them when they are long enough and a segment is
     /// free, else as is.
@@ -385,6 +390,3 @@ impl ShmTransport {
         Ok(Control::Body(id))
     }
 }
-
-#[cfg(all(test, unix))]
-mod tests;

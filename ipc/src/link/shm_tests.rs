@@ -1,12 +1,13 @@
-//! The transport between two links in this process, over real
-//! socketpairs and a real descriptor channel.
+//! The shared-memory transport between two links in this process, over
+//! real socketpairs and a real descriptor channel.
 
 use std::sync::Arc;
 
 use super::*;
 use crate::endpoint::ReadHalf;
 use crate::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader};
-use crate::link::Link;
+use crate::shm::Segment;
+use crate::shm::transport::MAX_SEGMENTS;
 
 /// One side of a connection: the link it writes and the reader of what the
 /// other side writes.
@@ -142,8 +143,7 @@ fn a_segment_announced_longer_than_its_object_is_refused() {
     a.link
         .shm()
         .unwrap()
-        .channel
-        .send(42, &seg.try_clone_handle().unwrap())
+        .send_handle_for_test(42, &seg.try_clone_handle().unwrap())
         .unwrap();
     a.link
         .send(&Message::Shm {
