@@ -30,7 +30,7 @@
 //! per link rather than once per frame; the pool holds at most
 //! [`MAX_SEGMENTS`] and, when all are busy, bodies go over the socket as
 //! before. A segment too small for a body is retired (`RETIRE`: the
-//! reader unmaps it) and replaced by one of the next power of two.
+//! reader unmaps it) and replaced by one an eighth larger than the body, in whole MiB.
 //!
 //! Remote (TCP) connections and Windows (no descriptor channel yet; the
 //! handle would need `DuplicateHandle` into the peer) keep every frame on
@@ -235,7 +235,11 @@ impl ShmTransport {
                         .map(|(i, _)| i)?;
                     retired.push(out.segs.swap_remove(smallest).id);
                 }
-                let size = len.checked_next_power_of_two()?.max(MIN_SEGMENT);
+                // Room for bodies a little larger than this one, in whole MiB.
+                let size = len
+                    .checked_add(len / 8)?
+                    .checked_next_multiple_of(MIN_SEGMENT)?
+                    .max(MIN_SEGMENT);
                 let seg = Segment::new(size).ok()?;
                 out.next_id += 1;
                 let id = out.next_id;
