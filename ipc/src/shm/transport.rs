@@ -3,7 +3,7 @@
 //! # Decision: a descriptor channel beside each local connection
 //!
 //! A local connection (master ↔ its child) is a stream socket read by one
-//! thread with plain `read`s and written by a [`Link`] through an outbox,
+//! thread with plain `read`s and written by a [`Link`](crate::link::Link) through an outbox,
 //! so tying a descriptor to one byte of that stream would reach into both.
 //! Instead each local child gets a second socketpair (`SOCK_DGRAM`, fd 4,
 //! endpoint `fd:3:<master pid>:4`) that carries only descriptors: one
