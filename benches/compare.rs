@@ -36,12 +36,17 @@ use std::time::Instant;
 
 use anyhow::{Context, ensure};
 use procpool::{Pool, Registry, SharedMap, Task};
+use serde_bytes::ByteBuf;
 
 const SQUARE: Task<u64, u64> = Task::new("square");
 /// Adds 1 to the map's key 0, `n` times.
 const DICT_COUNT: Task<(SharedMap<u8, u64>, u64), ()> = Task::new("dict_count");
 /// Busy-loops this many iterations (see [`spin`]).
 const SPIN: Task<u64, u64> = Task::new("spin");
+/// The length of a byte buffer (large payloads in).
+const BUF_LEN: Task<ByteBuf, u64> = Task::new("buf_len");
+/// The buffer itself (large payloads in and out).
+const BUF_ECHO: Task<ByteBuf, ByteBuf> = Task::new("buf_echo");
 
 /// CPU work that the optimiser cannot remove: an LCG chain of `n` steps.
 fn spin(n: u64) -> u64 {
@@ -60,6 +65,8 @@ fn registry() -> Registry {
         Registry::new()
             .task(SQUARE, |x| x * x)
             .task(SPIN, spin)
+            .task(BUF_LEN, |b| b.len() as u64)
+            .task(BUF_ECHO, |b| b)
             .task(DICT_COUNT, |(m, n)| {
                 for _ in 0..n {
                     m.fetch_add(&0, 1).expect("fetch_add");
@@ -213,6 +220,22 @@ fn cases() -> Vec<Case> {
             run: map_chunk1,
         },
         Case {
+            key: "map_big_len",
+            label: |_| format!("map_{BIG_ITEMS}x16MiB_len"),
+            unit: "GiB/s",
+            better: Better::Higher,
+            args: |_, _| vec![BIG_ITEMS.to_string(), BIG_SIZE.to_string()],
+            run: map_big_len,
+        },
+        Case {
+            key: "map_big_echo",
+            label: |_| format!("map_{BIG_ITEMS}x16MiB_echo"),
+            unit: "GiB/s",
+            better: Better::Higher,
+            args: |_, _| vec![BIG_ITEMS.to_string(), BIG_SIZE.to_string()],
+            run: map_big_echo,
+        },
+        Case {
             key: "apply",
             label: |_| "apply_round_trip_median".into(),
             unit: "us",
@@ -308,6 +331,10 @@ fn imap_items(c: &Ctx) -> u64 {
     if c.quick { 1_000_000 } else { 10_000_000 }
 }
 
+/// The large-payload cases (issue 11): this many inputs of [`BIG_SIZE`] bytes.
+const BIG_ITEMS: u64 = 16;
+const BIG_SIZE: u64 = 16 << 20;
+
 /// `1000000` → `1M`, `20000` → `20k`.
 fn count(n: u64) -> String {
     if n % 1_000_000 == 0 {
@@ -372,6 +399,43 @@ fn map_chunk1(args: &[String]) -> anyhow::Result<f64> {
     let secs = t.elapsed().as_secs_f64();
     ensure!(out.len() as u64 == n && out.last() == Some(&((n - 1) * (n - 1))));
     Ok(secs * 1e6 / n as f64)
+}
+
+/// `n` buffers of `size` bytes, each filled with its index.
+fn big_inputs(args: &[String]) -> anyhow::Result<(Vec<ByteBuf>, u64, u64)> {
+    let (n, size) = (arg(args, 0)?, arg(args, 1)?);
+    let size_usize = usize::try_from(size)?;
+    let inputs = (0..n)
+        .map(|i| ByteBuf::from(vec![i as u8; size_usize]))
+        .collect();
+    Ok((inputs, n, size))
+}
+
+/// GiB/s of `Pool::map` over large buffers, returning their lengths.
+fn map_big_len(args: &[String]) -> anyhow::Result<f64> {
+    let (inputs, n, size) = big_inputs(args)?;
+    let pool = Pool::new(2)?;
+    pool.apply(SQUARE, 1)?;
+    let t = Instant::now();
+    let out = pool.map(BUF_LEN, inputs)?;
+    let secs = t.elapsed().as_secs_f64();
+    ensure!(out.len() as u64 == n && out.iter().all(|&l| l == size));
+    Ok((n * size) as f64 / secs / f64::from(1u32 << 30))
+}
+
+/// GiB/s of `Pool::map` over large buffers, returning them.
+fn map_big_echo(args: &[String]) -> anyhow::Result<f64> {
+    let (inputs, n, size) = big_inputs(args)?;
+    let pool = Pool::new(2)?;
+    pool.apply(SQUARE, 1)?;
+    let t = Instant::now();
+    let out = pool.map(BUF_ECHO, inputs)?;
+    let secs = t.elapsed().as_secs_f64();
+    ensure!(out.len() as u64 == n);
+    for (i, b) in out.iter().enumerate() {
+        ensure!(b.len() as u64 == size && b.first() == Some(&(i as u8)));
+    }
+    Ok((n * size) as f64 / secs / f64::from(1u32 << 30))
 }
 
 fn apply(args: &[String]) -> anyhow::Result<f64> {

@@ -237,6 +237,38 @@ def cmd_map_auto(n):
     return secs
 
 
+def big_inputs(n, size):
+    return [bytes([i % 256]) * size for i in range(n)]
+
+
+def echo(b):
+    return b
+
+
+def cmd_map_big_len(n, size):
+    n, size = int(n), int(size)
+    inputs = big_inputs(n, size)
+    with ctx().Pool(2) as pool:
+        pool.apply(square, (1,))
+        t = time.perf_counter()
+        out = pool.map(len, inputs)
+        secs = time.perf_counter() - t
+    assert out == [size] * n
+    return n * size / secs / (1 << 30)
+
+
+def cmd_map_big_echo(n, size):
+    n, size = int(n), int(size)
+    inputs = big_inputs(n, size)
+    with ctx().Pool(2) as pool:
+        pool.apply(square, (1,))
+        t = time.perf_counter()
+        out = pool.map(echo, inputs)
+        secs = time.perf_counter() - t
+    assert len(out) == n and all(len(b) == size and b[0] == i % 256 for i, b in enumerate(out))
+    return n * size / secs / (1 << 30)
+
+
 def cmd_map_chunk1(n):
     n = int(n)
     with ctx().Pool(2) as pool:

@@ -9,6 +9,11 @@
 //! header cannot make it allocate the announced size. A clean end of stream
 //! between frames is `Ok(false)`; an end inside a frame is
 //! [`IpcError::Truncated`].
+//!
+//! The frame limit protects a connection from a bad length prefix. Bodies
+//! that travel through shared memory ([`crate::shm::transport`]) are not
+//! subject to it: the small frame that names one is, and the body's length
+//! is checked against the segment the receiver actually mapped.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
 

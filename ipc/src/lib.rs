@@ -15,6 +15,8 @@
 //! - [`remote`]: remote workers joining over TCP: keys, addresses,
 //!   liveness settings; [`secure`]: their versioned Noise handshake and
 //!   the encrypted records every remote link travels in.
+//! - [`shm`]: anonymous shared memory segments, handed to local workers
+//!   to carry large payloads at memory speed.
 //! - [`sync`]: the lock and deadline-wait helpers every crate uses.
 //! - `sys/`: everything platform-specific (and all `unsafe`), behind one
 //!   internal interface documented in `sys/mod.rs`.
@@ -56,6 +58,7 @@ pub mod proto;
 mod queues;
 pub mod remote;
 pub mod secure;
+pub mod shm;
 #[doc(hidden)]
 pub mod sync;
 mod sys;

@@ -38,16 +38,18 @@
 //! sees the end of the connection.
 
 use std::fmt;
+use std::io::Read;
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::IpcError;
-use crate::frame::{Header, WriteFrame, checked_len};
+use crate::frame::{FrameReader, Header, WriteFrame, checked_len};
 use crate::proto::Message;
+use crate::shm::transport::{self, Control, ShmTransport};
 use crate::sync::{lock, wait_until};
 
 /// Bytes a link's outbox may hold before [`Link::send_bounded`] waits for
@@ -119,6 +121,20 @@ struct Inner {
     /// Signals bytes written (or the link broken) to threads waiting on
     /// room or on their frame.
     progress: Condvar,
+    /// Large bodies through shared memory, once attached.
+    shm: OnceLock<Arc<ShmTransport>>,
+}
+
+/// Frames written through the link's shared-memory transport, if any.
+struct ViaShm<'a, W>(Option<&'a ShmTransport>, W);
+
+impl<W: WriteFrame> WriteFrame for ViaShm<'_, W> {
+    fn write_frame(&mut self, parts: &[&[u8]]) -> Result<(), IpcError> {
+        match self.0 {
+            Some(shm) => shm.write_frame(parts, &mut self.1),
+            None => self.1.write_frame(parts),
+        }
+    }
 }
 
 struct Outbox {
@@ -316,6 +332,7 @@ impl Link {
             }),
             work: Condvar::new(),
             progress: Condvar::new(),
+            shm: OnceLock::new(),
         });
         let writer = Arc::clone(&inner);
         thread::Builder::new()
@@ -336,12 +353,58 @@ impl Link {
         self.inner.work.notify_one();
     }
 
+    /// Sends large bodies through `shm` from now on (see
+    /// [`crate::shm::transport`]); a second transport is ignored.
+    pub fn attach_shm(&self, shm: Arc<ShmTransport>) {
+        let _ = self.inner.shm.set(shm);
+    }
+
+    /// The link's shared-memory transport, if one is attached.
+    pub fn shm(&self) -> Option<&ShmTransport> {
+        self.inner.shm.get().map(|s| &**s)
+    }
+
+    /// Reads the next frame body of this link's connection into `buf`,
+    /// like [`FrameReader::read_frame`], with the link's shared-memory
+    /// transport applied: a body that travelled in a segment is copied
+    /// out into `buf` (and the segment freed for its sender), and the
+    /// transport's own frames are handled here, never returned.
+    ///
+    /// # Errors
+    /// As [`FrameReader::read_frame`]; [`IpcError::Malformed`] for a
+    /// shared-memory frame on a link without the transport, naming an
+    /// unknown segment or a body outside its segment; [`IpcError::Io`]
+    /// when a segment cannot be received or mapped.
+    pub fn read_frame<R: Read>(
+        &self,
+        reader: &mut FrameReader<R>,
+        buf: &mut Vec<u8>,
+    ) -> Result<bool, IpcError> {
+        loop {
+            if !reader.read_frame(buf)? {
+                return Ok(false);
+            }
+            if !transport::is_control(buf) {
+                return Ok(true);
+            }
+            let Some(shm) = self.shm() else {
+                return Err(IpcError::Malformed(
+                    "shared memory frame on a connection without shared memory",
+                ));
+            };
+            if let Control::Body(seg) = shm.take_control(buf)? {
+                self.send(&Message::Free { seg })?;
+                return Ok(true);
+            }
+        }
+    }
+
     /// Appends `msg` to the outbox without flushing; never blocks.
     ///
     /// # Errors
     /// As [`Message::write`]; [`IpcError::Io`] once the link is broken.
     pub fn write(&self, msg: &Message<'_>) -> Result<(), IpcError> {
-        msg.write(&mut Direct(&self.inner))
+        msg.write(&mut ViaShm(self.shm(), Direct(&self.inner)))
     }
 
     /// Hands what the outbox holds to the kernel as far as it takes it
@@ -411,7 +474,8 @@ impl Link {
             let Some(mut outbox) = self.inner.wait_while(outbox, deadline, full) else {
                 return Ok(false);
             };
-            msg.write(&mut (&mut *outbox, self.inner.max))?;
+            let shm = self.inner.shm.get().map(|s| &**s);
+            msg.write(&mut ViaShm(shm, (&mut *outbox, self.inner.max)))?;
             outbox.appended
         };
         self.flush()?;
@@ -573,3 +637,6 @@ impl Drop for Dirty {
 // Over an in-process socketpair, which only the Unix backend makes.
 #[cfg(all(test, unix))]
 mod tests;
+
+#[cfg(all(test, unix))]
+mod shm_tests;

@@ -13,7 +13,17 @@
 //! HUB      worker→master  kind=5 req:u64 op:u8 queue:u64 arg:u64 payload   (a queue operation)
 //! REPLY    master→worker  kind=6 req:u64 status:u8 value:u64 payload      (its answer, if it wants one)
 //! DELIVER  master→worker  kind=7 queue:u64 closed:u8 payload              (an item for a subscribed getter)
+//! HEARTBEAT either way    kind=8
+//! SHM      either way     kind=10 seg:u64 new:u8 seg_len:u64 body_len:u64 (the next frame's body is in a segment)
+//! FREE     either way     kind=11 seg:u64                                 (the receiver copied it out: reuse it)
+//! RETIRE   either way     kind=12 seg:u64                                 (the sender will not use it again: unmap it)
 //! ```
+//!
+//! `SHM`, `FREE` and `RETIRE` belong to the shared-memory transport of
+//! local connections (see [`crate::shm::transport`]): a frame body of any
+//! other kind that is large travels in a shared segment, and the reading
+//! side replaces the `SHM` frame by that body before anything else looks
+//! at it.
 //!
 //! Queue operations are described in [`crate::queue`].
 //!
@@ -32,8 +42,9 @@ use crate::frame::WriteFrame;
 
 /// The protocol version this build speaks: in a local worker's `HELLO`,
 /// and first on a remote link (see [`secure`](crate::secure)). 4: remote
-/// links are encrypted (Noise).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// links are encrypted (Noise); 5: large bodies through shared memory
+/// (`SHM`, `FREE`, `RETIRE`).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 const MAGIC: &[u8; 4] = b"PPOL";
 
@@ -46,6 +57,9 @@ const REPLY: u8 = 6;
 const DELIVER: u8 = 7;
 const HEARTBEAT: u8 = 8;
 const PART: u8 = 9;
+pub(crate) const SHM: u8 = 10;
+pub(crate) const FREE: u8 = 11;
+pub(crate) const RETIRE: u8 = 12;
 
 /// The first message of a worker: who it is and which tasks it serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,6 +153,31 @@ pub enum Message<'a> {
         closed: bool,
         /// The encoded item.
         payload: &'a [u8],
+    },
+    /// Either way: the body of the next message is `body_len` bytes at the
+    /// start of shared segment `seg` (see [`crate::shm::transport`]).
+    Shm {
+        /// The segment's id, chosen by the sender.
+        seg: u64,
+        /// Whether this is the segment's first use: its descriptor (handle)
+        /// was sent on the connection's descriptor channel.
+        new: bool,
+        /// The segment's length (checked against the object received).
+        seg_len: u64,
+        /// The body's length (checked against the segment's).
+        body_len: u64,
+    },
+    /// Either way: the receiver of segment `seg`'s body has copied it out;
+    /// the sender may reuse the segment.
+    Free {
+        /// The segment's id.
+        seg: u64,
+    },
+    /// Either way: the sender will not use segment `seg` again; the
+    /// receiver unmaps it.
+    Retire {
+        /// The segment's id.
+        seg: u64,
     },
 }
 
@@ -291,6 +330,28 @@ impl<'a> Message<'a> {
                 closed: c.u8()? != 0,
                 payload: c.0,
             }),
+            SHM => {
+                let msg = Message::Shm {
+                    seg: c.u64()?,
+                    new: c.u8()? != 0,
+                    seg_len: c.u64()?,
+                    body_len: c.u64()?,
+                };
+                c.0.is_empty()
+                    .then_some(msg)
+                    .ok_or(IpcError::Malformed("trailing bytes after a shm header"))
+            }
+            FREE | RETIRE => {
+                let seg = c.u64()?;
+                if !c.0.is_empty() {
+                    return Err(IpcError::Malformed("trailing bytes after a segment id"));
+                }
+                Ok(if kind == FREE {
+                    Message::Free { seg }
+                } else {
+                    Message::Retire { seg }
+                })
+            }
             _ => Err(IpcError::Malformed("unknown message kind")),
         }
     }
@@ -368,6 +429,21 @@ impl<'a> Message<'a> {
                 let head = Head::new(DELIVER).u64(*queue).u8(u8::from(*closed));
                 w.write_frame(&[head.bytes(), payload])
             }
+            Message::Shm {
+                seg,
+                new,
+                seg_len,
+                body_len,
+            } => {
+                let head = Head::new(SHM)
+                    .u64(*seg)
+                    .u8(u8::from(*new))
+                    .u64(*seg_len)
+                    .u64(*body_len);
+                w.write_frame(&[head.bytes()])
+            }
+            Message::Free { seg } => w.write_frame(&[Head::new(FREE).u64(*seg).bytes()]),
+            Message::Retire { seg } => w.write_frame(&[Head::new(RETIRE).u64(*seg).bytes()]),
         }
     }
 }
@@ -442,6 +518,14 @@ mod tests {
                 closed: false,
                 payload: b"x",
             },
+            Message::Shm {
+                seg: 3,
+                new: true,
+                seg_len: 1 << 20,
+                body_len: 70_000,
+            },
+            Message::Free { seg: 3 },
+            Message::Retire { seg: 4 },
         ];
         for msg in &msgs {
             let body = round_trip(msg);

@@ -206,6 +206,14 @@ impl PoolBuilder {
     /// frames longer than the limit plus a message's header, so a corrupt
     /// or hostile length makes nobody allocate more.
     ///
+    /// Between the master and its local workers (not remote ones), frames
+    /// of 1 MiB or more travel through shared memory instead of the
+    /// socket (`procpool_ipc::shm::transport`). The frame limit does not
+    /// apply to those: a body in a segment is bounded by the memory its
+    /// sender allocated, which the receiver checks before it maps and
+    /// copies it. This payload limit still applies to every value, checked
+    /// when it is encoded, whichever way it then travels.
+    ///
     /// ```rust,standalone_crate
     /// use procpool::{Error, Oversized, Pool, Registry, Task};
     ///

@@ -23,6 +23,7 @@ use procpool_ipc::hub;
 use procpool_ipc::link::{Dirty, Link, Sink};
 use procpool_ipc::proto::Message;
 use procpool_ipc::secure::Session;
+use procpool_ipc::shm::transport::ShmTransport;
 use procpool_ipc::{IpcError, TaskError, codec};
 
 use crate::Error;
@@ -116,10 +117,11 @@ impl Seat<'_> {
                 timeout.as_millis().to_string(),
             );
         }
-        let (mut child, reader, writer) = endpoint::spawn(cmd).map_err(spawn_error)?;
+        let (mut child, mut reader, writer) = endpoint::spawn(cmd).map_err(spawn_error)?;
+        let shm = ShmTransport::from_connection(&mut reader);
         let started = ExitWatch::new(&child).and_then(|watch| {
             endpoint::set_timeouts(&reader, heartbeat)?;
-            let link = self.start_reader(reader, writer)?;
+            let link = self.start_reader(reader, writer, shm)?;
             link.set_heartbeat(heartbeat.map(procpool_ipc::remote::heartbeat_interval));
             Ok((watch, link))
         });
@@ -170,7 +172,8 @@ impl Seat<'_> {
         let timeout = self.config.heartbeat_timeout;
         procpool_ipc::remote::set_liveness(&stream, timeout)?;
         let (reader, writer) = session.split(stream.try_clone()?, stream.try_clone()?);
-        let link = self.start_reader(reader, writer)?;
+        // Remote workers never get shared memory: everything stays on the socket.
+        let link = self.start_reader(reader, writer, None)?;
         link.set_heartbeat(Some(procpool_ipc::remote::heartbeat_interval(timeout)));
         tracing::debug!(worker_id = self.slot, %peer, "remote worker joined");
         Ok((
@@ -180,14 +183,22 @@ impl Seat<'_> {
     }
 
     /// Starts the reader thread of the worker's connection; returns the link
-    /// to write to it.
-    fn start_reader<R, W>(self, reader: R, writer: W) -> std::io::Result<Arc<Link>>
+    /// to write to it (with `shm` attached, for a local worker).
+    fn start_reader<R, W>(
+        self,
+        reader: R,
+        writer: W,
+        shm: Option<Arc<ShmTransport>>,
+    ) -> std::io::Result<Arc<Link>>
     where
         R: Read + Send + 'static,
         W: Sink,
     {
         let max = frame_limit(self.config.max_payload_len);
         let link = Link::new(writer, max)?;
+        if let Some(shm) = shm {
+            link.attach_shm(shm);
+        }
         let ctx = ReaderContext {
             slot: self.slot,
             key: self.key,
@@ -310,7 +321,7 @@ impl ReaderContext {
             if !reader.has_buffered() {
                 dirty.flush();
             }
-            match reader.read_frame(&mut frame) {
+            match self.link.read_frame(&mut reader, &mut frame) {
                 Ok(true) => {}
                 Ok(false) => return None,
                 Err(e) => return Some(e),

@@ -27,6 +27,7 @@ use procpool_ipc::endpoint::{self, ReadHalf, WriteHalf};
 use procpool_ipc::frame::{DEFAULT_MAX_PAYLOAD_LEN, ENCODING_SLACK, FrameReader, frame_limit};
 use procpool_ipc::link::{Link, Sink};
 use procpool_ipc::proto::{Hello, Message};
+use procpool_ipc::shm::transport::ShmTransport;
 
 use crate::Registry;
 use crate::registry::{error_chain, install_panic_hook};
@@ -119,11 +120,12 @@ fn serve_and_exit(registry: Registry, connection: Result<(ReadHalf, WriteHalf), 
     endpoint::ignore_interrupts();
     // The master asks for heartbeats on local connections too (optional).
     let heartbeat = heartbeat_timeout();
-    let connection = connection.and_then(|(r, w)| {
+    let connection = connection.and_then(|(mut r, w)| {
         endpoint::set_timeouts(&r, heartbeat).map_err(ServeError::Endpoint)?;
-        Ok((r, w))
+        let shm = ShmTransport::from_connection(&mut r);
+        Ok((r, w, shm))
     });
-    match connection.and_then(|(r, w)| serve(&registry, r, w, heartbeat)) {
+    match connection.and_then(|(r, w, shm)| serve(&registry, r, w, heartbeat, shm)) {
         Ok(()) => process::exit(0),
         Err(e) => fail(&e),
     }
@@ -168,7 +170,8 @@ pub fn run_remote_worker(addr: impl ToSocketAddrs, key: &[u8], registry: Registr
                 Ok((reader, writer, timeout))
             })
             .map_err(ServeError::Remote);
-    match connection.and_then(|(r, w, timeout)| serve(&registry, r, w, Some(timeout))) {
+    // Remote workers never get shared memory: everything stays on the socket.
+    match connection.and_then(|(r, w, timeout)| serve(&registry, r, w, Some(timeout), None)) {
         Ok(()) => process::exit(0),
         Err(e) => fail(&e),
     }
@@ -210,6 +213,7 @@ fn serve<R, W>(
     r: R,
     w: W,
     heartbeat: Option<Duration>,
+    shm: Option<Arc<ShmTransport>>,
 ) -> Result<(), ServeError>
 where
     R: Read + Send + 'static,
@@ -219,6 +223,9 @@ where
     let max_payload = max_payload_len();
     let max = frame_limit(max_payload);
     let link = Link::new(w, max).map_err(IpcError::from)?;
+    if let Some(shm) = shm {
+        link.attach_shm(shm);
+    }
     link.set_heartbeat(heartbeat.map(procpool_ipc::remote::heartbeat_interval));
     let hello = Hello {
         pid: process::id(),
@@ -238,13 +245,14 @@ where
     // the running one are then dropped, not run.
     let stop = Arc::new(AtomicBool::new(false));
     let stop_seen = Arc::clone(&stop);
+    let reader_link = Arc::clone(&link);
     thread::Builder::new()
         .name("procpool-worker-reader".into())
         .spawn(move || {
             let mut reader = FrameReader::new(r, max);
             loop {
                 let mut buf = recycle_rx.try_recv().unwrap_or_default();
-                match reader.read_frame(&mut buf) {
+                match reader_link.read_frame(&mut reader, &mut buf) {
                     Ok(true) => {
                         match Message::decode(&buf) {
                             Ok(Message::Shutdown) => stop_seen.store(true, Ordering::SeqCst),

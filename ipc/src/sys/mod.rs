@@ -32,6 +32,15 @@
 //!   pid). Unix: `waitid(WNOWAIT)`; `ECHILD`, when the process ignores
 //!   `SIGCHLD` and the system reaped the child, counts as exited. Windows:
 //!   a wait on a duplicate of the process handle.
+//! - `ReadHalf::take_fd_channel() -> Option<FdChannel>`: the descriptor
+//!   channel beside a local connection (Unix: a `SOCK_DGRAM` socketpair,
+//!   the child's end at fd 4, named in the endpoint as
+//!   `fd:3:<master pid>:4`); `None` on remote connections, on a second
+//!   call, and on Windows (which has none yet). `FdChannel::send(token,
+//!   fd)` never blocks (`WouldBlock` when the peer lags);
+//!   `FdChannel::recv()` blocks up to 10 s for the next `(token, fd)`,
+//!   `UnexpectedEof` once the peer is gone, `InvalidData` for anything but
+//!   one 8-byte token with one descriptor.
 //! - `ignore_interrupts()`: the worker leaves Ctrl-C to its master.
 //! - `process_alive(pid) -> bool`: whether process `pid` (never 0) exists;
 //!   never blocks. Unix: `kill(pid, 0)` succeeds or fails with `EPERM`, so
@@ -130,16 +139,18 @@ mod windows;
 use windows as imp;
 
 pub(crate) use imp::{
-    ExitWatch, connect, endpoint_is_ours, exit_code, hostname, ignore_interrupts, interface_addrs,
-    process_alive, spawn, terminate, try_send_tcp,
+    ExitWatch, FdChannel, connect, endpoint_is_ours, exit_code, hostname, ignore_interrupts,
+    interface_addrs, process_alive, spawn, terminate, try_send_tcp,
 };
 pub use imp::{ReadHalf, WriteHalf};
 
 #[cfg(all(test, unix))]
-pub(crate) use imp::test_pair;
+pub(crate) use imp::{test_fd_channels, test_pair};
 
 #[cfg(test)]
 mod tests;
+
+pub(crate) mod shm;
 
 /// Writes `contents` to a new file at `path` that only this user can read
 /// (Unix: mode 0600; Windows: the default ACL).

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 
@@ -13,10 +13,14 @@ use super::ENDPOINT_ENV;
 /// The descriptor a worker finds its end of the connection at.
 const CHILD_FD: RawFd = 3;
 
+/// The descriptor a worker finds its end of the descriptor channel at.
+const CHILD_FD_CHANNEL: RawFd = 4;
+
 /// The reading direction of a connection. EOF (or a broken pipe) means
-/// the peer is gone.
+/// the peer is gone. A local connection also carries the descriptor
+/// channel, until it is taken.
 #[derive(Debug)]
-pub struct ReadHalf(UnixStream);
+pub struct ReadHalf(UnixStream, Option<FdChannel>);
 
 /// The writing direction of a connection.
 #[derive(Debug)]
@@ -25,6 +29,12 @@ pub struct WriteHalf(UnixStream);
 super::forward_io!(ReadHalf, WriteHalf);
 
 impl ReadHalf {
+    /// The connection's descriptor channel, if it has one and it was not
+    /// taken yet.
+    pub(crate) fn take_fd_channel(&mut self) -> Option<FdChannel> {
+        self.1.take()
+    }
+
     /// Liveness on a local connection: reads and writes that wait longer
     /// than `timeout` fail (the socket is shared by both halves).
     pub(crate) fn set_timeouts(&self, timeout: Option<std::time::Duration>) -> io::Result<()> {
@@ -71,10 +81,10 @@ pub(crate) fn test_pair() -> io::Result<(ReadHalf, WriteHalf)> {
 }
 
 fn halves(stream: UnixStream) -> io::Result<(ReadHalf, WriteHalf)> {
-    Ok((ReadHalf(stream.try_clone()?), WriteHalf(stream)))
+    Ok((ReadHalf(stream.try_clone()?, None), WriteHalf(stream)))
 }
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret == -1 {
         Err(io::Error::last_os_error())
     } else {
@@ -92,18 +102,24 @@ fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
 pub(crate) fn spawn(mut cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)> {
     // std creates both ends with SOCK_CLOEXEC, so no other child inherits them.
     let (master, child_end) = UnixStream::pair()?;
-    let child_raw = child_end.as_raw_fd();
+    let (master_fds, child_fds) = UnixDatagram::pair()?;
+    // Copies above the target numbers, so that neither `dup2` below
+    // overwrites the source of the other.
+    let child_end = dup_above(child_end.as_fd(), CHILD_FD_CHANNEL + 1)?;
+    let child_fds = dup_above(child_fds.as_fd(), CHILD_FD_CHANNEL + 1)?;
+    let (child_raw, fds_raw) = (child_end.as_raw_fd(), child_fds.as_raw_fd());
     let master_pid = std::process::id();
-    cmd.env(ENDPOINT_ENV, format!("fd:{CHILD_FD}:{master_pid}"));
+    cmd.env(
+        ENDPOINT_ENV,
+        format!("fd:{CHILD_FD}:{master_pid}:{CHILD_FD_CHANNEL}"),
+    );
     let pre_exec = move || -> io::Result<()> {
         // Only async-signal-safe calls from here on: we are between fork and exec.
-        if child_raw == CHILD_FD {
-            // SAFETY: F_SETFD on our own open descriptor.
-            cvt(unsafe { libc::fcntl(CHILD_FD, libc::F_SETFD, 0) })?;
-        } else {
-            // SAFETY: dup2 of an open descriptor onto CHILD_FD; the copy is not close-on-exec.
-            cvt(unsafe { libc::dup2(child_raw, CHILD_FD) })?;
-        }
+        // SAFETY: dup2 of open descriptors (both above the targets) onto
+        // CHILD_FD and CHILD_FD_CHANNEL; the copies are not close-on-exec.
+        cvt(unsafe { libc::dup2(child_raw, CHILD_FD) })?;
+        // SAFETY: as above.
+        cvt(unsafe { libc::dup2(fds_raw, CHILD_FD_CHANNEL) })?;
         // SAFETY: setting a signal disposition to SIG_IGN is async-signal-safe.
         unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
         #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -126,14 +142,34 @@ pub(crate) fn spawn(mut cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)
     let child = cmd.spawn()?;
     // Our copy of the child's end must go, or we would never see EOF when the child dies.
     drop(child_end);
-    let (r, w) = halves(master)?;
+    drop(child_fds);
+    let (mut r, w) = halves(master)?;
+    r.1 = Some(FdChannel::new(master_fds)?);
     Ok((child, r, w))
 }
 
-/// Parses `fd:<n>:<master pid>`.
-fn parse_endpoint(value: &str) -> Option<(RawFd, u32)> {
-    let (fd, pid) = value.strip_prefix("fd:")?.split_once(':')?;
-    Some((fd.parse().ok()?, pid.parse().ok()?))
+/// A close-on-exec copy of `fd` numbered at least `min`.
+fn dup_above(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor the caller borrows returns a
+    // new descriptor (or -1); no memory is touched.
+    let new = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })?;
+    // SAFETY: `new` was just returned by fcntl; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Parses `fd:<n>:<master pid>[:<descriptor channel fd>]`.
+fn parse_endpoint(value: &str) -> Option<(RawFd, u32, Option<RawFd>)> {
+    let mut parts = value.strip_prefix("fd:")?.split(':');
+    let fd = parts.next()?.parse().ok()?;
+    let pid = parts.next()?.parse().ok()?;
+    let channel = match parts.next() {
+        Some(c) => Some(c.parse().ok()?),
+        None => None,
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((fd, pid, channel))
 }
 
 /// Whether `value` was set for this very process: its descriptor is a
@@ -143,7 +179,7 @@ fn parse_endpoint(value: &str) -> Option<(RawFd, u32)> {
 /// close-on-exec, so a program it starts inherits the variable but not the
 /// descriptor, and is told it is no worker.
 pub(crate) fn endpoint_is_ours(value: &str) -> bool {
-    let Some((fd, master)) = parse_endpoint(value) else {
+    let Some((fd, master, _)) = parse_endpoint(value) else {
         return false;
     };
     if !is_socket(fd) {
@@ -186,7 +222,7 @@ fn is_socket(fd: RawFd) -> bool {
 }
 
 pub(crate) fn connect(value: &str) -> io::Result<(ReadHalf, WriteHalf)> {
-    let (fd, _) = parse_endpoint(value).ok_or_else(|| {
+    let (fd, _, channel) = parse_endpoint(value).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("bad endpoint {value:?}"),
@@ -205,7 +241,147 @@ pub(crate) fn connect(value: &str) -> io::Result<(ReadHalf, WriteHalf)> {
     // Tasks may start programs of their own: they must not inherit the
     // connection, or our death would not read as EOF in the master.
     set_cloexec(owned.as_fd(), true)?;
-    halves(UnixStream::from(owned))
+    let (mut r, w) = halves(UnixStream::from(owned))?;
+    if let Some(channel) = channel.filter(|&c| c != fd && is_socket(c)) {
+        // SAFETY: the master put the descriptor channel at `channel` for
+        // us alone, and this runs once per process (as above).
+        let owned = unsafe { OwnedFd::from_raw_fd(channel) };
+        set_cloexec(owned.as_fd(), true)?;
+        r.1 = Some(FdChannel::new(UnixDatagram::from(owned))?);
+    }
+    Ok((r, w))
+}
+
+/// How long [`FdChannel::recv`] waits for a descriptor its peer announced
+/// (it was sent before the announcement, so it is normally there already).
+const FD_RECV_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The descriptor channel of a local connection: a `SOCK_DGRAM`
+/// socketpair beside the stream, on which each datagram is an 8-byte
+/// token with exactly one descriptor attached (`SCM_RIGHTS`). Datagrams
+/// keep each token with its descriptor, which a byte stream would not.
+#[derive(Debug)]
+pub(crate) struct FdChannel(UnixDatagram);
+
+impl FdChannel {
+    fn new(socket: UnixDatagram) -> io::Result<Self> {
+        socket.set_read_timeout(Some(FD_RECV_TIMEOUT))?;
+        Ok(Self(socket))
+    }
+
+    /// Sends `fd` with `token`, without blocking: `WouldBlock` when the
+    /// peer has not read earlier ones.
+    pub(crate) fn send(&self, token: u64, fd: &OwnedFd) -> io::Result<()> {
+        let data = token.to_le_bytes();
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr().cast_mut().cast(),
+            iov_len: data.len(),
+        };
+        // Aligned for `cmsghdr`, and larger than CMSG_SPACE of one fd.
+        let mut control = [0u64; 8];
+        // SAFETY: CMSG_SPACE only computes a size.
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as _) } as usize;
+        debug_assert!(space <= std::mem::size_of_val(&control));
+        // SAFETY: `msghdr` is a plain C struct of integers and pointers, for
+        // which all-zero bytes are valid (null pointers, zero lengths).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: `msg.msg_control` points to `control`, at least `space`
+        // bytes and aligned for `cmsghdr`, so the first header fits in it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as _) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd.as_raw_fd());
+        }
+        // SAFETY: `msg` points to `iov` (to `data`) and `control`, all
+        // alive for the call; sendmsg only reads them.
+        let n = unsafe { libc::sendmsg(self.0.as_raw_fd(), &msg, SEND_FLAGS) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Receives the next descriptor and its token; blocks up to
+    /// [`FD_RECV_TIMEOUT`]. `UnexpectedEof` when the peer is gone,
+    /// `InvalidData` for a datagram that is not one token with one
+    /// descriptor (any descriptors it carried are closed).
+    pub(crate) fn recv(&self) -> io::Result<(u64, OwnedFd)> {
+        let mut data = [0u8; 16];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        let mut control = [0u64; 8];
+        // SAFETY: as in `send`.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+        let flags = libc::MSG_CMSG_CLOEXEC;
+        #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+        let flags = 0;
+        let n = loop {
+            // SAFETY: `msg` points to `iov` (to `data`) and `control`, valid
+            // for writes of the lengths it gives, for the call.
+            let n = unsafe { libc::recvmsg(self.0.as_raw_fd(), &mut msg, flags) };
+            if n >= 0 {
+                break n.unsigned_abs();
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        };
+        let mut fds = Vec::new();
+        // SAFETY: the kernel filled `control` up to `msg.msg_controllen`;
+        // CMSG_FIRSTHDR/CMSG_NXTHDR stay within it, and each SCM_RIGHTS
+        // header's data holds `(cmsg_len - CMSG_LEN(0)) / size_of::<RawFd>()`
+        // descriptors that are now ours (each wrapped at once, so closed
+        // if refused below).
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let data_len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    let first = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                    for i in 0..data_len / std::mem::size_of::<RawFd>() {
+                        let raw = std::ptr::read_unaligned(first.add(i));
+                        fds.push(OwnedFd::from_raw_fd(raw));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        if n == 0 && fds.is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if n != 8 || fds.len() != 1 || msg.msg_flags & (libc::MSG_CTRUNC | libc::MSG_TRUNC) != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed message on the descriptor channel",
+            ));
+        }
+        let fd = fds.pop().expect("one descriptor");
+        #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+        set_cloexec(fd.as_fd(), true)?;
+        let token = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+        Ok((token, fd))
+    }
+}
+
+/// A connected pair of descriptor channels in this process, for tests.
+#[cfg(test)]
+pub(crate) fn test_fd_channels() -> io::Result<(FdChannel, FdChannel)> {
+    let (a, b) = UnixDatagram::pair()?;
+    Ok((FdChannel::new(a)?, FdChannel::new(b)?))
 }
 
 /// A child to wait on without reaping it: its pid.

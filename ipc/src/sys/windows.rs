@@ -90,6 +90,28 @@ pub struct ReadHalf(RecvPipeStream<Bytes>);
 #[derive(Debug)]
 pub struct WriteHalf(SendPipeStream<Bytes>);
 
+/// No descriptor channel on Windows yet: large payloads keep travelling
+/// over the named pipe (see `crate::shm::transport`).
+#[derive(Debug)]
+pub(crate) enum FdChannel {}
+
+impl FdChannel {
+    pub(crate) fn send(&self, _token: u64, _handle: &OwnedHandle) -> io::Result<()> {
+        match *self {}
+    }
+
+    pub(crate) fn recv(&self) -> io::Result<(u64, OwnedHandle)> {
+        match *self {}
+    }
+}
+
+impl ReadHalf {
+    /// Always `None`: see [`FdChannel`].
+    pub(crate) fn take_fd_channel(&mut self) -> Option<FdChannel> {
+        None
+    }
+}
+
 // `flush` is a no-op, as on Unix: a completed write is already in the pipe.
 // interprocess's `flush` is `FlushFileBuffers`, which waits until the peer
 // has *read* everything; passing it through would turn each flush into a

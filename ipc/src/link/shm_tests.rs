@@ -1,0 +1,182 @@
+//! The shared-memory transport between two links in this process, over
+//! real socketpairs and a real descriptor channel.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::endpoint::ReadHalf;
+use crate::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader};
+use crate::shm::Segment;
+use crate::shm::transport::MAX_SEGMENTS;
+
+/// One side of a connection: the link it writes and the reader of what the
+/// other side writes.
+struct Side {
+    link: Arc<Link>,
+    reader: FrameReader<ReadHalf>,
+}
+
+impl Side {
+    fn read(&mut self) -> Result<Vec<u8>, IpcError> {
+        let mut buf = Vec::new();
+        assert!(self.link.read_frame(&mut self.reader, &mut buf)?, "eof");
+        Ok(buf)
+    }
+}
+
+fn connected(threshold: usize) -> (Side, Side) {
+    let (r_b, w_a) = crate::sys::test_pair().unwrap(); // a writes, b reads
+    let (r_a, w_b) = crate::sys::test_pair().unwrap(); // b writes, a reads
+    let (ch_a, ch_b) = crate::sys::test_fd_channels().unwrap();
+    let side = |w, r, ch| {
+        let link = Link::new(w, DEFAULT_MAX_FRAME_LEN).unwrap();
+        link.attach_shm(ShmTransport::for_test(ch, threshold));
+        Side {
+            link,
+            reader: FrameReader::new(r, DEFAULT_MAX_FRAME_LEN),
+        }
+    };
+    (side(w_a, r_a, ch_a), side(w_b, r_b, ch_b))
+}
+
+fn run(payload: &[u8]) -> Message<'_> {
+    Message::Run {
+        id: 7,
+        task: 1,
+        count: 1,
+        payload,
+    }
+}
+
+fn payload_of(body: &[u8]) -> Vec<u8> {
+    match Message::decode(body).unwrap() {
+        Message::Run { payload, .. } => payload.to_vec(),
+        other => panic!("not a run: {other:?}"),
+    }
+}
+
+/// Bodies around the threshold arrive exactly, whichever way they
+/// travel, and a freed segment is reused rather than a new one made.
+#[test]
+fn bodies_around_the_threshold_round_trip_and_segments_are_reused() {
+    let threshold = 4096;
+    let (mut a, mut b) = connected(threshold);
+    let overhead = crate::proto::RUN_OVERHEAD;
+    for len in [
+        0,
+        1,
+        threshold - overhead - 1,
+        threshold - overhead,
+        threshold - overhead + 1,
+        3 << 20,
+        5,
+        3 << 20,
+    ] {
+        let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        a.link.send(&run(&payload)).unwrap();
+        assert_eq!(payload_of(&b.read().unwrap()), payload, "len {len}");
+        // The FREE reaches `a` before this heartbeat does.
+        b.link.send(&Message::Heartbeat).unwrap();
+        assert_eq!(a.read().unwrap(), [8]);
+    }
+    let shm = a.link.shm().unwrap();
+    // One segment for the small bodies, one for the 3 MiB ones.
+    assert_eq!(shm.segments_made(), 2);
+}
+
+/// Many bodies in flight at once: every one arrives, in order, through
+/// segments while some are free and over the socket when all are busy.
+#[test]
+fn many_bodies_in_flight_arrive_in_order() {
+    let (a, mut b) = connected(1024);
+    let n = 3 * MAX_SEGMENTS;
+    for i in 0..n {
+        a.link.send(&run(&vec![i as u8; 100_000])).unwrap();
+    }
+    for i in 0..n {
+        assert_eq!(payload_of(&b.read().unwrap()), vec![i as u8; 100_000]);
+    }
+    assert_eq!(a.link.shm().unwrap().segments_made(), MAX_SEGMENTS);
+}
+
+/// A length read from a frame that points outside its segment is a typed
+/// error, not an out-of-bounds read.
+#[test]
+fn a_body_outside_its_segment_is_malformed() {
+    let (a, mut b) = connected(1024);
+    a.link.send(&run(&[1; 5000])).unwrap();
+    b.read().unwrap();
+    // Segment 1 exists (1 MiB); name a body longer than it.
+    a.link
+        .send(&Message::Shm {
+            seg: 1,
+            new: false,
+            seg_len: 1 << 20,
+            body_len: (1 << 20) + 1,
+        })
+        .unwrap();
+    let err = b.read().unwrap_err();
+    assert!(matches!(err, IpcError::Malformed(_)), "{err}");
+}
+
+#[test]
+fn an_unknown_segment_is_malformed() {
+    let (a, mut b) = connected(1024);
+    a.link
+        .send(&Message::Shm {
+            seg: 99,
+            new: false,
+            seg_len: 1 << 20,
+            body_len: 10,
+        })
+        .unwrap();
+    let err = b.read().unwrap_err();
+    assert!(matches!(err, IpcError::Malformed(_)), "{err}");
+}
+
+/// A segment announced longer than the object sent is refused when it is
+/// mapped (`SegmentError::TooSmall` inside the I/O error).
+#[test]
+fn a_segment_announced_longer_than_its_object_is_refused() {
+    let (a, mut b) = connected(1024);
+    let seg = Segment::new(4096).unwrap();
+    a.link
+        .shm()
+        .unwrap()
+        .send_handle_for_test(42, &seg.try_clone_handle().unwrap())
+        .unwrap();
+    a.link
+        .send(&Message::Shm {
+            seg: 42,
+            new: true,
+            seg_len: 1 << 30,
+            body_len: 10,
+        })
+        .unwrap();
+    let err = b.read().unwrap_err();
+    let IpcError::Io(e) = &err else {
+        panic!("{err}");
+    };
+    let inner = e
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<crate::shm::SegmentError>());
+    assert!(
+        matches!(inner, Some(crate::shm::SegmentError::TooSmall { .. })),
+        "{err}"
+    );
+}
+
+/// A segment frame on a link without the transport is refused.
+#[test]
+fn a_segment_frame_without_the_transport_is_malformed() {
+    let (r, w) = crate::sys::test_pair().unwrap();
+    let writer = Link::new(w, DEFAULT_MAX_FRAME_LEN).unwrap();
+    let (_, w2) = crate::sys::test_pair().unwrap();
+    let reader_link = Link::new(w2, DEFAULT_MAX_FRAME_LEN).unwrap();
+    writer.send(&Message::Free { seg: 1 }).unwrap();
+    let mut reader = FrameReader::new(r, DEFAULT_MAX_FRAME_LEN);
+    let err = reader_link
+        .read_frame(&mut reader, &mut Vec::new())
+        .unwrap_err();
+    assert!(matches!(err, IpcError::Malformed(_)), "{err}");
+}

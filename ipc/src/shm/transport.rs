@@ -1,0 +1,403 @@
+//! Large frame bodies through shared memory on local connections.
+//!
+//! # Decision: a descriptor channel beside each local connection
+//!
+//! A local connection (master ↔ its child) is a stream socket read by one
+//! thread with plain `read`s and written by a [`Link`](crate::link::Link) through an outbox,
+//! so tying a descriptor to one byte of that stream would reach into both.
+//! Instead each local child gets a second socketpair (`SOCK_DGRAM`, fd 4,
+//! endpoint `fd:3:<master pid>:4`) that carries only descriptors: one
+//! datagram = an 8-byte segment id + one `SCM_RIGHTS` descriptor. A
+//! segment's descriptor is sent there, without blocking, *before* the
+//! frame that first names it is queued on the connection, so the reader of
+//! that frame always finds it (it keeps descriptors that arrive ahead of
+//! their frame in an inbox, by id).
+//!
+//! The link ([`crate::link::Link`]) applies it on both sides: its writes
+//! go through [`ShmTransport`] once attached, and its `read_frame`
+//! resolves the transport's frames.
+//!
+//! # What travels how
+//!
+//! A frame body of at least the threshold ([`DEFAULT_THRESHOLD`], or
+//! [`THRESHOLD_ENV`]) is copied once into a segment of the sender's
+//! per-link pool, and a small `SHM` frame (segment id, whether it is new,
+//! segment length, body length) takes its place on the connection. The
+//! reader copies the body out once, answers `FREE` (the sender may reuse
+//! the segment), and hands the body on as if it had arrived on the
+//! connection: task inputs, results, queue items and pipe messages all
+//! take this path. Segments are reused, so their pages are faulted in once
+//! per link rather than once per frame; the pool holds at most
+//! [`MAX_SEGMENTS`] and, when all are busy, bodies go over the socket as
+//! before. A segment too small for a body is retired (`RETIRE`: the
+//! reader unmaps it) and replaced by one an eighth larger than the body, in whole MiB.
+//!
+//! Remote (TCP) connections and Windows (no descriptor channel yet; the
+//! handle would need `DuplicateHandle` into the peer) keep every frame on
+//! the connection.
+//!
+//! # Limits and validation
+//!
+//! The frame limit (`frame_limit(max_payload_len)`) protects the socket
+//! from a bad length prefix; it does not apply to bodies in segments,
+//! which are bounded by memory the sender really allocated: the reader
+//! maps a segment only after checking that the object holds the announced
+//! length (and, on Linux/FreeBSD, cannot shrink), and copies a body out
+//! only after checking it lies inside the segment. What limits a value is
+//! still the payload limit (`PoolBuilder::max_payload_len`), checked when
+//! it is encoded, whichever way it then travels. A peer may keep at most
+//! [`MAX_SEGMENTS`] segments mapped here; more is a protocol error.
+//!
+//! # Lifetime
+//!
+//! A segment lives in its sender's pool until the link is dropped, and in
+//! the reader's cache until `RETIRE` or the link's end. When a worker dies
+//! its master drops the link and with it every segment of that link,
+//! including those in flight; the memory goes once the last mapping or
+//! descriptor does (anonymous objects leave nothing behind).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::IpcError;
+use crate::endpoint::ReadHalf;
+use crate::frame::WriteFrame;
+use crate::proto::{FREE, Message, RETIRE, SHM};
+use crate::shm::segment::{Segment, ShmHandle};
+use crate::sync::lock;
+use crate::sys::FdChannel;
+
+/// Frame bodies at least this long travel through shared memory.
+///
+/// Measured on the 2-core CI machine (issue 11, CPU time of master and
+/// workers, queue items one producer one consumer): 64 KiB and 256 KiB
+/// items cost two to three times more through segments than over the
+/// socket (the `FREE` answer and segment set-up outweigh one saved copy),
+/// 1 MiB items cost about the same, and 16 MiB `Pool::map` inputs about a
+/// fifth less. Hence 1 MiB.
+pub const DEFAULT_THRESHOLD: usize = 1 << 20;
+
+/// Environment variable overriding [`DEFAULT_THRESHOLD`], in bytes; `off`
+/// (or `0`) keeps every frame on the connection. Read once per process,
+/// by master and workers alike (workers inherit it).
+pub const THRESHOLD_ENV: &str = "PROCPOOL_SHM_THRESHOLD";
+
+/// Segments a sender keeps per link, and a reader accepts per link.
+pub const MAX_SEGMENTS: usize = 8;
+
+/// The smallest segment made.
+const MIN_SEGMENT: usize = 1 << 20;
+
+fn threshold() -> Option<usize> {
+    static THRESHOLD: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *THRESHOLD.get_or_init(|| match std::env::var(THRESHOLD_ENV) {
+        Ok(v) if v == "off" => None,
+        Ok(v) => match v.parse::<usize>() {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(_) => Some(DEFAULT_THRESHOLD),
+        },
+        Err(_) => Some(DEFAULT_THRESHOLD),
+    })
+}
+
+/// The shared-memory side of one local connection; see the module docs.
+#[derive(Debug)]
+pub struct ShmTransport {
+    channel: FdChannel,
+    threshold: usize,
+    out: Mutex<OutPool>,
+    inbound: Mutex<Inbound>,
+}
+
+#[derive(Debug, Default)]
+struct OutPool {
+    next_id: u64,
+    segs: Vec<OutSegment>,
+    /// Sending a descriptor failed once: the peer cannot take segments.
+    disabled: bool,
+}
+
+#[derive(Debug)]
+struct OutSegment {
+    id: u64,
+    seg: Arc<Segment>,
+    busy: bool,
+}
+
+#[derive(Debug, Default)]
+struct Inbound {
+    /// Segments the peer sent, mapped, by id.
+    cache: HashMap<u64, Segment>,
+    /// Descriptors that arrived before the frame naming them.
+    inbox: HashMap<u64, ShmHandle>,
+}
+
+/// A body placed in a segment, ready to be announced.
+struct Staged {
+    id: u64,
+    new: bool,
+    seg_len: u64,
+    body_len: u64,
+    retired: Vec<u64>,
+}
+
+impl ShmTransport {
+    /// The transport of a local connection, from its reading half (which
+    /// gives up its descriptor channel); `None` for a connection without
+    /// one (remote, Windows, a channel already taken) or when
+    /// [`THRESHOLD_ENV`] turns it off.
+    pub fn from_connection(reader: &mut ReadHalf) -> Option<Arc<Self>> {
+        let threshold = threshold()?;
+        let channel = reader.take_fd_channel()?;
+        Some(Arc::new(Self {
+            channel,
+            threshold,
+            out: Mutex::default(),
+            inbound: Mutex::default(),
+        }))
+    }
+
+    #[cfg(all(test, unix))]
+    pub(crate) fn for_test(channel: FdChannel, threshold: usize) -> Arc<Self> {
+        Arc::new(Self {
+            channel,
+            threshold,
+            out: Mutex::default(),
+            inbound: Mutex::default(),
+        })
+    }
+
+    #[cfg(all(test, unix))]
+    pub(crate) fn send_handle_for_test(&self, id: u64, handle: &ShmHandle) -> std::io::Result<()> {
+        self.channel.send(id, handle)
+    }
+
+    /// Writes the frame made of `parts` to `w`: as an `SHM` frame naming a
+    /// segment holding them when they are long enough and a segment is
+    /// free, else as is.
+    pub(crate) fn write_frame(
+        &self,
+        parts: &[&[u8]],
+        w: &mut impl WriteFrame,
+    ) -> Result<(), IpcError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len < self.threshold {
+            return w.write_frame(parts);
+        }
+        let Some((staged, seg)) = self.stage(len) else {
+            return w.write_frame(parts);
+        };
+        let mut at = 0;
+        for part in parts {
+            if seg.write_at(at, part).is_err() {
+                // Cannot happen (the segment holds `len`); keep it busy-free.
+                self.release(staged.id);
+                return w.write_frame(parts);
+            }
+            at += part.len();
+        }
+        for seg in &staged.retired {
+            Message::Retire { seg: *seg }.write(w)?;
+        }
+        let written = Message::Shm {
+            seg: staged.id,
+            new: staged.new,
+            seg_len: staged.seg_len,
+            body_len: staged.body_len,
+        }
+        .write(w);
+        if written.is_err() {
+            self.release(staged.id);
+        }
+        written
+    }
+
+    /// Picks (or makes and sends) a free segment for `len` bytes and marks
+    /// it busy; `None` when the body must go over the connection.
+    fn stage(&self, len: usize) -> Option<(Staged, Arc<Segment>)> {
+        let mut out = lock(&self.out);
+        if out.disabled {
+            return None;
+        }
+        let fitting = out
+            .segs
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.busy && s.seg.len() >= len)
+            .min_by_key(|(_, s)| s.seg.len())
+            .map(|(i, _)| i);
+        let mut retired = Vec::new();
+        let (index, new) = match fitting {
+            Some(i) => (i, false),
+            None => {
+                if out.segs.len() >= MAX_SEGMENTS {
+                    // Make room by retiring the smallest free segment.
+                    let smallest = out
+                        .segs
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| !s.busy)
+                        .min_by_key(|(_, s)| s.seg.len())
+                        .map(|(i, _)| i)?;
+                    retired.push(out.segs.swap_remove(smallest).id);
+                }
+                // Room for bodies a little larger than this one, in whole MiB.
+                let size = len
+                    .checked_add(len / 8)?
+                    .checked_next_multiple_of(MIN_SEGMENT)?
+                    .max(MIN_SEGMENT);
+                let seg = Segment::new(size).ok()?;
+                out.next_id += 1;
+                let id = out.next_id;
+                let sent = seg
+                    .try_clone_handle()
+                    .ok()
+                    .and_then(|h| self.channel.send(id, &h).ok());
+                if sent.is_none() {
+                    // A peer that cannot take descriptors (or lags far
+                    // behind): everything goes over the connection.
+                    out.disabled = true;
+                    drop(out);
+                    return None;
+                }
+                out.segs.push(OutSegment {
+                    id,
+                    seg: Arc::new(seg),
+                    busy: false,
+                });
+                (out.segs.len() - 1, true)
+            }
+        };
+        let entry = &mut out.segs[index];
+        entry.busy = true;
+        let staged = Staged {
+            id: entry.id,
+            new,
+            seg_len: entry.seg.len() as u64,
+            body_len: len as u64,
+            retired,
+        };
+        Some((staged, Arc::clone(&entry.seg)))
+    }
+
+    /// The peer is done with segment `id`.
+    fn release(&self, id: u64) {
+        if let Some(s) = lock(&self.out).segs.iter_mut().find(|s| s.id == id) {
+            s.busy = false;
+        }
+    }
+
+    /// Segments this side has made for this link (for tests).
+    #[doc(hidden)]
+    pub fn segments_made(&self) -> usize {
+        lock(&self.out).segs.len()
+    }
+
+    /// Resolves an `SHM` frame: copies the body it names into `buf`.
+    fn receive(&self, msg: &Message<'_>, buf: &mut Vec<u8>) -> Result<u64, IpcError> {
+        let &Message::Shm {
+            seg: id,
+            new,
+            seg_len,
+            body_len,
+        } = msg
+        else {
+            return Err(IpcError::Malformed("not a shm frame"));
+        };
+        let seg_len = usize::try_from(seg_len)
+            .map_err(|_| IpcError::Malformed("segment longer than the address space"))?;
+        let body_len = usize::try_from(body_len)
+            .map_err(|_| IpcError::Malformed("body longer than the address space"))?;
+        let mut inbound = lock(&self.inbound);
+        if new {
+            if inbound.cache.contains_key(&id) {
+                return Err(IpcError::Malformed("segment id announced twice"));
+            }
+            if inbound.cache.len() >= MAX_SEGMENTS {
+                return Err(IpcError::Malformed("peer holds too many segments"));
+            }
+            let handle = loop {
+                if let Some(h) = inbound.inbox.remove(&id) {
+                    break h;
+                }
+                if inbound.inbox.len() >= MAX_SEGMENTS {
+                    return Err(IpcError::Malformed("too many unannounced segments"));
+                }
+                let (token, handle) = self.channel.recv()?;
+                inbound.inbox.insert(token, handle);
+            };
+            let seg = Segment::from_handle(handle, seg_len).map_err(|e| {
+                IpcError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+            })?;
+            inbound.cache.insert(id, seg);
+        }
+        let seg = inbound
+            .cache
+            .get(&id)
+            .ok_or(IpcError::Malformed("unknown segment"))?;
+        if seg.len() != seg_len {
+            return Err(IpcError::Malformed("segment length changed"));
+        }
+        buf.clear();
+        seg.read_into_vec(0, body_len, buf)
+            .map_err(|_| IpcError::Malformed("body outside its segment"))?;
+        Ok(id)
+    }
+}
+
+/// Whether `body` is a frame of the transport itself (`SHM`, `FREE`,
+/// `RETIRE`), which [`ShmTransport::take_control`] handles.
+pub(crate) fn is_control(body: &[u8]) -> bool {
+    matches!(body.first(), Some(&(SHM | FREE | RETIRE)))
+}
+
+/// What a control frame turned into.
+#[derive(Debug)]
+pub(crate) enum Control {
+    /// `buf` now holds the body an `SHM` frame named; answer `FREE` with
+    /// this segment id.
+    Body(u64),
+    /// A `FREE` or `RETIRE`, handled: read the next frame.
+    Handled,
+}
+
+impl ShmTransport {
+    /// Handles the control frame in `buf` (see [`is_control`]); for an
+    /// `SHM` frame, replaces it with the body it names.
+    ///
+    /// # Errors
+    /// [`IpcError::Malformed`] for a frame naming an unknown segment, a
+    /// body outside its segment, or a body that is itself a control frame;
+    /// [`IpcError::Io`] when a segment's descriptor cannot be received or
+    /// mapped (too small, not sealed).
+    pub(crate) fn take_control(&self, buf: &mut Vec<u8>) -> Result<Control, IpcError> {
+        let msg = match Message::decode(buf)? {
+            Message::Shm {
+                seg,
+                new,
+                seg_len,
+                body_len,
+            } => Message::Shm {
+                seg,
+                new,
+                seg_len,
+                body_len,
+            },
+            Message::Free { seg } => {
+                self.release(seg);
+                return Ok(Control::Handled);
+            }
+            Message::Retire { seg } => {
+                lock(&self.inbound).cache.remove(&seg);
+                return Ok(Control::Handled);
+            }
+            _ => return Err(IpcError::Malformed("not a shared memory frame")),
+        };
+        let id = self.receive(&msg, buf)?;
+        if is_control(buf) {
+            return Err(IpcError::Malformed("segment frame inside a segment"));
+        }
+        Ok(Control::Body(id))
+    }
+}

@@ -1,0 +1,226 @@
+//! Large payloads through shared memory (issue 11), with real workers:
+//! task inputs and results over the threshold, queue items, segments
+//! reclaimed when a pool ends or a worker dies holding one.
+//!
+//! Runs its trials one at a time: some count this process's descriptors.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a program talks to its user
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use common::*;
+use procpool::{Error, Pool, Queue, Task};
+use serde_bytes::ByteBuf;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Returns its input.
+const ECHO: Task<ByteBuf, ByteBuf> = Task::new("shm_echo");
+/// SIGKILLs its worker (Unix; aborts elsewhere) when the buffer starts with 13.
+const DIE_ON_13: Task<ByteBuf, u64> = Task::new("shm_die_on_13");
+/// Puts a buffer of this many bytes, each `size % 251`, on the queue.
+const PUT_BIG: Task<(Queue<ByteBuf>, u64), ()> = Task::new("shm_put_big");
+
+/// The default threshold, from the transport.
+const THRESHOLD: usize = procpool_ipc::shm::transport::DEFAULT_THRESHOLD;
+
+fn main() {
+    procpool::init(
+        registry()
+            .task(ECHO, |b| b)
+            .task(DIE_ON_13, |b: ByteBuf| {
+                if b.first() == Some(&13) {
+                    #[cfg(unix)]
+                    // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+                    unsafe {
+                        libc::kill(libc::getpid(), libc::SIGKILL);
+                    }
+                    std::process::abort();
+                }
+                b.len() as u64
+            })
+            .task(PUT_BIG, |(q, size)| {
+                let len = usize::try_from(size).expect("a length");
+                q.put(ByteBuf::from(vec![(size % 251) as u8; len]))
+                    .expect("put");
+            }),
+    );
+    let mut args = libtest_mimic::Arguments::from_args();
+    args.test_threads = Some(1);
+    let tests = trials![
+        LIMIT;
+        inputs_and_results_around_the_threshold_round_trip_exactly,
+        many_large_items_at_once_arrive_exactly,
+        large_queue_items_arrive_exactly,
+        segments_are_used_and_reclaimed_with_the_pool,
+        a_worker_killed_holding_a_large_input_fails_its_item_and_leaks_nothing,
+    ];
+    libtest_mimic::run(&args, tests).exit();
+}
+
+/// `len` bytes that differ from those of any other `(len, seed)`.
+fn pattern(len: usize, seed: u8) -> ByteBuf {
+    ByteBuf::from(
+        (0..len)
+            .map(|i| (i % 253) as u8 ^ seed)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+fn inputs_and_results_around_the_threshold_round_trip_exactly() -> anyhow::Result<()> {
+    let pool = Pool::new(2)?.watched();
+    let sizes = [
+        0,
+        1,
+        THRESHOLD - 64,
+        THRESHOLD - 1,
+        THRESHOLD,
+        THRESHOLD + 1,
+        1 << 20,
+        (16 << 20) + 3,
+    ];
+    for chunk in [1, 3] {
+        let inputs: Vec<ByteBuf> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| pattern(n, i as u8))
+            .collect();
+        let out = pool.map_chunked(ECHO, inputs.clone(), chunk)?;
+        ensure!(out == inputs, "echo with chunks of {chunk} differs");
+        let lens = pool.map_chunked(LEN, inputs, chunk)?;
+        ensure!(lens == sizes.map(|n| n as u64), "lengths: {lens:?}");
+    }
+    Ok(())
+}
+
+fn many_large_items_at_once_arrive_exactly() -> anyhow::Result<()> {
+    let pool = Pool::builder().workers(2).chunk_size(1).build()?.watched();
+    let inputs: Vec<ByteBuf> = (0..64).map(|i| pattern(300_000 + i, i as u8)).collect();
+    let out: Vec<ByteBuf> = pool
+        .imap_unordered(ECHO, inputs.clone())?
+        .collect::<Result<_, _>>()?;
+    let mut out = out;
+    out.sort_by_key(|b| b.len());
+    ensure!(out == inputs, "echoed items differ");
+    Ok(())
+}
+
+fn large_queue_items_arrive_exactly() -> anyhow::Result<()> {
+    let pool = Pool::new(2)?.watched();
+    let q: Queue<ByteBuf> = Queue::new();
+    let sizes = [THRESHOLD as u64 - 1, THRESHOLD as u64 + 1, 5 << 20];
+    for &size in &sizes {
+        pool.apply(PUT_BIG, (q.clone(), size))?;
+        let got = q
+            .get_timeout(Duration::from_secs(20))
+            .context("queue get")?;
+        ensure!(got.len() as u64 == size, "{} bytes, not {size}", got.len());
+        ensure!(got.iter().all(|&b| u64::from(b) == size % 251));
+    }
+    Ok(())
+}
+
+/// This process's descriptors once no segment is open any more (earlier
+/// trials' pools finish closing theirs just after they are dropped).
+fn baseline() -> anyhow::Result<(usize, usize)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = fds()?;
+        if now.1 == 0 || std::time::Instant::now() > deadline {
+            return Ok(now);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits up to 10 s for this process's descriptors to be `before` again
+/// (a pool's reader and writer threads close theirs as they end, just
+/// after `drop` returns); the last count seen.
+fn settled(before: (usize, usize)) -> anyhow::Result<(usize, usize)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = fds()?;
+        if now == before || std::time::Instant::now() > deadline {
+            return Ok(now);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// This process's descriptors: `(all, shared memory segments)` (Linux;
+/// elsewhere `(0, 0)`, which the checks then pass trivially).
+fn fds() -> anyhow::Result<(usize, usize)> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Ok((0, 0));
+    };
+    let (mut all, mut segments) = (0, 0);
+    for entry in dir {
+        let entry = entry?;
+        all += 1;
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            if target.to_string_lossy().contains("procpool-shm") {
+                segments += 1;
+            }
+        }
+    }
+    Ok((all, segments))
+}
+
+fn segments_are_used_and_reclaimed_with_the_pool() -> anyhow::Result<()> {
+    let before = baseline()?;
+    {
+        let pool = Pool::new(2)?.watched();
+        let inputs: Vec<ByteBuf> = (0..4).map(|i| pattern(1 << 20, i)).collect();
+        ensure!(pool.map(ECHO, inputs.clone())? == inputs);
+        if cfg!(target_os = "linux") {
+            let (_, segments) = fds()?;
+            ensure!(segments > 0, "no shared memory segment in use");
+        }
+    }
+    let after = settled(before)?;
+    ensure!(
+        after == before,
+        "descriptors before {before:?}, after {after:?}"
+    );
+    Ok(())
+}
+
+fn a_worker_killed_holding_a_large_input_fails_its_item_and_leaks_nothing() -> anyhow::Result<()> {
+    let before = baseline()?;
+    {
+        let pool = Pool::builder().workers(2).chunk_size(1).build()?.watched();
+        let inputs: Vec<ByteBuf> = [0u8, 13, 2, 3]
+            .iter()
+            .map(|&first| {
+                let mut b = pattern(2 << 20, first);
+                b[0] = first;
+                b
+            })
+            .collect();
+        let results: Vec<_> = pool.imap(DIE_ON_13, inputs)?.collect();
+        ensure!(results.len() == 4);
+        for (i, r) in results.iter().enumerate() {
+            if i == 1 {
+                ensure!(
+                    matches!(
+                        r.as_ref().map_err(Error::inner),
+                        Err(Error::WorkerDied { .. })
+                    ),
+                    "item 1: {r:?}"
+                );
+            } else {
+                ensure!(matches!(r, Ok(n) if *n == 2 << 20), "item {i}: {r:?}");
+            }
+        }
+        // The replacement worker carries large payloads too.
+        ensure!(pool.map(LEN, vec![pattern(3 << 20, 9)])? == [3 << 20]);
+    }
+    let after = settled(before)?;
+    ensure!(
+        after == before,
+        "descriptors before {before:?}, after {after:?}"
+    );
+    Ok(())
+}
