@@ -14,6 +14,8 @@
 //!   by the link's own writer thread, so no caller blocks on a peer.
 //! - [`remote`]: the authenticated TCP handshake of remote workers, and
 //!   their liveness settings.
+//! - [`shm`]: data structures in shared memory: the crash-safe
+//!   [`shm::ring::Ring`].
 //! - [`sync`]: the lock and deadline-wait helpers every crate uses.
 //! - `sys/`: everything platform-specific (and all `unsafe`), behind one
 //!   internal interface documented in `sys/mod.rs`.
@@ -52,6 +54,7 @@ pub mod one_program;
 pub mod proto;
 mod queues;
 pub mod remote;
+pub mod shm;
 #[doc(hidden)]
 pub mod sync;
 mod sys;

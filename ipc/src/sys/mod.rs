@@ -49,6 +49,10 @@
 //! - `interface_addrs() -> io::Result<Vec<(String, IpAddr)>>`: each network
 //!   interface's name and IPv4/IPv6 addresses (Unix: `getifaddrs`);
 //!   `Unsupported` on Windows.
+//! - `futex::{wait, wake_all}`: sleep on a 32-bit word in shared memory
+//!   until another process wakes it (contract in `sys/futex.rs`; a
+//!   sleep-polling fallback where the OS has no cross-process address
+//!   wait).
 
 use std::fmt;
 use std::io;
@@ -119,6 +123,7 @@ macro_rules! forward_io {
 }
 use forward_io;
 
+pub(crate) mod futex;
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
