@@ -64,8 +64,14 @@
 //!
 //! After [`Ring::close`], puts fail with [`RingError::Closed`], and a get
 //! reports `Closed` only once no slot is `READY`, `WRITING`, `READING` or
-//! `RESCUED`, and no recovered item is pending: that check scans the ring,
-//! on the end-of-queue path only.
+//! `RESCUED`: that check scans the ring, on the end-of-queue path only. A
+//! recovered item never leaves its slot (it goes from `READING` to
+//! `RESCUED` in one exchange), so no "recovery pending" count is needed to
+//! keep getters from declaring the end while a recovery runs. (A count of
+//! rescued slots was tried: a getter killed between claiming a rescued
+//! slot and decrementing it left the count stuck above zero, and the ring
+//! never drained. Getters now find rescued slots through a hint that every
+//! recovery sets and that a getter clears only after a scan found none.)
 //!
 //! # Sleeping
 //!
@@ -728,18 +734,17 @@ impl Ring {
                     self.uncommit(dead, s.lap, idx);
                     rec.tombstoned += 1;
                 }
-            } else if s.phase == READING {
-                h.meta.0.rescued.fetch_add(1, SeqCst);
-                if st
+            } else if s.phase == READING
+                && st
                     .compare_exchange(word, encode(s.lap, RESCUED, 0), SeqCst, Relaxed)
                     .is_ok()
-                {
-                    rec.requeued += 1;
-                } else {
-                    h.meta.0.rescued.fetch_sub(1, SeqCst);
-                }
+            {
+                rec.requeued += 1;
             }
         }
+        // Always, even with nothing rescued here: the dead owner may have
+        // been a getter that cleared the hint before its second scan.
+        h.meta.0.rescue_hint.store(1, SeqCst);
         if rec != Recovered::default() {
             wake::notify(&h.not_empty.0);
             wake::notify(&h.joined.0);
@@ -881,8 +886,17 @@ impl Ring {
     /// Claims the oldest item: a rescued one, else the one at the tail.
     fn claim_get(&self, owner: Owner) -> Result<(usize, u32), RingError> {
         let h = self.mem.header();
-        if h.meta.0.rescued.load(SeqCst) > 0 {
+        let hint = &h.meta.0.rescue_hint;
+        if hint.load(SeqCst) != 0 {
             if let Some(claim) = self.claim_rescued(owner)? {
+                return Ok(claim);
+            }
+            // None left: clear the hint, then look once more, in case a
+            // recovery rescued an item after the scan passed its slot (its
+            // hint store then comes after our clear).
+            hint.store(0, SeqCst);
+            if let Some(claim) = self.claim_rescued(owner)? {
+                hint.store(1, SeqCst);
                 return Ok(claim);
             }
         }
@@ -934,7 +948,6 @@ impl Ring {
                     .compare_exchange(word, encode(s.lap, READING, owner.0), SeqCst, Relaxed)
                     .is_ok()
             {
-                self.mem.header().meta.0.rescued.fetch_sub(1, SeqCst);
                 return Ok(Some((idx, s.lap)));
             }
         }
@@ -988,9 +1001,6 @@ impl Ring {
 
     /// After `close`: no item is left or in flight anywhere.
     fn drained(&self) -> Result<bool, RingError> {
-        if self.mem.header().meta.0.rescued.load(SeqCst) > 0 {
-            return Ok(false);
-        }
         for idx in 0..self.geometry.slots as usize {
             let s = decode(self.mem.slot(idx).state.load(SeqCst))?;
             if matches!(s.phase, READY | WRITING | READING | RESCUED) {

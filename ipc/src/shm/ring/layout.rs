@@ -43,9 +43,10 @@ pub(super) struct Meta {
     pub(super) owners: AtomicU32,
     /// Non-zero once `close` was called.
     pub(super) closed: AtomicU32,
-    /// Slots in the RESCUED phase (recovered items not yet taken again):
-    /// the "recovery pending" count getters check.
-    pub(super) rescued: AtomicU32,
+    /// Non-zero when a slot may be RESCUED: getters then scan for it. Set
+    /// by every recovery; cleared by a getter whose scan found none (then
+    /// it scans once more, so a rescue racing the clear is not missed).
+    pub(super) rescue_hint: AtomicU32,
     /// `task_done` calls so far (wrapping; see `Ring::unfinished`).
     pub(super) done: AtomicU32,
 }
@@ -189,7 +190,7 @@ impl Memory {
             slot_size: AtomicU32::new(g.slot_size),
             owners: AtomicU32::new(g.owners),
             closed: AtomicU32::new(0),
-            rescued: AtomicU32::new(0),
+            rescue_hint: AtomicU32::new(0),
             done: AtomicU32::new(0),
         };
         let header = Box::new(Header {

@@ -420,6 +420,27 @@ fn recovered_get_goes_back_to_the_front() {
 }
 
 #[test]
+fn an_item_rescued_twice_is_delivered_once_and_the_ring_drains() {
+    let r = Heap::new(2, 8, 3);
+    r.try_put(P, 1, b"x").unwrap();
+    dies(&r, die_at_get_claimed, |d| d.try_get(DEAD, &mut Vec::new()));
+    r.recover(DEAD).unwrap();
+    dies(&r, die_at_get_half, |d| d.try_get(DEAD, &mut Vec::new()));
+    assert_eq!(
+        r.recover(DEAD),
+        Ok(Recovered {
+            tombstoned: 0,
+            requeued: 1
+        })
+    );
+    r.close();
+    let mut buf = Vec::new();
+    assert_eq!(r.try_get(C, &mut buf), Ok(1));
+    assert_eq!(r.try_get(C, &mut buf), Err(RingError::Closed));
+    assert_eq!(r.unfinished(), 1);
+}
+
+#[test]
 fn recovered_item_is_taken_before_newer_ones() {
     let r = Heap::new(4, 8, 3);
     for i in 0..3 {
