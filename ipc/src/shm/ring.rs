@@ -95,6 +95,10 @@
 //! items wrong or operations fail, but not make this process read or write
 //! outside the memory.
 
+// The loom model compiles only the protocol; the memory and sleeping
+// code it leaves out would warn as unused.
+#![cfg_attr(all(test, loom), allow(dead_code))]
+
 mod layout;
 #[cfg(all(test, loom))]
 mod loom_tests;
@@ -103,10 +107,10 @@ mod tests;
 mod wake;
 
 use std::cmp::Ordering as Cmp;
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 use std::time::Instant;
 
 use layout::Memory;
@@ -120,7 +124,7 @@ const RESCUED: u16 = 5;
 
 /// Attempts of the operation (with growing pauses) before a blocking call
 /// sleeps.
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 const SPINS: u32 = 8;
 
 /// The shape of a ring: fixed when it is formatted.
@@ -315,14 +319,14 @@ pub struct Ring {
 // SAFETY: the ring's memory is only accessed through atomics, or by the
 // single owner of a slot's claim; the `init`/`attach` contract makes it
 // valid for as long as any `Ring` over it exists, from any thread.
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 unsafe impl Send for Ring {}
 // SAFETY: as for `Send`: every method takes `&self` and synchronises
 // through the shared atomics.
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 unsafe impl Sync for Ring {}
 
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 impl Ring {
     /// Bytes of memory a ring of geometry `g` needs.
     ///
@@ -576,7 +580,7 @@ impl Ring {
     }
 }
 
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 impl Ring {
     /// A ring over loom's modelled atomics (payloads are not modelled).
     pub(crate) fn new_loom(g: Geometry) -> Self {
@@ -838,18 +842,24 @@ impl Ring {
             wake::notify(&h.not_empty.0);
             return Err(RingError::Closed);
         }
-        slot.len.store(item.len() as u32, Relaxed);
-        slot.tag.store(tag, Relaxed);
-        self.copy_in(idx, item);
-        // The commit: one store counts the put and records its position,
-        // so recovery can tell whether this put was counted.
-        let cell = self.mem.owner(usize::from(owner.0));
-        let count = ((cell.load(Relaxed) >> 32) as u32).wrapping_add(1);
-        cell.store(u64::from(count) << 32 | (pos as u32 as u64), Release);
+        self.fill_and_commit(owner, pos, idx, tag, item);
         self.fault(FaultPoint::PutCommitted, &[]);
         slot.state.store(encode(lap, READY, 0), SeqCst);
         wake::notify(&h.not_empty.0);
         Ok(())
+    }
+
+    /// Writes the item into the claimed slot, then commits: one store
+    /// counts the put and records its position, so recovery can tell
+    /// whether this put was counted.
+    fn fill_and_commit(&self, owner: Owner, pos: u64, idx: usize, tag: u32, item: &[u8]) {
+        let slot = self.mem.slot(idx);
+        slot.len.store(item.len() as u32, Relaxed);
+        slot.tag.store(tag, Relaxed);
+        self.copy_in(idx, item);
+        let cell = self.mem.owner(usize::from(owner.0));
+        let count = ((cell.load(Relaxed) >> 32) as u32).wrapping_add(1);
+        cell.store(u64::from(count) << 32 | (pos as u32 as u64), Release);
     }
 
     /// Claims the slot at the head: `(position, index, lap)`.
@@ -1012,7 +1022,7 @@ impl Ring {
 }
 
 /// Pauses between attempts of a blocking operation, longer each time.
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 fn pause(spin: u32) {
     for _ in 0..1u32 << spin.min(6) {
         std::hint::spin_loop();

@@ -123,6 +123,7 @@ macro_rules! forward_io {
 }
 use forward_io;
 
+#[cfg_attr(all(test, loom), allow(dead_code))] // the ring's loom model does not sleep
 pub(crate) mod futex;
 #[cfg(unix)]
 mod unix;

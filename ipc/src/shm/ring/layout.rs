@@ -13,12 +13,14 @@
 //!                    stride = round_up(16 + slot_size, 64)
 //! ```
 
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 pub(super) use loom::sync::atomic::{AtomicU32, AtomicU64};
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 pub(super) use std::sync::atomic::{AtomicU32, AtomicU64};
 
-use super::{Geometry, RingError};
+use super::Geometry;
+#[cfg(not(all(test, loom)))]
+use super::RingError;
 
 /// "procring" in ASCII.
 pub(super) const MAGIC: u64 = 0x676e_6972_636f_7270;
@@ -92,7 +94,7 @@ pub(super) fn bytes_needed(g: Geometry) -> Option<usize> {
 }
 
 /// The ring's memory: a validated geometry over caller-provided bytes.
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 #[derive(Debug)]
 pub(super) struct Memory {
     base: std::ptr::NonNull<u8>,
@@ -101,7 +103,7 @@ pub(super) struct Memory {
     stride: usize,
 }
 
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 impl Memory {
     /// # Safety
     /// `base` points at `bytes_needed(g)` bytes, aligned to 64, readable
@@ -172,7 +174,7 @@ impl Memory {
 
 /// Under loom: the same words as loom atomics on the heap; payloads are
 /// not modelled (the protocol never looks at them).
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 #[derive(Debug)]
 pub(super) struct Memory {
     header: Box<Header>,
@@ -180,7 +182,7 @@ pub(super) struct Memory {
     slots: Box<[SlotMeta]>,
 }
 
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 impl Memory {
     pub(super) fn new_loom(g: Geometry) -> Self {
         let meta = Meta {

@@ -12,7 +12,7 @@
 //! re-check and the sleep makes the sleep return at once (value changed).
 
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 use std::time::Instant;
 
 use super::layout::AtomicU32;
@@ -27,20 +27,20 @@ pub(super) fn notify(word: &AtomicU32) {
             .compare_exchange(w, (w & !ARMED).wrapping_add(2), SeqCst, Relaxed)
             .is_ok()
     {
-        #[cfg(not(loom))]
+        #[cfg(not(all(test, loom)))]
         crate::sys::futex::wake_all(word);
     }
 }
 
 /// Arms `word`; returns the value to sleep on. Re-check, then `sleep`.
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 pub(super) fn arm(word: &AtomicU32) -> u32 {
     word.fetch_or(ARMED, SeqCst) | ARMED
 }
 
 /// Sleeps while `word` is `armed`, until woken or `deadline`. Returns
 /// `false` when the deadline had already passed.
-#[cfg(not(loom))]
+#[cfg(not(all(test, loom)))]
 pub(super) fn sleep(word: &AtomicU32, armed: u32, deadline: Option<Instant>) -> bool {
     let timeout = match deadline {
         None => None,
