@@ -99,9 +99,12 @@
 // code it leaves out would warn as unused.
 #![cfg_attr(all(test, loom), allow(dead_code))]
 
+mod error;
 mod layout;
 #[cfg(all(test, loom))]
 mod loom_tests;
+mod recover;
+mod state;
 #[cfg(all(test, not(loom)))]
 mod tests;
 mod wake;
@@ -113,14 +116,9 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 #[cfg(not(all(test, loom)))]
 use std::time::Instant;
 
+pub use error::RingError;
 use layout::Memory;
-
-const FREE: u16 = 0;
-const WRITING: u16 = 1;
-const READY: u16 = 2;
-const READING: u16 = 3;
-const TOMB: u16 = 4;
-const RESCUED: u16 = 5;
+use state::{FREE, READING, READY, RESCUED, TOMB, WRITING, decode, encode, lap_cmp};
 
 /// Attempts of the operation (with growing pauses) before a blocking call
 /// sleeps.
@@ -171,65 +169,6 @@ pub struct Recovered {
     pub requeued: u32,
 }
 
-/// Why a ring operation failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RingError {
-    /// No free slot (for a bounded `put`: none came before the deadline).
-    #[error("ring is full")]
-    Full,
-    /// No item (for a bounded `get`: none came before the deadline).
-    #[error("ring is empty")]
-    Empty,
-    /// The ring was closed: a put is refused; for a get, it is also drained.
-    #[error("ring is closed")]
-    Closed,
-    /// The item does not fit in a slot.
-    #[error("item of {len} bytes does not fit a slot of {max} bytes")]
-    TooLarge {
-        /// The item's length.
-        len: usize,
-        /// The slot size.
-        max: usize,
-    },
-    /// The owner id is not below the ring's owner count.
-    #[error("owner id {owner} out of range (the ring has {owners} owners)")]
-    BadOwner {
-        /// The id given.
-        owner: u16,
-        /// The ring's owner count.
-        owners: u32,
-    },
-    /// `task_done` was called more times than items were put.
-    #[error("task_done called more times than items were put")]
-    TooManyTaskDone,
-    /// `join` reached its deadline with items unfinished.
-    #[error("timed out waiting for every item to be done")]
-    Timeout,
-    /// The geometry given to `init` is not usable.
-    #[error("invalid ring geometry: {0}")]
-    Geometry(&'static str),
-    /// The memory given is smaller than the geometry needs.
-    #[error("ring needs {needed} bytes, got {len}")]
-    TooSmall {
-        /// Bytes given.
-        len: usize,
-        /// Bytes needed.
-        needed: usize,
-    },
-    /// The memory is not aligned to 64 bytes.
-    #[error("ring memory is not 64-byte aligned")]
-    Misaligned,
-    /// The shared memory holds something this ring cannot have written.
-    #[error("corrupt ring: {what} ({value:#x})")]
-    Corrupt {
-        /// What was wrong.
-        what: &'static str,
-        /// The offending value.
-        value: u64,
-    },
-}
-
 /// Points inside `put` and `get` where a test's hook runs (to kill the
 /// process there). Not a stable API.
 #[doc(hidden)]
@@ -247,38 +186,6 @@ pub enum FaultPoint {
     GetHalfCopied,
     /// A get copied the whole item (passed to the hook), before the take.
     GetCopied,
-}
-
-/// A decoded state word.
-#[derive(Clone, Copy, Debug)]
-struct State {
-    lap: u32,
-    phase: u16,
-    owner: u16,
-}
-
-fn encode(lap: u32, phase: u16, owner: u16) -> u64 {
-    (u64::from(lap) << 32) | (u64::from(phase) << 16) | u64::from(owner)
-}
-
-fn decode(word: u64) -> Result<State, RingError> {
-    let phase = (word >> 16) as u16;
-    if phase > RESCUED {
-        return Err(RingError::Corrupt {
-            what: "unknown slot phase",
-            value: word,
-        });
-    }
-    Ok(State {
-        lap: (word >> 32) as u32,
-        phase,
-        owner: word as u16,
-    })
-}
-
-/// Compares laps that may have wrapped around `u32`.
-fn lap_cmp(a: u32, b: u32) -> Cmp {
-    (a.wrapping_sub(b) as i32).cmp(&0)
 }
 
 /// A bounded MPMC ring of fixed-size slots in shared memory.
@@ -700,65 +607,6 @@ impl Ring {
         }
     }
 
-    /// Recovers every slot the dead `owner` held: its puts in progress
-    /// become tombstones, its gets in progress go back to the front of the
-    /// queue. Never blocks.
-    ///
-    /// Call it once the owner's process is certainly gone, and before its
-    /// id is handed out again; one call per death, from one thread.
-    ///
-    /// # Errors
-    /// [`RingError::BadOwner`]; [`RingError::Corrupt`] when a slot's state
-    /// is unreadable (every readable slot is still recovered).
-    pub fn recover(&self, dead: Owner) -> Result<Recovered, RingError> {
-        self.check_owner(dead)?;
-        let h = self.mem.header();
-        let mut rec = Recovered::default();
-        let mut corrupt = None;
-        for idx in 0..self.geometry.slots as usize {
-            let st = &self.mem.slot(idx).state;
-            let word = st.load(SeqCst);
-            let s = match decode(word) {
-                Ok(s) => s,
-                Err(e) => {
-                    corrupt = Some(e);
-                    continue;
-                }
-            };
-            if s.owner != dead.0 {
-                continue;
-            }
-            // The owner is dead, so only a contract breach can make these
-            // exchanges fail; then the slot is left as it is.
-            if s.phase == WRITING {
-                if st
-                    .compare_exchange(word, encode(s.lap, TOMB, 0), SeqCst, Relaxed)
-                    .is_ok()
-                {
-                    self.uncommit(dead, s.lap, idx);
-                    rec.tombstoned += 1;
-                }
-            } else if s.phase == READING
-                && st
-                    .compare_exchange(word, encode(s.lap, RESCUED, 0), SeqCst, Relaxed)
-                    .is_ok()
-            {
-                rec.requeued += 1;
-            }
-        }
-        // Always, even with nothing rescued here: the dead owner may have
-        // been a getter that cleared the hint before its second scan.
-        h.meta.0.rescue_hint.store(1, SeqCst);
-        if rec != Recovered::default() {
-            wake::notify(&h.not_empty.0);
-            wake::notify(&h.joined.0);
-        }
-        match corrupt {
-            Some(e) => Err(e),
-            None => Ok(rec),
-        }
-    }
-
     fn closed(&self) -> bool {
         self.mem.header().meta.0.closed.load(SeqCst) != 0
     }
@@ -810,21 +658,6 @@ impl Ring {
         (0..self.geometry.owners as usize)
             .map(|i| (self.mem.owner(i).load(Acquire) >> 32) as u32)
             .fold(0, u32::wrapping_add)
-    }
-
-    /// Removes a dead producer's count for the put at (`lap`, `idx`), if
-    /// its commit got that far.
-    fn uncommit(&self, dead: Owner, lap: u32, idx: usize) {
-        let cell = self.mem.owner(usize::from(dead.0));
-        let word = cell.load(Acquire);
-        let pos = self.position32(lap, idx);
-        if word as u32 == pos {
-            let count = ((word >> 32) as u32).wrapping_sub(1);
-            cell.store(
-                u64::from(count) << 32 | u64::from(pos ^ 0x8000_0000),
-                Release,
-            );
-        }
     }
 
     fn put_once(&self, owner: Owner, tag: u32, item: &[u8]) -> Result<(), RingError> {
