@@ -15,8 +15,9 @@
 //! - [`remote`]: remote workers joining over TCP: keys, addresses,
 //!   liveness settings; [`secure`]: their versioned Noise handshake and
 //!   the encrypted records every remote link travels in.
-//! - [`shm`]: anonymous shared memory segments, handed to local workers
-//!   to carry large payloads at memory speed.
+//! - [`shm`]: shared memory between local processes: anonymous segments,
+//!   the transport that carries large payloads through them, and the
+//!   crash-safe [`shm::ring::Ring`].
 //! - [`sync`]: the lock and deadline-wait helpers every crate uses.
 //! - `sys/`: everything platform-specific (and all `unsafe`), behind one
 //!   internal interface documented in `sys/mod.rs`.
