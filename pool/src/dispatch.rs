@@ -38,7 +38,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use procpool_ipc::IpcError;
 use procpool_ipc::link::{Dirty, Link};
@@ -347,7 +347,16 @@ impl Dispatch {
         }
         let done = lane.inflight.pop_front();
         if let Some(next) = lane.inflight.front_mut() {
-            next.started = Some(Instant::now());
+            // The worker started the next chunk as this one ended: by its
+            // own clock, `elapsed_ns` after this one started. A master slow
+            // to read the answer would otherwise start the next chunk's
+            // timeout late, and a task could overrun it unnoticed.
+            let now = Instant::now();
+            let ended = done
+                .as_ref()
+                .and_then(|d| d.started)
+                .and_then(|t| t.checked_add(Duration::from_nanos(elapsed_ns)));
+            next.started = Some(ended.map_or(now, |t| t.min(now)));
         }
         if let Some(chunk) = done.as_ref().and_then(|d| d.chunk.as_ref()) {
             let ns = (elapsed_ns / u64::from(chunk.count.max(1))).max(1);
