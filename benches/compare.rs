@@ -16,7 +16,9 @@
 //!
 //! The `floor` lines are a plain `socketpair` between this process and a
 //! re-executed copy of itself, with buffered length-prefixed 512-byte (and
-//! 64 KiB) frames: the most any IPC on this machine can do.
+//! 64 KiB) frames: the most any IPC on this machine can do. Beside them,
+//! the shared-memory ring (`procpool_ipc::shm::Ring`) between re-executed
+//! producer and consumer processes, 1 → 1 and 2 → 2.
 //!
 //! Adding a case: one `fn(&[String]) -> anyhow::Result<f64>` below (the
 //! `Queue`, `Pipe` and `JoinableQueue` cases and their tasks live in

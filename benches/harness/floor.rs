@@ -2,6 +2,7 @@
 //! copy of itself, 512-byte (and, one way, 64 KiB) payloads in
 //! length-prefixed frames through `BufWriter`/`BufReader`. No pool, no
 //! codec, no threads: what any IPC on this machine can hope to reach.
+//! The shared ring's lines (`ring_floor.rs`) sit beside these.
 
 use std::env;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -26,7 +27,7 @@ pub(super) struct FloorCase {
     pub(super) run: fn(&Ctx, Duration) -> Result<f64, String>,
 }
 
-pub(super) const CASES: [FloorCase; 3] = [
+pub(super) const CASES: [FloorCase; 5] = [
     FloorCase {
         label: "floor_socketpair_512B_one_way",
         unit: "msgs/s",
@@ -50,6 +51,18 @@ pub(super) const CASES: [FloorCase; 3] = [
         unit: "us",
         better: Better::Lower,
         run: round_trip,
+    },
+    FloorCase {
+        label: "floor_shm_ring_512B_1to1",
+        unit: "msgs/s",
+        better: Better::Higher,
+        run: |ctx, timeout| super::ring_floor::throughput(ctx, timeout, 1, 1),
+    },
+    FloorCase {
+        label: "floor_shm_ring_512B_2to2",
+        unit: "msgs/s",
+        better: Better::Higher,
+        run: |ctx, timeout| super::ring_floor::throughput(ctx, timeout, 2, 2),
     },
 ];
 

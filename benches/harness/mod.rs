@@ -2,6 +2,7 @@
 //! repetitions, medians, the table.
 
 mod floor;
+mod ring_floor;
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -14,7 +15,8 @@ use std::{env, fs, thread};
 use crate::{Better, Case, Ctx, Side, median, spin};
 
 /// Tells a re-executed copy of this binary what it is: `case` (one
-/// procpool measurement) or `floor_peer` (the socketpair floor's far end).
+/// procpool measurement), `floor_peer` (the socketpair floor's far end) or
+/// `ring_peer` (a producer or consumer of the shared ring's floor).
 const ROLE_ENV: &str = "PROCPOOL_BENCH_ROLE";
 
 /// Where the Python programs live.
@@ -38,7 +40,7 @@ usage: cargo bench --bench compare [-- [--quick] [--reps N] [--only SUBSTR]... [
   --quick        reduced sizes and 3 runs per case (under a minute)
   --reps N       runs per case (default 5, quick 3)
   --only SUBSTR  only the cases whose key or name contains SUBSTR (repeatable;
-                 'floor' selects the socketpair floor)
+                 'floor' selects the socketpair and shared ring floors)
   --timeout SECS time limit for one run of one side (default 300, quick 30)
 env: PYTHON (default python3)";
 
@@ -81,6 +83,7 @@ pub(crate) fn main(cases: &[Case]) -> i32 {
     match env::var(ROLE_ENV).as_deref() {
         Ok("case") => child_case(cases),
         Ok("floor_peer") => floor::peer(),
+        Ok("ring_peer") => ring_floor::peer(),
         _ => match options() {
             Ok(opts) => run(cases, &opts),
             Err(e) => {

@@ -16,7 +16,8 @@
 //!   liveness settings; [`secure`]: their versioned Noise handshake and
 //!   the encrypted records every remote link travels in.
 //! - [`shm`]: anonymous shared memory segments, handed to local workers
-//!   to carry large payloads at memory speed.
+//!   to carry large payloads at memory speed, and data structures in
+//!   them: the crash-safe [`shm::ring::Ring`].
 //! - [`sync`]: the lock and deadline-wait helpers every crate uses.
 //! - `sys/`: everything platform-specific (and all `unsafe`), behind one
 //!   internal interface documented in `sys/mod.rs`.

@@ -5,8 +5,12 @@
 //!   handle, reopened there with its length checked.
 //! - [`transport`]: large frame bodies through segments on local
 //!   connections.
+//! - [`ring`]: [`Ring`], a bounded MPMC ring of fixed-size slots that
+//!   survives the death of any process using it (the queues' data plane).
 
+pub mod ring;
 pub mod segment;
 pub mod transport;
 
+pub use ring::Ring;
 pub use segment::{Segment, SegmentError};

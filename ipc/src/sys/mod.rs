@@ -58,6 +58,10 @@
 //! - `interface_addrs() -> io::Result<Vec<(String, IpAddr)>>`: each network
 //!   interface's name and IPv4/IPv6 addresses (Unix: `getifaddrs`);
 //!   `Unsupported` on Windows.
+//! - `futex::{wait, wake_all}`: sleep on a 32-bit word in shared memory
+//!   until another process wakes it (contract in `sys/futex.rs`; a
+//!   sleep-polling fallback where the OS has no cross-process address
+//!   wait).
 
 use std::fmt;
 use std::io;
@@ -128,6 +132,8 @@ macro_rules! forward_io {
 }
 use forward_io;
 
+#[cfg_attr(all(test, loom), allow(dead_code))] // the ring's loom model does not sleep
+pub(crate) mod futex;
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
