@@ -65,10 +65,12 @@ pub mod sync;
 mod sys;
 pub mod task;
 
+/// The plain-data traits [`shared_memory::Value`] and [`shared_memory::Array`] need.
+pub use bytemuck;
 pub use error::{IpcError, TaskError};
 #[doc(hidden)]
 pub use queues::client::{dispatch as dispatch_to_proxies, install as install_hub_client};
 #[doc(hidden)]
 pub use queues::hub;
-pub use queues::{map as shared_map, pipe, queue, sync as sync_prims, wait};
+pub use queues::{map as shared_map, pipe, queue, shared_memory, sync as sync_prims, wait};
 pub use task::Task;
