@@ -27,7 +27,9 @@
 //! serves), the worker-side client (proxies), and `queues/wire.rs`, the
 //! queue protocol in one place (every operation, its fields and answers).
 //! Beside the queues, the hub holds [`sync_prims`] (locks, events,
-//! barriers, conditions) and [`shared_map`] (`SharedMap`).
+//! barriers, conditions), [`shared_map`] (`SharedMap`) and
+//! [`shared_memory`] (`SharedMemory` buffers it hands to local workers as
+//! descriptors, and `Value`/`Array` with their crash-safe lock over them).
 //!
 //! # Example
 //!
