@@ -25,6 +25,8 @@
 //! fails with a message saying so.
 
 mod store;
+#[cfg(test)]
+mod tests;
 mod value;
 
 pub use value::{Array, HEADER, Plain, Value, ValueGuard};
@@ -49,6 +51,10 @@ const OPEN: u8 = 64;
 
 /// Status: the connection has no descriptor channel.
 const NO_CHANNEL: u8 = 64;
+
+/// Status: the descriptor could not be sent (the channel is full: the
+/// worker is not reading it, or the system refused).
+const SEND_FAILED: u8 = 65;
 
 /// Why a shared memory operation failed.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -242,6 +248,9 @@ fn open_remote(
     match st {
         qstatus::OK => {}
         NO_CHANNEL => return Err(no_channel()),
+        SEND_FAILED => {
+            return Err("the hub could not send the buffer's descriptor (the descriptor channel is full or refused it)".to_string());
+        }
         qstatus::NO_QUEUE => return Err(QueueError::NoSuchQueue { id }.to_string()),
         _ => return Err(QueueError::Protocol.to_string()),
     }

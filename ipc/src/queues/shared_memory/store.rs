@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 
-use super::{NO_CHANNEL, OPEN};
+use super::{NO_CHANNEL, OPEN, SEND_FAILED};
 use crate::link::{Dirty, Link};
 use crate::proto::Message;
 use crate::queues::wire::{op as qop, status as qstatus};
@@ -157,7 +157,8 @@ pub(crate) fn serve(link: &Arc<Link>, req: u64, code: u8, id: u64, dirty: &mut D
             });
             match sent {
                 Some(Ok(())) => reply(link, req, qstatus::OK, held.seg.len() as u64, dirty),
-                Some(Err(_)) | None => reply(link, req, NO_CHANNEL, 0, dirty),
+                Some(Err(_)) => reply(link, req, SEND_FAILED, 0, dirty),
+                None => reply(link, req, NO_CHANNEL, 0, dirty),
             }
         }
         _ => reply(link, req, qstatus::BAD_REQUEST, 0, dirty),
