@@ -1,10 +1,7 @@
 //! The buffer and the lock word within one process (across processes:
 //! `tests/shared_memory.rs`).
 
-use std::sync::atomic::Ordering;
-
 use super::{Array, SharedMemory, SharedMemoryError, Value, value::HEADER};
-use crate::queues::sync::LockError;
 
 #[test]
 fn threads_increment_under_the_lock() {
@@ -27,6 +24,9 @@ fn threads_increment_under_the_lock() {
 #[cfg(unix)]
 #[test]
 fn a_dead_holder_is_reported_and_replaced() {
+    use crate::queues::sync::LockError;
+    use std::sync::atomic::Ordering;
+
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead = child.id();
     child.wait().unwrap();
