@@ -166,6 +166,7 @@
 //! queues report [`PutError`], [`GetError`] and [`QueueError`].
 #![forbid(unsafe_code)]
 
+pub use procpool_ipc::bytemuck;
 pub use procpool_ipc::one_program::{ONE_PROGRAM_ENV, OneProgram, detect as one_program};
 pub use procpool_ipc::pipe::{Pipe, PipeEnd, PipeReceiver, PipeSender};
 pub use procpool_ipc::queue::{
@@ -174,6 +175,9 @@ pub use procpool_ipc::queue::{
 };
 pub use procpool_ipc::remote::{KeyTooShort, MIN_KEY_LEN, random_key};
 pub use procpool_ipc::shared_map::{MapError, MapInteger, SharedMap};
+pub use procpool_ipc::shared_memory::{
+    Array, Plain, SharedMemory, SharedMemoryError, Value, ValueGuard,
+};
 pub use procpool_ipc::sync_prims::{
     Barrier, BarrierError, Condition, ConditionGuard, Event, Lock, LockError, LockGuard, RLock,
     RLockGuard, ReleaseError, Semaphore, SemaphoreGuard,

@@ -27,7 +27,9 @@
 //! serves), the worker-side client (proxies), and `queues/wire.rs`, the
 //! queue protocol in one place (every operation, its fields and answers).
 //! Beside the queues, the hub holds [`sync_prims`] (locks, events,
-//! barriers, conditions) and [`shared_map`] (`SharedMap`).
+//! barriers, conditions), [`shared_map`] (`SharedMap`) and
+//! [`shared_memory`] (`SharedMemory` buffers it hands to local workers as
+//! descriptors, and `Value`/`Array` with their crash-safe lock over them).
 //!
 //! # Example
 //!
@@ -65,10 +67,12 @@ pub mod sync;
 mod sys;
 pub mod task;
 
+/// The plain-data traits [`shared_memory::Value`] and [`shared_memory::Array`] need.
+pub use bytemuck;
 pub use error::{IpcError, TaskError};
 #[doc(hidden)]
 pub use queues::client::{dispatch as dispatch_to_proxies, install as install_hub_client};
 #[doc(hidden)]
 pub use queues::hub;
-pub use queues::{map as shared_map, pipe, queue, sync as sync_prims, wait};
+pub use queues::{map as shared_map, pipe, queue, shared_memory, sync as sync_prims, wait};
 pub use task::Task;

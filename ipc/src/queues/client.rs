@@ -353,6 +353,11 @@ impl Client {
         })
     }
 
+    /// The connection to the hub.
+    pub(crate) fn link(&self) -> &Arc<Link> {
+        &self.link
+    }
+
     /// The id of the hub this process's connection leads to (asked once).
     ///
     /// # Errors

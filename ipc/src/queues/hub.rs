@@ -1135,6 +1135,7 @@ pub fn serve(link: &Arc<Link>, msg: &Message<'_>, dirty: &mut Dirty) {
         Some(core) => core.serve(link, req, code, arg, payload, dirty),
         None if super::sync::serve(link, req, code, queue, arg, dirty) => {}
         None if super::map::serve(link, req, code, queue, arg, payload, dirty) => {}
+        None if super::shared_memory::serve(link, req, code, queue, dirty) => {}
         None if req != 0 => reply(link, req, status::NO_QUEUE, 0, dirty),
         None => {
             // A one-way put to a queue that is gone: nobody could ever get
@@ -1165,6 +1166,7 @@ pub fn disconnect(link_id: u64, pid: Option<u32>) {
     }
     super::sync::disconnect(link_id, &mut dirty);
     super::map::disconnect(link_id);
+    super::shared_memory::disconnect(link_id);
 }
 
 mod lifetime;

@@ -24,6 +24,7 @@ pub mod hub;
 pub mod map;
 pub mod pipe;
 pub mod queue;
+pub mod shared_memory;
 pub mod sync;
 pub mod wait;
 mod wire;

@@ -217,6 +217,13 @@ impl Segment {
         Ok(out)
     }
 
+    /// The 4-byte word at `offset` as an atomic (a lock word shared with
+    /// other processes); `None` outside the segment or unaligned. Only
+    /// ever access that word atomically.
+    pub(crate) fn atomic_u32(&self, offset: usize) -> Option<&std::sync::atomic::AtomicU32> {
+        imp::atomic_u32_at(&self.map, offset)
+    }
+
     fn out_of_bounds(&self, offset: usize, len: usize) -> SegmentError {
         SegmentError::OutOfBounds {
             offset: offset as u64,

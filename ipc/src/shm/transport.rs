@@ -173,6 +173,26 @@ impl ShmTransport {
         self.channel.send(id, handle)
     }
 
+    /// Sends a shared object's descriptor to the peer under `token` (ids
+    /// of shared objects, never a frame segment's small counter).
+    pub(crate) fn send_object(&self, token: u64, handle: &ShmHandle) -> std::io::Result<()> {
+        self.channel.send(token, handle)
+    }
+
+    /// Takes the descriptor the peer sent under `token`, waiting for it
+    /// (up to the channel's 10 s) if it has not arrived yet; descriptors
+    /// for other tokens met on the way go to the inbox.
+    pub(crate) fn take_object(&self, token: u64) -> Result<ShmHandle, IpcError> {
+        let mut inbound = lock(&self.inbound);
+        loop {
+            if let Some(h) = inbound.inbox.remove(&token) {
+                return Ok(h);
+            }
+            let (t, handle) = self.channel.recv()?;
+            inbound.inbox.insert(t, handle);
+        }
+    }
+
     /// Writes the frame made of `parts` to `w`: as an `SHM` frame naming a
     /// segment holding them when they are long enough and a segment is
     /// free, else as is.

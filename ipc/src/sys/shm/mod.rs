@@ -94,3 +94,24 @@ pub(crate) fn extend_from(map: &Mapping, offset: usize, len: usize, out: &mut Ve
     }
     true
 }
+
+/// The 4-byte word at `offset` in `map` as an atomic, for lock words in
+/// shared memory; `None` if it lies outside the mapping or is not 4-byte
+/// aligned.
+pub(crate) fn atomic_u32_at(map: &Mapping, offset: usize) -> Option<&std::sync::atomic::AtomicU32> {
+    let fits = offset.checked_add(4).is_some_and(|end| end <= map.len());
+    if !fits {
+        return None;
+    }
+    // SAFETY: `offset + 4 <= len`, so the pointer stays inside the mapping.
+    let ptr = unsafe { map.ptr().add(offset) };
+    if !ptr.cast::<std::sync::atomic::AtomicU32>().is_aligned() {
+        return None;
+    }
+    // SAFETY: the 4 bytes are inside the mapping, which lives as long as
+    // `map` borrows it, and aligned. `AtomicU32` has the layout of `u32`
+    // and every bit pattern is valid; other processes touch the word only
+    // through atomics too (the word is reserved for that), so there is no
+    // non-atomic access to race with.
+    Some(unsafe { &*ptr.cast::<std::sync::atomic::AtomicU32>() })
+}
