@@ -15,6 +15,13 @@
 //! Those few are not stranded: when a getter elsewhere waits for an empty
 //! queue, the hub recalls them from a process that is not getting (see
 //! [`give_back`](Client::give_back) and the hub's docs).
+//!
+//! Acknowledgements are not batched, though one frame per item is a third
+//! of a remote queue's records: an item a `get` returned whose `ACK` is
+//! not yet in the kernel would go back to the queue if this process died,
+//! and reach another consumer a second time. One `ACK` per item, in the
+//! kernel before `get` returns, is what makes a consumer's death lose and
+//! duplicate nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
