@@ -564,6 +564,11 @@ impl Pool {
     /// returns [`Error::Interrupted`] at once. Does not block.
     pub fn shutdown(&self) {
         self.shared.interrupt();
+        // The workers hear of it now, not when the supervisor thread gets
+        // to it: whatever reaches a worker after this call (a queue item
+        // its running task waits for) comes behind the stop, so no task
+        // queued in the worker starts after `shutdown` returned.
+        self.shared.stop_lanes();
         let _ = self.tx.send(Msg::Interrupt);
     }
 

@@ -186,6 +186,17 @@ impl Shared {
         self.stop_wakers.wake_all();
     }
 
+    /// Tells every worker to exit once its running task ends (each lane
+    /// once); what is queued behind that task in the worker is dropped
+    /// there.
+    pub(crate) fn stop_lanes(&self) {
+        let mut dirty = Dirty::default();
+        for lane in self.dispatch().lanes.iter_mut().flatten() {
+            lane.shutdown(&mut dirty);
+        }
+        dirty.flush();
+    }
+
     /// Marks the stop a `terminate`, then interrupts: blocked calls return
     /// `Terminated`, new work is refused as `Closed`.
     pub(crate) fn terminate(&self) {

@@ -152,17 +152,14 @@ impl Supervisor {
         match msg {
             Msg::Shutdown => self.begin_drain(Error::Closed),
             Msg::Interrupt => {
-                let mut dirty = Dirty::default();
-                let mut dispatch = self.shared.dispatch();
-                dispatch.refuse(Error::Interrupted);
-                let pending = std::mem::take(&mut dispatch.pending);
+                let pending = {
+                    let mut dispatch = self.shared.dispatch();
+                    dispatch.refuse(Error::Interrupted);
+                    std::mem::take(&mut dispatch.pending)
+                };
                 // Running tasks finish; those queued behind them in the
                 // worker are dropped there and fail here when it exits.
-                for lane in dispatch.lanes.iter_mut().flatten() {
-                    lane.shutdown(&mut dirty);
-                }
-                drop(dispatch);
-                dirty.flush();
+                self.shared.stop_lanes();
                 for chunk in pending {
                     self.shared.finish(chunk, Err(Error::Interrupted));
                 }
