@@ -1038,11 +1038,14 @@ impl Core {
                     reply(link, arg, status::CANCELLED, 0, dirty);
                 }
             }
-            op::WANT => {
-                if let Some(sub) = state.subs.iter_mut().find(|s| s.link.id() == link.id()) {
-                    sub.wants = true;
-                }
-            }
+            // A getter waiting in another process does not trigger a
+            // recall for now: with it, two consumers of one JoinableQueue
+            // sometimes starved each other for good (a subscription left
+            // without credit: `two_producers_two_consumers_exactly_once`
+            // hung in about 1 run in 4; the cause is not found yet). Items
+            // held by an idle process are still recalled for a getter in
+            // this (the hub's) process.
+            op::WANT => {}
             op::RETURN | op::KEEP => state.recalled(link.id(), arg, code == op::RETURN),
             op::UNSUBSCRIBE => {
                 state.unsubscribe(link.id());

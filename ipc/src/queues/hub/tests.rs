@@ -773,16 +773,11 @@ fn hub_id_is_answered() {
     );
 }
 
-fn recall_notice(q: &Core) -> Got {
-    Got::Reply {
-        req: 0,
-        status: status::RECALL,
-        value: q.id,
-    }
-}
-
+/// A getter waiting in another process does not recall items buffered
+/// elsewhere for now (see `WANT` in the hub): the recall made two consumers
+/// starve each other. When it is back, this test says what it does.
 #[test]
-fn a_want_recalls_items_buffered_by_an_idle_subscriber() {
+fn a_want_from_another_process_recalls_nothing_yet() {
     let q = queue(None, &[]);
     let (p, r) = (Peer::new(), Peer::new());
     assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
@@ -790,24 +785,10 @@ fn a_want_recalls_items_buffered_by_an_idle_subscriber() {
     q.put(b"b".to_vec(), Wait::No).expect("room");
     assert_eq!(p.got_from(q.id), [item(b"a"), item(b"b")]);
     assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
-    // r's getter waits: p, which holds both unread, is asked back.
     assert_eq!(r.ask(0, op::WANT, &q, 0, &[]), []);
-    assert_eq!(p.got_from(q.id), [recall_notice(&q)]);
-    // Nothing is delivered to p while the recall is unanswered.
+    assert_eq!(p.got_from(q.id), [], "no recall");
     q.put(b"c".to_vec(), Wait::No).expect("room");
-    assert_eq!(p.got_from(q.id), []);
-    assert_eq!(
-        r.got_from(q.id),
-        [item(b"c")],
-        "the wanting subscriber first"
-    );
-    // p has no getter: both come back, in order, ahead of the rest.
-    assert_eq!(p.ask(0, op::RETURN, &q, 2, &[]), []);
-    assert_eq!(take_all(&q), [b"a".to_vec(), b"b".to_vec()]);
-    // p gave up its credit: nothing comes to it until it subscribes again.
-    q.put(b"d".to_vec(), Wait::No).expect("room");
-    assert_eq!(p.got_from(q.id), []);
-    assert_eq!(p.ask(2, op::SUBSCRIBE, &q, 1, &[]), [item(b"d"), ok(2)]);
+    assert_eq!(r.got_from(q.id), [item(b"c")]);
 }
 
 #[test]
