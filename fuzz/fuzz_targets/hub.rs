@@ -86,8 +86,8 @@ fn id(q: &JoinableQueue<Vec<u8>>) -> u64 {
     // queue still goes with the input's handles.
     let (received, _) = codec::decode::<JoinableQueue<Vec<u8>>>(&wire).expect("a handle decodes");
     drop(received);
-    let ((_hub, id, _bounded, _writer), _) =
-        codec::decode::<(u64, u64, bool, bool)>(&wire).expect("hub, id, boundedness, writer");
+    // The wire form starts with the hub's id and the queue's.
+    let ((_hub, id), _) = codec::decode::<(u64, u64)>(&wire).expect("hub and queue ids");
     id
 }
 
