@@ -158,7 +158,7 @@ impl ShmTransport {
         }))
     }
 
-    #[cfg(all(test, unix))]
+    #[cfg(test)]
     pub(crate) fn for_test(channel: FdChannel, threshold: usize) -> Arc<Self> {
         Arc::new(Self {
             channel,
@@ -168,7 +168,7 @@ impl ShmTransport {
         })
     }
 
-    #[cfg(all(test, unix))]
+    #[cfg(test)]
     pub(crate) fn send_handle_for_test(&self, id: u64, handle: &ShmHandle) -> std::io::Result<()> {
         self.channel.send(id, handle)
     }

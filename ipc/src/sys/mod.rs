@@ -35,12 +35,15 @@
 //! - `ReadHalf::take_fd_channel() -> Option<FdChannel>`: the descriptor
 //!   channel beside a local connection (Unix: a `SOCK_DGRAM` socketpair,
 //!   the child's end at fd 4, named in the endpoint as
-//!   `fd:3:<master pid>:4`); `None` on remote connections, on a second
-//!   call, and on Windows (which has none yet). `FdChannel::send(token,
-//!   fd)` never blocks (`WouldBlock` when the peer lags);
-//!   `FdChannel::recv()` blocks up to 10 s for the next `(token, fd)`,
-//!   `UnexpectedEof` once the peer is gone, `InvalidData` for anything but
-//!   one 8-byte token with one descriptor.
+//!   `fd:3:<master pid>:4`; Windows: a second named pipe, `<pipe>-h`,
+//!   carrying the values of handles the sender duplicated into the
+//!   receiver, see `FdChannel` in `windows.rs`); `None` on remote
+//!   connections and on a second call. `FdChannel::send(token, fd)` does
+//!   not wait for the peer (Unix: `WouldBlock` when it lags; Windows: a
+//!   16-byte pipe write); `FdChannel::recv()` blocks up to 10 s for the
+//!   next `(token, fd)` (`TimedOut` on Windows), `UnexpectedEof` once the
+//!   peer is gone, `InvalidData` for anything but one 8-byte token with
+//!   one descriptor (handle).
 //! - `ignore_interrupts()`: the worker leaves Ctrl-C to its master.
 //! - `process_alive(pid) -> bool`: whether process `pid` (never 0) exists;
 //!   never blocks. Unix: `kill(pid, 0)` succeeds or fails with `EPERM`, so
@@ -150,7 +153,7 @@ pub(crate) use imp::{
 };
 pub use imp::{ReadHalf, WriteHalf};
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
 pub(crate) use imp::{test_fd_channels, test_pair};
 
 #[cfg(test)]

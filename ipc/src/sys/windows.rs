@@ -29,11 +29,11 @@
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
-use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
+use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
 use std::os::windows::process::CommandExt;
 use std::process::{Child, Command};
-use std::sync::OnceLock;
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,8 @@ use interprocess::os::windows::named_pipe::{
     pipe_mode::Bytes,
 };
 use windows_sys::Win32::Foundation::{
-    ERROR_ACCESS_DENIED, INVALID_HANDLE_VALUE, STILL_ACTIVE, WAIT_OBJECT_0,
+    DUPLICATE_CLOSE_SOURCE, DUPLICATE_SAME_ACCESS, DuplicateHandle, ERROR_ACCESS_DENIED, HANDLE,
+    INVALID_HANDLE_VALUE, STILL_ACTIVE, WAIT_OBJECT_0,
 };
 use windows_sys::Win32::System::Console::SetConsoleCtrlHandler;
 use windows_sys::Win32::System::Diagnostics::ToolHelp::{
@@ -55,8 +56,8 @@ use windows_sys::Win32::System::JobObjects::{
     SetInformationJobObject,
 };
 use windows_sys::Win32::System::Threading::{
-    CREATE_NEW_PROCESS_GROUP, GetExitCodeProcess, INFINITE, OpenProcess,
-    PROCESS_QUERY_LIMITED_INFORMATION, TerminateProcess, WaitForSingleObject,
+    CREATE_NEW_PROCESS_GROUP, GetCurrentProcess, GetExitCodeProcess, INFINITE, OpenProcess,
+    PROCESS_DUP_HANDLE, PROCESS_QUERY_LIMITED_INFORMATION, TerminateProcess, WaitForSingleObject,
 };
 
 use super::{ENDPOINT_ENV, ExitedBeforeConnecting};
@@ -84,32 +85,307 @@ const NAME_PREFIX: &str = "procpool-";
 /// The reading direction of a connection. EOF (or a broken pipe) means
 /// the peer is gone.
 #[derive(Debug)]
-pub struct ReadHalf(RecvPipeStream<Bytes>);
+pub struct ReadHalf(RecvPipeStream<Bytes>, Option<FdChannel>);
 
 /// The writing direction of a connection.
 #[derive(Debug)]
 pub struct WriteHalf(SendPipeStream<Bytes>);
 
-/// No descriptor channel on Windows yet: large payloads keep travelling
-/// over the named pipe (see `crate::shm::transport`).
+/// How long [`FdChannel::recv`] waits for a handle its peer announced
+/// (it was sent before the announcement, so it is normally there already).
+const HANDLE_RECV_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Suffix of the handle channel's pipe name, after the connection's.
+const HANDLE_PIPE_SUFFIX: &str = "-h";
+
+/// One record on the handle channel: an 8-byte token and the 8-byte value
+/// of a handle already duplicated into the reader's process, both
+/// little-endian.
+const RECORD_LEN: usize = 16;
+
+/// The record a side writes when it drops its channel: it sends nothing
+/// after it, so the peer's reader can stop there (token `u64::MAX`, no
+/// handle).
+const BYE: [u8; RECORD_LEN] = [
+    0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+/// What the handle channel's reader thread hands to [`FdChannel::recv`].
+type Record = io::Result<(u64, OwnedHandle)>;
+
+/// The handle channel of a local connection (the Windows counterpart of
+/// the Unix descriptor channel): a second duplex named pipe beside the
+/// connection, authenticated like it, that carries [`RECORD_LEN`]-byte
+/// records.
+///
+/// - **Who duplicates into whom.** The sender duplicates the handle
+///   *into the peer process* (`DuplicateHandle` with
+///   `DUPLICATE_SAME_ACCESS`, not inheritable) and writes the token and
+///   the new handle's value; the receiver takes ownership of that value.
+///   The master holds each child's process handle (from `CreateProcess`,
+///   all access); a child opens its master (`OpenProcess` with
+///   `PROCESS_DUP_HANDLE`, the pid is in the pipe name) while the master
+///   waits for it to connect, so the pid cannot have been reused. A child
+///   that cannot open its master still receives; its sends fail
+///   (`Unsupported`), which turns its side of the transport off.
+/// - **Ordering.** As on Unix: a handle goes on this channel before the
+///   frame naming it goes on the connection, and the receiver waits on
+///   this channel (up to [`HANDLE_RECV_TIMEOUT`]) for the token a frame
+///   names, keeping others in its inbox by token.
+/// - **Leaks.** A duplicated handle belongs to the receiver from the
+///   moment it exists. If the record cannot be written (the peer is gone
+///   or closed the pipe) the sender closes the duplicate in the peer
+///   (`DUPLICATE_CLOSE_SOURCE`): the peer never learned its value. A
+///   peer that died takes its duplicates with it. Records the receiver
+///   has not claimed are read by a reader thread (started by the first
+///   `recv`, or by the drop of a channel never read) until the sender's
+///   [`BYE`] (written when it drops its channel: nothing follows it) or
+///   the end of the pipe; each handle read after this side dropped its
+///   channel is closed at once. So a living receiver that never claims a
+///   handle closes it when the link ends, on both sides of the race
+///   between a late send and the drop.
+/// - **Blocking.** A send is one 16-byte pipe write: it would block only
+///   with 4096 records unread (the 64 KiB pipe buffer), which the reader
+///   thread prevents once started.
 #[derive(Debug)]
-pub(crate) enum FdChannel {}
+pub(crate) struct FdChannel {
+    /// The peer process, with at least `PROCESS_DUP_HANDLE`; `None` when
+    /// it could not be opened (sends fail).
+    peer: Option<OwnedHandle>,
+    tx: Mutex<SendPipeStream<Bytes>>,
+    rx: Mutex<Inbound>,
+}
+
+#[derive(Debug)]
+struct Inbound {
+    /// The pipe's reading half until the reader thread takes it.
+    pipe: Option<RecvPipeStream<Bytes>>,
+    /// What the reader thread has read.
+    records: Option<crossbeam_channel::Receiver<Record>>,
+}
 
 impl FdChannel {
-    pub(crate) fn send(&self, _token: u64, _handle: &OwnedHandle) -> io::Result<()> {
-        match *self {}
+    fn new(pipe: DuplexPipeStream<Bytes>, peer: Option<OwnedHandle>) -> Self {
+        let (r, w) = pipe.split();
+        Self {
+            peer,
+            tx: Mutex::new(w),
+            rx: Mutex::new(Inbound {
+                pipe: Some(r),
+                records: None,
+            }),
+        }
     }
 
+    /// Duplicates `handle` into the peer and sends its value there with
+    /// `token`.
+    pub(crate) fn send(&self, token: u64, handle: &OwnedHandle) -> io::Result<()> {
+        let peer = self.peer.as_ref().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this worker could not open its master to hand it handles",
+            )
+        })?;
+        let mut remote: HANDLE = std::ptr::null_mut();
+        // SAFETY: the source is this process (a pseudo-handle, valid
+        // always) and `handle`, which we borrow open for the call; `peer`
+        // is an open process handle with PROCESS_DUP_HANDLE; `remote` is
+        // valid for the one write. The new handle lives in the peer, so
+        // nothing here owns it.
+        let ok = unsafe {
+            DuplicateHandle(
+                GetCurrentProcess(),
+                handle.as_raw_handle(),
+                peer.as_raw_handle(),
+                &mut remote,
+                0,
+                0,
+                DUPLICATE_SAME_ACCESS,
+            )
+        };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut record = [0u8; RECORD_LEN];
+        record[..8].copy_from_slice(&token.to_le_bytes());
+        record[8..].copy_from_slice(&(remote as usize as u64).to_le_bytes());
+        let written = crate::sync::lock(&self.tx).write_all(&record);
+        if let Err(e) = written {
+            // The peer never read this value: nobody there will close it.
+            // SAFETY: `remote` is a handle in the peer's table that we
+            // created above and whose value no record delivered, so no
+            // code in the peer uses it; DUPLICATE_CLOSE_SOURCE with no
+            // target closes it there and touches no memory of ours.
+            unsafe {
+                DuplicateHandle(
+                    peer.as_raw_handle(),
+                    remote,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    0,
+                    0,
+                    DUPLICATE_CLOSE_SOURCE,
+                )
+            };
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Receives the next handle and its token; blocks up to
+    /// [`HANDLE_RECV_TIMEOUT`] (`TimedOut`). `UnexpectedEof` once the peer
+    /// is gone, `InvalidData` for a record naming no handle.
     pub(crate) fn recv(&self) -> io::Result<(u64, OwnedHandle)> {
-        match *self {}
+        let mut inbound = crate::sync::lock(&self.rx);
+        if inbound.records.is_none() {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let pipe = inbound.pipe.take().ok_or(io::ErrorKind::UnexpectedEof)?;
+            start_reader(pipe, tx)?;
+            inbound.records = Some(rx);
+        }
+        let records = inbound.records.as_ref().expect("set above");
+        match records.recv_timeout(HANDLE_RECV_TIMEOUT) {
+            Ok(record) => record,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no handle arrived on the handle channel",
+            )),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            }
+        }
     }
 }
 
-impl ReadHalf {
-    /// Always `None`: see [`FdChannel`].
-    pub(crate) fn take_fd_channel(&mut self) -> Option<FdChannel> {
-        None
+impl Drop for FdChannel {
+    fn drop(&mut self) {
+        // Nothing follows: the peer's reader may stop after this.
+        let _ = self
+            .tx
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(&BYE);
+        // Handles sent to us and never claimed: a reader whose records
+        // nobody takes closes each one as it reads it (see the type docs).
+        let inbound = self.rx.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(pipe) = inbound.pipe.take() {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            drop(rx);
+            let _ = start_reader(pipe, tx);
+        }
     }
+}
+
+/// Starts the thread that reads `pipe` up to the peer's [`BYE`] or the
+/// pipe's end, sending each record to `out` (a handle whose send fails is
+/// closed with the failed message).
+fn start_reader(
+    mut pipe: RecvPipeStream<Bytes>,
+    out: crossbeam_channel::Sender<Record>,
+) -> io::Result<()> {
+    thread::Builder::new()
+        .name("procpool-handles".into())
+        .spawn(move || {
+            let mut record = [0u8; RECORD_LEN];
+            loop {
+                if let Err(e) = pipe.read_exact(&mut record) {
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof | io::ErrorKind::BrokenPipe
+                    ) {
+                        let _ = out.send(Err(e));
+                    }
+                    return;
+                }
+                if record == BYE {
+                    return;
+                }
+                let token = u64::from_le_bytes(record[..8].try_into().expect("8 bytes"));
+                let value = u64::from_le_bytes(record[8..].try_into().expect("8 bytes"));
+                let raw = value as usize as RawHandle;
+                if raw.is_null() || raw == INVALID_HANDLE_VALUE {
+                    let _ = out.send(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "malformed record on the handle channel",
+                    )));
+                    continue;
+                }
+                // SAFETY: the peer (authenticated by the connection's
+                // token) duplicated this handle into our process for this
+                // record alone and never uses the value itself; only this
+                // thread reads the records, so nothing else here owns it.
+                let handle = unsafe { OwnedHandle::from_raw_handle(raw) };
+                // A failed send (the channel was dropped) drops, so
+                // closes, the handle.
+                let _ = out.send(Ok((token, handle)));
+            }
+        })
+        .map(drop)
+}
+
+impl ReadHalf {
+    /// The connection's handle channel, if it has one and it was not
+    /// taken yet.
+    pub(crate) fn take_fd_channel(&mut self) -> Option<FdChannel> {
+        self.1.take()
+    }
+}
+
+/// A connected pair of duplex pipe streams in this process (server,
+/// client), for tests.
+#[cfg(test)]
+fn test_pipe() -> io::Result<(DuplexPipeStream<Bytes>, DuplexPipeStream<Bytes>)> {
+    let name = format!(
+        "{NAME_PREFIX}{}-{}",
+        std::process::id(),
+        hex(&random::<16>()?)
+    );
+    let path = pipe_path(&name);
+    let listener = listen(&path)?;
+    let client = thread::spawn(move || {
+        DuplexPipeStream::<Bytes>::connect_by_path_with_wait_mode(
+            path.as_str(),
+            ConnectWaitMode::Timeout(WORKER_CONNECT_TIMEOUT),
+        )
+    });
+    let server = listener.accept()?;
+    let client = client
+        .join()
+        .map_err(|_| io::Error::other("the connecting thread panicked"))??;
+    Ok((server, client))
+}
+
+/// A connected pair of halves in this process, for tests: what the
+/// `WriteHalf` writes, the `ReadHalf` reads.
+#[cfg(test)]
+pub(crate) fn test_pair() -> io::Result<(ReadHalf, WriteHalf)> {
+    let (server, client) = test_pipe()?;
+    let (r, _) = halves(server);
+    let (_, w) = halves(client);
+    Ok((r, w))
+}
+
+/// A connected pair of handle channels in this process (each duplicates
+/// into this process), for tests.
+#[cfg(test)]
+pub(crate) fn test_fd_channels() -> io::Result<(FdChannel, FdChannel)> {
+    let (a, b) = test_pipe()?;
+    Ok((
+        FdChannel::new(a, Some(open_for_dup(std::process::id())?)),
+        FdChannel::new(b, Some(open_for_dup(std::process::id())?)),
+    ))
+}
+
+/// Opens process `pid` to duplicate handles into it.
+fn open_for_dup(pid: u32) -> io::Result<OwnedHandle> {
+    // SAFETY: OpenProcess takes plain integers and returns a new handle
+    // or null.
+    let raw = unsafe { OpenProcess(PROCESS_DUP_HANDLE, 0, pid) };
+    if raw.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` was just returned by OpenProcess; nothing else owns it.
+    Ok(unsafe { OwnedHandle::from_raw_handle(raw) })
 }
 
 // `flush` is a no-op, as on Unix: a completed write is already in the pipe.
@@ -172,7 +448,7 @@ pub(crate) fn try_send_tcp(_stream: &std::net::TcpStream, _buf: &[u8]) -> io::Re
 /// Splits a connected stream into its two halves.
 fn halves(stream: DuplexPipeStream<Bytes>) -> (ReadHalf, WriteHalf) {
     let (r, w) = stream.split();
-    (ReadHalf(r), WriteHalf(w))
+    (ReadHalf(r, None), WriteHalf(w))
 }
 
 /// `N` bytes from the system's random number generator.
@@ -347,9 +623,10 @@ fn unblock_accept(path: &str) {
     );
 }
 
-/// Master side: creates the pipe, starts `cmd` with the endpoint in its
-/// environment, and waits (at most [`CONNECT_TIMEOUT`]) until the child has
-/// connected and sent the token. A child that exits first, or a wrong token,
+/// Master side: creates the pipes (the connection and its handle
+/// channel), starts `cmd` with the endpoint in its environment, and waits
+/// (at most [`CONNECT_TIMEOUT`]) until the child has connected to both and
+/// sent the token on each. A child that exits first, or a wrong token,
 /// is an error; in every error case the child has been reaped.
 pub(crate) fn spawn(mut cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)> {
     let endpoint = Endpoint {
@@ -361,12 +638,9 @@ pub(crate) fn spawn(mut cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)
         token: random()?,
     };
     let path = pipe_path(&endpoint.name);
-    let listener = PipeListenerOptions::new()
-        .path(path.as_str())
-        .mode(PipeMode::Bytes)
-        .input_buffer_size_hint(PIPE_BUFFER)
-        .output_buffer_size_hint(PIPE_BUFFER)
-        .create_duplex::<Bytes>()?;
+    let handle_path = format!("{path}{HANDLE_PIPE_SUFFIX}");
+    let listener = listen(&path)?;
+    let handle_listener = listen(&handle_path)?;
     cmd.env(ENDPOINT_ENV, endpoint.to_value());
     // Replaces any creation flags the caller set; see the module docs.
     cmd.creation_flags(CREATE_NEW_PROCESS_GROUP);
@@ -380,7 +654,9 @@ pub(crate) fn spawn(mut cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)
     let accepter = thread::Builder::new()
         .name("procpool-accept".into())
         .spawn(move || {
-            let _ = tx.send(accept(listener, &token));
+            let both = accept(listener, &token)
+                .and_then(|conn| Ok((conn, accept(handle_listener, &token)?)));
+            let _ = tx.send(both);
         });
     if let Err(e) = accepter {
         kill_and_reap(&mut child);
@@ -389,8 +665,19 @@ pub(crate) fn spawn(mut cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     loop {
         match rx.recv_timeout(POLL) {
-            Ok(Ok(stream)) => {
-                let (r, w) = halves(stream);
+            Ok(Ok((stream, handles))) => {
+                use std::os::windows::io::AsHandle;
+                let (mut r, w) = halves(stream);
+                // The process handle CreateProcess gave us has all access,
+                // PROCESS_DUP_HANDLE included.
+                let peer = child.as_handle().try_clone_to_owned();
+                match peer {
+                    Ok(peer) => r.1 = Some(FdChannel::new(handles, Some(peer))),
+                    Err(e) => {
+                        kill_and_reap(&mut child);
+                        return Err(e);
+                    }
+                }
                 return Ok((child, r, w));
             }
             Ok(Err(e)) => {
@@ -408,6 +695,7 @@ pub(crate) fn spawn(mut cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)
         match child.try_wait() {
             Ok(Some(status)) => {
                 unblock_accept(&path);
+                unblock_accept(&handle_path);
                 let _ = child.wait();
                 return Err(io::Error::other(ExitedBeforeConnecting { status }));
             }
@@ -415,6 +703,7 @@ pub(crate) fn spawn(mut cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)
                 // Killing the child also ends a token read it left hanging.
                 kill_and_reap(&mut child);
                 unblock_accept(&path);
+                unblock_accept(&handle_path);
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("worker did not connect to its master within {CONNECT_TIMEOUT:?}"),
@@ -424,6 +713,7 @@ pub(crate) fn spawn(mut cmd: Command) -> io::Result<(Child, ReadHalf, WriteHalf)
             Err(e) => {
                 kill_and_reap(&mut child);
                 unblock_accept(&path);
+                unblock_accept(&handle_path);
                 return Err(e);
             }
         }
@@ -481,7 +771,32 @@ pub(crate) fn connect(value: &str) -> io::Result<(ReadHalf, WriteHalf)> {
         ConnectWaitMode::Timeout(WORKER_CONNECT_TIMEOUT),
     )?;
     stream.write_all(&endpoint.token)?;
-    Ok(halves(stream))
+    let mut handles = DuplexPipeStream::<Bytes>::connect_by_path_with_wait_mode(
+        format!("{}{HANDLE_PIPE_SUFFIX}", pipe_path(&endpoint.name)).as_str(),
+        ConnectWaitMode::Timeout(WORKER_CONNECT_TIMEOUT),
+    )?;
+    handles.write_all(&endpoint.token)?;
+    // The master waits for us to connect, so the pid in its pipe's name
+    // is still its own. Without it we can still receive handles.
+    let master = endpoint.name[NAME_PREFIX.len()..]
+        .split('-')
+        .next()
+        .and_then(|pid| pid.parse::<u32>().ok());
+    let peer = master.and_then(|pid| open_for_dup(pid).ok());
+    let (mut r, w) = halves(stream);
+    r.1 = Some(FdChannel::new(handles, peer));
+    Ok((r, w))
+}
+
+/// Creates the first instance of the pipe at `path` (refused if the name
+/// exists: see the module docs).
+fn listen(path: &str) -> io::Result<PipeListener<Bytes, Bytes>> {
+    PipeListenerOptions::new()
+        .path(path)
+        .mode(PipeMode::Bytes)
+        .input_buffer_size_hint(PIPE_BUFFER)
+        .output_buffer_size_hint(PIPE_BUFFER)
+        .create_duplex::<Bytes>()
 }
 
 /// Ignores Ctrl-C in this process (a no-op for workers started by
