@@ -75,25 +75,15 @@ fn shm_registry() -> procpool::Registry {
 fn main() {
     procpool::init(shm_registry());
     let args = libtest_mimic::Arguments::from_args();
-    // Windows has no descriptor channel yet: workers cannot map a buffer,
-    // and say so.
-    let tests = if cfg!(windows) {
-        trials![
-            LIMIT;
-            out_of_bounds_is_a_typed_error,
-            a_worker_cannot_map_a_buffer_without_a_descriptor_channel,
-        ]
-    } else {
-        trials![
-            LIMIT;
-            four_workers_increment_a_value_under_its_lock,
-            a_worker_fills_256_mib_the_master_reads_it,
-            holder_killed_with_the_lock_held_hands_it_on_as_owner_died,
-            buffer_lives_while_a_child_holds_it_and_is_freed_after,
-            out_of_bounds_is_a_typed_error,
-            a_worker_cannot_map_a_buffer_without_a_descriptor_channel,
-        ]
-    };
+    let tests = trials![
+        LIMIT;
+        four_workers_increment_a_value_under_its_lock,
+        a_worker_fills_256_mib_the_master_reads_it,
+        holder_killed_with_the_lock_held_hands_it_on_as_owner_died,
+        buffer_lives_while_a_child_holds_it_and_is_freed_after,
+        out_of_bounds_is_a_typed_error,
+        a_worker_cannot_map_a_buffer_without_a_descriptor_channel,
+    ];
     libtest_mimic::run(&args, tests).exit();
 }
 
@@ -230,14 +220,14 @@ fn out_of_bounds_is_a_typed_error() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Without a descriptor channel (Windows so far) the worker's task fails
-/// to decode its input with a message naming why, instead of working on
-/// memory that is not shared.
-/// On Unix it runs when `PROCPOOL_SHM_THRESHOLD=off` (which leaves local
-/// connections without the channel too), else it passes without checking.
+/// Without a descriptor channel the worker's task fails to decode its
+/// input with a message naming why, instead of working on memory that is
+/// not shared. It runs when `PROCPOOL_SHM_THRESHOLD=off` (which leaves
+/// local connections without the channel), else it passes without
+/// checking.
 fn a_worker_cannot_map_a_buffer_without_a_descriptor_channel() -> anyhow::Result<()> {
     let off = std::env::var("PROCPOOL_SHM_THRESHOLD").is_ok_and(|v| v == "off" || v == "0");
-    if !cfg!(windows) && !off {
+    if !off {
         println!("not run: local connections have descriptor channels here");
         return Ok(());
     }

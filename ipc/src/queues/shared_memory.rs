@@ -9,8 +9,9 @@
 //! Its handle is `Serialize`. A direct local worker deserialising it holds
 //! it in the hub (`HOLD`, as queues do) and asks `OPEN`: the hub sends the
 //! segment's descriptor over the worker's descriptor channel
-//! ([`crate::shm::transport`], token = the buffer id) and answers with
-//! the length; the worker maps it. Reads and writes then touch the memory
+//! ([`crate::shm::transport`]; on Windows the handle channel, which
+//! duplicates the section handle into the worker; token = the buffer id)
+//! and answers with the length; the worker maps it. Reads and writes then touch the memory
 //! directly: nothing goes through a socket.
 //!
 //! The hub keeps the segment while any handle lives (pins and holds,
@@ -20,9 +21,9 @@
 //! descriptor.
 //!
 //! Not reachable: processes two hops away or on another machine (remote
-//! TCP workers), and connections without a descriptor channel (Windows,
-//! which has none yet, or `PROCPOOL_SHM_THRESHOLD=off`): deserialising
-//! fails with a message saying so.
+//! TCP workers), and connections without a descriptor channel
+//! (`PROCPOOL_SHM_THRESHOLD=off`): deserialising fails with a message
+//! saying so.
 
 mod store;
 #[cfg(test)]
@@ -262,7 +263,7 @@ fn open_remote(
 }
 
 fn no_channel() -> String {
-    "shared memory reaches only local workers with a descriptor channel (not remote workers, not Windows yet, not with PROCPOOL_SHM_THRESHOLD=off)".to_string()
+    "shared memory reaches only local workers with a descriptor channel (not remote workers, not with PROCPOOL_SHM_THRESHOLD=off)".to_string()
 }
 
 impl<'de> Deserialize<'de> for SharedMemory {
