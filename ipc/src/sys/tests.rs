@@ -84,3 +84,47 @@ fn a_reaped_child_is_not_alive() {
     );
     drop(child);
 }
+
+/// A descriptor (Windows: a handle duplicated into the receiver) sent on a
+/// descriptor channel whose receiving end is dropped without claiming it
+/// is closed, not leaked: the probe connection it is one end of reads
+/// EOF at its other end.
+#[test]
+fn an_unclaimed_descriptor_is_closed_when_its_channel_drops() {
+    use std::io::Read;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let (mut far, near) = probe_pair();
+    let (a, b) = test_fd_channels().expect("descriptor channels");
+    a.send(7, &near).expect("send");
+    drop(near);
+    drop(b);
+    drop(a);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1];
+        let _ = tx.send(far.read(&mut buf).map_or(true, |n| n == 0));
+    });
+    let eof = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the sent end stayed open: leaked in the receiver");
+    assert!(eof, "the probe read data instead of its end");
+}
+
+/// A connection in this process: one end to read, the other as the
+/// descriptor (handle) to send.
+#[cfg(unix)]
+fn probe_pair() -> (std::os::unix::net::UnixStream, std::os::fd::OwnedFd) {
+    let (far, near) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    (far, near.into())
+}
+
+#[cfg(windows)]
+fn probe_pair() -> (
+    impl std::io::Read + Send + 'static,
+    std::os::windows::io::OwnedHandle,
+) {
+    let (far, near) = imp::test_pipe().expect("a pipe");
+    (far, near.try_into().expect("the pipe's handle"))
+}

@@ -334,7 +334,7 @@ impl ReadHalf {
 /// A connected pair of duplex pipe streams in this process (server,
 /// client), for tests.
 #[cfg(test)]
-fn test_pipe() -> io::Result<(DuplexPipeStream<Bytes>, DuplexPipeStream<Bytes>)> {
+pub(crate) fn test_pipe() -> io::Result<(DuplexPipeStream<Bytes>, DuplexPipeStream<Bytes>)> {
     let name = format!(
         "{NAME_PREFIX}{}-{}",
         std::process::id(),
