@@ -149,11 +149,11 @@
 //! - serde encodes a `Vec<u8>` one element at a time. For byte buffers use
 //!   `serde_bytes::ByteBuf` (or `#[serde(with = "serde_bytes")]`), which is
 //!   copied in one piece.
-//! - Between the master and its local workers (Linux, the BSDs, macOS),
+//! - Between the master and its local workers (every platform),
 //!   frames of 1 MiB or more (task inputs and results, queue items, pipe
 //!   messages) travel through reused anonymous shared memory segments
-//!   rather than the socket: one copy in, one copy out. Remote workers and
-//!   Windows keep the socket. `PROCPOOL_SHM_THRESHOLD` (bytes, or `off`)
+//!   rather than the socket (named pipe): one copy in, one copy out.
+//!   Remote workers keep the socket. `PROCPOOL_SHM_THRESHOLD` (bytes, or `off`)
 //!   changes the threshold.
 //!
 //! # Errors

@@ -32,9 +32,12 @@
 //! before. A segment too small for a body is retired (`RETIRE`: the
 //! reader unmaps it) and replaced by one an eighth larger than the body, in whole MiB.
 //!
-//! Remote (TCP) connections and Windows (no descriptor channel yet; the
-//! handle would need `DuplicateHandle` into the peer) keep every frame on
-//! the connection.
+//! On Windows the descriptor channel is a handle channel (a second named
+//! pipe, `<pipe>-h`): the sender duplicates the section handle into the
+//! peer process (`DuplicateHandle`) and sends the token and the new
+//! handle's value there, in the same order as on Unix (see `FdChannel`
+//! in `sys/windows.rs`). Remote (TCP) connections keep every frame on the
+//! connection.
 //!
 //! # Limits and validation
 //!
@@ -145,7 +148,7 @@ struct Staged {
 impl ShmTransport {
     /// The transport of a local connection, from its reading half (which
     /// gives up its descriptor channel); `None` for a connection without
-    /// one (remote, Windows, a channel already taken) or when
+    /// one (remote, a channel already taken) or when
     /// [`THRESHOLD_ENV`] turns it off.
     pub fn from_connection(reader: &mut ReadHalf) -> Option<Arc<Self>> {
         let threshold = threshold()?;

@@ -12,13 +12,8 @@ fn bad_endpoint_values_are_errors() {
 /// One thread writes into a connection while another reads from it, each
 /// half moved to its own thread: the bytes arrive complete and in order,
 /// and the reader sees the end of the stream once the writer is dropped.
-///
-/// Unix only: `test_pair` is one socketpair in this process. On Windows a
-/// connection is a named pipe that `spawn` hands to a child it starts and
-/// `connect` opens from that child, so no pair exists within one process;
-/// the Windows halves are exercised by the pool's integration tests, which
-/// run master and workers on every platform.
-#[cfg(unix)]
+/// `test_pair` is a socketpair (Unix) or a named pipe both of whose ends
+/// are in this process (Windows).
 #[test]
 fn halves_are_usable_from_two_threads() {
     use std::io::{Read, Write};
