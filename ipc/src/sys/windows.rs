@@ -21,6 +21,10 @@
 //!   interprocess reports as `Ok(0)`. Workers are assigned to a job object
 //!   with `JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE`, held by the master only, so
 //!   they die with it.
+//! - **Handle channel.** Beside the connection, a second pipe
+//!   (`<name>-h`, connected and authenticated with the same token right
+//!   after it) carries shared memory handles: the sender duplicates a
+//!   handle into the peer and sends its value ([`FdChannel`]).
 //! - **Ctrl-C.** Workers start with `CREATE_NEW_PROCESS_GROUP`, which makes
 //!   them ignore Ctrl-C from their first instruction (the flag implies
 //!   `SetConsoleCtrlHandler(NULL, TRUE)` in the child), just as the Unix
