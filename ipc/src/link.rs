@@ -49,8 +49,11 @@ use std::time::{Duration, Instant};
 use crate::IpcError;
 use crate::frame::{FrameReader, Header, WriteFrame, checked_len};
 use crate::proto::Message;
-use crate::shm::transport::{self, Control, ShmTransport};
+use crate::shm::transport::{self, Control, Named, ShmTransport};
 use crate::sync::{lock, wait_until};
+
+mod lease;
+pub use lease::{Incoming, Lease};
 
 /// Bytes a link's outbox may hold before [`Link::send_bounded`] waits for
 /// room (a single larger frame is still accepted into an empty outbox).
@@ -380,21 +383,61 @@ impl Link {
         reader: &mut FrameReader<R>,
         buf: &mut Vec<u8>,
     ) -> Result<bool, IpcError> {
+        match self.read_next(reader, buf, usize::MAX)? {
+            None => Ok(false),
+            Some(None) => Ok(true),
+            Some(Some(named)) => {
+                self.send(&Message::Free { seg: named.id })?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Reads the next frame body like [`read_frame`](Self::read_frame),
+    /// but leaves a body that travelled in a shared segment there: `buf`
+    /// then holds only its first `head` bytes (enough to decode a
+    /// message's fixed fields), and the returned [`Lease`] reads the rest
+    /// in place, so the body is copied once, into the values decoded from
+    /// it. Its sender may reuse the segment once the lease is dropped.
+    ///
+    /// # Errors
+    /// As [`read_frame`](Self::read_frame).
+    pub fn read_leased<R: Read>(
+        self: &Arc<Self>,
+        reader: &mut FrameReader<R>,
+        buf: &mut Vec<u8>,
+        head: usize,
+    ) -> Result<Incoming, IpcError> {
+        Ok(match self.read_next(reader, buf, head)? {
+            None => Incoming::End,
+            Some(None) => Incoming::Buffered,
+            Some(Some(named)) => Incoming::Leased(Lease::new(named, Arc::downgrade(self))),
+        })
+    }
+
+    /// The next frame: `None` at the end, `Some(None)` for a body read
+    /// into `buf`, `Some(Some(_))` for one in a segment (of which `buf`
+    /// holds the first `head` bytes).
+    fn read_next<R: Read>(
+        &self,
+        reader: &mut FrameReader<R>,
+        buf: &mut Vec<u8>,
+        head: usize,
+    ) -> Result<Option<Option<Named>>, IpcError> {
         loop {
             if !reader.read_frame(buf)? {
-                return Ok(false);
+                return Ok(None);
             }
             if !transport::is_control(buf) {
-                return Ok(true);
+                return Ok(Some(None));
             }
             let Some(shm) = self.shm() else {
                 return Err(IpcError::Malformed(
                     "shared memory frame on a connection without shared memory",
                 ));
             };
-            if let Control::Body(seg) = shm.take_control(buf)? {
-                self.send(&Message::Free { seg })?;
-                return Ok(true);
+            if let Control::Body(named) = shm.take_control(buf, head)? {
+                return Ok(Some(Some(named)));
             }
         }
     }

@@ -127,8 +127,9 @@ struct OutSegment {
 
 #[derive(Debug, Default)]
 struct Inbound {
-    /// Segments the peer sent, mapped, by id.
-    cache: HashMap<u64, Segment>,
+    /// Segments the peer sent, mapped, by id (shared with the
+    /// [`Lease`](crate::link::Lease)s that read a body in place).
+    cache: HashMap<u64, Arc<Segment>>,
     /// Descriptors that arrived before the frame naming them.
     inbox: HashMap<u64, ShmHandle>,
 }
@@ -314,8 +315,14 @@ impl ShmTransport {
         lock(&self.out).segs.len()
     }
 
-    /// Resolves an `SHM` frame: copies the body it names into `buf`.
-    fn receive(&self, msg: &Message<'_>, buf: &mut Vec<u8>) -> Result<u64, IpcError> {
+    /// Resolves an `SHM` frame: checks the body it names lies inside its
+    /// segment and copies its first `head` bytes into `buf`.
+    fn receive(
+        &self,
+        msg: &Message<'_>,
+        buf: &mut Vec<u8>,
+        head: usize,
+    ) -> Result<Named, IpcError> {
         let &Message::Shm {
             seg: id,
             new,
@@ -350,7 +357,7 @@ impl ShmTransport {
             let seg = Segment::from_handle(handle, seg_len).map_err(|e| {
                 IpcError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
             })?;
-            inbound.cache.insert(id, seg);
+            inbound.cache.insert(id, Arc::new(seg));
         }
         let seg = inbound
             .cache
@@ -359,10 +366,18 @@ impl ShmTransport {
         if seg.len() != seg_len {
             return Err(IpcError::Malformed("segment length changed"));
         }
+        if body_len > seg.len() {
+            return Err(IpcError::Malformed("body outside its segment"));
+        }
         buf.clear();
-        seg.read_into_vec(0, body_len, buf)
+        let head = head.min(body_len);
+        seg.read_into_vec(0, head, buf)
             .map_err(|_| IpcError::Malformed("body outside its segment"))?;
-        Ok(id)
+        Ok(Named {
+            id,
+            seg: Arc::clone(seg),
+            body_len,
+        })
     }
 }
 
@@ -372,26 +387,36 @@ pub(crate) fn is_control(body: &[u8]) -> bool {
     matches!(body.first(), Some(&(SHM | FREE | RETIRE)))
 }
 
+/// A body an `SHM` frame named, checked to lie inside its segment.
+#[derive(Debug)]
+pub(crate) struct Named {
+    /// The segment's id: answer `FREE` with it once done with the body.
+    pub(crate) id: u64,
+    pub(crate) seg: Arc<Segment>,
+    pub(crate) body_len: usize,
+}
+
 /// What a control frame turned into.
 #[derive(Debug)]
 pub(crate) enum Control {
-    /// `buf` now holds the body an `SHM` frame named; answer `FREE` with
-    /// this segment id.
-    Body(u64),
+    /// `buf` now holds the first bytes (as many as asked for) of the body
+    /// an `SHM` frame named; the whole body is in the segment.
+    Body(Named),
     /// A `FREE` or `RETIRE`, handled: read the next frame.
     Handled,
 }
 
 impl ShmTransport {
     /// Handles the control frame in `buf` (see [`is_control`]); for an
-    /// `SHM` frame, replaces it with the body it names.
+    /// `SHM` frame, replaces it with the first `head` bytes of the body it
+    /// names (`usize::MAX`: all of it).
     ///
     /// # Errors
     /// [`IpcError::Malformed`] for a frame naming an unknown segment, a
     /// body outside its segment, or a body that is itself a control frame;
     /// [`IpcError::Io`] when a segment's descriptor cannot be received or
     /// mapped (too small, not sealed).
-    pub(crate) fn take_control(&self, buf: &mut Vec<u8>) -> Result<Control, IpcError> {
+    pub(crate) fn take_control(&self, buf: &mut Vec<u8>, head: usize) -> Result<Control, IpcError> {
         let msg = match Message::decode(buf)? {
             Message::Shm {
                 seg,
@@ -414,10 +439,10 @@ impl ShmTransport {
             }
             _ => return Err(IpcError::Malformed("not a shared memory frame")),
         };
-        let id = self.receive(&msg, buf)?;
-        if is_control(buf) {
+        let named = self.receive(&msg, buf, head.max(1))?;
+        if named.body_len > 0 && is_control(buf) {
             return Err(IpcError::Malformed("segment frame inside a segment"));
         }
-        Ok(Control::Body(id))
+        Ok(Control::Body(named))
     }
 }
