@@ -41,7 +41,7 @@ use std::fmt;
 use std::io::Read;
 use std::io::{self, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -53,7 +53,7 @@ use crate::shm::transport::{self, Control, Named, ShmTransport};
 use crate::sync::{lock, wait_until};
 
 mod lease;
-pub use lease::{Incoming, Lease};
+pub use lease::{Incoming, Lease, MAX_LEASES};
 
 /// Bytes a link's outbox may hold before [`Link::send_bounded`] waits for
 /// room (a single larger frame is still accepted into an empty outbox).
@@ -126,6 +126,8 @@ struct Inner {
     progress: Condvar,
     /// Large bodies through shared memory, once attached.
     shm: OnceLock<Arc<ShmTransport>>,
+    /// [`Lease`]s of this link's bodies not yet dropped.
+    leases: Arc<AtomicUsize>,
 }
 
 /// Frames written through the link's shared-memory transport, if any.
@@ -336,6 +338,7 @@ impl Link {
             work: Condvar::new(),
             progress: Condvar::new(),
             shm: OnceLock::new(),
+            leases: Arc::default(),
         });
         let writer = Arc::clone(&inner);
         thread::Builder::new()
@@ -400,6 +403,12 @@ impl Link {
     /// in place, so the body is copied once, into the values decoded from
     /// it. Its sender may reuse the segment once the lease is dropped.
     ///
+    /// A link has at most [`MAX_LEASES`] leases out at once; past that,
+    /// bodies are copied out whole (and their segments freed at once), so
+    /// that a receiver slow to decode does not hold its sender's segments
+    /// and make it create more (each new one is memory to zero and map on
+    /// both sides).
+    ///
     /// # Errors
     /// As [`read_frame`](Self::read_frame).
     pub fn read_leased<R: Read>(
@@ -408,10 +417,22 @@ impl Link {
         buf: &mut Vec<u8>,
         head: usize,
     ) -> Result<Incoming, IpcError> {
+        let held = &self.inner.leases;
+        let head = if held.load(Ordering::Relaxed) < MAX_LEASES {
+            head
+        } else {
+            usize::MAX
+        };
         Ok(match self.read_next(reader, buf, head)? {
             None => Incoming::End,
             Some(None) => Incoming::Buffered,
-            Some(Some(named)) => Incoming::Leased(Lease::new(named, Arc::downgrade(self))),
+            Some(Some(named)) if head == usize::MAX => {
+                self.send(&Message::Free { seg: named.id })?;
+                Incoming::Buffered
+            }
+            Some(Some(named)) => {
+                Incoming::Leased(Lease::new(named, Arc::downgrade(self), Arc::clone(held)))
+            }
         })
     }
 

@@ -2,6 +2,7 @@
 //! travelled in (see [`crate::shm::transport`]).
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use serde::de::DeserializeOwned;
@@ -12,6 +13,12 @@ use crate::codec;
 use crate::proto::Message;
 use crate::shm::Segment;
 use crate::shm::transport::Named;
+
+/// Leases a link hands out at once (see [`Link::read_leased`]): enough
+/// for the body being decoded and one more behind it, while the sender
+/// keeps room for the next (it holds up to
+/// [`MAX_SEGMENTS`](crate::shm::transport::MAX_SEGMENTS)).
+pub const MAX_LEASES: usize = 2;
 
 /// What [`Link::read_leased`] read.
 #[derive(Debug)]
@@ -39,11 +46,15 @@ pub struct Lease {
     id: u64,
     len: usize,
     link: Weak<Link>,
+    /// The link's count of leases out.
+    held: Arc<AtomicUsize>,
 }
 
 impl Lease {
-    pub(super) fn new(named: Named, link: Weak<Link>) -> Self {
+    pub(super) fn new(named: Named, link: Weak<Link>, held: Arc<AtomicUsize>) -> Self {
+        held.fetch_add(1, Ordering::Relaxed);
         Self {
+            held,
             seg: named.seg,
             id: named.id,
             len: named.body_len,
@@ -86,6 +97,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.held.fetch_sub(1, Ordering::Relaxed);
         // A link that is gone or broken has no sender left to tell.
         if let Some(link) = self.link.upgrade() {
             let _ = link.send(&Message::Free { seg: self.id });

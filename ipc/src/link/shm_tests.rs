@@ -251,3 +251,27 @@ fn a_corrupt_leased_body_is_a_decoding_error() {
     let err = lease.decode_at::<Vec<u8>>(usize::MAX).unwrap_err();
     assert!(matches!(err, IpcError::Decode(_)), "{err}");
 }
+
+/// Past `MAX_LEASES` leases out, bodies are copied out whole (and their
+/// segments freed at once): a slow decoder does not make its sender
+/// create a segment per body in flight.
+#[test]
+fn past_the_lease_limit_bodies_are_copied_out() {
+    let (a, mut b) = connected(1024);
+    let payload = vec![3u8; 100_000];
+    let n = super::MAX_LEASES + 2;
+    for _ in 0..n {
+        a.link.send(&run(&payload)).unwrap();
+    }
+    let mut held = Vec::new();
+    for i in 0..n {
+        let mut buf = Vec::new();
+        match b.link.read_leased(&mut b.reader, &mut buf, 64).unwrap() {
+            Incoming::Leased(lease) if i < super::MAX_LEASES => held.push(lease),
+            Incoming::Buffered if i >= super::MAX_LEASES => {
+                assert_eq!(payload_of(&buf), payload);
+            }
+            other => panic!("body {i}: {other:?}"),
+        }
+    }
+}

@@ -22,15 +22,48 @@
 //! A frame body of at least the threshold ([`DEFAULT_THRESHOLD`], or
 //! [`THRESHOLD_ENV`]) is copied once into a segment of the sender's
 //! per-link pool, and a small `SHM` frame (segment id, whether it is new,
-//! segment length, body length) takes its place on the connection. The
-//! reader copies the body out once, answers `FREE` (the sender may reuse
-//! the segment), and hands the body on as if it had arrived on the
-//! connection: task inputs, results, queue items and pipe messages all
-//! take this path. Segments are reused, so their pages are faulted in once
-//! per link rather than once per frame; the pool holds at most
-//! [`MAX_SEGMENTS`] and, when all are busy, bodies go over the socket as
-//! before. A segment too small for a body is retired (`RETIRE`: the
-//! reader unmaps it) and replaced by one an eighth larger than the body, in whole MiB.
+//! segment length, body length) takes its place on the connection.
+//! Segments are reused, so their pages are faulted in once per link
+//! (mapped with `MAP_POPULATE` on Linux) rather than once per frame; the
+//! pool holds at most [`MAX_SEGMENTS`] and, when all are busy, bodies go
+//! over the socket as before. A segment too small for a body is retired
+//! (`RETIRE`: the reader unmaps it) and replaced by one an eighth larger
+//! than the body, in whole MiB.
+//!
+//! The reader takes the body one of two ways:
+//!
+//! - **In place** ([`Link::read_leased`](crate::link::Link::read_leased)),
+//!   for the bodies whose values are decoded right after: a chunk's task
+//!   inputs in the worker, a chunk's results in the master. Only the
+//!   message's fixed fields are copied out; the values are decoded straight
+//!   from the segment ([`codec::decode_from_segment`](crate::codec::decode_from_segment)),
+//!   so each byte is copied once, into the value the task or the caller
+//!   gets (a `ByteBuf` is allocated at its length and filled by one copy).
+//!   The segment is freed (`FREE`) when the [`Lease`](crate::link::Lease)
+//!   drops. A link has at most [`MAX_LEASES`](crate::link::MAX_LEASES)
+//!   out; past that, bodies are copied out as below, so a caller slow to
+//!   take its results does not make the sender create a segment per body
+//!   in flight.
+//! - **Copied out** ([`Link::read_frame`](crate::link::Link::read_frame)),
+//!   for everything else (queue items through the hub, pipe messages,
+//!   replies): the body is copied into the reader's buffer, `FREE` is
+//!   answered at once, and the body is handed on as if it had arrived on
+//!   the connection.
+//!
+//! Copies of a 16 MiB `ByteBuf` task input, master to worker: encoding
+//! into the chunk's payload (the master keeps it to send the chunk again
+//! if the worker dies), that payload into the segment, the segment into
+//! the input: three (four before leases: the body was copied out, then
+//! decoded). A result: encoding into the worker's reused output buffer,
+//! that into the segment, the segment into the value: three (four).
+//!
+//! Queue items cross the hub (producer → master → consumer) copied out
+//! and in again, not handed on as segments: a queue may hold an item for
+//! as long as nobody gets it, and a segment held that long would be one of
+//! the producer link's few, tied to a queue rather than to a link, and
+//! would have to be mapped into a consumer that never talked to the
+//! producer. The shared-memory rings of the queues carry small items
+//! without the hub; large ones keep this path.
 //!
 //! Remote (TCP) connections and Windows (no descriptor channel yet; the
 //! handle would need `DuplicateHandle` into the peer) keep every frame on
@@ -39,11 +72,14 @@
 //! # Limits and validation
 //!
 //! The frame limit (`frame_limit(max_payload_len)`) protects the socket
-//! from a bad length prefix; it does not apply to bodies in segments,
+//! from a bad length prefix: it is a protection against bad input, not a
+//! cap on what shared memory carries. It does not apply to bodies in segments,
 //! which are bounded by memory the sender really allocated: the reader
 //! maps a segment only after checking that the object holds the announced
 //! length (and, on Linux/FreeBSD, cannot shrink), and copies a body out
-//! only after checking it lies inside the segment. What limits a value is
+//! only after checking it lies inside the segment; values decoded in
+//! place never read past the body (a length prefix that reaches past it
+//! is a decoding error). What limits a value is
 //! still the payload limit (`PoolBuilder::max_payload_len`), checked when
 //! it is encoded, whichever way it then travels. A peer may keep at most
 //! [`MAX_SEGMENTS`] segments mapped here; more is a protocol error.
