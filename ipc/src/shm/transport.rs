@@ -111,6 +111,16 @@ use crate::sys::FdChannel;
 /// socket (the `FREE` answer and segment set-up outweigh one saved copy),
 /// 1 MiB items cost about the same, and 16 MiB `Pool::map` inputs about a
 /// fifth less. Hence 1 MiB.
+///
+/// Measured again with bodies decoded in place (`perf stat -e task-clock`
+/// over `PROCPOOL_BENCH_ROLE=case compare-* queue_64KiB 4000 65536`,
+/// thresholds alternating, three rounds, machine loaded): with a 64 KiB
+/// threshold 1059, 929 and 1041 ms of CPU; over the socket (threshold
+/// off, 256 KiB or 1 MiB) 564 to 1075 ms, 842 on average. Queue items go
+/// through the hub, which copies them out and in (see the module docs):
+/// a segment saves no copy there and adds the `FREE` frames. A `map` over
+/// 64 KiB-1 MiB inputs packs several into one chunk, whose frame is over
+/// 1 MiB anyway. So 1 MiB stays.
 pub const DEFAULT_THRESHOLD: usize = 1 << 20;
 
 /// Environment variable overriding [`DEFAULT_THRESHOLD`], in bytes; `off`
