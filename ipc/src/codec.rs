@@ -7,7 +7,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::IpcError;
-use crate::shm::Segment;
 
 /// How much a decoder may claim per byte of input. bincode claims, before
 /// allocating, the in-memory size of what a length prefix announces (an
@@ -184,60 +183,20 @@ pub(crate) fn decode_borrowed<'de, T: Deserialize<'de>>(
     .map_err(IpcError::Decode)
 }
 
-/// Decodes one value from a shared segment, from `offset` up to `end`
-/// (the end of the body it belongs to); returns it and how many bytes it
-/// used.
-///
-/// The bytes are copied straight from the segment into the value (a byte
-/// buffer's bytes in one copy), never through a Rust reference into the
-/// shared memory: another process writing there meanwhile yields a wrong
-/// value or an error, never undefined behaviour. No read reaches past
-/// `end` (nor past the segment).
+/// Decodes one value from `reader`, which holds at most `len` bytes
+/// (the claim limit is set from it, as in [`decode`]).
 ///
 /// # Errors
-/// [`IpcError::Decode`] when the bytes do not hold a valid `T` before
-/// `end`, or `end` lies outside the segment.
-pub fn decode_from_segment<T: DeserializeOwned>(
-    seg: &Segment,
-    offset: usize,
-    end: usize,
-) -> Result<(T, usize), IpcError> {
-    let end = end.min(seg.len());
-    let mut reader = SegmentReader {
-        seg,
-        at: offset,
-        end,
-    };
-    let value = with_claim_limit!(end.saturating_sub(offset), |cfg| {
-        bincode::serde::decode_from_reader(&mut reader, cfg)
-    })
-    .map_err(IpcError::Decode)?;
-    Ok((value, reader.at - offset))
-}
-
-/// Reads a segment in order for the decoder, each piece copied out.
-struct SegmentReader<'a> {
-    seg: &'a Segment,
-    at: usize,
-    end: usize,
-}
-
-impl bincode::de::read::Reader for SegmentReader<'_> {
-    fn read(&mut self, bytes: &mut [u8]) -> Result<(), bincode::error::DecodeError> {
-        let left = self.end.saturating_sub(self.at);
-        if bytes.len() > left {
-            return Err(bincode::error::DecodeError::UnexpectedEnd {
-                additional: bytes.len() - left,
-            });
-        }
-        self.seg.read_at(self.at, bytes).map_err(|_| {
-            bincode::error::DecodeError::UnexpectedEnd {
-                additional: bytes.len(),
-            }
-        })?;
-        self.at += bytes.len();
-        Ok(())
-    }
+/// [`IpcError::Decode`] when the bytes do not hold a valid `T`.
+pub(crate) fn decode_from_reader<T: DeserializeOwned, R: bincode::de::read::Reader>(
+    reader: &mut R,
+    len: usize,
+) -> Result<T, IpcError> {
+    with_claim_limit!(len, |cfg| bincode::serde::decode_from_reader(
+        &mut *reader,
+        cfg
+    ))
+    .map_err(IpcError::Decode)
 }
 
 #[cfg(test)]
@@ -313,51 +272,6 @@ mod tests {
         let bytes = [0xFFu8, 0, 0, 0, 0, 0, 0, 0, 0x40];
         assert!(decode::<String>(&bytes).is_err());
         assert!(decode::<u64>(&[]).is_err());
-    }
-
-    /// Values decode straight from a shared segment, each using the bytes
-    /// it used from a slice.
-    #[test]
-    fn values_decode_from_a_segment() {
-        let big = serde_bytes::ByteBuf::from(vec![7u8; 100_000]);
-        let mut buf = Vec::new();
-        encode_into(&big, &mut buf).unwrap();
-        encode_into(&(3u64, "three"), &mut buf).unwrap();
-        let seg = Segment::new(buf.len() + 10).unwrap();
-        seg.write_at(10, &buf).unwrap();
-        let end = 10 + buf.len();
-        let (back, used): (serde_bytes::ByteBuf, usize) =
-            decode_from_segment(&seg, 10, end).unwrap();
-        assert_eq!(back, big);
-        assert_eq!(used, decode::<serde_bytes::ByteBuf>(&buf).unwrap().1);
-        let (rest, n): ((u64, String), usize) = decode_from_segment(&seg, 10 + used, end).unwrap();
-        assert_eq!(rest, (3, "three".into()));
-        assert_eq!(10 + used + n, end);
-    }
-
-    /// A corrupt segment (a length prefix reaching past the body, or past
-    /// the segment; a body said to start beyond it) gives a decoding
-    /// error: no read outside the body, no allocation of the announced size.
-    #[test]
-    fn a_corrupt_segment_is_a_decoding_error() {
-        let seg = Segment::new(4096).unwrap();
-        // A byte buffer announcing 3000 bytes, inside a 100-byte body.
-        let mut buf = Vec::new();
-        encode_into(&3000u64, &mut buf).unwrap();
-        seg.write_at(0, &buf).unwrap();
-        let err = decode_from_segment::<serde_bytes::ByteBuf>(&seg, 0, 100).unwrap_err();
-        assert!(matches!(err, IpcError::Decode(_)), "{err:?}");
-        // Announcing 2^62 bytes: refused by the claim limit, not allocated.
-        seg.write_at(0, &[0xFF, 0, 0, 0, 0, 0, 0, 0, 0x40]).unwrap();
-        let err = decode_from_segment::<serde_bytes::ByteBuf>(&seg, 0, 4096).unwrap_err();
-        assert!(matches!(err, IpcError::Decode(_)), "{err:?}");
-        // A body end past the segment is cut to the segment.
-        seg.write_at(4090, &[200, 1]).unwrap();
-        let err = decode_from_segment::<serde_bytes::ByteBuf>(&seg, 4090, usize::MAX).unwrap_err();
-        assert!(matches!(err, IpcError::Decode(_)), "{err:?}");
-        // An offset past the end.
-        let err = decode_from_segment::<u8>(&seg, usize::MAX, usize::MAX).unwrap_err();
-        assert!(matches!(err, IpcError::Decode(_)), "{err:?}");
     }
 
     /// The cause shows in `Display` (issue 14: it showed only in `{:?}`).

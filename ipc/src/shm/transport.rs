@@ -36,7 +36,7 @@
 //!   for the bodies whose values are decoded right after: a chunk's task
 //!   inputs in the worker, a chunk's results in the master. Only the
 //!   message's fixed fields are copied out; the values are decoded straight
-//!   from the segment ([`codec::decode_from_segment`](crate::codec::decode_from_segment)),
+//!   from the segment ([`Lease::decode_at`](crate::link::Lease::decode_at)),
 //!   so each byte is copied once, into the value the task or the caller
 //!   gets (a `ByteBuf` is allocated at its length and filled by one copy).
 //!   The segment is freed (`FREE`) when the [`Lease`](crate::link::Lease)
