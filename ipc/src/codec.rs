@@ -183,6 +183,22 @@ pub(crate) fn decode_borrowed<'de, T: Deserialize<'de>>(
     .map_err(IpcError::Decode)
 }
 
+/// Decodes one value from `reader`, which holds at most `len` bytes
+/// (the claim limit is set from it, as in [`decode`]).
+///
+/// # Errors
+/// [`IpcError::Decode`] when the bytes do not hold a valid `T`.
+pub(crate) fn decode_from_reader<T: DeserializeOwned, R: bincode::de::read::Reader>(
+    reader: &mut R,
+    len: usize,
+) -> Result<T, IpcError> {
+    with_claim_limit!(len, |cfg| bincode::serde::decode_from_reader(
+        &mut *reader,
+        cfg
+    ))
+    .map_err(IpcError::Decode)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,7 +41,7 @@ use std::fmt;
 use std::io::Read;
 use std::io::{self, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -49,8 +49,11 @@ use std::time::{Duration, Instant};
 use crate::IpcError;
 use crate::frame::{FrameReader, Header, WriteFrame, checked_len};
 use crate::proto::Message;
-use crate::shm::transport::{self, Control, ShmTransport};
+use crate::shm::transport::{self, Control, Named, ShmTransport};
 use crate::sync::{lock, wait_until};
+
+mod lease;
+pub use lease::{Incoming, Lease, MAX_LEASES};
 
 /// Bytes a link's outbox may hold before [`Link::send_bounded`] waits for
 /// room (a single larger frame is still accepted into an empty outbox).
@@ -123,6 +126,8 @@ struct Inner {
     progress: Condvar,
     /// Large bodies through shared memory, once attached.
     shm: OnceLock<Arc<ShmTransport>>,
+    /// [`Lease`]s of this link's bodies not yet dropped.
+    leases: Arc<AtomicUsize>,
 }
 
 /// Frames written through the link's shared-memory transport, if any.
@@ -333,6 +338,7 @@ impl Link {
             work: Condvar::new(),
             progress: Condvar::new(),
             shm: OnceLock::new(),
+            leases: Arc::default(),
         });
         let writer = Arc::clone(&inner);
         thread::Builder::new()
@@ -380,21 +386,79 @@ impl Link {
         reader: &mut FrameReader<R>,
         buf: &mut Vec<u8>,
     ) -> Result<bool, IpcError> {
+        match self.read_next(reader, buf, usize::MAX)? {
+            None => Ok(false),
+            Some(None) => Ok(true),
+            Some(Some(named)) => {
+                self.send(&Message::Free { seg: named.id })?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Reads the next frame body like [`read_frame`](Self::read_frame),
+    /// but leaves a body that travelled in a shared segment there: `buf`
+    /// then holds only its first `head` bytes (enough to decode a
+    /// message's fixed fields), and the returned [`Lease`] reads the rest
+    /// in place, so the body is copied once, into the values decoded from
+    /// it. Its sender may reuse the segment once the lease is dropped.
+    ///
+    /// A link has at most [`MAX_LEASES`] leases out at once; past that,
+    /// bodies are copied out whole (and their segments freed at once), so
+    /// that a receiver slow to decode does not hold its sender's segments
+    /// and make it create more (each new one is memory to zero and map on
+    /// both sides).
+    ///
+    /// # Errors
+    /// As [`read_frame`](Self::read_frame).
+    pub fn read_leased<R: Read>(
+        self: &Arc<Self>,
+        reader: &mut FrameReader<R>,
+        buf: &mut Vec<u8>,
+        head: usize,
+    ) -> Result<Incoming, IpcError> {
+        let held = &self.inner.leases;
+        let head = if held.load(Ordering::Relaxed) < MAX_LEASES {
+            head
+        } else {
+            usize::MAX
+        };
+        Ok(match self.read_next(reader, buf, head)? {
+            None => Incoming::End,
+            Some(None) => Incoming::Buffered,
+            Some(Some(named)) if head == usize::MAX => {
+                self.send(&Message::Free { seg: named.id })?;
+                Incoming::Buffered
+            }
+            Some(Some(named)) => {
+                Incoming::Leased(Lease::new(named, Arc::downgrade(self), Arc::clone(held)))
+            }
+        })
+    }
+
+    /// The next frame: `None` at the end, `Some(None)` for a body read
+    /// into `buf`, `Some(Some(_))` for one in a segment (of which `buf`
+    /// holds the first `head` bytes).
+    fn read_next<R: Read>(
+        &self,
+        reader: &mut FrameReader<R>,
+        buf: &mut Vec<u8>,
+        head: usize,
+    ) -> Result<Option<Option<Named>>, IpcError> {
         loop {
             if !reader.read_frame(buf)? {
-                return Ok(false);
+                return Ok(None);
             }
             if !transport::is_control(buf) {
-                return Ok(true);
+                return Ok(Some(None));
             }
             let Some(shm) = self.shm() else {
                 return Err(IpcError::Malformed(
                     "shared memory frame on a connection without shared memory",
                 ));
             };
-            if let Control::Body(seg) = shm.take_control(buf)? {
-                self.send(&Message::Free { seg })?;
-                return Ok(true);
+            if let Control::Body(named) = shm.take_control(buf, head)? {
+                return Ok(Some(Some(named)));
             }
         }
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select};
 use procpool_ipc::task::Payload;
-use procpool_ipc::{Task, TaskError, codec};
+use procpool_ipc::{Task, TaskError};
 
 use crate::shared::Shared;
 use crate::stream::Packer;
@@ -72,14 +72,14 @@ impl<O: Payload> MapResult<O> {
             Ok(results) => results,
             Err(e) => return self.finish(Err(e.at(outcome.first))),
         };
-        let mut bytes = &results.frame[results.payload_at..];
+        let mut offset = 0;
         let mut items = Vec::with_capacity(outcome.count as usize);
         for i in 0..u64::from(outcome.count) {
             let index = outcome.first + i;
-            match codec::decode::<Result<O, TaskError>>(bytes) {
+            match results.decode::<Result<O, TaskError>>(offset) {
                 Ok((Ok(item), used)) => {
                     items.push(item);
-                    bytes = &bytes[used..];
+                    offset += used;
                 }
                 Ok((Err(e), _)) => {
                     self.shared

@@ -657,7 +657,8 @@ impl<O: Payload> AsyncResult<O> {
 
     pub(crate) fn settle(&mut self, outcome: Result<Outcome, Error>) {
         let result = outcome.and_then(|o| o.result).and_then(|r| {
-            let (value, _) = codec::decode::<Result<O, TaskError>>(&r.frame[r.payload_at..])
+            let (value, _) = r
+                .decode::<Result<O, TaskError>>(0)
                 .map_err(|e| Error::Decode(Arc::new(e)))?;
             value.map_err(|e| {
                 self.shared

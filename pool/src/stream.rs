@@ -405,8 +405,7 @@ where
         let item = match &current.result {
             Err(e) => Err(e.clone()),
             Ok(results) => {
-                let bytes = &results.frame[results.payload_at + current.offset..];
-                match codec::decode::<Result<O, TaskError>>(bytes) {
+                match results.decode::<Result<O, TaskError>>(current.offset) {
                     Ok((result, used)) => {
                         current.offset += used;
                         result.map_err(|e| {

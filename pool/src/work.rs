@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use crossbeam_channel::Sender;
+use procpool_ipc::link::Lease;
+use procpool_ipc::{IpcError, codec};
+use serde::de::DeserializeOwned;
 
 use crate::Error;
 use crate::wake::WakeSlot;
@@ -166,11 +169,30 @@ pub(crate) struct Outcome {
 }
 
 /// A `DONE` or `PART` frame: `count` encoded results start at
-/// `frame[payload_at..]`.
+/// `payload_at` of its body, which is `frame`, or (a large body that came
+/// through shared memory) in `lease`, read in place: `frame` then holds
+/// only its first bytes.
 #[derive(Debug)]
 pub(crate) struct Results {
     pub(crate) frame: Vec<u8>,
+    pub(crate) lease: Option<Lease>,
     pub(crate) payload_at: usize,
     /// Worker time spent on these items.
     pub(crate) elapsed_ns: u64,
+}
+
+impl Results {
+    /// Decodes the result `offset` bytes into the payload; returns it and
+    /// how many bytes it used. A body in shared memory is decoded from
+    /// there: one copy, into the value.
+    pub(crate) fn decode<T: DeserializeOwned>(
+        &self,
+        offset: usize,
+    ) -> Result<(T, usize), IpcError> {
+        let at = self.payload_at.saturating_add(offset);
+        match &self.lease {
+            Some(lease) => lease.decode_at(at),
+            None => codec::decode(self.frame.get(at..).unwrap_or_default()),
+        }
+    }
 }

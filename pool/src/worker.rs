@@ -20,11 +20,11 @@ use crossbeam_channel::Sender;
 use procpool_ipc::endpoint::{self, ExitWatch};
 use procpool_ipc::frame::{FrameReader, frame_limit};
 use procpool_ipc::hub;
-use procpool_ipc::link::{Dirty, Link, Sink};
+use procpool_ipc::link::{Dirty, Incoming, Link, Sink};
 use procpool_ipc::proto::Message;
 use procpool_ipc::secure::Session;
 use procpool_ipc::shm::transport::ShmTransport;
-use procpool_ipc::{IpcError, TaskError, codec};
+use procpool_ipc::{IpcError, TaskError};
 
 use crate::Error;
 use crate::config::Config;
@@ -284,6 +284,18 @@ impl Worker {
     }
 }
 
+/// Bytes of a results body copied out of shared memory to decode the
+/// message's fixed fields (`DONE`/`PART`: kind, id, count, elapsed).
+const RESULTS_HEAD: usize = 64;
+
+/// Whether `head` starts a `DONE` or `PART` message.
+fn is_results(head: &[u8]) -> bool {
+    matches!(
+        Message::decode(head),
+        Ok(Message::Done { .. } | Message::Part { .. })
+    )
+}
+
 /// What a worker's reader thread needs.
 struct ReaderContext {
     slot: usize,
@@ -321,10 +333,19 @@ impl ReaderContext {
             if !reader.has_buffered() {
                 dirty.flush();
             }
-            match self.link.read_frame(&mut reader, &mut frame) {
-                Ok(true) => {}
-                Ok(false) => return None,
+            // Results that came through shared memory stay there and are
+            // decoded from it (one copy, into the values); any other body
+            // is copied out whole.
+            let mut lease = match self.link.read_leased(&mut reader, &mut frame, RESULTS_HEAD) {
+                Ok(Incoming::Buffered) => None,
+                Ok(Incoming::Leased(lease)) => Some(lease),
+                Ok(Incoming::End) => return None,
                 Err(e) => return Some(e),
+            };
+            if lease.is_some() && !is_results(&frame) {
+                if let Some(e) = lease.take().and_then(|l| l.read_into(&mut frame).err()) {
+                    return Some(e);
+                }
             }
             match Message::decode(&frame) {
                 Ok(Message::Heartbeat) => {}
@@ -347,6 +368,7 @@ impl ReaderContext {
                     let payload_at = frame.len() - payload.len();
                     let results = Results {
                         frame: std::mem::take(&mut frame),
+                        lease: lease.take(),
                         payload_at,
                         elapsed_ns,
                     };
@@ -374,6 +396,7 @@ impl ReaderContext {
                     };
                     let results = Results {
                         frame: std::mem::take(&mut frame),
+                        lease: lease.take(),
                         payload_at,
                         elapsed_ns,
                     };
@@ -415,8 +438,7 @@ impl ReaderContext {
             }
             None => {
                 // The initializer: a failure makes the worker unusable.
-                let payload = &results.frame[results.payload_at..];
-                let result = match codec::decode::<Result<(), TaskError>>(payload) {
+                let result = match results.decode::<Result<(), TaskError>>(0) {
                     Ok((result, _)) => result,
                     Err(e) => Err(TaskError::DecodeInput {
                         message: format!("the initializer's result does not decode: {e}"),

@@ -6,10 +6,12 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
 
 use procpool_ipc::frame::ENCODING_SLACK;
+use procpool_ipc::link::Lease;
 use procpool_ipc::task::Payload;
 use procpool_ipc::{IpcError, Task, TaskError, codec};
+use serde::de::DeserializeOwned;
 
-/// Runs `count` encoded inputs from `payload`, appending each one's encoded
+/// Runs `count` encoded inputs from `inputs`, appending each one's encoded
 /// `Result<Output, TaskError>` to `out`. An output whose encoding passes
 /// the payload limit (the third argument) is replaced by
 /// [`TaskError::OutputTooLarge`], without being encoded whole.
@@ -20,7 +22,48 @@ use procpool_ipc::{IpcError, Task, TaskError, codec};
 /// items as its previous call returned have finished: `items` is how many
 /// finished since the previous call, `latest` where the latest one's result
 /// starts in `out`.
-pub(crate) type Runner = Box<dyn Fn(&[u8], u32, u64, &mut Vec<u8>, &mut Done<'_>) + Send + Sync>;
+pub(crate) type Runner =
+    Box<dyn Fn(Inputs<'_>, u32, u64, &mut Vec<u8>, &mut Done<'_>) + Send + Sync>;
+
+/// A chunk's encoded inputs, decoded one after the other: from a frame
+/// body in memory, or in place from the shared segment the body came in
+/// (one copy, into the input).
+#[derive(Debug)]
+pub(crate) struct Inputs<'a> {
+    bytes: &'a [u8],
+    lease: Option<&'a Lease>,
+    at: usize,
+}
+
+impl<'a> Inputs<'a> {
+    /// Inputs encoded back to back in `bytes`.
+    pub(crate) fn bytes(bytes: &'a [u8]) -> Self {
+        Self {
+            bytes,
+            lease: None,
+            at: 0,
+        }
+    }
+
+    /// Inputs encoded back to back in `lease`'s body from `at` on.
+    pub(crate) fn leased(lease: &'a Lease, at: usize) -> Self {
+        Self {
+            bytes: &[],
+            lease: Some(lease),
+            at,
+        }
+    }
+
+    /// Decodes the next input.
+    fn next<I: DeserializeOwned>(&mut self) -> Result<I, IpcError> {
+        let (value, used) = match self.lease {
+            Some(lease) => lease.decode_at(self.at)?,
+            None => codec::decode(self.bytes.get(self.at..).unwrap_or_default())?,
+        };
+        self.at += used;
+        Ok(value)
+    }
+}
 
 /// The runner's report callback: see [`Runner`].
 pub(crate) type Done<'a> = dyn FnMut(&mut Vec<u8>, u32, usize) -> u32 + 'a;
@@ -131,9 +174,8 @@ where
     O: Payload,
     F: Fn(I) -> Result<O, TaskError> + Send + Sync + 'static,
 {
-    Box::new(move |payload, count, max_payload, out, done| {
+    Box::new(move |mut inputs, count, max_payload, out, done| {
         let limit = max_payload.saturating_add(ENCODING_SLACK);
-        let mut rest = payload;
         let mut bad_input: Option<String> = None;
         // Items finished since `done` was last called, and how many it
         // lets pass before the next call.
@@ -145,11 +187,8 @@ where
                 Some(message) => Err(TaskError::DecodeInput {
                     message: message.clone(),
                 }),
-                None => match codec::decode::<I>(rest) {
-                    Ok((input, used)) => {
-                        rest = &rest[used..];
-                        call_caught(|| f(input))
-                    }
+                None => match inputs.next::<I>() {
+                    Ok(input) => call_caught(|| f(input)),
                     Err(e) => {
                         // The rest of the chunk cannot be found without this item's length.
                         let message = error_chain(&e);
@@ -263,7 +302,7 @@ mod tests {
         }
         let mut out = Vec::new();
         reg.runner(index).unwrap()(
-            &payload,
+            Inputs::bytes(&payload),
             inputs.len() as u32,
             1 << 20,
             &mut out,
@@ -335,7 +374,13 @@ mod tests {
     fn undecodable_input_fails_every_item_of_the_chunk() {
         let reg = Registry::new().task(PARSE, |s: String| s.len() as u8);
         let mut out = Vec::new();
-        reg.runner(0).unwrap()(&[0xFF, 0xFF], 2, 1 << 20, &mut out, &mut |_, _, _| u32::MAX);
+        reg.runner(0).unwrap()(
+            Inputs::bytes(&[0xFF, 0xFF]),
+            2,
+            1 << 20,
+            &mut out,
+            &mut |_, _, _| u32::MAX,
+        );
         let got = results::<u8>(&out, 2);
         assert!(
             got.iter()

@@ -25,12 +25,12 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use procpool_ipc::IpcError;
 use procpool_ipc::endpoint::{self, ReadHalf, WriteHalf};
 use procpool_ipc::frame::{DEFAULT_MAX_PAYLOAD_LEN, ENCODING_SLACK, FrameReader, frame_limit};
-use procpool_ipc::link::{Link, Sink};
+use procpool_ipc::link::{Incoming, Lease, Link, Sink};
 use procpool_ipc::proto::{Hello, Message};
 use procpool_ipc::shm::transport::ShmTransport;
 
 use crate::Registry;
-use crate::registry::{error_chain, install_panic_hook};
+use crate::registry::{Inputs, error_chain, install_panic_hook};
 
 /// Exit status of a worker that could not serve (bad endpoint, protocol error).
 const EXIT_FAILURE: i32 = 70;
@@ -239,7 +239,7 @@ where
     // Unbounded, yet bounded by the protocol: the master sends a worker at
     // most its lane's depth of chunks (the prefetch, 64 at most) before it
     // has their results, plus one `SHUTDOWN`.
-    let (tx, rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+    let (tx, rx) = crossbeam_channel::unbounded::<Request>();
     let (recycle_tx, recycle_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
     // Set by the reader when the master says shutdown: tasks queued behind
     // the running one are then dropped, not run.
@@ -252,8 +252,23 @@ where
             let mut reader = FrameReader::new(r, max);
             loop {
                 let mut buf = recycle_rx.try_recv().unwrap_or_default();
-                match reader_link.read_frame(&mut reader, &mut buf) {
-                    Ok(true) => {
+                // A chunk's inputs that came through shared memory stay
+                // there and are decoded from it (one copy, into the
+                // inputs); any other body is copied out whole.
+                let read = match reader_link.read_leased(&mut reader, &mut buf, RUN_HEAD) {
+                    Ok(Incoming::Buffered) => Ok(Some(None)),
+                    Ok(Incoming::Leased(lease)) => {
+                        if matches!(Message::decode(&buf), Ok(Message::Run { .. })) {
+                            Ok(Some(Some(lease)))
+                        } else {
+                            lease.read_into(&mut buf).map(|()| Some(None))
+                        }
+                    }
+                    Ok(Incoming::End) => Ok(None),
+                    Err(e) => Err(e),
+                };
+                match read {
+                    Ok(Some(lease)) => {
                         match Message::decode(&buf) {
                             Ok(Message::Shutdown) => stop_seen.store(true, Ordering::SeqCst),
                             Ok(Message::Heartbeat) => continue,
@@ -261,12 +276,12 @@ where
                             Ok(msg) if procpool_ipc::dispatch_to_proxies(&msg) => continue,
                             _ => {}
                         }
-                        if tx.send(buf).is_err() {
+                        if tx.send((buf, lease)).is_err() {
                             return;
                         }
                     }
                     // The master closed the connection or died: nobody will read our results.
-                    Ok(false) => process::exit(0),
+                    Ok(None) => process::exit(0),
                     Err(e) => fail(&e.into()),
                 }
             }
@@ -274,7 +289,7 @@ where
         .map_err(|e| ServeError::Ipc(e.into()))?;
 
     let mut out = Vec::new();
-    while let Some(frame) = next_request(&rx, &link)? {
+    while let Some((frame, lease)) = next_request(&rx, &link)? {
         if stop.load(Ordering::SeqCst) {
             break;
         }
@@ -302,8 +317,12 @@ where
                     last: started,
                     error: None,
                 };
+                let inputs = match &lease {
+                    Some(lease) => Inputs::leased(lease, frame.len() - payload.len()),
+                    None => Inputs::bytes(payload),
+                };
                 runner(
-                    payload,
+                    inputs,
                     count,
                     max_payload,
                     &mut out,
@@ -468,7 +487,15 @@ fn report(
 }
 
 /// The next request, flushing buffered results before blocking.
-fn next_request(rx: &Receiver<Vec<u8>>, link: &Link) -> Result<Option<Vec<u8>>, ServeError> {
+/// A frame for the worker's main loop: its body, or (a `RUN` whose body
+/// stayed in shared memory) the body's first bytes and its lease.
+type Request = (Vec<u8>, Option<Lease>);
+
+/// Bytes of a body in shared memory copied out to decode the message's
+/// fixed fields (`RUN`: kind, id, task, count).
+const RUN_HEAD: usize = 64;
+
+fn next_request(rx: &Receiver<Request>, link: &Link) -> Result<Option<Request>, ServeError> {
     match rx.try_recv() {
         Ok(frame) => Ok(Some(frame)),
         Err(TryRecvError::Disconnected) => Ok(None),

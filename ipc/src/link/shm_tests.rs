@@ -180,3 +180,98 @@ fn a_segment_frame_without_the_transport_is_malformed() {
         .unwrap_err();
     assert!(matches!(err, IpcError::Malformed(_)), "{err}");
 }
+
+/// A body read with a lease is decoded in place; its segment stays busy
+/// (the next body goes to another one) until the lease is dropped, and is
+/// reused after.
+#[test]
+fn a_leased_body_decodes_in_place_and_frees_its_segment_when_dropped() {
+    let (mut a, mut b) = connected(1024);
+    let item = vec![9u8; 200_000];
+    let mut payload = Vec::new();
+    crate::codec::encode_into(&(7u64, item.clone()), &mut payload).unwrap();
+    a.link.send(&run(&payload)).unwrap();
+    let mut head = Vec::new();
+    let lease = match b.link.read_leased(&mut b.reader, &mut head, 64).unwrap() {
+        Incoming::Leased(lease) => lease,
+        other => panic!("not leased: {other:?}"),
+    };
+    assert_eq!(head.len(), 64, "only the head is copied");
+    let Message::Run { payload: p, .. } = Message::decode(&head).unwrap() else {
+        panic!("not a run");
+    };
+    let at = head.len() - p.len();
+    assert_eq!(lease.len(), at + payload.len());
+    let ((n, back), used): ((u64, Vec<u8>), usize) = lease.decode_at(at).unwrap();
+    assert_eq!((n, back), (7, item));
+    assert_eq!(at + used, lease.len());
+    // Held: the next body needs a second segment.
+    a.link.send(&run(&payload)).unwrap();
+    assert_eq!(payload_of(&b.read().unwrap()), payload);
+    a.link.send(&Message::Heartbeat).unwrap(); // (b's FREE reaches a below)
+    b.link.send(&Message::Heartbeat).unwrap();
+    assert_eq!(a.read().unwrap(), [8]);
+    assert_eq!(a.link.shm().unwrap().segments_made(), 2);
+    // Dropped: FREE goes out, and both segments are free for the next two.
+    drop(lease);
+    b.link.send(&Message::Heartbeat).unwrap();
+    assert_eq!(a.read().unwrap(), [8]);
+    a.link.send(&run(&payload)).unwrap();
+    let mut whole = Vec::new();
+    match b.link.read_leased(&mut b.reader, &mut head, 64).unwrap() {
+        // Heartbeat sent by a above, then the run.
+        Incoming::Buffered => assert_eq!(head, [8]),
+        other => panic!("expected the heartbeat: {other:?}"),
+    }
+    let Incoming::Leased(second) = b.link.read_leased(&mut b.reader, &mut head, 64).unwrap() else {
+        panic!("not leased")
+    };
+    second.read_into(&mut whole).unwrap();
+    assert_eq!(payload_of(&whole), payload);
+    assert_eq!(a.link.shm().unwrap().segments_made(), 2);
+}
+
+/// A leased body whose bytes are corrupt (a length reaching past the
+/// body) decodes to an error, not to a read outside it.
+#[test]
+fn a_corrupt_leased_body_is_a_decoding_error() {
+    let (a, mut b) = connected(1024);
+    let mut payload = Vec::new();
+    // A byte string announcing far more than the frame carries.
+    crate::codec::encode_into(&(1u64 << 40), &mut payload).unwrap();
+    payload.resize(5000, 0);
+    a.link.send(&run(&payload)).unwrap();
+    let mut head = Vec::new();
+    let Incoming::Leased(lease) = b.link.read_leased(&mut b.reader, &mut head, 64).unwrap() else {
+        panic!("not leased")
+    };
+    let at = lease.len() - payload.len();
+    let err = lease.decode_at::<Vec<u8>>(at).unwrap_err();
+    assert!(matches!(err, IpcError::Decode(_)), "{err}");
+    let err = lease.decode_at::<Vec<u8>>(usize::MAX).unwrap_err();
+    assert!(matches!(err, IpcError::Decode(_)), "{err}");
+}
+
+/// Past `MAX_LEASES` leases out, bodies are copied out whole (and their
+/// segments freed at once): a slow decoder does not make its sender
+/// create a segment per body in flight.
+#[test]
+fn past_the_lease_limit_bodies_are_copied_out() {
+    let (a, mut b) = connected(1024);
+    let payload = vec![3u8; 100_000];
+    let n = super::MAX_LEASES + 2;
+    for _ in 0..n {
+        a.link.send(&run(&payload)).unwrap();
+    }
+    let mut held = Vec::new();
+    for i in 0..n {
+        let mut buf = Vec::new();
+        match b.link.read_leased(&mut b.reader, &mut buf, 64).unwrap() {
+            Incoming::Leased(lease) if i < super::MAX_LEASES => held.push(lease),
+            Incoming::Buffered if i >= super::MAX_LEASES => {
+                assert_eq!(payload_of(&buf), payload);
+            }
+            other => panic!("body {i}: {other:?}"),
+        }
+    }
+}

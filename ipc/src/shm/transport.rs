@@ -22,15 +22,48 @@
 //! A frame body of at least the threshold ([`DEFAULT_THRESHOLD`], or
 //! [`THRESHOLD_ENV`]) is copied once into a segment of the sender's
 //! per-link pool, and a small `SHM` frame (segment id, whether it is new,
-//! segment length, body length) takes its place on the connection. The
-//! reader copies the body out once, answers `FREE` (the sender may reuse
-//! the segment), and hands the body on as if it had arrived on the
-//! connection: task inputs, results, queue items and pipe messages all
-//! take this path. Segments are reused, so their pages are faulted in once
-//! per link rather than once per frame; the pool holds at most
-//! [`MAX_SEGMENTS`] and, when all are busy, bodies go over the socket as
-//! before. A segment too small for a body is retired (`RETIRE`: the
-//! reader unmaps it) and replaced by one an eighth larger than the body, in whole MiB.
+//! segment length, body length) takes its place on the connection.
+//! Segments are reused, so their pages are faulted in once per link
+//! (mapped with `MAP_POPULATE` on Linux) rather than once per frame; the
+//! pool holds at most [`MAX_SEGMENTS`] and, when all are busy, bodies go
+//! over the socket as before. A segment too small for a body is retired
+//! (`RETIRE`: the reader unmaps it) and replaced by one an eighth larger
+//! than the body, in whole MiB.
+//!
+//! The reader takes the body one of two ways:
+//!
+//! - **In place** ([`Link::read_leased`](crate::link::Link::read_leased)),
+//!   for the bodies whose values are decoded right after: a chunk's task
+//!   inputs in the worker, a chunk's results in the master. Only the
+//!   message's fixed fields are copied out; the values are decoded straight
+//!   from the segment ([`Lease::decode_at`](crate::link::Lease::decode_at)),
+//!   so each byte is copied once, into the value the task or the caller
+//!   gets (a `ByteBuf` is allocated at its length and filled by one copy).
+//!   The segment is freed (`FREE`) when the [`Lease`](crate::link::Lease)
+//!   drops. A link has at most [`MAX_LEASES`](crate::link::MAX_LEASES)
+//!   out; past that, bodies are copied out as below, so a caller slow to
+//!   take its results does not make the sender create a segment per body
+//!   in flight.
+//! - **Copied out** ([`Link::read_frame`](crate::link::Link::read_frame)),
+//!   for everything else (queue items through the hub, pipe messages,
+//!   replies): the body is copied into the reader's buffer, `FREE` is
+//!   answered at once, and the body is handed on as if it had arrived on
+//!   the connection.
+//!
+//! Copies of a 16 MiB `ByteBuf` task input, master to worker: encoding
+//! into the chunk's payload (the master keeps it to send the chunk again
+//! if the worker dies), that payload into the segment, the segment into
+//! the input: three (four before leases: the body was copied out, then
+//! decoded). A result: encoding into the worker's reused output buffer,
+//! that into the segment, the segment into the value: three (four).
+//!
+//! Queue items cross the hub (producer → master → consumer) copied out
+//! and in again, not handed on as segments: a queue may hold an item for
+//! as long as nobody gets it, and a segment held that long would be one of
+//! the producer link's few, tied to a queue rather than to a link, and
+//! would have to be mapped into a consumer that never talked to the
+//! producer. The shared-memory rings of the queues carry small items
+//! without the hub; large ones keep this path.
 //!
 //! On Windows the descriptor channel is a handle channel (a second named
 //! pipe, `<pipe>-h`): the sender duplicates the section handle into the
@@ -42,11 +75,14 @@
 //! # Limits and validation
 //!
 //! The frame limit (`frame_limit(max_payload_len)`) protects the socket
-//! from a bad length prefix; it does not apply to bodies in segments,
+//! from a bad length prefix: it is a protection against bad input, not a
+//! cap on what shared memory carries. It does not apply to bodies in segments,
 //! which are bounded by memory the sender really allocated: the reader
 //! maps a segment only after checking that the object holds the announced
 //! length (and, on Linux/FreeBSD, cannot shrink), and copies a body out
-//! only after checking it lies inside the segment. What limits a value is
+//! only after checking it lies inside the segment; values decoded in
+//! place never read past the body (a length prefix that reaches past it
+//! is a decoding error). What limits a value is
 //! still the payload limit (`PoolBuilder::max_payload_len`), checked when
 //! it is encoded, whichever way it then travels. A peer may keep at most
 //! [`MAX_SEGMENTS`] segments mapped here; more is a protocol error.
@@ -78,6 +114,16 @@ use crate::sys::FdChannel;
 /// socket (the `FREE` answer and segment set-up outweigh one saved copy),
 /// 1 MiB items cost about the same, and 16 MiB `Pool::map` inputs about a
 /// fifth less. Hence 1 MiB.
+///
+/// Measured again with bodies decoded in place (`perf stat -e task-clock`
+/// over `PROCPOOL_BENCH_ROLE=case compare-* queue_64KiB 4000 65536`,
+/// thresholds alternating, three rounds, machine loaded): with a 64 KiB
+/// threshold 1059, 929 and 1041 ms of CPU; over the socket (threshold
+/// off, 256 KiB or 1 MiB) 564 to 1075 ms, 842 on average. Queue items go
+/// through the hub, which copies them out and in (see the module docs):
+/// a segment saves no copy there and adds the `FREE` frames. A `map` over
+/// 64 KiB-1 MiB inputs packs several into one chunk, whose frame is over
+/// 1 MiB anyway. So 1 MiB stays.
 pub const DEFAULT_THRESHOLD: usize = 1 << 20;
 
 /// Environment variable overriding [`DEFAULT_THRESHOLD`], in bytes; `off`
@@ -130,8 +176,9 @@ struct OutSegment {
 
 #[derive(Debug, Default)]
 struct Inbound {
-    /// Segments the peer sent, mapped, by id.
-    cache: HashMap<u64, Segment>,
+    /// Segments the peer sent, mapped, by id (shared with the
+    /// [`Lease`](crate::link::Lease)s that read a body in place).
+    cache: HashMap<u64, Arc<Segment>>,
     /// Descriptors that arrived before the frame naming them.
     inbox: HashMap<u64, ShmHandle>,
 }
@@ -317,8 +364,14 @@ impl ShmTransport {
         lock(&self.out).segs.len()
     }
 
-    /// Resolves an `SHM` frame: copies the body it names into `buf`.
-    fn receive(&self, msg: &Message<'_>, buf: &mut Vec<u8>) -> Result<u64, IpcError> {
+    /// Resolves an `SHM` frame: checks the body it names lies inside its
+    /// segment and copies its first `head` bytes into `buf`.
+    fn receive(
+        &self,
+        msg: &Message<'_>,
+        buf: &mut Vec<u8>,
+        head: usize,
+    ) -> Result<Named, IpcError> {
         let &Message::Shm {
             seg: id,
             new,
@@ -353,7 +406,7 @@ impl ShmTransport {
             let seg = Segment::from_handle(handle, seg_len).map_err(|e| {
                 IpcError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
             })?;
-            inbound.cache.insert(id, seg);
+            inbound.cache.insert(id, Arc::new(seg));
         }
         let seg = inbound
             .cache
@@ -362,10 +415,18 @@ impl ShmTransport {
         if seg.len() != seg_len {
             return Err(IpcError::Malformed("segment length changed"));
         }
+        if body_len > seg.len() {
+            return Err(IpcError::Malformed("body outside its segment"));
+        }
         buf.clear();
-        seg.read_into_vec(0, body_len, buf)
+        let head = head.min(body_len);
+        seg.read_into_vec(0, head, buf)
             .map_err(|_| IpcError::Malformed("body outside its segment"))?;
-        Ok(id)
+        Ok(Named {
+            id,
+            seg: Arc::clone(seg),
+            body_len,
+        })
     }
 }
 
@@ -375,26 +436,36 @@ pub(crate) fn is_control(body: &[u8]) -> bool {
     matches!(body.first(), Some(&(SHM | FREE | RETIRE)))
 }
 
+/// A body an `SHM` frame named, checked to lie inside its segment.
+#[derive(Debug)]
+pub(crate) struct Named {
+    /// The segment's id: answer `FREE` with it once done with the body.
+    pub(crate) id: u64,
+    pub(crate) seg: Arc<Segment>,
+    pub(crate) body_len: usize,
+}
+
 /// What a control frame turned into.
 #[derive(Debug)]
 pub(crate) enum Control {
-    /// `buf` now holds the body an `SHM` frame named; answer `FREE` with
-    /// this segment id.
-    Body(u64),
+    /// `buf` now holds the first bytes (as many as asked for) of the body
+    /// an `SHM` frame named; the whole body is in the segment.
+    Body(Named),
     /// A `FREE` or `RETIRE`, handled: read the next frame.
     Handled,
 }
 
 impl ShmTransport {
     /// Handles the control frame in `buf` (see [`is_control`]); for an
-    /// `SHM` frame, replaces it with the body it names.
+    /// `SHM` frame, replaces it with the first `head` bytes of the body it
+    /// names (`usize::MAX`: all of it).
     ///
     /// # Errors
     /// [`IpcError::Malformed`] for a frame naming an unknown segment, a
     /// body outside its segment, or a body that is itself a control frame;
     /// [`IpcError::Io`] when a segment's descriptor cannot be received or
     /// mapped (too small, not sealed).
-    pub(crate) fn take_control(&self, buf: &mut Vec<u8>) -> Result<Control, IpcError> {
+    pub(crate) fn take_control(&self, buf: &mut Vec<u8>, head: usize) -> Result<Control, IpcError> {
         let msg = match Message::decode(buf)? {
             Message::Shm {
                 seg,
@@ -417,10 +488,10 @@ impl ShmTransport {
             }
             _ => return Err(IpcError::Malformed("not a shared memory frame")),
         };
-        let id = self.receive(&msg, buf)?;
-        if is_control(buf) {
+        let named = self.receive(&msg, buf, head.max(1))?;
+        if named.body_len > 0 && is_control(buf) {
             return Err(IpcError::Malformed("segment frame inside a segment"));
         }
-        Ok(Control::Body(id))
+        Ok(Control::Body(named))
     }
 }
