@@ -179,8 +179,8 @@ pub use procpool_ipc::shared_memory::{
     Array, Plain, SharedMemory, SharedMemoryError, Value, ValueGuard,
 };
 pub use procpool_ipc::sync_prims::{
-    Barrier, BarrierError, Condition, ConditionGuard, Event, Lock, LockError, LockGuard, RLock,
-    RLockGuard, ReleaseError, Semaphore, SemaphoreGuard,
+    Barrier, BarrierError, Condition, ConditionGuard, Event, Lock, LockError, LockGuard,
+    RCondition, RConditionGuard, RLock, RLockGuard, ReleaseError, Semaphore, SemaphoreGuard,
 };
 pub use procpool_ipc::task::Payload;
 pub use procpool_ipc::wait::{Waitable, wait};

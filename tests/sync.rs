@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use common::*;
 use procpool::{
-    Barrier, BarrierError, Condition, Error, Event, Lock, LockError, Pool, Process, Queue, RLock,
-    Semaphore, SimpleQueue, Task,
+    Barrier, BarrierError, Condition, Error, Event, Lock, LockError, Pool, Process, Queue,
+    RCondition, RLock, Semaphore, SimpleQueue, Task,
 };
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -47,6 +47,13 @@ const PARTY_THAT_NEVER_WAITS: Task<(Barrier, SimpleQueue<()>), ()> =
     Task::new("party_that_never_waits");
 /// Says it waits, then waits for the event; whether it was set.
 const WAIT_EVENT: Task<(Event, SimpleQueue<()>), bool> = Task::new("wait_event");
+/// Takes the condition's reentrant lock three levels deep, says so (with
+/// its pid) and waits: "notified" with, after dropping each level in
+/// turn, whether another thread found the lock held; "owner died" (also
+/// woken) or "timeout".
+const RCOND_WAIT: Task<(RCondition, SimpleQueue<u32>), String> = Task::new("rcond_wait");
+/// Takes the condition's lock and notifies one waiter: how many woke.
+const RCOND_NOTIFY: Task<RCondition, u64> = Task::new("rcond_notify");
 
 fn sync_registry() -> procpool::Registry {
     registry()
@@ -133,6 +140,31 @@ fn sync_registry() -> procpool::Registry {
             ready.put(()).expect("ready");
             event.wait_timeout(PATIENCE).expect("wait")
         })
+        .task(RCOND_WAIT, |(c, ready)| {
+            let outer = c.rlock().acquire().expect("acquire");
+            let middle = c.rlock().acquire().expect("acquire again");
+            let g = c.acquire().expect("a third level");
+            ready.put(std::process::id()).expect("ready");
+            match g.wait_timeout(PATIENCE) {
+                Ok((g, true)) => {
+                    let mut held = Vec::new();
+                    drop(g);
+                    held.push(held_elsewhere(c.rlock()));
+                    drop(middle);
+                    held.push(held_elsewhere(c.rlock()));
+                    drop(outer);
+                    held.push(held_elsewhere(c.rlock()));
+                    format!("notified {held:?}")
+                }
+                Ok((_, false)) => "timeout".to_string(),
+                Err(LockError::OwnerDied(_)) => "owner died".to_string(),
+                Err(e) => format!("{e:?}"),
+            }
+        })
+        .task(RCOND_NOTIFY, |c| {
+            let g = c.acquire().expect("acquire");
+            g.notify(1).expect("notify")
+        })
 }
 
 fn main() {
@@ -154,6 +186,9 @@ fn main() {
         notified_waiter_that_dies_passes_the_notification_on,
         condition_over_an_existing_lock_across_processes,
         party_killed_before_its_first_wait_breaks_the_barrier,
+        rcondition_wait_releases_every_level_and_restores_them,
+        rcondition_notify_from_a_worker_wakes_the_master,
+        rcondition_waiter_killed_mid_wait_does_not_swallow_a_notify,
         map_async_gives_every_output_in_order,
         map_async_gives_the_first_error,
     ];
@@ -540,4 +575,82 @@ fn party_killed_before_its_first_wait_breaks_the_barrier() -> anyhow::Result<()>
         Err(BarrierError::Broken) => Ok(()),
         other => bail!("the master: {other:?}"),
     }
+}
+
+/// Whether another thread of this process finds `r` held (if it can take
+/// it, it gives it back at once).
+fn held_elsewhere(r: &RLock) -> bool {
+    std::thread::scope(|s| {
+        s.spawn(|| match r.try_acquire() {
+            Ok(_) => false,
+            Err(e) => e.is_timeout(),
+        })
+        .join()
+        .expect("probe thread")
+    })
+}
+
+/// An `RCondition` waiter in another process, three levels deep: its wait
+/// releases them all (the master can take the lock), the master's notify
+/// wakes it, and it holds all three levels again (the lock is free only
+/// after the last one drops).
+fn rcondition_wait_releases_every_level_and_restores_them() -> anyhow::Result<()> {
+    let c = RCondition::new();
+    let ready = SimpleQueue::new();
+    let waiter = Process::spawn(RCOND_WAIT, (c.clone(), ready.clone()))?.watched();
+    ready.get()?;
+    // Free only once the waiter waits, whatever its depth.
+    let guard = c
+        .acquire_timeout(PATIENCE)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(guard.notify(1)? == 1, "nobody was waiting");
+    drop(guard);
+    let got = waiter.join()?;
+    ensure!(got == "notified [true, true, false]", "the waiter: {got}");
+    Ok(())
+}
+
+/// The master waits two levels deep; a worker takes the lock (free while
+/// the master waits) and notifies; the master holds both levels again.
+fn rcondition_notify_from_a_worker_wakes_the_master() -> anyhow::Result<()> {
+    let r = RLock::new();
+    let c = RCondition::with_rlock(&r);
+    let outer = r.acquire().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let guard = c.acquire().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let notifier = Process::spawn(RCOND_NOTIFY, c.clone())?.watched();
+    let (guard, notified) = guard
+        .wait_timeout(PATIENCE)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ensure!(notified, "timed out instead of being notified");
+    ensure!(notifier.join()? == 1, "the notifier woke nobody");
+    drop(guard);
+    ensure!(held_elsewhere(&r), "the outer level is held again");
+    drop(outer);
+    ensure!(!held_elsewhere(&r), "free after the last level");
+    Ok(())
+}
+
+/// Two workers wait on an `RCondition`; the first is SIGKILLed while
+/// waiting, and a notify of one goes out at once (the hub may not have
+/// seen the death yet, and then picks the dead waiter): the second wakes
+/// all the same.
+fn rcondition_waiter_killed_mid_wait_does_not_swallow_a_notify() -> anyhow::Result<()> {
+    let c = RCondition::new();
+    let ready = SimpleQueue::new();
+    let first = Process::spawn(RCOND_WAIT, (c.clone(), ready.clone()))?.watched();
+    ready.get()?;
+    // The waiter holds the lock until it waits: once we have it, it waits.
+    drop(c.acquire().map_err(|e| anyhow::anyhow!("{e}"))?);
+    let second = Process::spawn(RCOND_WAIT, (c.clone(), ready.clone()))?.watched();
+    ready.get()?;
+    let guard = c.acquire().map_err(|e| anyhow::anyhow!("{e}"))?;
+    first.kill();
+    ensure!(guard.notify(1)? == 1, "nobody was waiting");
+    drop(guard);
+    let got = second.join()?;
+    ensure!(
+        got == "notified [true, true, false]" || got == "owner died",
+        "the other waiter: {got}"
+    );
+    Ok(())
 }

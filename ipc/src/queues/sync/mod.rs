@@ -1,6 +1,7 @@
 //! Crash-safe synchronization between processes, held by the hub:
 //! [`Lock`], [`RLock`], [`Semaphore`] (and its bounded form), [`Event`],
-//! [`Barrier`] and [`Condition`] (with its own lock, or over a [`Lock`]).
+//! [`Barrier`], [`Condition`] (with its own lock, or over a [`Lock`]) and
+//! [`RCondition`] (over an [`RLock`]: a wait releases every level).
 //!
 //! Like a queue, a primitive lives in the process that created it (the
 //! *hub*, normally the master); a handle is `Serialize`, and passed to a
@@ -46,6 +47,7 @@ mod barrier;
 mod condition;
 mod event;
 mod lock;
+mod rcondition;
 mod rlock;
 mod semaphore;
 
@@ -53,6 +55,7 @@ pub use barrier::{Barrier, BarrierError};
 pub use condition::{Condition, ConditionGuard};
 pub use event::Event;
 pub use lock::{Lock, LockGuard};
+pub use rcondition::{RCondition, RConditionGuard};
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{Semaphore, SemaphoreGuard};
 
