@@ -187,7 +187,7 @@ pub use procpool_ipc::wait::{Waitable, wait};
 pub use procpool_ipc::{IpcError, Task, TaskError};
 
 pub use procpool_pool::{
-    AsyncResult, ChildProcess, EXIT_INTERRUPTED, Error, Imap, MapResult, Oversized, Pool,
+    AsyncResult, ChildProcess, EXIT_INTERRUPTED, Error, Imap, Inputs, MapResult, Oversized, Pool,
     PoolBuilder, Process, Srun, StartupFailure, Stats, TaskFuture, active_children, cpu_count,
     install_ctrlc_handler, interrupted, sibling_exe,
 };
