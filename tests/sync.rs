@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use common::*;
 use procpool::{
-    Barrier, BarrierError, Condition, Error, Event, Lock, LockError, Pool, Process, Queue,
+    Barrier, BarrierError, Condition, Error, Event, Lock, LockError, Payload, Pool, Process, Queue,
     RCondition, RLock, Semaphore, SimpleQueue, Task,
 };
 
@@ -60,24 +60,18 @@ fn sync_registry() -> procpool::Registry {
         .task(HOLD, |(lock, ready)| {
             let _guard = lock.acquire().expect("acquire");
             ready.put(()).expect("ready");
-            loop {
-                std::thread::park();
-            }
+            hold_until_killed()
         })
         .task(HOLD_PERMIT, |(sem, ready)| {
             let _guard = sem.acquire().expect("acquire");
             ready.put(()).expect("ready");
-            loop {
-                std::thread::park();
-            }
+            hold_until_killed()
         })
         .task(HOLD_RLOCK, |(lock, ready)| {
             let _outer = lock.acquire().expect("acquire");
             let _inner = lock.acquire().expect("acquire again");
             ready.put(()).expect("ready");
-            loop {
-                std::thread::park();
-            }
+            hold_until_killed()
         })
         .task(AT_BARRIER, |b| {
             b.wait_timeout(PATIENCE).map_err(|e| format!("{e:?}"))
@@ -85,9 +79,7 @@ fn sync_registry() -> procpool::Registry {
         .task(PASS_THEN_HOLD, |(b, ready)| {
             b.wait_timeout(PATIENCE).expect("first round");
             ready.put(()).expect("ready");
-            loop {
-                std::thread::park();
-            }
+            hold_until_killed()
         })
         .task(COND_WAIT, |(c, ready)| {
             let g = c.acquire().expect("acquire");
@@ -132,9 +124,7 @@ fn sync_registry() -> procpool::Registry {
         })
         .task(PARTY_THAT_NEVER_WAITS, |(_barrier, ready)| {
             ready.put(()).expect("ready");
-            loop {
-                std::thread::park();
-            }
+            hold_until_killed()
         })
         .task(WAIT_EVENT, |(event, ready)| {
             ready.put(()).expect("ready");
@@ -297,7 +287,7 @@ fn lock_excludes_across_processes() -> anyhow::Result<()> {
         .map(|id| Ok(Process::spawn(CRITICAL, (lock.clone(), log.clone(), id, rounds))?.watched()))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for _ in 0..rounds {
-        let _guard = lock.acquire().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let _guard = lock.acquire().map_err(lock_err)?;
         log.put((0, true))?;
         log.put((0, false))?;
     }
@@ -325,8 +315,7 @@ fn lock_excludes_across_processes() -> anyhow::Result<()> {
 fn killed_holder_hands_the_lock_on_as_owner_died() -> anyhow::Result<()> {
     let lock = Lock::new();
     let ready = SimpleQueue::new();
-    let holder = Process::spawn(HOLD, (lock.clone(), ready.clone()))?.watched();
-    ready.get()?;
+    let holder = started(HOLD, (lock.clone(), ready.clone()), &ready)?;
     ensure!(
         lock.try_acquire().is_err_and(|e| e.is_timeout()),
         "the lock is held"
@@ -340,7 +329,7 @@ fn killed_holder_hands_the_lock_on_as_owner_died() -> anyhow::Result<()> {
     ensure!(lock.try_acquire().is_err_and(|e| e.is_timeout()));
     drop(guard);
     // The news went to one acquirer; the lock is an ordinary lock again.
-    drop(lock.try_acquire().map_err(|e| anyhow::anyhow!("{e}"))?);
+    drop(lock.try_acquire().map_err(lock_err)?);
     Ok(())
 }
 
@@ -349,10 +338,8 @@ fn killed_holder_hands_the_lock_on_as_owner_died() -> anyhow::Result<()> {
 fn killed_holder_wakes_a_waiter_in_another_process() -> anyhow::Result<()> {
     let lock = Lock::new();
     let ready = SimpleQueue::new();
-    let holder = Process::spawn(HOLD, (lock.clone(), ready.clone()))?.watched();
-    ready.get()?;
-    let waiter = Process::spawn(ACQUIRE, (lock.clone(), ready.clone()))?.watched();
-    ready.get()?;
+    let holder = started(HOLD, (lock.clone(), ready.clone()), &ready)?;
+    let waiter = started(ACQUIRE, (lock.clone(), ready.clone()), &ready)?;
     holder.kill();
     let got = waiter.join()?;
     ensure!(got == "owner died", "the waiter: {got}");
@@ -360,7 +347,7 @@ fn killed_holder_wakes_a_waiter_in_another_process() -> anyhow::Result<()> {
     drop(
         lock.acquire_timeout(PATIENCE)
             .or_else(LockError::recover)
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
+            .map_err(lock_err)?,
     );
     Ok(())
 }
@@ -369,8 +356,7 @@ fn killed_holder_wakes_a_waiter_in_another_process() -> anyhow::Result<()> {
 fn killed_permit_holder_gives_the_permit_back() -> anyhow::Result<()> {
     let sem = Semaphore::new(1);
     let ready = SimpleQueue::new();
-    let holder = Process::spawn(HOLD_PERMIT, (sem.clone(), ready.clone()))?.watched();
-    ready.get()?;
+    let holder = started(HOLD_PERMIT, (sem.clone(), ready.clone()), &ready)?;
     ensure!(sem.try_acquire().is_err_and(|e| e.is_timeout()));
     holder.kill();
     match sem.acquire_timeout(PATIENCE) {
@@ -401,15 +387,14 @@ fn event_set_wakes_waiters_in_three_processes() -> anyhow::Result<()> {
 fn killed_rlock_holder_hands_it_on_whatever_its_depth() -> anyhow::Result<()> {
     let lock = RLock::new();
     let ready = SimpleQueue::new();
-    let holder = Process::spawn(HOLD_RLOCK, (lock.clone(), ready.clone()))?.watched();
-    ready.get()?;
+    let holder = started(HOLD_RLOCK, (lock.clone(), ready.clone()), &ready)?;
     ensure!(lock.try_acquire().is_err_and(|e| e.is_timeout()));
     holder.kill();
     match lock.acquire_timeout(PATIENCE) {
         Err(LockError::OwnerDied(_)) => {}
         other => bail!("{other:?}"),
     }
-    drop(lock.try_acquire().map_err(|e| anyhow::anyhow!("{e}"))?);
+    drop(lock.try_acquire().map_err(lock_err)?);
     Ok(())
 }
 
@@ -440,15 +425,7 @@ fn killed_party_breaks_the_barrier() -> anyhow::Result<()> {
     ready.get()?;
     let waiter = Process::spawn(AT_BARRIER, b.clone())?.watched();
     party.kill();
-    let got = waiter.join()?;
-    ensure!(
-        matches!(&got, Err(e) if e == "Broken"),
-        "the other process: {got:?}"
-    );
-    match b.wait_timeout(PATIENCE) {
-        Err(BarrierError::Broken) => Ok(()),
-        other => bail!("the master: {other:?}"),
-    }
+    broken_for_the_others(waiter, &b)
 }
 
 /// `map_async` returns at once; its outputs come in input order, with the
@@ -507,13 +484,11 @@ fn map_async_gives_the_first_error() -> anyhow::Result<()> {
 fn notified_waiter_that_dies_passes_the_notification_on() -> anyhow::Result<()> {
     let c = Condition::new();
     let ready = SimpleQueue::new();
-    let first = Process::spawn(COND_WAIT, (c.clone(), ready.clone()))?.watched();
-    ready.get()?;
+    let first = started(COND_WAIT, (c.clone(), ready.clone()), &ready)?;
     // The waiter holds the lock until it waits: once we have it, it waits.
-    drop(c.acquire().map_err(|e| anyhow::anyhow!("{e}"))?);
-    let second = Process::spawn(COND_WAIT, (c.clone(), ready.clone()))?.watched();
-    ready.get()?;
-    let guard = c.acquire().map_err(|e| anyhow::anyhow!("{e}"))?;
+    drop(c.acquire().map_err(lock_err)?);
+    let second = started(COND_WAIT, (c.clone(), ready.clone()), &ready)?;
+    let guard = c.acquire().map_err(lock_err)?;
     ensure!(guard.notify(1)? == 1);
     first.kill(); // notified, but still waiting for the lock we hold
     drop(guard);
@@ -533,11 +508,13 @@ fn condition_over_an_existing_lock_across_processes() -> anyhow::Result<()> {
     let c = Condition::with_lock(&lock);
     let ready = SimpleQueue::new();
     let go = Event::new();
-    let waiter =
-        Process::spawn(COND_WAIT_ON_LOCK, (lock.clone(), ready.clone(), go.clone()))?.watched();
-    ready.get()?;
+    let waiter = started(
+        COND_WAIT_ON_LOCK,
+        (lock.clone(), ready.clone(), go.clone()),
+        &ready,
+    )?;
     // Free only once the waiter waits (it held the lock until then).
-    let guard = c.acquire().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let guard = c.acquire().map_err(lock_err)?;
     ensure!(guard.notify(1)? == 1, "nobody was waiting");
     drop(guard);
     ensure!(ready.get()? == 0, "the waiter's wake-up report");
@@ -548,10 +525,7 @@ fn condition_over_an_existing_lock_across_processes() -> anyhow::Result<()> {
     go.set()?;
     let got = waiter.join()?;
     ensure!(got == "notified", "the waiter: {got}");
-    drop(
-        lock.acquire_timeout(PATIENCE)
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
+    drop(lock.acquire_timeout(PATIENCE).map_err(lock_err)?);
     Ok(())
 }
 
@@ -563,18 +537,9 @@ fn party_killed_before_its_first_wait_breaks_the_barrier() -> anyhow::Result<()>
     let b = Barrier::new(3);
     let ready = SimpleQueue::new();
     let waiter = Process::spawn(AT_BARRIER, b.clone())?.watched();
-    let victim = Process::spawn(PARTY_THAT_NEVER_WAITS, (b.clone(), ready.clone()))?.watched();
-    ready.get()?;
+    let victim = started(PARTY_THAT_NEVER_WAITS, (b.clone(), ready.clone()), &ready)?;
     victim.kill();
-    let got = waiter.join()?;
-    ensure!(
-        matches!(&got, Err(e) if e == "Broken"),
-        "the other process: {got:?}"
-    );
-    match b.wait_timeout(PATIENCE) {
-        Err(BarrierError::Broken) => Ok(()),
-        other => bail!("the master: {other:?}"),
-    }
+    broken_for_the_others(waiter, &b)
 }
 
 /// Whether another thread of this process finds `r` held (if it can take
@@ -597,12 +562,9 @@ fn held_elsewhere(r: &RLock) -> bool {
 fn rcondition_wait_releases_every_level_and_restores_them() -> anyhow::Result<()> {
     let c = RCondition::new();
     let ready = SimpleQueue::new();
-    let waiter = Process::spawn(RCOND_WAIT, (c.clone(), ready.clone()))?.watched();
-    ready.get()?;
+    let waiter = started(RCOND_WAIT, (c.clone(), ready.clone()), &ready)?;
     // Free only once the waiter waits, whatever its depth.
-    let guard = c
-        .acquire_timeout(PATIENCE)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let guard = c.acquire_timeout(PATIENCE).map_err(lock_err)?;
     ensure!(guard.notify(1)? == 1, "nobody was waiting");
     drop(guard);
     let got = waiter.join()?;
@@ -615,12 +577,10 @@ fn rcondition_wait_releases_every_level_and_restores_them() -> anyhow::Result<()
 fn rcondition_notify_from_a_worker_wakes_the_master() -> anyhow::Result<()> {
     let r = RLock::new();
     let c = RCondition::with_rlock(&r);
-    let outer = r.acquire().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let guard = c.acquire().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let outer = r.acquire().map_err(lock_err)?;
+    let guard = c.acquire().map_err(lock_err)?;
     let notifier = Process::spawn(RCOND_NOTIFY, c.clone())?.watched();
-    let (guard, notified) = guard
-        .wait_timeout(PATIENCE)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (guard, notified) = guard.wait_timeout(PATIENCE).map_err(lock_err)?;
     ensure!(notified, "timed out instead of being notified");
     ensure!(notifier.join()? == 1, "the notifier woke nobody");
     drop(guard);
@@ -637,13 +597,11 @@ fn rcondition_notify_from_a_worker_wakes_the_master() -> anyhow::Result<()> {
 fn rcondition_waiter_killed_mid_wait_does_not_swallow_a_notify() -> anyhow::Result<()> {
     let c = RCondition::new();
     let ready = SimpleQueue::new();
-    let first = Process::spawn(RCOND_WAIT, (c.clone(), ready.clone()))?.watched();
-    ready.get()?;
+    let first = started(RCOND_WAIT, (c.clone(), ready.clone()), &ready)?;
     // The waiter holds the lock until it waits: once we have it, it waits.
-    drop(c.acquire().map_err(|e| anyhow::anyhow!("{e}"))?);
-    let second = Process::spawn(RCOND_WAIT, (c.clone(), ready.clone()))?.watched();
-    ready.get()?;
-    let guard = c.acquire().map_err(|e| anyhow::anyhow!("{e}"))?;
+    drop(c.acquire().map_err(lock_err)?);
+    let second = started(RCOND_WAIT, (c.clone(), ready.clone()), &ready)?;
+    let guard = c.acquire().map_err(lock_err)?;
     first.kill();
     ensure!(guard.notify(1)? == 1, "nobody was waiting");
     drop(guard);
@@ -653,4 +611,42 @@ fn rcondition_waiter_killed_mid_wait_does_not_swallow_a_notify() -> anyhow::Resu
         "the other waiter: {got}"
     );
     Ok(())
+}
+
+/// Holds what the task took until its process is killed.
+fn hold_until_killed() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Starts `task` on `arg` in a process of its own and waits until it says
+/// it is ready on `ready`.
+fn started<I: Payload, O: Payload, R: Payload>(
+    task: Task<I, O>,
+    arg: I,
+    ready: &SimpleQueue<R>,
+) -> anyhow::Result<Process<O>> {
+    let p = Process::spawn(task, arg)?.watched();
+    ready.get()?;
+    Ok(p)
+}
+
+/// A lock error as an `anyhow` error (the guard it may hold is dropped).
+fn lock_err<G>(e: LockError<G>) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+/// The barrier is broken for the process `waiter` (waiting at it) and for
+/// the master.
+fn broken_for_the_others(waiter: Process<Result<u64, String>>, b: &Barrier) -> anyhow::Result<()> {
+    let got = waiter.join()?;
+    ensure!(
+        matches!(&got, Err(e) if e == "Broken"),
+        "the other process: {got:?}"
+    );
+    match b.wait_timeout(PATIENCE) {
+        Err(BarrierError::Broken) => Ok(()),
+        other => bail!("the master: {other:?}"),
+    }
 }

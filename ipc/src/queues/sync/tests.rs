@@ -193,17 +193,10 @@ fn a_condition_reports_its_lock_s_dead_holder() {
     drop(g);
 }
 
-/// Whether another thread finds `r` held (it is free if that thread can
-/// take it, and then gives it back).
+/// Whether another thread finds `r` held (taking it if free, and giving
+/// it back).
 fn held_elsewhere(r: &RLock) -> bool {
-    std::thread::scope(|s| {
-        s.spawn(|| match r.try_acquire() {
-            Ok(_) => false,
-            Err(e) => e.is_timeout(),
-        })
-        .join()
-        .unwrap()
-    })
+    std::thread::scope(|s| s.spawn(|| r.try_acquire().is_err()).join().unwrap())
 }
 
 #[test]
