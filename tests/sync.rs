@@ -176,6 +176,7 @@ fn main() {
         notified_waiter_that_dies_passes_the_notification_on,
         condition_over_an_existing_lock_across_processes,
         party_killed_before_its_first_wait_breaks_the_barrier,
+        notify_n_wakes_that_many_waiters_in_other_processes,
         rcondition_wait_releases_every_level_and_restores_them,
         rcondition_notify_from_a_worker_wakes_the_master,
         rcondition_waiter_killed_mid_wait_does_not_swallow_a_notify,
@@ -649,4 +650,26 @@ fn broken_for_the_others(waiter: Process<Result<u64, String>>, b: &Barrier) -> a
         Err(BarrierError::Broken) => Ok(()),
         other => bail!("the master: {other:?}"),
     }
+}
+
+/// CPython's `test_notify_n`: three processes wait; `notify(2)` wakes two,
+/// `notify(5)` the one left, and a later notify finds nobody.
+fn notify_n_wakes_that_many_waiters_in_other_processes() -> anyhow::Result<()> {
+    let c = Condition::new();
+    let ready = SimpleQueue::new();
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        waiters.push(started(COND_WAIT, (c.clone(), ready.clone()), &ready)?);
+        // The waiter holds the lock until it waits: once we have it, it waits.
+        drop(c.acquire().map_err(lock_err)?);
+    }
+    let notify = |n| -> anyhow::Result<u64> { Ok(c.acquire().map_err(lock_err)?.notify(n)?) };
+    ensure!(notify(2)? == 2, "notify(2) with three waiting");
+    ensure!(notify(5)? == 1, "notify(5) with one left");
+    ensure!(notify(1)? == 0, "nobody is left");
+    for w in waiters {
+        let got = w.join()?;
+        ensure!(got == "notified", "a waiter: {got}");
+    }
+    Ok(())
 }
