@@ -9,23 +9,20 @@
 //!
 //! Run without it, it uses two local workers. Prints how many items each
 //! node ran, then "all items done".
-#![allow(clippy::print_stdout)] // a program talks to its user
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::ensure;
-use procpool::{Pool, Registry, Task};
+use procpool::{Pool, Registry};
 
-/// The square of its input, and the Slurm node that computed it.
-const SQUARE_ON: Task<u64, (u64, String)> = Task::new("square_on");
+#[path = "shared/nodes.rs"]
+mod nodes;
+
+use nodes::{SQUARE_ON, square_and_report, square_on};
 
 fn main() -> anyhow::Result<()> {
     // Every rank but 0 serves here, and never returns.
-    procpool::init(Registry::new().task(SQUARE_ON, |x| {
-        let node = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| "local".into());
-        (x * x, node)
-    }));
+    procpool::init(Registry::new().task(SQUARE_ON, square_on));
     let (pool, workers) = match procpool::one_program() {
         Some(me) => (Pool::builder().build()?, me.workers()),
         None => (Pool::new(2)?, 2),
@@ -35,15 +32,5 @@ fn main() -> anyhow::Result<()> {
         "only {} of {workers} workers joined",
         pool.stats().workers_alive
     );
-    let results = pool.map(SQUARE_ON, 0..1000u64)?;
-    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, (square, node)) in results.into_iter().enumerate() {
-        ensure!(square == (i as u64) * (i as u64));
-        *per_node.entry(node).or_default() += 1;
-    }
-    for (node, n) in &per_node {
-        println!("{node}: {n} items");
-    }
-    println!("all items done");
-    Ok(())
+    square_and_report(&pool)
 }

@@ -179,15 +179,15 @@ pub use procpool_ipc::shared_memory::{
     Array, Plain, SharedMemory, SharedMemoryError, Value, ValueGuard,
 };
 pub use procpool_ipc::sync_prims::{
-    Barrier, BarrierError, Condition, ConditionGuard, Event, Lock, LockError, LockGuard, RLock,
-    RLockGuard, ReleaseError, Semaphore, SemaphoreGuard,
+    Barrier, BarrierError, Condition, ConditionGuard, Event, Lock, LockError, LockGuard,
+    RCondition, RConditionGuard, RLock, RLockGuard, ReleaseError, Semaphore, SemaphoreGuard,
 };
 pub use procpool_ipc::task::Payload;
 pub use procpool_ipc::wait::{Waitable, wait};
 pub use procpool_ipc::{IpcError, Task, TaskError};
 
 pub use procpool_pool::{
-    AsyncResult, ChildProcess, EXIT_INTERRUPTED, Error, Imap, MapResult, Oversized, Pool,
+    AsyncResult, ChildProcess, EXIT_INTERRUPTED, Error, Imap, Inputs, MapResult, Oversized, Pool,
     PoolBuilder, Process, Srun, StartupFailure, Stats, TaskFuture, active_children, cpu_count,
     install_ctrlc_handler, interrupted, sibling_exe,
 };

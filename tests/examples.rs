@@ -118,6 +118,7 @@ fn pipe() -> anyhow::Result<()> {
 fn locks() -> anyhow::Result<()> {
     let out = run("locks", &[], LIMIT)?;
     ensure!(out.contains("300 turns, never two inside at once"), "{out}");
+    ensure!(out.contains("the shared counter is 300"), "{out}");
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use common::remote::Remote;
 use common::*;
-use procpool::{Error, Pool};
+use procpool::{AsyncResult, Error, Payload, Pool};
 
 const LIMIT: Duration = Duration::from_secs(60);
 const KEY: &str = "a long random key shared out of band";
@@ -272,26 +272,7 @@ fn remote_death_fails_its_task_and_is_not_replaced() -> anyhow::Result<()> {
     drop(remote); // killed
     // Wait on both: whichever ran on the remote worker fails.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let lost = loop {
-        let failed =
-            handles
-                .iter_mut()
-                .find_map(|h| match h.wait_timeout(Duration::from_millis(50)) {
-                    Some(Err(e)) => Some(e.clone()),
-                    _ => None,
-                });
-        if let Some(e) = failed {
-            break e;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "no task failed when the remote worker died"
-        );
-    };
-    ensure!(
-        matches!(lost.inner(), Error::RemoteWorkerLost { .. }),
-        "{lost:?}"
-    );
+    one_task_lost(&mut handles, deadline, "the remote worker died")?;
     ensure!(!alive(remote_pid));
     ensure!(
         pool.stats().workers_alive == 1,
@@ -397,26 +378,7 @@ fn a_flipped_byte_ends_the_link_and_loses_only_its_task() -> anyhow::Result<()> 
     let deadline = Instant::now() + Duration::from_secs(20);
     while q.get_timeout(deadline.saturating_duration_since(Instant::now()))? != remote.pid() {}
     relay.flip.store(true, Ordering::SeqCst);
-    let lost = loop {
-        let failed =
-            handles
-                .iter_mut()
-                .find_map(|h| match h.wait_timeout(Duration::from_millis(50)) {
-                    Some(Err(e)) => Some(e.clone()),
-                    _ => None,
-                });
-        if let Some(e) = failed {
-            break e;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "no task failed when the link was tampered with"
-        );
-    };
-    ensure!(
-        matches!(lost.inner(), Error::RemoteWorkerLost { .. }),
-        "{lost:?}"
-    );
+    one_task_lost(&mut handles, deadline, "the link was tampered with")?;
     // The worker saw the altered record and said so.
     let (code, err) = wait_exit(&mut remote, Duration::from_secs(10))?;
     ensure!(code == Some(70), "exit code {code:?}: {err}");
@@ -458,5 +420,32 @@ fn a_version_mismatch_is_refused_clearly_on_both_sides() -> anyhow::Result<()> {
     ensure!(theirs == preface(ours), "the master sent {theirs:?}");
     ensure!(pool.map(SQUARE, 0..10u64)?.len() == 10);
     ensure!(pool.stats().workers_alive == 1, "{:?}", pool.stats());
+    Ok(())
+}
+
+/// Waits (until `deadline`) for one of `handles` to fail, and checks that
+/// it failed because its remote worker was lost (`what` happened).
+fn one_task_lost<O: Payload>(
+    handles: &mut [AsyncResult<O>],
+    deadline: Instant,
+    what: &str,
+) -> anyhow::Result<()> {
+    let lost = loop {
+        let failed =
+            handles
+                .iter_mut()
+                .find_map(|h| match h.wait_timeout(Duration::from_millis(50)) {
+                    Some(Err(e)) => Some(e.clone()),
+                    _ => None,
+                });
+        if let Some(e) = failed {
+            break e;
+        }
+        ensure!(Instant::now() < deadline, "no task failed when {what}");
+    };
+    ensure!(
+        matches!(lost.inner(), Error::RemoteWorkerLost { .. }),
+        "{lost:?}"
+    );
     Ok(())
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use common::*;
 use procpool::{
-    Barrier, BarrierError, Condition, Error, Event, Lock, LockError, Pool, Process, Queue, RLock,
-    Semaphore, SimpleQueue, Task,
+    Barrier, BarrierError, Condition, Error, Event, Lock, LockError, Payload, Pool, Process, Queue,
+    RCondition, RLock, Semaphore, SimpleQueue, Task,
 };
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -47,30 +47,31 @@ const PARTY_THAT_NEVER_WAITS: Task<(Barrier, SimpleQueue<()>), ()> =
     Task::new("party_that_never_waits");
 /// Says it waits, then waits for the event; whether it was set.
 const WAIT_EVENT: Task<(Event, SimpleQueue<()>), bool> = Task::new("wait_event");
+/// Takes the condition's reentrant lock three levels deep, says so (with
+/// its pid) and waits: "notified" with, after dropping each level in
+/// turn, whether another thread found the lock held; "owner died" (also
+/// woken) or "timeout".
+const RCOND_WAIT: Task<(RCondition, SimpleQueue<u32>), String> = Task::new("rcond_wait");
+/// Takes the condition's lock and notifies one waiter: how many woke.
+const RCOND_NOTIFY: Task<RCondition, u64> = Task::new("rcond_notify");
 
 fn sync_registry() -> procpool::Registry {
     registry()
         .task(HOLD, |(lock, ready)| {
             let _guard = lock.acquire().expect("acquire");
             ready.put(()).expect("ready");
-            loop {
-                std::thread::park();
-            }
+            hold_until_killed()
         })
         .task(HOLD_PERMIT, |(sem, ready)| {
             let _guard = sem.acquire().expect("acquire");
             ready.put(()).expect("ready");
-            loop {
-                std::thread::park();
-            }
+            hold_until_killed()
         })
         .task(HOLD_RLOCK, |(lock, ready)| {
             let _outer = lock.acquire().expect("acquire");
             let _inner = lock.acquire().expect("acquire again");
             ready.put(()).expect("ready");
-            loop {
-                std::thread::park();
-            }
+            hold_until_killed()
         })
         .task(AT_BARRIER, |b| {
             b.wait_timeout(PATIENCE).map_err(|e| format!("{e:?}"))
@@ -78,9 +79,7 @@ fn sync_registry() -> procpool::Registry {
         .task(PASS_THEN_HOLD, |(b, ready)| {
             b.wait_timeout(PATIENCE).expect("first round");
             ready.put(()).expect("ready");
-            loop {
-                std::thread::park();
-            }
+            hold_until_killed()
         })
         .task(COND_WAIT, |(c, ready)| {
             let g = c.acquire().expect("acquire");
@@ -125,13 +124,36 @@ fn sync_registry() -> procpool::Registry {
         })
         .task(PARTY_THAT_NEVER_WAITS, |(_barrier, ready)| {
             ready.put(()).expect("ready");
-            loop {
-                std::thread::park();
-            }
+            hold_until_killed()
         })
         .task(WAIT_EVENT, |(event, ready)| {
             ready.put(()).expect("ready");
             event.wait_timeout(PATIENCE).expect("wait")
+        })
+        .task(RCOND_WAIT, |(c, ready)| {
+            let outer = c.rlock().acquire().expect("acquire");
+            let middle = c.rlock().acquire().expect("acquire again");
+            let g = c.acquire().expect("a third level");
+            ready.put(std::process::id()).expect("ready");
+            match g.wait_timeout(PATIENCE) {
+                Ok((g, true)) => {
+                    let mut held = Vec::new();
+                    drop(g);
+                    held.push(held_elsewhere(c.rlock()));
+                    drop(middle);
+                    held.push(held_elsewhere(c.rlock()));
+                    drop(outer);
+                    held.push(held_elsewhere(c.rlock()));
+                    format!("notified {held:?}")
+                }
+                Ok((_, false)) => "timeout".to_string(),
+                Err(LockError::OwnerDied(_)) => "owner died".to_string(),
+                Err(e) => format!("{e:?}"),
+            }
+        })
+        .task(RCOND_NOTIFY, |c| {
+            let g = c.acquire().expect("acquire");
+            g.notify(1).expect("notify")
         })
 }
 
@@ -154,6 +176,10 @@ fn main() {
         notified_waiter_that_dies_passes_the_notification_on,
         condition_over_an_existing_lock_across_processes,
         party_killed_before_its_first_wait_breaks_the_barrier,
+        notify_n_wakes_that_many_waiters_in_other_processes,
+        rcondition_wait_releases_every_level_and_restores_them,
+        rcondition_notify_from_a_worker_wakes_the_master,
+        rcondition_waiter_killed_mid_wait_does_not_swallow_a_notify,
         map_async_gives_every_output_in_order,
         map_async_gives_the_first_error,
     ];
@@ -262,7 +288,7 @@ fn lock_excludes_across_processes() -> anyhow::Result<()> {
         .map(|id| Ok(Process::spawn(CRITICAL, (lock.clone(), log.clone(), id, rounds))?.watched()))
         .collect::<anyhow::Result<Vec<_>>>()?;
     for _ in 0..rounds {
-        let _guard = lock.acquire().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let _guard = lock.acquire().map_err(lock_err)?;
         log.put((0, true))?;
         log.put((0, false))?;
     }
@@ -290,8 +316,7 @@ fn lock_excludes_across_processes() -> anyhow::Result<()> {
 fn killed_holder_hands_the_lock_on_as_owner_died() -> anyhow::Result<()> {
     let lock = Lock::new();
     let ready = SimpleQueue::new();
-    let holder = Process::spawn(HOLD, (lock.clone(), ready.clone()))?.watched();
-    ready.get()?;
+    let holder = started(HOLD, (lock.clone(), ready.clone()), &ready)?;
     ensure!(
         lock.try_acquire().is_err_and(|e| e.is_timeout()),
         "the lock is held"
@@ -305,7 +330,7 @@ fn killed_holder_hands_the_lock_on_as_owner_died() -> anyhow::Result<()> {
     ensure!(lock.try_acquire().is_err_and(|e| e.is_timeout()));
     drop(guard);
     // The news went to one acquirer; the lock is an ordinary lock again.
-    drop(lock.try_acquire().map_err(|e| anyhow::anyhow!("{e}"))?);
+    drop(lock.try_acquire().map_err(lock_err)?);
     Ok(())
 }
 
@@ -314,10 +339,8 @@ fn killed_holder_hands_the_lock_on_as_owner_died() -> anyhow::Result<()> {
 fn killed_holder_wakes_a_waiter_in_another_process() -> anyhow::Result<()> {
     let lock = Lock::new();
     let ready = SimpleQueue::new();
-    let holder = Process::spawn(HOLD, (lock.clone(), ready.clone()))?.watched();
-    ready.get()?;
-    let waiter = Process::spawn(ACQUIRE, (lock.clone(), ready.clone()))?.watched();
-    ready.get()?;
+    let holder = started(HOLD, (lock.clone(), ready.clone()), &ready)?;
+    let waiter = started(ACQUIRE, (lock.clone(), ready.clone()), &ready)?;
     holder.kill();
     let got = waiter.join()?;
     ensure!(got == "owner died", "the waiter: {got}");
@@ -325,7 +348,7 @@ fn killed_holder_wakes_a_waiter_in_another_process() -> anyhow::Result<()> {
     drop(
         lock.acquire_timeout(PATIENCE)
             .or_else(LockError::recover)
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
+            .map_err(lock_err)?,
     );
     Ok(())
 }
@@ -334,8 +357,7 @@ fn killed_holder_wakes_a_waiter_in_another_process() -> anyhow::Result<()> {
 fn killed_permit_holder_gives_the_permit_back() -> anyhow::Result<()> {
     let sem = Semaphore::new(1);
     let ready = SimpleQueue::new();
-    let holder = Process::spawn(HOLD_PERMIT, (sem.clone(), ready.clone()))?.watched();
-    ready.get()?;
+    let holder = started(HOLD_PERMIT, (sem.clone(), ready.clone()), &ready)?;
     ensure!(sem.try_acquire().is_err_and(|e| e.is_timeout()));
     holder.kill();
     match sem.acquire_timeout(PATIENCE) {
@@ -366,15 +388,14 @@ fn event_set_wakes_waiters_in_three_processes() -> anyhow::Result<()> {
 fn killed_rlock_holder_hands_it_on_whatever_its_depth() -> anyhow::Result<()> {
     let lock = RLock::new();
     let ready = SimpleQueue::new();
-    let holder = Process::spawn(HOLD_RLOCK, (lock.clone(), ready.clone()))?.watched();
-    ready.get()?;
+    let holder = started(HOLD_RLOCK, (lock.clone(), ready.clone()), &ready)?;
     ensure!(lock.try_acquire().is_err_and(|e| e.is_timeout()));
     holder.kill();
     match lock.acquire_timeout(PATIENCE) {
         Err(LockError::OwnerDied(_)) => {}
         other => bail!("{other:?}"),
     }
-    drop(lock.try_acquire().map_err(|e| anyhow::anyhow!("{e}"))?);
+    drop(lock.try_acquire().map_err(lock_err)?);
     Ok(())
 }
 
@@ -405,15 +426,7 @@ fn killed_party_breaks_the_barrier() -> anyhow::Result<()> {
     ready.get()?;
     let waiter = Process::spawn(AT_BARRIER, b.clone())?.watched();
     party.kill();
-    let got = waiter.join()?;
-    ensure!(
-        matches!(&got, Err(e) if e == "Broken"),
-        "the other process: {got:?}"
-    );
-    match b.wait_timeout(PATIENCE) {
-        Err(BarrierError::Broken) => Ok(()),
-        other => bail!("the master: {other:?}"),
-    }
+    broken_for_the_others(waiter, &b)
 }
 
 /// `map_async` returns at once; its outputs come in input order, with the
@@ -472,13 +485,11 @@ fn map_async_gives_the_first_error() -> anyhow::Result<()> {
 fn notified_waiter_that_dies_passes_the_notification_on() -> anyhow::Result<()> {
     let c = Condition::new();
     let ready = SimpleQueue::new();
-    let first = Process::spawn(COND_WAIT, (c.clone(), ready.clone()))?.watched();
-    ready.get()?;
+    let first = started(COND_WAIT, (c.clone(), ready.clone()), &ready)?;
     // The waiter holds the lock until it waits: once we have it, it waits.
-    drop(c.acquire().map_err(|e| anyhow::anyhow!("{e}"))?);
-    let second = Process::spawn(COND_WAIT, (c.clone(), ready.clone()))?.watched();
-    ready.get()?;
-    let guard = c.acquire().map_err(|e| anyhow::anyhow!("{e}"))?;
+    drop(c.acquire().map_err(lock_err)?);
+    let second = started(COND_WAIT, (c.clone(), ready.clone()), &ready)?;
+    let guard = c.acquire().map_err(lock_err)?;
     ensure!(guard.notify(1)? == 1);
     first.kill(); // notified, but still waiting for the lock we hold
     drop(guard);
@@ -498,11 +509,13 @@ fn condition_over_an_existing_lock_across_processes() -> anyhow::Result<()> {
     let c = Condition::with_lock(&lock);
     let ready = SimpleQueue::new();
     let go = Event::new();
-    let waiter =
-        Process::spawn(COND_WAIT_ON_LOCK, (lock.clone(), ready.clone(), go.clone()))?.watched();
-    ready.get()?;
+    let waiter = started(
+        COND_WAIT_ON_LOCK,
+        (lock.clone(), ready.clone(), go.clone()),
+        &ready,
+    )?;
     // Free only once the waiter waits (it held the lock until then).
-    let guard = c.acquire().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let guard = c.acquire().map_err(lock_err)?;
     ensure!(guard.notify(1)? == 1, "nobody was waiting");
     drop(guard);
     ensure!(ready.get()? == 0, "the waiter's wake-up report");
@@ -513,10 +526,7 @@ fn condition_over_an_existing_lock_across_processes() -> anyhow::Result<()> {
     go.set()?;
     let got = waiter.join()?;
     ensure!(got == "notified", "the waiter: {got}");
-    drop(
-        lock.acquire_timeout(PATIENCE)
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    );
+    drop(lock.acquire_timeout(PATIENCE).map_err(lock_err)?);
     Ok(())
 }
 
@@ -528,9 +538,109 @@ fn party_killed_before_its_first_wait_breaks_the_barrier() -> anyhow::Result<()>
     let b = Barrier::new(3);
     let ready = SimpleQueue::new();
     let waiter = Process::spawn(AT_BARRIER, b.clone())?.watched();
-    let victim = Process::spawn(PARTY_THAT_NEVER_WAITS, (b.clone(), ready.clone()))?.watched();
-    ready.get()?;
+    let victim = started(PARTY_THAT_NEVER_WAITS, (b.clone(), ready.clone()), &ready)?;
     victim.kill();
+    broken_for_the_others(waiter, &b)
+}
+
+/// Whether another thread of this process finds `r` held (if it can take
+/// it, it gives it back at once).
+fn held_elsewhere(r: &RLock) -> bool {
+    std::thread::scope(|s| {
+        s.spawn(|| match r.try_acquire() {
+            Ok(_) => false,
+            Err(e) => e.is_timeout(),
+        })
+        .join()
+        .expect("probe thread")
+    })
+}
+
+/// An `RCondition` waiter in another process, three levels deep: its wait
+/// releases them all (the master can take the lock), the master's notify
+/// wakes it, and it holds all three levels again (the lock is free only
+/// after the last one drops).
+fn rcondition_wait_releases_every_level_and_restores_them() -> anyhow::Result<()> {
+    let c = RCondition::new();
+    let ready = SimpleQueue::new();
+    let waiter = started(RCOND_WAIT, (c.clone(), ready.clone()), &ready)?;
+    // Free only once the waiter waits, whatever its depth.
+    let guard = c.acquire_timeout(PATIENCE).map_err(lock_err)?;
+    ensure!(guard.notify(1)? == 1, "nobody was waiting");
+    drop(guard);
+    let got = waiter.join()?;
+    ensure!(got == "notified [true, true, false]", "the waiter: {got}");
+    Ok(())
+}
+
+/// The master waits two levels deep; a worker takes the lock (free while
+/// the master waits) and notifies; the master holds both levels again.
+fn rcondition_notify_from_a_worker_wakes_the_master() -> anyhow::Result<()> {
+    let r = RLock::new();
+    let c = RCondition::with_rlock(&r);
+    let outer = r.acquire().map_err(lock_err)?;
+    let guard = c.acquire().map_err(lock_err)?;
+    let notifier = Process::spawn(RCOND_NOTIFY, c.clone())?.watched();
+    let (guard, notified) = guard.wait_timeout(PATIENCE).map_err(lock_err)?;
+    ensure!(notified, "timed out instead of being notified");
+    ensure!(notifier.join()? == 1, "the notifier woke nobody");
+    drop(guard);
+    ensure!(held_elsewhere(&r), "the outer level is held again");
+    drop(outer);
+    ensure!(!held_elsewhere(&r), "free after the last level");
+    Ok(())
+}
+
+/// Two workers wait on an `RCondition`; the first is SIGKILLed while
+/// waiting, and a notify of one goes out at once (the hub may not have
+/// seen the death yet, and then picks the dead waiter): the second wakes
+/// all the same.
+fn rcondition_waiter_killed_mid_wait_does_not_swallow_a_notify() -> anyhow::Result<()> {
+    let c = RCondition::new();
+    let ready = SimpleQueue::new();
+    let first = started(RCOND_WAIT, (c.clone(), ready.clone()), &ready)?;
+    // The waiter holds the lock until it waits: once we have it, it waits.
+    drop(c.acquire().map_err(lock_err)?);
+    let second = started(RCOND_WAIT, (c.clone(), ready.clone()), &ready)?;
+    let guard = c.acquire().map_err(lock_err)?;
+    first.kill();
+    ensure!(guard.notify(1)? == 1, "nobody was waiting");
+    drop(guard);
+    let got = second.join()?;
+    ensure!(
+        got == "notified [true, true, false]" || got == "owner died",
+        "the other waiter: {got}"
+    );
+    Ok(())
+}
+
+/// Holds what the task took until its process is killed.
+fn hold_until_killed() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Starts `task` on `arg` in a process of its own and waits until it says
+/// it is ready on `ready`.
+fn started<I: Payload, O: Payload, R: Payload>(
+    task: Task<I, O>,
+    arg: I,
+    ready: &SimpleQueue<R>,
+) -> anyhow::Result<Process<O>> {
+    let p = Process::spawn(task, arg)?.watched();
+    ready.get()?;
+    Ok(p)
+}
+
+/// A lock error as an `anyhow` error (the guard it may hold is dropped).
+fn lock_err<G>(e: LockError<G>) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+/// The barrier is broken for the process `waiter` (waiting at it) and for
+/// the master.
+fn broken_for_the_others(waiter: Process<Result<u64, String>>, b: &Barrier) -> anyhow::Result<()> {
     let got = waiter.join()?;
     ensure!(
         matches!(&got, Err(e) if e == "Broken"),
@@ -540,4 +650,26 @@ fn party_killed_before_its_first_wait_breaks_the_barrier() -> anyhow::Result<()>
         Err(BarrierError::Broken) => Ok(()),
         other => bail!("the master: {other:?}"),
     }
+}
+
+/// CPython's `test_notify_n`: three processes wait; `notify(2)` wakes two,
+/// `notify(5)` the one left, and a later notify finds nobody.
+fn notify_n_wakes_that_many_waiters_in_other_processes() -> anyhow::Result<()> {
+    let c = Condition::new();
+    let ready = SimpleQueue::new();
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        waiters.push(started(COND_WAIT, (c.clone(), ready.clone()), &ready)?);
+        // The waiter holds the lock until it waits: once we have it, it waits.
+        drop(c.acquire().map_err(lock_err)?);
+    }
+    let notify = |n| -> anyhow::Result<u64> { Ok(c.acquire().map_err(lock_err)?.notify(n)?) };
+    ensure!(notify(2)? == 2, "notify(2) with three waiting");
+    ensure!(notify(5)? == 1, "notify(5) with one left");
+    ensure!(notify(1)? == 0, "nobody is left");
+    for w in waiters {
+        let got = w.join()?;
+        ensure!(got == "notified", "a waiter: {got}");
+    }
+    Ok(())
 }

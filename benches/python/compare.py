@@ -66,11 +66,10 @@ def q_consume(q, n, size):
         assert len(item) == size, f"item {i} has {len(item)} bytes"
 
 
-def cmd_queue(n, size):
-    """A producer process puts n items of size bytes, a consumer process
-    gets them; from both started to the consumer's join. Items per second."""
-    n, size = int(n), int(size)
-    q = ctx().Queue()
+def through(q, n, size):
+    """A producer process puts n items of size bytes on q, a consumer
+    process gets them; from both started to the consumer's join. Items
+    per second."""
     consumer = start(q_consume, q, n, size)
     producer = start(q_produce, q, n, size)
     t = time.perf_counter()
@@ -78,6 +77,12 @@ def cmd_queue(n, size):
     secs = time.perf_counter() - t
     joined(producer)
     return n / secs
+
+
+def cmd_queue(n, size):
+    """A producer process puts n items of size bytes, a consumer process
+    gets them; from both started to the consumer's join. Items per second."""
+    return through(ctx().Queue(), int(n), int(size))
 
 
 cmd_queue_64B = cmd_queue_512B = cmd_queue_64KiB = cmd_queue
@@ -97,16 +102,9 @@ def cmd_remote_queue_512B(n, size):
     )
     manager.start()
     try:
-        q = manager.Queue()
-        consumer = start(q_consume, q, n, size)
-        producer = start(q_produce, q, n, size)
-        t = time.perf_counter()
-        joined(consumer)
-        secs = time.perf_counter() - t
-        joined(producer)
+        return through(manager.Queue(), n, size)
     finally:
         manager.shutdown()
-    return n / secs
 
 
 def pipe_send(w, n, size):
@@ -226,13 +224,20 @@ def cmd_dict_counter(n):
     return 2 * n / secs
 
 
-def cmd_map_auto(n):
-    n = int(n)
+def timed_map(f, items, **kw):
+    """`Pool(2).map(f, items, **kw)` on a warm pool: the outputs and the
+    seconds the map took (start-up and shutdown left out)."""
     with ctx().Pool(2) as pool:
         pool.apply(square, (1,))
         t = time.perf_counter()
-        out = pool.map(square, range(n))
+        out = pool.map(f, items, **kw)
         secs = time.perf_counter() - t
+    return out, secs
+
+
+def cmd_map_auto(n):
+    n = int(n)
+    out, secs = timed_map(square, range(n))
     assert len(out) == n and out[-1] == (n - 1) ** 2
     return secs
 
@@ -247,35 +252,21 @@ def echo(b):
 
 def cmd_map_big_len(n, size):
     n, size = int(n), int(size)
-    inputs = big_inputs(n, size)
-    with ctx().Pool(2) as pool:
-        pool.apply(square, (1,))
-        t = time.perf_counter()
-        out = pool.map(len, inputs)
-        secs = time.perf_counter() - t
+    out, secs = timed_map(len, big_inputs(n, size))
     assert out == [size] * n
     return n * size / secs / (1 << 30)
 
 
 def cmd_map_big_echo(n, size):
     n, size = int(n), int(size)
-    inputs = big_inputs(n, size)
-    with ctx().Pool(2) as pool:
-        pool.apply(square, (1,))
-        t = time.perf_counter()
-        out = pool.map(echo, inputs)
-        secs = time.perf_counter() - t
+    out, secs = timed_map(echo, big_inputs(n, size))
     assert len(out) == n and all(len(b) == size and b[0] == i % 256 for i, b in enumerate(out))
     return n * size / secs / (1 << 30)
 
 
 def cmd_map_chunk1(n):
     n = int(n)
-    with ctx().Pool(2) as pool:
-        pool.apply(square, (1,))
-        t = time.perf_counter()
-        out = pool.map(square, range(n), chunksize=1)
-        secs = time.perf_counter() - t
+    out, secs = timed_map(square, range(n), chunksize=1)
     assert len(out) == n and out[-1] == (n - 1) ** 2
     return secs * 1e6 / n
 

@@ -29,7 +29,9 @@
 //! Beside the queues, the hub holds [`sync_prims`] (locks, events,
 //! barriers, conditions), [`shared_map`] (`SharedMap`) and
 //! [`shared_memory`] (`SharedMemory` buffers it hands to local workers as
-//! descriptors, and `Value`/`Array` with their crash-safe lock over them).
+//! descriptors, and `Value`/`Array` with their crash-safe lock over them),
+//! each family registered in `queues/held.rs` (ids, lookup, what keeps an
+//! object alive, replies).
 //!
 //! # Example
 //!

@@ -63,6 +63,6 @@ pub use future::TaskFuture;
 pub use interrupt::{EXIT_INTERRUPTED, install_ctrlc_handler, interrupted};
 pub use launcher::Srun;
 pub use map_async::MapResult;
-pub use pool::{AsyncResult, Pool, Stats};
+pub use pool::{AsyncResult, Inputs, Pool, Stats};
 pub use process::{ChildProcess, Process, active_children, cpu_count};
 pub use stream::Imap;

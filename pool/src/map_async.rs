@@ -12,6 +12,7 @@ use crossbeam_channel::{Receiver, select};
 use procpool_ipc::task::Payload;
 use procpool_ipc::{Task, TaskError};
 
+use crate::pool::Inputs;
 use crate::shared::Shared;
 use crate::stream::Packer;
 use crate::work::{Chunk, Job, Outcome};
@@ -183,13 +184,11 @@ impl Pool {
     /// up front, or an item that does not encode or fit in a frame
     /// (nothing of the call then runs to completion); the items' own
     /// errors come from the `MapResult`.
-    pub fn map_async<I, O, It>(&self, task: Task<I, O>, items: It) -> Result<MapResult<O>, Error>
-    where
-        I: Payload,
-        O: Payload,
-        It: IntoIterator,
-        It::Item: Borrow<I>,
-    {
+    pub fn map_async<I: Payload, O: Payload, It: Inputs<I>>(
+        &self,
+        task: Task<I, O>,
+        items: It,
+    ) -> Result<MapResult<O>, Error> {
         self.start_map(task, items, None)
     }
 
@@ -199,18 +198,12 @@ impl Pool {
     /// # Errors
     /// As [`map_async`](Self::map_async); [`Error::InvalidSetting`] for a
     /// `chunk_size` of 0.
-    pub fn map_async_chunked<I, O, It>(
+    pub fn map_async_chunked<I: Payload, O: Payload, It: Inputs<I>>(
         &self,
         task: Task<I, O>,
         items: It,
         chunk_size: usize,
-    ) -> Result<MapResult<O>, Error>
-    where
-        I: Payload,
-        O: Payload,
-        It: IntoIterator,
-        It::Item: Borrow<I>,
-    {
+    ) -> Result<MapResult<O>, Error> {
         if chunk_size == 0 {
             return Err(Error::InvalidSetting {
                 setting: "chunk_size",
@@ -225,33 +218,21 @@ impl Pool {
     ///
     /// # Errors
     /// As [`map`](Self::map).
-    pub fn map_chunked<I, O, It>(
+    pub fn map_chunked<I: Payload, O: Payload, It: Inputs<I>>(
         &self,
         task: Task<I, O>,
         items: It,
         chunk_size: usize,
-    ) -> Result<Vec<O>, Error>
-    where
-        I: Payload,
-        O: Payload,
-        It: IntoIterator,
-        It::Item: Borrow<I>,
-    {
+    ) -> Result<Vec<O>, Error> {
         self.map_async_chunked(task, items, chunk_size)?.wait()
     }
 
-    fn start_map<I, O, It>(
+    fn start_map<I: Payload, O: Payload, It: Inputs<I>>(
         &self,
         task: Task<I, O>,
         items: It,
         chunk_size: Option<usize>,
-    ) -> Result<MapResult<O>, Error>
-    where
-        I: Payload,
-        O: Payload,
-        It: IntoIterator,
-        It::Item: Borrow<I>,
-    {
+    ) -> Result<MapResult<O>, Error> {
         let index = self.task_index(task)?;
         let items: Vec<It::Item> = items.into_iter().collect();
         let chunk = chunk_size.or(self.config.chunk_size).unwrap_or_else(|| {

@@ -24,6 +24,20 @@ use crate::work::{Chunk, Job, Outcome};
 use crate::{Error, PoolBuilder};
 use procpool_ipc::sync::lock;
 
+/// What the map-like calls ([`Pool::map`], [`imap`](Pool::imap),
+/// [`imap_unordered`](Pool::imap_unordered), [`map_async`](Pool::map_async)
+/// and their `_chunked` forms) take: anything iterable whose items are
+/// inputs `I`, owned or borrowed (`0..10`, `v`, `&v`, `v.iter()`). Every
+/// such type has it; there is nothing to implement.
+pub trait Inputs<I>: IntoIterator<Item: Borrow<I>> {}
+
+impl<I, T> Inputs<I> for T
+where
+    T: IntoIterator,
+    T::Item: Borrow<I>,
+{
+}
+
 /// A pool of worker processes.
 ///
 /// Work is named by a [`Task`] declared once and registered in the workers
@@ -353,13 +367,11 @@ impl Pool {
     /// input's index ([`Error::Task`] for a panic or a returned error,
     /// [`Error::WorkerDied`], [`Error::Timeout`], ... inside), or
     /// [`Error::UnknownTask`], [`Error::Closed`], [`Error::Interrupted`].
-    pub fn map<I, O, It>(&self, task: Task<I, O>, items: It) -> Result<Vec<O>, Error>
-    where
-        I: Payload,
-        O: Payload,
-        It: IntoIterator,
-        It::Item: Borrow<I>,
-    {
+    pub fn map<I: Payload, O: Payload, It: Inputs<I>>(
+        &self,
+        task: Task<I, O>,
+        items: It,
+    ) -> Result<Vec<O>, Error> {
         let index = self.task_index(task)?;
         let items: Vec<It::Item> = items.into_iter().collect();
         let len = items.len();
@@ -399,17 +411,11 @@ impl Pool {
     /// results are yielded first; then the panic resumes from `next`, as
     /// Python's `imap` raises the input's exception after the results
     /// before it. (Dropping the iterator before that point drops the panic.)
-    pub fn imap<I, O, It>(
+    pub fn imap<I: Payload, O: Payload, It: Inputs<I>>(
         &self,
         task: Task<I, O>,
         items: It,
-    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error>
-    where
-        I: Payload,
-        O: Payload,
-        It: IntoIterator,
-        It::Item: Borrow<I>,
-    {
+    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error> {
         self.stream(task, items, true)
     }
 
@@ -417,32 +423,20 @@ impl Pool {
     ///
     /// # Errors
     /// As [`imap`](Self::imap).
-    pub fn imap_unordered<I, O, It>(
+    pub fn imap_unordered<I: Payload, O: Payload, It: Inputs<I>>(
         &self,
         task: Task<I, O>,
         items: It,
-    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error>
-    where
-        I: Payload,
-        O: Payload,
-        It: IntoIterator,
-        It::Item: Borrow<I>,
-    {
+    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error> {
         self.stream(task, items, false)
     }
 
-    fn stream<I, O, It>(
+    fn stream<I: Payload, O: Payload, It: Inputs<I>>(
         &self,
         task: Task<I, O>,
         items: It,
         ordered: bool,
-    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error>
-    where
-        I: Payload,
-        O: Payload,
-        It: IntoIterator,
-        It::Item: Borrow<I>,
-    {
+    ) -> Result<Imap<'_, I, O, It::IntoIter>, Error> {
         let index = self.task_index(task)?;
         let window = self.config.window;
         let chunking = match self.config.chunk_size {

@@ -43,6 +43,7 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::client::{self, Client};
+use super::held::Arrival;
 use super::hub;
 use super::wire::{Wait, op as qop, status as qstatus};
 use crate::codec;
@@ -211,7 +212,7 @@ enum Place {
 impl Place {
     fn id(&self) -> u64 {
         match self {
-            Place::Local(s) => s.id,
+            Place::Local(s) => s.id(),
             Place::Remote { id, .. } => *id,
         }
     }
@@ -544,22 +545,15 @@ impl<K, V> Serialize for SharedMap<K, V> {
 impl<'de, K, V> Deserialize<'de> for SharedMap<K, V> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let Wire { hub, id } = Wire::deserialize(d)?;
-        let place = if hub == hub::hub_id() {
-            let store = Store::lookup(id)
-                .ok_or_else(|| D::Error::custom(QueueError::NoSuchQueue { id }))?;
-            store.receive();
-            Place::Local(store)
-        } else {
-            let unreachable = || D::Error::custom(QueueError::Unreachable { id, hub });
-            let client = client::client().ok_or_else(unreachable)?;
-            if client.upstream_hub().map_err(D::Error::custom)? != hub {
-                return Err(unreachable());
-            }
-            let held = client.hold(id, false).map_err(D::Error::custom)?;
-            Place::Remote {
-                id,
-                client,
-                _held: Arc::new(held),
+        let place = match store::MAPS.arrive(hub, id).map_err(D::Error::custom)? {
+            Arrival::Here(store) => Place::Local(store),
+            Arrival::Upstream(client) => {
+                let held = client.hold(id, false).map_err(D::Error::custom)?;
+                Place::Remote {
+                    id,
+                    client,
+                    _held: Arc::new(held),
+                }
             }
         };
         Ok(SharedMap {

@@ -10,6 +10,8 @@
 //! - `client`: the proxies' side in a worker: requests, replies,
 //!   subscriptions;
 //! - [`wait`]: waiting on many queues, pipe ends and processes at once;
+//! - `held`: the registry of the other objects a hub holds (maps, buffers,
+//!   primitives): ids, lookup, lifetime, replies;
 //! - `wire`: the queue protocol, what every operation and status means;
 //! - [`sync`]: `Lock`, `Semaphore`, `Event`: crash-safe synchronization
 //!   held by the hub like a queue (its ops extend `wire`'s table);
@@ -20,6 +22,7 @@
 //! nothing of queues.
 
 pub(crate) mod client;
+mod held;
 pub mod hub;
 pub mod map;
 pub mod pipe;

@@ -41,6 +41,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::client::{self, Client};
+use super::held::Arrival;
 use super::hub;
 use super::wire::{Wait, op as qop, status as qstatus};
 use crate::error::QueueError;
@@ -161,14 +162,14 @@ impl SharedMemory {
     #[doc(hidden)]
     pub fn id(&self) -> u64 {
         match &self.place {
-            Place::Local(s) => s.id,
+            Place::Local(s) => s.id(),
             Place::Remote { id, .. } => *id,
         }
     }
 
     pub(crate) fn segment(&self) -> &Segment {
         match &self.place {
-            Place::Local(s) => &s.seg,
+            Place::Local(s) => s,
             Place::Remote { seg, .. } => seg,
         }
     }
@@ -269,22 +270,15 @@ fn no_channel() -> String {
 impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let Wire { hub, id } = Wire::deserialize(d)?;
-        let place = if hub == hub::hub_id() {
-            let store = Store::lookup(id)
-                .ok_or_else(|| D::Error::custom(QueueError::NoSuchQueue { id }))?;
-            store.receive();
-            Place::Local(store)
-        } else {
-            let unreachable = || D::Error::custom(QueueError::Unreachable { id, hub });
-            let client = client::client().ok_or_else(unreachable)?;
-            if client.upstream_hub().map_err(D::Error::custom)? != hub {
-                return Err(unreachable());
-            }
-            let (seg, held) = open_remote(client, id).map_err(D::Error::custom)?;
-            Place::Remote {
-                id,
-                seg,
-                _held: Arc::new(held),
+        let place = match store::BUFFERS.arrive(hub, id).map_err(D::Error::custom)? {
+            Arrival::Here(store) => Place::Local(store),
+            Arrival::Upstream(client) => {
+                let (seg, held) = open_remote(client, id).map_err(D::Error::custom)?;
+                Place::Remote {
+                    id,
+                    seg,
+                    _held: Arc::new(held),
+                }
             }
         };
         Ok(SharedMemory { place })

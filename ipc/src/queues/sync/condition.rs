@@ -199,36 +199,14 @@ impl ConditionGuard {
         let place = self.guard.place.clone();
         // The hub releases the lock as it parks the wait: no guard drop.
         std::mem::forget(self.guard);
-        let back = |notified: bool, died: bool| {
-            let g = ConditionGuard {
-                guard: LockGuard {
-                    place: place.clone(),
-                },
-            };
-            if died {
-                Err(LockError::OwnerDied(g))
-            } else {
-                Ok((g, notified))
-            }
+        let (notified, died) = wait_raw(&place, wait).map_err(LockError::Failed)?;
+        let g = ConditionGuard {
+            guard: LockGuard { place },
         };
-        match &place {
-            Place::Local(prim) => match prim.local_cond_wait(wait) {
-                Some((notified, died)) => back(notified, died),
-                None => Err(LockError::Failed(QueueError::Protocol)),
-            },
-            Place::Remote { id, client } => {
-                let (code, value, _) = client
-                    .request(op::COND_WAIT, *id, 0, &[], wait)
-                    .map_err(LockError::Failed)?;
-                match code {
-                    qstatus::OK => back(value != 0, false),
-                    status::OWNER_DIED => back(value != 0, true),
-                    qstatus::NO_QUEUE => {
-                        Err(LockError::Failed(QueueError::NoSuchQueue { id: *id }))
-                    }
-                    _ => Err(LockError::Failed(QueueError::Protocol)),
-                }
-            }
+        if died {
+            Err(LockError::OwnerDied(g))
+        } else {
+            Ok((g, notified))
         }
     }
 
@@ -238,17 +216,7 @@ impl ConditionGuard {
     /// # Errors
     /// The hub could not be reached.
     pub fn notify(&self, n: u64) -> Result<u64, QueueError> {
-        match &self.guard.place {
-            Place::Local(prim) => Ok(prim.local_notify(n)),
-            Place::Remote { id, client } => {
-                let (code, value, _) = client.request(op::NOTIFY, *id, n, &[], Wait::Forever)?;
-                match code {
-                    qstatus::OK => Ok(value),
-                    qstatus::NO_QUEUE => Err(QueueError::NoSuchQueue { id: *id }),
-                    _ => Err(QueueError::Protocol),
-                }
-            }
-        }
+        notify_raw(&self.guard.place, n)
     }
 
     /// Wakes every waiter; returns how many.
@@ -257,6 +225,43 @@ impl ConditionGuard {
     /// As [`notify`](Self::notify).
     pub fn notify_all(&self) -> Result<u64, QueueError> {
         self.notify(u64::MAX)
+    }
+}
+
+/// Waits on the condition whose lock is at `place`, which this party
+/// holds: the hub releases the lock as it parks the wait, and this
+/// returns once the lock is held again: `(notified, owner died)`.
+///
+/// # Errors
+/// The hub could not be reached (the lock is lost with the link), or
+/// this party did not hold the lock (`Protocol`).
+pub(super) fn wait_raw(place: &Place, wait: Wait) -> Result<(bool, bool), QueueError> {
+    match place {
+        Place::Local(prim) => prim.local_cond_wait(wait).ok_or(QueueError::Protocol),
+        Place::Remote { id, client } => {
+            let (code, value, _) = client.request(op::COND_WAIT, *id, 0, &[], wait)?;
+            match code {
+                qstatus::OK => Ok((value != 0, false)),
+                status::OWNER_DIED => Ok((value != 0, true)),
+                qstatus::NO_QUEUE => Err(QueueError::NoSuchQueue { id: *id }),
+                _ => Err(QueueError::Protocol),
+            }
+        }
+    }
+}
+
+/// Wakes up to `n` waiters of the condition whose lock is at `place`.
+pub(super) fn notify_raw(place: &Place, n: u64) -> Result<u64, QueueError> {
+    match place {
+        Place::Local(prim) => Ok(prim.local_notify(n)),
+        Place::Remote { id, client } => {
+            let (code, value, _) = client.request(op::NOTIFY, *id, n, &[], Wait::Forever)?;
+            match code {
+                qstatus::OK => Ok(value),
+                qstatus::NO_QUEUE => Err(QueueError::NoSuchQueue { id: *id }),
+                _ => Err(QueueError::Protocol),
+            }
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Crash-safe synchronization between processes, held by the hub:
 //! [`Lock`], [`RLock`], [`Semaphore`] (and its bounded form), [`Event`],
-//! [`Barrier`] and [`Condition`] (with its own lock, or over a [`Lock`]).
+//! [`Barrier`], [`Condition`] (with its own lock, or over a [`Lock`]) and
+//! [`RCondition`] (over an [`RLock`]: a wait releases every level).
 //!
 //! Like a queue, a primitive lives in the process that created it (the
 //! *hub*, normally the master); a handle is `Serialize`, and passed to a
@@ -46,6 +47,7 @@ mod barrier;
 mod condition;
 mod event;
 mod lock;
+mod rcondition;
 mod rlock;
 mod semaphore;
 
@@ -53,22 +55,22 @@ pub use barrier::{Barrier, BarrierError};
 pub use condition::{Condition, ConditionGuard};
 pub use event::Event;
 pub use lock::{Lock, LockGuard};
+pub use rcondition::{RCondition, RConditionGuard};
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{Semaphore, SemaphoreGuard};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::client::{self, Client};
+use super::held::{self, Held, Registry};
 use super::wire::{Wait, op as qop, status as qstatus};
 use crate::error::QueueError;
 use crate::link::{Dirty, Link};
-use crate::proto::Message;
 use crate::sync::{lock, wait_until};
 
 /// Operation codes (beside the queue ops of `wire.rs`).
@@ -178,12 +180,10 @@ pub enum ReleaseError {
     Failed(#[source] QueueError),
 }
 
-/// Primitive ids: the process id in the high half, bit 31 set so they
-/// never meet a queue's id.
-static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-
-/// The primitives this process holds, by id.
-static REGISTRY: LazyLock<Mutex<HashMap<u64, Weak<Prim>>>> = LazyLock::new(Mutex::default);
+/// The primitives this process holds, by id (bit 31 set, so they never
+/// meet a queue's, a map's or a buffer's). A primitive lives while a
+/// handle exists in the hub process: nothing pins it.
+static PRIMS: Registry<Prim> = Registry::new(0x8000_0000);
 
 /// Who holds permits or waits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -261,28 +261,17 @@ struct State {
     notified_holders: HashSet<u64>,
 }
 
-/// One primitive held by this process.
+/// One primitive held by this process (registered as a `Held<Prim>`).
 #[derive(Debug)]
 pub(crate) struct Prim {
-    id: u64,
     kind: Kind,
     state: Mutex<State>,
     changed: Condvar,
 }
 
 fn reply(link: &Arc<Link>, req: u64, code: u8, value: u64, dirty: &mut Dirty) {
-    if req == 0 {
-        return;
-    }
-    let msg = Message::Reply {
-        req,
-        status: code,
-        value,
-        payload: &[],
-    };
-    if link.write(&msg).is_ok() {
-        dirty.mark(link);
-    }
+    // A link that refuses a frame this small is closing: its end is seen.
+    let _ = held::reply(link, req, code, value, &[], dirty);
 }
 
 /// What a local acquire or wait came to.
@@ -294,23 +283,15 @@ enum Got {
 }
 
 impl Prim {
-    fn new(kind: Kind, free: u64) -> Arc<Prim> {
-        let n = NEXT_ID.fetch_add(1, Ordering::Relaxed) & 0x7FFF_FFFF;
-        let prim = Arc::new(Prim {
-            id: (u64::from(std::process::id()) << 32) | 0x8000_0000 | n,
+    fn new(kind: Kind, free: u64) -> Arc<Held<Prim>> {
+        PRIMS.insert(Prim {
             kind,
             state: Mutex::new(State {
                 free,
                 ..State::default()
             }),
             changed: Condvar::new(),
-        });
-        lock(&REGISTRY).insert(prim.id, Arc::downgrade(&prim));
-        prim
-    }
-
-    fn lookup(id: u64) -> Option<Arc<Prim>> {
-        lock(&REGISTRY).get(&id).and_then(Weak::upgrade)
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -558,15 +539,6 @@ impl Prim {
     }
 }
 
-impl Drop for Prim {
-    fn drop(&mut self) {
-        let mut reg = lock(&REGISTRY);
-        if reg.get(&self.id).is_some_and(|w| w.strong_count() == 0) {
-            reg.remove(&self.id);
-        }
-    }
-}
-
 /// Serves one `Message::Hub` for a primitive; false if `id` names none
 /// held here.
 pub(crate) fn serve(
@@ -577,7 +549,7 @@ pub(crate) fn serve(
     arg: u64,
     dirty: &mut Dirty,
 ) -> bool {
-    match Prim::lookup(id) {
+    match PRIMS.lookup(id) {
         Some(prim) => {
             prim.serve(link, req, code, arg, dirty);
             true
@@ -589,8 +561,7 @@ pub(crate) fn serve(
 /// A connection ended: permits it held go to the next acquirers, who hear
 /// that their previous owner died.
 pub(crate) fn disconnect(link_id: u64, dirty: &mut Dirty) {
-    let prims: Vec<Arc<Prim>> = lock(&REGISTRY).values().filter_map(Weak::upgrade).collect();
-    for prim in prims {
+    for prim in PRIMS.all() {
         prim.disconnect(link_id, dirty);
     }
 }
@@ -598,7 +569,7 @@ pub(crate) fn disconnect(link_id: u64, dirty: &mut Dirty) {
 /// How a handle reaches its primitive.
 #[derive(Clone, Debug)]
 enum Place {
-    Local(Arc<Prim>),
+    Local(Arc<Held<Prim>>),
     Remote {
         id: u64,
         client: &'static Arc<Client>,
@@ -618,7 +589,7 @@ impl Place {
 
     fn id(&self) -> u64 {
         match self {
-            Place::Local(p) => p.id,
+            Place::Local(p) => p.id(),
             Place::Remote { id, .. } => *id,
         }
     }
@@ -635,7 +606,7 @@ impl Place {
     /// The handle for primitive `id`: the primitive itself in its hub, a
     /// proxy in a worker.
     fn from_id<'de, D: Deserializer<'de>>(id: u64) -> Result<Self, D::Error> {
-        match (Prim::lookup(id), client::client()) {
+        match (PRIMS.lookup(id), client::client()) {
             (Some(prim), _) => Ok(Place::Local(prim)),
             (None, Some(client)) => Ok(Place::Remote { id, client }),
             (None, None) => Err(D::Error::custom(format_args!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Lock, LockError, LockGuard, wait_for};
+use super::{Lock, LockError, LockGuard, Place, wait_for};
 use crate::queues::wire::Wait;
 use crate::sync::lock;
 
@@ -34,7 +34,7 @@ use crate::sync::lock;
 /// ```
 #[derive(Clone)]
 pub struct RLock {
-    lock: Lock,
+    pub(super) lock: Lock,
 }
 
 /// An `RLock` held in this process: the thread, its depth, and the hub
@@ -55,11 +55,16 @@ pub struct RLockGuard {
 
 impl Drop for RLockGuard {
     fn drop(&mut self) {
+        let me = thread::current().id();
         let mut held = lock(&HELD);
-        let done = held.get_mut(&self.id).is_some_and(|(_, depth, _)| {
-            *depth -= 1;
-            *depth == 0
-        });
+        // Only this thread's count (a condition's failed wait took it).
+        let done = held
+            .get_mut(&self.id)
+            .filter(|(t, ..)| *t == me)
+            .is_some_and(|(_, depth, _)| {
+                *depth -= 1;
+                *depth == 0
+            });
         let guard = done.then(|| held.remove(&self.id)).flatten();
         drop(held);
         // Released (one frame to the hub) outside the map's lock.
@@ -118,30 +123,61 @@ impl RLock {
     }
 
     fn acquire_on(&self, wait: Wait) -> Result<RLockGuard, LockError<RLockGuard>> {
-        let id = self.lock.place.id();
-        let me = thread::current().id();
-        // Made only once a level is counted: its drop uncounts one.
-        let guard = || RLockGuard {
-            id,
-            _thread: PhantomData,
-        };
-        if let Some((_, depth, _)) = lock(&HELD).get_mut(&id).filter(|(t, ..)| *t == me) {
-            *depth += 1;
-            return Ok(guard());
-        }
-        let (inner, died) = match super::lock::acquire(&self.lock.place, wait) {
-            Ok(g) => (g, false),
-            Err(LockError::OwnerDied(g)) => (g, true),
-            Err(LockError::Timeout) => return Err(LockError::Timeout),
-            Err(LockError::Failed(e)) => return Err(LockError::Failed(e)),
-        };
-        lock(&HELD).insert(id, (me, 1, inner));
-        if died {
-            Err(LockError::OwnerDied(guard()))
-        } else {
-            Ok(guard())
-        }
+        acquire(&self.lock.place, wait)
     }
+}
+
+impl RLockGuard {
+    /// The id of the lock this guard holds a level of.
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// Takes one level of the reentrant lock at `place` for this thread.
+pub(super) fn acquire(place: &Place, wait: Wait) -> Result<RLockGuard, LockError<RLockGuard>> {
+    let id = place.id();
+    let me = thread::current().id();
+    // Made only once a level is counted: its drop uncounts one.
+    let guard = || RLockGuard {
+        id,
+        _thread: PhantomData,
+    };
+    if let Some((_, depth, _)) = lock(&HELD).get_mut(&id).filter(|(t, ..)| *t == me) {
+        *depth += 1;
+        return Ok(guard());
+    }
+    let (inner, died) = match super::lock::acquire(place, wait) {
+        Ok(g) => (g, false),
+        Err(LockError::OwnerDied(g)) => (g, true),
+        Err(LockError::Timeout) => return Err(LockError::Timeout),
+        Err(LockError::Failed(e)) => return Err(LockError::Failed(e)),
+    };
+    lock(&HELD).insert(id, (me, 1, inner));
+    if died {
+        Err(LockError::OwnerDied(guard()))
+    } else {
+        Ok(guard())
+    }
+}
+
+/// Takes every level of lock `id` that this thread holds out of the
+/// count (a condition's wait releases them all): how many, and the hub
+/// lock's guard. `None` if this thread does not hold it.
+pub(super) fn take_levels(id: u64) -> Option<(u64, LockGuard)> {
+    let me = thread::current().id();
+    let mut held = lock(&HELD);
+    if held.get(&id).is_some_and(|(t, ..)| *t == me) {
+        held.remove(&id).map(|(_, depth, guard)| (depth, guard))
+    } else {
+        None
+    }
+}
+
+/// Puts back what [`take_levels`] took, once this thread holds the hub
+/// lock again.
+pub(super) fn restore_levels(id: u64, depth: u64, guard: LockGuard) {
+    lock(&HELD).insert(id, (thread::current().id(), depth, guard));
 }
 
 impl Serialize for RLock {

@@ -192,3 +192,48 @@ fn a_condition_reports_its_lock_s_dead_holder() {
     assert!(lock.try_acquire().unwrap_err().is_timeout());
     drop(g);
 }
+
+/// Whether another thread finds `r` held (taking it if free, and giving
+/// it back).
+fn held_elsewhere(r: &RLock) -> bool {
+    std::thread::scope(|s| s.spawn(|| r.try_acquire().is_err()).join().unwrap())
+}
+
+#[test]
+fn rcondition_wait_releases_every_level_and_restores_them() {
+    let r = RLock::new();
+    let c = RCondition::with_rlock(&r);
+    let (theirs, their_r) = (c.clone(), r.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let outer = their_r.acquire().unwrap();
+        let middle = their_r.acquire().unwrap();
+        let g = theirs.acquire().unwrap();
+        tx.send(()).unwrap();
+        let (g, notified) = g.wait_timeout(Duration::from_secs(30)).unwrap();
+        // Three levels again: the lock is free only after the last.
+        let mut held = Vec::new();
+        drop(g);
+        held.push(held_elsewhere(&their_r));
+        drop(middle);
+        held.push(held_elsewhere(&their_r));
+        drop(outer);
+        held.push(held_elsewhere(&their_r));
+        (notified, held)
+    });
+    rx.recv().unwrap();
+    // Free only once the waiter waits, whatever its depth.
+    let g = c.acquire_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(g.notify(1).unwrap(), 1);
+    drop(g);
+    assert_eq!(t.join().unwrap(), (true, vec![true, true, false]));
+    // One wait set for every condition over the lock; adopt and timeout.
+    let g = RCondition::with_rlock(&r)
+        .adopt(r.acquire().unwrap())
+        .unwrap();
+    let (g, notified) = g.wait_timeout(Duration::from_millis(1)).unwrap();
+    assert!(!notified);
+    assert!(held_elsewhere(&r));
+    drop(g.into_rlock_guard());
+    assert!(!held_elsewhere(&r));
+}

@@ -1,0 +1,33 @@
+//! The task and the report shared by `slurm.rs` and `one_program.rs`: two
+//! ways of starting workers on a cluster, one job.
+
+use std::collections::BTreeMap;
+
+use anyhow::ensure;
+use procpool::{Pool, Task};
+
+/// The square of its input, and the Slurm node that computed it.
+pub(crate) const SQUARE_ON: Task<u64, (u64, String)> = Task::new("square_on");
+
+/// The task: `SLURMD_NODENAME` names the node ("local" outside Slurm).
+pub(crate) fn square_on(x: u64) -> (u64, String) {
+    let node = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| "local".into());
+    (x * x, node)
+}
+
+/// Squares 0..1000 on the pool's workers; prints how many items each node
+/// ran, then "all items done".
+#[allow(clippy::print_stdout)] // a program talks to its user
+pub(crate) fn square_and_report(pool: &Pool) -> anyhow::Result<()> {
+    let results = pool.map(SQUARE_ON, 0..1000u64)?;
+    let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, (square, node)) in results.into_iter().enumerate() {
+        ensure!(square == (i as u64) * (i as u64));
+        *per_node.entry(node).or_default() += 1;
+    }
+    for (node, n) in &per_node {
+        println!("{node}: {n} items");
+    }
+    println!("all items done");
+    Ok(())
+}
