@@ -245,7 +245,8 @@ struct Sub {
     recalling: bool,
     held: u64,
     /// It answered a recall keeping what it had (a getter was about to
-    /// take it): not recalled again before it acknowledges a take.
+    /// take it): not recalled again before it acknowledges a take, or
+    /// says (`ACK` of nothing) that its getters left without taking.
     kept: bool,
     /// It gave everything back with no getter waiting: no credit until
     /// it subscribes again (its acknowledgements return none).
@@ -1020,8 +1021,10 @@ impl Core {
                     if !sub.dormant {
                         sub.grant(n as u64);
                     }
+                    // A take, or (`ACK` of nothing) the getters it kept
+                    // items for left without them: it may be recalled.
+                    sub.kept = false;
                     if n > 0 {
-                        sub.kept = false;
                         *state.debts.entry(link.id()).or_default() += n as u64;
                     }
                 }

@@ -908,6 +908,30 @@ fn a_stale_want_does_not_strand_an_item() {
     assert_eq!(r.got_from(q.id), [item(b"a")]);
 }
 
+/// A process whose getter was about to take an item answers a recall
+/// `KEEP`, and is not asked again before a take; if that getter leaves
+/// without the item (its time ran out), its process says so (`ACK` of
+/// nothing) and the item is recalled for the getter waiting elsewhere.
+#[test]
+fn a_kept_item_whose_getter_left_is_recalled() {
+    let q = queue(None, &[]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    q.put(b"a".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), [item(b"a")]);
+    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    assert_eq!(r.ask(0, op::WANT, &q, 0, &[]), []);
+    assert_eq!(p.got_from(q.id), [recall_notice(&q)]);
+    assert_eq!(
+        p.ask(0, op::KEEP, &q, 0, &[]),
+        [],
+        "not asked again at once"
+    );
+    assert_eq!(p.ask(0, op::ACK, &q, 0, &[]), [recall_notice(&q)]);
+    assert_eq!(p.ask(0, op::RETURN, &q, 1, &[]), []);
+    assert_eq!(r.got_from(q.id), [item(b"a")]);
+}
+
 /// A process that ends while a recall to it is unanswered: what it held
 /// comes back in order, to the getter that waits.
 #[test]
