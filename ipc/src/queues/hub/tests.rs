@@ -932,6 +932,29 @@ fn a_kept_item_whose_getter_left_is_recalled() {
     assert_eq!(r.got_from(q.id), [item(b"a")]);
 }
 
+/// A `KEEP` that races a put: the put went to the waiting getter
+/// meanwhile; what comes back is older, so it goes to the process that
+/// holds nothing newer (here the one that kept the item before it), never
+/// behind the put.
+#[test]
+fn a_keep_racing_a_put_keeps_put_order() {
+    let q = queue(None, &[]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
+    q.put(b"a".to_vec(), Wait::No).expect("room");
+    q.put(b"b".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), [item(b"a"), item(b"b")]);
+    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    assert_eq!(r.ask(0, op::WANT, &q, 0, &[]), []);
+    assert_eq!(p.got_from(q.id), [recall_notice(&q)]);
+    q.put(b"c".to_vec(), Wait::No).expect("room");
+    assert_eq!(r.got_from(q.id), [item(b"c")]);
+    // p's getter takes `a`; `b` comes back, and goes to p again, after `a`.
+    assert_eq!(p.ask(0, op::KEEP, &q, 1, &[]), [item(b"b")]);
+    assert_eq!(r.got_from(q.id), []);
+    assert_eq!(q.len(), 3);
+}
+
 /// A process that ends while a recall to it is unanswered: what it held
 /// comes back in order, to the getter that waits.
 #[test]
