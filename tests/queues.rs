@@ -60,6 +60,8 @@ const ABORT_ON_ITEM_13: Task<(JoinableQueue<u64>, SimpleQueue<u64>), ()> =
 /// getter, so its credit grows), reports the token's value on the second
 /// queue, then blocks on the third without getting again.
 const PASS_TOKEN_THEN_HOLD: Task<HoldArgs, ()> = Task::new("pass_token_then_hold");
+/// Takes one item within this many milliseconds; `None` if none came.
+const TAKE_WITHIN: Task<(Queue<u64>, u64), Option<u64>> = Task::new("take_within");
 /// Signals readiness, then blocks in `get`; what the get said, as text.
 const GET_REPORT: Task<(Queue<u64>, SimpleQueue<()>), String> = Task::new("get_report");
 /// Signals readiness, then blocks in `put` (the queue is full); what the
@@ -209,6 +211,9 @@ fn registry() -> Registry {
             }
             took.put(t + 1).expect("took");
             hold.get().expect("hold");
+        })
+        .task(TAKE_WITHIN, |(q, ms)| {
+            q.get_timeout(Duration::from_millis(ms)).ok()
         })
         .task(GET_REPORT, |(q, ready)| {
             ready.put(()).expect("ready");
@@ -726,13 +731,25 @@ fn join_reports_a_consumer_that_died_before_task_done() -> anyhow::Result<()> {
 /// get it, as with Python's queue. (Before the hub recalled items from an
 /// idle holder, B waited for ever.)
 fn a_token_queue_never_strands_its_token() -> anyhow::Result<()> {
-    // A getter in another process (B) does not recall the token yet: that
-    // recall made two consumers starve each other (see the hub's `WANT`);
-    // only a getter in the hub's process gets it back.
     let token = Queue::new();
+    token.put(0u64)?;
     let (took, hold) = (SimpleQueue::new(), Queue::new());
-    // The master, a getter in the hub process, gets it back from A, which
-    // passed it 8 times and then waits on something else.
+    let a = Process::spawn(
+        PASS_TOKEN_THEN_HOLD,
+        (token.clone(), took.clone(), hold.clone()),
+    )?
+    .watched();
+    let last = took.get()?;
+    ensure!(last == 8, "A passed the token {last} times");
+    let b = Process::spawn(TAKE_WITHIN, (token.clone(), 20_000))?.watched();
+    let got = b.join()?;
+    hold.put(())?;
+    a.join()?;
+    ensure!(
+        got == Some(8),
+        "B got {got:?}: the token stayed with A, which was not getting"
+    );
+    // The master, a getter in the hub process, gets it back the same way.
     token.put(0)?;
     let a = Process::spawn(
         PASS_TOKEN_THEN_HOLD,

@@ -160,6 +160,10 @@ struct SubState {
     puts_confirmed: bool,
     subscribed: bool,
     credit: u64,
+    /// It answered a recall keeping items for the getters waiting here
+    /// (`KEEP`): the hub does not recall them before a take. A getter
+    /// that leaves without taking them says so (see [`Client::left`]).
+    kept: bool,
     last_take: Option<Instant>,
     /// Threads waiting for a delivery.
     waiters: usize,
@@ -277,11 +281,26 @@ impl Client {
             state.credit = 0;
             op::RETURN
         } else {
+            state.kept = keep > 0;
             op::KEEP
         };
         // A broken link needs no answer: the hub gives everything back
         // when it sees the connection end.
         let _ = self.oneway(code, queue, back, &[]);
+    }
+
+    /// A getter left without taking (it timed out, or was a wait that
+    /// takes nothing): if items kept for the getters here by a `KEEP` are
+    /// still buffered and no getter is left to take them, the hub hears
+    /// it (`ACK` of nothing), so it may recall them for a getter that
+    /// waits elsewhere.
+    fn left(&self, queue: u64, state: &mut SubState) {
+        if state.kept && !state.buf.is_empty() && state.waiters == 0 && state.wakers.is_empty() {
+            state.kept = false;
+            // A broken link needs no notice: the hub gives everything
+            // back when it sees the connection end.
+            let _ = self.oneway(op::ACK, queue, 0, &[]);
+        }
     }
 
     /// Grants the hub credit again after a recall took it (`RETURN`):
@@ -494,7 +513,9 @@ impl Client {
     /// Drops `waker` from `queue`'s subscription, if it is there.
     pub(crate) fn unwatch(&self, queue: u64, waker: &std::task::Waker) {
         if let Some(sub) = self.existing(queue) {
-            lock(&sub.state).wakers.retain(|w| !w.will_wake(waker));
+            let mut state = lock(&sub.state);
+            state.wakers.retain(|w| !w.will_wake(waker));
+            self.left(queue, &mut state);
         }
     }
 
@@ -605,6 +626,7 @@ impl Client {
         loop {
             if let Some(item) = state.buf.pop_front() {
                 state.last_take = Some(Instant::now());
+                state.kept = false;
                 drop(state);
                 // Acknowledged, and in the kernel, before the caller sees
                 // it: if this process dies now, the hub knows the item was
@@ -624,7 +646,15 @@ impl Client {
             self.regrant(queue, &mut state)?;
             state = match self.wait_wanting(&sub, queue, state, deadline, &mut wanted)? {
                 Some(state) => state,
-                None if synced => return Ok(Taken::Empty),
+                None if synced => {
+                    // An item that came as the time ran out (kept for
+                    // this getter by a `KEEP`, say) is taken, not left.
+                    let state = lock(&sub.state);
+                    if state.buf.is_empty() && !state.closed {
+                        return Ok(Taken::Empty);
+                    }
+                    state
+                }
                 None => {
                     // Nothing here by the deadline, but the hub may hold an
                     // item on its way (given in place of the last one
@@ -647,12 +677,19 @@ impl Client {
         let mut state = lock(&sub.state);
         loop {
             if !state.buf.is_empty() || state.closed {
+                // This wait takes nothing: what a `KEEP` kept for it may
+                // be recalled for a getter elsewhere.
+                self.left(queue, &mut state);
                 return Ok(true);
             }
             self.regrant(queue, &mut state)?;
             state = match self.wait_wanting(&sub, queue, state, deadline, &mut wanted)? {
                 Some(state) => state,
-                None => return Ok(false),
+                None => {
+                    let mut state = lock(&sub.state);
+                    self.left(queue, &mut state);
+                    return Ok(!state.buf.is_empty() || state.closed);
+                }
             };
         }
     }

@@ -25,6 +25,13 @@
 //!   but not acknowledged when the connection ends go back to the front of
 //!   the queue: a process that dies in `get` loses nothing.
 //! - Delivered-but-unacknowledged items count towards `len` and capacity.
+//! - Items go out in the order they were put, and each process takes
+//!   them in that order: an item never overtakes one queued before it,
+//!   nor goes to a process that holds a newer one unread, and items that
+//!   come back (a recall, an unsubscribe, a connection's end) return to
+//!   their place. So consumers that each stop at a sentinel put after the
+//!   other items (Python's "one `None` per consumer") leave no older item
+//!   to nobody.
 //! - An item is never stranded in a process that is not getting while a
 //!   getter waits elsewhere (Python's queue, a pipe any reader can take
 //!   from, never strands one). When the queue is empty and a getter waits
@@ -160,9 +167,20 @@ pub(crate) struct Core {
     changed: Condvar,
 }
 
+/// An item in the hub, numbered in the order it was put.
+#[derive(Debug)]
+struct Item {
+    seq: u64,
+    bytes: Vec<u8>,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    items: VecDeque<Vec<u8>>,
+    /// Queued items, in put order (`seq`), also after items come back
+    /// from a subscriber.
+    items: VecDeque<Item>,
+    /// The number the next item put gets.
+    next_seq: u64,
     closed: bool,
     /// Shut down (closed, and puts and getters are told `ShutDown`);
     /// `dropped`: immediately, pending items were dropped.
@@ -214,7 +232,9 @@ struct State {
 struct Sub {
     link: Arc<Link>,
     credit: u64,
-    unacked: VecDeque<Vec<u8>>,
+    /// Delivered, not acknowledged: in put order, since an item older
+    /// than its last is never delivered to it (see [`State::deliver`]).
+    unacked: VecDeque<Item>,
     closed_sent: bool,
     /// Its process has a getter waiting with nothing buffered (`WANT`):
     /// served first, and items buffered elsewhere are recalled for it.
@@ -225,7 +245,8 @@ struct Sub {
     recalling: bool,
     held: u64,
     /// It answered a recall keeping what it had (a getter was about to
-    /// take it): not recalled again before it acknowledges a take.
+    /// take it): not recalled again before it acknowledges a take, or
+    /// says (`ACK` of nothing) that its getters left without taking.
     kept: bool,
     /// It gave everything back with no getter waiting: no credit until
     /// it subscribes again (its acknowledgements return none).
@@ -256,9 +277,15 @@ impl Sub {
         }
     }
 
+    /// Whether `item` may go to it: it has credit, and holds nothing
+    /// newer (its process takes items in the order they were put).
+    fn takes(&self, item: &Item) -> bool {
+        self.credit > 0 && self.unacked.back().is_none_or(|last| last.seq < item.seq)
+    }
+
     /// Takes back the last `n` items delivered to it (its process's
     /// buffer, unread), oldest first.
-    fn give_back(&mut self, n: u64) -> VecDeque<Vec<u8>> {
+    fn give_back(&mut self, n: u64) -> VecDeque<Item> {
         let n = usize::try_from(n)
             .unwrap_or(usize::MAX)
             .min(self.unacked.len());
@@ -336,8 +363,17 @@ impl State {
                 true
             }
         });
-        while let Some(item) = returned.pop_back() {
-            self.items.push_front(item);
+        self.requeue(returned);
+    }
+
+    /// Puts items that come back from a subscriber (in put order) back
+    /// in their places: other subscribers may have given back older ones
+    /// meanwhile, and an item must not overtake an older one (a consumer
+    /// that stops at a sentinel would leave the older one to nobody).
+    fn requeue(&mut self, back: VecDeque<Item>) {
+        for item in back.into_iter().rev() {
+            let at = self.items.partition_point(|i| i.seq < item.seq);
+            self.items.insert(at, item);
         }
     }
 
@@ -452,9 +488,15 @@ impl State {
         capacity.is_none_or(|c| self.len() < c)
     }
 
-    /// Hands `item` to a subscriber with credit, or queues it.
-    fn push(&mut self, item: Vec<u8>, queue: u64, dirty: &mut Dirty) {
-        let item = if self.local_getters == 0 {
+    /// Hands `item` to a subscriber with credit, or queues it (behind
+    /// the items queued already: it never overtakes them).
+    fn push(&mut self, bytes: Vec<u8>, queue: u64, dirty: &mut Dirty) {
+        let item = Item {
+            seq: self.next_seq,
+            bytes,
+        };
+        self.next_seq += 1;
+        let item = if self.local_getters == 0 && self.items.is_empty() {
             self.deliver(item, queue, dirty)
         } else {
             Some(item)
@@ -464,9 +506,10 @@ impl State {
         }
     }
 
-    /// Delivers to the next subscriber with credit (round robin); returns
-    /// the item if none could take it.
-    fn deliver(&mut self, item: Vec<u8>, queue: u64, dirty: &mut Dirty) -> Option<Vec<u8>> {
+    /// Delivers to the next subscriber with credit (round robin) that
+    /// holds nothing newer (see [`Sub::takes`]); returns the item if none
+    /// could take it.
+    fn deliver(&mut self, item: Item, queue: u64, dirty: &mut Dirty) -> Option<Item> {
         let n = self.subs.len();
         if n == 0 {
             return Some(item);
@@ -476,19 +519,19 @@ impl State {
         let first = self
             .subs
             .iter()
-            .position(|s| s.wants && s.credit > 0)
+            .position(|s| s.wants && s.takes(&item))
             .unwrap_or(start);
         let order = std::iter::once(first)
             .chain((0..n).map(|k| (start + k) % n).filter(move |&i| i != first));
         for i in order {
             let sub = &mut self.subs[i];
-            if sub.credit == 0 {
+            if !sub.takes(&item) {
                 continue;
             }
             let msg = Message::Deliver {
                 queue,
                 closed: false,
-                payload: &item,
+                payload: &item.bytes,
             };
             if sub.link.write(&msg).is_err() {
                 // A broken link: its reader will report the end; stop feeding it.
@@ -564,8 +607,15 @@ impl State {
             return false;
         }
         let mut sent = false;
+        // A subscriber that sent `WANT` is asked too if a getter waits
+        // elsewhere: its own getter may have given up since (a timeout)
+        // and left an item that reached it after (one that still waits
+        // there answers `KEEP`).
+        let others = getter_here
+            || self.local_getters > 0
+            || self.subs.iter().filter(|s| s.wants).count() > 1;
         for sub in &mut self.subs {
-            if sub.wants || sub.recalling || sub.kept || sub.unacked.is_empty() {
+            if (sub.wants && !others) || sub.recalling || sub.kept || sub.unacked.is_empty() {
                 continue;
             }
             let msg = Message::Reply {
@@ -602,9 +652,7 @@ impl State {
             sub.credit = std::mem::take(&mut sub.held).saturating_add(back.len() as u64);
             sub.kept = true;
         }
-        for item in back.into_iter().rev() {
-            self.items.push_front(item);
-        }
+        self.requeue(back);
     }
 }
 
@@ -698,7 +746,7 @@ impl Core {
                 state.local_debt += 1;
                 state.pump(self.capacity, self.id, &mut dirty);
                 self.notify(state);
-                return Ok(item);
+                return Ok(item.bytes);
             }
             if state.drained() {
                 return Err(GetFail::Closed);
@@ -973,8 +1021,10 @@ impl Core {
                     if !sub.dormant {
                         sub.grant(n as u64);
                     }
+                    // A take, or (`ACK` of nothing) the getters it kept
+                    // items for left without them: it may be recalled.
+                    sub.kept = false;
                     if n > 0 {
-                        sub.kept = false;
                         *state.debts.entry(link.id()).or_default() += n as u64;
                     }
                 }
@@ -1038,14 +1088,11 @@ impl Core {
                     reply(link, arg, status::CANCELLED, 0, dirty);
                 }
             }
-            // A getter waiting in another process does not trigger a
-            // recall for now: with it, two consumers of one JoinableQueue
-            // sometimes starved each other for good (a subscription left
-            // without credit: `two_producers_two_consumers_exactly_once`
-            // hung in about 1 run in 4; the cause is not found yet). Items
-            // held by an idle process are still recalled for a getter in
-            // this (the hub's) process.
-            op::WANT => {}
+            op::WANT => {
+                if let Some(sub) = state.subs.iter_mut().find(|s| s.link.id() == link.id()) {
+                    sub.wants = true;
+                }
+            }
             op::RETURN | op::KEEP => state.recalled(link.id(), arg, code == op::RETURN),
             op::UNSUBSCRIBE => {
                 state.unsubscribe(link.id());

@@ -8,7 +8,7 @@
 //! | `PUT` | 0 (one-way) | — | item | none; `NO_QUEUE` notice if the queue is gone |
 //! | `PUT_WAIT` | id | 1: park until room, 0: never wait | item | `OK`, `FULL`, `CLOSED` (or later, once parked); also a process's first put to an unbounded queue |
 //! | `SUBSCRIBE` | id, or 0 to raise the credit | credit to add | — | deliveries, then `OK` (if `req`) |
-//! | `ACK` | 0 | items taken | — | none (returns their credit) |
+//! | `ACK` | 0 | items taken | — | none (returns their credit); 0: the getters a `KEEP` kept items for left without taking them, so they may be recalled |
 //! | `TASK_DONE` | id or 0 | count | — | `OK`, or `TOO_MANY_TASK_DONE` with `value` = unfinished |
 //! | `JOIN` | id | — | — | `OK` once nothing is unfinished (parks); `CONSUMER_DIED` at once, or while parked, when a connection ended owing confirmations |
 //! | `LEN` | id | — | — | `OK` with `value` = length |
@@ -21,7 +21,7 @@
 //! | `HOLD` | 0 | as `PIN` | — | none; a handle was deserialised in the sender's process: the queue lives while the connection holds it. `NO_QUEUE` notice if the queue is gone |
 //! | `UNHOLD` | 0 | as `PIN` | — | none; that handle (with its clones) was dropped |
 //! | `WANT` | 0 | — | — | none; a getter here has waited a moment with nothing buffered: deliver here first, and recall items buffered in idle processes |
-//! | `RETURN` | 0 | count | — | none; answers a `RECALL`: no getter waits here; the last `count` items delivered (this process's unread buffer) go back to the front of the queue, and the subscription has no credit until the next `SUBSCRIBE` |
+//! | `RETURN` | 0 | count | — | none; answers a `RECALL`: no getter waits here; the last `count` items delivered (this process's unread buffer) go back to their places in the queue (put order), and the subscription has no credit until the next `SUBSCRIBE` |
 //! | `KEEP` | 0 | count | — | none; answers a `RECALL` while a getter waits here: as `RETURN` for the `count` items the getters will not take, but the credit stays |
 //!
 //! `ACK` adds to the sending connection's debt and `TASK_DONE` pays it

@@ -41,6 +41,7 @@ impl Client {
         let mut state = lock(&sub.state);
         if let Some(item) = state.buf.pop_front() {
             state.last_take = Some(Instant::now());
+            state.kept = false;
             drop(state);
             // Acknowledged before the caller sees it, as in `get`.
             return Poll::Ready(

@@ -115,7 +115,7 @@ impl Core {
             state.local_debt += 1;
             state.pump(self.capacity, self.id, &mut dirty);
             self.notify(state);
-            return Poll::Ready(Ok(item));
+            return Poll::Ready(Ok(item.bytes));
         }
         if state.drained() {
             state.unregister(wait);

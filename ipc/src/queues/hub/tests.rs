@@ -773,11 +773,171 @@ fn hub_id_is_answered() {
     );
 }
 
-/// A getter waiting in another process does not recall items buffered
-/// elsewhere for now (see `WANT` in the hub): the recall made two consumers
-/// starve each other. When it is back, this test says what it does.
+fn recall_notice(q: &Core) -> Got {
+    Got::Reply {
+        req: 0,
+        status: status::RECALL,
+        value: q.id,
+    }
+}
+
 #[test]
-fn a_want_from_another_process_recalls_nothing_yet() {
+fn a_want_recalls_items_buffered_by_an_idle_subscriber() {
+    let q = queue(None, &[]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
+    q.put(b"a".to_vec(), Wait::No).expect("room");
+    q.put(b"b".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), [item(b"a"), item(b"b")]);
+    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    // r's getter waits: p, which holds both unread, is asked back.
+    assert_eq!(r.ask(0, op::WANT, &q, 0, &[]), []);
+    assert_eq!(p.got_from(q.id), [recall_notice(&q)]);
+    // Nothing is delivered to p while the recall is unanswered.
+    q.put(b"c".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), []);
+    assert_eq!(
+        r.got_from(q.id),
+        [item(b"c")],
+        "the wanting subscriber first"
+    );
+    // p has no getter: both come back, in order, ahead of the rest.
+    assert_eq!(p.ask(0, op::RETURN, &q, 2, &[]), []);
+    assert_eq!(take_all(&q), [b"a".to_vec(), b"b".to_vec()]);
+    // p gave up its credit: nothing comes to it until it subscribes again.
+    q.put(b"d".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), []);
+    assert_eq!(p.ask(2, op::SUBSCRIBE, &q, 1, &[]), [item(b"d"), ok(2)]);
+}
+
+/// The interleaving that made `two_producers_two_consumers_exactly_once`
+/// hang (about 1 run in 4): items came back from a recall behind a
+/// sentinel already delivered to the other consumer, so both consumers
+/// took a sentinel and stopped while older items were still queued.
+///
+/// r holds x1 and x2 (prefetched); p's getter waits (`WANT`), so r is
+/// asked back. Meanwhile the master puts the two sentinels: both go to p.
+/// r, busy between two gets, answers `RETURN`. Before, the hub then
+/// handed x1 to p behind n2 as soon as p acknowledged n1; p stopped at
+/// n1 and its unsubscribe put n2 back *in front of* x1 and x2, so r
+/// took n2 and stopped too.
+#[test]
+fn items_a_recall_brings_back_never_go_behind_newer_ones() {
+    let q = queue(None, &[]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
+    q.put(b"x1".to_vec(), Wait::No).expect("room");
+    q.put(b"x2".to_vec(), Wait::No).expect("room");
+    assert_eq!(r.got_from(q.id), [item(b"x1"), item(b"x2")]);
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
+    assert_eq!(p.ask(0, op::WANT, &q, 0, &[]), []);
+    assert_eq!(r.got_from(q.id), [recall_notice(&q)]);
+    q.put(b"n1".to_vec(), Wait::No).expect("room");
+    q.put(b"n2".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), [item(b"n1"), item(b"n2")]);
+    assert_eq!(r.ask(0, op::RETURN, &q, 2, &[]), []);
+    // p takes n1 and stops: it still holds n2, so x1 does not go to it.
+    assert_eq!(p.ask(0, op::ACK, &q, 1, &[]), [], "x1 behind n2");
+    assert_eq!(p.ask(2, op::UNSUBSCRIBE, &q, 0, &[]), [ok(2)]);
+    // r's getter comes back: it gets the items in the order they were put.
+    assert_eq!(
+        r.ask(2, op::SUBSCRIBE, &q, 3, &[]),
+        [item(b"x1"), item(b"x2"), item(b"n2"), ok(2)]
+    );
+}
+
+/// A delivery never overtakes an item queued before it, nor an item a
+/// subscriber holds newer than it: a subscriber with credit that holds a
+/// newer item waits until it acknowledges it; another takes the item.
+#[test]
+fn an_old_item_goes_to_a_subscriber_holding_nothing_newer() {
+    let q = queue(None, &[]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    q.put(b"a".to_vec(), Wait::No).expect("room");
+    assert_eq!(r.got_from(q.id), [item(b"a")]);
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 3, &[]), [ok(1)]);
+    assert_eq!(p.ask(0, op::WANT, &q, 0, &[]), []);
+    assert_eq!(r.got_from(q.id), [recall_notice(&q)]);
+    // A put racing the recall goes to the waiting getter.
+    q.put(b"b".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), [item(b"b")]);
+    // r's getter was about to wait: it keeps nothing... and gives `a` back.
+    assert_eq!(r.ask(0, op::RETURN, &q, 1, &[]), []);
+    // p has credit but holds b: `a` waits for it, and so does c (no
+    // overtaking in the queue).
+    q.put(b"c".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), []);
+    assert_eq!(p.ask(0, op::ACK, &q, 1, &[]), [item(b"a"), item(b"c")]);
+}
+
+/// Items that come back from several subscribers return to their places
+/// in the queue, whatever the order they come back in.
+#[test]
+fn unsubscribes_in_any_order_requeue_in_put_order() {
+    let q = queue(None, &[]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    for i in [b"a", b"b", b"c"] {
+        q.put(i.to_vec(), Wait::No).expect("room");
+    }
+    assert_eq!(p.got_from(q.id), [item(b"a")]);
+    assert_eq!(r.got_from(q.id), [item(b"b")]);
+    assert_eq!(p.ask(2, op::UNSUBSCRIBE, &q, 0, &[]), [ok(2)]);
+    assert_eq!(r.ask(2, op::UNSUBSCRIBE, &q, 0, &[]), [ok(2)]);
+    assert_eq!(take_all(&q), [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+}
+
+/// A `WANT` whose getter gave up before an item reached its process (a
+/// `get_timeout`) does not shield that item from a recall: another
+/// process's getter that waits gets it.
+#[test]
+fn a_stale_want_does_not_strand_an_item() {
+    let q = queue(None, &[]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    q.put(b"a".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), [item(b"a")]);
+    // p's WANT was sent before `a` arrived; its getter has left since.
+    assert_eq!(p.ask(0, op::WANT, &q, 0, &[]), []);
+    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    assert_eq!(r.ask(0, op::WANT, &q, 0, &[]), []);
+    assert_eq!(p.got_from(q.id), [recall_notice(&q)], "p is asked back");
+    assert_eq!(p.ask(0, op::RETURN, &q, 1, &[]), []);
+    assert_eq!(r.got_from(q.id), [item(b"a")]);
+}
+
+/// A process whose getter was about to take an item answers a recall
+/// `KEEP`, and is not asked again before a take; if that getter leaves
+/// without the item (its time ran out), its process says so (`ACK` of
+/// nothing) and the item is recalled for the getter waiting elsewhere.
+#[test]
+fn a_kept_item_whose_getter_left_is_recalled() {
+    let q = queue(None, &[]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    q.put(b"a".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), [item(b"a")]);
+    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    assert_eq!(r.ask(0, op::WANT, &q, 0, &[]), []);
+    assert_eq!(p.got_from(q.id), [recall_notice(&q)]);
+    assert_eq!(
+        p.ask(0, op::KEEP, &q, 0, &[]),
+        [],
+        "not asked again at once"
+    );
+    assert_eq!(p.ask(0, op::ACK, &q, 0, &[]), [recall_notice(&q)]);
+    assert_eq!(p.ask(0, op::RETURN, &q, 1, &[]), []);
+    assert_eq!(r.got_from(q.id), [item(b"a")]);
+}
+
+/// A `KEEP` that races a put: the put went to the waiting getter
+/// meanwhile; what comes back is older, so it goes to the process that
+/// holds nothing newer (here the one that kept the item before it), never
+/// behind the put.
+#[test]
+fn a_keep_racing_a_put_keeps_put_order() {
     let q = queue(None, &[]);
     let (p, r) = (Peer::new(), Peer::new());
     assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
@@ -786,9 +946,33 @@ fn a_want_from_another_process_recalls_nothing_yet() {
     assert_eq!(p.got_from(q.id), [item(b"a"), item(b"b")]);
     assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
     assert_eq!(r.ask(0, op::WANT, &q, 0, &[]), []);
-    assert_eq!(p.got_from(q.id), [], "no recall");
+    assert_eq!(p.got_from(q.id), [recall_notice(&q)]);
     q.put(b"c".to_vec(), Wait::No).expect("room");
     assert_eq!(r.got_from(q.id), [item(b"c")]);
+    // p's getter takes `a`; `b` comes back, and goes to p again, after `a`.
+    assert_eq!(p.ask(0, op::KEEP, &q, 1, &[]), [item(b"b")]);
+    assert_eq!(r.got_from(q.id), []);
+    assert_eq!(q.len(), 3);
+}
+
+/// A process that ends while a recall to it is unanswered: what it held
+/// comes back in order, to the getter that waits.
+#[test]
+fn a_process_that_ends_during_a_recall_gives_everything_back() {
+    let q = queue(None, &[]);
+    let (p, r) = (Peer::new(), Peer::new());
+    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
+    q.put(b"a".to_vec(), Wait::No).expect("room");
+    q.put(b"b".to_vec(), Wait::No).expect("room");
+    assert_eq!(p.got_from(q.id), [item(b"a"), item(b"b")]);
+    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
+    assert_eq!(r.ask(0, op::WANT, &q, 0, &[]), []);
+    assert_eq!(p.got_from(q.id), [recall_notice(&q)]);
+    disconnect(p.link.id(), None);
+    assert_eq!(r.got_from(q.id), [item(b"a"), item(b"b")]);
+    // A late answer from the gone connection changes nothing.
+    assert_eq!(p.ask(0, op::RETURN, &q, 2, &[]), []);
+    assert_eq!(q.len(), 2);
 }
 
 #[test]
