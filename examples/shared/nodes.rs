@@ -19,9 +19,7 @@ pub(crate) fn square_on(x: u64) -> (u64, String) {
 /// items each node ran, then "all items done".
 ///
 /// Fixed chunks, not automatic ones: automatic chunks grow while tasks this
-/// short finish fast, so the first workers to answer can take every item
-/// and a node may show none (`tests/slurm.rs` checks both nodes ran some;
-/// it saw "n2: 1000 items" in 2 runs of 17).
+/// short finish fast, so the first workers to answer can take most items.
 #[allow(clippy::print_stdout)] // a program talks to its user
 pub(crate) fn square_and_report(pool: &Pool) -> anyhow::Result<()> {
     let results = pool.map_chunked(SQUARE_ON, 0..1000u64, 10)?;
