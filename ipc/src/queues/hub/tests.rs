@@ -102,6 +102,21 @@ impl Peer {
         self.got_from(queue.id)
     }
 
+    /// Subscribes (request 1) with `credit`; the hub answers OK and
+    /// delivers nothing yet.
+    #[track_caller]
+    fn subscribe(&self, queue: &Core, credit: u64) {
+        assert_eq!(self.ask(1, op::SUBSCRIBE, queue, credit, &[]), [ok(1)]);
+    }
+
+    /// Says a getter waits here (`WANT`), which asks `holder` to give
+    /// back what it buffered.
+    #[track_caller]
+    fn want_recalls(&self, queue: &Core, holder: &Peer) {
+        assert_eq!(self.ask(0, op::WANT, queue, 0, &[]), []);
+        assert_eq!(holder.got_from(queue.id), [recall_notice(queue)]);
+    }
+
     /// What the hub wrote to this peer since the last look, once the
     /// link's writer thread has handed it over; deliveries must be of
     /// `queue`.
@@ -323,8 +338,8 @@ fn huge_credit_grants_saturate() {
 fn deliveries_go_round_robin() {
     let q = queue(None, &[]);
     let (p, r) = (Peer::new(), Peer::new());
-    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
-    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
+    p.subscribe(&q, 2);
+    r.subscribe(&q, 2);
     for i in b"abcde" {
         q.put(vec![*i], Wait::No).expect("room");
     }
@@ -360,7 +375,7 @@ fn a_disconnect_hands_unacked_items_to_other_subscribers() {
         p.ask(1, op::SUBSCRIBE, &q, 2, &[]),
         [item(b"a"), item(b"b"), ok(1)]
     );
-    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 5, &[]), [ok(1)]);
+    r.subscribe(&q, 5);
     disconnect(p.link.id(), None);
     assert_eq!(r.got_from(q.id), [item(b"a"), item(b"b")]);
     assert!(p.got_from(q.id).is_empty());
@@ -393,7 +408,7 @@ fn closed_is_not_told_while_items_are_unacked() {
     assert_eq!(p.got_from(q.id), [close_notice(&q)], "not the end yet");
     assert_eq!(q.get(Wait::No), Err(GetFail::Empty), "a may come back");
     assert!(!q.poll(Wait::No));
-    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    r.subscribe(&q, 1);
     // Once it is taken for good, every subscriber hears the end, once.
     assert_eq!(p.ask(0, op::ACK, &q, 1, &[]), [Got::End]);
     assert_eq!(r.got_from(q.id), [Got::End]);
@@ -409,7 +424,7 @@ fn closed_is_not_told_until_requeued_items_are_taken() {
     let (p, r) = (Peer::new(), Peer::new());
     assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [item(b"a"), ok(1)]);
     q.close();
-    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    r.subscribe(&q, 1);
     // The getter dies: its item goes to the other subscriber, still no end.
     disconnect(p.link.id(), None);
     assert_eq!(r.got_from(q.id), [item(b"a")]);
@@ -785,14 +800,13 @@ fn recall_notice(q: &Core) -> Got {
 fn a_want_recalls_items_buffered_by_an_idle_subscriber() {
     let q = queue(None, &[]);
     let (p, r) = (Peer::new(), Peer::new());
-    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
+    p.subscribe(&q, 2);
     q.put(b"a".to_vec(), Wait::No).expect("room");
     q.put(b"b".to_vec(), Wait::No).expect("room");
     assert_eq!(p.got_from(q.id), [item(b"a"), item(b"b")]);
-    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    r.subscribe(&q, 1);
     // r's getter waits: p, which holds both unread, is asked back.
-    assert_eq!(r.ask(0, op::WANT, &q, 0, &[]), []);
-    assert_eq!(p.got_from(q.id), [recall_notice(&q)]);
+    r.want_recalls(&q, &p);
     // Nothing is delivered to p while the recall is unanswered.
     q.put(b"c".to_vec(), Wait::No).expect("room");
     assert_eq!(p.got_from(q.id), []);
@@ -825,13 +839,12 @@ fn a_want_recalls_items_buffered_by_an_idle_subscriber() {
 fn items_a_recall_brings_back_never_go_behind_newer_ones() {
     let q = queue(None, &[]);
     let (p, r) = (Peer::new(), Peer::new());
-    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
+    r.subscribe(&q, 2);
     q.put(b"x1".to_vec(), Wait::No).expect("room");
     q.put(b"x2".to_vec(), Wait::No).expect("room");
     assert_eq!(r.got_from(q.id), [item(b"x1"), item(b"x2")]);
-    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
-    assert_eq!(p.ask(0, op::WANT, &q, 0, &[]), []);
-    assert_eq!(r.got_from(q.id), [recall_notice(&q)]);
+    p.subscribe(&q, 2);
+    p.want_recalls(&q, &r);
     q.put(b"n1".to_vec(), Wait::No).expect("room");
     q.put(b"n2".to_vec(), Wait::No).expect("room");
     assert_eq!(p.got_from(q.id), [item(b"n1"), item(b"n2")]);
@@ -853,12 +866,11 @@ fn items_a_recall_brings_back_never_go_behind_newer_ones() {
 fn an_old_item_goes_to_a_subscriber_holding_nothing_newer() {
     let q = queue(None, &[]);
     let (p, r) = (Peer::new(), Peer::new());
-    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    r.subscribe(&q, 1);
     q.put(b"a".to_vec(), Wait::No).expect("room");
     assert_eq!(r.got_from(q.id), [item(b"a")]);
-    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 3, &[]), [ok(1)]);
-    assert_eq!(p.ask(0, op::WANT, &q, 0, &[]), []);
-    assert_eq!(r.got_from(q.id), [recall_notice(&q)]);
+    p.subscribe(&q, 3);
+    p.want_recalls(&q, &r);
     // A put racing the recall goes to the waiting getter.
     q.put(b"b".to_vec(), Wait::No).expect("room");
     assert_eq!(p.got_from(q.id), [item(b"b")]);
@@ -877,8 +889,8 @@ fn an_old_item_goes_to_a_subscriber_holding_nothing_newer() {
 fn unsubscribes_in_any_order_requeue_in_put_order() {
     let q = queue(None, &[]);
     let (p, r) = (Peer::new(), Peer::new());
-    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
-    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    p.subscribe(&q, 1);
+    r.subscribe(&q, 1);
     for i in [b"a", b"b", b"c"] {
         q.put(i.to_vec(), Wait::No).expect("room");
     }
@@ -896,12 +908,12 @@ fn unsubscribes_in_any_order_requeue_in_put_order() {
 fn a_stale_want_does_not_strand_an_item() {
     let q = queue(None, &[]);
     let (p, r) = (Peer::new(), Peer::new());
-    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    p.subscribe(&q, 1);
     q.put(b"a".to_vec(), Wait::No).expect("room");
     assert_eq!(p.got_from(q.id), [item(b"a")]);
     // p's WANT was sent before `a` arrived; its getter has left since.
     assert_eq!(p.ask(0, op::WANT, &q, 0, &[]), []);
-    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    r.subscribe(&q, 1);
     assert_eq!(r.ask(0, op::WANT, &q, 0, &[]), []);
     assert_eq!(p.got_from(q.id), [recall_notice(&q)], "p is asked back");
     assert_eq!(p.ask(0, op::RETURN, &q, 1, &[]), []);
@@ -916,12 +928,11 @@ fn a_stale_want_does_not_strand_an_item() {
 fn a_kept_item_whose_getter_left_is_recalled() {
     let q = queue(None, &[]);
     let (p, r) = (Peer::new(), Peer::new());
-    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    p.subscribe(&q, 1);
     q.put(b"a".to_vec(), Wait::No).expect("room");
     assert_eq!(p.got_from(q.id), [item(b"a")]);
-    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
-    assert_eq!(r.ask(0, op::WANT, &q, 0, &[]), []);
-    assert_eq!(p.got_from(q.id), [recall_notice(&q)]);
+    r.subscribe(&q, 1);
+    r.want_recalls(&q, &p);
     assert_eq!(
         p.ask(0, op::KEEP, &q, 0, &[]),
         [],
@@ -940,13 +951,12 @@ fn a_kept_item_whose_getter_left_is_recalled() {
 fn a_keep_racing_a_put_keeps_put_order() {
     let q = queue(None, &[]);
     let (p, r) = (Peer::new(), Peer::new());
-    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
+    p.subscribe(&q, 2);
     q.put(b"a".to_vec(), Wait::No).expect("room");
     q.put(b"b".to_vec(), Wait::No).expect("room");
     assert_eq!(p.got_from(q.id), [item(b"a"), item(b"b")]);
-    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
-    assert_eq!(r.ask(0, op::WANT, &q, 0, &[]), []);
-    assert_eq!(p.got_from(q.id), [recall_notice(&q)]);
+    r.subscribe(&q, 1);
+    r.want_recalls(&q, &p);
     q.put(b"c".to_vec(), Wait::No).expect("room");
     assert_eq!(r.got_from(q.id), [item(b"c")]);
     // p's getter takes `a`; `b` comes back, and goes to p again, after `a`.
@@ -961,13 +971,12 @@ fn a_keep_racing_a_put_keeps_put_order() {
 fn a_process_that_ends_during_a_recall_gives_everything_back() {
     let q = queue(None, &[]);
     let (p, r) = (Peer::new(), Peer::new());
-    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
+    p.subscribe(&q, 2);
     q.put(b"a".to_vec(), Wait::No).expect("room");
     q.put(b"b".to_vec(), Wait::No).expect("room");
     assert_eq!(p.got_from(q.id), [item(b"a"), item(b"b")]);
-    assert_eq!(r.ask(1, op::SUBSCRIBE, &q, 2, &[]), [ok(1)]);
-    assert_eq!(r.ask(0, op::WANT, &q, 0, &[]), []);
-    assert_eq!(p.got_from(q.id), [recall_notice(&q)]);
+    r.subscribe(&q, 2);
+    r.want_recalls(&q, &p);
     disconnect(p.link.id(), None);
     assert_eq!(r.got_from(q.id), [item(b"a"), item(b"b")]);
     // A late answer from the gone connection changes nothing.
@@ -979,7 +988,7 @@ fn a_process_that_ends_during_a_recall_gives_everything_back() {
 fn shutdown_immediate_drops_delivered_items_and_tells_users() {
     let q = joinable(&[]);
     let p = Peer::new();
-    assert_eq!(p.ask(1, op::SUBSCRIBE, &q, 1, &[]), [ok(1)]);
+    p.subscribe(&q, 1);
     q.put(b"a".to_vec(), Wait::No).expect("room");
     q.put(b"b".to_vec(), Wait::No).expect("room");
     assert_eq!(p.got_from(q.id), [item(b"a")]);
