@@ -150,6 +150,18 @@ fn cases() -> Vec<Case> {
             run: channels::queue,
         },
         Case {
+            key: "queue_512B_2x2",
+            label: |_| "queue_512B_2_producers_2_consumers".into(),
+            unit: "ops/s",
+            better: Better::Higher,
+            args: |c, _| {
+                let mut a = queue_args(c, 512);
+                a.push("2".into());
+                a
+            },
+            run: channels::queue_pairs,
+        },
+        Case {
             key: "remote_queue_512B",
             label: |_| "remote_queue_512B_tcp_1_producer_1_consumer".into(),
             unit: "ops/s",

@@ -168,6 +168,40 @@ pub(crate) fn queue(args: &[String]) -> anyhow::Result<f64> {
     Ok(n as f64 / secs)
 }
 
+/// Arguments `n size pairs`: `pairs` producer processes put `n / pairs`
+/// items of `size` bytes each, `pairs` consumer processes get `n / pairs`
+/// each. Time from all processes started to the last consumer's join;
+/// items per second.
+pub(crate) fn queue_pairs(args: &[String]) -> anyhow::Result<f64> {
+    let n = arg(args, 0)?;
+    let size = usize::try_from(arg(args, 1)?)?;
+    let pairs = arg(args, 2)?;
+    ensure!(
+        pairs > 0 && n % pairs == 0,
+        "{n} items do not split in {pairs}"
+    );
+    let each = n / pairs;
+    let q = Queue::<Bytes>::new();
+    let consumers = (0..pairs)
+        .map(|_| Process::spawn(Q_CONSUME, (q.clone(), each, size)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let producers = (0..pairs)
+        .map(|_| Process::spawn(Q_PRODUCE, (q.clone(), each, size)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let t = Instant::now();
+    let mut got = 0;
+    for c in consumers {
+        got += c.join()?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let mut put = 0;
+    for p in producers {
+        put += p.join()?;
+    }
+    ensure!(got == n && put == n, "put {put}, got {got} of {n}");
+    Ok(n as f64 / secs)
+}
+
 /// Arguments `n size`: a child process sends `n` messages of `size` bytes
 /// through a one-way pipe to the master. Time from the child started to
 /// the last message received; messages per second.

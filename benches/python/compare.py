@@ -4,6 +4,7 @@ Each sub-command measures one case the way benches/compare.rs measures it
 for procpool, with the fork start method, and prints one number on stdout:
 
     python3 benches/python/compare.py queue_512B 400000 512  # ops/s (also queue_64B, queue_64KiB)
+    python3 benches/python/compare.py queue_512B_2x2 200000 512 2  # ops/s, 2 producers, 2 consumers
     python3 benches/python/compare.py remote_queue_512B 20000 512  # ops/s, SyncManager over TCP
     python3 benches/python/compare.py pipe_one_way 400000 512  # msgs/s
     python3 benches/python/compare.py pipe_round_trip 20000 512  # median us
@@ -86,6 +87,25 @@ def cmd_queue(n, size):
 
 
 cmd_queue_64B = cmd_queue_512B = cmd_queue_64KiB = cmd_queue
+
+
+def cmd_queue_512B_2x2(n, size, pairs):
+    """pairs producer processes put n / pairs items of size bytes each,
+    pairs consumer processes get n / pairs each; from all started to the
+    last consumer's join. Items per second."""
+    n, size, pairs = int(n), int(size), int(pairs)
+    assert n % pairs == 0, f"{n} items do not split in {pairs}"
+    each = n // pairs
+    q = ctx().Queue()
+    consumers = [start(q_consume, q, each, size) for _ in range(pairs)]
+    producers = [start(q_produce, q, each, size) for _ in range(pairs)]
+    t = time.perf_counter()
+    for c in consumers:
+        joined(c)
+    secs = time.perf_counter() - t
+    for p in producers:
+        joined(p)
+    return n / secs
 
 
 def cmd_remote_queue_512B(n, size):
