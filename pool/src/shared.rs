@@ -16,7 +16,7 @@ use crate::dispatch::{Dispatch, Ended};
 use crate::joinable::Accounting;
 use crate::msg::Msg;
 use crate::wake::WakerSet;
-use crate::work::{Chunk, Job, Outcome, Results};
+use crate::work::{BYTES_AHEAD_PER_WORKER, Chunk, Job, Outcome, Results, Spares};
 use procpool_ipc::sync::{lock, wait_until};
 
 /// State shared between the pool handle, its callers, the reader threads
@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     /// when workers are not replaced, as for a `Process`, so it stays
     /// small), and a signal when one is added.
     exits: Option<(Mutex<Exits>, Condvar)>,
+    /// Payload buffers of answered chunks, for the next chunks to reuse.
+    pub(crate) spares: Spares,
 }
 
 /// Workers that left, for [`Shared::wait_exit`].
@@ -93,6 +95,7 @@ impl Shared {
             stop_wakers: WakerSet::default(),
             exits: (!config.replace_workers)
                 .then(|| (Mutex::new(Exits::default()), Condvar::new())),
+            spares: Spares::new(config.workers.max(1) * BYTES_AHEAD_PER_WORKER),
         }
     }
 
@@ -127,7 +130,9 @@ impl Shared {
     /// yet) goes to its caller and the JoinableQueue counter goes down by
     /// one. Every chunk passes here exactly once, whoever ends it, and
     /// never under the dispatch lock.
-    pub(crate) fn finish(&self, chunk: Chunk, result: Result<Results, Error>) {
+    pub(crate) fn finish(&self, mut chunk: Chunk, result: Result<Results, Error>) {
+        // Before the outcome goes out, so that the caller's next chunk finds it.
+        self.spares.put(std::mem::take(&mut chunk.payload));
         let count = chunk.unreported();
         let result = result.map(|mut r| {
             r.elapsed_ns = r.elapsed_ns.saturating_sub(chunk.reported_ns);

@@ -19,7 +19,7 @@ use procpool_ipc::task::Payload;
 use procpool_ipc::{IpcError, TaskError, codec};
 use serde::Serialize;
 
-use crate::work::{Chunk, Job, Outcome, Results, Skip};
+use crate::work::{BYTES_AHEAD_PER_WORKER, Chunk, Job, Outcome, Results, Skip, Spares};
 use crate::{Error, Oversized, Pool};
 
 /// The length of the first encoded `I` in `bytes` (see [`Skip`]).
@@ -81,10 +81,12 @@ fn next_chunk_len(
 /// `limit` bytes (the pool's payload limit: a chunk's `RUN` frame then fits
 /// the connection's frame limit).
 #[derive(Debug)]
-pub(crate) struct Packer {
+pub(crate) struct Packer<'s> {
     payload: Vec<u8>,
     count: u32,
     limit: u64,
+    /// Where the next chunk's buffer comes from.
+    spares: Option<&'s Spares>,
 }
 
 /// What packing one input gave, to be handled in this order: a full chunk
@@ -95,12 +97,23 @@ pub(crate) struct Packed {
     pub(crate) failed: Option<Error>,
 }
 
-impl Packer {
+impl<'s> Packer<'s> {
     pub(crate) fn new(limit: u64) -> Self {
         Self {
             payload: Vec::new(),
             count: 0,
             limit,
+            spares: None,
+        }
+    }
+
+    /// A packer whose chunks are encoded into buffers taken from `spares`.
+    pub(crate) fn with_spares(limit: u64, spares: &'s Spares) -> Self {
+        Self {
+            payload: spares.take(),
+            count: 0,
+            limit,
+            spares: Some(spares),
         }
     }
 
@@ -140,13 +153,24 @@ impl Packer {
         }
     }
 
-    /// Takes the chunk packed so far, if it holds any input.
+    /// Takes the chunk packed so far, if it holds any input (the next
+    /// chunk's buffer comes from the spares, if any).
     pub(crate) fn take(&mut self) -> Option<(Vec<u8>, u32)> {
         if self.count == 0 {
             return None;
         }
         let count = std::mem::take(&mut self.count);
-        Some((std::mem::take(&mut self.payload), count))
+        let next = self.spares.map(Spares::take).unwrap_or_default();
+        Some((std::mem::replace(&mut self.payload, next), count))
+    }
+}
+
+impl Drop for Packer<'_> {
+    fn drop(&mut self) {
+        // A buffer taken for a chunk that never came goes back.
+        if let Some(spares) = self.spares {
+            spares.put(std::mem::take(&mut self.payload));
+        }
     }
 }
 
@@ -187,6 +211,12 @@ pub struct Imap<'p, I, O, It> {
     outstanding: usize,
     /// Chunks submitted whose outcome has not come back.
     chunks_out: usize,
+    /// Their encoded inputs' length, by index of their first input, and in
+    /// all; no more are encoded past `bytes_ahead` (see
+    /// [`BYTES_AHEAD_PER_WORKER`]).
+    chunk_bytes: BTreeMap<u64, usize>,
+    bytes_out: usize,
+    bytes_ahead: usize,
     /// Most chunks out at once: while the adaptive size is still being
     /// learned, this keeps the first small chunks from filling the window.
     max_chunks: usize,
@@ -246,6 +276,9 @@ where
             chunking,
             outstanding: 0,
             chunks_out: 0,
+            chunk_bytes: BTreeMap::new(),
+            bytes_out: 0,
+            bytes_ahead: pool.config.workers.max(1) * BYTES_AHEAD_PER_WORKER,
             max_chunks,
             next_index: 0,
             next_yield: 0,
@@ -265,6 +298,7 @@ where
         while !self.input_done
             && self.outstanding < self.window
             && self.chunks_out < self.max_chunks
+            && (self.chunks_out == 0 || self.bytes_out < self.bytes_ahead)
         {
             let Some(want) = next_chunk_len(
                 self.window,
@@ -274,7 +308,8 @@ where
             ) else {
                 break;
             };
-            let mut packer = Packer::new(self.pool.config.payload_limit());
+            let pool = self.pool;
+            let mut packer = Packer::with_spares(pool.config.payload_limit(), &pool.shared.spares);
             while (packer.count() as usize) < want {
                 let item = match catch_unwind(AssertUnwindSafe(|| self.input.next())) {
                     Ok(Some(item)) => item,
@@ -315,6 +350,8 @@ where
             .submitted
             .fetch_add(u64::from(count), Ordering::Relaxed);
         let skip: Skip = skip::<I>;
+        self.bytes_out += payload.len();
+        self.chunk_bytes.insert(first, payload.len());
         let chunk = Chunk::new(
             Arc::clone(&self.job),
             first,
@@ -326,6 +363,7 @@ where
         self.chunks_out += 1;
         if let Err((chunk, error)) = shared.submit(chunk) {
             self.chunks_out -= 1;
+            self.uncharge(chunk.first);
             shared
                 .stats
                 .failed
@@ -366,6 +404,7 @@ where
     fn accept(&mut self, outcome: Outcome) {
         if outcome.last {
             self.chunks_out -= 1;
+            self.uncharge(outcome.first);
         }
         if outcome.count == 0 {
             // The end of a chunk whose items were all reported before.
@@ -378,6 +417,20 @@ where
             self.reorder.insert(outcome.first, outcome);
         } else {
             self.ready.push_back(outcome);
+        }
+    }
+
+    /// Forgets the bytes of the chunk holding input `index` (its last
+    /// outcome came: chunks hold consecutive inputs, so it is the one that
+    /// starts at or before it).
+    fn uncharge(&mut self, index: u64) {
+        let first = self
+            .chunk_bytes
+            .range(..=index)
+            .next_back()
+            .map(|(&k, _)| k);
+        if let Some(bytes) = first.and_then(|k| self.chunk_bytes.remove(&k)) {
+            self.bytes_out -= bytes;
         }
     }
 

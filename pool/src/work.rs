@@ -2,8 +2,8 @@
 //! [`Outcome`], [`Results`]. A leaf: it imports no module of the crate but
 //! the error type and the waker slot.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
 use procpool_ipc::link::Lease;
@@ -12,6 +12,61 @@ use serde::de::DeserializeOwned;
 
 use crate::Error;
 use crate::wake::WakeSlot;
+
+/// Encoded input bytes a caller may have out (in chunks submitted and not
+/// yet answered) per worker before it stops encoding more: with large
+/// inputs, encoding far ahead of the workers only makes fresh buffers for
+/// the kernel to zero (issue 11: `map` over 16 × 16 MiB encoded all 256 MiB
+/// up front, each buffer's pages faulted in anew), while a chunk or two
+/// per worker keeps every worker busy. Small inputs never reach it (the
+/// item window binds first). At least one chunk is always out.
+pub(crate) const BYTES_AHEAD_PER_WORKER: usize = 32 << 20;
+
+/// Payload buffers at least this large are kept for reuse once their chunk
+/// is answered; smaller ones are the allocator's business.
+const SPARE_MIN: usize = 1 << 20;
+
+/// Payload buffers of answered chunks, kept for the next chunks so that
+/// their pages stay faulted in (a fresh 16 MiB buffer costs 4096 page
+/// faults, each zeroing a page, more than encoding into it). Holds at most
+/// `cap` bytes of capacity; kept until the pool is dropped.
+#[derive(Debug)]
+pub(crate) struct Spares {
+    bufs: Mutex<Vec<Vec<u8>>>,
+    cap: usize,
+}
+
+impl Spares {
+    /// A bin holding at most `cap` bytes.
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            bufs: Mutex::new(Vec::new()),
+            cap,
+        }
+    }
+
+    /// The largest spare buffer, cleared, or a new empty one.
+    pub(crate) fn take(&self) -> Vec<u8> {
+        let mut bufs = procpool_ipc::sync::lock(&self.bufs);
+        // Kept sorted by capacity: the last is the largest.
+        bufs.pop().unwrap_or_default()
+    }
+
+    /// Keeps `buf` for reuse if it is large and the bin has room.
+    pub(crate) fn put(&self, mut buf: Vec<u8>) {
+        if buf.capacity() < SPARE_MIN {
+            return;
+        }
+        let mut bufs = procpool_ipc::sync::lock(&self.bufs);
+        let held: usize = bufs.iter().map(Vec::capacity).sum();
+        if held + buf.capacity() > self.cap {
+            return;
+        }
+        buf.clear();
+        let at = bufs.partition_point(|b| b.capacity() <= buf.capacity());
+        bufs.insert(at, buf);
+    }
+}
 
 /// One caller's stream of results (a `map`, an `imap`, a `submit`).
 #[derive(Debug)]
@@ -194,5 +249,28 @@ impl Results {
             Some(lease) => lease.decode_at(at),
             None => codec::decode(self.frame.get(at..).unwrap_or_default()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Large buffers come back cleared, the largest first; small ones and
+    /// those past the cap are not kept.
+    #[test]
+    fn spares_keep_large_buffers_up_to_their_cap() {
+        let spares = Spares::new(5 * SPARE_MIN);
+        spares.put(Vec::with_capacity(SPARE_MIN - 1));
+        let mut two = Vec::with_capacity(2 * SPARE_MIN);
+        two.extend_from_slice(b"old bytes");
+        spares.put(two);
+        spares.put(Vec::with_capacity(SPARE_MIN));
+        // 3 MiB held: a 3 MiB buffer would pass the cap.
+        spares.put(Vec::with_capacity(3 * SPARE_MIN));
+        let first = spares.take();
+        assert!(first.capacity() >= 2 * SPARE_MIN && first.is_empty());
+        assert!(spares.take().capacity() >= SPARE_MIN);
+        assert_eq!(spares.take().capacity(), 0, "nothing else was kept");
     }
 }
