@@ -30,21 +30,40 @@ pub(crate) fn skip<I: Payload>(bytes: &[u8]) -> Option<usize> {
 /// How many items go into one chunk.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Chunking {
+    /// As the caller set it (`PoolBuilder::chunk_size`).
     Fixed(usize),
+    /// The pool's even share of a `map`'s inputs; a chunk also closes
+    /// once its inputs take [`CHUNK_BYTES`].
+    Even(usize),
     /// Sized so that one chunk is about [`TARGET_CHUNK_NS`] of work.
-    Adaptive {
-        current: usize,
-        max: usize,
-    },
+    Adaptive { current: usize, max: usize },
 }
 
 const TARGET_CHUNK_NS: u64 = 2_000_000;
+
+/// Encoded bytes past which a chunk the pool sized takes no more inputs.
+///
+/// A worker starts on a chunk only once the master has encoded and sent
+/// all of it, so with large inputs several to a chunk the workers wait
+/// while the master encodes, and the master waits for answers to free
+/// room (see [`BYTES_AHEAD_PER_WORKER`]). Past 1 MiB a chunk's own cost (a
+/// frame, a shared-memory segment's `FREE`) is small beside its copies.
+/// Measured with this limit read from a variable for the occasion
+/// (`PROCPOOL_BENCH_ROLE=case perf stat -e task-clock compare-*
+/// map_big_len|map_big_echo 16 16777216`, three alternating rounds,
+/// loaded machine): `map` over 16 × 16 MiB
+/// went from chunks of 2 inputs to 1: len 0.74/0.79/0.70 → 0.68/0.94/0.91
+/// GiB/s, 821/797/846 → 745/661/730 ms of CPU; echo 0.36/0.37/0.35 →
+/// 0.47/0.40/0.38 GiB/s, 1519/1475/1518 → 1271/1447/1448 ms. Echoing 2048
+/// inputs of 64 KiB (chunks of 16 instead of 256): 790/750 → 696/482 ms;
+/// 512 of 256 KiB: 855/830 → 682/597 ms.
+pub(crate) const CHUNK_BYTES: usize = 1 << 20;
 
 impl Chunking {
     /// How many items the next chunk takes.
     fn size(self) -> usize {
         match self {
-            Chunking::Fixed(n) | Chunking::Adaptive { current: n, .. } => n,
+            Chunking::Fixed(n) | Chunking::Even(n) | Chunking::Adaptive { current: n, .. } => n,
         }
     }
 
@@ -120,6 +139,11 @@ impl<'s> Packer<'s> {
     /// Inputs in the chunk being packed.
     pub(crate) fn count(&self) -> u32 {
         self.count
+    }
+
+    /// Bytes of the chunk being packed.
+    pub(crate) fn len(&self) -> usize {
+        self.payload.len()
     }
 
     /// Adds `item` to the chunk. One that does not fit after others closes
@@ -260,7 +284,7 @@ where
     ) -> Self {
         let (sink, rx) = crossbeam_channel::unbounded();
         let max_chunks = match chunking {
-            Chunking::Fixed(_) => usize::MAX,
+            Chunking::Fixed(_) | Chunking::Even(_) => usize::MAX,
             Chunking::Adaptive { .. } => {
                 2 * pool.config.workers.max(1) * (pool.config.prefetch.unwrap_or(2) + 1)
             }
@@ -310,7 +334,13 @@ where
             };
             let pool = self.pool;
             let mut packer = Packer::with_spares(pool.config.payload_limit(), &pool.shared.spares);
-            while (packer.count() as usize) < want {
+            // A chunk whose size the caller set keeps it; others close at
+            // `CHUNK_BYTES`.
+            let close_at = match self.chunking {
+                Chunking::Fixed(_) => usize::MAX,
+                Chunking::Even(_) | Chunking::Adaptive { .. } => CHUNK_BYTES,
+            };
+            while (packer.count() as usize) < want && packer.len() < close_at {
                 let item = match catch_unwind(AssertUnwindSafe(|| self.input.next())) {
                     Ok(Some(item)) => item,
                     Ok(None) => {

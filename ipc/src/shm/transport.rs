@@ -57,6 +57,27 @@
 //! decoded). A result: encoding into the worker's reused output buffer,
 //! that into the segment, the segment into the value: three (four).
 //!
+//! Copies are not what costs most: fresh pages are. Every page of a new
+//! buffer is a fault in which the kernel zeroes it (4096 per 16 MiB), and
+//! for `map` over 16 × 16 MiB that took more time than all the copies.
+//! So nothing on the way is new memory once a map runs: segments are
+//! reused (and mapped with `MAP_POPULATE`), the worker's output buffer
+//! is reused, and the master encodes chunks into the payload buffers of
+//! answered chunks (see `Spares` in the pool crate), keeps no more than
+//! about 32 MiB per worker encoded ahead of the workers, and closes the
+//! chunks it sizes at 1 MiB (one 16 MiB input per chunk). Page faults of
+//! the master over that map (`perf record -e page-faults`, outside the
+//! benchmark's own 61,440 for making its inputs): 77,822 while encoding
+//! before, 24,576 now (the first three payload buffers); the decoded
+//! values handed to the caller and to the task are new memory by nature,
+//! the one copy out that Python's `Pool.map` pays too.
+//!
+//! Encoding a chunk straight into a segment would save the master one copy
+//! more, but a chunk is encoded before a worker is picked and segments
+//! belong to one connection: it needs segments owned by the pool and
+//! announced to whichever worker gets the chunk, and the chunk's segment
+//! kept as its copy to resend. Not done yet.
+//!
 //! Queue items cross the hub (producer → master → consumer) copied out
 //! and in again, not handed on as segments: a queue may hold an item for
 //! as long as nobody gets it, and a segment held that long would be one of
@@ -124,6 +145,15 @@ use crate::sys::FdChannel;
 /// a segment saves no copy there and adds the `FREE` frames. A `map` over
 /// 64 KiB-1 MiB inputs packs several into one chunk, whose frame is over
 /// 1 MiB anyway. So 1 MiB stays.
+///
+/// Measured for `map` once more after the master reused its payload
+/// buffers (`PROCPOOL_SHM_THRESHOLD=<t> perf stat -e task-clock
+/// compare-* map_big_echo <n> <size>`, loaded machine, two rounds): 2048
+/// inputs of 64 KiB echoed, 659/625 ms of CPU with a 64 KiB threshold,
+/// 662/699 ms with 1 MiB, 783/806 ms over the socket; 512 of 256 KiB,
+/// 799/806, 705/762 and 811/905 ms. A lower threshold changes nothing
+/// there (its chunks are 8-16 MiB frames either way), and shared memory
+/// still beats the socket.
 pub const DEFAULT_THRESHOLD: usize = 1 << 20;
 
 /// Environment variable overriding [`DEFAULT_THRESHOLD`], in bytes; `off`
