@@ -268,31 +268,25 @@ fn large_chunks_of_a_worker_killed_from_outside_are_resent_and_leak_nothing() ->
         let go = Event::new();
         let inputs: Vec<ByteBuf> = (0..4).map(|i| pattern((3 << 20) + i, i as u8)).collect();
         let want: Vec<u64> = inputs.iter().map(|b| checksum(b)).collect();
-        let pending = pool.map_async(
-            CHECKSUM_AFTER,
-            inputs
-                .into_iter()
-                .map(|b| (b, started.clone(), go.clone()))
-                .collect::<Vec<_>>(),
-        )?;
-        // A worker has decoded its first large input and the chunk behind
-        // it waits in its queue (prefetch 1).
-        let victim = started.get_timeout(PATIENCE).context("a task to start")?;
-        #[cfg(unix)]
-        {
-            let pid = libc::pid_t::try_from(victim)?;
-            // SAFETY: kill(2) has no memory-safety preconditions; `pid` is a
-            // positive worker pid, so no process group is signalled.
-            ensure!(unsafe { libc::kill(pid, libc::SIGKILL) } == 0, "kill {pid}");
-        }
-        go.set()?;
-        let mut pending = pending;
-        let got = pending
-            .wait_timeout(LIMIT)
-            .context("the results")?
-            .as_ref()
-            .map_err(Clone::clone)?
-            .clone();
+        let items: Vec<_> = inputs
+            .into_iter()
+            .map(|b| (b, started.clone(), go.clone()))
+            .collect();
+        // `map` encodes large inputs straight into shared segments, the
+        // copy it keeps to resend them: the path under test.
+        let (victim, got) = std::thread::scope(|s| -> anyhow::Result<_> {
+            let run = s.spawn(|| pool.map(CHECKSUM_AFTER, items));
+            // A worker has decoded its first large input and the chunk
+            // behind it waits in its queue (prefetch 1). (If none starts,
+            // the tasks give up waiting after PATIENCE and `map` returns.)
+            let victim = started.get_timeout(PATIENCE).context("a task to start");
+            if let Ok(victim) = &victim {
+                sigkill(*victim)?;
+            }
+            go.set()?;
+            let got = run.join().expect("the map thread")?;
+            Ok((victim?, got))
+        })?;
         ensure!(got == want, "checksums {got:x?}, want {want:x?}");
         let mut pids = Vec::new();
         while let Ok(pid) = started.get_timeout(Duration::ZERO) {
@@ -311,4 +305,18 @@ fn large_chunks_of_a_worker_killed_from_outside_are_resent_and_leak_nothing() ->
         "descriptors before {before:?}, after {after:?}"
     );
     Ok(())
+}
+
+#[cfg(unix)]
+fn sigkill(pid: u32) -> anyhow::Result<()> {
+    let pid = libc::pid_t::try_from(pid)?;
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is a
+    // positive worker pid, so no process group is signalled.
+    ensure!(unsafe { libc::kill(pid, libc::SIGKILL) } == 0, "kill {pid}");
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn sigkill(pid: u32) -> anyhow::Result<()> {
+    anyhow::bail!("no SIGKILL for {pid} here")
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use procpool_ipc::link::Dirty;
+use procpool_ipc::shm::body::{BodyPool, Encoded};
 
 use crate::Error;
 use crate::config::Config;
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
     exits: Option<(Mutex<Exits>, Condvar)>,
     /// Payload buffers of answered chunks, for the next chunks to reuse.
     pub(crate) spares: Spares,
+    /// Shared segments of answered chunks' large payloads, likewise.
+    pub(crate) bodies: std::sync::Arc<BodyPool>,
 }
 
 /// Workers that left, for [`Shared::wait_exit`].
@@ -96,6 +99,7 @@ impl Shared {
             exits: (!config.replace_workers)
                 .then(|| (Mutex::new(Exits::default()), Condvar::new())),
             spares: Spares::new(config.workers.max(1) * BYTES_AHEAD_PER_WORKER),
+            bodies: BodyPool::new(config.workers.max(1) * BYTES_AHEAD_PER_WORKER),
         }
     }
 
@@ -132,7 +136,10 @@ impl Shared {
     /// never under the dispatch lock.
     pub(crate) fn finish(&self, mut chunk: Chunk, result: Result<Results, Error>) {
         // Before the outcome goes out, so that the caller's next chunk finds it.
-        self.spares.put(std::mem::take(&mut chunk.payload));
+        // (A payload in shared memory goes back to its pool as it drops.)
+        if let Encoded::Bytes(bytes) = std::mem::take(&mut chunk.payload) {
+            self.spares.put(bytes);
+        }
         let count = chunk.unreported();
         let result = result.map(|mut r| {
             r.elapsed_ns = r.elapsed_ns.saturating_sub(chunk.reported_ns);

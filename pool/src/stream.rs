@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, select};
 use procpool_ipc::frame::ENCODING_SLACK;
+use procpool_ipc::shm::body::{BodyPool, Encoded};
 use procpool_ipc::task::Payload;
 use procpool_ipc::{IpcError, TaskError, codec};
 use serde::Serialize;
@@ -101,38 +102,49 @@ fn next_chunk_len(
 /// the connection's frame limit).
 #[derive(Debug)]
 pub(crate) struct Packer<'s> {
-    payload: Vec<u8>,
+    payload: Encoded,
     count: u32,
     limit: u64,
     /// Where the next chunk's buffer comes from.
     spares: Option<&'s Spares>,
+    /// Where a payload goes once it passes `spill_at` bytes (the shared
+    /// memory threshold): encoded there, it is sent to a local worker
+    /// without a copy.
+    bodies: Option<&'s Arc<BodyPool>>,
+    spill_at: usize,
 }
 
 /// What packing one input gave, to be handled in this order: a full chunk
 /// to submit (without the input), then the input's own failure.
 #[derive(Debug, Default)]
 pub(crate) struct Packed {
-    pub(crate) full: Option<(Vec<u8>, u32)>,
+    pub(crate) full: Option<(Encoded, u32)>,
     pub(crate) failed: Option<Error>,
 }
 
 impl<'s> Packer<'s> {
     pub(crate) fn new(limit: u64) -> Self {
         Self {
-            payload: Vec::new(),
+            payload: Encoded::default(),
             count: 0,
             limit,
             spares: None,
+            bodies: None,
+            spill_at: usize::MAX,
         }
     }
 
-    /// A packer whose chunks are encoded into buffers taken from `spares`.
-    pub(crate) fn with_spares(limit: u64, spares: &'s Spares) -> Self {
+    /// A packer whose chunks are encoded into buffers taken from `spares`,
+    /// or, once large, into shared segments of `bodies`.
+    pub(crate) fn with_spares(limit: u64, spares: &'s Spares, bodies: &'s Arc<BodyPool>) -> Self {
+        let spill_at = procpool_ipc::shm::transport::threshold();
         Self {
-            payload: spares.take(),
+            payload: Encoded::Bytes(spares.take()),
             count: 0,
             limit,
             spares: Some(spares),
+            bodies: spill_at.is_some().then_some(bodies),
+            spill_at: spill_at.unwrap_or(usize::MAX),
         }
     }
 
@@ -153,7 +165,13 @@ impl<'s> Packer<'s> {
     pub(crate) fn push<I: Serialize>(&mut self, item: &I) -> Packed {
         let mark = self.payload.len();
         let room = self.limit.saturating_sub(mark as u64);
-        let failed = match codec::encode_into_limited(item, &mut self.payload, room) {
+        let failed = match procpool_ipc::shm::body::encode_into_payload(
+            item,
+            &mut self.payload,
+            self.bodies,
+            self.spill_at,
+            room,
+        ) {
             Ok(()) => {
                 self.count += 1;
                 return Packed::default();
@@ -179,21 +197,24 @@ impl<'s> Packer<'s> {
 
     /// Takes the chunk packed so far, if it holds any input (the next
     /// chunk's buffer comes from the spares, if any).
-    pub(crate) fn take(&mut self) -> Option<(Vec<u8>, u32)> {
+    pub(crate) fn take(&mut self) -> Option<(Encoded, u32)> {
         if self.count == 0 {
             return None;
         }
         let count = std::mem::take(&mut self.count);
         let next = self.spares.map(Spares::take).unwrap_or_default();
-        Some((std::mem::replace(&mut self.payload, next), count))
+        Some((
+            std::mem::replace(&mut self.payload, Encoded::Bytes(next)),
+            count,
+        ))
     }
 }
 
 impl Drop for Packer<'_> {
     fn drop(&mut self) {
         // A buffer taken for a chunk that never came goes back.
-        if let Some(spares) = self.spares {
-            spares.put(std::mem::take(&mut self.payload));
+        if let (Some(spares), Encoded::Bytes(bytes)) = (self.spares, &mut self.payload) {
+            spares.put(std::mem::take(bytes));
         }
     }
 }
@@ -333,7 +354,9 @@ where
                 break;
             };
             let pool = self.pool;
-            let mut packer = Packer::with_spares(pool.config.payload_limit(), &pool.shared.spares);
+            let shared = &pool.shared;
+            let mut packer =
+                Packer::with_spares(pool.config.payload_limit(), &shared.spares, &shared.bodies);
             // A chunk whose size the caller set keeps it; others close at
             // `CHUNK_BYTES`.
             let close_at = match self.chunking {
@@ -369,7 +392,7 @@ where
         }
     }
 
-    fn submit(&mut self, payload: Vec<u8>, count: u32) {
+    fn submit(&mut self, payload: Encoded, count: u32) {
         let first = self.next_index;
         self.next_index += u64::from(count);
         self.outstanding += count as usize;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
 use procpool_ipc::link::Lease;
+use procpool_ipc::shm::body::Encoded;
 use procpool_ipc::{IpcError, codec};
 use serde::de::DeserializeOwned;
 
@@ -107,7 +108,9 @@ pub(crate) struct Chunk {
     pub(crate) first: u64,
     pub(crate) task: u32,
     pub(crate) count: u32,
-    pub(crate) payload: Vec<u8>,
+    /// The inputs, encoded: large ones in a shared segment, sent to any
+    /// local worker without a copy, and kept as they are to send again.
+    pub(crate) payload: Encoded,
     pub(crate) attempts: u32,
     /// Items whose results were already delivered (by `PART` frames); the
     /// chunk's outcome covers the rest.
@@ -127,7 +130,7 @@ impl Chunk {
         first: u64,
         task: u32,
         count: u32,
-        payload: Vec<u8>,
+        payload: impl Into<Encoded>,
         skip: Skip,
     ) -> Self {
         Chunk {
@@ -135,7 +138,7 @@ impl Chunk {
             first,
             task,
             count,
-            payload,
+            payload: payload.into(),
             attempts: 0,
             reported: 0,
             reported_ns: 0,
@@ -149,12 +152,15 @@ impl Chunk {
         self.count - self.reported
     }
 
-    /// Byte offsets in the payload where each of the first `n` inputs ends.
-    fn ends(&self, n: u32) -> Option<Vec<usize>> {
+    /// Byte offsets in the payload where each of the first `n` inputs ends
+    /// (a payload in shared memory is copied out first: this runs only
+    /// after a death).
+    fn ends(&mut self, n: u32) -> Option<Vec<usize>> {
+        let payload = self.payload.make_bytes();
         let mut ends = Vec::with_capacity(n as usize);
         let mut at = 0;
         for _ in 0..n {
-            at += (self.skip)(self.payload.get(at..)?)?;
+            at += (self.skip)(payload.get(at..)?)?;
             ends.push(at);
         }
         Some(ends)
@@ -169,7 +175,7 @@ impl Chunk {
         let Some(&cut) = self.ends(self.reported).as_ref().and_then(|e| e.last()) else {
             return Err(self);
         };
-        self.payload.drain(..cut);
+        self.payload.make_bytes().drain(..cut);
         self.first += u64::from(self.reported);
         self.count -= self.reported;
         self.reported = 0;
@@ -180,10 +186,11 @@ impl Chunk {
     /// The unreported items as chunks of one item each, in order; the
     /// chunk itself if its inputs cannot be found (then it must fail).
     pub(crate) fn split(self) -> Result<Vec<Chunk>, Chunk> {
-        let rest = self.remainder()?;
+        let mut rest = self.remainder()?;
         let Some(ends) = rest.ends(rest.count) else {
             return Err(rest);
         };
+        let payload = rest.payload.make_bytes();
         let mut start = 0;
         let pieces = ends
             .iter()
@@ -194,7 +201,7 @@ impl Chunk {
                     first,
                     rest.task,
                     1,
-                    rest.payload[start..end].to_vec(),
+                    payload[start..end].to_vec(),
                     rest.skip,
                 );
                 piece.attempts = rest.attempts;
