@@ -78,6 +78,13 @@ pub(crate) struct Counters {
     pub(crate) workers_replaced: AtomicU64,
 }
 
+/// Bytes of payload buffers, and of shared segments, a pool keeps for
+/// reuse: what its callers may have encoded ahead, at most 256 MiB (kept
+/// until the pool is dropped).
+fn spare_cap(config: &Config) -> usize {
+    (config.workers.max(1) * BYTES_AHEAD_PER_WORKER).min(256 << 20)
+}
+
 impl Shared {
     pub(crate) fn new(config: &Config, wake: Sender<Msg>) -> Self {
         let (interrupt_tx, interrupt_rx) = crossbeam_channel::bounded(0);
@@ -98,8 +105,8 @@ impl Shared {
             stop_wakers: WakerSet::default(),
             exits: (!config.replace_workers)
                 .then(|| (Mutex::new(Exits::default()), Condvar::new())),
-            spares: Spares::new(config.workers.max(1) * BYTES_AHEAD_PER_WORKER),
-            bodies: BodyPool::new(config.workers.max(1) * BYTES_AHEAD_PER_WORKER),
+            spares: Spares::new(spare_cap(config)),
+            bodies: BodyPool::new(spare_cap(config)),
         }
     }
 
