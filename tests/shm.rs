@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use common::*;
-use procpool::{Error, Pool, Queue, Task};
+use procpool::{Error, Event, Pool, Queue, Task};
 use serde_bytes::ByteBuf;
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -22,6 +22,13 @@ const ECHO: Task<ByteBuf, ByteBuf> = Task::new("shm_echo");
 const DIE_ON_13: Task<ByteBuf, u64> = Task::new("shm_die_on_13");
 /// Puts a buffer of this many bytes, each `size % 251`, on the queue.
 const PUT_BIG: Task<(Queue<ByteBuf>, u64), ()> = Task::new("shm_put_big");
+
+/// Puts its pid on the queue (it has its input), waits for the event, and
+/// returns the input's [`checksum`].
+const CHECKSUM_AFTER: Task<(ByteBuf, Queue<u32>, Event), u64> = Task::new("shm_checksum_after");
+
+/// Long enough for any process start under load; only hangs reach it.
+const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The default threshold, from the transport.
 const THRESHOLD: usize = procpool_ipc::shm::transport::DEFAULT_THRESHOLD;
@@ -41,6 +48,11 @@ fn main() {
                 }
                 b.len() as u64
             })
+            .task(CHECKSUM_AFTER, |(b, started, go)| {
+                started.put(std::process::id()).expect("started");
+                go.wait_timeout(PATIENCE).expect("wait for go");
+                checksum(&b)
+            })
             .task(PUT_BIG, |(q, size)| {
                 let len = usize::try_from(size).expect("a length");
                 q.put(ByteBuf::from(vec![(size % 251) as u8; len]))
@@ -56,8 +68,16 @@ fn main() {
         large_queue_items_arrive_exactly,
         segments_are_used_and_reclaimed_with_the_pool,
         a_worker_killed_holding_a_large_input_fails_its_item_and_leaks_nothing,
+        large_chunks_of_a_worker_killed_from_outside_are_resent_and_leak_nothing,
     ];
     libtest_mimic::run(&args, tests).exit();
+}
+
+/// A hash of every byte and its place.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h: u64, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// `len` bytes that differ from those of any other `(len, seed)`.
@@ -223,4 +243,80 @@ fn a_worker_killed_holding_a_large_input_fails_its_item_and_leaks_nothing() -> a
         "descriptors before {before:?}, after {after:?}"
     );
     Ok(())
+}
+
+/// A worker SIGKILLed (from outside, not by its task) while it runs a
+/// large chunk and holds another in its queue: with a retry allowed, both
+/// chunks go to another worker and come back right (every byte checked), and once the pool is
+/// gone no segment descriptor is left in the master.
+fn large_chunks_of_a_worker_killed_from_outside_are_resent_and_leak_nothing() -> anyhow::Result<()>
+{
+    if !cfg!(unix) {
+        // Killing a worker from outside needs kill(2) here.
+        return Ok(());
+    }
+    let before = baseline()?;
+    {
+        let pool = Pool::builder()
+            .workers(2)
+            .chunk_size(1)
+            .prefetch(1)
+            .retries(1)
+            .build()?
+            .watched();
+        let started = Queue::new();
+        let go = Event::new();
+        let inputs: Vec<ByteBuf> = (0..4).map(|i| pattern((3 << 20) + i, i as u8)).collect();
+        let want: Vec<u64> = inputs.iter().map(|b| checksum(b)).collect();
+        let items: Vec<_> = inputs
+            .into_iter()
+            .map(|b| (b, started.clone(), go.clone()))
+            .collect();
+        // `map` encodes large inputs straight into shared segments, the
+        // copy it keeps to resend them: the path under test.
+        let (victim, got) = std::thread::scope(|s| -> anyhow::Result<_> {
+            let run = s.spawn(|| pool.map(CHECKSUM_AFTER, items));
+            // A worker has decoded its first large input and the chunk
+            // behind it waits in its queue (prefetch 1). (If none starts,
+            // the tasks give up waiting after PATIENCE and `map` returns.)
+            let victim = started.get_timeout(PATIENCE).context("a task to start");
+            if let Ok(victim) = &victim {
+                sigkill(*victim)?;
+            }
+            go.set()?;
+            let got = run.join().expect("the map thread")?;
+            Ok((victim?, got))
+        })?;
+        ensure!(got == want, "checksums {got:x?}, want {want:x?}");
+        let mut pids = Vec::new();
+        while let Ok(pid) = started.get_timeout(Duration::ZERO) {
+            pids.push(pid);
+        }
+        ensure!(
+            pids.len() >= 4 && pids.iter().any(|&p| p != victim),
+            "tasks started in {pids:?} after {victim} was killed"
+        );
+        // The replacement worker carries large payloads too.
+        ensure!(pool.map(LEN, vec![pattern(3 << 20, 9)])? == [3 << 20]);
+    }
+    let after = settled(before)?;
+    ensure!(
+        after == before,
+        "descriptors before {before:?}, after {after:?}"
+    );
+    Ok(())
+}
+
+#[cfg(unix)]
+fn sigkill(pid: u32) -> anyhow::Result<()> {
+    let pid = libc::pid_t::try_from(pid)?;
+    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is a
+    // positive worker pid, so no process group is signalled.
+    ensure!(unsafe { libc::kill(pid, libc::SIGKILL) } == 0, "kill {pid}");
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn sigkill(pid: u32) -> anyhow::Result<()> {
+    anyhow::bail!("no SIGKILL for {pid} here")
 }

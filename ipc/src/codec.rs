@@ -106,6 +106,22 @@ pub fn encode_into_limited<T: Serialize + ?Sized>(
     }
 }
 
+/// Encodes `value` into `writer`, which reports passing `limit` bytes
+/// with [`OVER_LIMIT`] (as [`encode_into_limited`]'s buffer does); the
+/// caller restores what the writer wrote to on error.
+///
+/// # Errors
+/// As [`encode_into_limited`].
+#[inline]
+pub(crate) fn encode_into_writer<T: Serialize + ?Sized>(
+    value: &T,
+    writer: impl bincode::enc::write::Writer,
+    limit: u64,
+) -> Result<(), IpcError> {
+    bincode::serde::encode_into_writer(value, writer, config::<{ usize::MAX }>())
+        .map_err(|e| refused(value, e, limit))
+}
+
 /// The error for a value [`encode_into_limited`] gave up on: out of line,
 /// so that the encoding path inlines into its callers (`map` over tiny
 /// items encodes millions a second).
@@ -129,7 +145,7 @@ fn refused<T: Serialize + ?Sized>(
 }
 
 /// What [`Limited`] reports when a value passes its limit.
-const OVER_LIMIT: &str = "over the payload limit";
+pub(crate) const OVER_LIMIT: &str = "over the payload limit";
 
 /// Appends to a buffer until `left` bytes have been written.
 struct Limited<'a> {

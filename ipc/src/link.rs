@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 use crate::IpcError;
 use crate::frame::{FrameReader, Header, WriteFrame, checked_len};
 use crate::proto::Message;
+use crate::shm::body::SharedBody;
 use crate::shm::transport::{self, Control, Named, ShmTransport};
 use crate::sync::{lock, wait_until};
 
@@ -460,6 +461,24 @@ impl Link {
             if let Control::Body(named) = shm.take_control(buf, head)? {
                 return Ok(Some(Some(named)));
             }
+        }
+    }
+
+    /// Appends a frame whose body is `head` followed by `body`'s payload,
+    /// without copying the payload: the frame names `body`'s shared
+    /// segment (see [`crate::shm::body`]). Never blocks. `Ok(false)`, with
+    /// nothing written, on a link that cannot take segments (remote, or
+    /// shared memory turned off): write the bytes as usual then.
+    ///
+    /// The frame limit does not apply: the body is bounded by the segment
+    /// the peer maps.
+    ///
+    /// # Errors
+    /// [`IpcError::Io`] once the link is broken.
+    pub fn write_shared(&self, head: &[u8], body: &SharedBody) -> Result<bool, IpcError> {
+        match self.shm() {
+            Some(shm) => shm.write_shared(head, body, &mut Direct(&self.inner)),
+            None => Ok(false),
         }
     }
 

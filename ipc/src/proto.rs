@@ -14,7 +14,7 @@
 //! REPLY    master→worker  kind=6 req:u64 status:u8 value:u64 payload      (its answer, if it wants one)
 //! DELIVER  master→worker  kind=7 queue:u64 closed:u8 payload              (an item for a subscribed getter)
 //! HEARTBEAT either way    kind=8
-//! SHM      either way     kind=10 seg:u64 new:u8 seg_len:u64 body_len:u64 (the next frame's body is in a segment)
+//! SHM      either way     kind=10 seg:u64 new:u8 seg_len:u64 body_at:u64 body_len:u64 (the next frame's body is in a segment)
 //! FREE     either way     kind=11 seg:u64                                 (the receiver copied it out: reuse it)
 //! RETIRE   either way     kind=12 seg:u64                                 (the sender will not use it again: unmap it)
 //! ```
@@ -154,8 +154,8 @@ pub enum Message<'a> {
         /// The encoded item.
         payload: &'a [u8],
     },
-    /// Either way: the body of the next message is `body_len` bytes at the
-    /// start of shared segment `seg` (see [`crate::shm::transport`]).
+    /// Either way: the body of the next message is `body_len` bytes at
+    /// `body_at` of shared segment `seg` (see [`crate::shm::transport`]).
     Shm {
         /// The segment's id, chosen by the sender.
         seg: u64,
@@ -164,7 +164,10 @@ pub enum Message<'a> {
         new: bool,
         /// The segment's length (checked against the object received).
         seg_len: u64,
-        /// The body's length (checked against the segment's).
+        /// Where the body starts in the segment.
+        body_at: u64,
+        /// The body's length (checked, with `body_at`, against the
+        /// segment's).
         body_len: u64,
     },
     /// Either way: the receiver of segment `seg`'s body has copied it out;
@@ -216,8 +219,9 @@ struct Head {
 }
 
 impl Head {
-    /// The longest header: `HUB` (kind, req, op, queue, arg).
-    const MAX: usize = 1 + 8 + 1 + 8 + 8;
+    /// The longest header: `SHM` (kind, seg, new, seg_len, body_at,
+    /// body_len).
+    const MAX: usize = 1 + 8 + 1 + 8 + 8 + 8;
 
     fn new(kind: u8) -> Self {
         let mut head = Head {
@@ -251,6 +255,15 @@ impl Head {
 /// Bytes a `RUN` header adds to its payload inside a frame: kind, id, task,
 /// count.
 pub const RUN_OVERHEAD: usize = 1 + 8 + 4 + 4;
+
+/// The bytes of a `RUN` frame's body before its payload (for a payload
+/// that is already in place, see
+/// [`Link::write_shared`](crate::link::Link::write_shared)).
+pub fn run_head(id: u64, task: u32, count: u32) -> [u8; RUN_OVERHEAD] {
+    let mut out = [0; RUN_OVERHEAD];
+    out.copy_from_slice(Head::new(RUN).u64(id).u32(task).u32(count).bytes());
+    out
+}
 
 impl<'a> Message<'a> {
     /// Parses a frame body.
@@ -335,6 +348,7 @@ impl<'a> Message<'a> {
                     seg: c.u64()?,
                     new: c.u8()? != 0,
                     seg_len: c.u64()?,
+                    body_at: c.u64()?,
                     body_len: c.u64()?,
                 };
                 c.0.is_empty()
@@ -433,12 +447,14 @@ impl<'a> Message<'a> {
                 seg,
                 new,
                 seg_len,
+                body_at,
                 body_len,
             } => {
                 let head = Head::new(SHM)
                     .u64(*seg)
                     .u8(u8::from(*new))
                     .u64(*seg_len)
+                    .u64(*body_at)
                     .u64(*body_len);
                 w.write_frame(&[head.bytes()])
             }
@@ -522,6 +538,7 @@ mod tests {
                 seg: 3,
                 new: true,
                 seg_len: 1 << 20,
+                body_at: 15,
                 body_len: 70_000,
             },
             Message::Free { seg: 3 },

@@ -5,10 +5,13 @@
 //!   handle, reopened there with its length checked.
 //! - [`transport`]: large frame bodies through segments on local
 //!   connections.
+//! - [`body`]: [`SharedBody`](body::SharedBody), a payload encoded straight
+//!   into a pooled segment, sent on any local connection without a copy.
 //! - [`ring`]: [`Ring`], a bounded MPMC ring of fixed-size slots that
 //!   survives the death of any process using it (the queues' data plane
 //!   to come).
 
+pub mod body;
 pub mod ring;
 pub mod segment;
 pub mod transport;

@@ -42,7 +42,8 @@ use std::time::{Duration, Instant};
 
 use procpool_ipc::IpcError;
 use procpool_ipc::link::{Dirty, Link};
-use procpool_ipc::proto::Message;
+use procpool_ipc::proto::{Message, run_head};
+use procpool_ipc::shm::body::Encoded;
 
 use crate::Error;
 use crate::config::Config;
@@ -215,15 +216,32 @@ impl Dispatch {
         });
         let sent = lane.inflight.back().expect("just pushed");
         let (task, count, payload) = match &sent.chunk {
-            Some(c) => (c.task, c.count, &c.payload[..]),
-            None => (task, 1, &self.init_arg[..]),
+            Some(c) => match &c.payload {
+                Encoded::Bytes(bytes) => (c.task, c.count, Ok(&bytes[..])),
+                Encoded::Shared(body) => (c.task, c.count, Err(body)),
+            },
+            None => (task, 1, Ok(&self.init_arg[..])),
         };
-        let written = lane.link.write(&Message::Run {
-            id,
-            task,
-            count,
-            payload,
-        });
+        let written = match payload {
+            Ok(payload) => lane.link.write(&Message::Run {
+                id,
+                task,
+                count,
+                payload,
+            }),
+            // Large inputs, encoded in shared memory: named, not copied
+            // (copied only for a worker that cannot map them).
+            Err(body) => match lane.link.write_shared(&run_head(id, task, count), body) {
+                Ok(true) => Ok(()),
+                Ok(false) => lane.link.write(&Message::Run {
+                    id,
+                    task,
+                    count,
+                    payload: &body.to_vec(),
+                }),
+                Err(e) => Err(e),
+            },
+        };
         match written {
             Ok(()) => {
                 dirty.mark(&lane.link);

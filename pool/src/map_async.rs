@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, select};
+use procpool_ipc::shm::body::Encoded;
 use procpool_ipc::task::Payload;
 use procpool_ipc::{Task, TaskError};
 
@@ -251,7 +252,7 @@ impl Pool {
             result: None,
         };
         let mut packer = Packer::new(self.config.payload_limit());
-        let send = |payload: Vec<u8>, count: u32, first: u64| {
+        let send = |payload: Encoded, count: u32, first: u64| {
             self.shared
                 .stats
                 .submitted

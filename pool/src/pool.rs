@@ -375,19 +375,15 @@ impl Pool {
         let index = self.task_index(task)?;
         let items: Vec<It::Item> = items.into_iter().collect();
         let len = items.len();
-        let chunk = self.config.chunk_size.unwrap_or_else(|| {
-            // Remote workers that have joined count too.
-            let per = self.config.workers.max(self.shared.ready_workers()).max(1) * 4;
-            len.div_ceil(per).max(1)
-        });
-        let stream = Imap::new(
-            self,
-            index,
-            items.into_iter(),
-            true,
-            usize::MAX,
-            Chunking::Fixed(chunk),
-        );
+        let chunking = match self.config.chunk_size {
+            Some(n) => Chunking::Fixed(n),
+            None => {
+                // Remote workers that have joined count too.
+                let per = self.config.workers.max(self.shared.ready_workers()).max(1) * 4;
+                Chunking::Even(len.div_ceil(per).max(1))
+            }
+        };
+        let stream = Imap::new(self, index, items.into_iter(), true, usize::MAX, chunking);
         let mut out = Vec::with_capacity(len);
         for item in stream {
             out.push(item?);

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use procpool_ipc::link::Dirty;
+use procpool_ipc::shm::body::{BodyPool, Encoded};
 
 use crate::Error;
 use crate::config::Config;
@@ -16,7 +17,7 @@ use crate::dispatch::{Dispatch, Ended};
 use crate::joinable::Accounting;
 use crate::msg::Msg;
 use crate::wake::WakerSet;
-use crate::work::{Chunk, Job, Outcome, Results};
+use crate::work::{BYTES_AHEAD_PER_WORKER, Chunk, Job, Outcome, Results, Spares};
 use procpool_ipc::sync::{lock, wait_until};
 
 /// State shared between the pool handle, its callers, the reader threads
@@ -48,6 +49,10 @@ pub(crate) struct Shared {
     /// when workers are not replaced, as for a `Process`, so it stays
     /// small), and a signal when one is added.
     exits: Option<(Mutex<Exits>, Condvar)>,
+    /// Payload buffers of answered chunks, for the next chunks to reuse.
+    pub(crate) spares: Spares,
+    /// Shared segments of answered chunks' large payloads, likewise.
+    pub(crate) bodies: std::sync::Arc<BodyPool>,
 }
 
 /// Workers that left, for [`Shared::wait_exit`].
@@ -73,6 +78,13 @@ pub(crate) struct Counters {
     pub(crate) workers_replaced: AtomicU64,
 }
 
+/// Bytes of payload buffers, and of shared segments, a pool keeps for
+/// reuse: what its callers may have encoded ahead, at most 256 MiB (kept
+/// until the pool is dropped).
+fn spare_cap(config: &Config) -> usize {
+    (config.workers.max(1) * BYTES_AHEAD_PER_WORKER).min(256 << 20)
+}
+
 impl Shared {
     pub(crate) fn new(config: &Config, wake: Sender<Msg>) -> Self {
         let (interrupt_tx, interrupt_rx) = crossbeam_channel::bounded(0);
@@ -93,6 +105,8 @@ impl Shared {
             stop_wakers: WakerSet::default(),
             exits: (!config.replace_workers)
                 .then(|| (Mutex::new(Exits::default()), Condvar::new())),
+            spares: Spares::new(spare_cap(config)),
+            bodies: BodyPool::new(spare_cap(config)),
         }
     }
 
@@ -127,7 +141,12 @@ impl Shared {
     /// yet) goes to its caller and the JoinableQueue counter goes down by
     /// one. Every chunk passes here exactly once, whoever ends it, and
     /// never under the dispatch lock.
-    pub(crate) fn finish(&self, chunk: Chunk, result: Result<Results, Error>) {
+    pub(crate) fn finish(&self, mut chunk: Chunk, result: Result<Results, Error>) {
+        // Before the outcome goes out, so that the caller's next chunk finds it.
+        // (A payload in shared memory goes back to its pool as it drops.)
+        if let Encoded::Bytes(bytes) = std::mem::take(&mut chunk.payload) {
+            self.spares.put(bytes);
+        }
         let count = chunk.unreported();
         let result = result.map(|mut r| {
             r.elapsed_ns = r.elapsed_ns.saturating_sub(chunk.reported_ns);

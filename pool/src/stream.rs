@@ -15,11 +15,12 @@ use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, select};
 use procpool_ipc::frame::ENCODING_SLACK;
+use procpool_ipc::shm::body::{BodyPool, Encoded};
 use procpool_ipc::task::Payload;
 use procpool_ipc::{IpcError, TaskError, codec};
 use serde::Serialize;
 
-use crate::work::{Chunk, Job, Outcome, Results, Skip};
+use crate::work::{BYTES_AHEAD_PER_WORKER, Chunk, Job, Outcome, Results, Skip, Spares};
 use crate::{Error, Oversized, Pool};
 
 /// The length of the first encoded `I` in `bytes` (see [`Skip`]).
@@ -30,21 +31,40 @@ pub(crate) fn skip<I: Payload>(bytes: &[u8]) -> Option<usize> {
 /// How many items go into one chunk.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Chunking {
+    /// As the caller set it (`PoolBuilder::chunk_size`).
     Fixed(usize),
+    /// The pool's even share of a `map`'s inputs; a chunk also closes
+    /// once its inputs take [`CHUNK_BYTES`].
+    Even(usize),
     /// Sized so that one chunk is about [`TARGET_CHUNK_NS`] of work.
-    Adaptive {
-        current: usize,
-        max: usize,
-    },
+    Adaptive { current: usize, max: usize },
 }
 
 const TARGET_CHUNK_NS: u64 = 2_000_000;
+
+/// Encoded bytes past which a chunk the pool sized takes no more inputs.
+///
+/// A worker starts on a chunk only once the master has encoded and sent
+/// all of it, so with large inputs several to a chunk the workers wait
+/// while the master encodes, and the master waits for answers to free
+/// room (see [`BYTES_AHEAD_PER_WORKER`]). Past 1 MiB a chunk's own cost (a
+/// frame, a shared-memory segment's `FREE`) is small beside its copies.
+/// Measured with this limit read from a variable for the occasion
+/// (`PROCPOOL_BENCH_ROLE=case perf stat -e task-clock compare-*
+/// map_big_len|map_big_echo 16 16777216`, three alternating rounds,
+/// loaded machine): `map` over 16 × 16 MiB
+/// went from chunks of 2 inputs to 1: len 0.74/0.79/0.70 → 0.68/0.94/0.91
+/// GiB/s, 821/797/846 → 745/661/730 ms of CPU; echo 0.36/0.37/0.35 →
+/// 0.47/0.40/0.38 GiB/s, 1519/1475/1518 → 1271/1447/1448 ms. Echoing 2048
+/// inputs of 64 KiB (chunks of 16 instead of 256): 790/750 → 696/482 ms;
+/// 512 of 256 KiB: 855/830 → 682/597 ms.
+pub(crate) const CHUNK_BYTES: usize = 1 << 20;
 
 impl Chunking {
     /// How many items the next chunk takes.
     fn size(self) -> usize {
         match self {
-            Chunking::Fixed(n) | Chunking::Adaptive { current: n, .. } => n,
+            Chunking::Fixed(n) | Chunking::Even(n) | Chunking::Adaptive { current: n, .. } => n,
         }
     }
 
@@ -81,32 +101,61 @@ fn next_chunk_len(
 /// `limit` bytes (the pool's payload limit: a chunk's `RUN` frame then fits
 /// the connection's frame limit).
 #[derive(Debug)]
-pub(crate) struct Packer {
-    payload: Vec<u8>,
+pub(crate) struct Packer<'s> {
+    payload: Encoded,
     count: u32,
     limit: u64,
+    /// Where the next chunk's buffer comes from.
+    spares: Option<&'s Spares>,
+    /// Where a payload goes once it passes `spill_at` bytes (the shared
+    /// memory threshold): encoded there, it is sent to a local worker
+    /// without a copy.
+    bodies: Option<&'s Arc<BodyPool>>,
+    spill_at: usize,
 }
 
 /// What packing one input gave, to be handled in this order: a full chunk
 /// to submit (without the input), then the input's own failure.
 #[derive(Debug, Default)]
 pub(crate) struct Packed {
-    pub(crate) full: Option<(Vec<u8>, u32)>,
+    pub(crate) full: Option<(Encoded, u32)>,
     pub(crate) failed: Option<Error>,
 }
 
-impl Packer {
+impl<'s> Packer<'s> {
     pub(crate) fn new(limit: u64) -> Self {
         Self {
-            payload: Vec::new(),
+            payload: Encoded::default(),
             count: 0,
             limit,
+            spares: None,
+            bodies: None,
+            spill_at: usize::MAX,
+        }
+    }
+
+    /// A packer whose chunks are encoded into buffers taken from `spares`,
+    /// or, once large, into shared segments of `bodies`.
+    pub(crate) fn with_spares(limit: u64, spares: &'s Spares, bodies: &'s Arc<BodyPool>) -> Self {
+        let spill_at = procpool_ipc::shm::transport::threshold();
+        Self {
+            payload: Encoded::Bytes(spares.take()),
+            count: 0,
+            limit,
+            spares: Some(spares),
+            bodies: spill_at.is_some().then_some(bodies),
+            spill_at: spill_at.unwrap_or(usize::MAX),
         }
     }
 
     /// Inputs in the chunk being packed.
     pub(crate) fn count(&self) -> u32 {
         self.count
+    }
+
+    /// Bytes of the chunk being packed.
+    pub(crate) fn len(&self) -> usize {
+        self.payload.len()
     }
 
     /// Adds `item` to the chunk. One that does not fit after others closes
@@ -116,7 +165,13 @@ impl Packer {
     pub(crate) fn push<I: Serialize>(&mut self, item: &I) -> Packed {
         let mark = self.payload.len();
         let room = self.limit.saturating_sub(mark as u64);
-        let failed = match codec::encode_into_limited(item, &mut self.payload, room) {
+        let failed = match procpool_ipc::shm::body::encode_into_payload(
+            item,
+            &mut self.payload,
+            self.bodies,
+            self.spill_at,
+            room,
+        ) {
             Ok(()) => {
                 self.count += 1;
                 return Packed::default();
@@ -140,13 +195,27 @@ impl Packer {
         }
     }
 
-    /// Takes the chunk packed so far, if it holds any input.
-    pub(crate) fn take(&mut self) -> Option<(Vec<u8>, u32)> {
+    /// Takes the chunk packed so far, if it holds any input (the next
+    /// chunk's buffer comes from the spares, if any).
+    pub(crate) fn take(&mut self) -> Option<(Encoded, u32)> {
         if self.count == 0 {
             return None;
         }
         let count = std::mem::take(&mut self.count);
-        Some((std::mem::take(&mut self.payload), count))
+        let next = self.spares.map(Spares::take).unwrap_or_default();
+        Some((
+            std::mem::replace(&mut self.payload, Encoded::Bytes(next)),
+            count,
+        ))
+    }
+}
+
+impl Drop for Packer<'_> {
+    fn drop(&mut self) {
+        // A buffer taken for a chunk that never came goes back.
+        if let (Some(spares), Encoded::Bytes(bytes)) = (self.spares, &mut self.payload) {
+            spares.put(std::mem::take(bytes));
+        }
     }
 }
 
@@ -187,6 +256,12 @@ pub struct Imap<'p, I, O, It> {
     outstanding: usize,
     /// Chunks submitted whose outcome has not come back.
     chunks_out: usize,
+    /// Their encoded inputs' length, by index of their first input, and in
+    /// all; no more are encoded past `bytes_ahead` (see
+    /// [`BYTES_AHEAD_PER_WORKER`]).
+    chunk_bytes: BTreeMap<u64, usize>,
+    bytes_out: usize,
+    bytes_ahead: usize,
     /// Most chunks out at once: while the adaptive size is still being
     /// learned, this keeps the first small chunks from filling the window.
     max_chunks: usize,
@@ -230,7 +305,7 @@ where
     ) -> Self {
         let (sink, rx) = crossbeam_channel::unbounded();
         let max_chunks = match chunking {
-            Chunking::Fixed(_) => usize::MAX,
+            Chunking::Fixed(_) | Chunking::Even(_) => usize::MAX,
             Chunking::Adaptive { .. } => {
                 2 * pool.config.workers.max(1) * (pool.config.prefetch.unwrap_or(2) + 1)
             }
@@ -246,6 +321,9 @@ where
             chunking,
             outstanding: 0,
             chunks_out: 0,
+            chunk_bytes: BTreeMap::new(),
+            bytes_out: 0,
+            bytes_ahead: pool.config.workers.max(1) * BYTES_AHEAD_PER_WORKER,
             max_chunks,
             next_index: 0,
             next_yield: 0,
@@ -265,6 +343,7 @@ where
         while !self.input_done
             && self.outstanding < self.window
             && self.chunks_out < self.max_chunks
+            && (self.chunks_out == 0 || self.bytes_out < self.bytes_ahead)
         {
             let Some(want) = next_chunk_len(
                 self.window,
@@ -274,8 +353,17 @@ where
             ) else {
                 break;
             };
-            let mut packer = Packer::new(self.pool.config.payload_limit());
-            while (packer.count() as usize) < want {
+            let pool = self.pool;
+            let shared = &pool.shared;
+            let mut packer =
+                Packer::with_spares(pool.config.payload_limit(), &shared.spares, &shared.bodies);
+            // A chunk whose size the caller set keeps it; others close at
+            // `CHUNK_BYTES`.
+            let close_at = match self.chunking {
+                Chunking::Fixed(_) => usize::MAX,
+                Chunking::Even(_) | Chunking::Adaptive { .. } => CHUNK_BYTES,
+            };
+            while (packer.count() as usize) < want && packer.len() < close_at {
                 let item = match catch_unwind(AssertUnwindSafe(|| self.input.next())) {
                     Ok(Some(item)) => item,
                     Ok(None) => {
@@ -304,7 +392,7 @@ where
         }
     }
 
-    fn submit(&mut self, payload: Vec<u8>, count: u32) {
+    fn submit(&mut self, payload: Encoded, count: u32) {
         let first = self.next_index;
         self.next_index += u64::from(count);
         self.outstanding += count as usize;
@@ -315,6 +403,8 @@ where
             .submitted
             .fetch_add(u64::from(count), Ordering::Relaxed);
         let skip: Skip = skip::<I>;
+        self.bytes_out += payload.len();
+        self.chunk_bytes.insert(first, payload.len());
         let chunk = Chunk::new(
             Arc::clone(&self.job),
             first,
@@ -326,6 +416,7 @@ where
         self.chunks_out += 1;
         if let Err((chunk, error)) = shared.submit(chunk) {
             self.chunks_out -= 1;
+            self.uncharge(chunk.first);
             shared
                 .stats
                 .failed
@@ -366,6 +457,7 @@ where
     fn accept(&mut self, outcome: Outcome) {
         if outcome.last {
             self.chunks_out -= 1;
+            self.uncharge(outcome.first);
         }
         if outcome.count == 0 {
             // The end of a chunk whose items were all reported before.
@@ -378,6 +470,20 @@ where
             self.reorder.insert(outcome.first, outcome);
         } else {
             self.ready.push_back(outcome);
+        }
+    }
+
+    /// Forgets the bytes of the chunk holding input `index` (its last
+    /// outcome came: chunks hold consecutive inputs, so it is the one that
+    /// starts at or before it).
+    fn uncharge(&mut self, index: u64) {
+        let first = self
+            .chunk_bytes
+            .range(..=index)
+            .next_back()
+            .map(|(&k, _)| k);
+        if let Some(bytes) = first.and_then(|k| self.chunk_bytes.remove(&k)) {
+            self.bytes_out -= bytes;
         }
     }
 

@@ -2,16 +2,72 @@
 //! [`Outcome`], [`Results`]. A leaf: it imports no module of the crate but
 //! the error type and the waker slot.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
 use procpool_ipc::link::Lease;
+use procpool_ipc::shm::body::Encoded;
 use procpool_ipc::{IpcError, codec};
 use serde::de::DeserializeOwned;
 
 use crate::Error;
 use crate::wake::WakeSlot;
+
+/// Encoded input bytes a caller may have out (in chunks submitted and not
+/// yet answered) per worker before it stops encoding more: with large
+/// inputs, encoding far ahead of the workers only makes fresh buffers for
+/// the kernel to zero (issue 11: `map` over 16 × 16 MiB encoded all 256 MiB
+/// up front, each buffer's pages faulted in anew), while a chunk or two
+/// per worker keeps every worker busy. Small inputs never reach it (the
+/// item window binds first). At least one chunk is always out.
+pub(crate) const BYTES_AHEAD_PER_WORKER: usize = 32 << 20;
+
+/// Payload buffers at least this large are kept for reuse once their chunk
+/// is answered; smaller ones are the allocator's business.
+const SPARE_MIN: usize = 1 << 20;
+
+/// Payload buffers of answered chunks, kept for the next chunks so that
+/// their pages stay faulted in (a fresh 16 MiB buffer costs 4096 page
+/// faults, each zeroing a page, more than encoding into it). Holds at most
+/// `cap` bytes of capacity; kept until the pool is dropped.
+#[derive(Debug)]
+pub(crate) struct Spares {
+    bufs: Mutex<Vec<Vec<u8>>>,
+    cap: usize,
+}
+
+impl Spares {
+    /// A bin holding at most `cap` bytes.
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            bufs: Mutex::new(Vec::new()),
+            cap,
+        }
+    }
+
+    /// The largest spare buffer, cleared, or a new empty one.
+    pub(crate) fn take(&self) -> Vec<u8> {
+        let mut bufs = procpool_ipc::sync::lock(&self.bufs);
+        // Kept sorted by capacity: the last is the largest.
+        bufs.pop().unwrap_or_default()
+    }
+
+    /// Keeps `buf` for reuse if it is large and the bin has room.
+    pub(crate) fn put(&self, mut buf: Vec<u8>) {
+        if buf.capacity() < SPARE_MIN {
+            return;
+        }
+        let mut bufs = procpool_ipc::sync::lock(&self.bufs);
+        let held: usize = bufs.iter().map(Vec::capacity).sum();
+        if held + buf.capacity() > self.cap {
+            return;
+        }
+        buf.clear();
+        let at = bufs.partition_point(|b| b.capacity() <= buf.capacity());
+        bufs.insert(at, buf);
+    }
+}
 
 /// One caller's stream of results (a `map`, an `imap`, a `submit`).
 #[derive(Debug)]
@@ -52,7 +108,9 @@ pub(crate) struct Chunk {
     pub(crate) first: u64,
     pub(crate) task: u32,
     pub(crate) count: u32,
-    pub(crate) payload: Vec<u8>,
+    /// The inputs, encoded: large ones in a shared segment, sent to any
+    /// local worker without a copy, and kept as they are to send again.
+    pub(crate) payload: Encoded,
     pub(crate) attempts: u32,
     /// Items whose results were already delivered (by `PART` frames); the
     /// chunk's outcome covers the rest.
@@ -72,7 +130,7 @@ impl Chunk {
         first: u64,
         task: u32,
         count: u32,
-        payload: Vec<u8>,
+        payload: impl Into<Encoded>,
         skip: Skip,
     ) -> Self {
         Chunk {
@@ -80,7 +138,7 @@ impl Chunk {
             first,
             task,
             count,
-            payload,
+            payload: payload.into(),
             attempts: 0,
             reported: 0,
             reported_ns: 0,
@@ -94,12 +152,15 @@ impl Chunk {
         self.count - self.reported
     }
 
-    /// Byte offsets in the payload where each of the first `n` inputs ends.
-    fn ends(&self, n: u32) -> Option<Vec<usize>> {
+    /// Byte offsets in the payload where each of the first `n` inputs ends
+    /// (a payload in shared memory is copied out first: this runs only
+    /// after a death).
+    fn ends(&mut self, n: u32) -> Option<Vec<usize>> {
+        let payload = self.payload.make_bytes();
         let mut ends = Vec::with_capacity(n as usize);
         let mut at = 0;
         for _ in 0..n {
-            at += (self.skip)(self.payload.get(at..)?)?;
+            at += (self.skip)(payload.get(at..)?)?;
             ends.push(at);
         }
         Some(ends)
@@ -114,7 +175,7 @@ impl Chunk {
         let Some(&cut) = self.ends(self.reported).as_ref().and_then(|e| e.last()) else {
             return Err(self);
         };
-        self.payload.drain(..cut);
+        self.payload.make_bytes().drain(..cut);
         self.first += u64::from(self.reported);
         self.count -= self.reported;
         self.reported = 0;
@@ -125,10 +186,11 @@ impl Chunk {
     /// The unreported items as chunks of one item each, in order; the
     /// chunk itself if its inputs cannot be found (then it must fail).
     pub(crate) fn split(self) -> Result<Vec<Chunk>, Chunk> {
-        let rest = self.remainder()?;
+        let mut rest = self.remainder()?;
         let Some(ends) = rest.ends(rest.count) else {
             return Err(rest);
         };
+        let payload = rest.payload.make_bytes();
         let mut start = 0;
         let pieces = ends
             .iter()
@@ -139,7 +201,7 @@ impl Chunk {
                     first,
                     rest.task,
                     1,
-                    rest.payload[start..end].to_vec(),
+                    payload[start..end].to_vec(),
                     rest.skip,
                 );
                 piece.attempts = rest.attempts;
@@ -194,5 +256,28 @@ impl Results {
             Some(lease) => lease.decode_at(at),
             None => codec::decode(self.frame.get(at..).unwrap_or_default()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Large buffers come back cleared, the largest first; small ones and
+    /// those past the cap are not kept.
+    #[test]
+    fn spares_keep_large_buffers_up_to_their_cap() {
+        let spares = Spares::new(5 * SPARE_MIN);
+        spares.put(Vec::with_capacity(SPARE_MIN - 1));
+        let mut two = Vec::with_capacity(2 * SPARE_MIN);
+        two.extend_from_slice(b"old bytes");
+        spares.put(two);
+        spares.put(Vec::with_capacity(SPARE_MIN));
+        // 3 MiB held: a 3 MiB buffer would pass the cap.
+        spares.put(Vec::with_capacity(3 * SPARE_MIN));
+        let first = spares.take();
+        assert!(first.capacity() >= 2 * SPARE_MIN && first.is_empty());
+        assert!(spares.take().capacity() >= SPARE_MIN);
+        assert_eq!(spares.take().capacity(), 0, "nothing else was kept");
     }
 }

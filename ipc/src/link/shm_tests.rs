@@ -7,7 +7,7 @@ use super::*;
 use crate::endpoint::ReadHalf;
 use crate::frame::{DEFAULT_MAX_FRAME_LEN, FrameReader};
 use crate::shm::Segment;
-use crate::shm::transport::MAX_SEGMENTS;
+use crate::shm::transport::{MAX_SEGMENTS, MAX_SHARED};
 
 /// One side of a connection: the link it writes and the reader of what the
 /// other side writes.
@@ -112,6 +112,7 @@ fn a_body_outside_its_segment_is_malformed() {
             seg: 1,
             new: false,
             seg_len: 1 << 20,
+            body_at: 0,
             body_len: (1 << 20) + 1,
         })
         .unwrap();
@@ -127,6 +128,7 @@ fn an_unknown_segment_is_malformed() {
             seg: 99,
             new: false,
             seg_len: 1 << 20,
+            body_at: 0,
             body_len: 10,
         })
         .unwrap();
@@ -150,6 +152,7 @@ fn a_segment_announced_longer_than_its_object_is_refused() {
             seg: 42,
             new: true,
             seg_len: 1 << 30,
+            body_at: 0,
             body_len: 10,
         })
         .unwrap();
@@ -273,5 +276,78 @@ fn past_the_lease_limit_bodies_are_copied_out() {
             }
             other => panic!("body {i}: {other:?}"),
         }
+    }
+}
+
+/// A shared body goes out on a link without a copy into the link's own
+/// segments: its segment is named (its descriptor sent once per peer),
+/// the head written in front of the payload; sent again, on the same link
+/// or another, it reads the same; past `MAX_SHARED` the oldest is retired
+/// and bodies keep arriving.
+#[test]
+fn shared_bodies_travel_on_any_link_and_the_oldest_are_retired() {
+    use crate::shm::body::{BodyPool, SharedBody};
+    let pool = BodyPool::new(64 << 20);
+    let (a, mut b) = connected(1024);
+    let (c, mut d) = connected(1024);
+    let mut body = SharedBody::with_capacity(&pool, 100_000).unwrap();
+    let payload: Vec<u8> = (0..100_000).map(|i| (i % 241) as u8).collect();
+    body.extend_from_slice(&payload).unwrap();
+    let head = crate::proto::run_head(7, 1, 1);
+    for on_c in [false, false, true] {
+        let (link, side) = if on_c {
+            (&c.link, &mut d)
+        } else {
+            (&a.link, &mut b)
+        };
+        assert!(link.write_shared(&head, &body).unwrap());
+        link.flush().unwrap();
+        assert_eq!(payload_of(&side.read().unwrap()), payload);
+    }
+    assert_eq!(
+        a.link.shm().unwrap().segments_made(),
+        0,
+        "no copy into a link segment"
+    );
+    // More bodies than a peer keeps mapped: each still arrives whole.
+    let bodies: Vec<SharedBody> = (0..MAX_SHARED as u8 + 2)
+        .map(|i| {
+            let mut body = SharedBody::with_capacity(&pool, 10).unwrap();
+            body.extend_from_slice(&[i; 10]).unwrap();
+            body
+        })
+        .collect();
+    for round in 0..2 {
+        for (i, body) in bodies.iter().enumerate() {
+            assert!(a.link.write_shared(&head, body).unwrap());
+            a.link.flush().unwrap();
+            assert_eq!(
+                payload_of(&b.read().unwrap()),
+                [i as u8; 10],
+                "round {round}"
+            );
+        }
+    }
+}
+
+/// A body said to start or end outside its segment is a typed error.
+#[test]
+fn a_body_placed_outside_its_segment_is_malformed() {
+    let (a, mut b) = connected(1024);
+    a.link.send(&run(&[1; 5000])).unwrap();
+    b.read().unwrap();
+    // Segment 1 exists (1 MiB).
+    for (body_at, body_len) in [((1 << 20) - 5, 10), (u64::MAX, 1), (u64::MAX - 3, 8)] {
+        a.link
+            .send(&Message::Shm {
+                seg: 1,
+                new: false,
+                seg_len: 1 << 20,
+                body_at,
+                body_len,
+            })
+            .unwrap();
+        let err = b.read().unwrap_err();
+        assert!(matches!(err, IpcError::Malformed(_)), "{err}");
     }
 }

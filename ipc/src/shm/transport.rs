@@ -50,12 +50,46 @@
 //!   answered at once, and the body is handed on as if it had arrived on
 //!   the connection.
 //!
-//! Copies of a 16 MiB `ByteBuf` task input, master to worker: encoding
-//! into the chunk's payload (the master keeps it to send the chunk again
-//! if the worker dies), that payload into the segment, the segment into
-//! the input: three (four before leases: the body was copied out, then
-//! decoded). A result: encoding into the worker's reused output buffer,
-//! that into the segment, the segment into the value: three (four).
+//! # Pooled segments: chunks encoded straight into shared memory
+//!
+//! A master encodes a chunk's inputs before it picks the worker, and
+//! keeps the encoding to resend the chunk if that worker dies. Past the
+//! threshold, `map` and `imap` encode it straight into a pooled segment
+//! ([`SharedBody`], see [`crate::shm::body`]) rather than into memory:
+//! [`Link::write_shared`](crate::link::Link::write_shared) then sends
+//! it on whichever local link the chunk goes out on without a copy. The
+//! segment's descriptor goes to a peer the first time it names it (ids
+//! with the top bit set, apart from the link's own segments); the link
+//! keeps at most [`MAX_SHARED`] of them mapped in its peer and retires
+//! the oldest past that. The `RUN` header is written into the room left
+//! in front of the payload, and the `SHM` frame says where the body
+//! starts (`body_at`). A pooled segment is not freed by `FREE`: it goes
+//! back to its pool when its chunk is answered, failed or cancelled. A
+//! chunk whose worker died goes out again from the same segment (to
+//! another worker); its bytes are copied out only to split it. The dead
+//! worker only ever read it, and a worker still alive does not read a
+//! chunk's segment after answering it.
+//!
+//! # Copies per item
+//!
+//! A 16 MiB `ByteBuf` task input of `map`, master to worker: encoded into
+//! a pooled segment, decoded from it into the input: two copies (three
+//! before: encoded into memory, copied into a link's segment, decoded;
+//! four before leases). A result, worker to master: encoded into the
+//! worker's reused output buffer, copied into the link's segment, decoded
+//! into the value: three. The decoded values are the one copy out, into
+//! new memory by nature, which Python's `Pool.map` pays too.
+//!
+//! Fresh pages cost more than the copies: each page of new memory is a
+//! fault in which the kernel zeroes it (4096 per 16 MiB). So nothing on
+//! the way is new memory once a map runs: segments are reused (and mapped
+//! with `MAP_POPULATE`), the worker's output buffer too, and the master
+//! keeps no more than about 32 MiB per worker encoded ahead of the
+//! workers, in chunks it closes at 1 MiB (`pool/src/stream.rs`). Page
+//! faults in the master while `map` over 16 × 16 MiB runs (`perf record
+//! -e page-faults`, outside the benchmark's 61,440 for its own inputs):
+//! 77,822 before this, 4,096 now, for `len`; for `echo` the 65,536 of the
+//! decoded results remain.
 //!
 //! Queue items cross the hub (producer → master → consumer) copied out
 //! and in again, not handed on as segments: a queue may hold an item for
@@ -102,6 +136,7 @@ use crate::IpcError;
 use crate::endpoint::ReadHalf;
 use crate::frame::WriteFrame;
 use crate::proto::{FREE, Message, RETIRE, SHM};
+use crate::shm::body::{HEAD_ROOM, SharedBody};
 use crate::shm::segment::{Segment, ShmHandle};
 use crate::sync::lock;
 use crate::sys::FdChannel;
@@ -124,6 +159,15 @@ use crate::sys::FdChannel;
 /// a segment saves no copy there and adds the `FREE` frames. A `map` over
 /// 64 KiB-1 MiB inputs packs several into one chunk, whose frame is over
 /// 1 MiB anyway. So 1 MiB stays.
+///
+/// Measured for `map` once more after the master reused its payload
+/// buffers (`PROCPOOL_SHM_THRESHOLD=<t> perf stat -e task-clock
+/// compare-* map_big_echo <n> <size>`, loaded machine, two rounds): 2048
+/// inputs of 64 KiB echoed, 659/625 ms of CPU with a 64 KiB threshold,
+/// 662/699 ms with 1 MiB, 783/806 ms over the socket; 512 of 256 KiB,
+/// 799/806, 705/762 and 811/905 ms. A lower threshold changes nothing
+/// there (its chunks are 8-16 MiB frames either way), and shared memory
+/// still beats the socket.
 pub const DEFAULT_THRESHOLD: usize = 1 << 20;
 
 /// Environment variable overriding [`DEFAULT_THRESHOLD`], in bytes; `off`
@@ -134,10 +178,16 @@ pub const THRESHOLD_ENV: &str = "PROCPOOL_SHM_THRESHOLD";
 /// Segments a sender keeps per link, and a reader accepts per link.
 pub const MAX_SEGMENTS: usize = 8;
 
+/// Pooled segments ([`SharedBody`]) a sender keeps mapped in a link's
+/// peer; a reader accepts this many more than [`MAX_SEGMENTS`].
+pub const MAX_SHARED: usize = 8;
+
 /// The smallest segment made.
 const MIN_SEGMENT: usize = 1 << 20;
 
-fn threshold() -> Option<usize> {
+/// The threshold this process uses ([`THRESHOLD_ENV`], else
+/// [`DEFAULT_THRESHOLD`]); `None` when shared memory is turned off.
+pub fn threshold() -> Option<usize> {
     static THRESHOLD: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     *THRESHOLD.get_or_init(|| match std::env::var(THRESHOLD_ENV) {
         Ok(v) if v == "off" => None,
@@ -163,6 +213,8 @@ pub struct ShmTransport {
 struct OutPool {
     next_id: u64,
     segs: Vec<OutSegment>,
+    /// Pooled segments the peer has mapped, oldest first.
+    known: Vec<u64>,
     /// Sending a descriptor failed once: the peer cannot take segments.
     disabled: bool,
 }
@@ -274,6 +326,7 @@ impl ShmTransport {
             seg: staged.id,
             new: staged.new,
             seg_len: staged.seg_len,
+            body_at: 0,
             body_len: staged.body_len,
         }
         .write(w);
@@ -281,6 +334,66 @@ impl ShmTransport {
             self.release(staged.id);
         }
         written
+    }
+
+    /// Writes to `w` a frame whose body is `head` followed by `body`'s
+    /// payload, naming `body`'s segment (its descriptor sent to the peer
+    /// first if the peer does not have it; the oldest the peer has retired
+    /// past [`MAX_SHARED`]); `head` is written into the segment's
+    /// [`HEAD_ROOM`]. `Ok(false)`, with nothing written, when the peer
+    /// cannot take segments: send the bytes as usual.
+    ///
+    /// # Errors
+    /// As the writes to `w`.
+    pub(crate) fn write_shared(
+        &self,
+        head: &[u8],
+        body: &SharedBody,
+        w: &mut impl WriteFrame,
+    ) -> Result<bool, IpcError> {
+        let Some(body_at) = HEAD_ROOM.checked_sub(head.len()) else {
+            return Ok(false);
+        };
+        let seg = body.segment();
+        let id = body.id();
+        let (new, retired) = {
+            let mut out = lock(&self.out);
+            if out.disabled {
+                return Ok(false);
+            }
+            let new = !out.known.contains(&id);
+            let mut retired = None;
+            if new {
+                let sent = seg
+                    .try_clone_handle()
+                    .ok()
+                    .and_then(|h| self.channel.send(id, &h).ok());
+                if sent.is_none() {
+                    out.disabled = true;
+                    return Ok(false);
+                }
+                if out.known.len() >= MAX_SHARED {
+                    retired = Some(out.known.remove(0));
+                }
+                out.known.push(id);
+            }
+            (new, retired)
+        };
+        if seg.write_at(body_at, head).is_err() {
+            return Ok(false);
+        }
+        if let Some(old) = retired {
+            Message::Retire { seg: old }.write(w)?;
+        }
+        Message::Shm {
+            seg: id,
+            new,
+            seg_len: seg.len() as u64,
+            body_at: body_at as u64,
+            body_len: (head.len() + body.len()) as u64,
+        }
+        .write(w)?;
+        Ok(true)
     }
 
     /// Picks (or makes and sends) a free segment for `len` bytes and marks
@@ -376,6 +489,7 @@ impl ShmTransport {
             seg: id,
             new,
             seg_len,
+            body_at,
             body_len,
         } = msg
         else {
@@ -385,12 +499,14 @@ impl ShmTransport {
             .map_err(|_| IpcError::Malformed("segment longer than the address space"))?;
         let body_len = usize::try_from(body_len)
             .map_err(|_| IpcError::Malformed("body longer than the address space"))?;
+        let body_at = usize::try_from(body_at)
+            .map_err(|_| IpcError::Malformed("body beyond the address space"))?;
         let mut inbound = lock(&self.inbound);
         if new {
             if inbound.cache.contains_key(&id) {
                 return Err(IpcError::Malformed("segment id announced twice"));
             }
-            if inbound.cache.len() >= MAX_SEGMENTS {
+            if inbound.cache.len() >= MAX_SEGMENTS + MAX_SHARED {
                 return Err(IpcError::Malformed("peer holds too many segments"));
             }
             let handle = loop {
@@ -415,16 +531,20 @@ impl ShmTransport {
         if seg.len() != seg_len {
             return Err(IpcError::Malformed("segment length changed"));
         }
-        if body_len > seg.len() {
+        if body_at
+            .checked_add(body_len)
+            .is_none_or(|end| end > seg.len())
+        {
             return Err(IpcError::Malformed("body outside its segment"));
         }
         buf.clear();
         let head = head.min(body_len);
-        seg.read_into_vec(0, head, buf)
+        seg.read_into_vec(body_at, head, buf)
             .map_err(|_| IpcError::Malformed("body outside its segment"))?;
         Ok(Named {
             id,
             seg: Arc::clone(seg),
+            at: body_at,
             body_len,
         })
     }
@@ -442,6 +562,8 @@ pub(crate) struct Named {
     /// The segment's id: answer `FREE` with it once done with the body.
     pub(crate) id: u64,
     pub(crate) seg: Arc<Segment>,
+    /// Where the body starts in the segment.
+    pub(crate) at: usize,
     pub(crate) body_len: usize,
 }
 
@@ -471,11 +593,13 @@ impl ShmTransport {
                 seg,
                 new,
                 seg_len,
+                body_at,
                 body_len,
             } => Message::Shm {
                 seg,
                 new,
                 seg_len,
+                body_at,
                 body_len,
             },
             Message::Free { seg } => {

@@ -407,9 +407,9 @@ fn a_chunk_too_large_for_a_frame_ends_and_the_lane_goes_on() {
     d.lanes[0] = Some(Lane::new(0, 1, Arc::clone(&peer.link)));
     let (job, _rx) = job();
     let mut big = chunk(&job, 0, 2);
-    big.payload = vec![0; 64 - RUN_OVERHEAD + 1];
+    big.payload = vec![0; 64 - RUN_OVERHEAD + 1].into();
     let mut fits = chunk(&job, 1, 1);
-    fits.payload = vec![1; 64 - RUN_OVERHEAD];
+    fits.payload = vec![1; 64 - RUN_OVERHEAD].into();
     let (started, ended) = pump(&mut d, [big, fits]);
     assert!(started);
     assert_eq!(ended.len(), 1);

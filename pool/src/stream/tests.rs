@@ -34,6 +34,11 @@ fn encoded<I: Serialize + ?Sized>(item: &I) -> Vec<u8> {
     buf
 }
 
+/// A chunk with its payload as bytes.
+fn bytes_of((mut payload, count): (Encoded, u32)) -> (Vec<u8>, u32) {
+    (std::mem::take(payload.make_bytes()), count)
+}
+
 /// What a push gave: the full chunk's size and count, and the failure.
 fn summary(p: Packed) -> (Option<(usize, u32)>, Option<Error>) {
     (p.full.map(|(payload, n)| (payload.len(), n)), p.failed)
@@ -48,7 +53,7 @@ fn inputs_are_packed_back_to_back() {
         assert!(full.is_none() && failed.is_none());
     }
     assert_eq!(p.count(), 3);
-    let (payload, count) = p.take().expect("a chunk");
+    let (payload, count) = p.take().map(bytes_of).expect("a chunk");
     assert_eq!(count, 3);
     assert_eq!(
         payload,
@@ -71,7 +76,7 @@ fn a_chunk_is_cut_before_it_exceeds_the_frame() {
     assert_eq!(full, Some((LIMIT, 2)));
     assert!(failed.is_none());
     assert_eq!(p.count(), 1);
-    let (payload, count) = p.take().expect("the next chunk");
+    let (payload, count) = p.take().map(bytes_of).expect("the next chunk");
     assert_eq!((payload, count), (encoded(&bytes(1)), 1));
 }
 
@@ -83,9 +88,9 @@ fn a_cut_keeps_every_input_in_order() {
     for item in &items {
         let Packed { full, failed } = p.push(item);
         assert!(failed.is_none());
-        chunks.extend(full);
+        chunks.extend(full.map(bytes_of));
     }
-    chunks.extend(p.take());
+    chunks.extend(p.take().map(bytes_of));
     // 20 bytes each: two fit in 47.
     assert_eq!(chunks.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [2; 5]);
     let all: Vec<u8> = chunks
@@ -125,7 +130,7 @@ fn an_oversized_input_fails_alone() {
     );
     assert_eq!(p.count(), 0);
     assert!(p.push(&bytes(5)).failed.is_none());
-    assert_eq!(p.take(), Some((encoded(&bytes(5)), 1)));
+    assert_eq!(p.take().map(bytes_of), Some((encoded(&bytes(5)), 1)));
 }
 
 #[test]
