@@ -18,8 +18,8 @@ pub(crate) fn square_on(x: u64) -> (u64, String) {
 /// Squares 0..1000 on the pool's workers, in chunks of 10; prints how many
 /// items each node ran, then "all items done".
 ///
-/// Fixed chunks, not automatic ones: automatic chunks grow while tasks this
-/// short finish fast, so the first workers to answer can take most items.
+/// A hundred chunks for a handful of workers: each worker gets some (idle
+/// workers take turns), so each node shows up in the report.
 #[allow(clippy::print_stdout)] // a program talks to its user
 pub(crate) fn square_and_report(pool: &Pool) -> anyhow::Result<()> {
     let results = pool.map_chunked(SQUARE_ON, 0..1000u64, 10)?;
