@@ -365,18 +365,29 @@ fn the_sbatch_example_completes() -> anyhow::Result<()> {
         "job {id}: {show}"
     );
     ensure!(log.contains("all items done"), "{log}");
-    let per_node: Vec<(&str, usize)> = log
+    // "n1: 378 items (2 workers)", one line per node.
+    let per_node: Vec<(&str, usize, usize)> = log
         .lines()
-        .filter_map(|l| l.strip_suffix(" items")?.rsplit_once(": "))
-        .map(|(node, n)| Ok((node, n.parse::<usize>()?)))
+        .filter_map(|l| {
+            let (node, rest) = l.split_once(": ")?;
+            let (items, workers) = rest.split_once(" items (")?;
+            let workers = workers
+                .strip_suffix(" workers)")
+                .or(workers.strip_suffix(" worker)"))?;
+            Some((node, items, workers))
+        })
+        .map(|(node, items, workers)| anyhow::Ok((node, items.parse()?, workers.parse()?)))
         .collect::<anyhow::Result<_>>()?;
-    let counted: usize = per_node.iter().map(|(_, n)| n).sum();
-    ensure!(counted == 1000, "{counted} items counted: {log}");
+    let items: usize = per_node.iter().map(|(_, n, _)| n).sum();
+    let workers: usize = per_node.iter().map(|(_, _, w)| w).sum();
+    ensure!(items == 1000, "{items} items counted: {log}");
+    // Its first 4 chunks go to its 4 workers, idle or not (2 per node here).
     ensure!(
-        ["n1", "n2"]
-            .iter()
-            .all(|want| per_node.iter().any(|(node, n)| node == want && *n > 0)),
-        "job {id} did not run items on both nodes:\n{log}{show}"
+        workers == 4
+            && ["n1", "n2"]
+                .iter()
+                .all(|want| per_node.iter().any(|(node, n, _)| node == want && *n > 0)),
+        "job {id} did not run items on both nodes and all 4 workers:\n{log}{show}"
     );
     let _ = std::fs::remove_dir_all(&dir);
     squeue_empty_within(Duration::from_secs(30))
