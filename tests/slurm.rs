@@ -64,25 +64,29 @@ fn main() {
     libtest_mimic::run(&args, tests).exit();
 }
 
-/// Whether a Slurm cluster with an idle node answers here.
+/// Whether a Slurm controller answers here with some node.
 fn slurm_here() -> bool {
     Command::new("sinfo")
-        .args(["-h", "-o", "%t"])
+        .args(["-h", "-N", "-o", "%t"])
         .stderr(Stdio::null())
         .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("idle"))
+        .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty())
 }
 
-/// Prints "skipped" and returns true when there is no Slurm.
-fn skip() -> bool {
+/// Prints "skipped" and returns true when there is no Slurm. With Slurm,
+/// waits until both nodes are idle (a job of the previous test may still
+/// be completing): a cluster that stays busy fails the test rather than
+/// skipping it.
+fn skip() -> anyhow::Result<bool> {
     if slurm_here() {
-        return false;
+        wait_idle(Duration::from_secs(30))?;
+        return Ok(false);
     }
     #[allow(clippy::print_stdout)]
     {
         println!("skipped: no Slurm cluster here (ci/slurm.sh start makes one)");
     }
-    true
+    Ok(true)
 }
 
 /// A child process killed and reaped when dropped.
@@ -116,7 +120,7 @@ fn squeue_empty_within(limit: Duration) -> anyhow::Result<()> {
 }
 
 fn srun_launched_workers_run_1000_items_over_both_nodes() -> anyhow::Result<()> {
-    if skip() {
+    if skip()? {
         return Ok(());
     }
     let pool = Pool::builder()
@@ -149,7 +153,7 @@ fn srun_launched_workers_run_1000_items_over_both_nodes() -> anyhow::Result<()> 
 }
 
 fn a_wrong_key_is_refused_under_slurm() -> anyhow::Result<()> {
-    if skip() {
+    if skip()? {
         return Ok(());
     }
     let pool = Pool::builder()
@@ -201,7 +205,7 @@ fn serve_master() -> anyhow::Result<()> {
 /// connection end and exit, and the step (and `srun`) end with them.
 fn sigkill_of_the_master_leaves_no_step_and_no_worker() -> anyhow::Result<()> {
     use std::io::BufRead;
-    if skip() {
+    if skip()? {
         return Ok(());
     }
     let mut master = KillOnDrop(
@@ -246,7 +250,7 @@ fn sigkill_of_the_master_leaves_no_step_and_no_worker() -> anyhow::Result<()> {
 /// on the survivors; without them the items that were on n2 fail with
 /// `RemoteWorkerLost` (and nothing hangs).
 fn a_node_down_mid_map_with_retries_completes_without_them_fails_as_lost() -> anyhow::Result<()> {
-    if skip() {
+    if skip()? {
         return Ok(());
     }
     let result = (|| {
@@ -341,7 +345,7 @@ fn wait_idle(limit: Duration) -> anyhow::Result<()> {
 /// the first node's workers to join in 3 of about 20 runs: the tasks end
 /// faster than the master submits, and the lowest worker id took each.)
 fn the_sbatch_example_completes() -> anyhow::Result<()> {
-    if skip() {
+    if skip()? {
         return Ok(());
     }
     let program = example("slurm")?;
@@ -356,10 +360,20 @@ fn the_sbatch_example_completes() -> anyhow::Result<()> {
     let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let log = std::fs::read_to_string(dir.join(format!("{id}.out"))).unwrap_or_default();
     ensure!(out.status.success(), "sbatch --wait: {} {log}", out.status);
-    let show = Command::new("scontrol")
-        .args(["show", "job", &id])
-        .output()?;
-    let show = String::from_utf8_lossy(&show.stdout);
+    // `sbatch --wait` may return while the job is still COMPLETING (its
+    // steps being cleaned up): wait for the final state.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let show = loop {
+        let show = Command::new("scontrol")
+            .args(["show", "job", &id])
+            .output()?;
+        let show = String::from_utf8_lossy(&show.stdout).into_owned();
+        if !show.contains("JobState=COMPLETING") || Instant::now() >= deadline {
+            break show;
+        }
+        // Polling the job's state is the event; the pause paces it.
+        std::thread::sleep(Duration::from_millis(100));
+    };
     ensure!(
         show.contains("JobState=COMPLETED") && show.contains("ExitCode=0:0"),
         "job {id}: {show}"
@@ -396,7 +410,7 @@ fn the_sbatch_example_completes() -> anyhow::Result<()> {
 /// `srun -n 3 one_program` with `PROCPOOL_ONE_PROGRAM`: rank 0 is the
 /// master, ranks 1 and 2 (one per node) its workers.
 fn one_program_mode_under_srun_n3() -> anyhow::Result<()> {
-    if skip() {
+    if skip()? {
         return Ok(());
     }
     let program = example("one_program")?;
