@@ -83,6 +83,7 @@ fn main() {
         terminate_from_another_thread_ends_map_with_terminated,
         several_threads_share_one_pool,
         slow_tasks_after_fast_ones_spread_over_workers,
+        idle_workers_take_turns,
         interrupted_imap_hands_out_what_arrived,
         interrupted_endless_imap_ends_with_one_interrupted,
     ];
@@ -965,6 +966,28 @@ fn slow_tasks_after_fast_ones_spread_over_workers() -> anyhow::Result<()> {
     }
     ensure!(
         counts.len() == 2 && counts.values().all(|&n| n >= 10),
+        "tasks per worker: {counts:?}"
+    );
+    Ok(())
+}
+
+/// Tasks that come one at a time find every worker idle: the workers take
+/// turns. Before, the lowest worker id took each one, and the others never
+/// ran anything (in the Slurm `sbatch` example, every item ran on the node
+/// whose workers joined first).
+fn idle_workers_take_turns() -> anyhow::Result<()> {
+    let pool = Pool::new(4)?.watched();
+    ensure!(
+        pool.wait_for_workers(4, Duration::from_secs(30)),
+        "{:?}",
+        pool.stats()
+    );
+    let mut counts = std::collections::HashMap::new();
+    for i in 0..8u64 {
+        *counts.entry(pool.apply(PID, i)?).or_insert(0) += 1;
+    }
+    ensure!(
+        counts.len() == 4 && counts.values().all(|&n| n == 2),
         "tasks per worker: {counts:?}"
     );
     Ok(())

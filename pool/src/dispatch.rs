@@ -130,6 +130,10 @@ pub(crate) struct Dispatch {
     limit: Option<u64>,
     /// The initializer's encoded argument (empty for `()`).
     init_arg: Arc<[u8]>,
+    /// Where the search for the least loaded lane starts: the slot after
+    /// the last one [`pump`](Self::pump) chose, so that lanes tied for
+    /// least loaded take turns.
+    turn: usize,
 }
 
 impl Dispatch {
@@ -146,6 +150,7 @@ impl Dispatch {
                 .initializer
                 .as_ref()
                 .map_or_else(|| Arc::from([]), |(_, arg)| Arc::clone(arg)),
+            turn: 0,
         }
     }
 
@@ -258,8 +263,17 @@ impl Dispatch {
         }
     }
 
-    /// Sends queued chunks to open lanes with room, the least loaded first;
-    /// returns whether some lane started a chunk (a timeout starts). Chunks
+    /// Sends queued chunks to open lanes with room, the least loaded first,
+    /// lanes tied for least loaded in turn (from the slot after the last
+    /// one chosen); returns whether some lane started a chunk (a timeout
+    /// starts).
+    ///
+    /// Taking turns matters when workers answer faster than chunks come:
+    /// every lane is then idle at each submission, and a fixed tie-break
+    /// (the lowest slot) would send nearly every chunk to the first workers
+    /// that joined while the others idle, all of them on one node of a
+    /// cluster (the one-node `sbatch` runs of `tests/slurm.rs`). In turn,
+    /// the first chunks of a job go to distinct lanes. Chunks
     /// that end here (cancelled, or too large to send) go to `ended`, for
     /// the caller to [`finish`](crate::shared::Shared::finish) once it has
     /// released the dispatch lock.
@@ -273,11 +287,11 @@ impl Dispatch {
             let count = u64::from(chunk.count);
             let limit = self.limit;
             let est_ns = self.estimate(&chunk);
-            let target = self
-                .lanes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, l)| Some((i, l.as_ref()?)))
+            let lanes = self.lanes.len();
+            let turn = self.turn;
+            let target = (0..lanes)
+                .map(|k| (turn + k) % lanes)
+                .filter_map(|i| Some((i, self.lanes[i].as_ref()?)))
                 .filter(|(_, l)| {
                     l.open
                         && self.has_room(l, est_ns)
@@ -291,6 +305,7 @@ impl Dispatch {
                 self.pending.push_front(chunk);
                 break;
             };
+            self.turn = slot + 1;
             match self.send(slot, 0, Some(chunk), dirty) {
                 Ok(head) => started |= head,
                 // The packer keeps chunks within the payload limit, so this

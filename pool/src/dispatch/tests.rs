@@ -263,11 +263,11 @@ fn pump_fills_the_least_loaded_open_lane_first() {
     let (mut d, peers) = dispatch(&config);
     let (job, _rx) = job();
     lane_mut(&mut d, 1).open = false;
-    // The first goes to lane 0 (ties go to the lowest slot), then lane 2.
+    // The first goes to lane 0, then lane 2 (lane 1 is closed).
     let (started, ended) = pump(&mut d, [chunk(&job, 0, 1), chunk(&job, 1, 1)]);
     assert!(started && ended.is_empty());
     assert_eq!((held(&d, 0), held(&d, 1), held(&d, 2)), (1, 0, 1));
-    // A tie again goes to lane 0; then lane 2 is the less loaded.
+    // A tie: lane 0's turn again (after 2 comes 0); then lane 2 is the less loaded.
     pump(&mut d, [chunk(&job, 2, 1)]);
     assert_eq!((held(&d, 0), held(&d, 2)), (2, 1));
     pump(&mut d, [chunk(&job, 3, 1)]);
@@ -276,6 +276,48 @@ fn pump_fills_the_least_loaded_open_lane_first() {
     assert!(peers[1].runs().is_empty(), "a closed lane takes nothing");
     assert_eq!(peers[2].runs(), [vec![1], vec![3]]);
     assert!(d.pending.is_empty());
+}
+
+/// Workers that answer each chunk before the next one comes are all idle
+/// at every submission: they take turns, rather than the lowest slot taking
+/// everything (which left every item of the Slurm `sbatch` example on the
+/// first node's workers to join, and the others idle).
+#[test]
+fn idle_lanes_take_turns() {
+    let (mut d, peers) = dispatch(&config(3, None, None));
+    let (job, _rx) = job();
+    for seq in 0..7 {
+        pump(&mut d, [chunk(&job, seq, 1)]);
+        let slot = (0..3).find(|&s| held(&d, s) == 1).expect("a lane took it");
+        let id = lane(&d, slot).inflight[0].id;
+        assert!(d.complete(slot, slot as u64, id, 1, 1_000).is_some());
+        assert!(d.is_idle());
+    }
+    assert_eq!(peers[0].runs(), [vec![0], vec![3], vec![6]]);
+    assert_eq!(peers[1].runs(), [vec![1], vec![4]]);
+    assert_eq!(peers[2].runs(), [vec![2], vec![5]]);
+}
+
+/// Turns skip a lane that is closed or more loaded, and come back to it.
+#[test]
+fn turns_go_to_the_least_loaded_only() {
+    let (mut d, peers) = dispatch(&config(4, None, None));
+    let (job, _rx) = job();
+    lane_mut(&mut d, 2).open = false;
+    // 0, 1, (2 closed) 3; then all of 0, 1, 3 hold one: from 0 again.
+    pump(&mut d, (0..4).map(|s| chunk(&job, s, 1)));
+    assert_eq!(
+        (held(&d, 0), held(&d, 1), held(&d, 2), held(&d, 3)),
+        (2, 1, 0, 1)
+    );
+    // Lane 2 opens: it is the least loaded, whoever's turn it is.
+    lane_mut(&mut d, 2).open = true;
+    pump(&mut d, [chunk(&job, 4, 1)]);
+    assert_eq!(held(&d, 2), 1);
+    assert_eq!(peers[0].runs(), [vec![0], vec![3]]);
+    assert_eq!(peers[1].runs(), [vec![1]]);
+    assert_eq!(peers[2].runs(), [vec![4]]);
+    assert_eq!(peers[3].runs(), [vec![2]]);
 }
 
 fn lane_mut(d: &mut Dispatch, slot: usize) -> &mut Lane {
