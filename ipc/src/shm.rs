@@ -8,10 +8,16 @@
 //! - [`ring`]: [`Ring`], a bounded MPMC ring of fixed-size slots that
 //!   survives the death of any process using it (the queues' data plane
 //!   to come).
+//! - [`stream`]: [`Stream`], a byte-stream ring of messages with writer and
+//!   reader leases, the lane of a pipe direction; also safe against deaths.
 
 pub mod ring;
 pub mod segment;
+#[cfg(not(all(test, loom)))]
+pub mod stream;
 pub mod transport;
 
 pub use ring::Ring;
 pub use segment::{Segment, SegmentError};
+#[cfg(not(all(test, loom)))]
+pub use stream::Stream;
