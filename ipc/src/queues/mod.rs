@@ -24,6 +24,7 @@
 pub(crate) mod client;
 mod held;
 pub mod hub;
+mod lane;
 pub mod map;
 pub mod pipe;
 pub mod queue;

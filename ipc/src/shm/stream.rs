@@ -396,12 +396,38 @@ impl Stream {
         (m.writer.load(SeqCst), m.reader.load(SeqCst))
     }
 
+    /// Sets the count of items on the other path; wakes receivers when it
+    /// grew.
+    pub fn set_hub_items(&self, n: u32) {
+        let old = self.meta().hub_items.swap(n, SeqCst);
+        if n > old {
+            wake::notify(&self.header().not_empty.0);
+        }
+    }
+
     /// Sleeps until a record or a flag may be there, or `deadline`, or
     /// spuriously. For watcher threads; returns `false` at the deadline.
     pub fn wait_readable(&self, deadline: Option<Instant>) -> bool {
+        self.sleep_readers(deadline, || {
+            self.has_record() || self.flags() != 0 || self.hub_items() > 0
+        })
+    }
+
+    /// Sleeps until a record or an end flag may be there (not for
+    /// `hub_items`), or `deadline`, or spuriously; `false` at the deadline.
+    pub fn wait_record(&self, deadline: Option<Instant>) -> bool {
+        self.sleep_readers(deadline, || {
+            self.has_record() || self.flags() & (CLOSED | WRITERS_GONE) != 0
+        })
+    }
+
+    /// Sleeps on the receivers' eventcount unless `ready()` holds once
+    /// armed: returns at once then, or when woken (records, flags, hub
+    /// counts, lease releases), or at `deadline` (`false`).
+    pub fn sleep_readers(&self, deadline: Option<Instant>, ready: impl Fn() -> bool) -> bool {
         let word = &self.header().not_empty.0;
         let armed = wake::arm(word);
-        if self.has_record() || self.flags() != 0 || self.hub_items() > 0 {
+        if ready() {
             return true;
         }
         wake::sleep(word, armed, deadline)
