@@ -540,7 +540,23 @@ impl<T: Payload> PipeReceiver<T> {
     }
 }
 
+impl<T> PipeSender<T> {
+    /// Whether this end sends through the shared-memory lane (for tests
+    /// and benches).
+    #[doc(hidden)]
+    pub fn uses_lane(&self) -> bool {
+        self.0.lane.is_some()
+    }
+}
+
 impl<T> PipeReceiver<T> {
+    /// Whether this end receives through the shared-memory lane (for
+    /// tests and benches).
+    #[doc(hidden)]
+    pub fn uses_lane(&self) -> bool {
+        self.0.lane.is_some()
+    }
+
     /// For [`super::wait`]: whether `recv` would not block now; if not,
     /// `waker` is woken on a change until `forget`.
     pub(crate) fn poll_ready(&self, waker: &Waker) -> Result<bool, QueueError> {
@@ -553,6 +569,13 @@ impl<T> PipeReceiver<T> {
 }
 
 impl<S, R> PipeEnd<S, R> {
+    /// Whether this end `(sends, receives)` through shared-memory lanes
+    /// (for tests and benches).
+    #[doc(hidden)]
+    pub fn uses_lanes(&self) -> (bool, bool) {
+        (self.tx.lane.is_some(), self.rx.lane.is_some())
+    }
+
     /// For [`super::wait`], as [`PipeReceiver::poll_ready`].
     pub(crate) fn poll_ready(&self, waker: &Waker) -> Result<bool, QueueError> {
         self.rx.poll_ready(waker)
