@@ -24,6 +24,9 @@ const REMOTE_ENV: &str = "PROCPOOL_TEST_PIPE_LANE_REMOTE";
 
 /// A message: (sender, sequence number, payload).
 type Msg = (u32, u32, ByteBuf);
+/// What a receiving task reports: `(sender, seq)` of each message, all
+/// intact, whether it used the lane.
+type Received = (Vec<(u32, u32)>, bool, bool);
 
 /// The payload of message `seq`: 600 KiB (more than a lane record: it
 /// goes in fragments) every `big`-th message, else 100 bytes; each byte
@@ -48,7 +51,7 @@ const SEND_N: Task<(PipeSender<Msg>, u32, u32, u32, bool), bool> = Task::new("la
 const SEND_N_DECODED: Task<(ByteBuf, u32, u32, u32), bool> = Task::new("lane_send_n_decoded");
 /// Receives until the pipe ends: `(messages as (sender, seq), all intact,
 /// used the lane)`.
-const RECV_ALL: Task<PipeReceiver<Msg>, (Vec<(u32, u32)>, bool, bool)> = Task::new("lane_recv_all");
+const RECV_ALL: Task<PipeReceiver<Msg>, Received> = Task::new("lane_recv_all");
 /// Receives one message, then aborts.
 const RECV_ONE_THEN_ABORT: Task<PipeReceiver<Msg>, ()> = Task::new("lane_recv_one_then_abort");
 /// Crash run: sends `from..` for ever, putting each sequence number whose
