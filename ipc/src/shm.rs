@@ -13,11 +13,9 @@
 
 pub mod ring;
 pub mod segment;
-#[cfg(not(all(test, loom)))]
 pub mod stream;
 pub mod transport;
 
 pub use ring::Ring;
 pub use segment::{Segment, SegmentError};
-#[cfg(not(all(test, loom)))]
 pub use stream::Stream;

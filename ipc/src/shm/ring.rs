@@ -855,7 +855,6 @@ impl Ring {
 }
 
 /// Pauses between attempts of a blocking operation, longer each time.
-#[cfg(not(all(test, loom)))]
 pub(super) fn pause(spin: u32) {
     for _ in 0..1u32 << spin.min(6) {
         std::hint::spin_loop();

@@ -77,7 +77,45 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Instant;
 
 use super::ring::pause;
+#[cfg(not(all(test, loom)))]
 use super::ring::wake;
+
+/// Under the ring's loom model (`--cfg loom`) the ring's eventcount works
+/// on loom's atomics; the stream is not modelled there and keeps the same
+/// protocol on std atomics.
+#[cfg(all(test, loom))]
+mod wake {
+    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+    use std::time::Instant;
+
+    pub(super) fn notify(word: &AtomicU32) {
+        let w = word.load(SeqCst);
+        if w & 1 != 0
+            && word
+                .compare_exchange(w, (w & !1).wrapping_add(2), SeqCst, Relaxed)
+                .is_ok()
+        {
+            crate::sys::futex::wake_all(word);
+        }
+    }
+
+    pub(super) fn arm(word: &AtomicU32) -> u32 {
+        word.fetch_or(1, SeqCst) | 1
+    }
+
+    pub(super) fn sleep(word: &AtomicU32, armed: u32, deadline: Option<Instant>) -> bool {
+        let timeout = match deadline {
+            None => None,
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return false,
+            },
+        };
+        crate::sys::futex::wait(word, armed, timeout);
+        true
+    }
+}
 
 /// "procpipe" in ASCII.
 const MAGIC: u64 = 0x6570_6970_636f_7270;
