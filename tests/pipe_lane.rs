@@ -134,6 +134,7 @@ fn main() {
         a_pipe_between_two_children_uses_the_lane,
         the_master_receives_through_the_lane_with_fragments,
         a_sender_blocked_on_a_full_lane_fails_when_its_receiver_dies,
+        awaited_receives_and_wait_see_a_childs_lane_messages,
         a_remote_receiver_gets_a_local_senders_messages,
         a_lane_receiver_sees_a_remote_senders_messages_too,
         killed_senders_and_receivers_lose_nothing_promised,
@@ -209,6 +210,45 @@ fn a_sender_blocked_on_a_full_lane_fails_when_its_receiver_dies() -> anyhow::Res
         "the send failed with {error}, not ReceiversGone"
     );
     ensure!(matches!(receiver.join(), Err(Error::WorkerDied { .. })));
+    Ok(())
+}
+
+/// `recv_async` on one thread of a runtime, then `procpool::wait`, on a
+/// lane whose sender is a child: each is woken by the lane (its watcher
+/// thread), and sees the end.
+fn awaited_receives_and_wait_see_a_childs_lane_messages() -> anyhow::Result<()> {
+    let (rx, tx) = Pipe::one_way::<Msg>();
+    let (rx2, tx2) = Pipe::one_way::<Msg>();
+    let sender = Process::spawn(SEND_N, (tx, 1, 300, 100, true))?.watched();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let got = rt.block_on(async {
+        let mut got = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, rx.recv_async()).await {
+                Ok(Ok((id, seq, p))) => {
+                    ensure!(intact(seq, &p), "message {seq} damaged");
+                    got.push((id, seq));
+                }
+                Ok(Err(GetError::Closed)) => return Ok(got),
+                Ok(Err(e)) => bail!("recv_async: {e}"),
+                Err(_) => bail!("recv_async blocked for {WAIT:?}"),
+            }
+        }
+    })?;
+    ensure!(sender.join()?);
+    check_all(&got, &[1], 300)?;
+    // `wait` on a lane receiver: not ready, then ready once a child sent.
+    ensure!(procpool::wait(&[&rx2], Some(Duration::from_millis(10)))?.is_empty());
+    let sender = Process::spawn(SEND_N, (tx2, 1, 1, 0, false))?.watched();
+    ensure!(
+        procpool::wait(&[&rx2], Some(WAIT))? == [0],
+        "wait missed the message"
+    );
+    ensure!(rx2.try_recv()?.1 == 0);
+    ensure!(sender.join()?);
+    ensure!(matches!(rx2.recv_timeout(WAIT), Err(GetError::Closed)));
     Ok(())
 }
 

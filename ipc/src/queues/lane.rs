@@ -79,6 +79,12 @@ pub(crate) struct Mapped {
 }
 
 impl Mapped {
+    #[cfg(all(test, loom))]
+    fn new(_seg: Segment, _format: bool) -> Result<Self, String> {
+        Err("lanes are not mapped under the loom model".into())
+    }
+
+    #[cfg(not(all(test, loom)))]
     fn new(seg: Segment, format: bool) -> Result<Self, String> {
         let ptr = std::ptr::NonNull::new(seg.as_ptr()).ok_or("segment at address 0")?;
         // SAFETY: the segment is mapped read/write for `seg.len()` bytes
@@ -112,7 +118,13 @@ pub(crate) struct LaneEnd {
 struct Watch {
     wakers: Mutex<Vec<Waker>>,
     running: AtomicBool,
+    /// The watcher thread, while it runs (unparked by a registration when
+    /// it idles).
+    thread: Mutex<Option<std::thread::Thread>>,
 }
+
+/// How long a watcher thread with no waker stays for the next one.
+const LINGER: Duration = Duration::from_secs(2);
 
 impl LaneEnd {
     fn new(mapped: Arc<Mapped>, id: u32) -> Arc<Self> {
@@ -147,6 +159,9 @@ impl LaneEnd {
             wakers.push(waker.clone());
         }
         drop(wakers);
+        if let Some(t) = lock(&self.watch.thread).as_ref() {
+            t.unpark();
+        }
         if !self.watch.running.swap(true, Ordering::SeqCst) {
             let lane = Arc::clone(self);
             let spawned = std::thread::Builder::new()
@@ -164,15 +179,26 @@ impl LaneEnd {
     }
 
     fn run_watcher(&self) {
+        *lock(&self.watch.thread) = Some(std::thread::current());
         let mut hub_items = self.stream().hub_items();
+        let mut idle_since: Option<Instant> = None;
         loop {
             let now = self.stream().hub_items();
             let ready = self.ring_ready() || now > hub_items;
             hub_items = now;
             let mut wakers = lock(&self.watch.wakers);
             if wakers.is_empty() {
-                self.watch.running.store(false, Ordering::SeqCst);
                 drop(wakers);
+                // Stay a while for the next registration (an async
+                // receive loop registers again at once), parked: a
+                // registration unparks.
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < LINGER {
+                    std::thread::park_timeout(Duration::from_millis(200));
+                    continue;
+                }
+                *lock(&self.watch.thread) = None;
+                self.watch.running.store(false, Ordering::SeqCst);
                 // A waker registered between the check and the store
                 // found `running` set: take over again if so.
                 if lock(&self.watch.wakers).is_empty()
@@ -180,8 +206,10 @@ impl LaneEnd {
                 {
                     return;
                 }
+                *lock(&self.watch.thread) = Some(std::thread::current());
                 continue;
             }
+            idle_since = None;
             if ready {
                 for w in wakers.drain(..) {
                     w.wake();

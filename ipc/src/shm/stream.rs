@@ -67,36 +67,38 @@
 //! `SAFETY` comment; the memory contract is stated once, on
 //! [`Stream::init`].
 
-#[cfg(test)]
+#[cfg(all(test, loom))]
+mod loom_tests;
+#[cfg(all(test, not(loom)))]
 mod tests;
 
+#[cfg(not(all(test, loom)))]
 use std::ptr::NonNull;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::Instant;
+
+#[cfg(all(test, loom))]
+use loom::sync::atomic::{AtomicU32, AtomicU64};
+#[cfg(not(all(test, loom)))]
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use super::ring::pause;
 #[cfg(not(all(test, loom)))]
 use super::ring::wake;
 
-/// Under the ring's loom model (`--cfg loom`) the ring's eventcount works
-/// on loom's atomics; the stream is not modelled there and keeps the same
-/// protocol on std atomics.
+/// Under the loom model (`--cfg loom`): the eventcount's words without
+/// the sleeping (the model uses the non-blocking operations only).
 #[cfg(all(test, loom))]
 mod wake {
-    use std::sync::atomic::AtomicU32;
+    use loom::sync::atomic::AtomicU32;
     use std::sync::atomic::Ordering::{Relaxed, SeqCst};
     use std::time::Instant;
 
     pub(super) fn notify(word: &AtomicU32) {
         let w = word.load(SeqCst);
-        if w & 1 != 0
-            && word
-                .compare_exchange(w, (w & !1).wrapping_add(2), SeqCst, Relaxed)
-                .is_ok()
-        {
-            crate::sys::futex::wake_all(word);
+        if w & 1 != 0 {
+            let _ = word.compare_exchange(w, (w & !1).wrapping_add(2), SeqCst, Relaxed);
         }
     }
 
@@ -104,15 +106,8 @@ mod wake {
         word.fetch_or(1, SeqCst) | 1
     }
 
-    pub(super) fn sleep(word: &AtomicU32, armed: u32, deadline: Option<Instant>) -> bool {
-        let timeout = match deadline {
-            None => None,
-            Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => Some(left),
-                _ => return false,
-            },
-        };
-        crate::sys::futex::wait(word, armed, timeout);
+    pub(super) fn sleep(_word: &AtomicU32, _armed: u32, _deadline: Option<Instant>) -> bool {
+        loom::thread::yield_now();
         true
     }
 }
@@ -121,6 +116,7 @@ mod wake {
 const MAGIC: u64 = 0x6570_6970_636f_7270;
 /// Bumped on any change to the layout or a word's meaning.
 const VERSION: u32 = 1;
+#[cfg_attr(all(test, loom), allow(dead_code))] // init/attach only
 const LINE: usize = 64;
 /// Bytes of a record's header.
 const REC: usize = 8;
@@ -253,7 +249,7 @@ struct Partial {
 /// ```
 #[derive(Debug)]
 pub struct Stream {
-    base: NonNull<u8>,
+    mem: Mem,
     cap: usize,
     /// This process's receive state: a message half reassembled, and the
     /// lane id holding the reader lease for it.
@@ -306,6 +302,7 @@ impl Stream {
     /// `Stream`s (in any process), never through references or plain reads
     /// and writes of other code. For `init`, in addition, no `Stream` over
     /// them is in use anywhere while it formats them.
+    #[cfg(not(all(test, loom)))]
     pub unsafe fn init(ptr: NonNull<u8>, len: usize, capacity: usize) -> Result<Self, StreamError> {
         let needed = Self::bytes_needed(capacity)?;
         if len < needed {
@@ -318,7 +315,7 @@ impl Stream {
         // `init` (contract); all-zero is a valid state for every word.
         unsafe { ptr.as_ptr().write_bytes(0, needed) };
         let s = Self {
-            base: ptr,
+            mem: Mem { base: ptr },
             cap: capacity,
             partial: Mutex::new(None),
         };
@@ -339,6 +336,7 @@ impl Stream {
     ///
     /// # Safety
     /// The memory contract of [`Stream::init`].
+    #[cfg(not(all(test, loom)))]
     pub unsafe fn attach(ptr: NonNull<u8>, len: usize) -> Result<Self, StreamError> {
         if ptr.align_offset(LINE) != 0 {
             return Err(StreamError::Misaligned);
@@ -364,16 +362,14 @@ impl Stream {
             return Err(corrupt("capacity larger than the memory", cap as u64));
         }
         Ok(Self {
-            base: ptr,
+            mem: Mem { base: ptr },
             cap,
             partial: Mutex::new(None),
         })
     }
 
     fn header(&self) -> &Header {
-        // SAFETY: `base` is 64-aligned with at least a header's bytes
-        // (checked by `init`/`attach`); atomics only, valid for any bits.
-        unsafe { self.base.cast::<Header>().as_ref() }
+        self.mem.header()
     }
 
     fn meta(&self) -> &Meta {
@@ -788,45 +784,30 @@ impl Stream {
         }
     }
 
-    fn data(&self) -> *mut u8 {
-        // SAFETY: the data follows the header inside the `bytes_needed`
-        // bytes of the contract.
-        unsafe { self.base.as_ptr().add(size_of::<Header>()) }
-    }
-
     /// Copies `src` (at most the capacity) into the data from position
-    /// `pos`, wrapping.
+    /// `pos`, wrapping. The caller holds the writer lease and writes only
+    /// between `tail` and `head + cap`, which no reader reads until the
+    /// `tail` store publishes it.
     fn copy_in(&self, pos: u64, src: &[u8]) {
         assert!(src.len() <= self.cap, "callers copy at most a record");
         let off = (pos as usize) & (self.cap - 1);
         let first = src.len().min(self.cap - off);
-        // SAFETY: `off + first <= cap` and `src.len() - first <= cap`, so
-        // both copies stay inside the data; the caller holds the writer
-        // lease and writes only between `tail` and `head + cap`, which no
-        // reader reads until the `tail` store publishes it.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.data().add(off), first);
-            std::ptr::copy_nonoverlapping(src[first..].as_ptr(), self.data(), src.len() - first);
-        }
+        self.mem.write(self.cap, off, &src[..first]);
+        self.mem.write(self.cap, 0, &src[first..]);
     }
 
-    /// Fills `dst` (at most the capacity) from the data at `pos`, wrapping.
+    /// Fills `dst` (at most the capacity) from the data at `pos`,
+    /// wrapping. The caller holds the reader lease and reads only between
+    /// `head` and `tail`, which no writer touches until the `head` store
+    /// frees it. (A process breaking the protocol can make the bytes
+    /// garbage, never out of bounds.)
     fn copy_out(&self, pos: u64, dst: &mut [u8]) {
         assert!(dst.len() <= self.cap, "callers copy at most a record");
         let off = (pos as usize) & (self.cap - 1);
         let first = dst.len().min(self.cap - off);
-        // SAFETY: in bounds as in `copy_in`; the caller holds the reader
-        // lease and reads only between `head` and `tail`, which no writer
-        // touches until the `head` store frees it. (A process breaking the
-        // protocol can make the bytes garbage, never out of bounds.)
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.data().add(off), dst.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(
-                self.data(),
-                dst[first..].as_mut_ptr(),
-                dst.len() - first,
-            );
-        }
+        let (a, b) = dst.split_at_mut(first);
+        self.mem.read(self.cap, off, a);
+        self.mem.read(self.cap, 0, b);
     }
 
     /// Appends `len` bytes (at most the capacity) from position `pos`.
@@ -848,6 +829,122 @@ impl Drop for Stream {
         if let Some((lane, _)) = state.take() {
             let _ = self.meta().reader.compare_exchange(lane, 0, SeqCst, SeqCst);
             self.notify_all();
+        }
+    }
+}
+
+/// Where the stream's words and bytes are: shared memory, the header
+/// first, the data after it.
+#[cfg(not(all(test, loom)))]
+#[derive(Debug)]
+struct Mem {
+    base: NonNull<u8>,
+}
+
+#[cfg(not(all(test, loom)))]
+impl Mem {
+    fn header(&self) -> &Header {
+        // SAFETY: `base` is 64-aligned with at least a header's bytes
+        // (checked by `init`/`attach`); atomics only, valid for any bits.
+        unsafe { self.base.cast::<Header>().as_ref() }
+    }
+
+    fn data(&self) -> *mut u8 {
+        // SAFETY: the data follows the header inside the `bytes_needed`
+        // bytes of the contract.
+        unsafe { self.base.as_ptr().add(size_of::<Header>()) }
+    }
+
+    /// Copies `src` to data offset `off`; `off + src.len() <= cap`.
+    fn write(&self, cap: usize, off: usize, src: &[u8]) {
+        assert!(off + src.len() <= cap, "inside the data");
+        // SAFETY: inside the `cap` data bytes (checked); the callers'
+        // leases keep other `Stream`s off these bytes (see `copy_in`).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.data().add(off), src.len()) };
+    }
+
+    /// Fills `dst` from data offset `off`; `off + dst.len() <= cap`.
+    fn read(&self, cap: usize, off: usize, dst: &mut [u8]) {
+        assert!(off + dst.len() <= cap, "inside the data");
+        // SAFETY: as in `write` (see `copy_out`).
+        unsafe { std::ptr::copy_nonoverlapping(self.data().add(off), dst.as_mut_ptr(), dst.len()) };
+    }
+}
+
+/// Under loom: the header's words as loom atomics and each data byte a
+/// loom cell, so the model checks that every byte a reader copies was
+/// published to it (a data race is a failure).
+#[cfg(all(test, loom))]
+struct Mem(loom::sync::Arc<LoomMem>);
+
+#[cfg(all(test, loom))]
+struct LoomMem {
+    header: Header,
+    data: Box<[loom::cell::UnsafeCell<u8>]>,
+}
+
+#[cfg(all(test, loom))]
+impl std::fmt::Debug for Mem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mem")
+    }
+}
+
+#[cfg(all(test, loom))]
+impl Mem {
+    fn header(&self) -> &Header {
+        &self.0.header
+    }
+
+    fn write(&self, _cap: usize, off: usize, src: &[u8]) {
+        for (i, &b) in src.iter().enumerate() {
+            // SAFETY: loom checks the access; the pointer is the cell's.
+            self.0.data[off + i].with_mut(|p| unsafe { *p = b });
+        }
+    }
+
+    fn read(&self, _cap: usize, off: usize, dst: &mut [u8]) {
+        for (i, d) in dst.iter_mut().enumerate() {
+            // SAFETY: as in `write`.
+            *d = self.0.data[off + i].with(|p| unsafe { *p });
+        }
+    }
+}
+
+#[cfg(all(test, loom))]
+impl Stream {
+    /// A stream over loom's modelled memory.
+    fn new_loom(cap: usize) -> Self {
+        let pad32 = |v| Padded(AtomicU32::new(v));
+        let header = Header {
+            meta: Padded(Meta {
+                magic: AtomicU64::new(MAGIC),
+                version: AtomicU32::new(VERSION),
+                capacity: AtomicU32::new(cap as u32),
+                flags: AtomicU32::new(0),
+                writer: AtomicU32::new(0),
+                reader: AtomicU32::new(0),
+                hub_items: AtomicU32::new(0),
+            }),
+            head: Padded(AtomicU64::new(0)),
+            tail: Padded(AtomicU64::new(0)),
+            not_empty: pad32(0),
+            not_full: pad32(0),
+        };
+        let data = (0..cap).map(|_| loom::cell::UnsafeCell::new(0)).collect();
+        Self {
+            mem: Mem(loom::sync::Arc::new(LoomMem { header, data })),
+            cap,
+            partial: Mutex::new(None),
+        }
+    }
+
+    /// Another process's `Stream` over the same memory.
+    fn attach_loom(&self) -> Self {
+        Self {
+            mem: Mem(loom::sync::Arc::clone(&self.mem.0)),
+            cap: self.cap,
+            partial: Mutex::new(None),
         }
     }
 }
