@@ -63,24 +63,29 @@ fn loom_stream_fragments_cross_intact() {
 }
 
 /// Another sender's record never lands between a message's fragments:
-/// the writer lease is held for a whole message.
+/// the writer lease is held for a whole message. (One attempt by the
+/// second sender: two spinning senders and a receiver are beyond what the
+/// model explores in CI time.)
 #[test]
 fn loom_stream_writer_lease_keeps_messages_whole() {
     model(|| {
-        let s = Arc::new(Stream::new_loom(32));
-        let writers: Vec<_> = [(1u8, 9), (2, 1)]
-            .into_iter()
-            .map(|(b, len)| {
-                let w = s.attach_loom();
-                thread::spawn(move || send(&w, u32::from(b), &vec![b; len]))
-            })
-            .collect();
-        let mut got = [recv(&s, 3), recv(&s, 3)];
-        for w in writers {
-            w.join().unwrap();
+        // 64 bytes: both fragments (24 + 1 bytes: 32 + 16 with headers)
+        // and the other record (16) fit, so nobody waits for the receiver.
+        let s = Arc::new(Stream::new_loom(64));
+        let w = s.attach_loom();
+        let writer = thread::spawn(move || send(&w, 1, &[1; 25]));
+        let sent = s.try_send(2, &[2]).is_ok();
+        writer.join().unwrap();
+        let mut got = vec![recv(&s, 3)];
+        if sent {
+            got.push(recv(&s, 3));
         }
         got.sort();
-        assert_eq!(got, [vec![1; 9], vec![2; 1]]);
+        let mut want = vec![vec![1; 25]];
+        if sent {
+            want.push(vec![2]);
+        }
+        assert_eq!(got, want);
     });
 }
 
