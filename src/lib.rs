@@ -168,7 +168,7 @@
 
 pub use procpool_ipc::bytemuck;
 pub use procpool_ipc::one_program::{ONE_PROGRAM_ENV, OneProgram, detect as one_program};
-pub use procpool_ipc::pipe::{Pipe, PipeEnd, PipeReceiver, PipeSender};
+pub use procpool_ipc::pipe::{Pipe, PipeEnd, PipeReceiver, PipeSender, RecvFuture};
 pub use procpool_ipc::queue::{
     DoneGuard, GetError, GetFuture, JoinFuture, JoinableQueue, PutError, PutFuture, Queue,
     QueueError, QueueIter, SimpleQueue,

@@ -176,6 +176,14 @@ pub enum QueueError {
     /// The hub answered something this side does not understand.
     #[error("unexpected answer from the hub")]
     Protocol,
+    /// Every receiving end of the pipe is gone (dropped, or its process
+    /// ended): nobody would receive what is sent.
+    #[error("every receiving end of the pipe is gone")]
+    ReceiversGone,
+    /// A pipe's shared-memory lane failed (its memory holds something no
+    /// sender wrote: see [`StreamError`](crate::shm::stream::StreamError)).
+    #[error("a pipe's shared-memory lane failed")]
+    Lane(#[source] crate::shm::stream::StreamError),
 }
 
 impl QueueError {

@@ -16,15 +16,18 @@
 //!   liveness settings; [`secure`]: their versioned Noise handshake and
 //!   the encrypted records every remote link travels in.
 //! - [`shm`]: shared memory between local processes: anonymous segments,
-//!   the transport that carries large payloads through them, and the
-//!   crash-safe [`shm::ring::Ring`].
+//!   the transport that carries large payloads through them, the
+//!   crash-safe [`shm::ring::Ring`], and [`shm::stream::Stream`], the
+//!   message ring of a pipe direction's lane.
 //! - [`sync`]: the lock and deadline-wait helpers every crate uses.
 //! - `sys/`: everything platform-specific (and all `unsafe`), behind one
 //!   internal interface documented in `sys/mod.rs`.
 //!
 //! Above the transport, the queue layer (`queues/`): [`queue`] and
-//! [`pipe`] (the public types), the [`hub`] (the queues a master holds and
-//! serves), the worker-side client (proxies), and `queues/wire.rs`, the
+//! [`pipe`] (the public types; `queues/lane.rs`: a pipe direction's
+//! shared-memory lane between local processes), the [`hub`] (the queues a
+//! master holds and serves), the worker-side client (proxies), and
+//! `queues/wire.rs`, the
 //! queue protocol in one place (every operation, its fields and answers).
 //! Beside the queues, the hub holds [`sync_prims`] (locks, events,
 //! barriers, conditions), [`shared_map`] (`SharedMap`) and

@@ -658,7 +658,9 @@ impl Inner {
                     let _ = Message::Heartbeat.write(&mut (&mut *outbox, self.max));
                     continue;
                 }
-                Some(every) => Some(Instant::now() + (every - idle)),
+                // (`idle` may pass `every` here too: no sink yet, or
+                // closed.)
+                Some(every) => Some(Instant::now() + every.saturating_sub(idle)),
                 None => None,
             };
             outbox = wait_until(&self.work, outbox, next_heartbeat).unwrap_or_else(|g| g);

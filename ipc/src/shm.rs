@@ -10,11 +10,15 @@
 //! - [`ring`]: [`Ring`], a bounded MPMC ring of fixed-size slots that
 //!   survives the death of any process using it (the queues' data plane
 //!   to come).
+//! - [`stream`]: [`Stream`], a byte-stream ring of messages with writer and
+//!   reader leases, the lane of a pipe direction; also safe against deaths.
 
 pub mod body;
 pub mod ring;
 pub mod segment;
+pub mod stream;
 pub mod transport;
 
 pub use ring::Ring;
 pub use segment::{Segment, SegmentError};
+pub use stream::Stream;

@@ -32,6 +32,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use procpool_ipc::hub;
 use procpool_ipc::link::Dirty;
 use procpool_ipc::proto::Hello;
 use procpool_ipc::secure::Session;
@@ -415,6 +416,11 @@ impl Supervisor {
             let mut dispatch = self.shared.dispatch();
             dispatch.lanes[slot].take_if(|l| l.key == key)
         };
+        if let Some(l) = &lane {
+            // Connection ended and process reaped: the leases it held in
+            // pipe lanes can go.
+            hub::reaped(l.link.id());
+        }
         let (mut inflight, shutdown_sent, retiring) = match lane {
             Some(l) => (l.inflight, l.shutdown_sent, l.retiring),
             None => (VecDeque::new(), false, false),
@@ -746,6 +752,8 @@ impl Supervisor {
         let mut dispatch = self.shared.dispatch();
         let mut left: Vec<_> = std::mem::take(&mut dispatch.pending).into_iter().collect();
         for lane in dispatch.lanes.iter_mut().filter_map(Option::take) {
+            // Every worker was reaped above.
+            hub::reaped(lane.link.id());
             left.extend(lane.inflight.into_iter().filter_map(|i| i.chunk));
         }
         drop(dispatch);

@@ -101,8 +101,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
 
+use super::lane::{self, HubLane};
 use super::wire::{Wait, op, status};
 use crate::link::{Dirty, Link};
 use crate::proto::Message;
@@ -165,6 +166,8 @@ pub(crate) struct Core {
     pub(crate) capacity: Option<usize>,
     state: Mutex<State>,
     changed: Condvar,
+    /// A pipe direction's lane (see `queues/lane.rs`).
+    lane: OnceLock<Arc<HubLane>>,
 }
 
 /// An item in the hub, numbered in the order it was put.
@@ -664,6 +667,7 @@ impl Core {
             capacity,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
+            lane: OnceLock::new(),
         });
         registry().insert(core.id, Arc::downgrade(&core));
         core
@@ -700,6 +704,10 @@ impl Core {
     /// Releases the state and wakes local waiters, if there are any (a
     /// condition variable's notify is a system call even when nobody waits).
     fn notify(&self, mut state: MutexGuard<'_, State>) {
+        if let Some(lane) = self.lane.get() {
+            let delivered: usize = state.subs.iter().map(|s| s.unacked.len()).sum();
+            lane.on_change(state.items.len() + delivered, state.closed);
+        }
         let waiters = state.waiters;
         let mut wakers = state.take_wakers();
         wakers.extend(state.watchers.iter().cloned());
@@ -945,6 +953,9 @@ impl Core {
 
     /// Closes the queue, under its lock (nothing if it is closed already).
     fn close_locked(&self, state: &mut State, dirty: &mut Dirty) {
+        if self.lane.get().is_some_and(|l| l.defer_close()) {
+            return;
+        }
         if !state.closed {
             state.closed = true;
             for link in &state.users {
@@ -1098,6 +1109,13 @@ impl Core {
                 state.unsubscribe(link.id());
                 reply(link, req, status::OK, 0, dirty);
             }
+            lane::LANE => {
+                let (code, value) = match self.lane.get() {
+                    Some(l) => l.serve(self, link, arg),
+                    None => (lane::NO_LANE, 0),
+                };
+                reply(link, req, code, value, dirty);
+            }
             op::PIN | op::HOLD | op::UNHOLD => {
                 let released = self.life_op(&mut state, link.id(), code, arg != 0, dirty);
                 state.pump(self.capacity, self.id, dirty);
@@ -1209,6 +1227,8 @@ pub fn serve(link: &Arc<Link>, msg: &Message<'_>, dirty: &mut Dirty) {
 /// to joins as lost by process `pid` (the id its worker announced, if it
 /// did; see the module docs).
 pub fn disconnect(link_id: u64, pid: Option<u32>) {
+    // (A pipe lane's leases wait for `reaped`: EOF alone does not prove
+    // the process stopped touching shared memory.)
     let cores: Vec<Arc<Core>> = registry().values().filter_map(Weak::upgrade).collect();
     let mut dirty = Dirty::default();
     for core in cores {
@@ -1217,6 +1237,37 @@ pub fn disconnect(link_id: u64, pid: Option<u32>) {
     super::sync::disconnect(link_id, &mut dirty);
     super::map::disconnect(link_id);
     super::shared_memory::disconnect(link_id);
+}
+
+/// Says that the process behind connection `link_id` is certainly gone
+/// (its connection ended and it was reaped): the leases it held in pipe
+/// lanes are cleared, so other senders and receivers go on.
+pub fn reaped(link_id: u64) {
+    let Ok(lane) = u32::try_from(link_id) else {
+        return;
+    };
+    let cores: Vec<Arc<Core>> = registry().values().filter_map(Weak::upgrade).collect();
+    for core in cores {
+        if let Some(l) = core.lane.get() {
+            l.reaped(lane);
+        }
+    }
+}
+
+impl Core {
+    /// Gives this queue (a new pipe direction) a lane, if shared memory
+    /// can be had; returns it.
+    pub(crate) fn make_lane(&self) -> Option<&Arc<HubLane>> {
+        if let Some(l) = HubLane::new() {
+            let _ = self.lane.set(l);
+        }
+        self.lane.get()
+    }
+
+    /// This queue's lane, if it is a pipe direction with one.
+    pub(crate) fn lane(&self) -> Option<&Arc<HubLane>> {
+        self.lane.get()
+    }
 }
 
 mod lifetime;

@@ -4,7 +4,8 @@
 //! - [`queue`]: the public `Queue`, `JoinableQueue`, `SimpleQueue`; a handle
 //!   is either the hub's queue itself (in the process that holds it) or a
 //!   proxy that speaks to it over the worker's connection;
-//! - [`pipe`]: `Pipe`, two queues back to back;
+//! - [`pipe`]: `Pipe`, two queues back to back; `lane`: each direction's
+//!   shared-memory ring between local processes, beside its queue;
 //! - [`hub`]: the queues a process holds and how it serves other
 //!   processes' operations on them (the master's reader threads call it);
 //! - `client`: the proxies' side in a worker: requests, replies,
@@ -24,6 +25,7 @@
 pub(crate) mod client;
 mod held;
 pub mod hub;
+mod lane;
 pub mod map;
 pub mod pipe;
 pub mod queue;

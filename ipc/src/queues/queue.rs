@@ -43,6 +43,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::client::{Client, Held, Taken};
 use super::hub::{Core, GetFail, PutFail};
+use super::lane::{self, LaneEnd};
 use super::wire::{self, Wait, op, status};
 use crate::codec;
 pub use crate::error::QueueError;
@@ -52,7 +53,7 @@ mod future;
 mod handle;
 mod iter;
 pub use future::{GetFuture, JoinFuture, PutFuture};
-use handle::Writer;
+use handle::{Reader, Writer};
 pub use iter::{DoneGuard, QueueIter};
 
 /// A failed put; the item comes back.
@@ -204,6 +205,8 @@ pub struct Queue<T> {
     handle: Handle,
     /// Set on a pipe's sending end.
     writer: Option<Arc<Writer>>,
+    /// Set on a pipe's receiving end in the hub process.
+    reader: Option<Arc<Reader>>,
     _items: PhantomData<fn(T) -> T>,
 }
 
@@ -212,6 +215,7 @@ impl<T> Clone for Queue<T> {
         Self {
             handle: self.handle.clone(),
             writer: self.writer.clone(),
+            reader: self.reader.clone(),
             _items: PhantomData,
         }
     }
@@ -255,21 +259,28 @@ impl<T: Payload> Queue<T> {
         Self {
             handle: Handle::new(capacity),
             writer: None,
+            reader: None,
             _items: PhantomData,
         }
     }
 
     /// A pipe's direction: `(reading handle, sending handle)`; it ends
     /// (reads `Closed` once drained) when every sending handle is gone.
+    ///
+    /// The direction gets a lane (`queues/lane.rs`) when shared memory
+    /// can be had.
     pub(crate) fn pipe() -> (Self, Self) {
-        let reader = Self::new();
+        let mut reader = Self::new();
         let Handle::Local(core) = &reader.handle else {
             unreachable!("a new queue is local");
         };
         core.set_pipe();
+        core.make_lane();
+        reader.reader = Some(Arc::new(Reader(Arc::clone(core))));
         let writer = Self {
             handle: reader.handle.clone(),
             writer: Some(Arc::new(Writer::Local(Arc::clone(core)))),
+            reader: None,
             _items: PhantomData,
         };
         (reader, writer)
@@ -484,6 +495,15 @@ impl<T: Payload> Queue<T> {
 }
 
 impl<T> Queue<T> {
+    /// This process's end of the pipe direction's lane, if it can have
+    /// one (`reader`: for a receiving end; see `queues/lane.rs`).
+    pub(crate) fn lane_end(&self, reader: bool) -> Option<Arc<LaneEnd>> {
+        match &self.handle {
+            Handle::Local(core) => core.lane().map(|l| Arc::clone(l.local())),
+            Handle::Remote { id, client, .. } => lane::attach(client, *id, reader),
+        }
+    }
+
     /// Whether a get would not block now; if not, `waker` is woken on a
     /// change until [`unwatch`](Self::unwatch) (see [`super::wait`]).
     pub(crate) fn watch(&self, waker: &std::task::Waker) -> Result<bool, QueueError> {

@@ -134,19 +134,19 @@ impl<T> Waitable for SimpleQueue<T> {
 
 impl<T> Waitable for PipeReceiver<T> {
     fn poll_ready(&self, waker: &Waker) -> Result<bool, QueueError> {
-        self.queue().watch(waker)
+        PipeReceiver::poll_ready(self, waker)
     }
     fn forget(&self, waker: &Waker) {
-        self.queue().unwatch(waker);
+        PipeReceiver::forget(self, waker);
     }
 }
 
 /// Ready when [`recv`](PipeEnd::recv) would not block.
 impl<S, R> Waitable for PipeEnd<S, R> {
     fn poll_ready(&self, waker: &Waker) -> Result<bool, QueueError> {
-        self.receiving().watch(waker)
+        PipeEnd::poll_ready(self, waker)
     }
     fn forget(&self, waker: &Waker) {
-        self.receiving().unwatch(waker);
+        PipeEnd::forget(self, waker);
     }
 }

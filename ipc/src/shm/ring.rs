@@ -107,7 +107,7 @@ mod recover;
 mod state;
 #[cfg(all(test, not(loom)))]
 mod tests;
-mod wake;
+pub(super) mod wake;
 
 use std::cmp::Ordering as Cmp;
 #[cfg(not(all(test, loom)))]
@@ -855,8 +855,7 @@ impl Ring {
 }
 
 /// Pauses between attempts of a blocking operation, longer each time.
-#[cfg(not(all(test, loom)))]
-fn pause(spin: u32) {
+pub(super) fn pause(spin: u32) {
     for _ in 0..1u32 << spin.min(6) {
         std::hint::spin_loop();
     }

@@ -51,6 +51,9 @@ pub(super) struct Life {
     pipe: bool,
     /// Pipe writer handles in the hub process.
     local_writers: u64,
+    /// Pipe reader handles in the hub process (the other handles of a
+    /// pipe's direction are its receiving ends).
+    local_readers: u64,
     /// The queue itself, while pins or holds keep it alive.
     keep: Option<Keep>,
 }
@@ -75,6 +78,17 @@ impl Life {
         self.local_writers + self.pins[1] + held
     }
 
+    /// A pipe direction's receiving handles: here, pinned, held.
+    fn readers(&self) -> u64 {
+        let held: u64 = self
+            .holds
+            .iter()
+            .filter(|((_, writer), _)| !*writer)
+            .map(|(_, n)| *n)
+            .sum();
+        self.local_readers + self.pins[0] + held
+    }
+
     fn anchored(&self) -> bool {
         self.pins != [0, 0] || !self.holds.is_empty()
     }
@@ -93,6 +107,11 @@ impl Core {
     fn settle_life(self: &Arc<Self>, state: &mut State, dirty: &mut Dirty) -> Option<Keep> {
         if state.life.pipe && state.life.writers() == 0 {
             self.close_locked(state, dirty);
+        }
+        if state.life.pipe && state.life.readers() == 0 {
+            if let Some(lane) = self.lane() {
+                lane.readers_gone();
+            }
         }
         if state.life.anchored() {
             if state.life.keep.is_none() {
@@ -154,24 +173,43 @@ impl Core {
     }
 
     /// A handle to this queue was deserialised here: it takes a pin (and,
-    /// for a pipe writer, counts as a writer from now on).
-    pub(crate) fn receive(self: &Arc<Self>, writer: bool) {
+    /// for a pipe writer, counts as a writer from now on; for a pipe's
+    /// receiving end, as a reader: then `true`, and the caller marks the
+    /// handle so that its drop calls `reader_dropped`).
+    pub(crate) fn receive(self: &Arc<Self>, writer: bool) -> bool {
         let mut dirty = Dirty::default();
         let mut state = self.lock();
-        state.life.unpin(writer);
+        // Counted before the pin goes, so the readers never pass 0.
+        let reader = !writer && state.life.pipe;
         if writer {
             state.life.local_writers += 1;
+        } else if reader {
+            state.life.local_readers += 1;
         }
+        state.life.unpin(writer);
         let released = self.settle_life(&mut state, &mut dirty);
         self.notify(state);
         drop(released);
+        reader
     }
 
-    /// Makes this queue a pipe's direction, with one writer handle here.
+    /// Makes this queue a pipe's direction, with one writer and one
+    /// reader handle here.
     pub(crate) fn set_pipe(&self) {
         let mut state = self.lock();
         state.life.pipe = true;
         state.life.local_writers += 1;
+        state.life.local_readers += 1;
+    }
+
+    /// A pipe reader handle here was dropped.
+    pub(crate) fn reader_dropped(self: &Arc<Self>) {
+        let mut dirty = Dirty::default();
+        let mut state = self.lock();
+        state.life.local_readers = state.life.local_readers.saturating_sub(1);
+        let released = self.settle_life(&mut state, &mut dirty);
+        self.notify(state);
+        drop(released);
     }
 
     /// A pipe writer handle here was dropped.

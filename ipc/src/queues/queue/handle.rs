@@ -43,6 +43,17 @@ impl Drop for Writer {
     }
 }
 
+/// Marks a handle as a pipe's receiving end in the hub process: counted
+/// by the queue until this drops (a lane's `READERS_GONE`).
+#[derive(Debug)]
+pub(super) struct Reader(pub(super) Arc<Core>);
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.reader_dropped();
+    }
+}
+
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let writer = self.writer.is_some();
@@ -87,9 +98,10 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
         if hub == hub::hub_id() {
             let core =
                 Core::lookup(id).ok_or_else(|| D::Error::custom(QueueError::NoSuchQueue { id }))?;
-            core.receive(writer);
+            let reader = core.receive(writer);
             return Ok(Queue {
                 writer: writer.then(|| Arc::new(Writer::Local(Arc::clone(&core)))),
+                reader: reader.then(|| Arc::new(Reader(Arc::clone(&core)))),
                 handle: Handle::Local(core),
                 _items: PhantomData,
             });
@@ -109,6 +121,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
                 _held: Arc::new(held),
             },
             writer: writer.then(|| Arc::new(Writer::Remote)),
+            reader: None,
             _items: PhantomData,
         })
     }

@@ -266,9 +266,12 @@ fn a_pipe_end_dropped_without_close_ends_the_pipe() {
     drop(right);
     assert_eq!(left.recv_timeout(LONG).unwrap(), 2);
     assert!(matches!(left.try_recv(), Err(GetError::Closed)));
-    // The other direction is still open: `right` is gone, but nobody
-    // closed `left`'s sending side.
-    left.send(3).unwrap();
+    // The other direction was not closed, but its only receiving end
+    // (`right`) is gone: sending fails, as Python's `BrokenPipeError`.
+    assert!(matches!(
+        left.send(3),
+        Err(PutError::Failed(3, QueueError::ReceiversGone))
+    ));
 }
 
 #[test]

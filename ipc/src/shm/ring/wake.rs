@@ -20,7 +20,7 @@ use super::layout::AtomicU32;
 const ARMED: u32 = 1;
 
 /// Wakes the sleepers on `word`, if any are armed.
-pub(super) fn notify(word: &AtomicU32) {
+pub(in crate::shm) fn notify(word: &AtomicU32) {
     let w = word.load(SeqCst);
     if w & ARMED != 0
         && word
@@ -34,14 +34,14 @@ pub(super) fn notify(word: &AtomicU32) {
 
 /// Arms `word`; returns the value to sleep on. Re-check, then `sleep`.
 #[cfg(not(all(test, loom)))]
-pub(super) fn arm(word: &AtomicU32) -> u32 {
+pub(in crate::shm) fn arm(word: &AtomicU32) -> u32 {
     word.fetch_or(ARMED, SeqCst) | ARMED
 }
 
 /// Sleeps while `word` is `armed`, until woken or `deadline`. Returns
 /// `false` when the deadline had already passed.
 #[cfg(not(all(test, loom)))]
-pub(super) fn sleep(word: &AtomicU32, armed: u32, deadline: Option<Instant>) -> bool {
+pub(in crate::shm) fn sleep(word: &AtomicU32, armed: u32, deadline: Option<Instant>) -> bool {
     let timeout = match deadline {
         None => None,
         Some(d) => match d.checked_duration_since(Instant::now()) {

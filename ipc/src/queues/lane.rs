@@ -1,0 +1,430 @@
+//! A pipe direction's *lane*: a [`Stream`] in a shared segment beside the
+//! direction's hub queue, so that local processes pass messages through
+//! memory instead of through the hub.
+//!
+//! # Who uses it
+//!
+//! The hub process makes the segment with the pipe ([`HubLane`], kept by
+//! the direction's queue). A process that can map it is *lane-capable*:
+//! the hub's own process (lane id [`HUB_LANE`]) and its direct local
+//! workers with a descriptor channel, which ask `LANE` when they
+//! deserialise an end: the hub sends the segment's descriptor over the
+//! channel (as `SharedMemory`'s `OPEN` does) and answers with the
+//! segment's length and the worker's lane id (its connection's id). Any
+//! other holder (a remote TCP worker, `PROCPOOL_SHM_THRESHOLD=off`, a
+//! mapping that failed) uses the hub queue exactly as before.
+//!
+//! - Lane senders always send through the ring; hub-path senders always
+//!   put into the hub queue. Order between different senders is
+//!   undefined, as before.
+//! - Lane receivers read both: the hub keeps `hub_items` in the lane's
+//!   header (items waiting in, or delivered ahead from, the hub queue) and
+//!   wakes `not_empty` on changes; a receiver takes from the hub queue
+//!   first while `hub_items > 0`, else from the ring.
+//! - A receiving end held by a process that cannot map the lane makes the
+//!   hub start a *pump* for the direction: a hub thread that takes the
+//!   ring's messages (reader leases with [`HUB_LANE`]) and puts them into
+//!   the hub queue. While it runs, closing the hub queue waits until the
+//!   pump has drained the ring (the ring is closed at once). The pump
+//!   runs until the direction ends.
+//! - Ends: a sender's `close` sets the ring's `CLOSED` and closes the hub
+//!   queue; when the hub queue closes (close, or every sending handle
+//!   gone) the hub sets `CLOSED` in the ring; when every receiving handle
+//!   is gone it sets `READERS_GONE`, which fails blocked and later lane
+//!   sends. A lane receiver reports `Closed` once the ring is drained, a
+//!   flag is set, and the hub queue is closed and drained.
+//! - Deaths: once a worker's connection ended and it was reaped
+//!   ([`super::hub::reaped`]), the hub clears any lease its lane id holds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use super::client::Client;
+use super::hub::Core;
+use super::wire::{Wait, status as qstatus};
+use crate::error::QueueError;
+use crate::shm::stream::{CLOSED, MAX_LANE, READERS_GONE, Stream, StreamError, WRITERS_GONE};
+use crate::shm::{Segment, SegmentError};
+use crate::sync::lock;
+
+/// The lane id of the hub's own process (workers get their connection's
+/// id, always smaller).
+pub(crate) const HUB_LANE: u32 = MAX_LANE;
+
+/// Data bytes of a lane's ring: what a pipe direction buffers before a
+/// lane sender blocks.
+pub(crate) const CAPACITY: usize = 1 << 20;
+
+/// Operation code: map a pipe direction's lane (beside the queue ops).
+pub(crate) const LANE: u8 = 66;
+/// `LANE` argument: the requester holds a sending end.
+pub(crate) const AS_WRITER: u64 = 1;
+/// `LANE` argument: the requester holds a receiving end.
+pub(crate) const AS_READER: u64 = 2;
+/// `LANE` argument: the requester holds a receiving end and cannot use
+/// the lane (its mapping failed): the hub must pump.
+pub(crate) const AS_READER_NO_LANE: u64 = 3;
+/// Status: the requester cannot map the lane (no descriptor channel, no
+/// lane id for it, or the descriptor could not be sent).
+pub(crate) const NO_LANE: u8 = 66;
+
+/// A mapped lane: the stream over its segment (the stream drops first).
+#[derive(Debug)]
+pub(crate) struct Mapped {
+    stream: Stream,
+    seg: Segment,
+}
+
+impl Mapped {
+    #[cfg(all(test, loom))]
+    fn new(_seg: Segment, _format: bool) -> Result<Self, String> {
+        Err("lanes are not mapped under the loom model".into())
+    }
+
+    #[cfg(not(all(test, loom)))]
+    fn new(seg: Segment, format: bool) -> Result<Self, String> {
+        let ptr = std::ptr::NonNull::new(seg.as_ptr()).ok_or("segment at address 0")?;
+        // SAFETY: the segment is mapped read/write for `seg.len()` bytes
+        // (page-aligned) as long as `seg` lives, which is as long as the
+        // stream (same struct, the stream drops first); only `Stream`s
+        // touch those bytes, in every process (the segment is private to
+        // this lane). `format` is set only by the hub, on a new segment
+        // nobody else has seen.
+        let stream = unsafe {
+            if format {
+                Stream::init(ptr, seg.len(), CAPACITY)
+            } else {
+                Stream::attach(ptr, seg.len())
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(Self { stream, seg })
+    }
+}
+
+/// What a process uses a lane through: its mapping and its lane id, and
+/// the watcher that wakes async waiters when a record comes.
+#[derive(Debug)]
+pub(crate) struct LaneEnd {
+    mapped: Arc<Mapped>,
+    id: u32,
+    watch: Arc<Watch>,
+}
+
+#[derive(Debug, Default)]
+struct Watch {
+    wakers: Mutex<Vec<Waker>>,
+    running: AtomicBool,
+    /// The watcher thread, while it runs (unparked by a registration when
+    /// it idles).
+    thread: Mutex<Option<std::thread::Thread>>,
+}
+
+/// How long a watcher thread with no waker stays for the next one.
+const LINGER: Duration = Duration::from_secs(2);
+
+impl LaneEnd {
+    fn new(mapped: Arc<Mapped>, id: u32) -> Arc<Self> {
+        Arc::new(Self {
+            mapped,
+            id,
+            watch: Arc::default(),
+        })
+    }
+
+    pub(crate) fn stream(&self) -> &Stream {
+        &self.mapped.stream
+    }
+
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Whether a receive may make progress in the ring now (a record, or
+    /// an end flag).
+    pub(crate) fn ring_ready(&self) -> bool {
+        let s = self.stream();
+        s.has_record() || s.flags() & (CLOSED | WRITERS_GONE) != 0
+    }
+
+    /// Wakes `waker` once [`ring_ready`](Self::ring_ready) (or the hub
+    /// counts an item), from a watcher thread that runs while wakers are
+    /// registered.
+    pub(crate) fn watch(self: &Arc<Self>, waker: &Waker) {
+        let mut wakers = lock(&self.watch.wakers);
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+        drop(wakers);
+        if let Some(t) = lock(&self.watch.thread).as_ref() {
+            t.unpark();
+        }
+        if !self.watch.running.swap(true, Ordering::SeqCst) {
+            let lane = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name("procpool-lane-watch".into())
+                .spawn(move || lane.run_watcher());
+            if spawned.is_err() {
+                self.watch.running.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Forgets `waker`.
+    pub(crate) fn unwatch(&self, waker: &Waker) {
+        lock(&self.watch.wakers).retain(|w| !w.will_wake(waker));
+    }
+
+    fn run_watcher(&self) {
+        *lock(&self.watch.thread) = Some(std::thread::current());
+        let mut hub_items = self.stream().hub_items();
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            let now = self.stream().hub_items();
+            let ready = self.ring_ready() || now > hub_items;
+            hub_items = now;
+            let mut wakers = lock(&self.watch.wakers);
+            if wakers.is_empty() {
+                drop(wakers);
+                // Stay a while for the next registration (an async
+                // receive loop registers again at once), parked: a
+                // registration unparks.
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < LINGER {
+                    std::thread::park_timeout(Duration::from_millis(200));
+                    continue;
+                }
+                *lock(&self.watch.thread) = None;
+                self.watch.running.store(false, Ordering::SeqCst);
+                // A waker registered between the check and the store
+                // found `running` set: take over again if so.
+                if lock(&self.watch.wakers).is_empty()
+                    || self.watch.running.swap(true, Ordering::SeqCst)
+                {
+                    return;
+                }
+                *lock(&self.watch.thread) = Some(std::thread::current());
+                continue;
+            }
+            idle_since = None;
+            if ready {
+                for w in wakers.drain(..) {
+                    w.wake();
+                }
+                continue;
+            }
+            drop(wakers);
+            // Woken by records, flags and hub counts; the timeout only
+            // lets the thread notice that nobody waits any more.
+            self.stream()
+                .wait_record(Some(Instant::now() + Duration::from_millis(200)));
+        }
+    }
+}
+
+/// The hub side of a lane: its mapping, this process's end, the pump.
+#[derive(Debug)]
+pub(crate) struct HubLane {
+    local: Arc<LaneEnd>,
+    pump: Mutex<Pump>,
+}
+
+#[derive(Debug, Default)]
+struct Pump {
+    running: bool,
+    /// The pump drained the closed ring: the hub queue may close now.
+    drained: bool,
+}
+
+impl HubLane {
+    /// A new lane, or `None` when shared memory is refused (the direction
+    /// then works through the hub only).
+    pub(crate) fn new() -> Option<Arc<HubLane>> {
+        let len = Stream::bytes_needed(CAPACITY).ok()?;
+        let seg = Segment::new(len).ok()?;
+        let mapped = Mapped::new(seg, true).ok()?;
+        Some(Arc::new(HubLane {
+            local: LaneEnd::new(Arc::new(mapped), HUB_LANE),
+            pump: Mutex::default(),
+        }))
+    }
+
+    /// This process's end of the lane.
+    pub(crate) fn local(&self) -> &Arc<LaneEnd> {
+        &self.local
+    }
+
+    fn stream(&self) -> &Stream {
+        self.local.stream()
+    }
+
+    /// After a change of the hub queue (under its lock): publishes how
+    /// many items it has for receivers, and its end.
+    pub(crate) fn on_change(&self, hub_items: usize, closed: bool) {
+        let s = self.stream();
+        s.set_hub_items(u32::try_from(hub_items).unwrap_or(u32::MAX));
+        if closed && s.flags() & CLOSED == 0 {
+            s.set_flag(CLOSED);
+        }
+    }
+
+    /// The hub queue is about to close: `true` if it must wait for the
+    /// pump to drain the ring (the ring is closed now; the pump closes the
+    /// queue when done).
+    pub(crate) fn defer_close(&self) -> bool {
+        let pump = lock(&self.pump);
+        if pump.running && !pump.drained {
+            self.stream().set_flag(CLOSED);
+            return true;
+        }
+        false
+    }
+
+    /// Every receiving handle of the direction is gone.
+    pub(crate) fn readers_gone(&self) {
+        if self.stream().flags() & READERS_GONE == 0 {
+            self.stream().set_flag(READERS_GONE);
+        }
+    }
+
+    /// Process `lane` is certainly gone: its leases go.
+    pub(crate) fn reaped(&self, lane: u32) {
+        self.stream().clear_leases(lane);
+    }
+
+    /// Serves `LANE` from a connection (`link_id`, `shm`: whether it has
+    /// a descriptor channel), for queue `id`: `(status, value)`, value =
+    /// `lane id << 32 | segment length`.
+    pub(crate) fn serve(
+        self: &Arc<Self>,
+        core: &Arc<Core>,
+        link: &Arc<crate::link::Link>,
+        role: u64,
+    ) -> (u8, u64) {
+        let reader = role == AS_READER || role == AS_READER_NO_LANE;
+        let lane_id = u32::try_from(link.id())
+            .ok()
+            .filter(|&l| l != 0 && l < HUB_LANE);
+        let sent = match (role, lane_id, link.shm()) {
+            (AS_READER_NO_LANE, ..) | (_, None, _) | (_, _, None) => false,
+            (_, Some(_), Some(shm)) => self
+                .local
+                .mapped
+                .seg
+                .try_clone_handle()
+                .map_err(std::io::Error::other)
+                .and_then(|h| shm.send_object(core.id, &h))
+                .is_ok(),
+        };
+        if !sent {
+            if reader {
+                self.start_pump(core);
+            }
+            return (NO_LANE, 0);
+        }
+        let len = self.local.mapped.seg.len() as u64;
+        (qstatus::OK, u64::from(lane_id.unwrap_or(0)) << 32 | len)
+    }
+
+    /// Starts the pump, once.
+    fn start_pump(self: &Arc<Self>, core: &Arc<Core>) {
+        let mut pump = lock(&self.pump);
+        if pump.running {
+            return;
+        }
+        pump.running = true;
+        drop(pump);
+        let lane = Arc::clone(self);
+        let core = Arc::downgrade(core);
+        let spawned = std::thread::Builder::new()
+            .name("procpool-lane-pump".into())
+            .spawn(move || lane.run_pump(&core));
+        if spawned.is_err() {
+            tracing::error!("could not start a pipe lane's pump thread");
+            lock(&self.pump).running = false;
+        }
+    }
+
+    fn run_pump(&self, core: &Weak<Core>) {
+        let mut buf = Vec::new();
+        let s = self.stream();
+        loop {
+            let deadline = Some(Instant::now() + Duration::from_millis(500));
+            match s.recv(HUB_LANE, &mut buf, deadline) {
+                Ok(()) => {
+                    let Some(core) = core.upgrade() else { return };
+                    let _ = core.put(std::mem::take(&mut buf), Wait::Forever);
+                }
+                Err(StreamError::Empty) if core.strong_count() > 0 => {}
+                Err(StreamError::Empty) => return,
+                Err(e) => {
+                    if e != StreamError::Closed {
+                        tracing::error!(error = %e, "a pipe lane's pump stopped");
+                    }
+                    lock(&self.pump).drained = true;
+                    if let Some(core) = core.upgrade() {
+                        core.close();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Lanes this worker has mapped, by queue id (shared by the ends of one
+/// direction here, so one lane id and one partial message per process).
+static MAPPED: LazyLock<Mutex<HashMap<u64, Weak<LaneEnd>>>> = LazyLock::new(Mutex::default);
+
+/// A worker's end of queue `id`'s lane, or `None` (hub path). For a
+/// receiving end that cannot use the lane, the hub is told to pump.
+pub(crate) fn attach(client: &'static Arc<Client>, id: u64, reader: bool) -> Option<Arc<LaneEnd>> {
+    if let Some(end) = lock(&MAPPED).get(&id).and_then(Weak::upgrade) {
+        return Some(end);
+    }
+    let role = if reader { AS_READER } else { AS_WRITER };
+    match open(client, id, role) {
+        Ok(Some(end)) => {
+            lock(&MAPPED).insert(id, Arc::downgrade(&end));
+            Some(end)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::debug!(error = %e, queue = id, "pipe lane not mapped; using the hub");
+            if reader {
+                // The hub sent the descriptor, so it is not pumping yet.
+                let _ = client.request(LANE, id, AS_READER_NO_LANE, &[], Wait::Forever);
+            }
+            None
+        }
+    }
+}
+
+/// Asks the hub for the lane: `Ok(None)` when it says this process cannot
+/// have one, `Err` when the descriptor came and mapping it failed.
+fn open(client: &'static Arc<Client>, id: u64, role: u64) -> Result<Option<Arc<LaneEnd>>, String> {
+    let (st, value, _) = client
+        .request(LANE, id, role, &[], Wait::Forever)
+        .map_err(|e| e.to_string())?;
+    if st != qstatus::OK {
+        return Ok(None);
+    }
+    let shm = client.link().shm().ok_or("no descriptor channel")?;
+    let handle = shm.take_object(id).map_err(|e| e.to_string())?;
+    let lane_id = (value >> 32) as u32;
+    let len = usize::try_from(value & 0xFFFF_FFFF).map_err(|e| e.to_string())?;
+    if lane_id == 0 || lane_id >= HUB_LANE {
+        return Err(format!("the hub gave lane id {lane_id}"));
+    }
+    let seg = Segment::from_handle(handle, len).map_err(|e: SegmentError| e.to_string())?;
+    let mapped = Mapped::new(seg, false)?;
+    Ok(Some(LaneEnd::new(Arc::new(mapped), lane_id)))
+}
+
+/// A stream failure as a queue error.
+pub(crate) fn error(e: StreamError) -> QueueError {
+    QueueError::Lane(e)
+}

@@ -1,0 +1,432 @@
+//! Thread tests of the stream over heap memory. A process's death is
+//! simulated by forgetting its `Stream` mid-operation (its lease stays
+//! held, exactly as after a SIGKILL) and calling `clear_leases`; the
+//! fork-and-kill test does it for real (`tests/pipe_lane.rs`).
+
+use std::alloc::Layout;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::SeqCst;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+/// A stream over its own heap memory (freed after every `Stream`).
+struct Heap {
+    stream: Stream,
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+// SAFETY: only the `Stream`s over it touch the memory.
+unsafe impl Send for Heap {}
+// SAFETY: as above.
+unsafe impl Sync for Heap {}
+
+impl Heap {
+    fn new(capacity: usize) -> Self {
+        let layout = Layout::from_size_align(Stream::bytes_needed(capacity).unwrap(), 64).unwrap();
+        // SAFETY: non-zero size.
+        let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) }).expect("allocation");
+        // SAFETY: fresh, aligned memory, freed in `drop` after every
+        // `Stream` over it (attached ones borrow `self`).
+        let stream = unsafe { Stream::init(ptr, layout.size(), capacity) }.unwrap();
+        Self {
+            stream,
+            ptr,
+            layout,
+        }
+    }
+
+    /// Another `Stream` over the same memory, as another process has.
+    fn attach(&self) -> Stream {
+        // SAFETY: the memory lives as long as `self`; tests drop (or
+        // forget) attached streams before it.
+        unsafe { Stream::attach(self.ptr, self.layout.size()) }.unwrap()
+    }
+
+    fn attach_err(&self) -> StreamError {
+        // SAFETY: as in `attach`.
+        unsafe { Stream::attach(self.ptr, self.layout.size()) }.unwrap_err()
+    }
+
+    /// Writes one raw record at the tail, as a writer (maybe a broken
+    /// one) would, and publishes it.
+    fn raw_record(&self, len: u32, flags: u32, body: &[u8]) {
+        let s = &self.stream;
+        let tail = s.header().tail.0.load(SeqCst);
+        let mut rec = [0u8; REC];
+        rec[..4].copy_from_slice(&len.to_le_bytes());
+        rec[4..].copy_from_slice(&flags.to_le_bytes());
+        s.copy_in(tail, &rec);
+        s.copy_in(tail + REC as u64, body);
+        let size = (REC + body.len()).next_multiple_of(REC) as u64;
+        s.header().tail.0.store(tail + size, SeqCst);
+    }
+}
+
+impl Drop for Heap {
+    fn drop(&mut self) {
+        // `self.stream` drops after this: leave its `Drop` nothing to do
+        // in the memory freed here.
+        let _ = self.stream.partial.get_mut().map(Option::take);
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
+}
+
+fn soon() -> Option<Instant> {
+    Some(Instant::now() + Duration::from_millis(50))
+}
+
+fn long() -> Option<Instant> {
+    Some(Instant::now() + Duration::from_secs(20))
+}
+
+fn msg(i: u32, len: usize) -> Vec<u8> {
+    let mut v = i.to_le_bytes().to_vec();
+    v.resize(len.max(4), (i % 251) as u8);
+    v
+}
+
+#[test]
+fn messages_come_out_in_order_across_wrap_around() {
+    let h = Heap::new(256);
+    let mut buf = Vec::new();
+    // 40-byte records in a 256-byte ring wrap many times, and message
+    // lengths that are not multiples of 8 make payloads straddle the end.
+    for i in 0..500u32 {
+        let m = msg(i, 5 + (i as usize % 37));
+        h.stream.send(1, &m, long()).unwrap();
+        h.stream.recv(2, &mut buf, long()).unwrap();
+        assert_eq!(buf, m, "message {i}");
+    }
+    assert_eq!(h.stream.try_recv(2, &mut buf), Err(StreamError::Empty));
+    assert_eq!(h.stream.leases(), (0, 0), "leases are per message");
+}
+
+#[test]
+fn empty_messages_travel() {
+    let h = Heap::new(64);
+    h.stream.try_send(1, b"").unwrap();
+    let mut buf = vec![1, 2];
+    h.stream.try_recv(1, &mut buf).unwrap();
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn full_then_room_again() {
+    let h = Heap::new(64);
+    // Records of 8 + 16 bytes: two fit, the third does not.
+    h.stream.try_send(1, &[1; 16]).unwrap();
+    h.stream.try_send(1, &[2; 16]).unwrap();
+    assert_eq!(h.stream.try_send(1, &[3; 16]), Err(StreamError::Full));
+    assert_eq!(h.stream.send(1, &[3; 16], soon()), Err(StreamError::Full));
+    let mut buf = Vec::new();
+    h.stream.try_recv(2, &mut buf).unwrap();
+    h.stream.try_send(1, &[3; 16]).unwrap();
+    for want in [2, 3] {
+        h.stream.recv(2, &mut buf, soon()).unwrap();
+        assert_eq!(buf, [want; 16]);
+    }
+    assert_eq!(h.stream.recv(2, &mut buf, soon()), Err(StreamError::Empty));
+}
+
+#[test]
+fn a_large_message_goes_in_fragments_while_a_reader_drains() {
+    let h = Heap::new(256);
+    let big: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+    thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let r = h.attach();
+            let mut buf = Vec::new();
+            r.recv(7, &mut buf, long()).unwrap();
+            let first = buf.clone();
+            r.recv(7, &mut buf, long()).unwrap();
+            (first, buf)
+        });
+        h.stream.send(3, &big, long()).unwrap();
+        h.stream.send(3, b"after", long()).unwrap();
+        let (first, second) = reader.join().unwrap();
+        assert_eq!(first, big);
+        assert_eq!(second, b"after");
+    });
+}
+
+#[test]
+fn a_partial_message_from_a_writer_that_died_is_dropped_at_the_next_first() {
+    let h = Heap::new(256);
+    // Writer 5 sent one fragment of a message and died.
+    h.raw_record(3, FIRST | 5 << ID_SHIFT, b"abc");
+    let mut buf = Vec::new();
+    h.stream.meta().writer.store(5, SeqCst); // it held the lease
+    assert_eq!(h.stream.try_recv(1, &mut buf), Err(StreamError::Empty));
+    assert_eq!(h.stream.leases().1, 1, "the receiver keeps its partial");
+    // Another writer's message comes after the lease was cleared.
+    h.stream.clear_leases(5);
+    // (Clearing alone already drops the partial on the next look.)
+    h.stream.try_send(6, b"whole").unwrap();
+    h.stream.try_recv(1, &mut buf).unwrap();
+    assert_eq!(buf, b"whole");
+    assert_eq!(h.stream.leases(), (0, 0));
+}
+
+#[test]
+fn a_partial_message_is_dropped_once_its_writer_is_gone() {
+    let h = Heap::new(256);
+    h.stream.meta().writer.store(5, SeqCst);
+    h.raw_record(3, FIRST | 5 << ID_SHIFT, b"abc");
+    let mut buf = Vec::new();
+    assert_eq!(h.stream.try_recv(1, &mut buf), Err(StreamError::Empty));
+    h.stream.clear_leases(5);
+    assert_eq!(h.stream.try_recv(1, &mut buf), Err(StreamError::Empty));
+    assert_eq!(h.stream.leases(), (0, 0), "partial dropped, lease released");
+    h.stream.set_flag(WRITERS_GONE);
+    assert_eq!(h.stream.try_recv(1, &mut buf), Err(StreamError::Closed));
+}
+
+#[test]
+fn continuation_fragments_of_a_dead_reader_are_skipped() {
+    let h = Heap::new(256);
+    let big = vec![9u8; 300]; // three fragments of at most 120 bytes
+    // Reader 4 takes the first fragment, then "dies" (its lease stays).
+    let dead = h.attach();
+    h.stream.meta().writer.store(8, SeqCst);
+    let limit = h.stream.record_limit();
+    h.raw_record(limit as u32, FIRST | 8 << ID_SHIFT, &big[..limit]);
+    let mut buf = Vec::new();
+    assert_eq!(dead.try_recv(4, &mut buf), Err(StreamError::Empty));
+    std::mem::forget(dead);
+    assert_eq!(h.stream.leases().1, 4);
+    h.raw_record(limit as u32, 8 << ID_SHIFT, &big[limit..2 * limit]);
+    h.raw_record(
+        (300 - 2 * limit) as u32,
+        LAST | 8 << ID_SHIFT,
+        &big[2 * limit..],
+    );
+    h.stream.meta().writer.store(0, SeqCst);
+    // Blocked behind the dead reader's lease until it is cleared.
+    assert_eq!(h.stream.try_recv(1, &mut buf), Err(StreamError::Empty));
+    assert_eq!(h.stream.clear_leases(4), (false, true));
+    h.stream.try_send(2, b"next").unwrap();
+    h.stream.try_recv(1, &mut buf).unwrap();
+    assert_eq!(buf, b"next", "the orphaned fragments were skipped");
+}
+
+#[test]
+fn corrupt_headers_are_refused_on_attach() {
+    let h = Heap::new(128);
+    h.stream.meta().capacity.store(100, SeqCst);
+    assert!(matches!(
+        h.attach_err(),
+        StreamError::Corrupt {
+            what: "invalid capacity",
+            ..
+        }
+    ));
+    h.stream.meta().capacity.store(1 << 20, SeqCst);
+    assert!(matches!(
+        h.attach_err(),
+        StreamError::Corrupt {
+            what: "capacity larger than the memory",
+            ..
+        }
+    ));
+    h.stream.meta().capacity.store(128, SeqCst);
+    h.stream.meta().version.store(99, SeqCst);
+    assert!(matches!(
+        h.attach_err(),
+        StreamError::Corrupt {
+            what: "unknown version",
+            ..
+        }
+    ));
+    h.stream.meta().magic.store(1, SeqCst);
+    assert!(matches!(
+        h.attach_err(),
+        StreamError::Corrupt {
+            what: "bad magic",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn corrupt_records_and_positions_are_errors() {
+    let mut buf = Vec::new();
+    // A length beyond the record limit.
+    let h = Heap::new(128);
+    h.raw_record(1 << 30, FIRST | LAST | 1 << ID_SHIFT, &[0; 8]);
+    assert!(matches!(
+        h.stream.try_recv(1, &mut buf),
+        Err(StreamError::Corrupt {
+            what: "record longer than the limit",
+            ..
+        })
+    ));
+    assert_eq!(h.stream.leases().1, 0, "the lease is not kept on an error");
+    // A length beyond what was published.
+    let h = Heap::new(128);
+    h.raw_record(40, FIRST | LAST | 1 << ID_SHIFT, &[0; 8]);
+    assert!(matches!(
+        h.stream.try_recv(1, &mut buf),
+        Err(StreamError::Corrupt {
+            what: "record beyond the published tail",
+            ..
+        })
+    ));
+    // Unknown flag bits.
+    let h = Heap::new(128);
+    h.raw_record(0, 0x40 | 1 << ID_SHIFT, &[]);
+    assert!(matches!(
+        h.stream.try_recv(1, &mut buf),
+        Err(StreamError::Corrupt {
+            what: "unknown record flags",
+            ..
+        })
+    ));
+    // A tail more than a capacity ahead, and an unaligned one.
+    let h = Heap::new(128);
+    h.stream.header().tail.0.store(1024, SeqCst);
+    assert!(matches!(
+        h.stream.try_recv(1, &mut buf),
+        Err(StreamError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        h.stream.try_send(1, b"x"),
+        Err(StreamError::Corrupt { .. })
+    ));
+    h.stream.header().tail.0.store(3, SeqCst);
+    assert!(matches!(
+        h.stream.try_recv(1, &mut buf),
+        Err(StreamError::Corrupt { .. })
+    ));
+}
+
+#[test]
+fn bad_lanes_and_capacities_are_refused() {
+    let h = Heap::new(64);
+    assert_eq!(h.stream.try_send(0, b"x"), Err(StreamError::BadLane(0)));
+    assert_eq!(
+        h.stream.try_recv(MAX_LANE + 1, &mut Vec::new()),
+        Err(StreamError::BadLane(MAX_LANE + 1))
+    );
+    for cap in [0, 32, 100, 1 << 31] {
+        assert_eq!(Stream::bytes_needed(cap), Err(StreamError::Capacity(cap)));
+    }
+}
+
+#[test]
+fn closed_drains_first_and_refuses_sends() {
+    let h = Heap::new(64);
+    h.stream.try_send(1, b"a").unwrap();
+    h.stream.set_flag(CLOSED);
+    assert_eq!(h.stream.try_send(1, b"b"), Err(StreamError::Closed));
+    let mut buf = Vec::new();
+    h.stream.try_recv(2, &mut buf).unwrap();
+    assert_eq!(buf, b"a");
+    assert_eq!(h.stream.recv(2, &mut buf, long()), Err(StreamError::Closed));
+}
+
+#[test]
+fn a_blocked_receiver_wakes_when_the_writers_go() {
+    let h = Heap::new(64);
+    thread::scope(|s| {
+        let r = s.spawn(|| h.attach().recv(2, &mut Vec::new(), long()));
+        h.stream.set_flag(WRITERS_GONE);
+        assert_eq!(r.join().unwrap(), Err(StreamError::Closed));
+    });
+}
+
+#[test]
+fn a_sender_blocked_on_a_full_stream_fails_when_the_readers_go() {
+    let h = Heap::new(64);
+    h.stream.try_send(1, &[0; 16]).unwrap();
+    h.stream.try_send(1, &[0; 16]).unwrap();
+    thread::scope(|s| {
+        let w = s.spawn(|| h.attach().send(3, &[0; 16], long()));
+        h.stream.set_flag(READERS_GONE);
+        assert_eq!(w.join().unwrap(), Err(StreamError::ReadersGone));
+    });
+    assert_eq!(h.stream.leases().0, 0, "the lease was given back");
+}
+
+#[test]
+fn a_dead_writers_lease_blocks_senders_until_cleared() {
+    let h = Heap::new(64);
+    h.stream.meta().writer.store(9, SeqCst);
+    assert_eq!(h.stream.send(1, b"x", soon()), Err(StreamError::Full));
+    assert_eq!(h.stream.clear_leases(9), (true, false));
+    h.stream.try_send(1, b"x").unwrap();
+}
+
+#[test]
+fn hub_items_count_and_never_go_below_zero() {
+    let h = Heap::new(64);
+    h.stream.hub_item_taken();
+    assert_eq!(h.stream.hub_items(), 0);
+    h.stream.hub_item_added();
+    h.stream.hub_item_added();
+    h.stream.hub_item_taken();
+    assert_eq!(h.stream.hub_items(), 1);
+    assert!(h.stream.wait_readable(soon()));
+}
+
+#[test]
+fn many_writers_and_readers_lose_and_duplicate_nothing() {
+    const WRITERS: u32 = 3;
+    const EACH: u32 = 3000;
+    let h = Heap::new(1024);
+    let got = thread::scope(|s| {
+        let readers: Vec<_> = (0..3u32)
+            .map(|r| {
+                let h = &h;
+                s.spawn(move || {
+                    let st = h.attach();
+                    let mut seen = Vec::new();
+                    let mut buf = Vec::new();
+                    loop {
+                        match st.recv(10 + r, &mut buf, long()) {
+                            Ok(()) => {
+                                let i = u32::from_le_bytes(buf[..4].try_into().unwrap());
+                                assert_eq!(buf, msg(i, buf.len()), "message {i} intact");
+                                seen.push(i);
+                            }
+                            Err(StreamError::Closed) => return seen,
+                            Err(e) => panic!("reader: {e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let h = &h;
+                s.spawn(move || {
+                    let st = h.attach();
+                    for k in 0..EACH {
+                        let i = w * EACH + k;
+                        // Some messages longer than a record (fragments).
+                        let len = if k % 97 == 0 {
+                            1500
+                        } else {
+                            4 + (k as usize % 300)
+                        };
+                        st.send(1 + w, &msg(i, len), long()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        h.stream.set_flag(WRITERS_GONE);
+        readers
+            .into_iter()
+            .flat_map(|r| r.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let set: HashSet<u32> = got.iter().copied().collect();
+    assert_eq!(set.len(), got.len(), "duplicates");
+    assert_eq!(got.len() as u32, WRITERS * EACH, "lost messages");
+}
