@@ -25,8 +25,10 @@
 //!   hub start a *pump* for the direction: a hub thread that takes the
 //!   ring's messages (reader leases with [`HUB_LANE`]) and puts them into
 //!   the hub queue. While it runs, closing the hub queue waits until the
-//!   pump has drained the ring (the ring is closed at once). The pump
-//!   runs until the direction ends.
+//!   pump has drained the ring (the ring is closed at once), and a queue
+//!   closed already does not count as drained until then: the pump puts
+//!   what the ring accepted even into a closed queue. The pump runs until
+//!   the direction ends.
 //! - Ends: a sender's `close` sets the ring's `CLOSED` and closes the hub
 //!   queue; when the hub queue closes (close, or every sending handle
 //!   gone) the hub sets `CLOSED` in the ring; when every receiving handle
@@ -329,6 +331,13 @@ impl HubLane {
         (qstatus::OK, u64::from(lane_id.unwrap_or(0)) << 32 | len)
     }
 
+    /// Whether the pump runs and has not drained the ring yet (the hub
+    /// queue is then not drained either: see `Core::set_pumping`).
+    pub(crate) fn pumping(&self) -> bool {
+        let pump = lock(&self.pump);
+        pump.running && !pump.drained
+    }
+
     /// Starts the pump, once.
     fn start_pump(self: &Arc<Self>, core: &Arc<Core>) {
         let mut pump = lock(&self.pump);
@@ -356,7 +365,9 @@ impl HubLane {
             match s.recv(HUB_LANE, &mut buf, deadline) {
                 Ok(()) => {
                     let Some(core) = core.upgrade() else { return };
-                    let _ = core.put(std::mem::take(&mut buf), Wait::Forever);
+                    // Accepted by the ring: it goes in even if the queue
+                    // closed meanwhile (a plain put would drop it).
+                    core.put_accepted(std::mem::take(&mut buf));
                 }
                 Err(StreamError::Empty) if core.strong_count() > 0 => {}
                 Err(StreamError::Empty) => return,
@@ -367,6 +378,7 @@ impl HubLane {
                     lock(&self.pump).drained = true;
                     if let Some(core) = core.upgrade() {
                         core.close();
+                        core.set_pumping(false);
                     }
                     return;
                 }
