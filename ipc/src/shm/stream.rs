@@ -514,10 +514,18 @@ impl Stream {
         // The writer lease.
         self.wait(&h.not_full.0, deadline, block, StreamError::Full, || {
             send_flags(self.flags())?;
-            match m.writer.compare_exchange(0, lane, SeqCst, SeqCst) {
-                Ok(_) => Ok(Some(())),
-                Err(_) => Ok(None),
+            if m.writer.compare_exchange(0, lane, SeqCst, SeqCst).is_err() {
+                return Ok(None);
             }
+            // Checked again under the lease: a receiver decides `Closed`
+            // only while it holds the lease itself (`closed_or_none`), so
+            // a close is either seen here or after this send's commit.
+            if let Err(e) = send_flags(self.flags()) {
+                let _ = m.writer.compare_exchange(lane, 0, SeqCst, SeqCst);
+                self.notify_all();
+                return Err(e);
+            }
+            Ok(Some(()))
         })?;
         let r = self.send_fragments(lane, msg, deadline, block);
         let _ = m.writer.compare_exchange(lane, 0, SeqCst, SeqCst);
@@ -652,7 +660,7 @@ impl Stream {
         let h = self.header();
         if state.is_none() {
             if !self.has_record() {
-                return self.closed_or_none();
+                return self.closed_or_none(lane);
             }
             if m.reader.compare_exchange(0, lane, SeqCst, SeqCst).is_err() {
                 return Ok(None);
@@ -666,7 +674,7 @@ impl Stream {
         }
         match r {
             Ok(true) => Ok(Some(())),
-            Ok(false) if state.is_none() => self.closed_or_none(),
+            Ok(false) if state.is_none() => self.closed_or_none(lane),
             Ok(false) => Ok(None),
             Err(e) => {
                 // Give up the lease and what was assembled: a corrupt
@@ -681,11 +689,33 @@ impl Stream {
 
     /// `Closed` when a flag says no more will come and the ring is empty;
     /// `None` otherwise.
-    fn closed_or_none(&self) -> Result<Option<()>, StreamError> {
-        if self.flags() & (CLOSED | WRITERS_GONE) != 0 && !self.has_record() {
+    ///
+    /// After `CLOSED` (set by one sender while others may be sending),
+    /// only with the writer lease taken for a moment (as `lane`): a sender
+    /// holding it checked `CLOSED` after taking it and may be about to
+    /// commit a message it will report sent, so the ring is not final
+    /// yet; one that takes it later sees `CLOSED` and fails.
+    fn closed_or_none(&self, lane: u32) -> Result<Option<()>, StreamError> {
+        let flags = self.flags();
+        if flags & (CLOSED | WRITERS_GONE) == 0 || self.has_record() {
+            return Ok(None);
+        }
+        if flags & WRITERS_GONE != 0 {
+            // No sender is left to commit anything.
             return Err(StreamError::Closed);
         }
-        Ok(None)
+        let m = self.meta();
+        if m.writer.compare_exchange(0, lane, SeqCst, SeqCst).is_err() {
+            return Ok(None);
+        }
+        let drained = !self.has_record();
+        let _ = m.writer.compare_exchange(lane, 0, SeqCst, SeqCst);
+        wake::notify(&self.header().not_full.0);
+        if drained {
+            Err(StreamError::Closed)
+        } else {
+            Ok(None)
+        }
     }
 
     /// Takes records (this process holds the reader lease) until a whole
