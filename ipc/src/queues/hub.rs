@@ -709,7 +709,8 @@ impl Core {
     fn notify(&self, mut state: MutexGuard<'_, State>) {
         if let Some(lane) = self.lane.get() {
             let delivered: usize = state.subs.iter().map(|s| s.unacked.len()).sum();
-            lane.on_change(state.items.len() + delivered, state.closed);
+            let queued = state.items.len();
+            lane.on_change(queued + delivered, queued, state.closed);
         }
         let waiters = state.waiters;
         let mut wakers = state.take_wakers();

@@ -39,7 +39,7 @@
 //!   ([`super::hub::reaped`]), the hub clears any lease its lane id holds.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -182,12 +182,12 @@ impl LaneEnd {
 
     fn run_watcher(&self) {
         *lock(&self.watch.thread) = Some(std::thread::current());
-        let mut hub_items = self.stream().hub_items();
+        let mut hub_gen = self.stream().hub_gen();
         let mut idle_since: Option<Instant> = None;
         loop {
-            let now = self.stream().hub_items();
-            let ready = self.ring_ready() || now > hub_items;
-            hub_items = now;
+            let now = self.stream().hub_gen();
+            let ready = self.ring_ready() || now != hub_gen;
+            hub_gen = now;
             let mut wakers = lock(&self.watch.wakers);
             if wakers.is_empty() {
                 drop(wakers);
@@ -232,6 +232,8 @@ impl LaneEnd {
 pub(crate) struct HubLane {
     local: Arc<LaneEnd>,
     pump: Mutex<Pump>,
+    /// Items queued in the hub at the last change (under the hub lock).
+    queued: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -251,6 +253,7 @@ impl HubLane {
         Some(Arc::new(HubLane {
             local: LaneEnd::new(Arc::new(mapped), HUB_LANE),
             pump: Mutex::default(),
+            queued: AtomicUsize::new(0),
         }))
     }
 
@@ -265,9 +268,16 @@ impl HubLane {
 
     /// After a change of the hub queue (under its lock): publishes how
     /// many items it has for receivers, and its end.
-    pub(crate) fn on_change(&self, hub_items: usize, closed: bool) {
+    /// `queued` (of `hub_items`) wait in the queue: when they grow while
+    /// the total does not (a subscriber gave items back), receivers are
+    /// woken too.
+    pub(crate) fn on_change(&self, hub_items: usize, queued: usize, closed: bool) {
         let s = self.stream();
+        let before = s.hub_gen();
         s.set_hub_items(u32::try_from(hub_items).unwrap_or(u32::MAX));
+        if self.queued.swap(queued, Ordering::SeqCst) < queued && s.hub_gen() == before {
+            s.hub_changed();
+        }
         if closed && s.flags() & CLOSED == 0 {
             s.set_flag(CLOSED);
         }

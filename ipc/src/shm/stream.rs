@@ -203,6 +203,9 @@ struct Meta {
     writer: AtomicU32,
     reader: AtomicU32,
     hub_items: AtomicU32,
+    /// Bumped (and receivers woken) on every change that may make an
+    /// item on the other path available: receivers sleep until it moves.
+    hub_gen: AtomicU32,
 }
 
 #[repr(C)]
@@ -402,6 +405,20 @@ impl Stream {
     /// Counts one more item on the other path and wakes receivers.
     pub fn hub_item_added(&self) {
         self.meta().hub_items.fetch_add(1, SeqCst);
+        self.hub_changed();
+    }
+
+    /// The other path's generation: it moves whenever an item there may
+    /// have become available (see [`hub_changed`](Self::hub_changed)).
+    pub fn hub_gen(&self) -> u32 {
+        self.meta().hub_gen.load(SeqCst)
+    }
+
+    /// An item on the other path may have become available without its
+    /// count growing (one delivered ahead came back): moves the
+    /// generation and wakes receivers (no system call unless one sleeps).
+    pub fn hub_changed(&self) {
+        self.meta().hub_gen.fetch_add(1, SeqCst);
         wake::notify(&self.header().not_empty.0);
     }
 
@@ -430,12 +447,12 @@ impl Stream {
         (m.writer.load(SeqCst), m.reader.load(SeqCst))
     }
 
-    /// Sets the count of items on the other path; wakes receivers when it
-    /// grew.
+    /// Sets the count of items on the other path; moves the generation
+    /// and wakes receivers when it grew.
     pub fn set_hub_items(&self, n: u32) {
         let old = self.meta().hub_items.swap(n, SeqCst);
         if n > old {
-            wake::notify(&self.header().not_empty.0);
+            self.hub_changed();
         }
     }
 
@@ -955,6 +972,7 @@ impl Stream {
                 writer: AtomicU32::new(0),
                 reader: AtomicU32::new(0),
                 hub_items: AtomicU32::new(0),
+                hub_gen: AtomicU32::new(0),
             }),
             head: Padded(AtomicU64::new(0)),
             tail: Padded(AtomicU64::new(0)),
