@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! Header (5 × 64 B)  magic, version, capacity, flags, writer lease,
-//!                    reader lease, hub_items | head | tail | not_empty | not_full
+//!                    reader lease, hub_items, hub_gen | head | tail | not_empty | not_full
 //! data               capacity bytes (a power of two), records back to back
 //! ```
 //!
