@@ -136,6 +136,7 @@ fn main() {
         a_sender_blocked_on_a_full_lane_fails_when_its_receiver_dies,
         awaited_receives_and_wait_see_a_childs_lane_messages,
         a_remote_receiver_gets_a_local_senders_messages,
+        a_remote_receiver_gets_messages_sent_before_the_pipe_closed,
         a_lane_receiver_sees_a_remote_senders_messages_too,
         killed_senders_and_receivers_lose_nothing_promised,
     ];
@@ -279,6 +280,21 @@ fn a_remote_receiver_gets_a_local_senders_messages() -> anyhow::Result<()> {
     ensure!(!lane, "a remote worker mapped the lane");
     ensure!(ok, "a message arrived damaged");
     check_all(&got, &[1], 500)
+}
+
+/// The ring holds messages and the direction has ended before the hub
+/// pumps for a remote receiver: the pump must put them into the closed
+/// hub queue (a plain put was refused, and the remote saw `Closed` at once).
+fn a_remote_receiver_gets_messages_sent_before_the_pipe_closed() -> anyhow::Result<()> {
+    let (pool, _remote) = listening_pool()?;
+    let (rx, tx) = Pipe::one_way::<Msg>();
+    ensure!(tx.uses_lane());
+    send_n(&tx, 1, 10, 100);
+    drop(tx);
+    let (got, ok, lane) = pool.submit(RECV_ALL, rx)?.wait()?;
+    ensure!(!lane, "a remote worker mapped the lane");
+    ensure!(ok, "a message arrived damaged");
+    check_all(&got, &[1], 10)
 }
 
 fn a_lane_receiver_sees_a_remote_senders_messages_too() -> anyhow::Result<()> {

@@ -185,6 +185,9 @@ struct State {
     /// The number the next item put gets.
     next_seq: u64,
     closed: bool,
+    /// A pipe lane's pump is moving messages the lane's ring accepted
+    /// into this queue: not drained before it is done, even if closed.
+    pumping: bool,
     /// Shut down (closed, and puts and getters are told `ShutDown`);
     /// `dropped`: immediately, pending items were dropped.
     shut_down: bool,
@@ -475,7 +478,7 @@ impl State {
     /// `Closed` (a getter that left on `Closed` while a dying subscriber's
     /// items were on their way back would strand them).
     fn drained(&self) -> bool {
-        self.closed && self.items.is_empty() && self.unacked() == 0
+        self.closed && !self.pumping && self.items.is_empty() && self.unacked() == 0
     }
 
     /// What a refused put is told: `CLOSED`, or `SHUT_DOWN`.
@@ -706,7 +709,8 @@ impl Core {
     fn notify(&self, mut state: MutexGuard<'_, State>) {
         if let Some(lane) = self.lane.get() {
             let delivered: usize = state.subs.iter().map(|s| s.unacked.len()).sum();
-            lane.on_change(state.items.len() + delivered, state.closed);
+            let queued = state.items.len();
+            lane.on_change(queued + delivered, queued, state.closed);
         }
         let waiters = state.waiters;
         let mut wakers = state.take_wakers();
@@ -744,6 +748,34 @@ impl Core {
                 });
             }
         }
+    }
+
+    /// Puts a message a pipe lane's ring accepted (its sender was told
+    /// `Ok`): waits for room, but goes in even if the queue is closed
+    /// meanwhile (the pump keeps the queue from reporting drained, see
+    /// [`Core::set_pumping`]).
+    pub(crate) fn put_accepted(&self, item: Vec<u8>) {
+        let mut dirty = Dirty::default();
+        let mut state = self.lock();
+        while !state.closed && !state.has_room(self.capacity) {
+            state = self.wait(state, Wait::Forever).0;
+        }
+        state.unfinished += 1;
+        state.push(item, self.id, &mut dirty);
+        state.pump(self.capacity, self.id, &mut dirty);
+        self.notify(state);
+    }
+
+    /// A pipe lane's pump starts (`true`) or has drained the lane's
+    /// ring (`false`): while it runs, the queue is not drained even when
+    /// closed, so no getter is told `Closed` before the ring's messages
+    /// are in.
+    pub(crate) fn set_pumping(&self, on: bool) {
+        let mut dirty = Dirty::default();
+        let mut state = self.lock();
+        state.pumping = on;
+        state.pump(self.capacity, self.id, &mut dirty);
+        self.notify(state);
     }
 
     pub(crate) fn get(&self, wait: Wait) -> Result<Vec<u8>, GetFail> {
@@ -1111,7 +1143,15 @@ impl Core {
             }
             lane::LANE => {
                 let (code, value) = match self.lane.get() {
-                    Some(l) => l.serve(self, link, arg),
+                    Some(l) => {
+                        let served = l.serve(self, link, arg);
+                        // Under the lock, before the reply: a getter that
+                        // comes after it must not find the queue drained
+                        // while the ring still holds accepted messages (the
+                        // pump clears it when done, after taking the lock).
+                        state.pumping |= l.pumping();
+                        served
+                    }
                     None => (lane::NO_LANE, 0),
                 };
                 reply(link, req, code, value, dirty);

@@ -25,8 +25,10 @@
 //!   hub start a *pump* for the direction: a hub thread that takes the
 //!   ring's messages (reader leases with [`HUB_LANE`]) and puts them into
 //!   the hub queue. While it runs, closing the hub queue waits until the
-//!   pump has drained the ring (the ring is closed at once). The pump
-//!   runs until the direction ends.
+//!   pump has drained the ring (the ring is closed at once), and a queue
+//!   closed already does not count as drained until then: the pump puts
+//!   what the ring accepted even into a closed queue. The pump runs until
+//!   the direction ends.
 //! - Ends: a sender's `close` sets the ring's `CLOSED` and closes the hub
 //!   queue; when the hub queue closes (close, or every sending handle
 //!   gone) the hub sets `CLOSED` in the ring; when every receiving handle
@@ -37,7 +39,7 @@
 //!   ([`super::hub::reaped`]), the hub clears any lease its lane id holds.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -180,12 +182,12 @@ impl LaneEnd {
 
     fn run_watcher(&self) {
         *lock(&self.watch.thread) = Some(std::thread::current());
-        let mut hub_items = self.stream().hub_items();
+        let mut hub_gen = self.stream().hub_gen();
         let mut idle_since: Option<Instant> = None;
         loop {
-            let now = self.stream().hub_items();
-            let ready = self.ring_ready() || now > hub_items;
-            hub_items = now;
+            let now = self.stream().hub_gen();
+            let ready = self.ring_ready() || now != hub_gen;
+            hub_gen = now;
             let mut wakers = lock(&self.watch.wakers);
             if wakers.is_empty() {
                 drop(wakers);
@@ -230,6 +232,8 @@ impl LaneEnd {
 pub(crate) struct HubLane {
     local: Arc<LaneEnd>,
     pump: Mutex<Pump>,
+    /// Items queued in the hub at the last change (under the hub lock).
+    queued: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -249,6 +253,7 @@ impl HubLane {
         Some(Arc::new(HubLane {
             local: LaneEnd::new(Arc::new(mapped), HUB_LANE),
             pump: Mutex::default(),
+            queued: AtomicUsize::new(0),
         }))
     }
 
@@ -263,9 +268,16 @@ impl HubLane {
 
     /// After a change of the hub queue (under its lock): publishes how
     /// many items it has for receivers, and its end.
-    pub(crate) fn on_change(&self, hub_items: usize, closed: bool) {
+    /// `queued` (of `hub_items`) wait in the queue: when they grow while
+    /// the total does not (a subscriber gave items back), receivers are
+    /// woken too.
+    pub(crate) fn on_change(&self, hub_items: usize, queued: usize, closed: bool) {
         let s = self.stream();
+        let before = s.hub_gen();
         s.set_hub_items(u32::try_from(hub_items).unwrap_or(u32::MAX));
+        if self.queued.swap(queued, Ordering::SeqCst) < queued && s.hub_gen() == before {
+            s.hub_changed();
+        }
         if closed && s.flags() & CLOSED == 0 {
             s.set_flag(CLOSED);
         }
@@ -329,6 +341,13 @@ impl HubLane {
         (qstatus::OK, u64::from(lane_id.unwrap_or(0)) << 32 | len)
     }
 
+    /// Whether the pump runs and has not drained the ring yet (the hub
+    /// queue is then not drained either: see `Core::set_pumping`).
+    pub(crate) fn pumping(&self) -> bool {
+        let pump = lock(&self.pump);
+        pump.running && !pump.drained
+    }
+
     /// Starts the pump, once.
     fn start_pump(self: &Arc<Self>, core: &Arc<Core>) {
         let mut pump = lock(&self.pump);
@@ -356,7 +375,9 @@ impl HubLane {
             match s.recv(HUB_LANE, &mut buf, deadline) {
                 Ok(()) => {
                     let Some(core) = core.upgrade() else { return };
-                    let _ = core.put(std::mem::take(&mut buf), Wait::Forever);
+                    // Accepted by the ring: it goes in even if the queue
+                    // closed meanwhile (a plain put would drop it).
+                    core.put_accepted(std::mem::take(&mut buf));
                 }
                 Err(StreamError::Empty) if core.strong_count() > 0 => {}
                 Err(StreamError::Empty) => return,
@@ -367,6 +388,7 @@ impl HubLane {
                     lock(&self.pump).drained = true;
                     if let Some(core) = core.upgrade() {
                         core.close();
+                        core.set_pumping(false);
                     }
                     return;
                 }

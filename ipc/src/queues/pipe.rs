@@ -222,7 +222,7 @@ impl<T: Payload> Rx<T> {
         let mut buf = Vec::new();
         let mut spins = 0;
         loop {
-            let seen = s.hub_items();
+            let seen = s.hub_gen();
             if let Some(v) = self.attempt(lane, &mut buf)? {
                 return Ok(v);
             }
@@ -234,8 +234,9 @@ impl<T: Payload> Rx<T> {
                 std::thread::yield_now();
                 continue;
             }
-            // Woken by a record, an end flag, or more items in the hub.
-            let ready = || lane.ring_ready() || s.hub_items() > seen;
+            // Woken by a record, an end flag, or an item in the hub (more
+            // of them, or one come back from a subscriber).
+            let ready = || lane.ring_ready() || s.hub_gen() != seen;
             if !s.sleep_readers(wait.deadline(), ready) {
                 return match self.attempt(lane, &mut buf)? {
                     Some(v) => Ok(v),
@@ -278,11 +279,11 @@ impl<T: Payload> Rx<T> {
         let deadline = Instant::now().checked_add(timeout);
         let s = lane.stream();
         loop {
-            let seen = s.hub_items();
-            if lane.ring_ready() || (seen > 0 && self.q.poll(Duration::ZERO)?) {
+            let seen = s.hub_gen();
+            if lane.ring_ready() || (s.hub_items() > 0 && self.q.poll(Duration::ZERO)?) {
                 return Ok(true);
             }
-            let ready = || lane.ring_ready() || s.hub_items() > seen;
+            let ready = || lane.ring_ready() || s.hub_gen() != seen;
             if !s.sleep_readers(deadline, ready) {
                 return Ok(false);
             }

@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! Header (5 × 64 B)  magic, version, capacity, flags, writer lease,
-//!                    reader lease, hub_items | head | tail | not_empty | not_full
+//!                    reader lease, hub_items, hub_gen | head | tail | not_empty | not_full
 //! data               capacity bytes (a power of two), records back to back
 //! ```
 //!
@@ -203,6 +203,9 @@ struct Meta {
     writer: AtomicU32,
     reader: AtomicU32,
     hub_items: AtomicU32,
+    /// Bumped (and receivers woken) on every change that may make an
+    /// item on the other path available: receivers sleep until it moves.
+    hub_gen: AtomicU32,
 }
 
 #[repr(C)]
@@ -402,6 +405,20 @@ impl Stream {
     /// Counts one more item on the other path and wakes receivers.
     pub fn hub_item_added(&self) {
         self.meta().hub_items.fetch_add(1, SeqCst);
+        self.hub_changed();
+    }
+
+    /// The other path's generation: it moves whenever an item there may
+    /// have become available (see [`hub_changed`](Self::hub_changed)).
+    pub fn hub_gen(&self) -> u32 {
+        self.meta().hub_gen.load(SeqCst)
+    }
+
+    /// An item on the other path may have become available without its
+    /// count growing (one delivered ahead came back): moves the
+    /// generation and wakes receivers (no system call unless one sleeps).
+    pub fn hub_changed(&self) {
+        self.meta().hub_gen.fetch_add(1, SeqCst);
         wake::notify(&self.header().not_empty.0);
     }
 
@@ -430,12 +447,12 @@ impl Stream {
         (m.writer.load(SeqCst), m.reader.load(SeqCst))
     }
 
-    /// Sets the count of items on the other path; wakes receivers when it
-    /// grew.
+    /// Sets the count of items on the other path; moves the generation
+    /// and wakes receivers when it grew.
     pub fn set_hub_items(&self, n: u32) {
         let old = self.meta().hub_items.swap(n, SeqCst);
         if n > old {
-            wake::notify(&self.header().not_empty.0);
+            self.hub_changed();
         }
     }
 
@@ -514,10 +531,18 @@ impl Stream {
         // The writer lease.
         self.wait(&h.not_full.0, deadline, block, StreamError::Full, || {
             send_flags(self.flags())?;
-            match m.writer.compare_exchange(0, lane, SeqCst, SeqCst) {
-                Ok(_) => Ok(Some(())),
-                Err(_) => Ok(None),
+            if m.writer.compare_exchange(0, lane, SeqCst, SeqCst).is_err() {
+                return Ok(None);
             }
+            // Checked again under the lease: a receiver decides `Closed`
+            // only while it holds the lease itself (`closed_or_none`), so
+            // a close is either seen here or after this send's commit.
+            if let Err(e) = send_flags(self.flags()) {
+                let _ = m.writer.compare_exchange(lane, 0, SeqCst, SeqCst);
+                self.notify_all();
+                return Err(e);
+            }
+            Ok(Some(()))
         })?;
         let r = self.send_fragments(lane, msg, deadline, block);
         let _ = m.writer.compare_exchange(lane, 0, SeqCst, SeqCst);
@@ -652,7 +677,7 @@ impl Stream {
         let h = self.header();
         if state.is_none() {
             if !self.has_record() {
-                return self.closed_or_none();
+                return self.closed_or_none(lane);
             }
             if m.reader.compare_exchange(0, lane, SeqCst, SeqCst).is_err() {
                 return Ok(None);
@@ -666,7 +691,7 @@ impl Stream {
         }
         match r {
             Ok(true) => Ok(Some(())),
-            Ok(false) if state.is_none() => self.closed_or_none(),
+            Ok(false) if state.is_none() => self.closed_or_none(lane),
             Ok(false) => Ok(None),
             Err(e) => {
                 // Give up the lease and what was assembled: a corrupt
@@ -681,11 +706,33 @@ impl Stream {
 
     /// `Closed` when a flag says no more will come and the ring is empty;
     /// `None` otherwise.
-    fn closed_or_none(&self) -> Result<Option<()>, StreamError> {
-        if self.flags() & (CLOSED | WRITERS_GONE) != 0 && !self.has_record() {
+    ///
+    /// After `CLOSED` (set by one sender while others may be sending),
+    /// only with the writer lease taken for a moment (as `lane`): a sender
+    /// holding it checked `CLOSED` after taking it and may be about to
+    /// commit a message it will report sent, so the ring is not final
+    /// yet; one that takes it later sees `CLOSED` and fails.
+    fn closed_or_none(&self, lane: u32) -> Result<Option<()>, StreamError> {
+        let flags = self.flags();
+        if flags & (CLOSED | WRITERS_GONE) == 0 || self.has_record() {
+            return Ok(None);
+        }
+        if flags & WRITERS_GONE != 0 {
+            // No sender is left to commit anything.
             return Err(StreamError::Closed);
         }
-        Ok(None)
+        let m = self.meta();
+        if m.writer.compare_exchange(0, lane, SeqCst, SeqCst).is_err() {
+            return Ok(None);
+        }
+        let drained = !self.has_record();
+        let _ = m.writer.compare_exchange(lane, 0, SeqCst, SeqCst);
+        wake::notify(&self.header().not_full.0);
+        if drained {
+            Err(StreamError::Closed)
+        } else {
+            Ok(None)
+        }
     }
 
     /// Takes records (this process holds the reader lease) until a whole
@@ -925,6 +972,7 @@ impl Stream {
                 writer: AtomicU32::new(0),
                 reader: AtomicU32::new(0),
                 hub_items: AtomicU32::new(0),
+                hub_gen: AtomicU32::new(0),
             }),
             head: Padded(AtomicU64::new(0)),
             tail: Padded(AtomicU64::new(0)),

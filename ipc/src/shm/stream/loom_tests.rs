@@ -105,3 +105,30 @@ fn loom_stream_reader_lease_keeps_messages_whole() {
         assert_eq!(got, [vec![1; 30], vec![2; 2]]);
     });
 }
+
+/// A send told `Ok` is received even when another sender closes the
+/// stream meanwhile: the receiver reports `Closed` only after it (the
+/// send's commit and the close are ordered by the writer lease).
+#[test]
+fn loom_stream_close_never_loses_an_accepted_send() {
+    model(|| {
+        let s = Arc::new(Stream::new_loom(64));
+        let w = s.attach_loom();
+        let c = s.attach_loom();
+        let writer = thread::spawn(move || w.try_send(1, &[5; 3]).is_ok());
+        let closer = thread::spawn(move || c.set_flag(CLOSED));
+        let mut got = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            match s.try_recv(3, &mut buf) {
+                Ok(()) => got.push(std::mem::take(&mut buf)),
+                Err(StreamError::Closed) => break,
+                Err(StreamError::Empty) => thread::yield_now(),
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+        let sent = writer.join().unwrap();
+        closer.join().unwrap();
+        assert_eq!(got.len(), usize::from(sent), "sent: {sent}, got {got:?}");
+    });
+}

@@ -372,6 +372,28 @@ fn hub_items_count_and_never_go_below_zero() {
     assert!(h.stream.wait_readable(soon()));
 }
 
+/// A receiver sleeping until the other path changes wakes when an item
+/// there becomes available without the count growing (`hub_changed`, as
+/// when a subscriber gives a delivered item back).
+#[test]
+fn a_hub_change_without_a_new_item_wakes_receivers() {
+    let h = Heap::new(64);
+    h.stream.set_hub_items(1);
+    let seen = h.stream.hub_gen();
+    h.stream.set_hub_items(1);
+    assert_eq!(h.stream.hub_gen(), seen, "no change, no wake");
+    let deadline = Some(Instant::now() + Duration::from_secs(30));
+    let woke = thread::scope(|s| {
+        let sleeper = s.spawn(|| {
+            h.stream
+                .sleep_readers(deadline, || h.stream.hub_gen() != seen)
+        });
+        h.stream.hub_changed();
+        sleeper.join().unwrap()
+    });
+    assert!(woke, "the sleeper was not woken by hub_changed");
+}
+
 #[test]
 fn many_writers_and_readers_lose_and_duplicate_nothing() {
     const WRITERS: u32 = 3;
