@@ -21,10 +21,7 @@ const MASTER_ENV: &str = "PROCPOOL_TEST_ABUSE_MASTER";
 const REMOTE_ENV: &str = "PROCPOOL_TEST_REMOTE";
 
 fn main() {
-    if let Ok(spec) = std::env::var(REMOTE_ENV) {
-        let (addr, key) = spec.split_once(' ').expect("addr and key");
-        procpool::run_remote_worker(addr, key.as_bytes(), common::registry());
-    }
+    common::remote::serve_if_asked(REMOTE_ENV, common::registry);
     procpool::init(common::registry());
     #[cfg(target_os = "linux")]
     if std::env::var_os(MASTER_ENV).is_some() {

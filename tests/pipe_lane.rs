@@ -123,10 +123,7 @@ fn send_n(tx: &PipeSender<Msg>, id: u32, n: u32, big: u32) {
 }
 
 fn main() {
-    if let Ok(spec) = std::env::var(REMOTE_ENV) {
-        let (addr, key) = spec.split_once(' ').expect("addr and key");
-        procpool::run_remote_worker(addr, key.as_bytes(), registry());
-    }
+    common::remote::serve_if_asked(REMOTE_ENV, registry);
     procpool::init(registry());
     let args = libtest_mimic::Arguments::from_args();
     let tests = trials![

@@ -24,10 +24,7 @@ const KEY: &str = "a long random key shared out of band";
 const REMOTE_ENV: &str = "PROCPOOL_TEST_REMOTE";
 
 fn main() {
-    if let Ok(spec) = std::env::var(REMOTE_ENV) {
-        let (addr, key) = spec.split_once(' ').expect("addr and key");
-        procpool::run_remote_worker(addr, key.as_bytes(), registry());
-    }
+    common::remote::serve_if_asked(REMOTE_ENV, registry);
     procpool::init(registry());
     let args = libtest_mimic::Arguments::from_args();
     let tests = trials![

@@ -56,10 +56,7 @@ fn registry() -> Registry {
 }
 
 fn main() {
-    if let Ok(spec) = std::env::var(REMOTE_ENV) {
-        let (addr, key) = spec.split_once(' ').expect("addr and key");
-        procpool::run_remote_worker(addr, key.as_bytes(), registry());
-    }
+    common::remote::serve_if_asked(REMOTE_ENV, registry);
     procpool::init(registry());
     let mut args = libtest_mimic::Arguments::from_args();
     args.test_threads.get_or_insert(1);

@@ -7,6 +7,16 @@ use std::time::{Duration, Instant};
 
 use super::Watched;
 
+/// In a test binary re-run by [`Remote::start`]: when `env` holds
+/// `"<addr> <key>"`, serves as a remote worker with `registry` and never
+/// returns; otherwise returns at once. Call it first in `main`.
+pub fn serve_if_asked(env: &str, registry: impl FnOnce() -> procpool::Registry) {
+    if let Ok(spec) = std::env::var(env) {
+        let (addr, key) = spec.split_once(' ').expect("addr and key");
+        procpool::run_remote_worker(addr, key.as_bytes(), registry());
+    }
+}
+
 /// A remote worker process, killed and reaped when dropped.
 pub struct Remote(Child);
 
