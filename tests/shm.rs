@@ -27,6 +27,45 @@ const PUT_BIG: Task<(Queue<ByteBuf>, u64), ()> = Task::new("shm_put_big");
 /// returns the input's [`checksum`].
 const CHECKSUM_AFTER: Task<(ByteBuf, Queue<u32>, Event), u64> = Task::new("shm_checksum_after");
 
+/// Returns its input as a [`Halting`] result: the worker stops half-way
+/// through encoding it.
+const HALT_MIDWAY: Task<(ByteBuf, Queue<u32>, Event), Halting> = Task::new("shm_halt_midway");
+
+/// A result that, once the first half of its bytes is encoded (past the
+/// threshold: into the worker's shared segment), puts the worker's pid on
+/// its queue and waits for its event before encoding the rest. Decoded,
+/// it holds the bytes alone.
+struct Halting {
+    bytes: ByteBuf,
+    gate: Option<(Queue<u32>, Event)>,
+}
+
+impl serde::Serialize for Halting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let (first, second) = self.bytes.split_at(self.bytes.len() / 2);
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(serde_bytes::Bytes::new(first))?;
+        if let Some((started, go)) = &self.gate {
+            started.put(std::process::id()).expect("started");
+            go.wait_timeout(PATIENCE).expect("wait for go");
+        }
+        t.serialize_element(serde_bytes::Bytes::new(second))?;
+        t.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Halting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (mut first, second) = <(ByteBuf, ByteBuf)>::deserialize(d)?;
+        first.extend_from_slice(&second);
+        Ok(Halting {
+            bytes: first,
+            gate: None,
+        })
+    }
+}
+
 /// Long enough for any process start under load; only hangs reach it.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -53,6 +92,10 @@ fn main() {
                 go.wait_timeout(PATIENCE).expect("wait for go");
                 checksum(&b)
             })
+            .task(HALT_MIDWAY, |(bytes, started, go)| Halting {
+                bytes,
+                gate: Some((started, go)),
+            })
             .task(PUT_BIG, |(q, size)| {
                 let len = usize::try_from(size).expect("a length");
                 q.put(ByteBuf::from(vec![(size % 251) as u8; len]))
@@ -69,6 +112,7 @@ fn main() {
         segments_are_used_and_reclaimed_with_the_pool,
         a_worker_killed_holding_a_large_input_fails_its_item_and_leaks_nothing,
         large_chunks_of_a_worker_killed_from_outside_are_resent_and_leak_nothing,
+        a_worker_killed_while_it_writes_a_large_result_has_its_chunk_resent,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -298,6 +342,67 @@ fn large_chunks_of_a_worker_killed_from_outside_are_resent_and_leak_nothing() ->
         );
         // The replacement worker carries large payloads too.
         ensure!(pool.map(LEN, vec![pattern(3 << 20, 9)])? == [3 << 20]);
+    }
+    let after = settled(before)?;
+    ensure!(
+        after == before,
+        "descriptors before {before:?}, after {after:?}"
+    );
+    Ok(())
+}
+
+/// A worker SIGKILLed while it encodes a large result straight into its
+/// shared segment (half of it written): with a retry allowed, the chunk
+/// goes to another worker and every result comes back whole (every byte
+/// checked); the pool keeps carrying large results, and once it is gone
+/// no segment descriptor is left in the master.
+fn a_worker_killed_while_it_writes_a_large_result_has_its_chunk_resent() -> anyhow::Result<()> {
+    if !cfg!(unix) {
+        // Killing a worker from outside needs kill(2) here.
+        return Ok(());
+    }
+    let before = baseline()?;
+    {
+        let pool = Pool::builder()
+            .workers(2)
+            .chunk_size(1)
+            .prefetch(1)
+            .retries(1)
+            .build()?
+            .watched();
+        let started = Queue::new();
+        let go = Event::new();
+        let inputs: Vec<ByteBuf> = (0..3).map(|i| pattern((6 << 20) + i, i as u8)).collect();
+        let want: Vec<u64> = inputs.iter().map(|b| checksum(b)).collect();
+        let items: Vec<_> = inputs
+            .into_iter()
+            .map(|b| (b, started.clone(), go.clone()))
+            .collect();
+        let (victim, got) = std::thread::scope(|s| -> anyhow::Result<_> {
+            let run = s.spawn(|| pool.map(HALT_MIDWAY, items));
+            // A worker has 3 MiB of a result in its segment and waits.
+            let victim = started.get_timeout(PATIENCE).context("a result to start");
+            if let Ok(victim) = &victim {
+                sigkill(*victim)?;
+            }
+            go.set()?;
+            let got = run.join().expect("the map thread")?;
+            Ok((victim?, got))
+        })?;
+        let got: Vec<u64> = got.iter().map(|h| checksum(&h.bytes)).collect();
+        ensure!(got == want, "checksums {got:x?}, want {want:x?}");
+        let mut pids = Vec::new();
+        while let Ok(pid) = started.get_timeout(Duration::ZERO) {
+            pids.push(pid);
+        }
+        // Three results, one of them started again elsewhere.
+        ensure!(
+            pids.len() >= 3 && pids.iter().all(|&p| p != victim),
+            "results started in {pids:?} after {victim} was killed"
+        );
+        // The replacement worker carries large results too.
+        let inputs: Vec<ByteBuf> = (0..4).map(|i| pattern(3 << 20, i)).collect();
+        ensure!(pool.map(ECHO, inputs.clone())? == inputs);
     }
     let after = settled(before)?;
     ensure!(

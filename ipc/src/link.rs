@@ -482,6 +482,27 @@ impl Link {
         }
     }
 
+    /// Like [`write_shared`](Self::write_shared), but hands `body` over to
+    /// the link: it is kept until the peer is done reading it (its `FREE`),
+    /// then goes back to its pool, which must be a
+    /// [lending](crate::shm::body::BodyPool::lending) one (its segment ids
+    /// make the peer answer `FREE`). If the link ends first, the body goes
+    /// with it. Never blocks. `Ok(Some(body))`, with nothing written, on a
+    /// link that cannot take segments: write the bytes as usual then.
+    ///
+    /// # Errors
+    /// [`IpcError::Io`] once the link is broken (the body is dropped).
+    pub fn lend_shared(
+        &self,
+        head: &[u8],
+        body: SharedBody,
+    ) -> Result<Option<SharedBody>, IpcError> {
+        match self.shm() {
+            Some(shm) => shm.lend(head, body, &mut Direct(&self.inner)),
+            None => Ok(Some(body)),
+        }
+    }
+
     /// Appends `msg` to the outbox without flushing; never blocks.
     ///
     /// # Errors

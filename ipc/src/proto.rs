@@ -265,6 +265,20 @@ pub fn run_head(id: u64, task: u32, count: u32) -> [u8; RUN_OVERHEAD] {
     out
 }
 
+/// Bytes a `DONE` or `PART` header adds to its payload inside a frame:
+/// kind, id, count, elapsed_ns.
+pub const RESULT_OVERHEAD: usize = 1 + 8 + 4 + 8;
+
+/// The bytes of a `DONE` (`last`) or `PART` frame's body before its
+/// payload (for a payload that is already in place, see
+/// [`Link::lend_shared`](crate::link::Link::lend_shared)).
+pub fn result_head(last: bool, id: u64, count: u32, elapsed_ns: u64) -> [u8; RESULT_OVERHEAD] {
+    let kind = if last { DONE } else { PART };
+    let mut out = [0; RESULT_OVERHEAD];
+    out.copy_from_slice(Head::new(kind).u64(id).u32(count).u64(elapsed_ns).bytes());
+    out
+}
+
 impl<'a> Message<'a> {
     /// Parses a frame body.
     ///

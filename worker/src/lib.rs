@@ -19,6 +19,7 @@
 //! **Everything before `init` runs again in every worker.** Keep it first.
 #![forbid(unsafe_code)]
 
+mod output;
 mod registry;
 mod runtime;
 

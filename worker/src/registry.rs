@@ -11,8 +11,11 @@ use procpool_ipc::task::Payload;
 use procpool_ipc::{IpcError, Task, TaskError, codec};
 use serde::de::DeserializeOwned;
 
+use crate::output::Output;
+
 /// Runs `count` encoded inputs from `inputs`, appending each one's encoded
-/// `Result<Output, TaskError>` to `out`. An output whose encoding passes
+/// `Result<Output, TaskError>` to `out` (in shared memory once it is large,
+/// see [`crate::output`]). An output whose encoding passes
 /// the payload limit (the third argument) is replaced by
 /// [`TaskError::OutputTooLarge`], without being encoded whole.
 ///
@@ -23,7 +26,7 @@ use serde::de::DeserializeOwned;
 /// finished since the previous call, `latest` where the latest one's result
 /// starts in `out`.
 pub(crate) type Runner =
-    Box<dyn Fn(Inputs<'_>, u32, u64, &mut Vec<u8>, &mut Done<'_>) + Send + Sync>;
+    Box<dyn Fn(Inputs<'_>, u32, u64, &mut Output, &mut Done<'_>) + Send + Sync>;
 
 /// A chunk's encoded inputs, decoded one after the other: from a frame
 /// body in memory, or in place from the shared segment the body came in
@@ -66,7 +69,7 @@ impl<'a> Inputs<'a> {
 }
 
 /// The runner's report callback: see [`Runner`].
-pub(crate) type Done<'a> = dyn FnMut(&mut Vec<u8>, u32, usize) -> u32 + 'a;
+pub(crate) type Done<'a> = dyn FnMut(&mut Output, u32, usize) -> u32 + 'a;
 
 /// The tasks a worker serves, each under its [`Task`] name.
 ///
@@ -197,7 +200,8 @@ where
                     }
                 },
             };
-            if let Err(e) = codec::encode_into_limited(&result, out, limit) {
+            // On error `out` is as before: the error takes the result's place.
+            if let Err(e) = out.encode(&result, limit) {
                 let error = match e {
                     IpcError::PayloadTooLarge { len, .. } => TaskError::OutputTooLarge {
                         len,
@@ -208,7 +212,8 @@ where
                     },
                 };
                 let failed: Result<O, TaskError> = Err(error);
-                codec::encode_into(&failed, out).expect("a TaskError always encodes");
+                out.encode(&failed, u64::MAX)
+                    .expect("a TaskError always encodes");
             }
             pending += 1;
             if pending >= next || out.len() as u64 > limit {
@@ -300,7 +305,7 @@ mod tests {
         for i in inputs {
             codec::encode_into(i, &mut payload).unwrap();
         }
-        let mut out = Vec::new();
+        let mut out = Output::in_memory();
         reg.runner(index).unwrap()(
             Inputs::bytes(&payload),
             inputs.len() as u32,
@@ -308,7 +313,7 @@ mod tests {
             &mut out,
             &mut |_, _, _| u32::MAX,
         );
-        out
+        out.to_vec()
     }
 
     fn results<O: Payload>(mut bytes: &[u8], n: usize) -> Vec<Result<O, TaskError>> {
@@ -373,7 +378,7 @@ mod tests {
     #[test]
     fn undecodable_input_fails_every_item_of_the_chunk() {
         let reg = Registry::new().task(PARSE, |s: String| s.len() as u8);
-        let mut out = Vec::new();
+        let mut out = Output::in_memory();
         reg.runner(0).unwrap()(
             Inputs::bytes(&[0xFF, 0xFF]),
             2,
@@ -381,7 +386,7 @@ mod tests {
             &mut out,
             &mut |_, _, _| u32::MAX,
         );
-        let got = results::<u8>(&out, 2);
+        let got = results::<u8>(&out.to_vec(), 2);
         assert!(
             got.iter()
                 .all(|r| matches!(r, Err(TaskError::DecodeInput { .. })))

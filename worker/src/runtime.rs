@@ -30,6 +30,7 @@ use procpool_ipc::proto::{Hello, Message};
 use procpool_ipc::shm::transport::ShmTransport;
 
 use crate::Registry;
+use crate::output::Output;
 use crate::registry::{Inputs, error_chain, install_panic_hook};
 
 /// Exit status of a worker that could not serve (bad endpoint, protocol error).
@@ -288,7 +289,7 @@ where
         })
         .map_err(|e| ServeError::Ipc(e.into()))?;
 
-    let mut out = Vec::new();
+    let mut out = Output::for_link(&link);
     while let Some((frame, lease)) = next_request(&rx, &link)? {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -332,8 +333,7 @@ where
                     return Err(e.into());
                 }
                 let elapsed_ns = nanos(started.elapsed());
-                report(&link, Kind::Done, id, reporter.unreported, elapsed_ns, &out)?;
-                out.clear();
+                out.send(&link, true, id, reporter.unreported, elapsed_ns)?;
             }
             Message::Shutdown => break,
             _ => return Err(ServeError::Unexpected),
@@ -380,7 +380,7 @@ impl Reporter<'_> {
     /// again (it calls sooner when `out` passes the limit). Counting
     /// between calls is the runner's: for tiny items this is called once
     /// per [`TINY_STRIDE`] of them, not once each.
-    fn items_done(&mut self, out: &mut Vec<u8>, items: u32, latest: usize) -> u32 {
+    fn items_done(&mut self, out: &mut Output, items: u32, latest: usize) -> u32 {
         self.finished += items;
         self.unreported += items;
         if out.len() as u64 > self.limit && self.unreported > 1 && self.error.is_none() {
@@ -396,18 +396,16 @@ impl Reporter<'_> {
     /// The results before byte `latest` (all but the latest) go first, in
     /// a frame of their own.
     #[cold]
-    fn report_before(&mut self, out: &mut Vec<u8>, latest: usize) {
-        let sent = report(
+    fn report_before(&mut self, out: &mut Output, latest: usize) {
+        let sent = out.send_before(
             self.link,
-            Kind::Part,
+            latest,
             self.id,
             self.unreported - 1,
             nanos(self.last.elapsed()),
-            &out[..latest],
         );
         match sent {
             Ok(()) => {
-                out.drain(..latest);
                 self.unreported = 1;
             }
             Err(e) => self.error = Some(e),
@@ -417,7 +415,7 @@ impl Reporter<'_> {
     /// Reads the clock: reports what is in `out` if [`REPORT_EVERY`] has
     /// passed since the last report. Returns the items until the next
     /// look: 1 while items take a while, [`TINY_STRIDE`] for tiny ones.
-    fn check_clock(&mut self, out: &mut Vec<u8>) -> u32 {
+    fn check_clock(&mut self, out: &mut Output) -> u32 {
         let now = Instant::now();
         let since = now - self.last;
         // The pace of the items since the last report sets the stride.
@@ -429,18 +427,11 @@ impl Reporter<'_> {
         if since < REPORT_EVERY {
             return stride;
         }
-        let sent = report(
-            self.link,
-            Kind::Part,
-            self.id,
-            self.unreported,
-            nanos(since),
-            out,
-        )
-        .and_then(|()| self.link.flush());
+        let sent = out
+            .send(self.link, false, self.id, self.unreported, nanos(since))
+            .and_then(|()| self.link.flush());
         match sent {
             Ok(()) => {
-                out.clear();
                 self.unreported = 0;
                 self.last = now;
             }
@@ -450,40 +441,8 @@ impl Reporter<'_> {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Part,
-    Done,
-}
-
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Appends the `count` results in `payload` as one frame of `kind` to the
-/// link's outbox.
-fn report(
-    link: &Link,
-    kind: Kind,
-    id: u64,
-    count: u32,
-    elapsed_ns: u64,
-    payload: &[u8],
-) -> Result<(), IpcError> {
-    link.write(&match kind {
-        Kind::Part => Message::Part {
-            id,
-            count,
-            elapsed_ns,
-            payload,
-        },
-        Kind::Done => Message::Done {
-            id,
-            count,
-            elapsed_ns,
-            payload,
-        },
-    })
 }
 
 /// The next request, flushing buffered results before blocking.

@@ -12,7 +12,7 @@ use crate::IpcError;
 use crate::codec;
 use crate::proto::Message;
 use crate::shm::Segment;
-use crate::shm::body::SHARED_ID;
+use crate::shm::body::{LENT_ID, SHARED_ID};
 use crate::shm::transport::Named;
 
 /// Leases a link hands out at once (see [`Link::read_leased`]): enough
@@ -106,8 +106,9 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.held.fetch_sub(1, Ordering::Relaxed);
-        // A pooled segment is reused once its chunk is answered, not on `FREE`.
-        if self.id & SHARED_ID != 0 {
+        // A pooled segment is reused once its chunk is answered, not on
+        // `FREE`, unless its sender lent it (a worker's results).
+        if self.id & (SHARED_ID | LENT_ID) == SHARED_ID {
             return;
         }
         // A link that is gone or broken has no sender left to tell.

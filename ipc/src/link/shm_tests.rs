@@ -351,3 +351,84 @@ fn a_body_placed_outside_its_segment_is_malformed() {
         assert!(matches!(err, IpcError::Malformed(_)), "{err}");
     }
 }
+
+/// A body lent to a link (a worker's results) stays with the link until
+/// the peer is done with it: a lease's drop, or a body copied out, answers
+/// `FREE`, and the segment goes back to its pool, to carry the next body
+/// without a new segment. A pool that keeps bodies (a master's inputs)
+/// gets no `FREE`.
+#[test]
+fn lent_bodies_go_back_to_their_pool_on_the_peers_free() {
+    use crate::proto::{RESULT_OVERHEAD, result_head};
+    use crate::shm::body::{BodyPool, SharedBody};
+    let pool = BodyPool::lending(64 << 20, 2);
+    let (mut a, mut b) = connected(1024);
+    let payload: Vec<u8> = (0..300_000).map(|i| (i % 239) as u8).collect();
+    let lend = |a: &Side| {
+        let mut body = SharedBody::with_capacity(&pool, payload.len()).unwrap();
+        body.extend_from_slice(&payload).unwrap();
+        let id = body.id();
+        let head = result_head(true, 7, 1, 5);
+        assert!(a.link.lend_shared(&head, body).unwrap().is_none());
+        a.link.flush().unwrap();
+        id
+    };
+    let first = lend(&a);
+    assert_eq!(a.link.shm().unwrap().lent(), 1);
+    assert_eq!(pool.free_bytes(), 0);
+    // Read in place: held until the lease drops.
+    let mut head = Vec::new();
+    let Incoming::Leased(lease) = b.link.read_leased(&mut b.reader, &mut head, 64).unwrap() else {
+        panic!("not leased")
+    };
+    let Message::Done {
+        id: 7,
+        count: 1,
+        elapsed_ns: 5,
+        ..
+    } = Message::decode(&head).unwrap()
+    else {
+        panic!("not the done frame: {head:?}")
+    };
+    let mut whole = Vec::new();
+    lease.read_into(&mut whole).unwrap();
+    assert_eq!(whole[RESULT_OVERHEAD..], payload[..]);
+    // Another body while the first is held: a second segment.
+    let second = lend(&a);
+    assert_ne!(first, second);
+    b.read().unwrap();
+    // Copied out: freed at once; the lease's drop frees the first.
+    drop(lease);
+    b.link.send(&Message::Heartbeat).unwrap();
+    assert_eq!(a.read().unwrap(), [8], "FREEs handled on the way");
+    assert_eq!(a.link.shm().unwrap().lent(), 0);
+    assert!(pool.free_bytes() > 0);
+    // Both segments are back: the next body reuses one, no third is made
+    // (the pool makes at most two).
+    let third = lend(&a);
+    assert!(third == first || third == second);
+    assert_eq!(a.link.shm().unwrap().segments_made(), 0, "no link segment");
+    b.read().unwrap();
+    b.link.send(&Message::Heartbeat).unwrap();
+    assert_eq!(a.read().unwrap(), [8]);
+    assert_eq!(a.link.shm().unwrap().lent(), 0);
+    // A keeping pool's body read in place: no FREE comes back for it.
+    let keep = BodyPool::new(64 << 20);
+    let mut body = SharedBody::with_capacity(&keep, 10).unwrap();
+    body.extend_from_slice(&[1; 10]).unwrap();
+    assert!(
+        a.link
+            .write_shared(&crate::proto::run_head(1, 1, 1), &body)
+            .unwrap()
+    );
+    a.link.flush().unwrap();
+    let Incoming::Leased(kept) = b.link.read_leased(&mut b.reader, &mut head, 64).unwrap() else {
+        panic!("not leased")
+    };
+    drop(kept);
+    b.link.send(&Message::Heartbeat).unwrap();
+    // Read past the link: the next frame is the heartbeat, no `FREE`.
+    let mut raw = Vec::new();
+    assert!(a.reader.read_frame(&mut raw).unwrap());
+    assert_eq!(raw, [8], "no FREE before the heartbeat");
+}

@@ -43,6 +43,11 @@ pub const HEAD_ROOM: usize = 64;
 /// segments (small counters).
 pub(crate) const SHARED_ID: u64 = 1 << 63;
 
+/// Marks the ids of segments of a [lending](BodyPool::lending) pool: their
+/// reader answers `FREE` when done with a body, as for a link's own
+/// segments.
+pub(crate) const LENT_ID: u64 = 1 << 62;
+
 /// The smallest segment made.
 const MIN_SEGMENT: usize = 1 << 20;
 
@@ -57,6 +62,10 @@ pub struct BodyPool {
     cap: usize,
     /// Segments made and not yet dropped.
     live: AtomicUsize,
+    /// The most segments made at once.
+    max_live: usize,
+    /// Bits set in every segment id ([`SHARED_ID`], and [`LENT_ID`]).
+    id_bits: u64,
 }
 
 #[derive(Debug)]
@@ -66,12 +75,30 @@ struct Pooled {
 }
 
 impl BodyPool {
-    /// A pool keeping at most `cap` bytes of free segments.
+    /// A pool keeping at most `cap` bytes of free segments, for bodies
+    /// their sender keeps until it is done with them (a master's chunk
+    /// inputs, kept to resend them): the reader does not answer `FREE`.
+    /// At most [`MAX_LIVE`] segments at once.
     pub fn new(cap: usize) -> Arc<Self> {
+        Self::with_ids(cap, MAX_LIVE, SHARED_ID)
+    }
+
+    /// A pool keeping at most `cap` bytes of free segments, and making at
+    /// most `max_live` at once, for bodies handed over to a link
+    /// ([`Link::lend_shared`](crate::link::Link::lend_shared), a worker's
+    /// results): the reader answers `FREE` once done with one, and only
+    /// then does its segment come back here.
+    pub fn lending(cap: usize, max_live: usize) -> Arc<Self> {
+        Self::with_ids(cap, max_live.min(MAX_LIVE), SHARED_ID | LENT_ID)
+    }
+
+    fn with_ids(cap: usize, max_live: usize, id_bits: u64) -> Arc<Self> {
         Arc::new(Self {
             free: Mutex::new(Vec::new()),
             cap,
             live: AtomicUsize::new(0),
+            max_live,
+            id_bits,
         })
     }
 
@@ -89,7 +116,7 @@ impl BodyPool {
             return Ok(free.swap_remove(i));
         }
         drop(free);
-        if self.live.fetch_add(1, Ordering::Relaxed) >= MAX_LIVE {
+        if self.live.fetch_add(1, Ordering::Relaxed) >= self.max_live {
             self.live.fetch_sub(1, Ordering::Relaxed);
             return Err(SegmentError::Io(std::io::Error::other(
                 "too many shared payload segments",
@@ -110,7 +137,7 @@ impl BodyPool {
             .ok_or_else(|| SegmentError::Io(std::io::ErrorKind::OutOfMemory.into()))?
             .max(MIN_SEGMENT);
         Ok(Pooled {
-            id: SHARED_ID | NEXT.fetch_add(1, Ordering::Relaxed),
+            id: self.id_bits | NEXT.fetch_add(1, Ordering::Relaxed),
             seg: Arc::new(Segment::new(size)?),
         })
     }
@@ -210,6 +237,15 @@ impl SharedBody {
         self.slot()
             .seg
             .read_to_vec(HEAD_ROOM, self.len)
+            .expect("the payload lies inside its segment")
+    }
+
+    /// A copy of the payload from byte `at` on (nothing past its end).
+    pub fn copy_from(&self, at: usize) -> Vec<u8> {
+        let at = at.min(self.len);
+        self.slot()
+            .seg
+            .read_to_vec(HEAD_ROOM + at, self.len - at)
             .expect("the payload lies inside its segment")
     }
 
@@ -346,20 +382,18 @@ impl Spill<'_> {
                 }
             }
         }
-        match &mut *self.payload {
-            Encoded::Bytes(v) => {
-                v.extend_from_slice(bytes);
-                Ok(())
+        if let Encoded::Shared(body) = &mut *self.payload {
+            if body.extend_from_slice(bytes).is_ok() {
+                return Ok(());
             }
-            Encoded::Shared(body) => body
-                .extend_from_slice(bytes)
-                .map_err(|_| bincode::error::EncodeError::Other(NO_SEGMENT)),
+            // No larger segment: the payload moves back to memory (and
+            // no more segments are tried for this value).
+            self.pool = None;
         }
+        self.payload.make_bytes().extend_from_slice(bytes);
+        Ok(())
     }
 }
-
-/// What [`Spill`] reports when a shared payload cannot grow.
-const NO_SEGMENT: &str = "no shared memory segment for the payload";
 
 impl bincode::enc::write::Writer for Spill<'_> {
     #[inline]
@@ -428,6 +462,41 @@ mod tests {
         assert!(SharedBody::with_capacity(&pool, 1).is_err());
         drop(held);
         assert!(SharedBody::with_capacity(&pool, 1).is_ok());
+    }
+
+    /// A lending pool's ids say so (its bodies' readers answer `FREE`),
+    /// and it makes no more segments than asked.
+    #[test]
+    fn lending_pools_mark_their_ids_and_keep_their_bound() {
+        let pool = BodyPool::lending(64 << 20, 2);
+        let a = SharedBody::with_capacity(&pool, 1).unwrap();
+        let b = SharedBody::with_capacity(&pool, 1).unwrap();
+        assert_eq!(a.id() & (SHARED_ID | LENT_ID), SHARED_ID | LENT_ID);
+        assert!(SharedBody::with_capacity(&pool, 1).is_err());
+        drop((a, b));
+        let kept = SharedBody::with_capacity(&BodyPool::new(0), 1).unwrap();
+        assert_eq!(kept.id() & (SHARED_ID | LENT_ID), SHARED_ID);
+    }
+
+    /// A value encoded into shared memory whose segment cannot grow (the
+    /// pool is at its bound) moves back to memory whole, not an error.
+    #[test]
+    fn a_payload_that_cannot_grow_in_shared_memory_moves_to_memory() {
+        let pool = BodyPool::lending(0, 1);
+        let value: Vec<u8> = (0..(3 << 20)).map(|i| (i % 247) as u8).collect();
+        let mut payload = Encoded::default();
+        // Past the threshold after 100 bytes; the 1 MiB first segment
+        // cannot grow into a second one.
+        let chunks: Vec<&[u8]> = vec![&value[..100], &value[100..]];
+        encode_into_payload(&chunks, &mut payload, Some(&pool), 64, u64::MAX).unwrap();
+        assert!(matches!(payload, Encoded::Bytes(_)));
+        let mut want = Vec::new();
+        codec::encode_into(&chunks, &mut want).unwrap();
+        assert_eq!(payload.make_bytes(), &want);
+        // The segment went back: the next value spills into it.
+        let mut next = Encoded::default();
+        encode_into_payload(&value[..1000], &mut next, Some(&pool), 64, u64::MAX).unwrap();
+        assert!(matches!(next, Encoded::Shared(_)));
     }
 
     /// A payload moved out of its segment keeps its bytes.

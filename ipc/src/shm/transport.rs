@@ -215,6 +215,8 @@ struct OutPool {
     segs: Vec<OutSegment>,
     /// Pooled segments the peer has mapped, oldest first.
     known: Vec<u64>,
+    /// Bodies handed over ([`ShmTransport::lend`]) until the peer's `FREE`.
+    lent: HashMap<u64, SharedBody>,
     /// Sending a descriptor failed once: the peer cannot take segments.
     disabled: bool,
 }
@@ -351,11 +353,56 @@ impl ShmTransport {
         body: &SharedBody,
         w: &mut impl WriteFrame,
     ) -> Result<bool, IpcError> {
+        self.name_shared(head, body.id(), body.segment(), body.len(), w)
+    }
+
+    /// Like [`write_shared`](Self::write_shared), but hands `body` over:
+    /// it is kept here until the peer answers `FREE` for its segment (a
+    /// [lending](crate::shm::body::BodyPool::lending) pool's ids make the
+    /// peer answer), then dropped, its segment going back to its pool.
+    /// `Ok(Some(body))`, with nothing written, when the peer cannot take
+    /// segments.
+    ///
+    /// # Errors
+    /// As the writes to `w` (the body is then dropped).
+    pub(crate) fn lend(
+        &self,
+        head: &[u8],
+        body: SharedBody,
+        w: &mut impl WriteFrame,
+    ) -> Result<Option<SharedBody>, IpcError> {
+        let (id, seg, len) = (body.id(), Arc::clone(body.segment()), body.len());
+        // Kept before the frame is written: another thread may flush the
+        // link, and the peer answer, before this call returns.
+        if let Some(old) = lock(&self.out).lent.insert(id, body) {
+            // Cannot happen (a body owns its segment); keep the newer.
+            drop(old);
+        }
+        let named = self.name_shared(head, id, &seg, len, w);
+        if !matches!(named, Ok(true)) {
+            let body = lock(&self.out).lent.remove(&id);
+            return named.map(|_| body);
+        }
+        Ok(None)
+    }
+
+    /// Bodies handed over and not yet freed by the peer (for tests).
+    #[doc(hidden)]
+    pub fn lent(&self) -> usize {
+        lock(&self.out).lent.len()
+    }
+
+    fn name_shared(
+        &self,
+        head: &[u8],
+        id: u64,
+        seg: &Segment,
+        payload_len: usize,
+        w: &mut impl WriteFrame,
+    ) -> Result<bool, IpcError> {
         let Some(body_at) = HEAD_ROOM.checked_sub(head.len()) else {
             return Ok(false);
         };
-        let seg = body.segment();
-        let id = body.id();
         let (new, retired) = {
             let mut out = lock(&self.out);
             if out.disabled {
@@ -390,7 +437,7 @@ impl ShmTransport {
             new,
             seg_len: seg.len() as u64,
             body_at: body_at as u64,
-            body_len: (head.len() + body.len()) as u64,
+            body_len: (head.len() + payload_len) as u64,
         }
         .write(w)?;
         Ok(true)
@@ -464,11 +511,18 @@ impl ShmTransport {
         Some((staged, Arc::clone(&entry.seg)))
     }
 
-    /// The peer is done with segment `id`.
+    /// The peer is done with segment `id`: a link segment is free again,
+    /// a body handed over goes back to its pool.
     fn release(&self, id: u64) {
-        if let Some(s) = lock(&self.out).segs.iter_mut().find(|s| s.id == id) {
+        let mut out = lock(&self.out);
+        if let Some(s) = out.segs.iter_mut().find(|s| s.id == id) {
             s.busy = false;
+            return;
         }
+        let body = out.lent.remove(&id);
+        drop(out);
+        // (Dropped outside the lock: it takes its pool's.)
+        drop(body);
     }
 
     /// Segments this side has made for this link (for tests).
