@@ -24,7 +24,14 @@
 //!
 //! [`Encoded`] is what a master's chunk holds: bytes in memory, which
 //! [`encode_into_payload`] moves into
-//! a [`SharedBody`] once they pass the transport's threshold.
+//! a [`SharedBody`] once they pass the transport's threshold (and back to
+//! memory if the segment cannot grow).
+//!
+//! A worker's results take the same path the other way, from a
+//! [lending](BodyPool::lending) pool: the body is handed to the link
+//! ([`Link::lend_shared`](crate::link::Link::lend_shared)), which keeps
+//! it until the master answers `FREE`, since the worker has no copy to
+//! resend and nothing else tells it when the master is done.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
