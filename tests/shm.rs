@@ -66,6 +66,37 @@ impl<'de> serde::Deserialize<'de> for Halting {
     }
 }
 
+/// Returns this many bytes, each `n % 251`, as a [`Flaky`] result that
+/// fails to encode after its bytes when `n` is odd.
+const FLAKY: Task<u64, Flaky> = Task::new("shm_flaky");
+
+/// A result whose encoding fails (when `fail`) after its bytes are
+/// written: past the threshold, once they are in the worker's segment.
+struct Flaky {
+    bytes: ByteBuf,
+    fail: bool,
+}
+
+impl serde::Serialize for Flaky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error as _, SerializeTuple};
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&self.bytes)?;
+        if self.fail {
+            return Err(S::Error::custom("flaky result"));
+        }
+        t.serialize_element(&false)?;
+        t.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Flaky {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (bytes, fail) = <(ByteBuf, bool)>::deserialize(d)?;
+        Ok(Flaky { bytes, fail })
+    }
+}
+
 /// Long enough for any process start under load; only hangs reach it.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -96,6 +127,10 @@ fn main() {
                 bytes,
                 gate: Some((started, go)),
             })
+            .task(FLAKY, |n| Flaky {
+                bytes: ByteBuf::from(vec![(n % 251) as u8; usize::try_from(n).expect("a length")]),
+                fail: n % 2 == 1,
+            })
             .task(PUT_BIG, |(q, size)| {
                 let len = usize::try_from(size).expect("a length");
                 q.put(ByteBuf::from(vec![(size % 251) as u8; len]))
@@ -113,6 +148,7 @@ fn main() {
         a_worker_killed_holding_a_large_input_fails_its_item_and_leaks_nothing,
         large_chunks_of_a_worker_killed_from_outside_are_resent_and_leak_nothing,
         a_worker_killed_while_it_writes_a_large_result_has_its_chunk_resent,
+        a_large_result_that_fails_to_encode_is_a_task_error,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -409,6 +445,43 @@ fn a_worker_killed_while_it_writes_a_large_result_has_its_chunk_resent() -> anyh
         after == before,
         "descriptors before {before:?}, after {after:?}"
     );
+    Ok(())
+}
+
+/// A result whose encoding fails once megabytes of it are in the
+/// worker's segment is that item's `TaskError::EncodeOutput`; the results
+/// around it, in the same chunk or not, arrive whole.
+fn a_large_result_that_fails_to_encode_is_a_task_error() -> anyhow::Result<()> {
+    let sizes: Vec<u64> = vec![3 << 20, (3 << 20) + 1, 5, (2 << 20) + 2, 7, 4 << 20];
+    for chunk in [1, 3] {
+        let pool = Pool::builder()
+            .workers(2)
+            .chunk_size(chunk)
+            .build()?
+            .watched();
+        let got: Vec<_> = pool.imap(FLAKY, sizes.clone())?.collect();
+        ensure!(got.len() == sizes.len());
+        for (&n, r) in sizes.iter().zip(&got) {
+            if n % 2 == 1 {
+                ensure!(
+                    matches!(
+                        r.as_ref().map_err(Error::inner),
+                        Err(Error::Task(procpool::TaskError::EncodeOutput { message }))
+                            if message.contains("flaky result")
+                    ),
+                    "item {n}, chunks of {chunk}: {:?}",
+                    r.as_ref().map(|f| f.bytes.len())
+                );
+            } else {
+                let Ok(f) = r else {
+                    anyhow::bail!("item {n}, chunks of {chunk}: {:?}", r.as_ref().err());
+                };
+                ensure!(
+                    f.bytes.len() as u64 == n && f.bytes.iter().all(|&b| u64::from(b) == n % 251)
+                );
+            }
+        }
+    }
     Ok(())
 }
 
