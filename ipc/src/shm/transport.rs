@@ -111,7 +111,12 @@
 //! decoded results remain. With results lent, the whole `echo` run
 //! (master and workers, `perf stat -e page-faults,task-clock`) takes
 //! 148,040 faults and 900-981 ms of CPU, against 156,220 and
-//! 1005-1290 ms when results were copied into link segments.
+//! 1005-1290 ms when results were copied into link segments (and under
+//! a load of 7 on 2 cores, 1156-1285 ms against 1299-1353 ms). The
+//! master's share is unchanged (`--no-inherit`: 131,220 faults, about
+//! 700 ms): its decode is the one copy left, into fresh owned buffers.
+//! Asking for huge pages there (`MADV_HUGEPAGE`) halved the faults but
+//! not the CPU (zeroing the pages is the cost), so it is not done.
 //!
 //! Queue items cross the hub (producer → master → consumer) copied out
 //! and in again, not handed on as segments: a queue may hold an item for
