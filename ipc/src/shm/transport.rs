@@ -401,10 +401,9 @@ impl ShmTransport {
         let (id, seg, len) = (body.id(), Arc::clone(body.segment()), body.len());
         // Kept before the frame is written: another thread may flush the
         // link, and the peer answer, before this call returns.
-        if let Some(old) = lock(&self.out).lent.insert(id, body) {
-            // Cannot happen (a body owns its segment); keep the newer.
-            drop(old);
-        }
+        let previous = lock(&self.out).lent.insert(id, body);
+        // None: a body owns its segment. (Dropped outside the lock.)
+        drop(previous);
         let named = self.name_shared(head, id, &seg, len, w);
         if !matches!(named, Ok(true)) {
             let body = lock(&self.out).lent.remove(&id);
