@@ -19,8 +19,9 @@ pub(crate) fn square_on(x: u64) -> (u64, String, u32) {
 /// Squares 0..1000 on the pool's workers, in chunks of 10; prints how many
 /// items each node ran and on how many workers, then "all items done".
 ///
-/// A hundred chunks for a handful of workers: each worker gets some (idle
-/// workers take turns), so each node shows up in the report.
+/// A hundred chunks for a handful of workers: each worker gets some (a
+/// job's chunks take turns among idle workers), so each node shows up in
+/// the report.
 #[allow(clippy::print_stdout)] // a program talks to its user
 pub(crate) fn square_and_report(pool: &Pool) -> anyhow::Result<()> {
     let results = pool.map_chunked(SQUARE_ON, 0..1000u64, 10)?;

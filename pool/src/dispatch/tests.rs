@@ -298,6 +298,38 @@ fn idle_lanes_take_turns() {
     assert_eq!(peers[2].runs(), [vec![2], vec![5]]);
 }
 
+/// Jobs that come one after another (`apply` in a loop) find every lane
+/// idle: each goes back to the lane the last chunk went to, whose worker is
+/// awake, rather than waking each idle worker in turn (that cost a fifth
+/// more CPU per `apply`). When that lane is busy, the next one in order
+/// takes the job, and a job's own chunks still take turns.
+#[test]
+fn a_new_job_goes_back_to_the_last_lane_while_it_is_idle() {
+    let (mut d, peers) = dispatch(&config(3, None, None));
+    let mut sinks = Vec::new();
+    for seq in 0..4 {
+        let (job, rx) = job();
+        sinks.push(rx);
+        pump(&mut d, [chunk(&job, seq, 1)]);
+        let slot = (0..3).find(|&s| held(&d, s) == 1).expect("a lane took it");
+        let id = lane(&d, slot).inflight[0].id;
+        assert!(d.complete(slot, slot as u64, id, 1, 1_000).is_some());
+        assert!(d.is_idle());
+    }
+    assert_eq!(peers[0].runs(), [vec![0], vec![1], vec![2], vec![3]]);
+    // Lane 0 busy: a new job goes to lane 1; its second chunk to lane 2.
+    let (busy, rx) = job();
+    sinks.push(rx);
+    pump(&mut d, [chunk(&busy, 4, 1)]);
+    let (two, rx) = job();
+    sinks.push(rx);
+    pump(&mut d, [chunk(&two, 5, 1)]);
+    pump(&mut d, [chunk(&two, 6, 1)]);
+    assert_eq!((held(&d, 0), held(&d, 1), held(&d, 2)), (1, 1, 1));
+    assert_eq!(peers[1].runs(), [vec![5]]);
+    assert_eq!(peers[2].runs(), [vec![6]]);
+}
+
 /// Turns skip a lane that is closed or more loaded, and come back to it.
 #[test]
 fn turns_go_to_the_least_loaded_only() {
