@@ -1,7 +1,8 @@
 //! Thread tests of the stream over heap memory. A process's death is
 //! simulated by forgetting its `Stream` mid-operation (its lease stays
 //! held, exactly as after a SIGKILL) and calling `clear_leases`; the
-//! fork-and-kill test does it for real (`tests/pipe_lane.rs`).
+//! fork-and-kill tests do it for real (`ipc/tests/stream_crash.rs`, with
+//! thousands of deaths, and `tests/pipe_lane.rs` through pipes).
 
 use std::alloc::Layout;
 use std::collections::HashSet;
