@@ -39,6 +39,12 @@
 //!   that dies before it left the record for the next reader. One that
 //!   dies between fragments took the message with it; the next reader
 //!   skips the continuation fragments (no `FIRST` before them).
+//! - A receiver that took a message's first fragment does not return
+//!   before its last one (whatever its deadline), unless the sender gave
+//!   the writer lease up or died: it never keeps the reader lease between
+//!   calls, where other receivers would wait for it. The wait is bounded
+//!   by the sender's `send`, which needs only the room this receiver
+//!   frees (a stopped sender stops it too).
 //!
 //! Once the process holding a lane id is certainly gone (connection EOF
 //! and reaped), the manager calls [`Stream::clear_leases`] with its id.
@@ -599,9 +605,10 @@ impl Stream {
     ///
     /// # Errors
     /// [`StreamError::Empty`] (also while another process holds the
-    /// reader lease, or a message has only partly arrived: the part is
-    /// kept for the next call), [`StreamError::Closed`] once a flag is
-    /// set and the stream is drained, [`StreamError::BadLane`],
+    /// reader lease, or no record is there; a message whose first
+    /// fragment it took is waited for to its end, see the module docs),
+    /// [`StreamError::Closed`] once a flag is set and the stream is
+    /// drained, [`StreamError::BadLane`],
     /// [`StreamError::Corrupt`].
     pub fn try_recv(&self, lane: u32, buf: &mut Vec<u8>) -> Result<(), StreamError> {
         check_lane(lane)?;
@@ -612,7 +619,8 @@ impl Stream {
     }
 
     /// Receives the next message into `buf` (cleared first), waiting
-    /// until `deadline` (`None`: no limit).
+    /// until `deadline` (`None`: no limit) for one to begin (once its
+    /// first fragment is taken, for the rest whatever the deadline).
     ///
     /// # Errors
     /// As [`try_recv`](Self::try_recv); [`StreamError::Empty`] at the
@@ -667,8 +675,9 @@ impl Stream {
     /// One receive attempt: `Some` with the message in `buf`, `None` when
     /// there is none now.
     fn recv_once(&self, lane: u32, buf: &mut Vec<u8>) -> Result<Option<()>, StreamError> {
-        // Another thread of this process receiving: wait for it (it never
-        // sleeps under the lock).
+        // Another thread of this process receiving: wait for it (it sleeps
+        // under the lock only in the middle of a message, while its sender
+        // sends the rest).
         let mut state = self
             .partial
             .lock()
@@ -684,7 +693,24 @@ impl Stream {
             }
         }
         let holder = state.as_ref().map_or(lane, |(l, _)| *l);
-        let r = self.take_records(&mut state, holder, buf);
+        let r = match self.take_records(&mut state, holder, buf) {
+            // Mid-message: never return with the lease (other receivers
+            // would wait for this one's next call). The rest comes from a
+            // sender inside its `send` (a `try_send` gives the lease back
+            // before it returns), which needs only the room this receiver
+            // frees; it ends with the last fragment, or with the lease
+            // released (a deadline, a flag, `clear_leases` after a death),
+            // which drops the part.
+            Ok(false) if state.is_some() => {
+                self.wait(&h.not_empty.0, None, true, StreamError::Empty, || {
+                    Ok(match self.take_records(&mut state, holder, buf)? {
+                        false if state.is_some() => None,
+                        done => Some(done),
+                    })
+                })
+            }
+            r => r,
+        };
         if state.is_none() {
             let _ = m.reader.compare_exchange(holder, 0, SeqCst, SeqCst);
             wake::notify(&h.not_empty.0);

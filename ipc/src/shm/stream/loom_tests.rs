@@ -132,3 +132,28 @@ fn loom_stream_close_never_loses_an_accepted_send() {
         assert_eq!(got.len(), usize::from(sent), "sent: {sent}, got {got:?}");
     });
 }
+
+/// A receiver that took a message's first fragment does not return
+/// before its last (defect F: it returned holding the reader lease, and
+/// the other receiver saw nothing until its next call): one `try_recv`
+/// by one receiver, and the other gets the message unless it did.
+#[test]
+fn loom_stream_a_receiver_never_returns_mid_message() {
+    model(|| {
+        let s = Arc::new(Stream::new_loom(32));
+        let w = s.attach_loom();
+        let a = s.attach_loom();
+        let writer = thread::spawn(move || send(&w, 1, &[7; 12]));
+        let once = thread::spawn(move || {
+            let mut buf = Vec::new();
+            a.try_recv(4, &mut buf).ok().map(|()| buf)
+        });
+        let got = match once.join().unwrap() {
+            Some(m) => m,
+            None => recv(&s, 3),
+        };
+        writer.join().unwrap();
+        assert_eq!(got, [7; 12]);
+        assert_eq!(s.leases(), (0, 0));
+    });
+}

@@ -1,7 +1,8 @@
 //! Thread tests of the stream over heap memory. A process's death is
 //! simulated by forgetting its `Stream` mid-operation (its lease stays
 //! held, exactly as after a SIGKILL) and calling `clear_leases`; the
-//! fork-and-kill test does it for real (`tests/pipe_lane.rs`).
+//! fork-and-kill tests do it for real (`ipc/tests/stream_crash.rs`, with
+//! thousands of deaths, and `tests/pipe_lane.rs` through pipes).
 
 use std::alloc::Layout;
 use std::collections::HashSet;
@@ -153,21 +154,35 @@ fn a_large_message_goes_in_fragments_while_a_reader_drains() {
     });
 }
 
+/// Waits (bounded) until a receiver took the first record: `head` moved.
+fn until_taken(h: &Heap) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while h.stream.header().head.0.load(SeqCst) == 0 {
+        assert!(Instant::now() < until, "the receiver never took the record");
+        thread::yield_now();
+    }
+}
+
 #[test]
 fn a_partial_message_from_a_writer_that_died_is_dropped_at_the_next_first() {
     let h = Heap::new(256);
     // Writer 5 sent one fragment of a message and died.
-    h.raw_record(3, FIRST | 5 << ID_SHIFT, b"abc");
-    let mut buf = Vec::new();
     h.stream.meta().writer.store(5, SeqCst); // it held the lease
-    assert_eq!(h.stream.try_recv(1, &mut buf), Err(StreamError::Empty));
-    assert_eq!(h.stream.leases().1, 1, "the receiver keeps its partial");
-    // Another writer's message comes after the lease was cleared.
-    h.stream.clear_leases(5);
-    // (Clearing alone already drops the partial on the next look.)
-    h.stream.try_send(6, b"whole").unwrap();
-    h.stream.try_recv(1, &mut buf).unwrap();
-    assert_eq!(buf, b"whole");
+    h.raw_record(3, FIRST | 5 << ID_SHIFT, b"abc");
+    thread::scope(|s| {
+        let r = s.spawn(|| {
+            let mut buf = Vec::new();
+            h.attach().try_recv(1, &mut buf).map(|()| buf)
+        });
+        until_taken(&h);
+        assert_eq!(h.stream.leases().1, 1, "the receiver holds the lease");
+        // Its lease was cleared, and writer 6 took it and committed a
+        // whole message, before the receiver looked again.
+        h.raw_record(5, FIRST | LAST | 6 << ID_SHIFT, b"whole");
+        h.stream.meta().writer.store(0, SeqCst);
+        h.stream.notify_all();
+        assert_eq!(r.join().unwrap().as_deref(), Ok(&b"whole"[..]));
+    });
     assert_eq!(h.stream.leases(), (0, 0));
 }
 
@@ -176,12 +191,16 @@ fn a_partial_message_is_dropped_once_its_writer_is_gone() {
     let h = Heap::new(256);
     h.stream.meta().writer.store(5, SeqCst);
     h.raw_record(3, FIRST | 5 << ID_SHIFT, b"abc");
-    let mut buf = Vec::new();
-    assert_eq!(h.stream.try_recv(1, &mut buf), Err(StreamError::Empty));
-    h.stream.clear_leases(5);
-    assert_eq!(h.stream.try_recv(1, &mut buf), Err(StreamError::Empty));
+    thread::scope(|s| {
+        // The receiver waits for the rest while writer 5 holds the lease.
+        let r = s.spawn(|| h.attach().try_recv(1, &mut Vec::new()));
+        until_taken(&h);
+        h.stream.clear_leases(5);
+        assert_eq!(r.join().unwrap(), Err(StreamError::Empty));
+    });
     assert_eq!(h.stream.leases(), (0, 0), "partial dropped, lease released");
     h.stream.set_flag(WRITERS_GONE);
+    let mut buf = Vec::new();
     assert_eq!(h.stream.try_recv(1, &mut buf), Err(StreamError::Closed));
 }
 
@@ -189,15 +208,13 @@ fn a_partial_message_is_dropped_once_its_writer_is_gone() {
 fn continuation_fragments_of_a_dead_reader_are_skipped() {
     let h = Heap::new(256);
     let big = vec![9u8; 300]; // three fragments of at most 120 bytes
-    // Reader 4 takes the first fragment, then "dies" (its lease stays).
-    let dead = h.attach();
     h.stream.meta().writer.store(8, SeqCst);
     let limit = h.stream.record_limit();
     h.raw_record(limit as u32, FIRST | 8 << ID_SHIFT, &big[..limit]);
-    let mut buf = Vec::new();
-    assert_eq!(dead.try_recv(4, &mut buf), Err(StreamError::Empty));
-    std::mem::forget(dead);
-    assert_eq!(h.stream.leases().1, 4);
+    // Reader 4 took the first fragment and died (its lease stays).
+    h.stream.meta().reader.store(4, SeqCst);
+    let size = (REC + limit).next_multiple_of(REC) as u64;
+    h.stream.header().head.0.store(size, SeqCst);
     h.raw_record(limit as u32, 8 << ID_SHIFT, &big[limit..2 * limit]);
     h.raw_record(
         (300 - 2 * limit) as u32,
@@ -206,6 +223,7 @@ fn continuation_fragments_of_a_dead_reader_are_skipped() {
     );
     h.stream.meta().writer.store(0, SeqCst);
     // Blocked behind the dead reader's lease until it is cleared.
+    let mut buf = Vec::new();
     assert_eq!(h.stream.try_recv(1, &mut buf), Err(StreamError::Empty));
     assert_eq!(h.stream.clear_leases(4), (false, true));
     h.stream.try_send(2, b"next").unwrap();
@@ -451,4 +469,46 @@ fn many_writers_and_readers_lose_and_duplicate_nothing() {
     let set: HashSet<u32> = got.iter().copied().collect();
     assert_eq!(set.len(), got.len(), "duplicates");
     assert_eq!(got.len() as u32, WRITERS * EACH, "lost messages");
+}
+
+/// Defect F: a receiver that returns in the middle of a fragmented
+/// message must not keep the reader lease (other receivers would see
+/// nothing until it receives again). Reader 4's `try_recv` takes the
+/// first fragment while the writer is still sending; once it returns,
+/// reader 3 must be able to receive, and the two messages are taken once
+/// each, whole.
+#[test]
+fn a_receiver_returning_mid_message_leaves_the_stream_to_others() {
+    let h = Heap::new(256);
+    let limit = h.stream.record_limit();
+    let big: Vec<u8> = (0..2 * limit + 17).map(|i| i as u8).collect();
+    // Writer 8 is sending `big` and has committed its first fragment.
+    h.stream.meta().writer.store(8, SeqCst);
+    h.raw_record(limit as u32, FIRST | 8 << ID_SHIFT, &big[..limit]);
+    let a = h.attach();
+    let b = h.attach();
+    let mut got = Vec::new();
+    thread::scope(|s| {
+        let first = s.spawn(|| {
+            let mut buf = Vec::new();
+            a.try_recv(4, &mut buf).map(|()| buf)
+        });
+        until_taken(&h);
+        // The writer's remaining fragments, then its lease goes back.
+        h.raw_record(limit as u32, 8 << ID_SHIFT, &big[limit..2 * limit]);
+        h.raw_record(17, LAST | 8 << ID_SHIFT, &big[2 * limit..]);
+        h.stream.meta().writer.store(0, SeqCst);
+        h.stream.notify_all();
+        if let Ok(m) = first.join().unwrap() {
+            got.push(m);
+        }
+    });
+    h.stream.try_send(2, b"next").unwrap();
+    let mut buf = Vec::new();
+    while b.recv(3, &mut buf, soon()).is_ok() {
+        got.push(std::mem::take(&mut buf));
+    }
+    got.sort();
+    assert_eq!(got, [big, b"next".to_vec()], "each message once, whole");
+    assert_eq!(h.stream.leases(), (0, 0));
 }
