@@ -441,7 +441,7 @@ fn stray_frees_neither_fail_nor_release_a_lent_body() {
     use crate::proto::result_head;
     use crate::shm::body::{BodyPool, SharedBody};
     let pool = BodyPool::lending(64 << 20, 2);
-    let (mut a, mut b) = connected(1024);
+    let (mut a, b) = connected(1024);
     let mut body = SharedBody::with_capacity(&pool, 10).unwrap();
     body.extend_from_slice(&[3; 10]).unwrap();
     let id = body.id();
