@@ -466,3 +466,36 @@ fn stray_frees_neither_fail_nor_release_a_lent_body() {
     assert_eq!(a.link.shm().unwrap().lent(), 0);
     assert!(pool.free_bytes() > 0);
 }
+
+/// A lent segment that its pool does not keep once the peer frees it (the
+/// pool is full of free segments, or the segment is larger than it keeps)
+/// is retired from the peer at once: nothing is left to pin its memory
+/// there until newer segments push it out.
+#[test]
+fn a_lent_segment_its_pool_drops_is_retired_from_the_peer() {
+    use crate::proto::result_head;
+    use crate::shm::body::{BodyPool, SharedBody};
+    // Keeps no free segment: each one goes once freed.
+    let pool = BodyPool::lending(0, 2);
+    let (mut a, mut b) = connected(1024);
+    for round in 0..4 {
+        let mut body = SharedBody::with_capacity(&pool, 10).unwrap();
+        body.extend_from_slice(&[round; 10]).unwrap();
+        assert!(
+            a.link
+                .lend_shared(&result_head(true, 1, 1, 0), body)
+                .unwrap()
+                .is_none()
+        );
+        a.link.flush().unwrap();
+        // Copied out: answered FREE at once.
+        b.read().unwrap();
+        b.link.send(&Message::Heartbeat).unwrap();
+        assert_eq!(a.read().unwrap(), [8]);
+        assert_eq!(a.link.shm().unwrap().lent(), 0);
+        assert_eq!(pool.free_bytes(), 0);
+        a.link.send(&Message::Heartbeat).unwrap();
+        assert_eq!(b.read().unwrap(), [8]);
+        assert_eq!(b.link.shm().unwrap().mapped(), 0, "round {round}");
+    }
+}
