@@ -97,6 +97,10 @@ impl<'de> serde::Deserialize<'de> for Flaky {
     }
 }
 
+/// Returns its input; with `(go, true)` first waits for `go`, with
+/// `(go, false)` sets it.
+const ECHO_GATED: Task<(ByteBuf, Option<(Event, bool)>), ByteBuf> = Task::new("shm_echo_gated");
+
 /// Long enough for any process start under load; only hangs reach it.
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -122,6 +126,16 @@ fn main() {
                 started.put(std::process::id()).expect("started");
                 go.wait_timeout(PATIENCE).expect("wait for go");
                 checksum(&b)
+            })
+            .task(ECHO_GATED, |(b, gate)| {
+                match gate {
+                    Some((go, true)) => {
+                        go.wait_timeout(PATIENCE).expect("wait for go");
+                    }
+                    Some((go, false)) => go.set().expect("set go"),
+                    None => {}
+                }
+                b
             })
             .task(HALT_MIDWAY, |(bytes, started, go)| Halting {
                 bytes,
@@ -149,6 +163,7 @@ fn main() {
         large_chunks_of_a_worker_killed_from_outside_are_resent_and_leak_nothing,
         a_worker_killed_while_it_writes_a_large_result_has_its_chunk_resent,
         a_large_result_that_fails_to_encode_is_a_task_error,
+        lent_results_held_by_the_master_stay_whole_and_a_dropped_imap_leaks_nothing,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -497,4 +512,61 @@ fn sigkill(pid: u32) -> anyhow::Result<()> {
 #[cfg(not(unix))]
 fn sigkill(pid: u32) -> anyhow::Result<()> {
     anyhow::bail!("no SIGKILL for {pid} here")
+}
+
+/// Large results lent by a worker while the master holds many of them
+/// (an ordered `imap` waiting for its first item, which a second worker
+/// blocks on): every result arrives whole, so no segment was reused while
+/// the master still read it, and the worker, its segments all lent, falls
+/// back instead of waiting. An `imap` dropped half-way then leaves the
+/// pool carrying large results, and once the pool is gone no segment
+/// descriptor is left in the master.
+fn lent_results_held_by_the_master_stay_whole_and_a_dropped_imap_leaks_nothing()
+-> anyhow::Result<()> {
+    let before = baseline()?;
+    {
+        // No prefetch: every item after the first goes to the other worker.
+        let pool = Pool::builder()
+            .workers(2)
+            .chunk_size(1)
+            .prefetch(0)
+            .build()?
+            .watched();
+        let go = Event::new();
+        let n = 24;
+        let inputs: Vec<ByteBuf> = (0..n).map(|i| pattern((2 << 20) + i, i as u8)).collect();
+        let items: Vec<_> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let gate = match i {
+                    0 => Some((go.clone(), true)),
+                    i if i == n - 1 => Some((go.clone(), false)),
+                    _ => None,
+                };
+                (b.clone(), gate)
+            })
+            .collect();
+        let got: Vec<ByteBuf> = pool.imap(ECHO_GATED, items)?.collect::<Result<_, _>>()?;
+        ensure!(got.len() == inputs.len());
+        for (i, (g, w)) in got.iter().zip(&inputs).enumerate() {
+            ensure!(g == w, "result {i} differs ({} bytes)", g.len());
+        }
+        // Dropped after two results, the rest still coming.
+        let inputs: Vec<ByteBuf> = (0..16).map(|i| pattern(3 << 20, i)).collect();
+        let mut it = pool.imap(ECHO, inputs.clone())?;
+        for want in &inputs[..2] {
+            ensure!(it.next().context("a result")?? == *want);
+        }
+        drop(it);
+        for _ in 0..3 {
+            ensure!(pool.map(ECHO, inputs.clone())? == inputs);
+        }
+    }
+    let after = settled(before)?;
+    ensure!(
+        after == before,
+        "descriptors before {before:?}, after {after:?}"
+    );
+    Ok(())
 }

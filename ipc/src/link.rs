@@ -458,8 +458,10 @@ impl Link {
                     "shared memory frame on a connection without shared memory",
                 ));
             };
-            if let Control::Body(named) = shm.take_control(buf, head)? {
-                return Ok(Some(Some(named)));
+            match shm.take_control(buf, head)? {
+                Control::Body(named) => return Ok(Some(Some(named))),
+                Control::Retire(seg) => self.send(&Message::Retire { seg })?,
+                Control::Handled => {}
             }
         }
     }

@@ -432,3 +432,70 @@ fn lent_bodies_go_back_to_their_pool_on_the_peers_free() {
     assert!(a.reader.read_frame(&mut raw).unwrap());
     assert_eq!(raw, [8], "no FREE before the heartbeat");
 }
+
+/// A peer's `FREE` naming no body lent (an unknown id, one already freed,
+/// a link segment that is not busy) is ignored: no error, and the bodies
+/// still lent stay lent until their own `FREE`.
+#[test]
+fn stray_frees_neither_fail_nor_release_a_lent_body() {
+    use crate::proto::result_head;
+    use crate::shm::body::{BodyPool, SharedBody};
+    let pool = BodyPool::lending(64 << 20, 2);
+    let (mut a, b) = connected(1024);
+    let mut body = SharedBody::with_capacity(&pool, 10).unwrap();
+    body.extend_from_slice(&[3; 10]).unwrap();
+    let id = body.id();
+    assert!(
+        a.link
+            .lend_shared(&result_head(true, 1, 1, 0), body)
+            .unwrap()
+            .is_none()
+    );
+    a.link.flush().unwrap();
+    for seg in [0, 1, u64::MAX, id ^ 1, id & !crate::shm::body::LENT_ID] {
+        b.link.send(&Message::Free { seg }).unwrap();
+    }
+    b.link.send(&Message::Heartbeat).unwrap();
+    assert_eq!(a.read().unwrap(), [8]);
+    assert_eq!(a.link.shm().unwrap().lent(), 1, "a stray FREE released it");
+    // The real one, then the same again: the second finds nothing.
+    b.link.send(&Message::Free { seg: id }).unwrap();
+    b.link.send(&Message::Free { seg: id }).unwrap();
+    b.link.send(&Message::Heartbeat).unwrap();
+    assert_eq!(a.read().unwrap(), [8]);
+    assert_eq!(a.link.shm().unwrap().lent(), 0);
+    assert!(pool.free_bytes() > 0);
+}
+
+/// A lent segment that its pool does not keep once the peer frees it (the
+/// pool is full of free segments, or the segment is larger than it keeps)
+/// is retired from the peer at once: nothing is left to pin its memory
+/// there until newer segments push it out.
+#[test]
+fn a_lent_segment_its_pool_drops_is_retired_from_the_peer() {
+    use crate::proto::result_head;
+    use crate::shm::body::{BodyPool, SharedBody};
+    // Keeps no free segment: each one goes once freed.
+    let pool = BodyPool::lending(0, 2);
+    let (mut a, mut b) = connected(1024);
+    for round in 0..4 {
+        let mut body = SharedBody::with_capacity(&pool, 10).unwrap();
+        body.extend_from_slice(&[round; 10]).unwrap();
+        assert!(
+            a.link
+                .lend_shared(&result_head(true, 1, 1, 0), body)
+                .unwrap()
+                .is_none()
+        );
+        a.link.flush().unwrap();
+        // Copied out: answered FREE at once.
+        b.read().unwrap();
+        b.link.send(&Message::Heartbeat).unwrap();
+        assert_eq!(a.read().unwrap(), [8]);
+        assert_eq!(a.link.shm().unwrap().lent(), 0);
+        assert_eq!(pool.free_bytes(), 0);
+        a.link.send(&Message::Heartbeat).unwrap();
+        assert_eq!(b.read().unwrap(), [8]);
+        assert_eq!(b.link.shm().unwrap().mapped(), 0, "round {round}");
+    }
+}

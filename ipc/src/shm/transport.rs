@@ -80,7 +80,10 @@
 //! until the master answers `FREE` (a lent segment's id has
 //! `LENT_ID` set, so the reader's lease answers it on drop, as for a
 //! link's own segments, and a body copied out is freed at once); then
-//! the segment goes back to the pool for the next results. A worker has
+//! the segment goes back to the pool for the next results (or, when the
+//! pool keeps no more free segments, is dropped and `RETIRE`d from the
+//! master at once, so that its mapping there does not pin the memory
+//! until newer segments push it out). A worker has
 //! at most `MAX_SEGMENTS` such segments; past that its results stay in
 //! memory and travel as above. When the worker dies, the master drops the
 //! link and its mappings (once the leases its caller holds are gone), and
@@ -538,17 +541,37 @@ impl ShmTransport {
     }
 
     /// The peer is done with segment `id`: a link segment is free again,
-    /// a body handed over goes back to its pool.
-    fn release(&self, id: u64) {
+    /// a body handed over goes back to its pool. Returns the id to retire
+    /// from the peer when its pool did not keep the segment: the peer's
+    /// mapping would otherwise pin its memory until newer segments push
+    /// it out of [`MAX_SHARED`].
+    fn release(&self, id: u64) -> Option<u64> {
         let mut out = lock(&self.out);
         if let Some(s) = out.segs.iter_mut().find(|s| s.id == id) {
             s.busy = false;
-            return;
+            return None;
         }
-        let body = out.lent.remove(&id);
+        let body = out.lent.remove(&id)?;
         drop(out);
+        let seg = Arc::clone(body.segment());
         // (Dropped outside the lock: it takes its pool's.)
         drop(body);
+        // Only ours left: the pool dropped it, and its id is never named
+        // again. (Another holder, say a `lend` still returning, means it
+        // is kept: not retired, as before.)
+        if Arc::strong_count(&seg) > 1 {
+            return None;
+        }
+        let mut out = lock(&self.out);
+        let at = out.known.iter().position(|&k| k == id)?;
+        out.known.remove(at);
+        Some(id)
+    }
+
+    /// Segments of the peer's mapped here (for tests).
+    #[doc(hidden)]
+    pub fn mapped(&self) -> usize {
+        lock(&self.inbound).cache.len()
     }
 
     /// Segments this side has made for this link (for tests).
@@ -655,6 +678,9 @@ pub(crate) enum Control {
     Body(Named),
     /// A `FREE` or `RETIRE`, handled: read the next frame.
     Handled,
+    /// A `FREE` that ended a lent segment (its pool did not keep it):
+    /// send the peer `RETIRE` for it, then read the next frame.
+    Retire(u64),
 }
 
 impl ShmTransport {
@@ -683,8 +709,10 @@ impl ShmTransport {
                 body_len,
             },
             Message::Free { seg } => {
-                self.release(seg);
-                return Ok(Control::Handled);
+                return Ok(match self.release(seg) {
+                    Some(seg) => Control::Retire(seg),
+                    None => Control::Handled,
+                });
             }
             Message::Retire { seg } => {
                 lock(&self.inbound).cache.remove(&seg);
