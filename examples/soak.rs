@@ -1390,8 +1390,9 @@ fn check_remotes_gone(soak: &Soak, generation: u64) {
                     soak.violation(
                         "remote_child_leak",
                         format!(
-                            "remote worker pid {} still running after pool {generation} was dropped",
-                            r.child.id()
+                            "remote worker pid {} still running after pool {generation} was dropped ({})",
+                            r.child.id(),
+                            describe(r.child.id())
                         ),
                     );
                     let _ = r.child.kill();
@@ -1400,6 +1401,45 @@ fn check_remotes_gone(soak: &Soak, generation: u64) {
                 }
             }
         }
+    }
+}
+
+/// What a process is doing, for a violation's message: on Linux, each
+/// thread's name, state and kernel wait channel, and its sockets' count.
+fn describe(pid: u32) -> String {
+    #[cfg(target_os = "linux")]
+    {
+        let read = |p: String| std::fs::read_to_string(p).unwrap_or_default();
+        let mut out = Vec::new();
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let dir = t.path().display().to_string();
+                let stat = read(format!("{dir}/stat"));
+                let state = stat
+                    .rfind(')')
+                    .and_then(|i| stat[i + 1..].split_whitespace().next())
+                    .unwrap_or("?")
+                    .to_owned();
+                out.push(format!(
+                    "{} {state} {}",
+                    read(format!("{dir}/comm")).trim(),
+                    read(format!("{dir}/wchan")).trim()
+                ));
+            }
+        }
+        let sockets = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |fds| {
+            fds.flatten()
+                .filter(|f| {
+                    std::fs::read_link(f.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+                .count()
+        });
+        format!("threads: {}; sockets: {sockets}", out.join(", "))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        format!("pid {pid}")
     }
 }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure};
 use common::*;
-use procpool::{Error, GetError, Pipe, PipeEnd, Process, Queue, Task};
+use procpool::{Error, GetError, Pipe, PipeEnd, Pool, Process, Queue, Task};
+use procpool_ipc::queue::hub_holds;
 
 const LIMIT: Duration = Duration::from_secs(90);
 const WAIT: Duration = Duration::from_secs(10);
@@ -76,6 +77,9 @@ fn main() {
         pipe_peer_that_dies_reads_as_ended,
         pipe_peer_that_drops_its_end_reads_as_ended,
         operations_on_a_queue_that_is_gone_say_so,
+        a_handle_whose_task_never_ran_does_not_keep_its_queue,
+        a_handle_sent_to_a_process_killed_at_once_does_not_keep_its_queue,
+        a_pipe_end_sent_to_a_process_killed_at_once_reads_as_ended,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -154,6 +158,79 @@ fn operations_on_a_queue_that_is_gone_say_so() -> anyhow::Result<()> {
             line.starts_with(op) && line.contains("NoSuchQueue"),
             "{op} on a queue that is gone must say NoSuchQueue: {log:?}"
         );
+    }
+    Ok(())
+}
+
+/// Waits (up to `WAIT`) until the hub no longer holds queue `id`.
+fn freed(id: u64, what: &str) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + WAIT;
+    while hub_holds(id) {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "queue {id} still held {WAIT:?} after {what}: a pin nobody will take keeps it"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// A task's input held the only handle to a queue, and the task never
+/// ran (its pool was terminated while the only worker was busy): once the
+/// job ends, the queue goes with it. Before pins had carriers, the pin
+/// its serialisation took kept the queue until the master exited (with
+/// queue lanes: a descriptor and 1 MiB of shared memory each).
+fn a_handle_whose_task_never_ran_does_not_keep_its_queue() -> anyhow::Result<()> {
+    let started: Queue<u32> = Queue::new();
+    let pool = Pool::builder().workers(1).prefetch(0).build()?.watched();
+    let _busy = pool.submit(ANNOUNCE_SLEEP, (started.clone(), 60_000))?;
+    started.get_timeout(WAIT)?;
+    let q: Queue<u32> = Queue::new();
+    let id = q.id();
+    let never = pool.submit(TAKE_FIVE, q)?;
+    ensure!(hub_holds(id), "freed while its only handle is on its way");
+    pool.terminate();
+    ensure!(
+        matches!(never.wait(), Err(Error::Terminated)),
+        "the task should fail as terminated"
+    );
+    freed(id, "its task was terminated before it ran")
+}
+
+/// The same for a `Process` killed as soon as it is spawned: whether or
+/// not the child got to read its argument, the queue goes once the
+/// process has ended and the last handle is gone.
+fn a_handle_sent_to_a_process_killed_at_once_does_not_keep_its_queue() -> anyhow::Result<()> {
+    for round in 0..5 {
+        let q: Queue<u32> = Queue::new();
+        let id = q.id();
+        let child = Process::spawn(TAKE_FIVE, q)?.watched();
+        child.kill();
+        ensure!(
+            child.join().is_err(),
+            "round {round}: the killed child succeeded"
+        );
+        freed(id, &format!("round {round}: its process was killed"))?;
+    }
+    Ok(())
+}
+
+/// A pipe's sending end given to a process killed at once: the receiving
+/// end reads as ended (after what the child sent, if it got that far)
+/// instead of waiting forever for a writer that will never exist.
+fn a_pipe_end_sent_to_a_process_killed_at_once_reads_as_ended() -> anyhow::Result<()> {
+    for round in 0..5 {
+        let (mine, theirs) = Pipe::duplex::<u32, u32>();
+        let p = Process::spawn(SEND_THEN_END, (theirs, false))?.watched();
+        p.kill();
+        let _ = p.join();
+        loop {
+            match mine.recv_timeout(WAIT) {
+                Ok(7) => {}
+                Err(GetError::Closed) => break,
+                other => bail!("round {round}: expected the pipe's end (Closed), got {other:?}"),
+            }
+        }
     }
     Ok(())
 }

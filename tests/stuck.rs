@@ -72,6 +72,7 @@ fn main() {
         stopped_queue_subscriber_does_not_block_master,
         hung_worker_prefetch,
         stopped_worker_is_lost_with_local_heartbeat,
+        stopped_remote_worker_exits_once_continued,
     ]);
     libtest_mimic::run(&args, tests).exit();
 }
@@ -79,8 +80,9 @@ fn main() {
 #[cfg(unix)]
 use unix::{
     hung_worker_prefetch, other_workers_carry_on, stopped_queue_subscriber_does_not_block_master,
-    stopped_worker_big_submit_does_not_wedge, stopped_worker_is_lost_with_local_heartbeat,
-    stopped_worker_shutdown_and_drop_return, stopped_worker_terminate_kills,
+    stopped_remote_worker_exits_once_continued, stopped_worker_big_submit_does_not_wedge,
+    stopped_worker_is_lost_with_local_heartbeat, stopped_worker_shutdown_and_drop_return,
+    stopped_worker_terminate_kills,
 };
 
 #[cfg(unix)]
@@ -217,6 +219,69 @@ mod unix {
             &mut v,
         );
         teardown(pool, &mut peers, &[pid], &mut v);
+        v.finish()
+    }
+
+    /// A remote worker SIGSTOPped past the heartbeat timeout is declared
+    /// lost (its task fails with `RemoteWorkerLost`); once continued, it
+    /// must find its connection ended and exit, not stay connected to a
+    /// pool that no longer serves it (the soak's `remote_child_leak`). Its
+    /// task waits on a queue it took an item from, so the master's queue
+    /// hub knows its connection too.
+    pub(super) fn stopped_remote_worker_exits_once_continued() -> anyhow::Result<()> {
+        let started: Queue<u32> = Queue::new();
+        let pool = Pool::builder()
+            .workers(1)
+            .prefetch(0)
+            .listen("127.0.0.1:0".parse()?, KEY)
+            .heartbeat_timeout(HEARTBEAT)
+            .build()?
+            .watched();
+        let addr = pool.listen_addr().context("the pool listens")?;
+        let local = pool.worker_pids();
+        let _gate = pool.submit(ANNOUNCE_SLEEP, (started.clone(), 120_000))?;
+        let busy = started.get_timeout(Duration::from_secs(20))?;
+        ensure!(local == [busy], "gate ran on {busy}, local {local:?}");
+        let mut remote = Remote::start(REMOTE_ENV, addr, KEY)?;
+        ensure!(
+            pool.wait_for_workers(2, Duration::from_secs(30)),
+            "the remote worker did not join"
+        );
+        let items: Queue<ByteBuf> = Queue::new();
+        items.put(ByteBuf::from(vec![1u8; 16]))?;
+        let task = pool.submit(DRAIN, (items.clone(), started.clone()))?;
+        let on = started.get_timeout(Duration::from_secs(20))?;
+        ensure!(on == remote.pid(), "the task ran on {on}, not remotely");
+
+        let mut peers = Peers::default();
+        peers.stop(remote.pid())?;
+        let mut v = Verdict::default();
+        let waited = within(
+            "waiting for the stopped remote worker's task",
+            HEARTBEAT + Duration::from_secs(5),
+            move || task.wait(),
+        );
+        if let Some((result, _)) = v.check(waited) {
+            if !matches!(
+                result.as_ref().map_err(Error::inner),
+                Err(Error::RemoteWorkerLost { .. })
+            ) {
+                v.fail(format!("expected Error::RemoteWorkerLost, got {result:?}"));
+            }
+        }
+        common::peers::signal(remote.pid(), libc::SIGCONT)?;
+        let bound = Duration::from_secs(5);
+        if remote.exit_within(bound)?.is_none() {
+            v.fail(format!(
+                "the remote worker, declared lost, still runs {bound:?} after SIGCONT: its connection was left open (killed)"
+            ));
+        }
+        peers.forget();
+        drop(remote);
+        v.check(within("terminate()", Duration::from_secs(10), move || {
+            pool.terminate()
+        }));
+        v.check(wait_gone(&local, Duration::from_secs(5)));
         v.finish()
     }
 

@@ -79,5 +79,6 @@ pub use error::{IpcError, TaskError};
 pub use queues::client::{dispatch as dispatch_to_proxies, install as install_hub_client};
 #[doc(hidden)]
 pub use queues::hub;
+pub use queues::pins::{Carried, carry};
 pub use queues::{map as shared_map, pipe, queue, shared_memory, sync as sync_prims, wait};
 pub use task::Task;

@@ -274,7 +274,7 @@ impl Pool {
             })
         };
         for (i, item) in items.iter().enumerate() {
-            let packed = packer.push(item.borrow());
+            let packed = job.carry(|| packer.push(item.borrow()));
             if let Some((payload, count)) = packed.full {
                 send(payload, count, pending.total)?;
                 pending.total += u64::from(count);

@@ -473,11 +473,11 @@ impl Pool {
         item: I,
     ) -> Result<AsyncResult<O>, Error> {
         let index = self.task_index(task)?;
-        let mut payload = Vec::new();
-        codec::encode_into_limited(&item, &mut payload, self.config.payload_limit())
-            .map_err(Error::encode)?;
         let (sink, rx) = crossbeam_channel::bounded(1);
         let job = Arc::new(Job::new(sink));
+        let mut payload = Vec::new();
+        job.carry(|| codec::encode_into_limited(&item, &mut payload, self.config.payload_limit()))
+            .map_err(Error::encode)?;
         self.shared.stats.submitted.fetch_add(1, Ordering::Relaxed);
         let weak = Arc::downgrade(&job);
         let chunk = Chunk::new(job, 0, index, 1, payload, crate::stream::skip::<I>);

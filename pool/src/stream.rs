@@ -378,7 +378,7 @@ where
                     }
                 };
                 // Encoded from the borrow: `&u64` items cost no copy.
-                let Packed { full, failed } = packer.push::<I>(item.borrow());
+                let Packed { full, failed } = self.job.carry(|| packer.push::<I>(item.borrow()));
                 if let Some((payload, count)) = full {
                     self.submit(payload, count);
                 }

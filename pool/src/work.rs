@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::Sender;
 use procpool_ipc::link::Lease;
 use procpool_ipc::shm::body::Encoded;
-use procpool_ipc::{IpcError, codec};
+use procpool_ipc::sync::lock;
+use procpool_ipc::{Carried, IpcError, codec};
 use serde::de::DeserializeOwned;
 
 use crate::Error;
@@ -77,6 +78,11 @@ pub(crate) struct Job {
     /// The async caller waiting for this job's next outcome, woken after
     /// each outcome is sent (and when the job is dropped).
     pub(crate) waker: WakeSlot,
+    /// The pins its inputs' queue (and other hub object) handles took:
+    /// those no worker received go when the job ends (a task that never
+    /// started, a `Process` killed before it read its arguments), so the
+    /// objects do not outlive every handle.
+    carried: Mutex<Carried>,
 }
 
 impl Job {
@@ -85,7 +91,18 @@ impl Job {
             sink,
             cancelled: AtomicBool::new(false),
             waker: WakeSlot::default(),
+            carried: Mutex::default(),
         }
+    }
+
+    /// Runs `f`, which encodes inputs of this job, keeping the pins it
+    /// takes until the job ends.
+    pub(crate) fn carry<R>(&self, f: impl FnOnce() -> R) -> R {
+        let (r, carried) = procpool_ipc::carry(f);
+        if !carried.is_empty() {
+            lock(&self.carried).absorb(carried);
+        }
+        r
     }
 }
 

@@ -361,7 +361,8 @@ impl Client {
     }
 
     /// Counts one more handle group for `queue` in this process, and holds
-    /// the queue in the hub, until the returned guard drops.
+    /// the queue in the hub (taking the pin `pin`), until the returned
+    /// guard drops.
     ///
     /// # Errors
     /// The hub cannot be reached.
@@ -369,8 +370,9 @@ impl Client {
         self: &'static Arc<Self>,
         queue: u64,
         writer: bool,
+        pin: u64,
     ) -> Result<Held, QueueError> {
-        self.oneway(op::HOLD, queue, u64::from(writer), &[])?;
+        self.oneway(op::HOLD, queue, u64::from(writer), &pin.to_le_bytes())?;
         lock(&self.subs).entry(queue).or_default().handles += 1;
         Ok(Held {
             client: self,

@@ -9,7 +9,8 @@
 //!
 //! As a queue's (see `hub/lifetime.rs`): an object lives while the hub
 //! process holds a reference, a serialised handle is on its way (a *pin*,
-//! taken by whoever deserialises it), or a connection holds one (a
+//! named by a token and taken by whoever deserialises it, or released
+//! when its carrier ends: see `pins.rs`), or a connection holds one (a
 //! *hold*, dropped by `UNHOLD` or when the connection ends). While pins
 //! or holds exist, the object keeps a reference to itself. (Primitives
 //! never pin: they live while a handle exists in the hub process.)
@@ -26,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use super::client::{self, Client};
+use super::pins::{self, Pinned, Pins};
 use super::wire::op as qop;
 use crate::IpcError;
 use crate::error::QueueError;
@@ -59,7 +61,7 @@ pub(crate) struct Held<T: 'static> {
 
 struct Life<T: 'static> {
     /// Serialised handles not received yet.
-    pins: u64,
+    pins: Pins,
     /// Handle groups held by connections, by link id.
     holds: HashMap<u64, u64>,
     /// The object itself, while pins or holds keep it alive.
@@ -101,7 +103,7 @@ impl<T> Registry<T> {
             id: (u64::from(std::process::id()) << 32) | self.tag | n,
             registry: self,
             life: Mutex::new(Life {
-                pins: 0,
+                pins: Pins::default(),
                 holds: HashMap::new(),
                 keep: None,
             }),
@@ -132,13 +134,16 @@ impl<T> Registry<T> {
         link: &Arc<Link>,
         code: u8,
         id: u64,
+        payload: &[u8],
         serve: impl FnOnce(&Arc<Held<T>>),
     ) -> bool {
         let Some(held) = self.lookup(id) else {
             return false;
         };
         match code {
-            qop::PIN | qop::HOLD | qop::UNHOLD => held.life_op(link.id(), code),
+            qop::PIN | qop::HOLD | qop::UNHOLD => {
+                held.life_op(link.id(), code, pins::from_payload(payload));
+            }
             _ => serve(&held),
         }
         true
@@ -154,16 +159,16 @@ impl<T> Registry<T> {
     }
 
     /// A handle to object `id` of hub `hub` arrives in this process: the
-    /// object itself (taking over the pin its sender took) if this
+    /// object itself (taking over the pin `pin` its sender took) if this
     /// process is that hub, else the connection to it.
     ///
     /// # Errors
     /// `NoSuchQueue` if this hub no longer holds it, `Unreachable` if it
     /// lives in a hub this process does not reach.
-    pub(crate) fn arrive(&self, hub: u64, id: u64) -> Result<Arrival<T>, QueueError> {
+    pub(crate) fn arrive(&self, hub: u64, id: u64, pin: u64) -> Result<Arrival<T>, QueueError> {
         if hub == super::hub::hub_id() {
             let held = self.lookup(id).ok_or(QueueError::NoSuchQueue { id })?;
-            held.receive();
+            held.receive(pin);
             return Ok(Arrival::Here(held));
         }
         let client = client::client().ok_or(QueueError::Unreachable { id, hub })?;
@@ -193,7 +198,7 @@ impl<T> Held<T> {
     fn change(self: &Arc<Self>, change: impl FnOnce(&mut Life<T>)) {
         let mut life = lock(&self.life);
         change(&mut life);
-        let released = if life.pins > 0 || !life.holds.is_empty() {
+        let released = if !life.pins.is_empty() || !life.holds.is_empty() {
             if life.keep.is_none() {
                 life.keep = Some(Arc::clone(self));
             }
@@ -205,22 +210,18 @@ impl<T> Held<T> {
         drop(released);
     }
 
-    /// A handle to this object is being serialised here.
-    pub(crate) fn pin(self: &Arc<Self>) {
-        self.change(|l| l.pins += 1);
+    /// A handle to this object was deserialised here: it takes its pin.
+    pub(crate) fn receive(self: &Arc<Self>, token: u64) {
+        self.change(|l| l.pins.take(token));
     }
 
-    /// A handle to this object was deserialised here: it takes a pin.
-    pub(crate) fn receive(self: &Arc<Self>) {
-        self.change(|l| l.pins = l.pins.saturating_sub(1));
-    }
-
-    /// `PIN`, `HOLD` or `UNHOLD` from connection `link_id`.
-    pub(crate) fn life_op(self: &Arc<Self>, link_id: u64, code: u8) {
+    /// `PIN` or `HOLD` (of the pin `token`), or `UNHOLD`, from connection
+    /// `link_id`.
+    pub(crate) fn life_op(self: &Arc<Self>, link_id: u64, code: u8, token: u64) {
         self.change(|life| match code {
-            qop::PIN => life.pins += 1,
+            qop::PIN => life.pins.pin(token, false),
             qop::HOLD => {
-                life.pins = life.pins.saturating_sub(1);
+                life.pins.take(token);
                 *life.holds.entry(link_id).or_default() += 1;
             }
             _ => {
@@ -231,6 +232,27 @@ impl<T> Held<T> {
                     }
                 }
             }
+        });
+    }
+}
+
+impl<T: Send + Sync> Held<T> {
+    /// A handle to this object is being serialised here: returns the
+    /// token of its pin (owned by the `carry` running on this thread, if
+    /// any).
+    pub(crate) fn pin(self: &Arc<Self>) -> u64 {
+        let token = pins::token(true);
+        self.change(|l| l.pins.pin(token, false));
+        let owner: Weak<Held<T>> = Arc::downgrade(self);
+        pins::carried(owner, token);
+        token
+    }
+}
+
+impl<T: Send + Sync> Pinned for Held<T> {
+    fn release_pin(self: Arc<Self>, token: u64) {
+        self.change(|l| {
+            l.pins.release(token);
         });
     }
 }

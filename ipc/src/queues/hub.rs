@@ -104,6 +104,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
 
 use super::lane::{self, HubLane};
+use super::pins;
 use super::wire::{Wait, op, status};
 use crate::link::{Dirty, Link};
 use crate::proto::Message;
@@ -1157,7 +1158,8 @@ impl Core {
                 reply(link, req, code, value, dirty);
             }
             op::PIN | op::HOLD | op::UNHOLD => {
-                let released = self.life_op(&mut state, link.id(), code, arg != 0, dirty);
+                let token = pins::from_payload(payload);
+                let released = self.life_op(&mut state, link.id(), code, (arg != 0, token), dirty);
                 state.pump(self.capacity, self.id, dirty);
                 self.notify(state);
                 // Outside the lock: this may be the last reference.
@@ -1243,7 +1245,7 @@ pub fn serve(link: &Arc<Link>, msg: &Message<'_>, dirty: &mut Dirty) {
         Some(core) => core.serve(link, req, code, arg, payload, dirty),
         None if super::sync::serve(link, req, code, queue, arg, dirty) => {}
         None if super::map::serve(link, req, code, queue, arg, payload, dirty) => {}
-        None if super::shared_memory::serve(link, req, code, queue, dirty) => {}
+        None if super::shared_memory::serve(link, req, code, queue, payload, dirty) => {}
         None if req != 0 => reply(link, req, status::NO_QUEUE, 0, dirty),
         None => {
             // A one-way put to a queue that is gone: nobody could ever get

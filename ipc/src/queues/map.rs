@@ -45,6 +45,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::client::{self, Client};
 use super::held::Arrival;
 use super::hub;
+use super::pins;
 use super::wire::{Wait, op as qop, status as qstatus};
 use crate::codec;
 use crate::error::{IpcError, QueueError};
@@ -516,27 +517,29 @@ struct Wire {
     /// The id of the hub that holds the map.
     hub: u64,
     id: u64,
+    /// The token of the pin this handle's serialisation took.
+    pin: u64,
 }
 
 impl<K, V> Serialize for SharedMap<K, V> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let hub = match &self.place {
-            Place::Local(store) => {
-                store.pin();
-                hub::hub_id()
-            }
+        let (hub, pin) = match &self.place {
+            Place::Local(store) => (hub::hub_id(), store.pin()),
             Place::Remote { id, client, .. } => {
                 // The map lives until the receiver holds it, even if this
                 // handle drops first (frames reach the hub in order).
+                let pin = pins::token(false);
                 client
-                    .oneway(qop::PIN, *id, 0, &[])
+                    .oneway(qop::PIN, *id, 0, &pin.to_le_bytes())
                     .map_err(serde::ser::Error::custom)?;
-                client.upstream_hub().map_err(serde::ser::Error::custom)?
+                let hub = client.upstream_hub().map_err(serde::ser::Error::custom)?;
+                (hub, pin)
             }
         };
         Wire {
             hub,
             id: self.place.id(),
+            pin,
         }
         .serialize(s)
     }
@@ -544,11 +547,11 @@ impl<K, V> Serialize for SharedMap<K, V> {
 
 impl<'de, K, V> Deserialize<'de> for SharedMap<K, V> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let Wire { hub, id } = Wire::deserialize(d)?;
-        let place = match store::MAPS.arrive(hub, id).map_err(D::Error::custom)? {
+        let Wire { hub, id, pin } = Wire::deserialize(d)?;
+        let place = match store::MAPS.arrive(hub, id, pin).map_err(D::Error::custom)? {
             Arrival::Here(store) => Place::Local(store),
             Arrival::Upstream(client) => {
-                let held = client.hold(id, false).map_err(D::Error::custom)?;
+                let held = client.hold(id, false, pin).map_err(D::Error::custom)?;
                 Place::Remote {
                     id,
                     client,

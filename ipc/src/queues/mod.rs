@@ -11,6 +11,8 @@
 //! - `client`: the proxies' side in a worker: requests, replies,
 //!   subscriptions;
 //! - [`wait`]: waiting on many queues, pipe ends and processes at once;
+//! - `pins`: the tokens that name serialised handles' pins, and the
+//!   carriers that release those never received;
 //! - `held`: the registry of the other objects a hub holds (maps, buffers,
 //!   primitives): ids, lookup, lifetime, replies;
 //! - `wire`: the queue protocol, what every operation and status means;
@@ -27,6 +29,7 @@ mod held;
 pub mod hub;
 mod lane;
 pub mod map;
+pub(crate) mod pins;
 pub mod pipe;
 pub mod queue;
 pub mod shared_memory;

@@ -495,6 +495,12 @@ impl<T: Payload> Queue<T> {
 }
 
 impl<T> Queue<T> {
+    /// The queue's id in its hub (for tests and logs).
+    #[doc(hidden)]
+    pub fn id(&self) -> u64 {
+        self.handle.id()
+    }
+
     /// This process's end of the pipe direction's lane, if it can have
     /// one (`reader`: for a receiving end; see `queues/lane.rs`).
     pub(crate) fn lane_end(&self, reader: bool) -> Option<Arc<LaneEnd>> {
@@ -1079,6 +1085,15 @@ impl<'de, T> Deserialize<'de> for SimpleQueue<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Queue::deserialize(d).map(SimpleQueue)
     }
+}
+
+/// Whether this process's hub holds the queue `id` (see [`Queue::id`]).
+/// For tests: a queue is freed once every handle to it, in every
+/// process, is gone, and every handle serialised to it was received or
+/// its carrier ended.
+#[doc(hidden)]
+pub fn hub_holds(id: u64) -> bool {
+    Core::lookup(id).is_some()
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::client::{self, Client};
 use super::held::Arrival;
 use super::hub;
+use super::pins;
 use super::wire::{Wait, op as qop, status as qstatus};
 use crate::error::QueueError;
 use crate::shm::{Segment, SegmentError};
@@ -215,34 +216,42 @@ impl SharedMemory {
 struct Wire {
     hub: u64,
     id: u64,
+    /// The token of the pin this handle's serialisation took.
+    pin: u64,
 }
 
 impl Serialize for SharedMemory {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let hub = match &self.place {
-            Place::Local(store) => {
-                store.pin();
-                hub::hub_id()
-            }
+        let (hub, pin) = match &self.place {
+            Place::Local(store) => (hub::hub_id(), store.pin()),
             Place::Remote { id, .. } => {
                 let client = client::client()
                     .ok_or_else(|| serde::ser::Error::custom("no connection to the hub"))?;
+                let pin = pins::token(false);
                 client
-                    .oneway(qop::PIN, *id, 0, &[])
+                    .oneway(qop::PIN, *id, 0, &pin.to_le_bytes())
                     .map_err(serde::ser::Error::custom)?;
-                client.upstream_hub().map_err(serde::ser::Error::custom)?
+                let hub = client.upstream_hub().map_err(serde::ser::Error::custom)?;
+                (hub, pin)
             }
         };
-        Wire { hub, id: self.id() }.serialize(s)
+        Wire {
+            hub,
+            id: self.id(),
+            pin,
+        }
+        .serialize(s)
     }
 }
 
-/// Maps buffer `id` of the upstream hub in this worker.
+/// Maps buffer `id` of the upstream hub in this worker (taking the pin
+/// `pin`).
 fn open_remote(
     client: &'static Arc<Client>,
     id: u64,
+    pin: u64,
 ) -> Result<(Arc<Segment>, client::Held), String> {
-    let held = client.hold(id, false).map_err(|e| e.to_string())?;
+    let held = client.hold(id, false, pin).map_err(|e| e.to_string())?;
     let shm = client.link().shm().ok_or_else(no_channel)?;
     let (st, len, _) = client
         .request(OPEN, id, 0, &[], Wait::Forever)
@@ -269,11 +278,14 @@ fn no_channel() -> String {
 
 impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let Wire { hub, id } = Wire::deserialize(d)?;
-        let place = match store::BUFFERS.arrive(hub, id).map_err(D::Error::custom)? {
+        let Wire { hub, id, pin } = Wire::deserialize(d)?;
+        let place = match store::BUFFERS
+            .arrive(hub, id, pin)
+            .map_err(D::Error::custom)?
+        {
             Arrival::Here(store) => Place::Local(store),
             Arrival::Upstream(client) => {
-                let (seg, held) = open_remote(client, id).map_err(D::Error::custom)?;
+                let (seg, held) = open_remote(client, id, pin).map_err(D::Error::custom)?;
                 Place::Remote {
                     id,
                     seg,

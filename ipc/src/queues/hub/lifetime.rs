@@ -7,22 +7,27 @@
 //! - handles in the hub process itself (the `Arc<Core>`s they share);
 //! - *pins*: serialising a handle (to spawn a process, submit a task, put
 //!   it on a queue) pins the queue, in the hub process directly, in a
-//!   worker with a `PIN` to the hub. The pin lasts until a process
-//!   receives that handle: a worker's deserialisation sends `HOLD`, which
-//!   takes a pin, and the hub process's own deserialisation takes one. So
-//!   `Process::spawn(task, queue)` may move the creator's only handle: the
-//!   pin keeps the queue until the child holds it;
+//!   worker with a `PIN` to the hub. Each pin has a token, carried by the
+//!   handle's bytes (see `queues/pins.rs`). The pin lasts until a process
+//!   receives that handle: a worker's deserialisation sends `HOLD` with
+//!   the token, which takes that pin, and the hub process's own
+//!   deserialisation takes it directly. So `Process::spawn(task, queue)`
+//!   may move the creator's only handle: the pin keeps the queue until
+//!   the child holds it;
 //! - *holds*: each handle a worker deserialised (with its clones) holds the
 //!   queue for its connection until it drops (`UNHOLD`) or the connection
 //!   ends.
 //!
 //! While pins or holds exist, the queue keeps a reference to itself
 //! ([`Life::keep`]), dropped when the last one goes. A handle serialised
-//! and never received (its task never started, its bytes were dropped)
-//! leaves its pin: that queue lives until the hub process exits. A handle
-//! received twice from one serialisation (a retried task) holds the queue
-//! the second time without a pin, which is fine while anything else holds
-//! it.
+//! into a task's inputs (or a `Process`'s arguments) and never received
+//! (the task never started, the process was killed first) loses its pin
+//! when the job ends: the pool keeps the job's pins (`pins::Carried`).
+//! A handle serialised elsewhere (put on a queue, serialised in a worker)
+//! and never received leaves its pin: that queue lives until the hub
+//! process exits. A handle received twice from one serialisation (a
+//! retried task) holds the queue the second time without a pin, which is
+//! fine while anything else holds it.
 //!
 //! # Pipes
 //!
@@ -39,12 +44,13 @@ use std::sync::Arc;
 
 use super::{Core, State, op};
 use crate::link::Dirty;
+use crate::queues::pins::{self, Pinned, Pins};
 
 /// A queue's pins, holds and writers.
 #[derive(Debug, Default)]
 pub(super) struct Life {
-    /// Serialised handles not received yet: `[others, pipe writers]`.
-    pins: [u64; 2],
+    /// Serialised handles not received yet.
+    pins: Pins,
     /// Handle groups held by connections: (link id, writer) → count.
     holds: HashMap<(u64, bool), u64>,
     /// Whether this is a pipe's direction (closed when its writers go).
@@ -75,7 +81,7 @@ impl Life {
             .filter(|((_, writer), _)| *writer)
             .map(|(_, n)| *n)
             .sum();
-        self.local_writers + self.pins[1] + held
+        self.local_writers + self.pins.count(true) + held
     }
 
     /// A pipe direction's receiving handles: here, pinned, held.
@@ -86,17 +92,11 @@ impl Life {
             .filter(|((_, writer), _)| !*writer)
             .map(|(_, n)| *n)
             .sum();
-        self.local_readers + self.pins[0] + held
+        self.local_readers + self.pins.count(false) + held
     }
 
     fn anchored(&self) -> bool {
-        self.pins != [0, 0] || !self.holds.is_empty()
-    }
-
-    /// Takes a pin of that kind, if there is one.
-    fn unpin(&mut self, writer: bool) {
-        let pins = &mut self.pins[usize::from(writer)];
-        *pins = pins.saturating_sub(1);
+        !self.pins.is_empty() || !self.holds.is_empty()
     }
 }
 
@@ -123,20 +123,21 @@ impl Core {
         }
     }
 
-    /// `PIN`, `HOLD` or `UNHOLD` from connection `link_id`.
+    /// `PIN` or `HOLD` (of the pin `token`), or `UNHOLD`, from connection
+    /// `link_id`.
     pub(super) fn life_op(
         self: &Arc<Self>,
         state: &mut State,
         link_id: u64,
         code: u8,
-        writer: bool,
+        (writer, token): (bool, u64),
         dirty: &mut Dirty,
     ) -> Option<Keep> {
         let life = &mut state.life;
         match code {
-            op::PIN => life.pins[usize::from(writer)] += 1,
+            op::PIN => life.pins.pin(token, writer),
             op::HOLD => {
-                life.unpin(writer);
+                life.pins.take(token);
                 *life.holds.entry((link_id, writer)).or_default() += 1;
             }
             _ => {
@@ -162,21 +163,26 @@ impl Core {
         self.settle_life(state, dirty)
     }
 
-    /// A handle to this queue is being serialised here.
-    pub(crate) fn pin(self: &Arc<Self>, writer: bool) {
+    /// A handle to this queue is being serialised here: returns the token
+    /// of its pin (owned by the `carry` running on this thread, if any).
+    pub(crate) fn pin(self: &Arc<Self>, writer: bool) -> u64 {
+        let token = pins::token(true);
         let mut dirty = Dirty::default();
         let mut state = self.lock();
-        state.life.pins[usize::from(writer)] += 1;
+        state.life.pins.pin(token, writer);
         let released = self.settle_life(&mut state, &mut dirty);
         drop(state);
         drop(released);
+        let owner: std::sync::Weak<Core> = Arc::downgrade(self);
+        pins::carried(owner, token);
+        token
     }
 
-    /// A handle to this queue was deserialised here: it takes a pin (and,
+    /// A handle to this queue was deserialised here: it takes its pin (and,
     /// for a pipe writer, counts as a writer from now on; for a pipe's
     /// receiving end, as a reader: then `true`, and the caller marks the
     /// handle so that its drop calls `reader_dropped`).
-    pub(crate) fn receive(self: &Arc<Self>, writer: bool) -> bool {
+    pub(crate) fn receive(self: &Arc<Self>, writer: bool, token: u64) -> bool {
         let mut dirty = Dirty::default();
         let mut state = self.lock();
         // Counted before the pin goes, so the readers never pass 0.
@@ -186,7 +192,7 @@ impl Core {
         } else if reader {
             state.life.local_readers += 1;
         }
-        state.life.unpin(writer);
+        state.life.pins.take(token);
         let released = self.settle_life(&mut state, &mut dirty);
         self.notify(state);
         drop(released);
@@ -219,6 +225,20 @@ impl Core {
         state.life.local_writers = state.life.local_writers.saturating_sub(1);
         let released = self.settle_life(&mut state, &mut dirty);
         self.notify(state);
+        drop(released);
+    }
+}
+
+impl Pinned for Core {
+    fn release_pin(self: Arc<Self>, token: u64) {
+        let me = self;
+        let mut dirty = Dirty::default();
+        let mut state = me.lock();
+        if !state.life.pins.release(token) {
+            return;
+        }
+        let released = me.settle_life(&mut state, &mut dirty);
+        me.notify(state);
         drop(released);
     }
 }

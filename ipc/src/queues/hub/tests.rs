@@ -744,12 +744,16 @@ fn a_queue_that_is_not_joinable_reports_no_loss() {
 fn pins_and_holds_keep_a_queue_until_the_last_goes() {
     let q = queue(None, &[b"a"]);
     let id = q.id;
-    q.pin(false); // serialised, then the hub process drops its handle
+    let pin = q.pin(false).to_le_bytes(); // serialised, then the hub process drops its handle
     drop(q);
     let q = Core::lookup(id).expect("pinned");
     let (p, r) = (Peer::new(), Peer::new());
-    assert_eq!(p.ask(0, op::HOLD, &q, 0, &[]), []); // takes the pin
-    assert_eq!(r.ask(0, op::HOLD, &q, 0, &[]), []); // a second receipt
+    assert_eq!(r.ask(0, op::HOLD, &q, 0, &1u64.to_le_bytes()), []); // another pin's receipt
+    assert_eq!(r.ask(0, op::UNHOLD, &q, 0, &[]), []);
+    drop(q);
+    let q = Core::lookup(id).expect("still pinned: the receipt named another pin");
+    assert_eq!(p.ask(0, op::HOLD, &q, 0, &pin), []); // takes the pin
+    assert_eq!(r.ask(0, op::HOLD, &q, 0, &pin), []); // a second receipt
     assert_eq!(p.ask(0, op::UNHOLD, &q, 0, &[]), []);
     drop(q);
     let q = Core::lookup(id).expect("still held by r");
@@ -763,10 +767,10 @@ fn pins_and_holds_keep_a_queue_until_the_last_goes() {
 fn a_pipe_direction_ends_when_its_last_writer_goes() {
     let q = Core::new(None);
     q.set_pipe(); // the sending end, here
-    q.pin(true); // serialised for a worker
+    let pin = q.pin(true).to_le_bytes(); // serialised for a worker
     q.writer_dropped(); // the hub process's sending end dropped
     let p = Peer::new();
-    assert_eq!(p.ask(0, op::HOLD, &q, 1, &[]), []); // the worker holds it
+    assert_eq!(p.ask(0, op::HOLD, &q, 1, &pin), []); // the worker holds it
     assert_eq!(p.ask(0, op::PUT, &q, 0, b"x"), []);
     assert_eq!(q.get(Wait::No), Ok(b"x".to_vec()));
     assert_eq!(q.get(Wait::No), Err(GetFail::Empty), "writers remain");

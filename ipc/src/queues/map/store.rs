@@ -147,9 +147,11 @@ pub(crate) fn serve(
     payload: &[u8],
     dirty: &mut Dirty,
 ) -> bool {
-    MAPS.serve(link, code, id, |held| match held.exec(code, arg, payload) {
-        Ok((value, out)) => reply(link, req, qstatus::OK, value, &out, dirty),
-        Err(code) => reply(link, req, code, 0, &[], dirty),
+    MAPS.serve(link, code, id, payload, |held| {
+        match held.exec(code, arg, payload) {
+            Ok((value, out)) => reply(link, req, qstatus::OK, value, &out, dirty),
+            Err(code) => reply(link, req, code, 0, &[], dirty),
+        }
     })
 }
 

@@ -116,24 +116,30 @@ fn handles_held_by_connections_keep_the_map_until_they_go() {
     let bytes = enc(&m);
     drop(m);
     let store = Store::lookup(id).expect("pinned while on its way");
-    store_life(&store, 41, qop::HOLD);
+    store_life(&store, 41, qop::HOLD, pin_of(&bytes));
     drop(store);
     assert!(Store::lookup(id).is_some(), "held by link 41");
-    store_life(&Store::lookup(id).unwrap(), 41, qop::UNHOLD);
+    store_life(&Store::lookup(id).unwrap(), 41, qop::UNHOLD, 0);
     assert!(Store::lookup(id).is_none(), "nothing holds the map");
     // The same through a connection's end.
     let m = SharedMap::<u8, u8>::new();
     let id = m.place.id();
-    let _ = enc(&m);
+    let sent = enc(&m);
     drop(m);
-    store_life(&Store::lookup(id).unwrap(), 42, qop::HOLD);
+    store_life(&Store::lookup(id).unwrap(), 42, qop::HOLD, pin_of(&sent));
     disconnect(42);
     assert!(Store::lookup(id).is_none(), "the holder's connection ended");
     drop(bytes);
 }
 
-fn store_life(store: &Arc<Store>, link: u64, code: u8) {
-    store.life_op(link, code);
+fn store_life(store: &Arc<Store>, link: u64, code: u8, pin: u64) {
+    store.life_op(link, code, pin);
+}
+
+/// The pin token in a handle's bytes.
+fn pin_of(bytes: &[u8]) -> u64 {
+    let (Wire { pin, .. }, _) = codec::decode(bytes).unwrap();
+    pin
 }
 
 fn enc<T: Serialize>(value: &T) -> Vec<u8> {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::{Handle, Queue, QueueError};
 use crate::queues::client;
 use crate::queues::hub::{self, Core};
+use crate::queues::pins;
 use crate::queues::wire::op;
 
 /// What a handle looks like on the wire.
@@ -23,6 +24,9 @@ struct Wire {
     capacity: Option<u64>,
     /// A pipe's sending end (see [`Writer`]).
     writer: bool,
+    /// The token of the pin this handle's serialisation took, which its
+    /// receiver takes (see `queues/pins.rs`).
+    pin: u64,
 }
 
 /// Marks a handle as a pipe's sending end: the hub ends the pipe's
@@ -57,11 +61,8 @@ impl Drop for Reader {
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let writer = self.writer.is_some();
-        let (hub, capacity) = match &self.handle {
-            Handle::Local(core) => {
-                core.pin(writer);
-                (hub::hub_id(), core.capacity)
-            }
+        let (hub, capacity, pin) = match &self.handle {
+            Handle::Local(core) => (hub::hub_id(), core.capacity, core.pin(writer)),
             Handle::Remote {
                 id,
                 hub,
@@ -71,10 +72,11 @@ impl<T> Serialize for Queue<T> {
             } => {
                 // The queue lives until the receiver holds it, even if
                 // this handle drops first (frames reach the hub in order).
+                let pin = pins::token(false);
                 client
-                    .oneway(op::PIN, *id, u64::from(writer), &[])
+                    .oneway(op::PIN, *id, u64::from(writer), &pin.to_le_bytes())
                     .map_err(serde::ser::Error::custom)?;
-                (*hub, *capacity)
+                (*hub, *capacity, pin)
             }
         };
         Wire {
@@ -82,6 +84,7 @@ impl<T> Serialize for Queue<T> {
             id: self.handle.id(),
             capacity: capacity.map(|c| c as u64),
             writer,
+            pin,
         }
         .serialize(s)
     }
@@ -94,11 +97,12 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             id,
             capacity,
             writer,
+            pin,
         } = Wire::deserialize(d)?;
         if hub == hub::hub_id() {
             let core =
                 Core::lookup(id).ok_or_else(|| D::Error::custom(QueueError::NoSuchQueue { id }))?;
-            let reader = core.receive(writer);
+            let reader = core.receive(writer, pin);
             return Ok(Queue {
                 writer: writer.then(|| Arc::new(Writer::Local(Arc::clone(&core)))),
                 reader: reader.then(|| Arc::new(Reader(Arc::clone(&core)))),
@@ -111,7 +115,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
         if client.upstream_hub().map_err(D::Error::custom)? != hub {
             return Err(unreachable());
         }
-        let held = client.hold(id, writer).map_err(D::Error::custom)?;
+        let held = client.hold(id, writer, pin).map_err(D::Error::custom)?;
         Ok(Queue {
             handle: Handle::Remote {
                 id,

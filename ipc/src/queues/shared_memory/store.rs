@@ -33,8 +33,15 @@ fn reply(link: &Arc<Link>, req: u64, code: u8, value: u64, dirty: &mut Dirty) {
 
 /// Serves one `Message::Hub` for a buffer; false if `id` names none held
 /// here.
-pub(crate) fn serve(link: &Arc<Link>, req: u64, code: u8, id: u64, dirty: &mut Dirty) -> bool {
-    BUFFERS.serve(link, code, id, |seg| match code {
+pub(crate) fn serve(
+    link: &Arc<Link>,
+    req: u64,
+    code: u8,
+    id: u64,
+    payload: &[u8],
+    dirty: &mut Dirty,
+) -> bool {
+    BUFFERS.serve(link, code, id, payload, |seg| match code {
         OPEN => {
             // The descriptor goes first, so it is there (or on its way in
             // the kernel) when the requester reads the reply.
