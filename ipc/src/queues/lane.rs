@@ -69,6 +69,9 @@ pub(crate) const AS_READER: u64 = 2;
 /// `LANE` argument: the requester holds a receiving end and cannot use
 /// the lane (its mapping failed): the hub must pump.
 pub(crate) const AS_READER_NO_LANE: u64 = 3;
+/// `LANE` argument: the requester holds a queue handle (it may put and
+/// get): the hub pumps if it cannot have the lane.
+pub(crate) const AS_QUEUE: u64 = 4;
 /// Status: the requester cannot map the lane (no descriptor channel, no
 /// lane id for it, or the descriptor could not be sent).
 pub(crate) const NO_LANE: u8 = 66;
@@ -232,6 +235,10 @@ impl LaneEnd {
 pub(crate) struct HubLane {
     local: Arc<LaneEnd>,
     pump: Mutex<Pump>,
+    /// Held while records move from the ring into the hub queue (the pump
+    /// and [`settle`](HubLane::settle)): one mover at a time, so they keep
+    /// their order.
+    moving: Mutex<()>,
     /// Items queued in the hub at the last change (under the hub lock).
     queued: AtomicUsize,
 }
@@ -253,6 +260,7 @@ impl HubLane {
         Some(Arc::new(HubLane {
             local: LaneEnd::new(Arc::new(mapped), HUB_LANE),
             pump: Mutex::default(),
+            moving: Mutex::default(),
             queued: AtomicUsize::new(0),
         }))
     }
@@ -307,6 +315,67 @@ impl HubLane {
         self.stream().clear_leases(lane);
     }
 
+    /// Moves every message in the ring into the hub queue, in order,
+    /// through `core`; the guard keeps other movers out until the caller
+    /// has put its own item (a put through the hub then comes after every
+    /// message the ring accepted before it: FIFO per producer, and causal
+    /// order across processes, since lane receivers take the hub's items
+    /// first). Waits for the reader lease while a receiver holds it
+    /// (it is copying out one message), at most a few seconds (a reader
+    /// stopped in the middle: order may then break, logged).
+    pub(crate) fn settle(&self, core: &Core) -> std::sync::MutexGuard<'_, ()> {
+        let guard = lock(&self.moving);
+        let s = self.stream();
+        let mut buf = Vec::new();
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while s.has_record() {
+            match s.recv(
+                HUB_LANE,
+                &mut buf,
+                Some(Instant::now() + Duration::from_millis(50)),
+            ) {
+                Ok(()) => core.put_accepted(std::mem::take(&mut buf)),
+                Err(StreamError::Empty) if Instant::now() < give_up => {}
+                Err(e) => {
+                    if e != StreamError::Closed {
+                        tracing::error!(error = %e, "could not move a queue lane's items into the hub");
+                    }
+                    break;
+                }
+            }
+        }
+        guard
+    }
+
+    /// Drops every message in the ring (an immediate shutdown); how many.
+    pub(crate) fn discard(&self) -> usize {
+        let _guard = lock(&self.moving);
+        let s = self.stream();
+        let mut buf = Vec::new();
+        let mut n = 0;
+        let give_up = Instant::now() + Duration::from_secs(1);
+        while s.has_record() && Instant::now() < give_up {
+            match s.recv(
+                HUB_LANE,
+                &mut buf,
+                Some(Instant::now() + Duration::from_millis(50)),
+            ) {
+                Ok(()) => n += 1,
+                Err(StreamError::Empty) => {}
+                Err(_) => break,
+            }
+        }
+        n
+    }
+
+    /// Whole messages in the ring now (a snapshot; 0 if a receiver holds
+    /// the lease for long).
+    pub(crate) fn messages(&self) -> usize {
+        self.stream()
+            .messages(HUB_LANE, Instant::now() + Duration::from_millis(100))
+            .unwrap_or(0)
+    }
+
     /// Serves `LANE` from a connection (`link_id`, `shm`: whether it has
     /// a descriptor channel), for queue `id`: `(status, value)`, value =
     /// `lane id << 32 | segment length`.
@@ -316,7 +385,7 @@ impl HubLane {
         link: &Arc<crate::link::Link>,
         role: u64,
     ) -> (u8, u64) {
-        let reader = role == AS_READER || role == AS_READER_NO_LANE;
+        let reader = matches!(role, AS_READER | AS_READER_NO_LANE | AS_QUEUE);
         let lane_id = u32::try_from(link.id())
             .ok()
             .filter(|&l| l != 0 && l < HUB_LANE);
@@ -371,16 +440,27 @@ impl HubLane {
         let mut buf = Vec::new();
         let s = self.stream();
         loop {
-            let deadline = Some(Instant::now() + Duration::from_millis(500));
-            match s.recv(HUB_LANE, &mut buf, deadline) {
+            // One mover at a time (see `settle`), for one message.
+            let moving = lock(&self.moving);
+            match s.try_recv(HUB_LANE, &mut buf) {
                 Ok(()) => {
                     let Some(core) = core.upgrade() else { return };
                     // Accepted by the ring: it goes in even if the queue
                     // closed meanwhile (a plain put would drop it).
                     core.put_accepted(std::mem::take(&mut buf));
                 }
-                Err(StreamError::Empty) if core.strong_count() > 0 => {}
-                Err(StreamError::Empty) => return,
+                Err(StreamError::Empty) => {
+                    drop(moving);
+                    if core.strong_count() == 0 {
+                        return;
+                    }
+                    if s.has_record() {
+                        // A receiver holds the lease for a moment.
+                        std::thread::yield_now();
+                    } else {
+                        s.wait_record(Some(Instant::now() + Duration::from_millis(500)));
+                    }
+                }
                 Err(e) => {
                     if e != StreamError::Closed {
                         tracing::error!(error = %e, "a pipe lane's pump stopped");
@@ -401,13 +481,14 @@ impl HubLane {
 /// direction here, so one lane id and one partial message per process).
 static MAPPED: LazyLock<Mutex<HashMap<u64, Weak<LaneEnd>>>> = LazyLock::new(Mutex::default);
 
-/// A worker's end of queue `id`'s lane, or `None` (hub path). For a
+/// A worker's end of queue `id`'s lane, or `None` (hub path), for a
+/// holder in `role` ([`AS_READER`], [`AS_WRITER`], [`AS_QUEUE`]). For a
 /// receiving end that cannot use the lane, the hub is told to pump.
-pub(crate) fn attach(client: &'static Arc<Client>, id: u64, reader: bool) -> Option<Arc<LaneEnd>> {
+pub(crate) fn attach(client: &'static Arc<Client>, id: u64, role: u64) -> Option<Arc<LaneEnd>> {
     if let Some(end) = lock(&MAPPED).get(&id).and_then(Weak::upgrade) {
         return Some(end);
     }
-    let role = if reader { AS_READER } else { AS_WRITER };
+    let reader = role != AS_WRITER;
     match open(client, id, role) {
         Ok(Some(end)) => {
             lock(&MAPPED).insert(id, Arc::downgrade(&end));

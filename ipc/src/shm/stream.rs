@@ -605,10 +605,83 @@ impl Stream {
     /// [`StreamError::Corrupt`].
     pub fn try_recv(&self, lane: u32, buf: &mut Vec<u8>) -> Result<(), StreamError> {
         check_lane(lane)?;
-        match self.recv_once(lane, buf)? {
+        match self.recv_once(lane, buf, &|| false)? {
             Some(()) => Ok(()),
             None => Err(StreamError::Empty),
         }
+    }
+
+    /// As [`try_recv`](Self::try_recv), except that once this receiver
+    /// holds the reader lease for a new message, `defer()` is asked: if it
+    /// says so, the lease is given back untouched and `Ok(false)` comes
+    /// back. Nobody else can take a record between the question and the
+    /// take (a manager that moves records elsewhere takes them under the
+    /// same lease), so a receiver that must prefer another path while it
+    /// holds items asks here. `Ok(true)`: a message is in `buf`.
+    ///
+    /// # Errors
+    /// As [`try_recv`](Self::try_recv).
+    pub fn try_recv_unless(
+        &self,
+        lane: u32,
+        buf: &mut Vec<u8>,
+        defer: impl Fn() -> bool,
+    ) -> Result<bool, StreamError> {
+        check_lane(lane)?;
+        let deferred = std::cell::Cell::new(false);
+        let ask = || {
+            let d = defer();
+            deferred.set(d);
+            d
+        };
+        match self.recv_once(lane, buf, &ask)? {
+            Some(()) => Ok(true),
+            None if deferred.get() => Ok(false),
+            None => Err(StreamError::Empty),
+        }
+    }
+
+    /// Whole messages in the ring now (a snapshot), counted under the
+    /// reader lease (waiting for it at most until `deadline`; `None` if
+    /// it could not be had). A message half taken by this process counts
+    /// as one.
+    pub fn messages(&self, lane: u32, deadline: Instant) -> Option<usize> {
+        check_lane(lane).ok()?;
+        let state = self
+            .partial
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let m = self.meta();
+        let mine = state.is_some();
+        if !mine {
+            let mut spin = 0;
+            while m.reader.compare_exchange(0, lane, SeqCst, SeqCst).is_err() {
+                if Instant::now() >= deadline {
+                    return None;
+                }
+                pause(spin);
+                spin = (spin + 1).min(SPINS);
+            }
+        }
+        let mut n = usize::from(mine);
+        let r = self.positions().map(|(mut head, tail)| {
+            while head < tail {
+                let mut rec = [0u8; REC];
+                self.copy_out(head, &mut rec);
+                let len = u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]) as usize;
+                let flags = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
+                if len > self.record_limit() {
+                    break;
+                }
+                n += usize::from(flags & FIRST != 0);
+                head += (REC + len).next_multiple_of(REC) as u64;
+            }
+        });
+        if !mine {
+            let _ = m.reader.compare_exchange(lane, 0, SeqCst, SeqCst);
+            wake::notify(&self.header().not_empty.0);
+        }
+        r.ok().map(|()| n)
     }
 
     /// Receives the next message into `buf` (cleared first), waiting
@@ -626,7 +699,7 @@ impl Stream {
         check_lane(lane)?;
         let word = &self.header().not_empty.0;
         self.wait(word, deadline, true, StreamError::Empty, || {
-            self.recv_once(lane, buf)
+            self.recv_once(lane, buf, &|| false)
         })
     }
 
@@ -666,7 +739,13 @@ impl Stream {
 
     /// One receive attempt: `Some` with the message in `buf`, `None` when
     /// there is none now.
-    fn recv_once(&self, lane: u32, buf: &mut Vec<u8>) -> Result<Option<()>, StreamError> {
+    /// `defer`: see [`try_recv_unless`](Self::try_recv_unless).
+    fn recv_once(
+        &self,
+        lane: u32,
+        buf: &mut Vec<u8>,
+        defer: &dyn Fn() -> bool,
+    ) -> Result<Option<()>, StreamError> {
         // Another thread of this process receiving: wait for it (it never
         // sleeps under the lock).
         let mut state = self
@@ -680,6 +759,11 @@ impl Stream {
                 return self.closed_or_none(lane);
             }
             if m.reader.compare_exchange(0, lane, SeqCst, SeqCst).is_err() {
+                return Ok(None);
+            }
+            if defer() {
+                let _ = m.reader.compare_exchange(lane, 0, SeqCst, SeqCst);
+                wake::notify(&h.not_empty.0);
                 return Ok(None);
             }
         }

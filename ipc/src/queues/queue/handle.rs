@@ -23,6 +23,9 @@ struct Wire {
     capacity: Option<u64>,
     /// A pipe's sending end (see [`Writer`]).
     writer: bool,
+    /// The queue has a lane (`queues/lane.rs`; not a pipe's, whose ends
+    /// use it themselves).
+    lane: bool,
 }
 
 /// Marks a handle as a pipe's sending end: the hub ends the pipe's
@@ -57,16 +60,17 @@ impl Drop for Reader {
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let writer = self.writer.is_some();
-        let (hub, capacity) = match &self.handle {
+        let (hub, capacity, lane) = match &self.handle {
             Handle::Local(core) => {
                 core.pin(writer);
-                (hub::hub_id(), core.capacity)
+                (hub::hub_id(), core.capacity, core.queue_lane().is_some())
             }
             Handle::Remote {
                 id,
                 hub,
                 capacity,
                 client,
+                lane,
                 ..
             } => {
                 // The queue lives until the receiver holds it, even if
@@ -74,7 +78,7 @@ impl<T> Serialize for Queue<T> {
                 client
                     .oneway(op::PIN, *id, u64::from(writer), &[])
                     .map_err(serde::ser::Error::custom)?;
-                (*hub, *capacity)
+                (*hub, *capacity, *lane)
             }
         };
         Wire {
@@ -82,6 +86,7 @@ impl<T> Serialize for Queue<T> {
             id: self.handle.id(),
             capacity: capacity.map(|c| c as u64),
             writer,
+            lane,
         }
         .serialize(s)
     }
@@ -94,6 +99,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             id,
             capacity,
             writer,
+            lane,
         } = Wire::deserialize(d)?;
         if hub == hub::hub_id() {
             let core =
@@ -103,6 +109,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
                 writer: writer.then(|| Arc::new(Writer::Local(Arc::clone(&core)))),
                 reader: reader.then(|| Arc::new(Reader(Arc::clone(&core)))),
                 handle: Handle::Local(core),
+                lane: Arc::default(),
                 _items: PhantomData,
             });
         }
@@ -118,10 +125,12 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
                 hub,
                 capacity: capacity.map(|c| usize::try_from(c).unwrap_or(usize::MAX)),
                 client,
+                lane,
                 _held: Arc::new(held),
             },
             writer: writer.then(|| Arc::new(Writer::Remote)),
             reader: None,
+            lane: Arc::default(),
             _items: PhantomData,
         })
     }
