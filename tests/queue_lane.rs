@@ -38,9 +38,11 @@ fn intact(seq: u32, p: &ByteBuf) -> bool {
 /// Puts items `from..from + n` as producer `id` with `len`-byte payloads;
 /// returns whether it used the lane.
 const PUT_N: Task<(Queue<Item>, u32, u32, u32, u32), bool> = Task::new("qlane_put_n");
-/// Gets until `None`: `((producer, seq) in the order got, all intact,
-/// used the lane)`.
-const GET_ALL: Task<Queue<Item>, (Vec<(u32, u32)>, bool, bool)> = Task::new("qlane_get_all");
+/// What a getting task reports: `(producer, seq)` in the order got, all
+/// intact, whether it used the lane.
+type Got = (Vec<(u32, u32)>, bool, bool);
+/// Gets until `None` (or the queue's end).
+const GET_ALL: Task<Queue<Item>, Got> = Task::new("qlane_get_all");
 /// Crash run: puts `from..` for ever, putting each sequence number whose
 /// `put` returned on the second queue.
 const PRODUCE: Task<(Queue<Item>, Queue<u32>, u32), ()> = Task::new("qlane_produce");
