@@ -355,12 +355,20 @@ impl<T: Payload> Queue<T> {
     }
 
     fn put_wait(&self, item: T, wait: Wait) -> Result<(), PutError<T>> {
-        let mut bytes = Vec::new();
+        // Through a lane the encoding is copied into the ring: a buffer
+        // kept by the thread saves an allocation per item.
+        let lane = self.queue_lane();
+        let mut bytes = if lane.is_some() {
+            SCRATCH.take()
+        } else {
+            Vec::new()
+        };
+        bytes.clear();
         if let Err(e) = codec::encode_into(&item, &mut bytes) {
             return Err(PutError::Failed(item, QueueError::Encode(Arc::new(e))));
         }
         let mut settle = false;
-        if let Some(lane) = self.queue_lane() {
+        if let Some(lane) = lane {
             // Through the ring; when it stays full a moment (nobody gets,
             // or a stopped sender holds its lease), through the hub, which
             // first moves the ring's items into its store: the put never
@@ -368,7 +376,12 @@ impl<T: Payload> Queue<T> {
             // ones.
             let soon = Instant::now() + RING_WAIT;
             let deadline = wait.deadline().map_or(soon, |d| d.min(soon));
-            match lane.stream().send(lane.id(), &bytes, Some(deadline)) {
+            let sent = lane.stream().send(lane.id(), &bytes, Some(deadline));
+            if sent.is_ok() && bytes.capacity() <= SCRATCH_MAX {
+                SCRATCH.set(bytes);
+                return Ok(());
+            }
+            match sent {
                 Ok(()) => return Ok(()),
                 Err(StreamError::Full) => settle = true,
                 Err(StreamError::Closed) => return Err(self.refused(item)),
@@ -556,13 +569,22 @@ impl<T: Payload> Queue<T> {
     /// ring's: see `HubLane::settle`), decided under the ring's reader
     /// lease.
     fn lane_get(&self, lane: &LaneEnd, wait: Wait) -> Result<T, GetError> {
+        // A buffer kept by the thread: no allocation per item.
+        let mut buf = SCRATCH.take();
+        let r = self.lane_get_into(lane, wait, &mut buf);
+        if buf.capacity() <= SCRATCH_MAX {
+            SCRATCH.set(buf);
+        }
+        r
+    }
+
+    fn lane_get_into(&self, lane: &LaneEnd, wait: Wait, buf: &mut Vec<u8>) -> Result<T, GetError> {
         let s = lane.stream();
-        let mut buf = Vec::new();
         let mut spins = 0;
         loop {
             let seen = s.hub_gen();
             let closed = s.flags() & CLOSED != 0;
-            if let Some(v) = self.lane_attempt(lane, &mut buf)? {
+            if let Some(v) = self.lane_attempt(lane, buf)? {
                 return Ok(v);
             }
             if matches!(wait, Wait::No) {
@@ -640,6 +662,14 @@ fn decode<T: Payload>(bytes: &[u8]) -> Result<T, GetError> {
         .map(|(item, _)| item)
         .map_err(|e| GetError::Failed(QueueError::Decode(Arc::new(e))))
 }
+
+thread_local! {
+    /// A thread's buffer for items going into or coming out of a lane.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The largest [`SCRATCH`] buffer a thread keeps.
+const SCRATCH_MAX: usize = 1 << 20;
 
 /// How long a put waits for room in a full ring before it goes through
 /// the hub.
