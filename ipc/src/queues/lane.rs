@@ -1,42 +1,65 @@
-//! A pipe direction's *lane*: a [`Stream`] in a shared segment beside the
-//! direction's hub queue, so that local processes pass messages through
-//! memory instead of through the hub.
+//! A *lane*: a [`Stream`] in a shared segment beside a hub queue, so
+//! that local processes pass items through memory instead of through the
+//! hub. Pipe directions have one, and so do unbounded `Queue`s and
+//! `SimpleQueue`s (not bounded queues, nor `JoinableQueue`s, whose
+//! capacity and unfinished counts live in the hub).
 //!
 //! # Who uses it
 //!
-//! The hub process makes the segment with the pipe ([`HubLane`], kept by
-//! the direction's queue). A process that can map it is *lane-capable*:
+//! The hub process makes the segment with the queue ([`HubLane`], kept by
+//! the queue's [`Core`]). A process that can map it is *lane-capable*:
 //! the hub's own process (lane id [`HUB_LANE`]) and its direct local
 //! workers with a descriptor channel, which ask `LANE` when they
-//! deserialise an end: the hub sends the segment's descriptor over the
-//! channel (as `SharedMemory`'s `OPEN` does) and answers with the
-//! segment's length and the worker's lane id (its connection's id). Any
-//! other holder (a remote TCP worker, `PROCPOOL_SHM_THRESHOLD=off`, a
-//! mapping that failed) uses the hub queue exactly as before.
+//! deserialise a pipe end, or first use a queue handle: the hub sends the
+//! segment's descriptor over the channel (as `SharedMemory`'s `OPEN`
+//! does) and answers with the segment's length and the worker's lane id
+//! (its connection's id). Any other holder (a remote TCP worker,
+//! `PROCPOOL_SHM_THRESHOLD=off`, a mapping that failed) uses the hub
+//! queue exactly as before.
 //!
-//! - Lane senders always send through the ring; hub-path senders always
-//!   put into the hub queue. Order between different senders is
-//!   undefined, as before.
+//! - Lane senders send through the ring; hub-path senders put into the
+//!   hub queue. For a pipe, order between different senders is undefined,
+//!   as before. For a queue, a put through the hub (a remote worker's, or
+//!   a lane put that found the ring full for a moment) first moves every
+//!   message in the ring into the hub queue ([`HubLane::settle`]), then
+//!   puts its own: the hub queue's items are always older than the
+//!   ring's. So FIFO per producer holds when a producer's puts overflow
+//!   into the hub, and a put that returned before another process's put
+//!   began is got first, whichever paths they took. An unbounded put
+//!   therefore never waits long: at most a moment for room, then the hub
+//!   takes the overflow.
 //! - Lane receivers read both: the hub keeps `hub_items` in the lane's
 //!   header (items waiting in, or delivered ahead from, the hub queue) and
 //!   wakes `not_empty` on changes; a receiver takes from the hub queue
-//!   first while `hub_items > 0`, else from the ring.
+//!   first while `hub_items > 0`, else from the ring. A queue's receiver
+//!   decides "the ring" under the ring's reader lease
+//!   ([`Stream::try_recv_unless`]: it gives the lease back if the hub's
+//!   generation moved since it looked), and the movers above take
+//!   messages under the same lease, so no message moves into the hub
+//!   between the look and the take.
 //! - A receiving end held by a process that cannot map the lane makes the
-//!   hub start a *pump* for the direction: a hub thread that takes the
+//!   hub start a *pump* for the queue: a hub thread that takes the
 //!   ring's messages (reader leases with [`HUB_LANE`]) and puts them into
 //!   the hub queue. While it runs, closing the hub queue waits until the
 //!   pump has drained the ring (the ring is closed at once), and a queue
 //!   closed already does not count as drained until then: the pump puts
 //!   what the ring accepted even into a closed queue. The pump runs until
-//!   the direction ends.
-//! - Ends: a sender's `close` sets the ring's `CLOSED` and closes the hub
-//!   queue; when the hub queue closes (close, or every sending handle
-//!   gone) the hub sets `CLOSED` in the ring; when every receiving handle
-//!   is gone it sets `READERS_GONE`, which fails blocked and later lane
-//!   sends. A lane receiver reports `Closed` once the ring is drained, a
-//!   flag is set, and the hub queue is closed and drained.
+//!   the queue ends. (Every queue handle may get, so a queue's holder
+//!   that cannot map the lane starts the pump.)
+//! - Ends: a pipe sender's `close` sets the ring's `CLOSED` and closes the
+//!   hub queue; when the hub queue closes (close, shutdown, or every
+//!   sending handle of a pipe gone) the hub sets `CLOSED` in the ring, so
+//!   later lane puts fail as closed; for a pipe, when every receiving
+//!   handle is gone it sets `READERS_GONE`, which fails blocked and later
+//!   lane sends. A lane receiver reports `Closed` once the ring is
+//!   drained, a flag is set, and the hub queue is closed and drained.
+//!   An immediate shutdown drops the ring's messages too.
 //! - Deaths: once a worker's connection ended and it was reaped
 //!   ([`super::hub::reaped`]), the hub clears any lease its lane id holds.
+//!   A lane put that returned survives its producer; a lane get consumes
+//!   its message (the ring's `head` store) before the caller sees it, so
+//!   a message is got at most once, and lost only with a getter that died
+//!   while taking it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -7,9 +7,22 @@
 //! connection, so one queue is one object wherever it is used, and every
 //! item is delivered to exactly one getter.
 //!
-//! There is no feeder thread and no buffer between `put` and the hub: when
-//! `put` returns, the item is in the hub or in the kernel on its way there,
-//! so a process may exit right after `put` and the item is not lost. Items
+//! Between processes on one machine, an unbounded [`Queue`] or
+//! [`SimpleQueue`] also has a *lane*: a ring in shared memory
+//! (`queues/lane.rs`) that the hub's process, its direct local workers
+//! and its `Process` children put into and get from directly, without a
+//! hop through the hub. Remote (TCP) workers and processes without shared
+//! memory (`PROCPOOL_SHM_THRESHOLD=off`) use the hub and see the same
+//! queue. When the ring (1 MiB) stays full for a moment, a put goes
+//! through the hub instead, which first takes in the ring's items: `put`
+//! on an unbounded queue never blocks for long, and items stay in order
+//! per producer. Bounded queues and [`JoinableQueue`]s always go through
+//! the hub (their capacity and unfinished counts live there).
+//!
+//! There is no feeder thread and no buffer between `put` and the queue:
+//! when `put` returns, the item is in the ring, in the hub, or in the
+//! kernel on its way there, so a process may exit right after `put` and
+//! the item is not lost. Items
 //! handed to a getter in another process that dies before taking them go
 //! back to the queue; items it took from a [`JoinableQueue`] and had not
 //! marked done are reported by [`JoinableQueue::join`] instead of making it
@@ -318,9 +331,11 @@ impl<T: Payload> Queue<T> {
 
     /// Adds an item, waiting for room if the queue is bounded and full.
     ///
-    /// From another process than the hub's: the first put to a queue is
-    /// answered by the hub; later puts to an unbounded queue are one-way
-    /// (the item is in the kernel when `put` returns). The handle holds the
+    /// Through the queue's lane (an unbounded queue, a local process: see
+    /// the [module docs](self)) the item is in shared memory when `put`
+    /// returns. Otherwise, from another process than the hub's: the first
+    /// put to a queue is answered by the hub; later puts to an unbounded
+    /// queue are one-way (the item is in the kernel when `put` returns). The handle holds the
     /// queue in the hub (see Lifetime above), so a one-way put always
     /// lands; a handle that arrived after its queue was gone gets
     /// [`QueueError::NoSuchQueue`] from its first (answered) put.
@@ -813,7 +828,8 @@ impl<T> Queue<T> {
     }
 
     /// Number of items in the queue now (a snapshot). Items handed to a
-    /// getter in another process and not yet taken there still count.
+    /// getter in another process and not yet taken there still count, and
+    /// so do the items in the queue's lane.
     ///
     /// # Errors
     /// From another process than the hub's: the hub cannot be reached, or
