@@ -384,14 +384,28 @@ impl<T: Payload> Queue<T> {
         }
         let mut settle = false;
         if let Some(lane) = lane {
-            // Through the ring; when it stays full a moment (nobody gets,
-            // or a stopped sender holds its lease), through the hub, which
-            // first moves the ring's items into its store: the put never
-            // blocks for long, and comes after this process's earlier
-            // ones.
-            let soon = Instant::now() + RING_WAIT;
-            let deadline = wait.deadline().map_or(soon, |d| d.min(soon));
-            let sent = lane.stream().send(lane.id(), &bytes, Some(deadline));
+            // Through the ring; when it stays full a moment with nobody
+            // taking from it (no getter yet, a stopped one, or a stopped
+            // sender holding its lease), through the hub, which first
+            // moves the ring's items into its store: the put never blocks
+            // for long, and comes after this process's earlier ones.
+            // While getters make progress it waits for them, as a pipe
+            // does (the hub path is slower for them).
+            let s = lane.stream();
+            let mut read = s.read_position();
+            let sent = loop {
+                let soon = Instant::now() + RING_WAIT;
+                let deadline = wait.deadline().map_or(soon, |d| d.min(soon));
+                match s.send(lane.id(), &bytes, Some(deadline)) {
+                    Err(StreamError::Full)
+                        if s.read_position() != read
+                            && wait.deadline().is_none_or(|d| Instant::now() < d) =>
+                    {
+                        read = s.read_position();
+                    }
+                    r => break r,
+                }
+            };
             if sent.is_ok() && bytes.capacity() <= SCRATCH_MAX {
                 SCRATCH.set(bytes);
                 return Ok(());

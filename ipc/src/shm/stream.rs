@@ -396,6 +396,12 @@ impl Stream {
         h.tail.0.load(SeqCst) != h.head.0.load(SeqCst)
     }
 
+    /// How far receivers have read (a byte position that only grows): a
+    /// sender waiting for room sees receivers make progress when it moves.
+    pub fn read_position(&self) -> u64 {
+        self.header().head.0.load(SeqCst)
+    }
+
     /// Items of this direction waiting in (or on their way from) the
     /// manager's other path; kept by the manager, read by receivers.
     pub fn hub_items(&self) -> u32 {

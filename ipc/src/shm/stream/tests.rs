@@ -460,12 +460,18 @@ fn try_recv_unless_gives_the_lease_back_untouched_and_messages_counts() {
     for i in 0..3 {
         s.try_send(1, &msg(i, 10)).unwrap();
     }
-    assert_eq!(s.messages(2, Instant::now() + Duration::from_secs(1)), Some(3));
+    assert_eq!(
+        s.messages(2, Instant::now() + Duration::from_secs(1)),
+        Some(3)
+    );
     let mut buf = Vec::new();
     // Deferred: nothing taken, the lease is free again.
     assert_eq!(s.try_recv_unless(2, &mut buf, || true), Ok(false));
     assert_eq!(s.leases(), (0, 0));
-    assert_eq!(s.messages(2, Instant::now() + Duration::from_secs(1)), Some(3));
+    assert_eq!(
+        s.messages(2, Instant::now() + Duration::from_secs(1)),
+        Some(3)
+    );
     // Not deferred: the oldest message.
     assert_eq!(s.try_recv_unless(2, &mut buf, || false), Ok(true));
     assert_eq!(buf, msg(0, 10));
@@ -475,7 +481,13 @@ fn try_recv_unless_gives_the_lease_back_untouched_and_messages_counts() {
         s.try_recv_unless(2, &mut buf, || panic!("asked without the lease")),
         Err(StreamError::Empty)
     );
-    assert_eq!(s.messages(2, Instant::now() + Duration::from_millis(10)), None);
+    assert_eq!(
+        s.messages(2, Instant::now() + Duration::from_millis(10)),
+        None
+    );
     s.clear_leases(9);
-    assert_eq!(s.messages(2, Instant::now() + Duration::from_secs(1)), Some(2));
+    assert_eq!(
+        s.messages(2, Instant::now() + Duration::from_secs(1)),
+        Some(2)
+    );
 }
