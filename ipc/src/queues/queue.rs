@@ -211,6 +211,10 @@ fn wait_for(timeout: Duration) -> Wait {
 /// handle serialised and never received keeps the queue until the hub
 /// process exits.
 ///
+/// An unbounded queue with a lane (see the [module docs](self)) holds one
+/// descriptor (a handle on Windows) and a 1 MiB shared segment in the hub
+/// process while it lives.
+///
 /// # Reach
 ///
 /// A handle works in the hub's process and in its direct workers (the
