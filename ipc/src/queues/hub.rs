@@ -1124,8 +1124,13 @@ impl Core {
                 }
             }
             op::LEN => {
-                let len = (state.len() + self.ring_len()) as u64;
+                // The ring is counted outside the hub's lock: a mover
+                // takes the hub's lock under the ring's reader lease.
+                let hub = state.len();
+                drop(state);
+                let len = (hub + self.ring_len()) as u64;
                 reply(link, req, status::OK, len, dirty);
+                return;
             }
             op::CLOSE => {
                 drop(state);

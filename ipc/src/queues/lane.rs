@@ -352,13 +352,17 @@ impl HubLane {
         let mut buf = Vec::new();
         let give_up = Instant::now() + Duration::from_secs(5);
         while s.has_record() {
-            match s.recv(
-                HUB_LANE,
-                &mut buf,
-                Some(Instant::now() + Duration::from_millis(50)),
-            ) {
-                Ok(()) => core.put_accepted(std::mem::take(&mut buf)),
-                Err(StreamError::Empty) if Instant::now() < give_up => {}
+            // Into the hub before the reader lease goes (see `run_pump`).
+            let r = s.try_recv_then(HUB_LANE, &mut buf, |b| {
+                core.put_accepted(std::mem::take(b));
+            });
+            match r {
+                Ok(()) => {}
+                Err(StreamError::Empty) if Instant::now() < give_up => {
+                    // A receiver holds the lease a moment.
+                    s.wait_record(Some(Instant::now() + Duration::from_millis(1)));
+                    std::thread::yield_now();
+                }
                 Err(e) => {
                     if e != StreamError::Closed {
                         tracing::error!(error = %e, "could not move a queue lane's items into the hub");
@@ -465,13 +469,19 @@ impl HubLane {
         loop {
             // One mover at a time (see `settle`), for one message.
             let moving = lock(&self.moving);
-            match s.try_recv(HUB_LANE, &mut buf) {
-                Ok(()) => {
-                    let Some(core) = core.upgrade() else { return };
-                    // Accepted by the ring: it goes in even if the queue
-                    // closed meanwhile (a plain put would drop it).
-                    core.put_accepted(std::mem::take(&mut buf));
-                }
+            let Some(strong) = core.upgrade() else { return };
+            // Into the hub before the reader lease goes: a receiver that
+            // takes the lease next sees the hub's item (and its generation
+            // moved), never a newer ring message while this one is in
+            // flight.
+            let r = s.try_recv_then(HUB_LANE, &mut buf, |b| {
+                // Accepted by the ring: it goes in even if the queue
+                // closed meanwhile (a plain put would drop it).
+                strong.put_accepted(std::mem::take(b));
+            });
+            drop(strong);
+            match r {
+                Ok(()) => {}
                 Err(StreamError::Empty) => {
                     drop(moving);
                     if core.strong_count() == 0 {

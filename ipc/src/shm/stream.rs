@@ -611,7 +611,7 @@ impl Stream {
     /// [`StreamError::Corrupt`].
     pub fn try_recv(&self, lane: u32, buf: &mut Vec<u8>) -> Result<(), StreamError> {
         check_lane(lane)?;
-        match self.recv_once(lane, buf, &|| false)? {
+        match self.recv_once(lane, buf, &|| false, &mut |_| {})? {
             Some(()) => Ok(()),
             None => Err(StreamError::Empty),
         }
@@ -640,9 +640,30 @@ impl Stream {
             deferred.set(d);
             d
         };
-        match self.recv_once(lane, buf, &ask)? {
+        match self.recv_once(lane, buf, &ask, &mut |_| {})? {
             Some(()) => Ok(true),
             None if deferred.get() => Ok(false),
+            None => Err(StreamError::Empty),
+        }
+    }
+
+    /// As [`try_recv`](Self::try_recv), running `then` on the message
+    /// before the reader lease is given back: a manager that moves
+    /// messages to another path publishes the move there (see
+    /// [`try_recv_unless`](Self::try_recv_unless)) before any receiver
+    /// can look at the ring again.
+    ///
+    /// # Errors
+    /// As [`try_recv`](Self::try_recv).
+    pub fn try_recv_then(
+        &self,
+        lane: u32,
+        buf: &mut Vec<u8>,
+        mut then: impl FnMut(&mut Vec<u8>),
+    ) -> Result<(), StreamError> {
+        check_lane(lane)?;
+        match self.recv_once(lane, buf, &|| false, &mut then)? {
+            Some(()) => Ok(()),
             None => Err(StreamError::Empty),
         }
     }
@@ -705,7 +726,7 @@ impl Stream {
         check_lane(lane)?;
         let word = &self.header().not_empty.0;
         self.wait(word, deadline, true, StreamError::Empty, || {
-            self.recv_once(lane, buf, &|| false)
+            self.recv_once(lane, buf, &|| false, &mut |_| {})
         })
     }
 
@@ -745,12 +766,14 @@ impl Stream {
 
     /// One receive attempt: `Some` with the message in `buf`, `None` when
     /// there is none now.
-    /// `defer`: see [`try_recv_unless`](Self::try_recv_unless).
+    /// `defer`: see [`try_recv_unless`](Self::try_recv_unless); `then`:
+    /// see [`try_recv_then`](Self::try_recv_then).
     fn recv_once(
         &self,
         lane: u32,
         buf: &mut Vec<u8>,
         defer: &dyn Fn() -> bool,
+        then: &mut dyn FnMut(&mut Vec<u8>),
     ) -> Result<Option<()>, StreamError> {
         // Another thread of this process receiving: wait for it (it never
         // sleeps under the lock).
@@ -775,6 +798,9 @@ impl Stream {
         }
         let holder = state.as_ref().map_or(lane, |(l, _)| *l);
         let r = self.take_records(&mut state, holder, buf);
+        if matches!(r, Ok(true)) {
+            then(buf);
+        }
         if state.is_none() {
             let _ = m.reader.compare_exchange(holder, 0, SeqCst, SeqCst);
             wake::notify(&h.not_empty.0);

@@ -491,3 +491,20 @@ fn try_recv_unless_gives_the_lease_back_untouched_and_messages_counts() {
         Some(2)
     );
 }
+
+#[test]
+fn try_recv_then_runs_under_the_reader_lease() {
+    let h = Heap::new(4096);
+    let s = &h.stream;
+    s.try_send(1, &msg(7, 20)).unwrap();
+    let mut buf = Vec::new();
+    let mut seen = None;
+    s.try_recv_then(3, &mut buf, |b| seen = Some((b.clone(), s.leases().1)))
+        .unwrap();
+    assert_eq!(seen, Some((msg(7, 20), 3)));
+    assert_eq!(s.leases(), (0, 0));
+    assert_eq!(
+        s.try_recv_then(3, &mut buf, |_| panic!("no message")),
+        Err(StreamError::Empty)
+    );
+}
