@@ -35,8 +35,9 @@
 //!   decides "the ring" under the ring's reader lease
 //!   ([`Stream::try_recv_unless`]: it gives the lease back if the hub's
 //!   generation moved since it looked), and the movers above take
-//!   messages under the same lease, so no message moves into the hub
-//!   between the look and the take.
+//!   messages under the same lease and put them into the hub before they
+//!   give it back ([`Stream::try_recv_then`]), so no message moves into
+//!   the hub between the look and the take, nor is in flight unseen.
 //! - A receiving end held by a process that cannot map the lane makes the
 //!   hub start a *pump* for the queue: a hub thread that takes the
 //!   ring's messages (reader leases with [`HUB_LANE`]) and puts them into
