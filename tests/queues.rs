@@ -106,7 +106,9 @@ fn released_handle_gives_back_items() -> anyhow::Result<()> {
 /// recalls it); one that cannot answer (stopped, here) keeps it from the
 /// getters until it dies, and only then is the queue drained.
 fn closed_waits_for_items_held_elsewhere() -> anyhow::Result<()> {
-    let q = Queue::new();
+    // Items are delivered ahead to other processes only on the hub path
+    // (through the lane a process takes only what its getter takes).
+    let q = Queue::hub_only();
     for i in 0..4u64 {
         q.put(i)?;
     }
@@ -548,7 +550,9 @@ fn two_producers_two_consumers_exactly_once() -> anyhow::Result<()> {
 /// holds it, so a local `try_get` finds nothing. Killed, the getter never
 /// takes it, and the master gets it back.
 fn dying_getter_loses_nothing() -> anyhow::Result<()> {
-    let q = Queue::new();
+    // Delivery ahead (below) is the hub path's; `queue_lane.rs` kills
+    // getters of lane queues.
+    let q = Queue::hub_only();
     let (took, hold) = (SimpleQueue::new(), Queue::new());
     let getter =
         Process::spawn(TAKE_ONE_THEN_HOLD, (q.clone(), took.clone(), hold.clone()))?.watched();

@@ -18,14 +18,14 @@
 //! - [`shm`]: shared memory between local processes: anonymous segments,
 //!   the transport that carries large payloads through them, the
 //!   crash-safe [`shm::ring::Ring`], and [`shm::stream::Stream`], the
-//!   message ring of a pipe direction's lane.
+//!   message ring of a lane (a pipe direction's or an unbounded queue's).
 //! - [`sync`]: the lock and deadline-wait helpers every crate uses.
 //! - `sys/`: everything platform-specific (and all `unsafe`), behind one
 //!   internal interface documented in `sys/mod.rs`.
 //!
 //! Above the transport, the queue layer (`queues/`): [`queue`] and
-//! [`pipe`] (the public types; `queues/lane.rs`: a pipe direction's
-//! shared-memory lane between local processes), the [`hub`] (the queues a
+//! [`pipe`] (the public types; `queues/lane.rs`: the shared-memory lane
+//! of a pipe direction or an unbounded queue between local processes), the [`hub`] (the queues a
 //! master holds and serves), the worker-side client (proxies), and
 //! `queues/wire.rs`, the
 //! queue protocol in one place (every operation, its fields and answers).

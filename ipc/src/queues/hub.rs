@@ -167,8 +167,12 @@ pub(crate) struct Core {
     pub(crate) capacity: Option<usize>,
     state: Mutex<State>,
     changed: Condvar,
-    /// A pipe direction's lane (see `queues/lane.rs`).
+    /// A pipe direction's or an unbounded queue's lane (see
+    /// `queues/lane.rs`).
     lane: OnceLock<Arc<HubLane>>,
+    /// The lane is a queue's (not a pipe direction's): hub-path puts
+    /// settle it first, `len` counts it.
+    queue_lane: std::sync::atomic::AtomicBool,
 }
 
 /// An item in the hub, numbered in the order it was put.
@@ -672,6 +676,7 @@ impl Core {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             lane: OnceLock::new(),
+            queue_lane: std::sync::atomic::AtomicBool::new(false),
         });
         registry().insert(core.id, Arc::downgrade(&core));
         core
@@ -925,7 +930,16 @@ impl Core {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        let hub = self.lock().len();
+        hub + self.ring_len()
+    }
+
+    /// Messages in a queue lane's ring (0 without one).
+    fn ring_len(&self) -> usize {
+        match self.queue_lane() {
+            Some(l) => l.messages(),
+            None => 0,
+        }
     }
 
     pub(crate) fn unfinished(&self) -> u64 {
@@ -950,6 +964,13 @@ impl Core {
             state.shut_down = true;
             if immediate {
                 state.dropped = true;
+                if let Some(l) = self.queue_lane() {
+                    // Not under the hub's lock: a mover takes the
+                    // lane's mover lock, then the hub's.
+                    drop(state);
+                    l.discard();
+                    state = self.lock();
+                }
                 let mut dropped = std::mem::take(&mut state.items).len();
                 for sub in &mut state.subs {
                     dropped += sub.unacked.len();
@@ -1010,6 +1031,11 @@ impl Core {
         payload: &[u8],
         dirty: &mut Dirty,
     ) {
+        // A put through the hub comes after what the ring holds.
+        let _settled = match code {
+            op::PUT | op::PUT_WAIT => self.queue_lane().map(|l| l.settle(self)),
+            _ => None,
+        };
         let mut state = self.lock();
         if !state.users.iter().any(|l| l.id() == link.id()) {
             state.users.push(Arc::clone(link));
@@ -1099,8 +1125,13 @@ impl Core {
                 }
             }
             op::LEN => {
-                let len = state.len() as u64;
+                // The ring is counted outside the hub's lock: a mover
+                // takes the hub's lock under the ring's reader lease.
+                let hub = state.len();
+                drop(state);
+                let len = (hub + self.ring_len()) as u64;
                 reply(link, req, status::OK, len, dirty);
+                return;
             }
             op::CLOSE => {
                 drop(state);
@@ -1309,6 +1340,28 @@ impl Core {
     /// This queue's lane, if it is a pipe direction with one.
     pub(crate) fn lane(&self) -> Option<&Arc<HubLane>> {
         self.lane.get()
+    }
+
+    /// Gives this queue (a new unbounded queue, not a pipe) a lane, if
+    /// shared memory can be had.
+    pub(crate) fn make_queue_lane(&self) {
+        if self.make_lane().is_some() {
+            self.queue_lane.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// This queue's lane, if it is a queue with one (not a pipe).
+    pub(crate) fn queue_lane(&self) -> Option<&Arc<HubLane>> {
+        self.lane
+            .get()
+            .filter(|_| self.queue_lane.load(Ordering::SeqCst))
+    }
+
+    /// A put through the hub from this process, after what the lane's
+    /// ring holds (the ring was full; see [`HubLane::settle`]).
+    pub(crate) fn put_settled(&self, item: Vec<u8>, wait: Wait) -> Result<(), PutFail> {
+        let _settled = self.queue_lane().map(|l| l.settle(self));
+        self.put(item, wait)
     }
 }
 

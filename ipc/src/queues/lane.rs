@@ -1,42 +1,66 @@
-//! A pipe direction's *lane*: a [`Stream`] in a shared segment beside the
-//! direction's hub queue, so that local processes pass messages through
-//! memory instead of through the hub.
+//! A *lane*: a [`Stream`] in a shared segment beside a hub queue, so
+//! that local processes pass items through memory instead of through the
+//! hub. Pipe directions have one, and so do unbounded `Queue`s and
+//! `SimpleQueue`s (not bounded queues, nor `JoinableQueue`s, whose
+//! capacity and unfinished counts live in the hub).
 //!
 //! # Who uses it
 //!
-//! The hub process makes the segment with the pipe ([`HubLane`], kept by
-//! the direction's queue). A process that can map it is *lane-capable*:
+//! The hub process makes the segment with the queue ([`HubLane`], kept by
+//! the queue's [`Core`]). A process that can map it is *lane-capable*:
 //! the hub's own process (lane id [`HUB_LANE`]) and its direct local
 //! workers with a descriptor channel, which ask `LANE` when they
-//! deserialise an end: the hub sends the segment's descriptor over the
-//! channel (as `SharedMemory`'s `OPEN` does) and answers with the
-//! segment's length and the worker's lane id (its connection's id). Any
-//! other holder (a remote TCP worker, `PROCPOOL_SHM_THRESHOLD=off`, a
-//! mapping that failed) uses the hub queue exactly as before.
+//! deserialise a pipe end, or first use a queue handle: the hub sends the
+//! segment's descriptor over the channel (as `SharedMemory`'s `OPEN`
+//! does) and answers with the segment's length and the worker's lane id
+//! (its connection's id). Any other holder (a remote TCP worker,
+//! `PROCPOOL_SHM_THRESHOLD=off`, a mapping that failed) uses the hub
+//! queue exactly as before.
 //!
-//! - Lane senders always send through the ring; hub-path senders always
-//!   put into the hub queue. Order between different senders is
-//!   undefined, as before.
+//! - Lane senders send through the ring; hub-path senders put into the
+//!   hub queue. For a pipe, order between different senders is undefined,
+//!   as before. For a queue, a put through the hub (a remote worker's, or
+//!   a lane put that found the ring full for a moment) first moves every
+//!   message in the ring into the hub queue ([`HubLane::settle`]), then
+//!   puts its own: the hub queue's items are always older than the
+//!   ring's. So FIFO per producer holds when a producer's puts overflow
+//!   into the hub, and a put that returned before another process's put
+//!   began is got first, whichever paths they took. An unbounded put
+//!   therefore never waits long: at most a moment for room, then the hub
+//!   takes the overflow.
 //! - Lane receivers read both: the hub keeps `hub_items` in the lane's
 //!   header (items waiting in, or delivered ahead from, the hub queue) and
 //!   wakes `not_empty` on changes; a receiver takes from the hub queue
-//!   first while `hub_items > 0`, else from the ring.
+//!   first while `hub_items > 0`, else from the ring. A queue's receiver
+//!   decides "the ring" under the ring's reader lease
+//!   ([`Stream::try_recv_unless`]: it gives the lease back if the hub's
+//!   generation moved since it looked), and the movers above take
+//!   messages under the same lease and put them into the hub before they
+//!   give it back ([`Stream::try_recv_then`]), so no message moves into
+//!   the hub between the look and the take, nor is in flight unseen.
 //! - A receiving end held by a process that cannot map the lane makes the
-//!   hub start a *pump* for the direction: a hub thread that takes the
+//!   hub start a *pump* for the queue: a hub thread that takes the
 //!   ring's messages (reader leases with [`HUB_LANE`]) and puts them into
 //!   the hub queue. While it runs, closing the hub queue waits until the
 //!   pump has drained the ring (the ring is closed at once), and a queue
 //!   closed already does not count as drained until then: the pump puts
 //!   what the ring accepted even into a closed queue. The pump runs until
-//!   the direction ends.
-//! - Ends: a sender's `close` sets the ring's `CLOSED` and closes the hub
-//!   queue; when the hub queue closes (close, or every sending handle
-//!   gone) the hub sets `CLOSED` in the ring; when every receiving handle
-//!   is gone it sets `READERS_GONE`, which fails blocked and later lane
-//!   sends. A lane receiver reports `Closed` once the ring is drained, a
-//!   flag is set, and the hub queue is closed and drained.
+//!   the queue ends. (Every queue handle may get, so a queue's holder
+//!   that cannot map the lane starts the pump.)
+//! - Ends: a pipe sender's `close` sets the ring's `CLOSED` and closes the
+//!   hub queue; when the hub queue closes (close, shutdown, or every
+//!   sending handle of a pipe gone) the hub sets `CLOSED` in the ring, so
+//!   later lane puts fail as closed; for a pipe, when every receiving
+//!   handle is gone it sets `READERS_GONE`, which fails blocked and later
+//!   lane sends. A lane receiver reports `Closed` once the ring is
+//!   drained, a flag is set, and the hub queue is closed and drained.
+//!   An immediate shutdown drops the ring's messages too.
 //! - Deaths: once a worker's connection ended and it was reaped
 //!   ([`super::hub::reaped`]), the hub clears any lease its lane id holds.
+//!   A lane put that returned survives its producer; a lane get consumes
+//!   its message (the ring's `head` store) before the caller sees it, so
+//!   a message is got at most once, and lost only with a getter that died
+//!   while taking it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -69,6 +93,9 @@ pub(crate) const AS_READER: u64 = 2;
 /// `LANE` argument: the requester holds a receiving end and cannot use
 /// the lane (its mapping failed): the hub must pump.
 pub(crate) const AS_READER_NO_LANE: u64 = 3;
+/// `LANE` argument: the requester holds a queue handle (it may put and
+/// get): the hub pumps if it cannot have the lane.
+pub(crate) const AS_QUEUE: u64 = 4;
 /// Status: the requester cannot map the lane (no descriptor channel, no
 /// lane id for it, or the descriptor could not be sent).
 pub(crate) const NO_LANE: u8 = 66;
@@ -232,6 +259,10 @@ impl LaneEnd {
 pub(crate) struct HubLane {
     local: Arc<LaneEnd>,
     pump: Mutex<Pump>,
+    /// Held while records move from the ring into the hub queue (the pump
+    /// and [`settle`](HubLane::settle)): one mover at a time, so they keep
+    /// their order.
+    moving: Mutex<()>,
     /// Items queued in the hub at the last change (under the hub lock).
     queued: AtomicUsize,
 }
@@ -253,6 +284,7 @@ impl HubLane {
         Some(Arc::new(HubLane {
             local: LaneEnd::new(Arc::new(mapped), HUB_LANE),
             pump: Mutex::default(),
+            moving: Mutex::default(),
             queued: AtomicUsize::new(0),
         }))
     }
@@ -307,6 +339,71 @@ impl HubLane {
         self.stream().clear_leases(lane);
     }
 
+    /// Moves every message in the ring into the hub queue, in order,
+    /// through `core`; the guard keeps other movers out until the caller
+    /// has put its own item (a put through the hub then comes after every
+    /// message the ring accepted before it: FIFO per producer, and causal
+    /// order across processes, since lane receivers take the hub's items
+    /// first). Waits for the reader lease while a receiver holds it
+    /// (it is copying out one message), at most a few seconds (a reader
+    /// stopped in the middle: order may then break, logged).
+    pub(crate) fn settle(&self, core: &Core) -> std::sync::MutexGuard<'_, ()> {
+        let guard = lock(&self.moving);
+        let s = self.stream();
+        let mut buf = Vec::new();
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while s.has_record() {
+            // Into the hub before the reader lease goes (see `run_pump`).
+            let r = s.try_recv_then(HUB_LANE, &mut buf, |b| {
+                core.put_accepted(std::mem::take(b));
+            });
+            match r {
+                Ok(()) => {}
+                Err(StreamError::Empty) if Instant::now() < give_up => {
+                    // A receiver holds the lease a moment.
+                    s.wait_record(Some(Instant::now() + Duration::from_millis(1)));
+                    std::thread::yield_now();
+                }
+                Err(e) => {
+                    if e != StreamError::Closed {
+                        tracing::error!(error = %e, "could not move a queue lane's items into the hub");
+                    }
+                    break;
+                }
+            }
+        }
+        guard
+    }
+
+    /// Drops every message in the ring (an immediate shutdown); how many.
+    pub(crate) fn discard(&self) -> usize {
+        let _guard = lock(&self.moving);
+        let s = self.stream();
+        let mut buf = Vec::new();
+        let mut n = 0;
+        let give_up = Instant::now() + Duration::from_secs(1);
+        while s.has_record() && Instant::now() < give_up {
+            match s.recv(
+                HUB_LANE,
+                &mut buf,
+                Some(Instant::now() + Duration::from_millis(50)),
+            ) {
+                Ok(()) => n += 1,
+                Err(StreamError::Empty) => {}
+                Err(_) => break,
+            }
+        }
+        n
+    }
+
+    /// Whole messages in the ring now (a snapshot; 0 if a receiver holds
+    /// the lease for long).
+    pub(crate) fn messages(&self) -> usize {
+        self.stream()
+            .messages(HUB_LANE, Instant::now() + Duration::from_millis(100))
+            .unwrap_or(0)
+    }
+
     /// Serves `LANE` from a connection (`link_id`, `shm`: whether it has
     /// a descriptor channel), for queue `id`: `(status, value)`, value =
     /// `lane id << 32 | segment length`.
@@ -316,7 +413,7 @@ impl HubLane {
         link: &Arc<crate::link::Link>,
         role: u64,
     ) -> (u8, u64) {
-        let reader = role == AS_READER || role == AS_READER_NO_LANE;
+        let reader = matches!(role, AS_READER | AS_READER_NO_LANE | AS_QUEUE);
         let lane_id = u32::try_from(link.id())
             .ok()
             .filter(|&l| l != 0 && l < HUB_LANE);
@@ -371,16 +468,33 @@ impl HubLane {
         let mut buf = Vec::new();
         let s = self.stream();
         loop {
-            let deadline = Some(Instant::now() + Duration::from_millis(500));
-            match s.recv(HUB_LANE, &mut buf, deadline) {
-                Ok(()) => {
-                    let Some(core) = core.upgrade() else { return };
-                    // Accepted by the ring: it goes in even if the queue
-                    // closed meanwhile (a plain put would drop it).
-                    core.put_accepted(std::mem::take(&mut buf));
+            // One mover at a time (see `settle`), for one message.
+            let moving = lock(&self.moving);
+            let Some(strong) = core.upgrade() else { return };
+            // Into the hub before the reader lease goes: a receiver that
+            // takes the lease next sees the hub's item (and its generation
+            // moved), never a newer ring message while this one is in
+            // flight.
+            let r = s.try_recv_then(HUB_LANE, &mut buf, |b| {
+                // Accepted by the ring: it goes in even if the queue
+                // closed meanwhile (a plain put would drop it).
+                strong.put_accepted(std::mem::take(b));
+            });
+            drop(strong);
+            match r {
+                Ok(()) => {}
+                Err(StreamError::Empty) => {
+                    drop(moving);
+                    if core.strong_count() == 0 {
+                        return;
+                    }
+                    if s.has_record() {
+                        // A receiver holds the lease for a moment.
+                        std::thread::yield_now();
+                    } else {
+                        s.wait_record(Some(Instant::now() + Duration::from_millis(500)));
+                    }
                 }
-                Err(StreamError::Empty) if core.strong_count() > 0 => {}
-                Err(StreamError::Empty) => return,
                 Err(e) => {
                     if e != StreamError::Closed {
                         tracing::error!(error = %e, "a pipe lane's pump stopped");
@@ -401,13 +515,14 @@ impl HubLane {
 /// direction here, so one lane id and one partial message per process).
 static MAPPED: LazyLock<Mutex<HashMap<u64, Weak<LaneEnd>>>> = LazyLock::new(Mutex::default);
 
-/// A worker's end of queue `id`'s lane, or `None` (hub path). For a
+/// A worker's end of queue `id`'s lane, or `None` (hub path), for a
+/// holder in `role` ([`AS_READER`], [`AS_WRITER`], [`AS_QUEUE`]). For a
 /// receiving end that cannot use the lane, the hub is told to pump.
-pub(crate) fn attach(client: &'static Arc<Client>, id: u64, reader: bool) -> Option<Arc<LaneEnd>> {
+pub(crate) fn attach(client: &'static Arc<Client>, id: u64, role: u64) -> Option<Arc<LaneEnd>> {
     if let Some(end) = lock(&MAPPED).get(&id).and_then(Weak::upgrade) {
         return Some(end);
     }
-    let role = if reader { AS_READER } else { AS_WRITER };
+    let reader = role != AS_WRITER;
     match open(client, id, role) {
         Ok(Some(end)) => {
             lock(&MAPPED).insert(id, Arc::downgrade(&end));

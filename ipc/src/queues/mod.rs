@@ -5,7 +5,8 @@
 //!   is either the hub's queue itself (in the process that holds it) or a
 //!   proxy that speaks to it over the worker's connection;
 //! - [`pipe`]: `Pipe`, two queues back to back; `lane`: each direction's
-//!   shared-memory ring between local processes, beside its queue;
+//!   (and each unbounded queue's) shared-memory ring between local
+//!   processes, beside its hub queue;
 //! - [`hub`]: the queues a process holds and how it serves other
 //!   processes' operations on them (the master's reader threads call it);
 //! - `client`: the proxies' side in a worker: requests, replies,

@@ -7,9 +7,22 @@
 //! connection, so one queue is one object wherever it is used, and every
 //! item is delivered to exactly one getter.
 //!
-//! There is no feeder thread and no buffer between `put` and the hub: when
-//! `put` returns, the item is in the hub or in the kernel on its way there,
-//! so a process may exit right after `put` and the item is not lost. Items
+//! Between processes on one machine, an unbounded [`Queue`] or
+//! [`SimpleQueue`] also has a *lane*: a ring in shared memory
+//! (`queues/lane.rs`) that the hub's process, its direct local workers
+//! and its `Process` children put into and get from directly, without a
+//! hop through the hub. Remote (TCP) workers and processes without shared
+//! memory (`PROCPOOL_SHM_THRESHOLD=off`) use the hub and see the same
+//! queue. When the ring (1 MiB) stays full for a moment, a put goes
+//! through the hub instead, which first takes in the ring's items: `put`
+//! on an unbounded queue never blocks for long, and items stay in order
+//! per producer. Bounded queues and [`JoinableQueue`]s always go through
+//! the hub (their capacity and unfinished counts live there).
+//!
+//! There is no feeder thread and no buffer between `put` and the queue:
+//! when `put` returns, the item is in the ring, in the hub, or in the
+//! kernel on its way there, so a process may exit right after `put` and
+//! the item is not lost. Items
 //! handed to a getter in another process that dies before taking them go
 //! back to the queue; items it took from a [`JoinableQueue`] and had not
 //! marked done are reported by [`JoinableQueue::join`] instead of making it
@@ -35,8 +48,8 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -47,6 +60,7 @@ use super::lane::{self, LaneEnd};
 use super::wire::{self, Wait, op, status};
 use crate::codec;
 pub use crate::error::QueueError;
+use crate::shm::stream::{CLOSED, StreamError};
 use crate::task::Payload;
 
 mod future;
@@ -155,6 +169,9 @@ enum Handle {
         hub: u64,
         capacity: Option<usize>,
         client: &'static Arc<Client>,
+        /// The queue has a lane this process may map (see
+        /// `queues/lane.rs`).
+        lane: bool,
         /// Shared by clones: the client forgets the queue when the last
         /// handle group here drops.
         _held: Arc<Held>,
@@ -194,6 +211,10 @@ fn wait_for(timeout: Duration) -> Wait {
 /// handle serialised and never received keeps the queue until the hub
 /// process exits.
 ///
+/// An unbounded queue with a lane (see the [module docs](self)) holds one
+/// descriptor (a handle on Windows) and a 1 MiB shared segment in the hub
+/// process while it lives.
+///
 /// # Reach
 ///
 /// A handle works in the hub's process and in its direct workers (the
@@ -207,6 +228,9 @@ pub struct Queue<T> {
     writer: Option<Arc<Writer>>,
     /// Set on a pipe's receiving end in the hub process.
     reader: Option<Arc<Reader>>,
+    /// This process's end of the queue's lane, once looked up (shared by
+    /// clones; `None` inside: the hub path).
+    lane: Arc<OnceLock<Option<Arc<LaneEnd>>>>,
     _items: PhantomData<fn(T) -> T>,
 }
 
@@ -216,6 +240,7 @@ impl<T> Clone for Queue<T> {
             handle: self.handle.clone(),
             writer: self.writer.clone(),
             reader: self.reader.clone(),
+            lane: Arc::clone(&self.lane),
             _items: PhantomData,
         }
     }
@@ -244,7 +269,27 @@ impl<T: Payload> Default for Queue<T> {
 impl<T: Payload> Queue<T> {
     /// An unbounded queue held by this process.
     pub fn new() -> Self {
+        let q = Self::with_capacity(None);
+        if let Handle::Local(core) = &q.handle {
+            if lanes_wanted() {
+                core.make_queue_lane();
+            }
+        }
+        q
+    }
+
+    /// An unbounded queue whose items all go through the hub, as every
+    /// queue's did before lanes (for tests and benches of that path).
+    #[doc(hidden)]
+    pub fn hub_only() -> Self {
         Self::with_capacity(None)
+    }
+
+    /// Whether this handle puts and gets through the queue's lane (for
+    /// tests and benches).
+    #[doc(hidden)]
+    pub fn uses_lane(&self) -> bool {
+        self.queue_lane().is_some()
     }
 
     /// A queue holding at most `capacity` items: `put` blocks while it is
@@ -260,6 +305,7 @@ impl<T: Payload> Queue<T> {
             handle: Handle::new(capacity),
             writer: None,
             reader: None,
+            lane: Arc::default(),
             _items: PhantomData,
         }
     }
@@ -270,7 +316,7 @@ impl<T: Payload> Queue<T> {
     /// The direction gets a lane (`queues/lane.rs`) when shared memory
     /// can be had.
     pub(crate) fn pipe() -> (Self, Self) {
-        let mut reader = Self::new();
+        let mut reader = Self::with_capacity(None);
         let Handle::Local(core) = &reader.handle else {
             unreachable!("a new queue is local");
         };
@@ -281,6 +327,7 @@ impl<T: Payload> Queue<T> {
             handle: reader.handle.clone(),
             writer: Some(Arc::new(Writer::Local(Arc::clone(core)))),
             reader: None,
+            lane: Arc::default(),
             _items: PhantomData,
         };
         (reader, writer)
@@ -288,9 +335,11 @@ impl<T: Payload> Queue<T> {
 
     /// Adds an item, waiting for room if the queue is bounded and full.
     ///
-    /// From another process than the hub's: the first put to a queue is
-    /// answered by the hub; later puts to an unbounded queue are one-way
-    /// (the item is in the kernel when `put` returns). The handle holds the
+    /// Through the queue's lane (an unbounded queue, a local process: see
+    /// the [module docs](self)) the item is in shared memory when `put`
+    /// returns. Otherwise, from another process than the hub's: the first
+    /// put to a queue is answered by the hub; later puts to an unbounded
+    /// queue are one-way (the item is in the kernel when `put` returns). The handle holds the
     /// queue in the hub (see Lifetime above), so a one-way put always
     /// lands; a handle that arrived after its queue was gone gets
     /// [`QueueError::NoSuchQueue`] from its first (answered) put.
@@ -325,11 +374,58 @@ impl<T: Payload> Queue<T> {
     }
 
     fn put_wait(&self, item: T, wait: Wait) -> Result<(), PutError<T>> {
-        let mut bytes = Vec::new();
+        // Through a lane the encoding is copied into the ring: a buffer
+        // kept by the thread saves an allocation per item.
+        let lane = self.queue_lane();
+        let mut bytes = if lane.is_some() {
+            SCRATCH.take()
+        } else {
+            Vec::new()
+        };
+        bytes.clear();
         if let Err(e) = codec::encode_into(&item, &mut bytes) {
             return Err(PutError::Failed(item, QueueError::Encode(Arc::new(e))));
         }
+        let mut settle = false;
+        if let Some(lane) = lane {
+            // Through the ring; when it stays full a moment with nobody
+            // taking from it (no getter yet, a stopped one, or a stopped
+            // sender holding its lease), through the hub, which first
+            // moves the ring's items into its store: the put never blocks
+            // for long, and comes after this process's earlier ones.
+            // While getters make progress it waits for them, as a pipe
+            // does (the hub path is slower for them).
+            let s = lane.stream();
+            let mut read = s.read_position();
+            let sent = loop {
+                let soon = Instant::now() + RING_WAIT;
+                let deadline = wait.deadline().map_or(soon, |d| d.min(soon));
+                match s.send(lane.id(), &bytes, Some(deadline)) {
+                    Err(StreamError::Full)
+                        if s.read_position() != read
+                            && wait.deadline().is_none_or(|d| Instant::now() < d) =>
+                    {
+                        read = s.read_position();
+                    }
+                    r => break r,
+                }
+            };
+            if sent.is_ok() && bytes.capacity() <= SCRATCH_MAX {
+                SCRATCH.set(bytes);
+                return Ok(());
+            }
+            match sent {
+                Ok(()) => return Ok(()),
+                Err(StreamError::Full) => settle = true,
+                Err(StreamError::Closed) => return Err(self.refused(item)),
+                Err(e) => return Err(PutError::Failed(item, lane::error(e))),
+            }
+        }
         match &self.handle {
+            Handle::Local(core) if settle => core.put_settled(bytes, wait).map_err(|f| match f {
+                PutFail::Full => PutError::Full(item),
+                PutFail::Closed => self.refused(item),
+            }),
             Handle::Local(core) => core.put(bytes, wait).map_err(|f| match f {
                 PutFail::Full => PutError::Full(item),
                 PutFail::Closed => self.refused(item),
@@ -353,7 +449,10 @@ impl<T: Payload> Queue<T> {
                 // after that is refused here. The first one asks, so a put
                 // to a queue closed before this process used it is refused
                 // instead of lost.
-                if !bounded && client.puts_confirmed(*id) {
+                // A put after ring puts is answered (the hub moves the
+                // ring's items first): the next ring put must not overtake
+                // it.
+                if !bounded && !settle && client.puts_confirmed(*id) {
                     // Full only when the master has not been reading: the
                     // connection's outbox is at its limit.
                     return match client.put_oneway(*id, &bytes, wait) {
@@ -475,7 +574,16 @@ impl<T: Payload> Queue<T> {
     }
 
     fn get_wait(&self, wait: Wait) -> Result<T, GetError> {
-        let bytes = match &self.handle {
+        if let Some(lane) = self.queue_lane() {
+            return self.lane_get(lane, wait);
+        }
+        let bytes = self.hub_get(wait)?;
+        decode(&bytes)
+    }
+
+    /// Takes the oldest item through the hub.
+    fn hub_get(&self, wait: Wait) -> Result<Vec<u8>, GetError> {
+        Ok(match &self.handle {
             Handle::Local(core) => core.get(wait).map_err(|f| match f {
                 GetFail::Empty => GetError::Empty,
                 GetFail::Closed => self.ended(),
@@ -487,11 +595,127 @@ impl<T: Payload> Queue<T> {
                     Taken::Closed => return Err(self.ended()),
                 }
             }
-        };
-        codec::decode(&bytes)
-            .map(|(item, _)| item)
-            .map_err(|e| GetError::Failed(QueueError::Decode(Arc::new(e))))
+        })
     }
+
+    /// A get through the lane: the hub's items first (older than the
+    /// ring's: see `HubLane::settle`), decided under the ring's reader
+    /// lease.
+    fn lane_get(&self, lane: &LaneEnd, wait: Wait) -> Result<T, GetError> {
+        // A buffer kept by the thread: no allocation per item.
+        let mut buf = SCRATCH.take();
+        let r = self.lane_get_into(lane, wait, &mut buf);
+        if buf.capacity() <= SCRATCH_MAX {
+            SCRATCH.set(buf);
+        }
+        r
+    }
+
+    fn lane_get_into(&self, lane: &LaneEnd, wait: Wait, buf: &mut Vec<u8>) -> Result<T, GetError> {
+        let s = lane.stream();
+        let mut spins = 0;
+        loop {
+            let seen = s.hub_gen();
+            let closed = s.flags() & CLOSED != 0;
+            if let Some(v) = self.lane_attempt(lane, buf)? {
+                return Ok(v);
+            }
+            if matches!(wait, Wait::No) {
+                return Err(GetError::Empty);
+            }
+            if wait.deadline().is_some_and(|d| Instant::now() >= d) {
+                return Err(GetError::Empty);
+            }
+            if s.hub_items() > 0 {
+                // Items in the hub that this process could not take now:
+                // delivered ahead to another process. Wait there a moment
+                // as a getter, which recalls them from an idle one.
+                let soon = Instant::now() + HUB_LOOK;
+                let until = wait.deadline().map_or(soon, |d| d.min(soon));
+                match self.hub_get(Wait::Until(until)) {
+                    Ok(bytes) => return decode(&bytes),
+                    Err(GetError::Empty | GetError::Closed | GetError::ShutDown) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            if spins < SPINS {
+                spins += 1;
+                std::thread::yield_now();
+                continue;
+            }
+            // Woken by a record, the close, or a hub change. Closed with
+            // the hub not drained yet (an item delivered to another
+            // process may come back): looked at again now and then.
+            let ready =
+                || s.has_record() || s.hub_gen() != seen || (!closed && s.flags() & CLOSED != 0);
+            let deadline = if closed {
+                let soon = Instant::now() + HUB_LOOK;
+                Some(wait.deadline().map_or(soon, |d| d.min(soon)))
+            } else {
+                wait.deadline()
+            };
+            s.sleep_readers(deadline, ready);
+        }
+    }
+
+    /// One get from either path, without waiting.
+    fn lane_attempt(&self, lane: &LaneEnd, buf: &mut Vec<u8>) -> Result<Option<T>, GetError> {
+        let s = lane.stream();
+        loop {
+            let seen = s.hub_gen();
+            if s.hub_items() > 0 {
+                match self.hub_get(Wait::No) {
+                    Ok(bytes) => return decode(&bytes).map(Some),
+                    Err(GetError::Empty | GetError::Closed | GetError::ShutDown) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            // The hub's items first: if one came since the look above,
+            // the ring's oldest stays where it is.
+            return match s.try_recv_unless(lane.id(), buf, || s.hub_gen() != seen) {
+                Ok(true) => decode(buf).map(Some),
+                Ok(false) => continue,
+                Err(StreamError::Empty) => Ok(None),
+                // The ring is drained and closed: the queue ends once the
+                // hub is drained too.
+                Err(StreamError::Closed) => match self.hub_get(Wait::No) {
+                    Ok(bytes) => decode(&bytes).map(Some),
+                    Err(GetError::Empty) => Ok(None),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(GetError::Failed(lane::error(e))),
+            };
+        }
+    }
+}
+
+/// Decodes an item taken from a queue.
+fn decode<T: Payload>(bytes: &[u8]) -> Result<T, GetError> {
+    codec::decode(bytes)
+        .map(|(item, _)| item)
+        .map_err(|e| GetError::Failed(QueueError::Decode(Arc::new(e))))
+}
+
+thread_local! {
+    /// A thread's buffer for items going into or coming out of a lane.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The largest [`SCRATCH`] buffer a thread keeps.
+const SCRATCH_MAX: usize = 1 << 20;
+
+/// How long a put waits for room in a full ring before it goes through
+/// the hub.
+const RING_WAIT: Duration = Duration::from_millis(2);
+/// How long a lane getter waits at a time for the hub's items (see
+/// `lane_get`).
+const HUB_LOOK: Duration = Duration::from_millis(20);
+/// Get attempts (with a yield between) before a blocked lane get sleeps.
+const SPINS: u32 = 64;
+
+/// Whether new queues get lanes: not with `PROCPOOL_SHM_THRESHOLD=off`.
+fn lanes_wanted() -> bool {
+    std::env::var(crate::shm::transport::THRESHOLD_ENV).map_or(true, |v| v.trim() != "off")
 }
 
 impl<T> Queue<T> {
@@ -506,13 +730,43 @@ impl<T> Queue<T> {
     pub(crate) fn lane_end(&self, reader: bool) -> Option<Arc<LaneEnd>> {
         match &self.handle {
             Handle::Local(core) => core.lane().map(|l| Arc::clone(l.local())),
-            Handle::Remote { id, client, .. } => lane::attach(client, *id, reader),
+            Handle::Remote { id, client, .. } => {
+                let role = if reader {
+                    lane::AS_READER
+                } else {
+                    lane::AS_WRITER
+                };
+                lane::attach(client, *id, role)
+            }
         }
+    }
+
+    /// This process's end of the queue's lane, if the queue has one and
+    /// this process can map it (looked up once; not a pipe's lane).
+    pub(crate) fn queue_lane(&self) -> Option<&Arc<LaneEnd>> {
+        self.lane
+            .get_or_init(|| match &self.handle {
+                Handle::Local(core) => core.queue_lane().map(|l| Arc::clone(l.local())),
+                Handle::Remote {
+                    id,
+                    client,
+                    lane: true,
+                    ..
+                } => lane::attach(client, *id, lane::AS_QUEUE),
+                Handle::Remote { .. } => None,
+            })
+            .as_ref()
     }
 
     /// Whether a get would not block now; if not, `waker` is woken on a
     /// change until [`unwatch`](Self::unwatch) (see [`super::wait`]).
     pub(crate) fn watch(&self, waker: &std::task::Waker) -> Result<bool, QueueError> {
+        if let Some(lane) = self.queue_lane() {
+            lane.watch(waker);
+            if lane.stream().has_record() {
+                return Ok(true);
+            }
+        }
         match &self.handle {
             Handle::Local(core) => Ok(core.watch(waker)),
             Handle::Remote { id, client, .. } => client.watch(*id, waker),
@@ -521,6 +775,9 @@ impl<T> Queue<T> {
 
     /// Drops `waker`'s registration made by [`watch`](Self::watch).
     pub(crate) fn unwatch(&self, waker: &std::task::Waker) {
+        if let Some(Some(lane)) = self.lane.get() {
+            lane.unwatch(waker);
+        }
         match &self.handle {
             Handle::Local(core) => core.unwatch(waker),
             Handle::Remote { id, client, .. } => client.unwatch(*id, waker),
@@ -595,7 +852,8 @@ impl<T> Queue<T> {
     }
 
     /// Number of items in the queue now (a snapshot). Items handed to a
-    /// getter in another process and not yet taken there still count.
+    /// getter in another process and not yet taken there still count, and
+    /// so do the items in the queue's lane.
     ///
     /// # Errors
     /// From another process than the hub's: the hub cannot be reached, or
@@ -751,7 +1009,7 @@ impl<T: Payload> Default for JoinableQueue<T> {
 impl<T: Payload> JoinableQueue<T> {
     /// An unbounded joinable queue.
     pub fn new() -> Self {
-        Self::from_queue(Queue::new())
+        Self::from_queue(Queue::with_capacity(None))
     }
 
     /// A bounded joinable queue.

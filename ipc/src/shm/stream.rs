@@ -402,6 +402,12 @@ impl Stream {
         h.tail.0.load(SeqCst) != h.head.0.load(SeqCst)
     }
 
+    /// How far receivers have read (a byte position that only grows): a
+    /// sender waiting for room sees receivers make progress when it moves.
+    pub fn read_position(&self) -> u64 {
+        self.header().head.0.load(SeqCst)
+    }
+
     /// Items of this direction waiting in (or on their way from) the
     /// manager's other path; kept by the manager, read by receivers.
     pub fn hub_items(&self) -> u32 {
@@ -612,10 +618,104 @@ impl Stream {
     /// [`StreamError::Corrupt`].
     pub fn try_recv(&self, lane: u32, buf: &mut Vec<u8>) -> Result<(), StreamError> {
         check_lane(lane)?;
-        match self.recv_once(lane, buf)? {
+        match self.recv_once(lane, buf, &|| false, &mut |_| {})? {
             Some(()) => Ok(()),
             None => Err(StreamError::Empty),
         }
+    }
+
+    /// As [`try_recv`](Self::try_recv), except that once this receiver
+    /// holds the reader lease for a new message, `defer()` is asked: if it
+    /// says so, the lease is given back untouched and `Ok(false)` comes
+    /// back. Nobody else can take a record between the question and the
+    /// take (a manager that moves records elsewhere takes them under the
+    /// same lease), so a receiver that must prefer another path while it
+    /// holds items asks here. `Ok(true)`: a message is in `buf`.
+    ///
+    /// # Errors
+    /// As [`try_recv`](Self::try_recv).
+    pub fn try_recv_unless(
+        &self,
+        lane: u32,
+        buf: &mut Vec<u8>,
+        defer: impl Fn() -> bool,
+    ) -> Result<bool, StreamError> {
+        check_lane(lane)?;
+        let deferred = std::cell::Cell::new(false);
+        let ask = || {
+            let d = defer();
+            deferred.set(d);
+            d
+        };
+        match self.recv_once(lane, buf, &ask, &mut |_| {})? {
+            Some(()) => Ok(true),
+            None if deferred.get() => Ok(false),
+            None => Err(StreamError::Empty),
+        }
+    }
+
+    /// As [`try_recv`](Self::try_recv), running `then` on the message
+    /// before the reader lease is given back: a manager that moves
+    /// messages to another path publishes the move there (see
+    /// [`try_recv_unless`](Self::try_recv_unless)) before any receiver
+    /// can look at the ring again.
+    ///
+    /// # Errors
+    /// As [`try_recv`](Self::try_recv).
+    pub fn try_recv_then(
+        &self,
+        lane: u32,
+        buf: &mut Vec<u8>,
+        mut then: impl FnMut(&mut Vec<u8>),
+    ) -> Result<(), StreamError> {
+        check_lane(lane)?;
+        match self.recv_once(lane, buf, &|| false, &mut then)? {
+            Some(()) => Ok(()),
+            None => Err(StreamError::Empty),
+        }
+    }
+
+    /// Whole messages in the ring now (a snapshot), counted under the
+    /// reader lease (waiting for it at most until `deadline`; `None` if
+    /// it could not be had). A message half taken by this process counts
+    /// as one.
+    pub fn messages(&self, lane: u32, deadline: Instant) -> Option<usize> {
+        check_lane(lane).ok()?;
+        let state = self
+            .partial
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let m = self.meta();
+        let mine = state.is_some();
+        if !mine {
+            let mut spin = 0;
+            while m.reader.compare_exchange(0, lane, SeqCst, SeqCst).is_err() {
+                if Instant::now() >= deadline {
+                    return None;
+                }
+                pause(spin);
+                spin = (spin + 1).min(SPINS);
+            }
+        }
+        let mut n = usize::from(mine);
+        let r = self.positions().map(|(mut head, tail)| {
+            while head < tail {
+                let mut rec = [0u8; REC];
+                self.copy_out(head, &mut rec);
+                let len = u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]) as usize;
+                let flags = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
+                if len > self.record_limit() {
+                    break;
+                }
+                n += usize::from(flags & FIRST != 0);
+                head += (REC + len).next_multiple_of(REC) as u64;
+            }
+        });
+        if !mine {
+            let _ = m.reader.compare_exchange(lane, 0, SeqCst, SeqCst);
+            wake::notify(&self.header().not_empty.0);
+        }
+        r.ok().map(|()| n)
     }
 
     /// Receives the next message into `buf` (cleared first), waiting
@@ -634,7 +734,7 @@ impl Stream {
         check_lane(lane)?;
         let word = &self.header().not_empty.0;
         self.wait(word, deadline, true, StreamError::Empty, || {
-            self.recv_once(lane, buf)
+            self.recv_once(lane, buf, &|| false, &mut |_| {})
         })
     }
 
@@ -674,7 +774,15 @@ impl Stream {
 
     /// One receive attempt: `Some` with the message in `buf`, `None` when
     /// there is none now.
-    fn recv_once(&self, lane: u32, buf: &mut Vec<u8>) -> Result<Option<()>, StreamError> {
+    /// `defer`: see [`try_recv_unless`](Self::try_recv_unless); `then`:
+    /// see [`try_recv_then`](Self::try_recv_then).
+    fn recv_once(
+        &self,
+        lane: u32,
+        buf: &mut Vec<u8>,
+        defer: &dyn Fn() -> bool,
+        then: &mut dyn FnMut(&mut Vec<u8>),
+    ) -> Result<Option<()>, StreamError> {
         // Another thread of this process receiving: wait for it (it sleeps
         // under the lock only in the middle of a message, while its sender
         // sends the rest).
@@ -689,6 +797,11 @@ impl Stream {
                 return self.closed_or_none(lane);
             }
             if m.reader.compare_exchange(0, lane, SeqCst, SeqCst).is_err() {
+                return Ok(None);
+            }
+            if defer() {
+                let _ = m.reader.compare_exchange(lane, 0, SeqCst, SeqCst);
+                wake::notify(&h.not_empty.0);
                 return Ok(None);
             }
         }
@@ -711,6 +824,9 @@ impl Stream {
             }
             r => r,
         };
+        if matches!(r, Ok(true)) {
+            then(buf);
+        }
         if state.is_none() {
             let _ = m.reader.compare_exchange(holder, 0, SeqCst, SeqCst);
             wake::notify(&h.not_empty.0);

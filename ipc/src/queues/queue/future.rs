@@ -16,7 +16,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use super::super::client::{AsyncRequest, Taken};
 use super::super::hub::{AsyncWait, GetFail, PutFail};
@@ -34,6 +34,8 @@ pub struct GetFuture<'a, T> {
     /// A `JoinableQueue`'s count of items taken here.
     taken: Option<&'a AtomicU64>,
     done: bool,
+    /// The waker registered with a lane queue (see `Queue::watch`).
+    watching: Option<Waker>,
 }
 
 impl<T> fmt::Debug for GetFuture<'_, T> {
@@ -51,6 +53,7 @@ impl<'a, T> GetFuture<'a, T> {
             wait: AsyncWait::get(),
             taken,
             done: false,
+            watching: None,
         }
     }
 }
@@ -60,6 +63,9 @@ impl<T: Payload> Future for GetFuture<'_, T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        if this.queue.queue_lane().is_some() {
+            return this.poll_lane(cx);
+        }
         let bytes = match &this.queue.handle {
             Handle::Local(core) => match core.poll_get(&mut this.wait, cx) {
                 Poll::Pending => return Poll::Pending,
@@ -88,8 +94,52 @@ impl<T: Payload> Future for GetFuture<'_, T> {
     }
 }
 
+impl<T: Payload> GetFuture<'_, T> {
+    /// A get from a queue with a lane: tries, registers the waker with
+    /// the lane's watcher and the hub, tries again.
+    fn poll_lane(&mut self, cx: &Context<'_>) -> Poll<Result<T, GetError>> {
+        for _ in 0..2 {
+            match self.queue.try_get() {
+                Err(GetError::Empty) => {}
+                r => {
+                    self.done = true;
+                    if let Some(w) = self.watching.take() {
+                        self.queue.unwatch(&w);
+                    }
+                    if r.is_ok() {
+                        if let Some(taken) = self.taken {
+                            taken.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    return Poll::Ready(r);
+                }
+            }
+            if self
+                .watching
+                .as_ref()
+                .is_none_or(|w| !w.will_wake(cx.waker()))
+            {
+                if let Some(w) = self.watching.take() {
+                    self.queue.unwatch(&w);
+                }
+                self.watching = Some(cx.waker().clone());
+            }
+            // Registered before the second look: nothing after the first
+            // one is missed.
+            if let Err(e) = self.queue.watch(cx.waker()) {
+                self.done = true;
+                return Poll::Ready(Err(GetError::Failed(e)));
+            }
+        }
+        Poll::Pending
+    }
+}
+
 impl<T> Drop for GetFuture<'_, T> {
     fn drop(&mut self) {
+        if let Some(w) = self.watching.take() {
+            self.queue.unwatch(&w);
+        }
         if let Handle::Local(core) = &self.queue.handle {
             if !self.done {
                 core.unregister(&mut self.wait);
@@ -144,6 +194,10 @@ impl<T: Payload> Future for PutFuture<'_, T> {
         let Some(item) = this.item.take() else {
             panic!("PutFuture polled after completion");
         };
+        if this.queue.queue_lane().is_some() {
+            // An unbounded queue with a lane: the put never waits long.
+            return Poll::Ready(this.queue.put(item));
+        }
         if this.bytes.is_none() && this.request.is_none() {
             let mut bytes = Vec::new();
             if let Err(e) = codec::encode_into(&item, &mut bytes) {

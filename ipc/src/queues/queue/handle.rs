@@ -27,6 +27,9 @@ struct Wire {
     /// The token of the pin this handle's serialisation took, which its
     /// receiver takes (see `queues/pins.rs`).
     pin: u64,
+    /// The queue has a lane (`queues/lane.rs`; not a pipe's, whose ends
+    /// use it themselves).
+    lane: bool,
 }
 
 /// Marks a handle as a pipe's sending end: the hub ends the pipe's
@@ -61,22 +64,29 @@ impl Drop for Reader {
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let writer = self.writer.is_some();
-        let (hub, capacity, pin) = match &self.handle {
-            Handle::Local(core) => (hub::hub_id(), core.capacity, core.pin(writer)),
+        let (hub, capacity, pin, lane) = match &self.handle {
+            Handle::Local(core) => (
+                hub::hub_id(),
+                core.capacity,
+                core.pin(writer),
+                core.queue_lane().is_some(),
+            ),
             Handle::Remote {
                 id,
                 hub,
                 capacity,
                 client,
+                lane,
                 ..
             } => {
                 // The queue lives until the receiver holds it, even if
-                // this handle drops first (frames reach the hub in order).
+                // this handle drops first (a receipt that reaches the hub
+                // before this PIN, through a shared ring, cancels it).
                 let pin = pins::token(false);
                 client
                     .oneway(op::PIN, *id, u64::from(writer), &pin.to_le_bytes())
                     .map_err(serde::ser::Error::custom)?;
-                (*hub, *capacity, pin)
+                (*hub, *capacity, pin, *lane)
             }
         };
         Wire {
@@ -85,6 +95,7 @@ impl<T> Serialize for Queue<T> {
             capacity: capacity.map(|c| c as u64),
             writer,
             pin,
+            lane,
         }
         .serialize(s)
     }
@@ -98,6 +109,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             capacity,
             writer,
             pin,
+            lane,
         } = Wire::deserialize(d)?;
         if hub == hub::hub_id() {
             let core =
@@ -107,6 +119,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
                 writer: writer.then(|| Arc::new(Writer::Local(Arc::clone(&core)))),
                 reader: reader.then(|| Arc::new(Reader(Arc::clone(&core)))),
                 handle: Handle::Local(core),
+                lane: Arc::default(),
                 _items: PhantomData,
             });
         }
@@ -122,10 +135,12 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
                 hub,
                 capacity: capacity.map(|c| usize::try_from(c).unwrap_or(usize::MAX)),
                 client,
+                lane,
                 _held: Arc::new(held),
             },
             writer: writer.then(|| Arc::new(Writer::Remote)),
             reader: None,
+            lane: Arc::default(),
             _items: PhantomData,
         })
     }

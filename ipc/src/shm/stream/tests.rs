@@ -512,3 +512,59 @@ fn a_receiver_returning_mid_message_leaves_the_stream_to_others() {
     assert_eq!(got, [big, b"next".to_vec()], "each message once, whole");
     assert_eq!(h.stream.leases(), (0, 0));
 }
+
+#[test]
+fn try_recv_unless_gives_the_lease_back_untouched_and_messages_counts() {
+    let h = Heap::new(4096);
+    let s = &h.stream;
+    for i in 0..3 {
+        s.try_send(1, &msg(i, 10)).unwrap();
+    }
+    assert_eq!(
+        s.messages(2, Instant::now() + Duration::from_secs(1)),
+        Some(3)
+    );
+    let mut buf = Vec::new();
+    // Deferred: nothing taken, the lease is free again.
+    assert_eq!(s.try_recv_unless(2, &mut buf, || true), Ok(false));
+    assert_eq!(s.leases(), (0, 0));
+    assert_eq!(
+        s.messages(2, Instant::now() + Duration::from_secs(1)),
+        Some(3)
+    );
+    // Not deferred: the oldest message.
+    assert_eq!(s.try_recv_unless(2, &mut buf, || false), Ok(true));
+    assert_eq!(buf, msg(0, 10));
+    // Another reader holds the lease: `Empty`, and `defer` is not asked.
+    s.meta().reader.store(9, SeqCst);
+    assert_eq!(
+        s.try_recv_unless(2, &mut buf, || panic!("asked without the lease")),
+        Err(StreamError::Empty)
+    );
+    assert_eq!(
+        s.messages(2, Instant::now() + Duration::from_millis(10)),
+        None
+    );
+    s.clear_leases(9);
+    assert_eq!(
+        s.messages(2, Instant::now() + Duration::from_secs(1)),
+        Some(2)
+    );
+}
+
+#[test]
+fn try_recv_then_runs_under_the_reader_lease() {
+    let h = Heap::new(4096);
+    let s = &h.stream;
+    s.try_send(1, &msg(7, 20)).unwrap();
+    let mut buf = Vec::new();
+    let mut seen = None;
+    s.try_recv_then(3, &mut buf, |b| seen = Some((b.clone(), s.leases().1)))
+        .unwrap();
+    assert_eq!(seen, Some((msg(7, 20), 3)));
+    assert_eq!(s.leases(), (0, 0));
+    assert_eq!(
+        s.try_recv_then(3, &mut buf, |_| panic!("no message")),
+        Err(StreamError::Empty)
+    );
+}
