@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use common::*;
-use procpool::{Process, Queue, Task};
+use procpool::{GetError, Process, Queue, Task};
 use serde_bytes::ByteBuf;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -30,13 +30,28 @@ fn payload(seq: u32, len: usize) -> ByteBuf {
     )
 }
 
+/// Gets with a blocking `get` until the queue ends; returns how many
+/// items it got, or the error that was not the end.
+const GET_TO_END: Task<Queue<Item>, Result<u32, String>> = Task::new("qreview_get_to_end");
+
 fn registry() -> procpool::Registry {
-    common::registry().task(PUT, |(q, n, len)| {
-        for seq in 0..n {
-            q.put((seq, payload(seq, len as usize))).expect("put");
-        }
-        q.uses_lane()
-    })
+    common::registry()
+        .task(PUT, |(q, n, len)| {
+            for seq in 0..n {
+                q.put((seq, payload(seq, len as usize))).expect("put");
+            }
+            q.uses_lane()
+        })
+        .task(GET_TO_END, |q| {
+            let mut n = 0;
+            loop {
+                match q.get() {
+                    Ok(_) => n += 1,
+                    Err(GetError::Closed) => return Ok(n),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        })
 }
 
 fn main() {
@@ -46,6 +61,7 @@ fn main() {
         LIMIT;
         len_counts_ring_and_hub_items,
         big_and_fragmented_items_pass_intact_in_order,
+        close_ends_getters_blocked_in_children,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -85,5 +101,36 @@ fn big_and_fragmented_items_pass_intact_in_order() -> anyhow::Result<()> {
         get_all(&q, n, len)?;
         child.join()?;
     }
+    Ok(())
+}
+
+/// Two children block in `get` on a lane queue; the master puts 300
+/// items, then closes the queue: both getters see the end, and together
+/// got every item.
+fn close_ends_getters_blocked_in_children() -> anyhow::Result<()> {
+    let q = Queue::<Item>::new();
+    let mut getters = vec![
+        Process::spawn(GET_TO_END, q.clone())?,
+        Process::spawn(GET_TO_END, q.clone())?,
+    ];
+    for seq in 0..300 {
+        q.put((seq, payload(seq, 100)))?;
+    }
+    q.close()?;
+    let mut total = 0;
+    for g in &mut getters {
+        match g.join_timeout(WAIT) {
+            Some(Ok(Ok(n))) => total += n,
+            Some(Ok(Err(e))) => anyhow::bail!("a getter failed: {e}"),
+            Some(Err(e)) => anyhow::bail!("a getter died: {e}"),
+            None => {
+                for g in &getters {
+                    g.kill();
+                }
+                anyhow::bail!("a getter blocked in get did not see close within {WAIT:?}");
+            }
+        }
+    }
+    ensure!(total == 300, "getters got {total} of 300 items");
     Ok(())
 }
