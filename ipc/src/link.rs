@@ -681,8 +681,12 @@ impl Inner {
                     let _ = Message::Heartbeat.write(&mut (&mut *outbox, self.max));
                     continue;
                 }
-                // (`idle` may pass `every` here too: no sink yet, or
-                // closed.)
+                // Another thread is writing (it holds the sink; it wakes
+                // us if it leaves bytes behind): look again a period
+                // later. Waiting "until due" when it is already due would
+                // spin on the lock, and could keep that thread from ever
+                // retaking it to give the sink back (tests/link_heartbeat.rs).
+                Some(every) if outbox.sink.is_none() => Some(Instant::now() + every),
                 Some(every) => Some(Instant::now() + every.saturating_sub(idle)),
                 None => None,
             };
