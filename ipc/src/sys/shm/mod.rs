@@ -67,6 +67,7 @@ pub(crate) fn copy_out(map: &Mapping, offset: usize, dst: &mut [u8]) -> bool {
     if dst.is_empty() {
         return true;
     }
+    imp::prefault(dst.as_mut_ptr(), dst.len());
     // SAFETY: the source range is inside the mapping (as in `copy_in`),
     // and `dst` is an exclusive borrow of ordinary memory, not of the
     // mapping. Bytes another process changes meanwhile are still bytes:
@@ -83,6 +84,7 @@ pub(crate) fn extend_from(map: &Mapping, offset: usize, len: usize, out: &mut Ve
         return false;
     }
     out.reserve(len);
+    imp::prefault(out.spare_capacity_mut().as_mut_ptr().cast(), len);
     let start = out.len();
     // SAFETY: the source range is inside the mapping (checked above); the
     // destination is the `len` bytes of spare capacity `reserve` just

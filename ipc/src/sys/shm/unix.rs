@@ -217,3 +217,41 @@ impl Drop for Mapping {
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len.max(1)) };
     }
 }
+
+/// Below this, a destination is not worth a system call (measured at
+/// 16 MiB: see `prefault`).
+#[cfg(target_os = "linux")]
+const PREFAULT_MIN: usize = 4 << 20;
+
+/// Faults in, with one system call, the pages of `len` bytes at `ptr`: a
+/// large destination about to be filled by a copy out of a segment. Fresh
+/// memory otherwise takes a page fault per 4 KiB during the copy, which
+/// in a virtual machine costs more than the copy itself (issue 11: `map`
+/// echoing 16 × 16 MiB went from 0.49 to 0.56 GiB/s in the mean of 8
+/// alternated runs). A hint: `MADV_POPULATE_WRITE` (Linux 5.14) changes no
+/// byte, and an older kernel's refusal is ignored.
+#[cfg(target_os = "linux")]
+pub(crate) fn prefault(ptr: *mut u8, len: usize) {
+    const PAGE: usize = 4096;
+    if len < PREFAULT_MIN {
+        return;
+    }
+    let start = (ptr as usize).next_multiple_of(PAGE);
+    let end = (ptr as usize + len) / PAGE * PAGE;
+    if end <= start {
+        return;
+    }
+    // SAFETY: the whole page-aligned range lies inside the caller's
+    // destination, memory of this process it may write; populating its
+    // pages for writing leaves every byte as it was.
+    unsafe {
+        libc::madvise(
+            start as *mut libc::c_void,
+            end - start,
+            libc::MADV_POPULATE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn prefault(_: *mut u8, _: usize) {}

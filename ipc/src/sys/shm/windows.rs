@@ -155,3 +155,6 @@ impl Drop for Mapping {
         unmap(self.ptr);
     }
 }
+
+/// No hint here (see the Unix backend's).
+pub(crate) fn prefault(_: *mut u8, _: usize) {}
