@@ -27,6 +27,9 @@ use std::sync::{Arc, LazyLock, Weak};
 /// unknown one is a repeat, never early.
 const LOCAL: u64 = 1 << 63;
 
+/// Most early receipts remembered per object (see [`Pins::take`]).
+const EARLY_MAX: usize = 4096;
+
 /// A fresh token: a random base per process plus a counter, so tokens
 /// from different processes do not meet (never 0, which names no pin).
 pub(crate) fn token(local: bool) -> u64 {
@@ -77,6 +80,11 @@ impl Pins {
     /// The handle with `token` was received.
     pub(crate) fn take(&mut self, token: u64) {
         if !self.release(token) && token != 0 && token & LOCAL == 0 {
+            // A bound against a peer naming tokens at will: past it, a
+            // late `PIN` may keep the object until the hub process exits.
+            if self.early.len() >= EARLY_MAX {
+                self.early.clear();
+            }
             self.early.insert(token);
         }
     }
@@ -148,22 +156,26 @@ pub(crate) fn carried<P: Pinned + 'static>(owner: Weak<P>, token: u64) {
 /// # Ok::<(), procpool_ipc::IpcError>(())
 /// ```
 pub fn carry<R>(f: impl FnOnce() -> R) -> (R, Carried) {
+    /// Puts back the enclosing call's list (adding what a panicking `f`
+    /// took, for that call to own).
     struct Restore(Option<Vec<Entry>>);
     impl Drop for Restore {
         fn drop(&mut self) {
             let outer = self.0.take();
             CARRYING.with(|c| {
-                let inner = c.replace(outer.clone());
-                // A panic in `f`: its pins go back to the outer call, if any.
-                if let (Some(mut outer), Some(inner)) = (outer, inner) {
-                    outer.extend(inner);
-                    *c.borrow_mut() = Some(outer);
-                }
+                let mut c = c.borrow_mut();
+                let inner = c.take();
+                *c = match (outer, inner) {
+                    (Some(mut outer), Some(inner)) => {
+                        outer.extend(inner);
+                        Some(outer)
+                    }
+                    (outer, _) => outer,
+                };
             });
         }
     }
-    let outer = CARRYING.with(|c| c.replace(Some(Vec::new())));
-    let restore = Restore(outer);
+    let restore = Restore(CARRYING.with(|c| c.replace(Some(Vec::new()))));
     let r = f();
     let taken = CARRYING.with(|c| c.borrow_mut().take()).unwrap_or_default();
     drop(restore);
@@ -232,6 +244,25 @@ mod tests {
         assert!(p.is_empty());
         assert_eq!(p.count(true), 0);
         assert!(p.early.is_empty());
+    }
+
+    #[test]
+    fn nested_carries_each_own_their_pins() {
+        use crate::codec;
+        use crate::queues::queue::{Queue, hub_holds};
+        let (a, b) = (Queue::<u8>::new(), Queue::<u8>::new());
+        let (ida, idb) = (a.id(), b.id());
+        let mut buf = Vec::new();
+        let (inner, outer) = carry(|| {
+            codec::encode_into(&a, &mut buf).unwrap();
+            carry(|| codec::encode_into(&b, &mut buf).unwrap()).1
+        });
+        drop((a, b));
+        assert!(hub_holds(ida) && hub_holds(idb), "pinned while on their way");
+        drop(inner);
+        assert!(!hub_holds(idb) && hub_holds(ida), "the inner carry owned b's pin only");
+        drop(outer);
+        assert!(!hub_holds(ida), "the outer carry owned a's");
     }
 
     #[test]
