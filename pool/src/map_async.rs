@@ -273,26 +273,31 @@ impl Pool {
                 e
             })
         };
-        for (i, item) in items.iter().enumerate() {
-            let packed = job.carry(|| packer.push(item.borrow()));
-            if let Some((payload, count)) = packed.full {
+        // One `carry` for every input: the pins their handles take stay
+        // with the job.
+        job.carry(|| -> Result<(), Error> {
+            for (i, item) in items.iter().enumerate() {
+                let packed = packer.push(item.borrow());
+                if let Some((payload, count)) = packed.full {
+                    send(payload, count, pending.total)?;
+                    pending.total += u64::from(count);
+                }
+                if let Some(e) = packed.failed {
+                    return Err(e.at(i as u64));
+                }
+                if packer.count() as usize >= chunk
+                    && let Some((payload, count)) = packer.take()
+                {
+                    send(payload, count, pending.total)?;
+                    pending.total += u64::from(count);
+                }
+            }
+            if let Some((payload, count)) = packer.take() {
                 send(payload, count, pending.total)?;
                 pending.total += u64::from(count);
             }
-            if let Some(e) = packed.failed {
-                return Err(e.at(i as u64));
-            }
-            if packer.count() as usize >= chunk
-                && let Some((payload, count)) = packer.take()
-            {
-                send(payload, count, pending.total)?;
-                pending.total += u64::from(count);
-            }
-        }
-        if let Some((payload, count)) = packer.take() {
-            send(payload, count, pending.total)?;
-            pending.total += u64::from(count);
-        }
+            Ok(())
+        })?;
         if pending.total == 0 {
             pending.result = Some(Ok(Vec::new()));
         }

@@ -338,8 +338,15 @@ where
         }
     }
 
-    /// Takes inputs while the window has room, submitting them in chunks.
+    /// Takes inputs while the window has room, submitting them in chunks;
+    /// the pins their handles take stay with the job (one `carry` per
+    /// round, not per input: `map` of a million small items pays nothing).
     fn fill(&mut self) {
+        let job = Arc::clone(&self.job);
+        job.carry(|| self.fill_window());
+    }
+
+    fn fill_window(&mut self) {
         while !self.input_done
             && self.outstanding < self.window
             && self.chunks_out < self.max_chunks
@@ -378,7 +385,7 @@ where
                     }
                 };
                 // Encoded from the borrow: `&u64` items cost no copy.
-                let Packed { full, failed } = self.job.carry(|| packer.push::<I>(item.borrow()));
+                let Packed { full, failed } = packer.push::<I>(item.borrow());
                 if let Some((payload, count)) = full {
                     self.submit(payload, count);
                 }

@@ -258,9 +258,15 @@ mod tests {
             carry(|| codec::encode_into(&b, &mut buf).unwrap()).1
         });
         drop((a, b));
-        assert!(hub_holds(ida) && hub_holds(idb), "pinned while on their way");
+        assert!(
+            hub_holds(ida) && hub_holds(idb),
+            "pinned while on their way"
+        );
         drop(inner);
-        assert!(!hub_holds(idb) && hub_holds(ida), "the inner carry owned b's pin only");
+        assert!(
+            !hub_holds(idb) && hub_holds(ida),
+            "the inner carry owned b's pin only"
+        );
         drop(outer);
         assert!(!hub_holds(ida), "the outer carry owned a's");
     }
