@@ -4,7 +4,8 @@
 //! order between ring puts and a remote worker's hub puts, a remote
 //! getter beside lane users, and a crash run where producers and
 //! consumers are killed at random moments; a `JoinableQueue` shared by
-//! a local and a remote consumer.
+//! a local and a remote consumer, and one whose consumer is killed
+//! holding items taken and not done.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a test program reports progress
 
 mod common;
@@ -61,6 +62,12 @@ const CONSUME: Task<(Queue<Item>, Queue<u32>), ()> = Task::new("qlane_consume");
 /// included), then once more; returns (items got, that last call's error).
 const JQ_WORK: Task<JoinableQueue<Option<u32>>, (u32, String)> = Task::new("qlane_jq_work");
 
+/// (queue, items to take, of which to confirm, where to say so, where to wait).
+type TakeAndHold = (JoinableQueue<Option<u32>>, u32, u32, Queue<u32>, Queue<()>);
+/// Takes `n` items, confirms the first `done` of them, says so on the
+/// second queue, then waits (to be killed) on the third.
+const JQ_TAKE_AND_HOLD: Task<TakeAndHold, ()> = Task::new("qlane_jq_take_and_hold");
+
 fn registry() -> procpool::Registry {
     common::registry()
         .task(PUT_N, |(q, id, from, n, len)| {
@@ -105,6 +112,16 @@ fn registry() -> procpool::Registry {
             }
             (got, format!("{:?}", q.task_done().err()))
         })
+        .task(JQ_TAKE_AND_HOLD, |(q, n, done, said, hold)| {
+            for i in 0..n {
+                q.get_timeout(WAIT).expect("get");
+                if i < done {
+                    q.task_done().expect("task_done");
+                }
+            }
+            said.put(n).expect("say");
+            let _ = hold.get();
+        })
         .task(CONSUME, |(q, got)| {
             loop {
                 match q.get() {
@@ -129,6 +146,7 @@ fn main() {
         ring_and_hub_puts_keep_causal_order,
         a_remote_getter_gets_what_lane_users_put,
         a_local_and_a_remote_consumer_share_a_joinable_queue,
+        a_consumer_killed_holding_joinable_items_fails_join,
         killed_producers_and_consumers_lose_nothing_promised,
     ];
     libtest_mimic::run(&args, tests).exit();
@@ -299,6 +317,40 @@ fn a_local_and_a_remote_consumer_share_a_joinable_queue() -> anyhow::Result<()> 
     for extra in [remote_extra, local_extra] {
         ensure!(extra == "Some(TooManyTaskDone)", "extra task_done: {extra}");
     }
+    Ok(())
+}
+
+/// A child takes 5 items of a `JoinableQueue`, confirms 2 and is killed
+/// (SIGKILL) holding 3: `join` fails naming it and the 3 items, instead
+/// of waiting for them; the master then confirms the 5 items left and a
+/// second `join` succeeds.
+fn a_consumer_killed_holding_joinable_items_fails_join() -> anyhow::Result<()> {
+    let q = JoinableQueue::<Option<u32>>::new();
+    for seq in 0..10 {
+        q.put(Some(seq))?;
+    }
+    let (said, hold) = (Queue::new(), Queue::new());
+    let child = Process::spawn(JQ_TAKE_AND_HOLD, (q.clone(), 5, 2, said.clone(), hold))?.watched();
+    ensure!(said.get_timeout(WAIT)? == 5, "the child said otherwise");
+    let pid = child.pid();
+    child.kill();
+    ensure!(child.join().is_err(), "the killed child finished its task");
+    match q.join_timeout(WAIT) {
+        Err(QueueError::ConsumerDied {
+            pid: who,
+            unfinished,
+        }) => ensure!(
+            who == Some(pid) && unfinished == 3,
+            "reported {who:?} with {unfinished} unfinished; expected {pid} with 3"
+        ),
+        other => bail!("join: {other:?} (expected ConsumerDied)"),
+    }
+    for _ in 0..5 {
+        ensure!(q.get_timeout(WAIT)?.is_some(), "a sentinel");
+        q.task_done()?;
+    }
+    ensure!(q.join_timeout(WAIT)?, "the second join timed out");
+    ensure!(q.unfinished() == Some(0), "unfinished {:?}", q.unfinished());
     Ok(())
 }
 
