@@ -3,7 +3,9 @@
 //! (the ring overflows into the hub; FIFO per producer holds), causal
 //! order between ring puts and a remote worker's hub puts, a remote
 //! getter beside lane users, and a crash run where producers and
-//! consumers are killed at random moments.
+//! consumers are killed at random moments; a `JoinableQueue` shared by
+//! a local and a remote consumer, and one whose consumer is killed
+//! holding items taken and not done.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a test program reports progress
 
 mod common;
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use common::remote::Remote;
 use common::*;
-use procpool::{GetError, Pool, Process, Queue, Task};
+use procpool::{GetError, JoinableQueue, Pool, Process, Queue, QueueError, Task};
 use serde_bytes::ByteBuf;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -56,6 +58,16 @@ const PRODUCE: Task<(Queue<Item>, Queue<u32>, u32), ()> = Task::new("qlane_produ
 /// second queue.
 const CONSUME: Task<(Queue<Item>, Queue<u32>), ()> = Task::new("qlane_consume");
 
+/// Gets until `None`, calling `task_done` for each item (the `None`
+/// included), then once more; returns (items got, that last call's error).
+const JQ_WORK: Task<JoinableQueue<Option<u32>>, (u32, String)> = Task::new("qlane_jq_work");
+
+/// (queue, items to take, of which to confirm, where to say so, where to wait).
+type TakeAndHold = (JoinableQueue<Option<u32>>, u32, u32, Queue<u32>, Queue<()>);
+/// Takes `n` items, confirms the first `done` of them, says so on the
+/// second queue, then waits (to be killed) on the third.
+const JQ_TAKE_AND_HOLD: Task<TakeAndHold, ()> = Task::new("qlane_jq_take_and_hold");
+
 fn registry() -> procpool::Registry {
     common::registry()
         .task(PUT_N, |(q, id, from, n, len)| {
@@ -88,6 +100,28 @@ fn registry() -> procpool::Registry {
                 acks.put(seq).expect("ack");
             }
         })
+        .task(JQ_WORK, |q| {
+            let mut got = 0;
+            loop {
+                let item = q.get_timeout(WAIT).expect("get");
+                q.task_done().expect("task_done");
+                match item {
+                    Some(_) => got += 1,
+                    None => break,
+                }
+            }
+            (got, format!("{:?}", q.task_done().err()))
+        })
+        .task(JQ_TAKE_AND_HOLD, |(q, n, done, said, hold)| {
+            for i in 0..n {
+                q.get_timeout(WAIT).expect("get");
+                if i < done {
+                    q.task_done().expect("task_done");
+                }
+            }
+            said.put(n).expect("say");
+            let _ = hold.get();
+        })
         .task(CONSUME, |(q, got)| {
             loop {
                 match q.get() {
@@ -111,6 +145,8 @@ fn main() {
         puts_overflow_the_ring_without_blocking_and_stay_in_order,
         ring_and_hub_puts_keep_causal_order,
         a_remote_getter_gets_what_lane_users_put,
+        a_local_and_a_remote_consumer_share_a_joinable_queue,
+        a_consumer_killed_holding_joinable_items_fails_join,
         killed_producers_and_consumers_lose_nothing_promised,
     ];
     libtest_mimic::run(&args, tests).exit();
@@ -248,6 +284,73 @@ fn a_remote_getter_gets_what_lane_users_put() -> anyhow::Result<()> {
     ensure!(ok, "an item arrived damaged");
     in_order(&got)?;
     ensure!(got.len() == 800, "{} of 800 items got", got.len());
+    Ok(())
+}
+
+/// A local child and a remote worker consume one `JoinableQueue` and
+/// `task_done` every item: `join` in the master returns once all are
+/// done, nothing is left unfinished, and one `task_done` too many is an
+/// error in each of the three processes.
+fn a_local_and_a_remote_consumer_share_a_joinable_queue() -> anyhow::Result<()> {
+    let (pool, _remote) = listening_pool()?;
+    let q = JoinableQueue::<Option<u32>>::new();
+    let remote = pool.submit(JQ_WORK, q.clone())?;
+    let local = Process::spawn(JQ_WORK, q.clone())?.watched();
+    let n = 600;
+    for seq in 0..n {
+        q.put(Some(seq))?;
+    }
+    q.put(None)?;
+    q.put(None)?;
+    ensure!(q.join_timeout(WAIT)?, "join did not return");
+    ensure!(q.unfinished() == Some(0), "unfinished {:?}", q.unfinished());
+    ensure!(
+        matches!(q.task_done(), Err(QueueError::TooManyTaskDone)),
+        "a task_done too many in the master"
+    );
+    let (by_remote, remote_extra) = remote.wait()?;
+    let (by_local, local_extra) = local.join()?;
+    ensure!(
+        by_remote + by_local == n,
+        "{by_remote} + {by_local} of {n} got"
+    );
+    for extra in [remote_extra, local_extra] {
+        ensure!(extra == "Some(TooManyTaskDone)", "extra task_done: {extra}");
+    }
+    Ok(())
+}
+
+/// A child takes 5 items of a `JoinableQueue`, confirms 2 and is killed
+/// (SIGKILL) holding 3: `join` fails naming it and the 3 items, instead
+/// of waiting for them; the master then confirms the 5 items left and a
+/// second `join` succeeds.
+fn a_consumer_killed_holding_joinable_items_fails_join() -> anyhow::Result<()> {
+    let q = JoinableQueue::<Option<u32>>::new();
+    for seq in 0..10 {
+        q.put(Some(seq))?;
+    }
+    let (said, hold) = (Queue::new(), Queue::new());
+    let child = Process::spawn(JQ_TAKE_AND_HOLD, (q.clone(), 5, 2, said.clone(), hold))?.watched();
+    ensure!(said.get_timeout(WAIT)? == 5, "the child said otherwise");
+    let pid = child.pid();
+    child.kill();
+    ensure!(child.join().is_err(), "the killed child finished its task");
+    match q.join_timeout(WAIT) {
+        Err(QueueError::ConsumerDied {
+            pid: who,
+            unfinished,
+        }) => ensure!(
+            who == Some(pid) && unfinished == 3,
+            "reported {who:?} with {unfinished} unfinished; expected {pid} with 3"
+        ),
+        other => bail!("join: {other:?} (expected ConsumerDied)"),
+    }
+    for _ in 0..5 {
+        ensure!(q.get_timeout(WAIT)?.is_some(), "a sentinel");
+        q.task_done()?;
+    }
+    ensure!(q.join_timeout(WAIT)?, "the second join timed out");
+    ensure!(q.unfinished() == Some(0), "unfinished {:?}", q.unfinished());
     Ok(())
 }
 
