@@ -230,18 +230,7 @@ mod unix {
     /// hub knows its connection too.
     pub(super) fn stopped_remote_worker_exits_once_continued() -> anyhow::Result<()> {
         let started: Queue<u32> = Queue::new();
-        let pool = Pool::builder()
-            .workers(1)
-            .prefetch(0)
-            .listen("127.0.0.1:0".parse()?, KEY)
-            .heartbeat_timeout(HEARTBEAT)
-            .build()?
-            .watched();
-        let addr = pool.listen_addr().context("the pool listens")?;
-        let local = pool.worker_pids();
-        let _gate = pool.submit(ANNOUNCE_SLEEP, (started.clone(), 120_000))?;
-        let busy = started.get_timeout(Duration::from_secs(20))?;
-        ensure!(local == [busy], "gate ran on {busy}, local {local:?}");
+        let (pool, addr, local, _gate) = listening_pool_with_busy_local_worker(&started)?;
         let mut remote = Remote::start(REMOTE_ENV, addr, KEY)?;
         ensure!(
             pool.wait_for_workers(2, Duration::from_secs(30)),
@@ -546,6 +535,32 @@ mod unix {
     }
 }
 
+/// A pool of one local worker that also listens for remote workers
+/// (heartbeat timeout `HEARTBEAT`), with that worker busy for two minutes
+/// (its task announced its pid on `started`) and taking nothing more
+/// (`prefetch(0)`): the next task goes to the first remote worker that
+/// joins. Returns the pool, its address, the local pids, the busy task.
+fn listening_pool_with_busy_local_worker(
+    started: &Queue<u32>,
+) -> anyhow::Result<(Pool, SocketAddr, Vec<u32>, procpool::AsyncResult<u32>)> {
+    let pool = Pool::builder()
+        .workers(1)
+        .prefetch(0)
+        .listen("127.0.0.1:0".parse()?, KEY)
+        .heartbeat_timeout(HEARTBEAT)
+        .build()?
+        .watched();
+    let addr = pool.listen_addr().context("the pool listens")?;
+    let local = pool.worker_pids();
+    let gate = pool.submit(ANNOUNCE_SLEEP, (started.clone(), 120_000))?;
+    let busy = started.get_timeout(Duration::from_secs(20))?;
+    ensure!(
+        local == [busy],
+        "gate ran on {busy}, local workers {local:?}"
+    );
+    Ok((pool, addr, local, gate))
+}
+
 /// A TCP relay between a remote worker and its pool that can be cut: from
 /// then on it forwards nothing in either direction but keeps both
 /// connections open (no FIN, no RST), as a network that silently drops
@@ -628,21 +643,7 @@ fn forward(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>) {
 /// tasks announce their pid on a queue when they start.
 fn remote_worker_behind_dead_network_is_lost() -> anyhow::Result<()> {
     let started: Queue<u32> = Queue::new();
-    let pool = Pool::builder()
-        .workers(1)
-        .prefetch(0)
-        .listen("127.0.0.1:0".parse()?, KEY)
-        .heartbeat_timeout(HEARTBEAT)
-        .build()?
-        .watched();
-    let addr = pool.listen_addr().context("the pool listens")?;
-    let local = pool.worker_pids();
-    let _gate = pool.submit(ANNOUNCE_SLEEP, (started.clone(), 120_000))?;
-    let busy = started.get_timeout(Duration::from_secs(20))?;
-    ensure!(
-        local == [busy],
-        "gate ran on {busy}, local workers {local:?}"
-    );
+    let (pool, addr, local, _gate) = listening_pool_with_busy_local_worker(&started)?;
     let relay = Relay::start(addr)?;
     let mut remote = Remote::start(REMOTE_ENV, relay.addr, KEY)?;
     ensure!(
