@@ -245,19 +245,12 @@ mod unix {
         let mut peers = Peers::default();
         peers.stop(remote.pid())?;
         let mut v = Verdict::default();
-        let waited = within(
+        expect_remote_lost(
+            &mut v,
             "waiting for the stopped remote worker's task",
             HEARTBEAT + Duration::from_secs(5),
-            move || task.wait(),
+            task,
         );
-        if let Some((result, _)) = v.check(waited) {
-            if !matches!(
-                result.as_ref().map_err(Error::inner),
-                Err(Error::RemoteWorkerLost { .. })
-            ) {
-                v.fail(format!("expected Error::RemoteWorkerLost, got {result:?}"));
-            }
-        }
         common::peers::signal(remote.pid(), libc::SIGCONT)?;
         let bound = Duration::from_secs(5);
         if remote.exit_within(bound)?.is_none() {
@@ -535,6 +528,24 @@ mod unix {
     }
 }
 
+/// Waits (bounded by `bound`) for `task`, which ran on a remote worker
+/// the pool must declare lost: it must fail with `RemoteWorkerLost`.
+fn expect_remote_lost<O: procpool_ipc::task::Payload + std::fmt::Debug>(
+    v: &mut Verdict,
+    what: &'static str,
+    bound: Duration,
+    task: procpool::AsyncResult<O>,
+) {
+    if let Some((result, _)) = v.check(within(what, bound, move || task.wait())) {
+        if !matches!(
+            result.as_ref().map_err(Error::inner),
+            Err(Error::RemoteWorkerLost { .. })
+        ) {
+            v.fail(format!("expected Error::RemoteWorkerLost, got {result:?}"));
+        }
+    }
+}
+
 /// A pool of one local worker that also listens for remote workers
 /// (heartbeat timeout `HEARTBEAT`), with that worker busy for two minutes
 /// (its task announced its pid on `started`) and taking nothing more
@@ -662,19 +673,12 @@ fn remote_worker_behind_dead_network_is_lost() -> anyhow::Result<()> {
     relay.cut();
     let cut_at = Instant::now();
     let bound = HEARTBEAT + Duration::from_secs(1);
-    let waited = within(
+    expect_remote_lost(
+        &mut v,
         "waiting for the remote worker's task after the network went silent",
         bound,
-        move || task.wait(),
+        task,
     );
-    if let Some((result, _)) = v.check(waited) {
-        if !matches!(
-            result.as_ref().map_err(Error::inner),
-            Err(Error::RemoteWorkerLost { .. })
-        ) {
-            v.fail(format!("expected Error::RemoteWorkerLost, got {result:?}"));
-        }
-    }
     let bound = HEARTBEAT + Duration::from_secs(5);
     let left = bound.saturating_sub(cut_at.elapsed());
     if remote.exit_within(left)?.is_none() {
