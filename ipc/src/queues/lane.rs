@@ -72,7 +72,9 @@ use super::client::Client;
 use super::hub::Core;
 use super::wire::{Wait, status as qstatus};
 use crate::error::QueueError;
-use crate::shm::stream::{CLOSED, MAX_LANE, READERS_GONE, Stream, StreamError, WRITERS_GONE};
+use crate::shm::stream::{
+    CLOSED, InRing, MAX_LANE, READERS_GONE, Stream, StreamError, ToRing, WRITERS_GONE,
+};
 use crate::shm::{Segment, SegmentError};
 use crate::sync::lock;
 
@@ -562,6 +564,54 @@ fn open(client: &'static Arc<Client>, id: u64, role: u64) -> Result<Option<Arc<L
 }
 
 /// A stream failure as a queue error.
+/// Items of at least this many encoded bytes are encoded straight into
+/// a lane's ring and decoded straight from it (`Stream::send_in_place`,
+/// `Stream::try_recv_in_place`): a copy saved each way. Smaller ones go
+/// through a buffer, where the lease is held only for a copy (an encoder
+/// or decoder can be slower than copying its bytes).
+pub(crate) const IN_PLACE_MIN: usize = 4096;
+
+/// Encodes `item` (`len` bytes, measured) into the ring's room; false
+/// if its encoding fails or is not `len` bytes (the room is dropped).
+pub(crate) fn encode_in_place<T: serde::Serialize>(item: &T, room: &mut ToRing<'_>) -> bool {
+    struct W<'a, 'b>(&'a mut ToRing<'b>);
+    impl bincode::enc::write::Writer for W<'_, '_> {
+        fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+            if self.0.write(bytes) {
+                Ok(())
+            } else {
+                Err(bincode::error::EncodeError::Other("longer than measured"))
+            }
+        }
+    }
+    let len = room.remaining() as u64;
+    crate::codec::encode_into_writer(item, W(room), len).is_ok()
+}
+
+/// Decodes an item from a message in the ring.
+///
+/// # Errors
+/// [`IpcError::Decode`](crate::IpcError::Decode) when the bytes are not a `T`.
+pub(crate) fn decode_in_place<T: serde::de::DeserializeOwned>(
+    msg: &mut InRing<'_>,
+) -> Result<T, crate::IpcError> {
+    struct R<'a, 'b>(&'a mut InRing<'b>);
+    impl bincode::de::read::Reader for R<'_, '_> {
+        fn read(&mut self, bytes: &mut [u8]) -> Result<(), bincode::error::DecodeError> {
+            let left = self.0.remaining();
+            if self.0.read(bytes) {
+                Ok(())
+            } else {
+                Err(bincode::error::DecodeError::UnexpectedEnd {
+                    additional: bytes.len() - left,
+                })
+            }
+        }
+    }
+    let len = msg.remaining();
+    crate::codec::decode_from_reader(&mut R(msg), len)
+}
+
 pub(crate) fn error(e: StreamError) -> QueueError {
     QueueError::Lane(e)
 }

@@ -58,6 +58,7 @@ use super::client::{Client, Held, Taken};
 use super::hub::{Core, GetFail, PutFail};
 use super::lane::{self, LaneEnd};
 use super::wire::{self, Wait, op, status};
+use crate::IpcError;
 use crate::codec;
 pub use crate::error::QueueError;
 use crate::shm::stream::{CLOSED, StreamError};
@@ -374,8 +375,9 @@ impl<T: Payload> Queue<T> {
     }
 
     fn put_wait(&self, item: T, wait: Wait) -> Result<(), PutError<T>> {
-        // Through a lane the encoding is copied into the ring: a buffer
-        // kept by the thread saves an allocation per item.
+        // Through a lane a small item's encoding is copied into the ring:
+        // a buffer kept by the thread saves an allocation per item. A
+        // large one is encoded straight into the ring.
         let lane = self.queue_lane();
         let mut bytes = if lane.is_some() {
             SCRATCH.take()
@@ -383,9 +385,26 @@ impl<T: Payload> Queue<T> {
             Vec::new()
         };
         bytes.clear();
-        if let Err(e) = codec::encode_into(&item, &mut bytes) {
-            return Err(PutError::Failed(item, QueueError::Encode(Arc::new(e))));
-        }
+        let encoded = match lane {
+            Some(lane) => {
+                let limit = lane.stream().record_limit() as u64;
+                match codec::encode_into_limited(&item, &mut bytes, lane::IN_PLACE_MIN as u64) {
+                    Err(IpcError::PayloadTooLarge { len, .. }) if len <= limit => {
+                        Ok(Some(len as usize))
+                    }
+                    Err(IpcError::PayloadTooLarge { .. }) => {
+                        codec::encode_into(&item, &mut bytes).map(|()| None)
+                    }
+                    r => r.map(|()| None),
+                }
+            }
+            None => codec::encode_into(&item, &mut bytes).map(|()| None),
+        };
+        // The length of an encoding to write into the ring, not in `bytes`.
+        let mut in_place = match encoded {
+            Ok(len) => len,
+            Err(e) => return Err(PutError::Failed(item, QueueError::Encode(Arc::new(e)))),
+        };
         let mut settle = false;
         if let Some(lane) = lane {
             // Through the ring; when it stays full a moment with nobody
@@ -400,14 +419,30 @@ impl<T: Payload> Queue<T> {
             let sent = loop {
                 let soon = Instant::now() + RING_WAIT;
                 let deadline = wait.deadline().map_or(soon, |d| d.min(soon));
-                match s.send(lane.id(), &bytes, Some(deadline)) {
+                let r = match in_place {
+                    Some(len) => s.send_in_place(lane.id(), len, Some(deadline), |room| {
+                        lane::encode_in_place(&item, room)
+                    }),
+                    None => s.send(lane.id(), &bytes, Some(deadline)).map(|()| true),
+                };
+                match r {
+                    Ok(true) => break Ok(()),
+                    // Its encoding failed, or changed length: into the
+                    // buffer then, which says why or holds it.
+                    Ok(false) => {
+                        in_place = None;
+                        if let Err(e) = codec::encode_into(&item, &mut bytes) {
+                            let e = QueueError::Encode(Arc::new(e));
+                            return Err(PutError::Failed(item, e));
+                        }
+                    }
                     Err(StreamError::Full)
                         if s.read_position() != read
                             && wait.deadline().is_none_or(|d| Instant::now() < d) =>
                     {
                         read = s.read_position();
                     }
-                    r => break r,
+                    Err(e) => break Err(e),
                 }
             };
             if sent.is_ok() && bytes.capacity() <= SCRATCH_MAX {
@@ -419,6 +454,11 @@ impl<T: Payload> Queue<T> {
                 Err(StreamError::Full) => settle = true,
                 Err(StreamError::Closed) => return Err(self.refused(item)),
                 Err(e) => return Err(PutError::Failed(item, lane::error(e))),
+            }
+            if in_place.is_some() {
+                if let Err(e) = codec::encode_into(&item, &mut bytes) {
+                    return Err(PutError::Failed(item, QueueError::Encode(Arc::new(e))));
+                }
             }
         }
         match &self.handle {
@@ -672,8 +712,22 @@ impl<T: Payload> Queue<T> {
             }
             // The hub's items first: if one came since the look above,
             // the ring's oldest stays where it is.
-            return match s.try_recv_unless(lane.id(), buf, || s.hub_gen() != seen) {
-                Ok(true) => decode(buf).map(Some),
+            // A large item is decoded straight from the ring.
+            let mut read = None;
+            let r = s.try_recv_in_place(
+                lane.id(),
+                buf,
+                || s.hub_gen() != seen,
+                lane::IN_PLACE_MIN,
+                |msg| read = Some(lane::decode_in_place(msg)),
+            );
+            return match r {
+                Ok(true) => match read {
+                    Some(item) => item
+                        .map(Some)
+                        .map_err(|e| GetError::Failed(QueueError::Decode(Arc::new(e)))),
+                    None => decode(buf).map(Some),
+                },
                 Ok(false) => continue,
                 Err(StreamError::Empty) => Ok(None),
                 // The ring is drained and closed: the queue ends once the

@@ -169,6 +169,9 @@ pub enum StreamError {
     /// Every receiver is gone: nobody would take the message.
     #[error("every receiving end of the stream is gone")]
     ReadersGone,
+    /// A message sent in place is longer than a record.
+    #[error("message of {0} bytes is longer than a record")]
+    TooLong(usize),
     /// The lane id is 0 or above [`MAX_LANE`].
     #[error("lane id {0} out of range (1 to {MAX_LANE})")]
     BadLane(u32),
@@ -229,6 +232,72 @@ struct Header {
 struct Partial {
     writer: u32,
     buf: Vec<u8>,
+}
+
+/// What a send carries: bytes, or a length and what writes them in place.
+enum Outgoing<'a> {
+    Bytes(&'a [u8]),
+    InPlace(usize, &'a mut dyn FnMut(&mut ToRing<'_>) -> bool),
+}
+
+/// What a receive reads in place: messages of one record and at least
+/// this many bytes, with this reader (see [`Stream::try_recv_in_place`]).
+type DirectRead<'a> = Option<(usize, &'a mut dyn FnMut(&mut InRing<'_>))>;
+
+/// A message still in the ring, read in order by whoever holds the
+/// reader lease (see [`Stream::try_recv_in_place`]).
+#[derive(Debug)]
+pub struct InRing<'a> {
+    stream: &'a Stream,
+    pos: u64,
+    left: usize,
+}
+
+impl InRing<'_> {
+    /// Bytes of the message not read yet.
+    pub fn remaining(&self) -> usize {
+        self.left
+    }
+
+    /// Fills `dst` with the message's next bytes; `false` (and nothing
+    /// read) if fewer than `dst.len()` are left.
+    pub fn read(&mut self, dst: &mut [u8]) -> bool {
+        if dst.len() > self.left {
+            return false;
+        }
+        self.stream.copy_out(self.pos, dst);
+        self.pos += dst.len() as u64;
+        self.left -= dst.len();
+        true
+    }
+}
+
+/// Room for a message in the ring, filled in order by whoever holds the
+/// writer lease (see [`Stream::send_in_place`]).
+#[derive(Debug)]
+pub struct ToRing<'a> {
+    stream: &'a Stream,
+    pos: u64,
+    left: usize,
+}
+
+impl ToRing<'_> {
+    /// Bytes of the message not written yet.
+    pub fn remaining(&self) -> usize {
+        self.left
+    }
+
+    /// Appends `src` to the message; `false` (and nothing written) if
+    /// more than [`remaining`](Self::remaining).
+    pub fn write(&mut self, src: &[u8]) -> bool {
+        if src.len() > self.left {
+            return false;
+        }
+        self.stream.copy_in(self.pos, src);
+        self.pos += src.len() as u64;
+        self.left -= src.len();
+        true
+    }
 }
 
 /// A byte-stream ring of messages in shared memory. See the
@@ -509,7 +578,8 @@ impl Stream {
     /// [`StreamError::ReadersGone`], [`StreamError::BadLane`],
     /// [`StreamError::Corrupt`].
     pub fn try_send(&self, lane: u32, msg: &[u8]) -> Result<(), StreamError> {
-        self.send_inner(lane, msg, Some(Instant::now()), false)
+        self.send_inner(lane, Outgoing::Bytes(msg), Some(Instant::now()), false)
+            .map(drop)
     }
 
     /// Sends `msg`, waiting for room (and for the writer lease) until
@@ -527,16 +597,45 @@ impl Stream {
         msg: &[u8],
         deadline: Option<Instant>,
     ) -> Result<(), StreamError> {
-        self.send_inner(lane, msg, deadline, true)
+        self.send_inner(lane, Outgoing::Bytes(msg), deadline, true)
+            .map(drop)
+    }
+
+    /// Sends a message of `len` bytes (at most
+    /// [`record_limit`](Self::record_limit)) that `fill` writes straight
+    /// into the ring, waiting as [`send`](Self::send) does: an encoder
+    /// writing there saves a copy of a large message. The message is
+    /// published only if `fill` returns `true` having written exactly
+    /// `len` bytes; otherwise nothing is sent and `Ok(false)` comes back.
+    ///
+    /// `fill` holds up every other sender while it runs. If it panics,
+    /// nothing is sent, the lease is given back, and the panic goes on.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send); [`StreamError::TooLong`] when `len` is
+    /// over the record limit.
+    pub fn send_in_place(
+        &self,
+        lane: u32,
+        len: usize,
+        deadline: Option<Instant>,
+        fill: impl FnOnce(&mut ToRing<'_>) -> bool,
+    ) -> Result<bool, StreamError> {
+        if len > self.record_limit() {
+            return Err(StreamError::TooLong(len));
+        }
+        let mut fill = Some(fill);
+        let mut once = |w: &mut ToRing<'_>| fill.take().is_some_and(|f| f(w));
+        self.send_inner(lane, Outgoing::InPlace(len, &mut once), deadline, true)
     }
 
     fn send_inner(
         &self,
         lane: u32,
-        msg: &[u8],
+        msg: Outgoing<'_>,
         deadline: Option<Instant>,
         block: bool,
-    ) -> Result<(), StreamError> {
+    ) -> Result<bool, StreamError> {
         check_lane(lane)?;
         let m = self.meta();
         let h = self.header();
@@ -556,7 +655,24 @@ impl Stream {
             }
             Ok(Some(()))
         })?;
-        let r = self.send_fragments(lane, msg, deadline, block);
+        let r = match msg {
+            Outgoing::Bytes(msg) => self
+                .send_fragments(lane, msg, deadline, block)
+                .map(|()| true),
+            Outgoing::InPlace(len, fill) => {
+                let run = std::panic::AssertUnwindSafe(|| {
+                    self.send_filled(lane, len, fill, deadline, block)
+                });
+                match std::panic::catch_unwind(run) {
+                    Ok(r) => r,
+                    Err(panic) => {
+                        let _ = m.writer.compare_exchange(lane, 0, SeqCst, SeqCst);
+                        wake::notify(&h.not_full.0);
+                        std::panic::resume_unwind(panic);
+                    }
+                }
+            }
+        };
         let _ = m.writer.compare_exchange(lane, 0, SeqCst, SeqCst);
         wake::notify(&h.not_full.0);
         wake::notify(&h.not_empty.0);
@@ -570,7 +686,6 @@ impl Stream {
         deadline: Option<Instant>,
         block: bool,
     ) -> Result<(), StreamError> {
-        let h = self.header();
         let limit = self.record_limit();
         let mut chunks = msg.chunks(limit).peekable();
         let mut first = true;
@@ -584,26 +699,72 @@ impl Stream {
             let last = chunks.peek().is_none();
             let flags =
                 (lane << ID_SHIFT) | if first { FIRST } else { 0 } | if last { LAST } else { 0 };
-            let need = (REC + chunk.len()).next_multiple_of(REC) as u64;
-            let tail = self.wait(&h.not_full.0, deadline, block, StreamError::Full, || {
-                send_flags(self.flags())?;
-                let (head, tail) = self.positions()?;
-                Ok((self.cap as u64 - (tail - head) >= need).then_some(tail))
-            })?;
-            // Fits: chunk.len() <= limit < 2^31.
-            let mut rec = [0u8; REC];
-            rec[..4].copy_from_slice(&(chunk.len() as u32).to_le_bytes());
-            rec[4..].copy_from_slice(&flags.to_le_bytes());
-            self.copy_in(tail, &rec);
+            let tail = self.begin_record(chunk.len(), flags, deadline, block)?;
             self.copy_in(tail + REC as u64, chunk);
-            // The commit point: the record becomes visible.
-            h.tail.0.store(tail + need, SeqCst);
-            wake::notify(&h.not_empty.0);
+            self.commit_record(tail, chunk.len());
             first = false;
             if last {
                 return Ok(());
             }
         }
+    }
+
+    /// The message of `len` bytes of [`send_in_place`](Self::send_in_place),
+    /// under the writer lease: published if `fill` wrote it whole.
+    fn send_filled(
+        &self,
+        lane: u32,
+        len: usize,
+        fill: &mut dyn FnMut(&mut ToRing<'_>) -> bool,
+        deadline: Option<Instant>,
+        block: bool,
+    ) -> Result<bool, StreamError> {
+        let tail = self.begin_record(len, (lane << ID_SHIFT) | FIRST | LAST, deadline, block)?;
+        let mut room = ToRing {
+            stream: self,
+            pos: tail + REC as u64,
+            left: len,
+        };
+        if !fill(&mut room) || room.left != 0 {
+            return Ok(false);
+        }
+        self.commit_record(tail, len);
+        Ok(true)
+    }
+
+    /// Waits (holding the writer lease) for room for a record of `len`
+    /// bytes (at most the record limit), and writes its header there;
+    /// returns its position.
+    fn begin_record(
+        &self,
+        len: usize,
+        flags: u32,
+        deadline: Option<Instant>,
+        block: bool,
+    ) -> Result<u64, StreamError> {
+        let h = self.header();
+        let need = (REC + len).next_multiple_of(REC) as u64;
+        let tail = self.wait(&h.not_full.0, deadline, block, StreamError::Full, || {
+            send_flags(self.flags())?;
+            let (head, tail) = self.positions()?;
+            Ok((self.cap as u64 - (tail - head) >= need).then_some(tail))
+        })?;
+        // Fits: len <= limit < 2^31.
+        let mut rec = [0u8; REC];
+        rec[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        rec[4..].copy_from_slice(&flags.to_le_bytes());
+        self.copy_in(tail, &rec);
+        Ok(tail)
+    }
+
+    /// The commit point: the record of `len` bytes at `tail` becomes
+    /// visible.
+    fn commit_record(&self, tail: u64, len: usize) {
+        let h = self.header();
+        h.tail
+            .0
+            .store(tail + (REC + len).next_multiple_of(REC) as u64, SeqCst);
+        wake::notify(&h.not_empty.0);
     }
 
     /// Receives the next message into `buf` (cleared first) if one is
@@ -618,7 +779,7 @@ impl Stream {
     /// [`StreamError::Corrupt`].
     pub fn try_recv(&self, lane: u32, buf: &mut Vec<u8>) -> Result<(), StreamError> {
         check_lane(lane)?;
-        match self.recv_once(lane, buf, &|| false, &mut |_| {})? {
+        match self.recv_once(lane, buf, &|| false, &mut |_| {}, None)? {
             Some(()) => Ok(()),
             None => Err(StreamError::Empty),
         }
@@ -640,6 +801,46 @@ impl Stream {
         buf: &mut Vec<u8>,
         defer: impl Fn() -> bool,
     ) -> Result<bool, StreamError> {
+        self.recv_unless(lane, buf, defer, None)
+    }
+
+    /// As [`try_recv_unless`](Self::try_recv_unless), except that a
+    /// message of one record and at least `min` bytes is not copied into
+    /// `buf`: `read` reads it where it is, under the reader lease, before
+    /// it is consumed (a decoder reading straight from the ring saves a
+    /// copy of a large message). `Ok(true)`: a message was taken, by
+    /// `read` if it ran, else into `buf`.
+    ///
+    /// `read` holds up every other receiver while it runs. If it panics,
+    /// the message is consumed (as a message that fails to decode is),
+    /// the lease given back, and the panic goes on.
+    ///
+    /// # Errors
+    /// As [`try_recv`](Self::try_recv).
+    pub fn try_recv_in_place(
+        &self,
+        lane: u32,
+        buf: &mut Vec<u8>,
+        defer: impl Fn() -> bool,
+        min: usize,
+        read: impl FnOnce(&mut InRing<'_>),
+    ) -> Result<bool, StreamError> {
+        let mut read = Some(read);
+        let mut once = |r: &mut InRing<'_>| {
+            if let Some(f) = read.take() {
+                f(r);
+            }
+        };
+        self.recv_unless(lane, buf, defer, Some((min, &mut once)))
+    }
+
+    fn recv_unless(
+        &self,
+        lane: u32,
+        buf: &mut Vec<u8>,
+        defer: impl Fn() -> bool,
+        direct: DirectRead<'_>,
+    ) -> Result<bool, StreamError> {
         check_lane(lane)?;
         let deferred = std::cell::Cell::new(false);
         let ask = || {
@@ -647,7 +848,7 @@ impl Stream {
             deferred.set(d);
             d
         };
-        match self.recv_once(lane, buf, &ask, &mut |_| {})? {
+        match self.recv_once(lane, buf, &ask, &mut |_| {}, direct)? {
             Some(()) => Ok(true),
             None if deferred.get() => Ok(false),
             None => Err(StreamError::Empty),
@@ -669,7 +870,7 @@ impl Stream {
         mut then: impl FnMut(&mut Vec<u8>),
     ) -> Result<(), StreamError> {
         check_lane(lane)?;
-        match self.recv_once(lane, buf, &|| false, &mut then)? {
+        match self.recv_once(lane, buf, &|| false, &mut then, None)? {
             Some(()) => Ok(()),
             None => Err(StreamError::Empty),
         }
@@ -734,7 +935,7 @@ impl Stream {
         check_lane(lane)?;
         let word = &self.header().not_empty.0;
         self.wait(word, deadline, true, StreamError::Empty, || {
-            self.recv_once(lane, buf, &|| false, &mut |_| {})
+            self.recv_once(lane, buf, &|| false, &mut |_| {}, None)
         })
     }
 
@@ -775,13 +976,15 @@ impl Stream {
     /// One receive attempt: `Some` with the message in `buf`, `None` when
     /// there is none now.
     /// `defer`: see [`try_recv_unless`](Self::try_recv_unless); `then`:
-    /// see [`try_recv_then`](Self::try_recv_then).
+    /// see [`try_recv_then`](Self::try_recv_then); `direct`: see
+    /// [`try_recv_in_place`](Self::try_recv_in_place).
     fn recv_once(
         &self,
         lane: u32,
         buf: &mut Vec<u8>,
         defer: &dyn Fn() -> bool,
         then: &mut dyn FnMut(&mut Vec<u8>),
+        mut direct: DirectRead<'_>,
     ) -> Result<Option<()>, StreamError> {
         // Another thread of this process receiving: wait for it (it sleeps
         // under the lock only in the middle of a message, while its sender
@@ -806,7 +1009,7 @@ impl Stream {
             }
         }
         let holder = state.as_ref().map_or(lane, |(l, _)| *l);
-        let r = match self.take_records(&mut state, holder, buf) {
+        let r = match self.take_records(&mut state, holder, buf, &mut direct) {
             // Mid-message: never return with the lease (other receivers
             // would wait for this one's next call). The rest comes from a
             // sender inside its `send` (a `try_send` gives the lease back
@@ -816,10 +1019,12 @@ impl Stream {
             // which drops the part.
             Ok(false) if state.is_some() => {
                 self.wait(&h.not_empty.0, None, true, StreamError::Empty, || {
-                    Ok(match self.take_records(&mut state, holder, buf)? {
-                        false if state.is_some() => None,
-                        done => Some(done),
-                    })
+                    Ok(
+                        match self.take_records(&mut state, holder, buf, &mut None)? {
+                            false if state.is_some() => None,
+                            done => Some(done),
+                        },
+                    )
                 })
             }
             r => r,
@@ -886,6 +1091,7 @@ impl Stream {
         state: &mut Option<(u32, Partial)>,
         holder: u32,
         buf: &mut Vec<u8>,
+        direct: &mut DirectRead<'_>,
     ) -> Result<bool, StreamError> {
         let h = self.header();
         loop {
@@ -918,9 +1124,14 @@ impl Stream {
             let at = head + REC as u64;
             let done = if flags & FIRST != 0 {
                 if flags & LAST != 0 {
-                    buf.clear();
-                    self.extend_from(at, len, buf);
                     *state = None;
+                    match direct.as_mut().filter(|(min, _)| len >= *min) {
+                        Some((_, read)) => self.read_in_place(holder, at, len, size, &mut **read),
+                        None => {
+                            buf.clear();
+                            self.extend_from(at, len, buf);
+                        }
+                    }
                     true
                 } else {
                     let mut p = Partial {
@@ -1004,6 +1215,37 @@ impl Stream {
         let start = out.len();
         out.resize(start + len, 0);
         self.copy_out(pos, &mut out[start..]);
+    }
+
+    /// Runs `read` on the whole message of `len` bytes at `at` (its
+    /// record, `size` bytes, starts at `at - REC`). If `read` panics, the
+    /// record is consumed and the reader lease (held by `holder`) given
+    /// back before the panic goes on: nobody else would ever take it.
+    fn read_in_place(
+        &self,
+        holder: u32,
+        at: u64,
+        len: usize,
+        size: u64,
+        read: &mut dyn FnMut(&mut InRing<'_>),
+    ) {
+        let mut ring = InRing {
+            stream: self,
+            pos: at,
+            left: len,
+        };
+        let run = std::panic::AssertUnwindSafe(|| read(&mut ring));
+        if let Err(panic) = std::panic::catch_unwind(run) {
+            let h = self.header();
+            h.head.0.store(at - REC as u64 + size, SeqCst);
+            let _ = self
+                .meta()
+                .reader
+                .compare_exchange(holder, 0, SeqCst, SeqCst);
+            wake::notify(&h.not_full.0);
+            wake::notify(&h.not_empty.0);
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 

@@ -568,3 +568,93 @@ fn try_recv_then_runs_under_the_reader_lease() {
         Err(StreamError::Empty)
     );
 }
+
+/// Sends `m` in place, in pieces of up to 7 bytes (writes straddle the
+/// ring's end).
+fn send_in_pieces(s: &Stream, m: &[u8]) -> Result<bool, StreamError> {
+    s.send_in_place(1, m.len(), long(), |room| {
+        m.chunks(7).all(|c| room.write(c)) && room.remaining() == 0
+    })
+}
+
+#[test]
+fn messages_written_and_read_in_place_wrap_and_mix_with_copied_ones() {
+    let h = Heap::new(256);
+    let mut buf = Vec::new();
+    for i in 0..500u32 {
+        let m = msg(i, 5 + (i as usize % 37));
+        if i % 3 == 0 {
+            h.stream.send(1, &m, long()).unwrap();
+        } else {
+            assert_eq!(send_in_pieces(&h.stream, &m), Ok(true));
+        }
+        // Messages of at least 20 bytes are read in place, in pieces.
+        let mut read = None;
+        let took = h.stream.try_recv_in_place(
+            2,
+            &mut buf,
+            || false,
+            20,
+            |msg| {
+                let mut out = vec![0; msg.remaining()];
+                assert!(out.chunks_mut(5).all(|c| msg.read(c)));
+                assert!(!msg.read(&mut [0]), "nothing past the message");
+                read = Some(out);
+            },
+        );
+        assert_eq!(took, Ok(true));
+        assert_eq!(read.is_some(), m.len() >= 20, "message {i}");
+        assert_eq!(read.as_ref().unwrap_or(&buf), &m, "message {i}");
+    }
+    assert_eq!(h.stream.try_recv(2, &mut buf), Err(StreamError::Empty));
+    assert_eq!(h.stream.leases(), (0, 0));
+}
+
+#[test]
+fn an_in_place_send_that_is_not_filled_whole_sends_nothing() {
+    let h = Heap::new(256);
+    // Too short, refused by `fill`, and too long: nothing published.
+    let short = h
+        .stream
+        .send_in_place(1, 16, long(), |room| room.write(&[1; 8]));
+    assert_eq!(short, Ok(false));
+    assert_eq!(h.stream.send_in_place(1, 16, long(), |_| false), Ok(false));
+    let long_fill = h
+        .stream
+        .send_in_place(1, 16, long(), |room| room.write(&[1; 17]));
+    assert_eq!(long_fill, Ok(false));
+    assert!(!h.stream.has_record());
+    assert_eq!(
+        h.stream
+            .send_in_place(1, h.stream.record_limit() + 1, long(), |_| true),
+        Err(StreamError::TooLong(h.stream.record_limit() + 1))
+    );
+    // A panic while filling gives the lease back and sends nothing.
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        h.stream
+            .send_in_place(1, 16, long(), |_| panic!("encoder bug"))
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(h.stream.leases(), (0, 0));
+    assert!(!h.stream.has_record());
+    assert_eq!(send_in_pieces(&h.stream, &[9; 16]), Ok(true));
+    let mut buf = Vec::new();
+    h.stream.try_recv(2, &mut buf).unwrap();
+    assert_eq!(buf, [9; 16]);
+}
+
+#[test]
+fn a_panic_while_reading_in_place_consumes_the_message_and_frees_the_lease() {
+    let h = Heap::new(256);
+    h.stream.try_send(1, &[1; 32]).unwrap();
+    h.stream.try_send(1, &[2; 32]).unwrap();
+    let mut buf = Vec::new();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        h.stream
+            .try_recv_in_place(2, &mut buf, || false, 0, |_| panic!("decoder bug"))
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(h.stream.leases(), (0, 0));
+    h.stream.try_recv(2, &mut buf).unwrap();
+    assert_eq!(buf, [2; 32], "the message read when the panic came is gone");
+}
