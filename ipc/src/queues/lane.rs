@@ -71,6 +71,11 @@ use std::time::{Duration, Instant};
 use super::client::Client;
 use super::hub::Core;
 use super::wire::{Wait, status as qstatus};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::IpcError;
+use crate::codec;
 use crate::error::QueueError;
 use crate::shm::stream::{
     CLOSED, InRing, MAX_LANE, READERS_GONE, Stream, StreamError, ToRing, WRITERS_GONE,
@@ -569,11 +574,68 @@ fn open(client: &'static Arc<Client>, id: u64, role: u64) -> Result<Option<Arc<L
 /// `Stream::try_recv_in_place`): a copy saved each way. Smaller ones go
 /// through a buffer, where the lease is held only for a copy (an encoder
 /// or decoder can be slower than copying its bytes).
-pub(crate) const IN_PLACE_MIN: usize = 4096;
+const IN_PLACE_MIN: usize = 4096;
 
-/// Encodes `item` (`len` bytes, measured) into the ring's room; false
-/// if its encoding fails or is not `len` bytes (the room is dropped).
-pub(crate) fn encode_in_place<T: serde::Serialize>(item: &T, room: &mut ToRing<'_>) -> bool {
+/// Encodes `item` for a lane's ring `s`: into `bytes` (`None`), or, when
+/// it is large and fits a record, only measured (`Some(len)`: for
+/// [`send_item`] to encode in place).
+///
+/// # Errors
+/// [`IpcError::Encode`] when the item cannot be encoded.
+pub(crate) fn encode_item<T: Serialize>(
+    item: &T,
+    s: &Stream,
+    bytes: &mut Vec<u8>,
+) -> Result<Option<usize>, IpcError> {
+    match codec::encode_into_limited(item, bytes, IN_PLACE_MIN as u64) {
+        Err(IpcError::PayloadTooLarge { len, .. }) if len <= s.record_limit() as u64 => {
+            Ok(Some(len as usize))
+        }
+        Err(IpcError::PayloadTooLarge { .. }) => codec::encode_into(item, bytes).map(|()| None),
+        r => r.map(|()| None),
+    }
+}
+
+/// Why [`send_item`] failed.
+#[derive(Debug)]
+pub(crate) enum SendFail {
+    Stream(StreamError),
+    Encode(IpcError),
+}
+
+/// Sends `item` through the ring `s` as `lane`, waiting until `deadline`
+/// as [`Stream::send`] does: written in place if `in_place` holds its
+/// length (from [`encode_item`]), else `bytes`, its encoding. An
+/// encoding that fails or changes length in place is made in `bytes`
+/// instead (`in_place` is cleared) and sent from there.
+pub(crate) fn send_item<T: Serialize>(
+    s: &Stream,
+    lane: u32,
+    item: &T,
+    in_place: &mut Option<usize>,
+    bytes: &mut Vec<u8>,
+    deadline: Option<Instant>,
+) -> Result<(), SendFail> {
+    loop {
+        let sent = match *in_place {
+            Some(len) => s.send_in_place(lane, len, deadline, |room| encode_in_place(item, room)),
+            None => s.send(lane, bytes, deadline).map(|()| true),
+        };
+        match sent {
+            Ok(true) => return Ok(()),
+            Ok(false) => {
+                *in_place = None;
+                bytes.clear();
+                codec::encode_into(item, bytes).map_err(SendFail::Encode)?;
+            }
+            Err(e) => return Err(SendFail::Stream(e)),
+        }
+    }
+}
+
+/// Encodes `item` into the ring's room; false if its encoding fails or
+/// does not fill the room exactly.
+fn encode_in_place<T: Serialize>(item: &T, room: &mut ToRing<'_>) -> bool {
     struct W<'a, 'b>(&'a mut ToRing<'b>);
     impl bincode::enc::write::Writer for W<'_, '_> {
         fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
@@ -585,16 +647,31 @@ pub(crate) fn encode_in_place<T: serde::Serialize>(item: &T, room: &mut ToRing<'
         }
     }
     let len = room.remaining() as u64;
-    crate::codec::encode_into_writer(item, W(room), len).is_ok()
+    codec::encode_into_writer(item, W(room), len).is_ok()
+}
+
+/// Takes the next message from the ring `s` as `lane` if one is there
+/// (see [`Stream::try_recv_in_place`] for `defer`: `Ok(None)`), and
+/// decodes it: a large one straight from the ring, others from `buf`.
+///
+/// # Errors
+/// As [`Stream::try_recv`]; the inner `Err` is a message that is not a
+/// `T` (it was taken).
+pub(crate) fn try_recv_item<T: DeserializeOwned>(
+    s: &Stream,
+    lane: u32,
+    buf: &mut Vec<u8>,
+    defer: impl Fn() -> bool,
+) -> Result<Option<Result<T, IpcError>>, StreamError> {
+    let mut read = None;
+    let took = s.try_recv_in_place(lane, buf, defer, IN_PLACE_MIN, |msg| {
+        read = Some(decode_in_place(msg));
+    })?;
+    Ok(took.then(|| read.unwrap_or_else(|| codec::decode(buf).map(|(v, _)| v))))
 }
 
 /// Decodes an item from a message in the ring.
-///
-/// # Errors
-/// [`IpcError::Decode`](crate::IpcError::Decode) when the bytes are not a `T`.
-pub(crate) fn decode_in_place<T: serde::de::DeserializeOwned>(
-    msg: &mut InRing<'_>,
-) -> Result<T, crate::IpcError> {
+fn decode_in_place<T: DeserializeOwned>(msg: &mut InRing<'_>) -> Result<T, IpcError> {
     struct R<'a, 'b>(&'a mut InRing<'b>);
     impl bincode::de::read::Reader for R<'_, '_> {
         fn read(&mut self, bytes: &mut [u8]) -> Result<(), bincode::error::DecodeError> {
@@ -609,7 +686,7 @@ pub(crate) fn decode_in_place<T: serde::de::DeserializeOwned>(
         }
     }
     let len = msg.remaining();
-    crate::codec::decode_from_reader(&mut R(msg), len)
+    codec::decode_from_reader(&mut R(msg), len)
 }
 
 pub(crate) fn error(e: StreamError) -> QueueError {

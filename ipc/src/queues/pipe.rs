@@ -50,10 +50,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::lane::{self, LaneEnd};
+use super::lane::{self, LaneEnd, SendFail};
 use super::queue::{GetError, GetFuture, PutError, Queue, QueueError};
 use super::wire::Wait;
-use crate::codec;
 use crate::shm::stream::StreamError;
 use crate::task::Payload;
 
@@ -185,17 +184,23 @@ impl<T: Payload> Tx<T> {
         let Some(lane) = &self.lane else {
             return self.q.put(value);
         };
+        let s = lane.stream();
         let mut bytes = Vec::new();
-        if let Err(e) = codec::encode_into(&value, &mut bytes) {
-            return Err(PutError::Failed(value, QueueError::Encode(Arc::new(e))));
-        }
-        match lane.stream().send(lane.id(), &bytes, None) {
+        let sent = lane::encode_item(&value, s, &mut bytes)
+            .map_err(SendFail::Encode)
+            .and_then(|mut in_place| {
+                lane::send_item(s, lane.id(), &value, &mut in_place, &mut bytes, None)
+            });
+        match sent {
             Ok(()) => Ok(()),
-            Err(StreamError::Closed) => Err(PutError::Closed(value)),
-            Err(StreamError::ReadersGone) => {
+            Err(SendFail::Encode(e)) => {
+                Err(PutError::Failed(value, QueueError::Encode(Arc::new(e))))
+            }
+            Err(SendFail::Stream(StreamError::Closed)) => Err(PutError::Closed(value)),
+            Err(SendFail::Stream(StreamError::ReadersGone)) => {
                 Err(PutError::Failed(value, QueueError::ReceiversGone))
             }
-            Err(e) => Err(PutError::Failed(value, lane::error(e))),
+            Err(SendFail::Stream(e)) => Err(PutError::Failed(value, lane::error(e))),
         }
     }
 
@@ -256,11 +261,11 @@ impl<T: Payload> Rx<T> {
                 Err(e) => return Err(e),
             }
         }
-        match s.try_recv(lane.id(), buf) {
-            Ok(()) => codec::decode(buf)
-                .map(|(v, _)| Some(v))
+        match lane::try_recv_item(s, lane.id(), buf, || false) {
+            Ok(Some(v)) => v
+                .map(Some)
                 .map_err(|e| GetError::Failed(QueueError::Decode(Arc::new(e)))),
-            Err(StreamError::Empty) => Ok(None),
+            Ok(None) | Err(StreamError::Empty) => Ok(None),
             // The ring is drained and ended: the direction ends once the
             // hub queue is closed and drained too.
             Err(StreamError::Closed) => match self.q.try_get() {

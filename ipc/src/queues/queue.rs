@@ -56,9 +56,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::client::{Client, Held, Taken};
 use super::hub::{Core, GetFail, PutFail};
-use super::lane::{self, LaneEnd};
+use super::lane::{self, LaneEnd, SendFail};
 use super::wire::{self, Wait, op, status};
-use crate::IpcError;
 use crate::codec;
 pub use crate::error::QueueError;
 use crate::shm::stream::{CLOSED, StreamError};
@@ -386,18 +385,7 @@ impl<T: Payload> Queue<T> {
         };
         bytes.clear();
         let encoded = match lane {
-            Some(lane) => {
-                let limit = lane.stream().record_limit() as u64;
-                match codec::encode_into_limited(&item, &mut bytes, lane::IN_PLACE_MIN as u64) {
-                    Err(IpcError::PayloadTooLarge { len, .. }) if len <= limit => {
-                        Ok(Some(len as usize))
-                    }
-                    Err(IpcError::PayloadTooLarge { .. }) => {
-                        codec::encode_into(&item, &mut bytes).map(|()| None)
-                    }
-                    r => r.map(|()| None),
-                }
-            }
+            Some(lane) => lane::encode_item(&item, lane.stream(), &mut bytes),
             None => codec::encode_into(&item, &mut bytes).map(|()| None),
         };
         // The length of an encoding to write into the ring, not in `bytes`.
@@ -419,30 +407,26 @@ impl<T: Payload> Queue<T> {
             let sent = loop {
                 let soon = Instant::now() + RING_WAIT;
                 let deadline = wait.deadline().map_or(soon, |d| d.min(soon));
-                let r = match in_place {
-                    Some(len) => s.send_in_place(lane.id(), len, Some(deadline), |room| {
-                        lane::encode_in_place(&item, room)
-                    }),
-                    None => s.send(lane.id(), &bytes, Some(deadline)).map(|()| true),
-                };
+                let r = lane::send_item(
+                    s,
+                    lane.id(),
+                    &item,
+                    &mut in_place,
+                    &mut bytes,
+                    Some(deadline),
+                );
                 match r {
-                    Ok(true) => break Ok(()),
-                    // Its encoding failed, or changed length: into the
-                    // buffer then, which says why or holds it.
-                    Ok(false) => {
-                        in_place = None;
-                        if let Err(e) = codec::encode_into(&item, &mut bytes) {
-                            let e = QueueError::Encode(Arc::new(e));
-                            return Err(PutError::Failed(item, e));
-                        }
+                    Ok(()) => break Ok(()),
+                    Err(SendFail::Encode(e)) => {
+                        return Err(PutError::Failed(item, QueueError::Encode(Arc::new(e))));
                     }
-                    Err(StreamError::Full)
+                    Err(SendFail::Stream(StreamError::Full))
                         if s.read_position() != read
                             && wait.deadline().is_none_or(|d| Instant::now() < d) =>
                     {
                         read = s.read_position();
                     }
-                    Err(e) => break Err(e),
+                    Err(SendFail::Stream(e)) => break Err(e),
                 }
             };
             if sent.is_ok() && bytes.capacity() <= SCRATCH_MAX {
@@ -712,23 +696,11 @@ impl<T: Payload> Queue<T> {
             }
             // The hub's items first: if one came since the look above,
             // the ring's oldest stays where it is.
-            // A large item is decoded straight from the ring.
-            let mut read = None;
-            let r = s.try_recv_in_place(
-                lane.id(),
-                buf,
-                || s.hub_gen() != seen,
-                lane::IN_PLACE_MIN,
-                |msg| read = Some(lane::decode_in_place(msg)),
-            );
-            return match r {
-                Ok(true) => match read {
-                    Some(item) => item
-                        .map(Some)
-                        .map_err(|e| GetError::Failed(QueueError::Decode(Arc::new(e)))),
-                    None => decode(buf).map(Some),
-                },
-                Ok(false) => continue,
+            return match lane::try_recv_item(s, lane.id(), buf, || s.hub_gen() != seen) {
+                Ok(Some(item)) => item
+                    .map(Some)
+                    .map_err(|e| GetError::Failed(QueueError::Decode(Arc::new(e)))),
+                Ok(None) => continue,
                 Err(StreamError::Empty) => Ok(None),
                 // The ring is drained and closed: the queue ends once the
                 // hub is drained too.

@@ -431,6 +431,29 @@ fn large_items_go_in_place_and_keep_order_with_small_ones() {
     assert!(q.is_empty().unwrap());
 }
 
+#[test]
+fn large_pipe_messages_go_in_place_too() {
+    use crate::queues::pipe::Pipe;
+    let (rx, tx) = Pipe::one_way::<(u32, serde_bytes::ByteBuf)>();
+    let sizes = [4096, 100, 64 << 10, 600 << 10, 5000];
+    let sender = thread::spawn(move || {
+        for i in 0..4 * sizes.len() as u32 {
+            tx.send((i, big(i, sizes[i as usize % sizes.len()])))
+                .unwrap();
+        }
+    });
+    for n in 0..4 * sizes.len() as u32 {
+        let (i, bytes) = rx.recv_timeout(LONG).unwrap();
+        assert_eq!(i, n);
+        assert!(
+            bytes == big(i, sizes[n as usize % sizes.len()]),
+            "message {i} intact"
+        );
+    }
+    sender.join().unwrap();
+    assert!(matches!(rx.recv_timeout(LONG), Err(GetError::Closed)));
+}
+
 /// Serialises as a byte string whose length changes every time (one
 /// more byte each call): measured at one length, written at another.
 struct Shifty(std::sync::atomic::AtomicUsize);
