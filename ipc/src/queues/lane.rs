@@ -253,10 +253,12 @@ impl LaneEnd {
                 continue;
             }
             drop(wakers);
-            // Woken by records, flags and hub counts; the timeout only
+            // Woken by records, flags and hub changes; the timeout only
             // lets the thread notice that nobody waits any more.
-            self.stream()
-                .wait_record(Some(Instant::now() + Duration::from_millis(200)));
+            let deadline = Some(Instant::now() + Duration::from_millis(200));
+            self.stream().sleep_readers(deadline, || {
+                self.ring_ready() || self.stream().hub_gen() != hub_gen
+            });
         }
     }
 }

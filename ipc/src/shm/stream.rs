@@ -9,8 +9,9 @@
 //! # Layout
 //!
 //! ```text
-//! Header (5 × 64 B)  magic, version, capacity, flags, writer lease,
-//!                    reader lease, hub_items, hub_gen | head | tail | not_empty | not_full
+//! Header (6 × 64 B)  magic, version, capacity, flags, writer lease,
+//!                    reader lease, hub_items, hub_gen | head | tail | not_empty
+//!                    | records | not_full
 //! data               capacity bytes (a power of two), records back to back
 //! ```
 //!
@@ -56,7 +57,8 @@
 //! A blocked send (ring full, or another sender holds the lease) spins
 //! briefly, then sleeps on the `not_full` eventcount; a blocked receive on
 //! `not_empty` (the ring's eventcounts: a syscall only when a sleeper is
-//! armed). Flags end the stream: `CLOSED` (a sender closed it) and
+//! armed), which the other path's changes wake too; whoever waits for
+//! records only ([`Stream::wait_record`]) sleeps on `records`. Flags end the stream: `CLOSED` (a sender closed it) and
 //! `WRITERS_GONE` (set by the manager) make a drained receiver get
 //! [`StreamError::Closed`]; `READERS_GONE` makes senders fail with
 //! [`StreamError::ReadersGone`], also while blocked on a full ring.
@@ -121,7 +123,7 @@ mod wake {
 /// "procpipe" in ASCII.
 const MAGIC: u64 = 0x6570_6970_636f_7270;
 /// Bumped on any change to the layout or a word's meaning.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 #[cfg_attr(all(test, loom), allow(dead_code))] // init/attach only
 const LINE: usize = 64;
 /// Bytes of a record's header.
@@ -223,6 +225,10 @@ struct Header {
     head: Padded<AtomicU64>,
     tail: Padded<AtomicU64>,
     not_empty: Padded<AtomicU32>,
+    /// As `not_empty`, without the other path's changes: for whoever
+    /// waits for records only (a pump, which a hub busy with its own
+    /// items must not wake at every change).
+    records: Padded<AtomicU32>,
     not_full: Padded<AtomicU32>,
 }
 
@@ -501,6 +507,7 @@ impl Stream {
     pub fn hub_changed(&self) {
         self.meta().hub_gen.fetch_add(1, SeqCst);
         wake::notify(&self.header().not_empty.0);
+        // (Not `records`: nothing changed in the ring.)
     }
 
     /// Counts one item fewer on the other path (never below zero).
@@ -548,9 +555,12 @@ impl Stream {
     /// Sleeps until a record or an end flag may be there (not for
     /// `hub_items`), or `deadline`, or spuriously; `false` at the deadline.
     pub fn wait_record(&self, deadline: Option<Instant>) -> bool {
-        self.sleep_readers(deadline, || {
-            self.has_record() || self.flags() & (CLOSED | WRITERS_GONE) != 0
-        })
+        let word = &self.header().records.0;
+        let armed = wake::arm(word);
+        if self.has_record() || self.flags() & (CLOSED | WRITERS_GONE) != 0 {
+            return true;
+        }
+        wake::sleep(word, armed, deadline)
     }
 
     /// Sleeps on the receivers' eventcount unless `ready()` holds once
@@ -566,9 +576,15 @@ impl Stream {
     }
 
     fn notify_all(&self) {
+        self.notify_readers();
+        wake::notify(&self.header().not_full.0);
+    }
+
+    /// Wakes receivers (and whoever waits for records only).
+    fn notify_readers(&self) {
         let h = self.header();
         wake::notify(&h.not_empty.0);
-        wake::notify(&h.not_full.0);
+        wake::notify(&h.records.0);
     }
 
     /// Sends `msg` if it fits now (and no other sender holds the lease).
@@ -675,7 +691,7 @@ impl Stream {
         };
         let _ = m.writer.compare_exchange(lane, 0, SeqCst, SeqCst);
         wake::notify(&h.not_full.0);
-        wake::notify(&h.not_empty.0);
+        self.notify_readers();
         r
     }
 
@@ -764,7 +780,7 @@ impl Stream {
         h.tail
             .0
             .store(tail + (REC + len).next_multiple_of(REC) as u64, SeqCst);
-        wake::notify(&h.not_empty.0);
+        self.notify_readers();
     }
 
     /// Receives the next message into `buf` (cleared first) if one is
@@ -914,7 +930,7 @@ impl Stream {
         });
         if !mine {
             let _ = m.reader.compare_exchange(lane, 0, SeqCst, SeqCst);
-            wake::notify(&self.header().not_empty.0);
+            self.notify_readers();
         }
         r.ok().map(|()| n)
     }
@@ -1004,7 +1020,7 @@ impl Stream {
             }
             if defer() {
                 let _ = m.reader.compare_exchange(lane, 0, SeqCst, SeqCst);
-                wake::notify(&h.not_empty.0);
+                self.notify_readers();
                 return Ok(None);
             }
         }
@@ -1034,7 +1050,7 @@ impl Stream {
         }
         if state.is_none() {
             let _ = m.reader.compare_exchange(holder, 0, SeqCst, SeqCst);
-            wake::notify(&h.not_empty.0);
+            self.notify_readers();
         }
         match r {
             Ok(true) => Ok(Some(())),
@@ -1243,7 +1259,7 @@ impl Stream {
                 .reader
                 .compare_exchange(holder, 0, SeqCst, SeqCst);
             wake::notify(&h.not_full.0);
-            wake::notify(&h.not_empty.0);
+            self.notify_readers();
             std::panic::resume_unwind(panic);
         }
     }
@@ -1361,6 +1377,7 @@ impl Stream {
             head: Padded(AtomicU64::new(0)),
             tail: Padded(AtomicU64::new(0)),
             not_empty: pad32(0),
+            records: pad32(0),
             not_full: pad32(0),
         };
         let data = (0..cap).map(|_| loom::cell::UnsafeCell::new(0)).collect();

@@ -412,6 +412,51 @@ fn a_hub_change_without_a_new_item_wakes_receivers() {
     assert!(woke, "the sleeper was not woken by hub_changed");
 }
 
+/// Whoever waits for records only (a pump) sleeps through the other
+/// path's changes, however many (each used to wake it: a wake-up per
+/// put into a hub busy with remote workers' items), and wakes for a
+/// record.
+#[test]
+fn a_record_waiter_sleeps_through_hub_changes_and_wakes_for_a_record() {
+    let h = Heap::new(256);
+    let nap = Duration::from_millis(300);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let slept = thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let t = Instant::now();
+            h.stream.wait_record(Some(t + nap));
+            done.store(true, SeqCst);
+            t.elapsed()
+        });
+        let mut changes = 0u64;
+        while !done.load(SeqCst) {
+            h.stream.hub_changed();
+            changes += 1;
+            thread::yield_now();
+        }
+        assert!(changes > 0);
+        waiter.join().unwrap()
+    });
+    assert!(
+        slept >= nap,
+        "a hub change woke a record waiter after {slept:?}"
+    );
+    let deadline = Some(Instant::now() + Duration::from_secs(30));
+    let slept = thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let t = Instant::now();
+            h.stream.wait_record(deadline);
+            t.elapsed()
+        });
+        h.stream.try_send(1, b"x").unwrap();
+        waiter.join().unwrap()
+    });
+    assert!(
+        slept < Duration::from_secs(30),
+        "a record did not wake the record waiter"
+    );
+}
+
 #[test]
 fn many_writers_and_readers_lose_and_duplicate_nothing() {
     const WRITERS: u32 = 3;
