@@ -4,8 +4,9 @@
 //! order between ring puts and a remote worker's hub puts, a remote
 //! getter beside lane users, and a crash run where producers and
 //! consumers are killed at random moments; a `JoinableQueue` shared by
-//! a local and a remote consumer, and one whose consumer is killed
-//! holding items taken and not done.
+//! a local and a remote consumer, one whose consumer is killed holding
+//! items taken and not done, and one whose consumers are killed at
+//! random while it streams.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a test program reports progress
 
 mod common;
@@ -57,6 +58,10 @@ const PRODUCE: Task<(Queue<Item>, Queue<u32>, u32), ()> = Task::new("qlane_produ
 /// Crash run: gets for ever, putting each sequence number got on the
 /// second queue.
 const CONSUME: Task<(Queue<Item>, Queue<u32>), ()> = Task::new("qlane_consume");
+
+/// Crash run of a `JoinableQueue`: gets for ever, confirming each item,
+/// then putting its number on the second queue.
+const JQ_CONFIRM: Task<(JoinableQueue<u32>, Queue<u32>), ()> = Task::new("qlane_jq_confirm");
 
 /// Gets until `None`, calling `task_done` for each item (the `None`
 /// included), then once more; returns (items got, that last call's error).
@@ -122,6 +127,13 @@ fn registry() -> procpool::Registry {
             said.put(n).expect("say");
             let _ = hold.get();
         })
+        .task(JQ_CONFIRM, |(q, done)| {
+            loop {
+                let seq = q.get().expect("get");
+                q.task_done().expect("task_done");
+                done.put(seq).expect("report");
+            }
+        })
         .task(CONSUME, |(q, got)| {
             loop {
                 match q.get() {
@@ -148,6 +160,7 @@ fn main() {
         a_local_and_a_remote_consumer_share_a_joinable_queue,
         a_consumer_killed_holding_joinable_items_fails_join,
         killed_producers_and_consumers_lose_nothing_promised,
+        killed_joinable_consumers_never_leave_join_waiting,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -451,5 +464,101 @@ fn killed_producers_and_consumers_lose_nothing_promised() -> anyhow::Result<()> 
         !acked.is_empty(),
         "nothing was promised: the run proves nothing"
     );
+    Ok(())
+}
+
+/// Consumers of a `JoinableQueue` (children taking and confirming items
+/// through its lane) are killed with SIGKILL at random moments and
+/// replaced while the master puts. Then `join` must return: each item
+/// a dead consumer took and did not confirm is reported lost
+/// (`ConsumerDied`), at most one per death, none waits for ever (a
+/// consumer killed between consuming an item in the ring and counting
+/// it would leave it unfinished for good without the take's mark).
+fn killed_joinable_consumers_never_leave_join_waiting() -> anyhow::Result<()> {
+    let q = JoinableQueue::<u32>::new();
+    ensure!(q.uses_lane(), "the joinable queue has no lane");
+    let done = Queue::<u32>::new();
+    let run = Duration::from_secs(if cfg!(windows) { 4 } else { 8 });
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let spawn = || Process::spawn(JQ_CONFIRM, (q.clone(), done.clone())).map(Watched::watched);
+    let mut consumers = vec![spawn()?, spawn()?];
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut deaths = 0u64;
+    let put = std::thread::scope(|s| -> anyhow::Result<u32> {
+        let producer = s.spawn(|| -> anyhow::Result<u32> {
+            let mut seq = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                q.put(seq)?;
+                seq += 1;
+                // Keep the backlog small, so most items are in flight.
+                while q.len()? > 2000 && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::yield_now();
+                }
+            }
+            Ok(seq)
+        });
+        let start = Instant::now();
+        let killing = (|| -> anyhow::Result<()> {
+            while start.elapsed() < run {
+                std::thread::sleep(Duration::from_millis(20 + next() % 150));
+                let i = (next() % 2) as usize;
+                consumers[i].kill();
+                deaths += 1;
+                let dead = std::mem::replace(&mut consumers[i], spawn()?);
+                let _ = dead.join();
+            }
+            Ok(())
+        })();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let put = producer.join().expect("producer thread")?;
+        killing?;
+        Ok(put)
+    })?;
+    let mut lost = 0u64;
+    let joined = Instant::now();
+    loop {
+        match q.join_timeout(WAIT) {
+            Ok(true) => break,
+            Ok(false) => bail!(
+                "join still waiting after {WAIT:?}: {:?} unfinished, {put} put, {lost} reported lost",
+                q.unfinished()
+            ),
+            Err(QueueError::ConsumerDied { unfinished, .. }) => lost += unfinished,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for c in consumers {
+        c.kill();
+        let _ = c.join();
+    }
+    let mut seen = HashSet::new();
+    while let Ok(seq) = done.try_get() {
+        ensure!(seen.insert(seq), "item {seq} confirmed twice");
+        ensure!(seq < put, "item {seq} was never put");
+    }
+    println!(
+        "joinable crash run: {deaths} consumer deaths, {put} put, {} confirmed and reported, {lost} reported lost; join returned {:?} after the run",
+        seen.len(),
+        joined.elapsed()
+    );
+    ensure!(q.unfinished() == Some(0), "unfinished {:?}", q.unfinished());
+    ensure!(
+        lost <= deaths,
+        "{lost} items reported lost with only {deaths} consumer deaths"
+    );
+    // Each item was confirmed (and reported, unless its consumer died
+    // between the two), or reported lost.
+    ensure!(
+        seen.len() as u64 + lost + deaths >= u64::from(put),
+        "{} confirmed + {lost} lost + {deaths} deaths < {put} put",
+        seen.len()
+    );
+    ensure!(deaths > 0 && put > 0, "the run proves nothing");
     Ok(())
 }

@@ -12,8 +12,10 @@
 //!   to come).
 //! - [`stream`]: [`Stream`], a byte-stream ring of messages with writer and
 //!   reader leases, the lane of a pipe direction; also safe against deaths.
+//! - [`books`]: a `JoinableQueue`'s accounts beside its lane.
 
 pub mod body;
+pub mod books;
 pub mod ring;
 pub mod segment;
 pub mod stream;

@@ -202,6 +202,9 @@ struct State {
     unfinished: u64,
     /// Set for a `JoinableQueue`: only its losses are reported.
     joinable: bool,
+    /// A `JoinableQueue`'s lane: its accounts hold the lane's part of
+    /// the unfinished count (see `shm/books.rs`).
+    joinable_lane: Option<Arc<HubLane>>,
     /// Connections' debts, by link id: items acknowledged, less `TASK_DONE`s.
     debts: HashMap<u64, u64>,
     /// The hub process's debt: items its threads took, less their `task_done`s.
@@ -390,6 +393,35 @@ impl State {
 
     fn len(&self) -> usize {
         self.items.len() + self.unacked()
+    }
+
+    /// Items put and not confirmed, nor reported lost: the hub's own, and
+    /// a joinable lane's.
+    fn total(&self) -> u64 {
+        match &self.joinable_lane {
+            Some(l) => l.total(self.unfinished),
+            None => self.unfinished,
+        }
+    }
+
+    /// Counts `n` confirmations from `party` (`n <= total()`, checked by
+    /// the caller): of the hub's items first (see [`confirm`](Self::confirm)),
+    /// the rest of the lane's, which pay nobody's debt here (spare).
+    fn confirm_any(&mut self, party: Party, n: u64) {
+        let here = n.min(self.unfinished);
+        if here > 0 {
+            self.confirm(party, here);
+        }
+        let rest = n - here;
+        if let (Some(l), true) = (&self.joinable_lane, rest > 0) {
+            l.hub_confirmed(rest);
+            self.spare += rest;
+        }
+    }
+
+    /// Joins wait here: a joinable lane's confirmations must wake them.
+    fn joins_waiting(&self) -> bool {
+        self.local_joins > 0 || !self.parked_joins.is_empty()
     }
 
     /// Counts `n` confirmations from `party` (`n <= unfinished`, checked
@@ -598,7 +630,7 @@ impl State {
                 sub.closed_sent = true;
             }
         }
-        if self.unfinished == 0 {
+        if !self.parked_joins.is_empty() && self.total() == 0 {
             for (link, req) in self.parked_joins.drain(..) {
                 reply(&link, req, status::OK, 0, dirty);
             }
@@ -713,6 +745,9 @@ impl Core {
     /// Releases the state and wakes local waiters, if there are any (a
     /// condition variable's notify is a system call even when nobody waits).
     fn notify(&self, mut state: MutexGuard<'_, State>) {
+        if let Some(l) = &state.joinable_lane {
+            l.set_hub_unfinished(state.unfinished);
+        }
         if let Some(lane) = self.lane.get() {
             let delivered: usize = state.subs.iter().map(|s| s.unacked.len()).sum();
             let queued = state.items.len();
@@ -881,10 +916,10 @@ impl Core {
     pub(crate) fn task_done(&self, n: u64) -> bool {
         let mut dirty = Dirty::default();
         let mut state = self.lock();
-        if state.unfinished < n {
+        if state.total() < n {
             return false;
         }
-        state.confirm(Party::Here, n);
+        state.confirm_any(Party::Here, n);
         state.pump(self.capacity, self.id, &mut dirty);
         self.notify(state);
         true
@@ -898,7 +933,7 @@ impl Core {
     /// Waits until every item put has been marked done; `Ok(false)` on
     /// timeout, `Err` with a loss no join was told of yet, or one that
     /// happened while this one waited (see the module docs).
-    pub(crate) fn join(&self, wait: Wait) -> Result<bool, Lost> {
+    pub(crate) fn join(self: &Arc<Self>, wait: Wait) -> Result<bool, Lost> {
         let mut state = self.lock();
         if let Some(lost) = state.undelivered_loss() {
             return Err(lost);
@@ -908,13 +943,14 @@ impl Core {
             if let Some(lost) = state.deliver_loss(first) {
                 return Err(lost);
             }
-            if state.unfinished == 0 {
+            if state.total() == 0 {
                 return Ok(true);
             }
             if matches!(wait, Wait::No) {
                 return Ok(false);
             }
             state.local_joins += 1;
+            self.watch_joins(&state);
             let (s, more) = self.wait(state, wait);
             state = s;
             state.local_joins -= 1;
@@ -922,7 +958,7 @@ impl Core {
                 if let Some(lost) = state.deliver_loss(first) {
                     return Err(lost);
                 }
-                let done = state.unfinished == 0;
+                let done = state.total() == 0;
                 state.prune_losses();
                 return Ok(done);
             }
@@ -943,7 +979,7 @@ impl Core {
     }
 
     pub(crate) fn unfinished(&self) -> u64 {
-        self.lock().unfinished
+        self.lock().total()
     }
 
     /// Whether the queue was shut down.
@@ -968,8 +1004,11 @@ impl Core {
                     // Not under the hub's lock: a mover takes the
                     // lane's mover lock, then the hub's.
                     drop(state);
-                    l.discard();
+                    let discarded = l.discard();
                     state = self.lock();
+                    if state.joinable_lane.is_some() {
+                        l.hub_confirmed(discarded as u64);
+                    }
                 }
                 let mut dropped = std::mem::take(&mut state.items).len();
                 for sub in &mut state.subs {
@@ -1100,16 +1139,11 @@ impl Core {
                 }
             }
             op::TASK_DONE => {
-                if state.unfinished < arg {
-                    reply(
-                        link,
-                        req,
-                        status::TOO_MANY_TASK_DONE,
-                        state.unfinished,
-                        dirty,
-                    );
+                let total = state.total();
+                if total < arg {
+                    reply(link, req, status::TOO_MANY_TASK_DONE, total, dirty);
                 } else {
-                    state.confirm(Party::Link(link.id()), arg);
+                    state.confirm_any(Party::Link(link.id()), arg);
                     reply(link, req, status::OK, 0, dirty);
                 }
             }
@@ -1118,10 +1152,11 @@ impl Core {
                     let payload = lost.payload();
                     let n = lost.unfinished;
                     reply_with(link, req, status::CONSUMER_DIED, n, &payload, dirty);
-                } else if state.unfinished == 0 {
+                } else if state.total() == 0 {
                     reply(link, req, status::OK, 0, dirty);
                 } else {
                     state.parked_joins.push((Arc::clone(link), req));
+                    self.watch_joins(&state);
                 }
             }
             op::LEN => {
@@ -1321,6 +1356,8 @@ pub fn reaped(link_id: u64) {
     };
     let cores: Vec<Arc<Core>> = registry().values().filter_map(Weak::upgrade).collect();
     for core in cores {
+        // Its accounts first: a take it died in is judged by its lease.
+        core.retire_lane(lane);
         if let Some(l) = core.lane.get() {
             l.reaped(lane);
         }
@@ -1331,7 +1368,11 @@ impl Core {
     /// Gives this queue (a new pipe direction) a lane, if shared memory
     /// can be had; returns it.
     pub(crate) fn make_lane(&self) -> Option<&Arc<HubLane>> {
-        if let Some(l) = HubLane::new() {
+        self.make_lane_of(lane::Kind::Plain)
+    }
+
+    fn make_lane_of(&self, kind: lane::Kind) -> Option<&Arc<HubLane>> {
+        if let Some(l) = HubLane::new(kind) {
             let _ = self.lane.set(l);
         }
         self.lane.get()
@@ -1348,6 +1389,88 @@ impl Core {
         if self.make_lane().is_some() {
             self.queue_lane.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Gives this queue (a new unbounded `JoinableQueue`, marked
+    /// joinable) a lane with accounts, if shared memory can be had.
+    pub(crate) fn make_joinable_lane(&self) {
+        if let Some(l) = self.make_lane_of(lane::Kind::Joinable) {
+            self.queue_lane.store(true, Ordering::SeqCst);
+            self.lock().joinable_lane = Some(Arc::clone(l));
+        }
+    }
+
+    /// Starts the joinable lane's join watcher if a join waits (called
+    /// under the state lock, as the join registers).
+    fn watch_joins(self: &Arc<Self>, state: &State) {
+        if let Some(l) = &state.joinable_lane {
+            l.watch_joins(Arc::downgrade(self));
+        }
+    }
+
+    /// For the join watcher: whether joins still wait (under the state
+    /// lock, `stop` runs when none does), after answering those a
+    /// confirmation ended.
+    pub(crate) fn recheck_joins(&self, stop: impl FnOnce()) -> bool {
+        let mut dirty = Dirty::default();
+        let mut state = self.lock();
+        state.pump(self.capacity, self.id, &mut dirty);
+        let waiting = state.joins_waiting();
+        if !waiting {
+            stop();
+        }
+        self.notify(state);
+        waiting
+    }
+
+    /// The unfinished count now (for the join watcher).
+    pub(crate) fn total_unfinished(&self) -> u64 {
+        self.lock().total()
+    }
+
+    /// Process `lane` is certainly gone: what it took through the
+    /// joinable lane and did not confirm is lost (less what spare
+    /// covers), reported as a `disconnect`'s losses are.
+    fn retire_lane(&self, lane: u32) {
+        let mut dirty = Dirty::default();
+        let mut state = self.lock();
+        let Some(l) = state.joinable_lane.clone() else {
+            return;
+        };
+        let spare = &mut state.spare;
+        let Some(left) = l.retire(lane, |debt| {
+            let covered = debt.min(*spare);
+            *spare -= covered;
+            covered
+        }) else {
+            return;
+        };
+        if left.debt > 0 {
+            let lost = Lost {
+                pid: (left.pid != 0).then_some(left.pid),
+                unfinished: left.debt,
+            };
+            state.losses.push_back(lost);
+            let i = state.losses_end() - 1;
+            let payload = lost.payload();
+            let joins = std::mem::take(&mut state.parked_joins);
+            if !joins.is_empty() {
+                state.delivered = state.delivered.max(i + 1);
+            }
+            for (link, req) in joins {
+                reply_with(
+                    &link,
+                    req,
+                    status::CONSUMER_DIED,
+                    lost.unfinished,
+                    &payload,
+                    &mut dirty,
+                );
+            }
+            state.prune_losses();
+        }
+        state.pump(self.capacity, self.id, &mut dirty);
+        self.notify(state);
     }
 
     /// This queue's lane, if it is a queue with one (not a pipe).

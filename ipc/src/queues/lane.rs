@@ -77,6 +77,7 @@ use serde::de::DeserializeOwned;
 use crate::IpcError;
 use crate::codec;
 use crate::error::QueueError;
+use crate::shm::books::{Books, Left, SlotId};
 use crate::shm::stream::{
     CLOSED, InRing, MAX_LANE, READERS_GONE, Stream, StreamError, ToRing, WRITERS_GONE,
 };
@@ -107,22 +108,43 @@ pub(crate) const AS_QUEUE: u64 = 4;
 /// lane id for it, or the descriptor could not be sent).
 pub(crate) const NO_LANE: u8 = 66;
 
-/// A mapped lane: the stream over its segment (the stream drops first).
+/// A mapped lane: the stream over its segment (the stream drops first),
+/// and a joinable queue's accounts after it.
 #[derive(Debug)]
 pub(crate) struct Mapped {
     stream: Stream,
+    /// Where the accounts are, if the lane has them (inside `seg`).
+    books: Option<std::ptr::NonNull<Books>>,
     seg: Segment,
+}
+
+// SAFETY: `books` points into `seg`, which lives as long as `self`, at
+// atomics only (`Books` is `Sync`); the stream and segment are `Send`
+// and `Sync` already.
+unsafe impl Send for Mapped {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Mapped {}
+
+/// What a new lane is for: `joinable` lanes count their messages and keep
+/// a `JoinableQueue`'s accounts (`shm/books.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Plain,
+    Joinable,
 }
 
 impl Mapped {
     #[cfg(all(test, loom))]
-    fn new(_seg: Segment, _format: bool) -> Result<Self, String> {
+    fn new(_seg: Segment, _format: Option<Kind>) -> Result<Self, String> {
         Err("lanes are not mapped under the loom model".into())
     }
 
+    /// Maps a lane over `seg`: formats it as a new one of `format`'s kind
+    /// (the hub, once), or attaches (`None`).
     #[cfg(not(all(test, loom)))]
-    fn new(seg: Segment, format: bool) -> Result<Self, String> {
+    fn new(seg: Segment, format: Option<Kind>) -> Result<Self, String> {
         let ptr = std::ptr::NonNull::new(seg.as_ptr()).ok_or("segment at address 0")?;
+        let stream_len = Stream::bytes_needed(CAPACITY).map_err(|e| e.to_string())?;
         // SAFETY: the segment is mapped read/write for `seg.len()` bytes
         // (page-aligned) as long as `seg` lives, which is as long as the
         // stream (same struct, the stream drops first); only `Stream`s
@@ -130,14 +152,45 @@ impl Mapped {
         // this lane). `format` is set only by the hub, on a new segment
         // nobody else has seen.
         let stream = unsafe {
-            if format {
-                Stream::init(ptr, seg.len(), CAPACITY)
-            } else {
-                Stream::attach(ptr, seg.len())
+            match format {
+                Some(kind) => Stream::init_with(ptr, stream_len, CAPACITY, kind == Kind::Joinable),
+                None => Stream::attach(ptr, stream_len.min(seg.len())),
             }
         }
         .map_err(|e| e.to_string())?;
-        Ok(Self { stream, seg })
+        let books = if seg.len() >= stream_len + Books::bytes_needed() {
+            // SAFETY: `stream_len` is a multiple of 64 (a header of whole
+            // lines, a power-of-two capacity) inside the page-aligned
+            // segment, followed by the accounts' bytes (checked), which
+            // only `Books` touches, in every process, while `seg` lives.
+            // A new segment is formatted once, by the hub, before anyone
+            // else has it.
+            unsafe {
+                let at = std::ptr::NonNull::new_unchecked(seg.as_ptr().add(stream_len));
+                match format {
+                    Some(_) => Some(Books::init(at)),
+                    None => Books::attach(at),
+                }
+            }
+            .map(std::ptr::NonNull::from)
+        } else {
+            None
+        };
+        Ok(Self { stream, books, seg })
+    }
+
+    fn books(&self) -> Option<&Books> {
+        // SAFETY: see `Mapped::new`: inside `seg`, alive with `self`.
+        self.books.map(|b| unsafe { b.as_ref() })
+    }
+
+    /// Bytes a segment for a lane of `kind` needs.
+    fn bytes_needed(kind: Kind) -> Option<usize> {
+        let stream = Stream::bytes_needed(CAPACITY).ok()?;
+        Some(match kind {
+            Kind::Plain => stream,
+            Kind::Joinable => stream + Books::bytes_needed(),
+        })
     }
 }
 
@@ -148,6 +201,9 @@ pub(crate) struct LaneEnd {
     mapped: Arc<Mapped>,
     id: u32,
     watch: Arc<Watch>,
+    /// A joinable lane's slot for this process, once claimed (`None`:
+    /// every slot was taken).
+    slot: std::sync::OnceLock<Option<SlotId>>,
 }
 
 #[derive(Debug, Default)]
@@ -168,7 +224,22 @@ impl LaneEnd {
             mapped,
             id,
             watch: Arc::default(),
+            slot: std::sync::OnceLock::new(),
         })
+    }
+
+    /// A joinable lane's accounts and this process's slot in them
+    /// (claimed now if need be); `None` for other lanes, or with every
+    /// slot taken.
+    pub(crate) fn books(&self) -> Option<(&Books, SlotId)> {
+        let books = self.mapped.books()?;
+        let slot = self.slot.get_or_init(|| books.claim(self.id));
+        slot.map(|s| (books, s))
+    }
+
+    /// Whether the lane keeps a joinable queue's accounts.
+    pub(crate) fn joinable(&self) -> bool {
+        self.mapped.books().is_some()
     }
 
     pub(crate) fn stream(&self) -> &Stream {
@@ -268,6 +339,8 @@ impl LaneEnd {
 pub(crate) struct HubLane {
     local: Arc<LaneEnd>,
     pump: Mutex<Pump>,
+    /// A joinable lane's join watcher runs (see [`watch_joins`](Self::watch_joins)).
+    join_watcher: Mutex<bool>,
     /// Held while records move from the ring into the hub queue (the pump
     /// and [`settle`](HubLane::settle)): one mover at a time, so they keep
     /// their order.
@@ -286,13 +359,14 @@ struct Pump {
 impl HubLane {
     /// A new lane, or `None` when shared memory is refused (the direction
     /// then works through the hub only).
-    pub(crate) fn new() -> Option<Arc<HubLane>> {
-        let len = Stream::bytes_needed(CAPACITY).ok()?;
+    pub(crate) fn new(kind: Kind) -> Option<Arc<HubLane>> {
+        let len = Mapped::bytes_needed(kind)?;
         let seg = Segment::new(len).ok()?;
-        let mapped = Mapped::new(seg, true).ok()?;
+        let mapped = Mapped::new(seg, Some(kind)).ok()?;
         Some(Arc::new(HubLane {
             local: LaneEnd::new(Arc::new(mapped), HUB_LANE),
             pump: Mutex::default(),
+            join_watcher: Mutex::default(),
             moving: Mutex::default(),
             queued: AtomicUsize::new(0),
         }))
@@ -343,6 +417,84 @@ impl HubLane {
         }
     }
 
+    fn books(&self) -> Option<&Books> {
+        self.local.mapped.books()
+    }
+
+    /// A joinable lane's unfinished count, with the hub queue's own
+    /// `hub` (published to the accounts first: see `shm/books.rs`).
+    pub(crate) fn total(&self, hub: u64) -> u64 {
+        match self.books() {
+            Some(b) => {
+                b.set_hub(hub);
+                b.unfinished(self.stream())
+            }
+            None => hub,
+        }
+    }
+
+    /// Publishes the hub queue's unfinished count to a joinable lane's
+    /// accounts.
+    pub(crate) fn set_hub_unfinished(&self, hub: u64) {
+        if let Some(b) = self.books() {
+            b.set_hub(hub);
+        }
+    }
+
+    /// `n` of a joinable lane's items confirmed by the hub.
+    pub(crate) fn hub_confirmed(&self, n: u64) {
+        if let Some(b) = self.books() {
+            b.hub_confirmed(n);
+        }
+    }
+
+    /// A joinable lane's accounts of process `lane`, certainly gone: see
+    /// [`Books::retire`].
+    pub(crate) fn retire(&self, lane: u32, covered: impl FnOnce(u64) -> u64) -> Option<Left> {
+        self.books()?.retire(lane, self.stream(), covered)
+    }
+
+    /// Starts, once, the thread that answers joins when confirmations
+    /// through the lane end them (they wake the accounts' `join_ev`):
+    /// it runs while joins wait. Called under `core`'s state lock.
+    pub(crate) fn watch_joins(self: &Arc<Self>, core: Weak<Core>) {
+        let Some(books) = self.books() else { return };
+        books.set_joins_waiting(true);
+        let mut running = lock(&self.join_watcher);
+        if *running {
+            return;
+        }
+        *running = true;
+        let lane = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("procpool-join-watch".into())
+            .spawn(move || lane.run_join_watcher(&core));
+        if spawned.is_err() {
+            tracing::error!("could not start a joinable queue's join watcher");
+            *running = false;
+        }
+    }
+
+    fn run_join_watcher(&self, core: &Weak<Core>) {
+        let Some(books) = self.books() else { return };
+        let stop = || {
+            books.set_joins_waiting(false);
+            *lock(&self.join_watcher) = false;
+        };
+        loop {
+            let Some(core) = core.upgrade() else {
+                stop();
+                return;
+            };
+            // A bound on how late a missed wake could make a join.
+            let deadline = Some(Instant::now() + Duration::from_millis(100));
+            books.wait_confirmed(deadline, || core.total_unfinished() == 0);
+            if !core.recheck_joins(stop) {
+                return;
+            }
+        }
+    }
+
     /// Process `lane` is certainly gone: its leases go.
     pub(crate) fn reaped(&self, lane: u32) {
         self.stream().clear_leases(lane);
@@ -365,6 +517,9 @@ impl HubLane {
             // Into the hub before the reader lease goes (see `run_pump`).
             let r = s.try_recv_then(HUB_LANE, &mut buf, |b| {
                 core.put_accepted(std::mem::take(b));
+                if let Some(books) = self.books() {
+                    books.moved_one();
+                }
             });
             match r {
                 Ok(()) => {}
@@ -488,6 +643,9 @@ impl HubLane {
                 // Accepted by the ring: it goes in even if the queue
                 // closed meanwhile (a plain put would drop it).
                 strong.put_accepted(std::mem::take(b));
+                if let Some(books) = self.books() {
+                    books.moved_one();
+                }
             });
             drop(strong);
             match r {
@@ -533,6 +691,12 @@ pub(crate) fn attach(client: &'static Arc<Client>, id: u64, role: u64) -> Option
     }
     let reader = role != AS_WRITER;
     match open(client, id, role) {
+        // A joinable queue's taker needs a slot in its accounts: with
+        // every slot taken, this process gets through the hub.
+        Ok(Some(end)) if end.joinable() && end.books().is_none() => {
+            let _ = client.request(LANE, id, AS_READER_NO_LANE, &[], Wait::Forever);
+            None
+        }
         Ok(Some(end)) => {
             lock(&MAPPED).insert(id, Arc::downgrade(&end));
             Some(end)
@@ -566,7 +730,7 @@ fn open(client: &'static Arc<Client>, id: u64, role: u64) -> Result<Option<Arc<L
         return Err(format!("the hub gave lane id {lane_id}"));
     }
     let seg = Segment::from_handle(handle, len).map_err(|e: SegmentError| e.to_string())?;
-    let mapped = Mapped::new(seg, false)?;
+    let mapped = Mapped::new(seg, None)?;
     Ok(Some(LaneEnd::new(Arc::new(mapped), lane_id)))
 }
 
@@ -653,8 +817,9 @@ fn encode_in_place<T: Serialize>(item: &T, room: &mut ToRing<'_>) -> bool {
 }
 
 /// Takes the next message from the ring `s` as `lane` if one is there
-/// (see [`Stream::try_recv_in_place`] for `defer`: `Ok(None)`), and
-/// decodes it: a large one straight from the ring, others from `buf`.
+/// (see [`Stream::try_recv_in_place`] for `defer`, which gives `Ok(None)`,
+/// and `then`), and decodes it: a large one straight from the ring,
+/// others from `buf`.
 ///
 /// # Errors
 /// As [`Stream::try_recv`]; the inner `Err` is a message that is not a
@@ -664,11 +829,17 @@ pub(crate) fn try_recv_item<T: DeserializeOwned>(
     lane: u32,
     buf: &mut Vec<u8>,
     defer: impl Fn() -> bool,
+    then: impl FnOnce(),
 ) -> Result<Option<Result<T, IpcError>>, StreamError> {
     let mut read = None;
-    let took = s.try_recv_in_place(lane, buf, defer, IN_PLACE_MIN, |msg| {
-        read = Some(decode_in_place(msg));
-    })?;
+    let took = s.try_recv_in_place(
+        lane,
+        buf,
+        defer,
+        IN_PLACE_MIN,
+        |msg| read = Some(decode_in_place(msg)),
+        then,
+    )?;
     Ok(took.then(|| read.unwrap_or_else(|| codec::decode(buf).map(|(v, _)| v))))
 }
 

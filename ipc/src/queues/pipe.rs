@@ -261,7 +261,7 @@ impl<T: Payload> Rx<T> {
                 Err(e) => return Err(e),
             }
         }
-        match lane::try_recv_item(s, lane.id(), buf, || false) {
+        match lane::try_recv_item(s, lane.id(), buf, || false, || {}) {
             Ok(Some(v)) => v
                 .map(Some)
                 .map_err(|e| GetError::Failed(QueueError::Decode(Arc::new(e)))),

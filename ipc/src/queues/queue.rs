@@ -695,8 +695,24 @@ impl<T: Payload> Queue<T> {
                 }
             }
             // The hub's items first: if one came since the look above,
-            // the ring's oldest stays where it is.
-            return match lane::try_recv_item(s, lane.id(), buf, || s.hub_gen() != seen) {
+            // the ring's oldest stays where it is. A joinable queue's
+            // take is marked in its accounts (see `shm/books.rs`).
+            let books = lane.books();
+            let defer = || {
+                if s.hub_gen() != seen {
+                    return true;
+                }
+                if let Some((b, slot)) = books {
+                    b.taking(lane.id(), slot, s.read_position());
+                }
+                false
+            };
+            let took = || {
+                if let Some((b, slot)) = books {
+                    b.took(slot);
+                }
+            };
+            return match lane::try_recv_item(s, lane.id(), buf, defer, took) {
                 Ok(Some(item)) => item
                     .map(Some)
                     .map_err(|e| GetError::Failed(QueueError::Decode(Arc::new(e)))),
@@ -1046,6 +1062,9 @@ impl<T: Payload> JoinableQueue<T> {
     fn from_queue(queue: Queue<T>) -> Self {
         if let Handle::Local(core) = &queue.handle {
             core.set_joinable();
+            if core.capacity.is_none() && lanes_wanted() {
+                core.make_joinable_lane();
+            }
         }
         Self {
             queue,
@@ -1233,6 +1252,17 @@ impl<T> JoinableQueue<T> {
     /// [`QueueError::TooManyTaskDone`] when called more times than items
     /// were put (in the hub) or taken through this handle (elsewhere).
     pub fn task_done(&self) -> Result<(), QueueError> {
+        // An item this process took through the lane: confirmed in the
+        // accounts, no message to the hub.
+        if let Some((books, slot)) = self.queue.queue_lane().and_then(|l| l.books()) {
+            if books.confirm(slot) {
+                let _ = self
+                    .taken
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                books.confirmed();
+                return Ok(());
+            }
+        }
         match &self.queue.handle {
             Handle::Local(core) => {
                 if core.task_done(1) {

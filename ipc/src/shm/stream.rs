@@ -9,9 +9,9 @@
 //! # Layout
 //!
 //! ```text
-//! Header (6 × 64 B)  magic, version, capacity, flags, writer lease,
-//!                    reader lease, hub_items, hub_gen | head | tail | not_empty
-//!                    | records | not_full
+//! Header (7 × 64 B)  magic, version, capacity, flags, writer lease,
+//!                    reader lease, hub_items, hub_gen, options | head | tail
+//!                    | published | not_empty | records | not_full
 //! data               capacity bytes (a power of two), records back to back
 //! ```
 //!
@@ -217,6 +217,24 @@ struct Meta {
     /// Bumped (and receivers woken) on every change that may make an
     /// item on the other path available: receivers sleep until it moves.
     hub_gen: AtomicU32,
+    /// [`COUNTED`] if whole messages are counted (see
+    /// [`Stream::published`]).
+    options: AtomicU32,
+}
+
+/// `Meta::options`: the stream counts the messages it publishes.
+const COUNTED: u32 = 1;
+
+/// Messages published, and the one being published: set by the holder
+/// of the writer lease before its last record's `tail` store, cleared
+/// after `count` moved (see [`Stream::published`]).
+#[repr(C)]
+struct Published {
+    count: AtomicU64,
+    /// The `tail` that publishes the pending message (0: none pending).
+    pend_tail: AtomicU64,
+    /// `count` once it is published.
+    pend_count: AtomicU64,
 }
 
 #[repr(C)]
@@ -224,6 +242,7 @@ struct Header {
     meta: Padded<Meta>,
     head: Padded<AtomicU64>,
     tail: Padded<AtomicU64>,
+    published: Padded<Published>,
     not_empty: Padded<AtomicU32>,
     /// As `not_empty`, without the other path's changes: for whoever
     /// waits for records only (a pump, which a hub busy with its own
@@ -335,6 +354,8 @@ impl ToRing<'_> {
 pub struct Stream {
     mem: Mem,
     cap: usize,
+    /// Whole messages are counted (`Meta::options`, read once).
+    counted: bool,
     /// This process's receive state: a message half reassembled, and the
     /// lane id holding the reader lease for it.
     partial: Mutex<Option<(u32, Partial)>>,
@@ -388,6 +409,26 @@ impl Stream {
     /// them is in use anywhere while it formats them.
     #[cfg(not(all(test, loom)))]
     pub unsafe fn init(ptr: NonNull<u8>, len: usize, capacity: usize) -> Result<Self, StreamError> {
+        // SAFETY: the caller's contract.
+        unsafe { Self::init_with(ptr, len, capacity, false) }
+    }
+
+    /// As [`init`](Self::init); with `counted`, the stream also counts
+    /// the whole messages it publishes ([`published`](Self::published)),
+    /// exactly, whoever dies (at the price of a few stores per message).
+    ///
+    /// # Errors
+    /// As [`init`](Self::init).
+    ///
+    /// # Safety
+    /// As [`init`](Self::init).
+    #[cfg(not(all(test, loom)))]
+    pub unsafe fn init_with(
+        ptr: NonNull<u8>,
+        len: usize,
+        capacity: usize,
+        counted: bool,
+    ) -> Result<Self, StreamError> {
         let needed = Self::bytes_needed(capacity)?;
         if len < needed {
             return Err(StreamError::TooSmall { len, needed });
@@ -401,9 +442,12 @@ impl Stream {
         let s = Self {
             mem: Mem { base: ptr },
             cap: capacity,
+            counted,
             partial: Mutex::new(None),
         };
         let meta = &s.header().meta.0;
+        meta.options
+            .store(if counted { COUNTED } else { 0 }, SeqCst);
         meta.version.store(VERSION, SeqCst);
         // Fits: at most MAX_CAPACITY = 2^30.
         meta.capacity.store(capacity as u32, SeqCst);
@@ -448,6 +492,7 @@ impl Stream {
         Ok(Self {
             mem: Mem { base: ptr },
             cap,
+            counted: meta.options.load(SeqCst) & COUNTED != 0,
             partial: Mutex::new(None),
         })
     }
@@ -523,6 +568,19 @@ impl Stream {
     /// `(writer lease cleared, reader lease cleared)`.
     pub fn clear_leases(&self, lane: u32) -> (bool, bool) {
         let m = self.meta();
+        if lane != 0 && m.writer.load(SeqCst) == lane {
+            // It died publishing a message: counted if its `tail` store
+            // was made.
+            let h = self.header();
+            let p = &h.published.0;
+            let end = p.pend_tail.load(SeqCst);
+            if end != 0 {
+                if h.tail.0.load(SeqCst) >= end {
+                    p.count.fetch_max(p.pend_count.load(SeqCst), SeqCst);
+                }
+                p.pend_tail.store(0, SeqCst);
+            }
+        }
         let w = lane != 0 && m.writer.compare_exchange(lane, 0, SeqCst, SeqCst).is_ok();
         let r = lane != 0 && m.reader.compare_exchange(lane, 0, SeqCst, SeqCst).is_ok();
         self.notify_all();
@@ -717,7 +775,7 @@ impl Stream {
                 (lane << ID_SHIFT) | if first { FIRST } else { 0 } | if last { LAST } else { 0 };
             let tail = self.begin_record(chunk.len(), flags, deadline, block)?;
             self.copy_in(tail + REC as u64, chunk);
-            self.commit_record(tail, chunk.len());
+            self.commit_record(tail, chunk.len(), last);
             first = false;
             if last {
                 return Ok(());
@@ -744,7 +802,7 @@ impl Stream {
         if !fill(&mut room) || room.left != 0 {
             return Ok(false);
         }
-        self.commit_record(tail, len);
+        self.commit_record(tail, len, true);
         Ok(true)
     }
 
@@ -774,13 +832,33 @@ impl Stream {
     }
 
     /// The commit point: the record of `len` bytes at `tail` becomes
-    /// visible.
-    fn commit_record(&self, tail: u64, len: usize) {
+    /// visible (and, `last` of its message, the message is counted).
+    fn commit_record(&self, tail: u64, len: usize, last: bool) {
         let h = self.header();
-        h.tail
-            .0
-            .store(tail + (REC + len).next_multiple_of(REC) as u64, SeqCst);
+        let end = tail + (REC + len).next_multiple_of(REC) as u64;
+        if self.counted && last {
+            // Should this process die between the `tail` store and the
+            // count's, the pending marks let `clear_leases` finish it.
+            let p = &h.published.0;
+            let count = p.count.load(SeqCst) + 1;
+            p.pend_count.store(count, SeqCst);
+            p.pend_tail.store(end, SeqCst);
+            h.tail.0.store(end, SeqCst);
+            p.count.store(count, SeqCst);
+            p.pend_tail.store(0, SeqCst);
+        } else {
+            h.tail.0.store(end, SeqCst);
+        }
         self.notify_readers();
+    }
+
+    /// Whole messages published so far (0 unless the stream was made
+    /// `counted`, see [`init_with`](Self::init_with)): a message counts
+    /// from the `tail` store that makes its last record visible, also
+    /// when its sender dies right after (`clear_leases` completes the
+    /// count), and never before.
+    pub fn published(&self) -> u64 {
+        self.header().published.0.count.load(SeqCst)
     }
 
     /// Receives the next message into `buf` (cleared first) if one is
@@ -817,7 +895,7 @@ impl Stream {
         buf: &mut Vec<u8>,
         defer: impl Fn() -> bool,
     ) -> Result<bool, StreamError> {
-        self.recv_unless(lane, buf, defer, None)
+        self.recv_unless(lane, buf, defer, &mut |_| {}, None)
     }
 
     /// As [`try_recv_unless`](Self::try_recv_unless), except that a
@@ -829,7 +907,9 @@ impl Stream {
     ///
     /// `read` holds up every other receiver while it runs. If it panics,
     /// the message is consumed (as a message that fails to decode is),
-    /// the lease given back, and the panic goes on.
+    /// the lease given back, and the panic goes on. `then` runs once a
+    /// message was taken, before the lease is given back (as in
+    /// [`try_recv_then`](Self::try_recv_then)).
     ///
     /// # Errors
     /// As [`try_recv`](Self::try_recv).
@@ -840,6 +920,7 @@ impl Stream {
         defer: impl Fn() -> bool,
         min: usize,
         read: impl FnOnce(&mut InRing<'_>),
+        then: impl FnOnce(),
     ) -> Result<bool, StreamError> {
         let mut read = Some(read);
         let mut once = |r: &mut InRing<'_>| {
@@ -847,7 +928,13 @@ impl Stream {
                 f(r);
             }
         };
-        self.recv_unless(lane, buf, defer, Some((min, &mut once)))
+        let mut then = Some(then);
+        let mut then_once = |_: &mut Vec<u8>| {
+            if let Some(f) = then.take() {
+                f();
+            }
+        };
+        self.recv_unless(lane, buf, defer, &mut then_once, Some((min, &mut once)))
     }
 
     fn recv_unless(
@@ -855,6 +942,7 @@ impl Stream {
         lane: u32,
         buf: &mut Vec<u8>,
         defer: impl Fn() -> bool,
+        then: &mut dyn FnMut(&mut Vec<u8>),
         direct: DirectRead<'_>,
     ) -> Result<bool, StreamError> {
         check_lane(lane)?;
@@ -864,7 +952,7 @@ impl Stream {
             deferred.set(d);
             d
         };
-        match self.recv_once(lane, buf, &ask, &mut |_| {}, direct)? {
+        match self.recv_once(lane, buf, &ask, then, direct)? {
             Some(()) => Ok(true),
             None if deferred.get() => Ok(false),
             None => Err(StreamError::Empty),
@@ -1373,9 +1461,15 @@ impl Stream {
                 reader: AtomicU32::new(0),
                 hub_items: AtomicU32::new(0),
                 hub_gen: AtomicU32::new(0),
+                options: AtomicU32::new(0),
             }),
             head: Padded(AtomicU64::new(0)),
             tail: Padded(AtomicU64::new(0)),
+            published: Padded(Published {
+                count: AtomicU64::new(0),
+                pend_tail: AtomicU64::new(0),
+                pend_count: AtomicU64::new(0),
+            }),
             not_empty: pad32(0),
             records: pad32(0),
             not_full: pad32(0),
@@ -1384,6 +1478,7 @@ impl Stream {
         Self {
             mem: Mem(loom::sync::Arc::new(LoomMem { header, data })),
             cap,
+            counted: false,
             partial: Mutex::new(None),
         }
     }
@@ -1393,6 +1488,7 @@ impl Stream {
         Self {
             mem: Mem(loom::sync::Arc::clone(&self.mem.0)),
             cap: self.cap,
+            counted: self.counted,
             partial: Mutex::new(None),
         }
     }

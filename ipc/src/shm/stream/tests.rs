@@ -26,12 +26,16 @@ unsafe impl Sync for Heap {}
 
 impl Heap {
     fn new(capacity: usize) -> Self {
+        Self::with(capacity, false)
+    }
+
+    fn with(capacity: usize, counted: bool) -> Self {
         let layout = Layout::from_size_align(Stream::bytes_needed(capacity).unwrap(), 64).unwrap();
         // SAFETY: non-zero size.
         let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) }).expect("allocation");
         // SAFETY: fresh, aligned memory, freed in `drop` after every
         // `Stream` over it (attached ones borrow `self`).
-        let stream = unsafe { Stream::init(ptr, layout.size(), capacity) }.unwrap();
+        let stream = unsafe { Stream::init_with(ptr, layout.size(), capacity, counted) }.unwrap();
         Self {
             stream,
             ptr,
@@ -633,8 +637,10 @@ fn messages_written_and_read_in_place_wrap_and_mix_with_copied_ones() {
         } else {
             assert_eq!(send_in_pieces(&h.stream, &m), Ok(true));
         }
-        // Messages of at least 20 bytes are read in place, in pieces.
+        // Messages of at least 20 bytes are read in place, in pieces;
+        // `then` runs for every message, under the reader lease.
         let mut read = None;
+        let mut then_ran = false;
         let took = h.stream.try_recv_in_place(
             2,
             &mut buf,
@@ -646,8 +652,13 @@ fn messages_written_and_read_in_place_wrap_and_mix_with_copied_ones() {
                 assert!(!msg.read(&mut [0]), "nothing past the message");
                 read = Some(out);
             },
+            || {
+                assert_eq!(h.stream.leases().1, 2);
+                then_ran = true;
+            },
         );
         assert_eq!(took, Ok(true));
+        assert!(then_ran);
         assert_eq!(read.is_some(), m.len() >= 20, "message {i}");
         assert_eq!(read.as_ref().unwrap_or(&buf), &m, "message {i}");
     }
@@ -696,10 +707,47 @@ fn a_panic_while_reading_in_place_consumes_the_message_and_frees_the_lease() {
     let mut buf = Vec::new();
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         h.stream
-            .try_recv_in_place(2, &mut buf, || false, 0, |_| panic!("decoder bug"))
+            .try_recv_in_place(2, &mut buf, || false, 0, |_| panic!("decoder bug"), || {})
     }));
     assert!(panicked.is_err());
     assert_eq!(h.stream.leases(), (0, 0));
     h.stream.try_recv(2, &mut buf).unwrap();
     assert_eq!(buf, [2; 32], "the message read when the panic came is gone");
+}
+
+#[test]
+fn a_counted_stream_counts_whole_messages_and_finishes_a_dead_senders_count() {
+    let h = Heap::with(1024, true);
+    let other = h.attach();
+    h.stream.try_send(1, b"one").unwrap();
+    // In fragments (the record limit is 504 bytes): one message.
+    other.send(2, &[7; 700], long()).unwrap();
+    assert_eq!(other.published(), 2);
+    assert_eq!(
+        Heap::new(256).stream.published(),
+        0,
+        "not counted by default"
+    );
+    let p = &h.stream.header().published.0;
+    let m = h.stream.meta();
+    // Lane 5 dies after its `tail` store, before the count's: finished
+    // when its lease is cleared.
+    m.writer.store(5, SeqCst);
+    let end = h.stream.header().tail.0.load(SeqCst) + 16;
+    p.pend_count.store(3, SeqCst);
+    p.pend_tail.store(end, SeqCst);
+    h.raw_record(8, (5 << ID_SHIFT) | FIRST | LAST, &[1; 8]);
+    assert_eq!(h.stream.published(), 2);
+    h.stream.clear_leases(5);
+    assert_eq!(h.stream.published(), 3, "published by its tail store");
+    // Lane 6 dies before its `tail` store: not counted.
+    m.writer.store(6, SeqCst);
+    let end = h.stream.header().tail.0.load(SeqCst) + 16;
+    p.pend_count.store(4, SeqCst);
+    p.pend_tail.store(end, SeqCst);
+    h.stream.clear_leases(6);
+    assert_eq!(h.stream.published(), 3, "never published");
+    assert_eq!(p.pend_tail.load(SeqCst), 0);
+    h.stream.try_send(1, b"four").unwrap();
+    assert_eq!(h.stream.published(), 4);
 }
