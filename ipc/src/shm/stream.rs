@@ -922,10 +922,15 @@ impl Stream {
         read: impl FnOnce(&mut InRing<'_>),
         then: impl FnOnce(),
     ) -> Result<bool, StreamError> {
+        // A panic in `read` is caught here and goes on once the message
+        // is consumed, `then` ran and the lease is back: nobody else
+        // would ever take the message, and `then` may be bookkeeping.
+        let mut panicked = None;
         let mut read = Some(read);
         let mut once = |r: &mut InRing<'_>| {
             if let Some(f) = read.take() {
-                f(r);
+                let run = std::panic::AssertUnwindSafe(|| f(r));
+                panicked = std::panic::catch_unwind(run).err();
             }
         };
         let mut then = Some(then);
@@ -934,7 +939,11 @@ impl Stream {
                 f();
             }
         };
-        self.recv_unless(lane, buf, defer, &mut then_once, Some((min, &mut once)))
+        let r = self.recv_unless(lane, buf, defer, &mut then_once, Some((min, &mut once)));
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
+        }
+        r
     }
 
     fn recv_unless(
@@ -1230,7 +1239,11 @@ impl Stream {
                 if flags & LAST != 0 {
                     *state = None;
                     match direct.as_mut().filter(|(min, _)| len >= *min) {
-                        Some((_, read)) => self.read_in_place(holder, at, len, size, &mut **read),
+                        Some((_, read)) => read(&mut InRing {
+                            stream: self,
+                            pos: at,
+                            left: len,
+                        }),
                         None => {
                             buf.clear();
                             self.extend_from(at, len, buf);
@@ -1319,37 +1332,6 @@ impl Stream {
         let start = out.len();
         out.resize(start + len, 0);
         self.copy_out(pos, &mut out[start..]);
-    }
-
-    /// Runs `read` on the whole message of `len` bytes at `at` (its
-    /// record, `size` bytes, starts at `at - REC`). If `read` panics, the
-    /// record is consumed and the reader lease (held by `holder`) given
-    /// back before the panic goes on: nobody else would ever take it.
-    fn read_in_place(
-        &self,
-        holder: u32,
-        at: u64,
-        len: usize,
-        size: u64,
-        read: &mut dyn FnMut(&mut InRing<'_>),
-    ) {
-        let mut ring = InRing {
-            stream: self,
-            pos: at,
-            left: len,
-        };
-        let run = std::panic::AssertUnwindSafe(|| read(&mut ring));
-        if let Err(panic) = std::panic::catch_unwind(run) {
-            let h = self.header();
-            h.head.0.store(at - REC as u64 + size, SeqCst);
-            let _ = self
-                .meta()
-                .reader
-                .compare_exchange(holder, 0, SeqCst, SeqCst);
-            wake::notify(&h.not_full.0);
-            self.notify_readers();
-            std::panic::resume_unwind(panic);
-        }
     }
 }
 
