@@ -85,6 +85,16 @@
 //! (above): no consumer code has seen them. An item the consumer's code
 //! has seen is processed at most once, and a loss is an error, not a hang.
 //!
+//! A `JoinableQueue` with a lane (`queues/lane.rs`) keeps the lane's part
+//! of this in shared memory (`shm/books.rs`): items put through the ring,
+//! each lane getter's takes and confirmations (its debt), confirmations
+//! the hub made for lane items. `unfinished` here is then the hub
+//! queue's own part; joins and `TASK_DONE` look at the sum. A lane
+//! getter's debt is settled when its process is reaped (`reaped`), not
+//! at the end of its connection: until then it may still be using the
+//! ring. Confirmations the hub counts beyond its own items pay no lane
+//! debt: they are spare.
+//!
 //! The hub cannot tell a crash from a clean exit: any process that ends
 //! owing confirmations is reported (it will never confirm them). A worker
 //! that hands items to another process for confirmation must not end

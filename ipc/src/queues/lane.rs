@@ -1,9 +1,16 @@
 //! A *lane*: a [`Stream`] in a shared segment beside a hub queue, so
 //! that local processes pass items through memory instead of through the
-//! hub. Pipe directions have one, and so do unbounded `Queue`s and
-//! `SimpleQueue`s (not bounded queues, nor `JoinableQueue`s, whose
-//! capacity and unfinished counts live in the hub).
-//!
+//! hub. Pipe directions have one, and so do unbounded `Queue`s,
+//! `SimpleQueue`s and `JoinableQueue`s (not bounded queues, whose
+//! capacity lives in the hub). A `JoinableQueue`'s lane counts the
+//! messages it publishes and keeps the queue's accounts after the ring
+//! (`shm/books.rs`): a lane getter marks each take there under the
+//! reader lease, a `task_done` pays its own process's debt there, and the
+//! hub adds its own count when it decides a `join` (a watcher thread
+//! wakes it on the accounts' eventcount while joins wait) or a
+//! `task_done` it receives. Once a getter is reaped, its debt is
+//! reported lost, as the hub's are (see `hub.rs`).
+
 //! # Who uses it
 //!
 //! The hub process makes the segment with the queue ([`HubLane`], kept by

@@ -7,8 +7,8 @@
 //! connection, so one queue is one object wherever it is used, and every
 //! item is delivered to exactly one getter.
 //!
-//! Between processes on one machine, an unbounded [`Queue`] or
-//! [`SimpleQueue`] also has a *lane*: a ring in shared memory
+//! Between processes on one machine, an unbounded [`Queue`],
+//! [`SimpleQueue`] or [`JoinableQueue`] also has a *lane*: a ring in shared memory
 //! (`queues/lane.rs`) that the hub's process, its direct local workers
 //! and its `Process` children put into and get from directly, without a
 //! hop through the hub. Remote (TCP) workers and processes without shared
@@ -16,8 +16,11 @@
 //! queue. When the ring (1 MiB) stays full for a moment, a put goes
 //! through the hub instead, which first takes in the ring's items: `put`
 //! on an unbounded queue never blocks for long, and items stay in order
-//! per producer. Bounded queues and [`JoinableQueue`]s always go through
-//! the hub (their capacity and unfinished counts live there).
+//! per producer. A [`JoinableQueue`]'s lane keeps its accounts beside the
+//! ring (`shm/books.rs`): items put, taken and marked done there are
+//! counted without a message to the hub, and a getter that dies holding
+//! items is still reported by [`JoinableQueue::join`]. Bounded queues
+//! always go through the hub (their capacity lives there).
 //!
 //! There is no feeder thread and no buffer between `put` and the queue:
 //! when `put` returns, the item is in the ring, in the hub, or in the
@@ -1254,12 +1257,12 @@ impl<T> JoinableQueue<T> {
     pub fn task_done(&self) -> Result<(), QueueError> {
         // An item this process took through the lane: confirmed in the
         // accounts, no message to the hub.
-        if let Some((books, slot)) = self.queue.queue_lane().and_then(|l| l.books()) {
-            if books.confirm(slot) {
+        if let Some(lane) = self.queue.queue_lane() {
+            if let Some((books, _)) = lane.books().filter(|(b, slot)| b.confirm(*slot)) {
                 let _ = self
                     .taken
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-                books.confirmed();
+                books.confirmed(lane.stream());
                 return Ok(());
             }
         }

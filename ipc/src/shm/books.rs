@@ -219,9 +219,18 @@ impl Books {
         (hub + published).saturating_sub(moved.saturating_add(confirmed))
     }
 
-    /// Wakes the hub's join watcher if a join waits (after a
-    /// confirmation that may have ended it).
-    pub fn confirmed(&self) {
+    /// After a [`confirm`](Self::confirm): wakes the hub's join watcher
+    /// if a join waits and nothing is unfinished any more (`s`: the
+    /// lane's stream). The hub publishes its count before it decides to
+    /// wait, and this looks after counting: one of the two sees the
+    /// other.
+    pub fn confirmed(&self, s: &Stream) {
+        if self.joins_waiting.0.load(SeqCst) != 0 && self.unfinished(s) == 0 {
+            wake::notify(&self.join_ev.0);
+        }
+    }
+
+    fn wake_joins(&self) {
         if self.joins_waiting.0.load(SeqCst) != 0 {
             wake::notify(&self.join_ev.0);
         }
@@ -244,7 +253,7 @@ impl Books {
     /// take them, or dropped).
     pub fn hub_confirmed(&self, n: u64) {
         self.hub_done.0.fetch_add(n, SeqCst);
-        self.confirmed();
+        self.wake_joins();
     }
 
     /// Whether joins wait in the hub (see [`confirmed`](Self::confirmed)).
@@ -293,7 +302,7 @@ impl Books {
         self.retired.0.fetch_add(done + lost, SeqCst);
         let pid = slot.pid.swap(0, SeqCst);
         slot.lane.store(0, SeqCst);
-        self.confirmed();
+        self.wake_joins();
         Some(Left { debt: lost, pid })
     }
 }
