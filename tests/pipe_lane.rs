@@ -339,13 +339,7 @@ fn killed_senders_and_receivers_lose_nothing_promised() -> anyhow::Result<()> {
     let got = Queue::<u32>::new();
     let run = Duration::from_secs(12);
     let start = Instant::now();
-    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15_u64);
     let spawn_sender = |from: u32| {
         Process::spawn(
             STREAM,

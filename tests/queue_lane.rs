@@ -378,13 +378,7 @@ fn killed_producers_and_consumers_lose_nothing_promised() -> anyhow::Result<()> 
     let got = Queue::<u32>::new();
     let run = Duration::from_secs(12);
     let start = Instant::now();
-    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d_u64);
     let spawn_producer =
         |from: u32| Process::spawn(PRODUCE, (q.clone(), acks.clone(), from)).map(Watched::watched);
     let spawn_consumer = || Process::spawn(CONSUME, (q.clone(), got.clone())).map(Watched::watched);
@@ -479,13 +473,7 @@ fn killed_joinable_consumers_never_leave_join_waiting() -> anyhow::Result<()> {
     ensure!(q.uses_lane(), "the joinable queue has no lane");
     let done = Queue::<u32>::new();
     let run = Duration::from_secs(if cfg!(windows) { 4 } else { 8 });
-    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15_u64);
     let spawn = || Process::spawn(JQ_CONFIRM, (q.clone(), done.clone())).map(Watched::watched);
     let mut consumers = vec![spawn()?, spawn()?];
     let stop = std::sync::atomic::AtomicBool::new(false);

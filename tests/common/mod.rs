@@ -491,3 +491,16 @@ pub fn temp_dir(tag: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// A small reproducible random sequence (xorshift64) from `seed` (not 0),
+/// for crash runs that kill at random moments.
+#[allow(dead_code)] // not every test program uses it
+pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut x = seed;
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}

@@ -486,6 +486,22 @@ impl State {
         Some(lost)
     }
 
+    /// `lost`, just recorded, is told to the joins parked now (and
+    /// counts as delivered if there are any).
+    fn tell_parked_joins(&mut self, lost: Lost, dirty: &mut Dirty) {
+        let i = self.losses_end() - 1;
+        let payload = lost.payload();
+        let joins = std::mem::take(&mut self.parked_joins);
+        if !joins.is_empty() {
+            self.delivered = self.delivered.max(i + 1);
+        }
+        for (link, req) in joins {
+            let n = lost.unfinished;
+            reply_with(&link, req, status::CONSUMER_DIED, n, &payload, dirty);
+        }
+        self.prune_losses();
+    }
+
     /// Absolute number of the next loss to be recorded.
     fn losses_end(&self) -> u64 {
         self.losses_base + self.losses.len() as u64
@@ -1259,17 +1275,7 @@ impl Core {
         state.users.retain(|l| l.id() != link_id);
         let released = self.life_disconnect(&mut state, link_id, dirty);
         if let Some(lost) = state.settle(link_id, pid) {
-            let i = state.losses_end() - 1;
-            let payload = lost.payload();
-            let joins = std::mem::take(&mut state.parked_joins);
-            if !joins.is_empty() {
-                state.delivered = state.delivered.max(i + 1);
-            }
-            for (link, req) in joins {
-                let n = lost.unfinished;
-                reply_with(&link, req, status::CONSUMER_DIED, n, &payload, dirty);
-            }
-            state.prune_losses();
+            state.tell_parked_joins(lost, dirty);
         }
         state.pump(self.capacity, self.id, dirty);
         self.notify(state);
@@ -1461,23 +1467,7 @@ impl Core {
                 unfinished: left.debt,
             };
             state.losses.push_back(lost);
-            let i = state.losses_end() - 1;
-            let payload = lost.payload();
-            let joins = std::mem::take(&mut state.parked_joins);
-            if !joins.is_empty() {
-                state.delivered = state.delivered.max(i + 1);
-            }
-            for (link, req) in joins {
-                reply_with(
-                    &link,
-                    req,
-                    status::CONSUMER_DIED,
-                    lost.unfinished,
-                    &payload,
-                    &mut dirty,
-                );
-            }
-            state.prune_losses();
+            state.tell_parked_joins(lost, &mut dirty);
         }
         state.pump(self.capacity, self.id, &mut dirty);
         self.notify(state);
