@@ -161,6 +161,7 @@ fn main() {
         a_consumer_killed_holding_joinable_items_fails_join,
         killed_producers_and_consumers_lose_nothing_promised,
         killed_joinable_consumers_never_leave_join_waiting,
+        the_master_may_confirm_what_a_lane_consumer_took,
     ];
     libtest_mimic::run(&args, tests).exit();
 }
@@ -548,5 +549,34 @@ fn killed_joinable_consumers_never_leave_join_waiting() -> anyhow::Result<()> {
         seen.len()
     );
     ensure!(deaths > 0 && put > 0, "the run proves nothing");
+    Ok(())
+}
+
+/// A child takes 3 items through the lane and confirms 1; the master
+/// confirms the other 2 for it (allowed: it pays the child's debt), and
+/// a third `task_done` is too many. The child is then killed: it owed
+/// nothing any more, so `join` succeeds instead of reporting it.
+fn the_master_may_confirm_what_a_lane_consumer_took() -> anyhow::Result<()> {
+    let q = JoinableQueue::<Option<u32>>::new();
+    for seq in 0..3 {
+        q.put(Some(seq))?;
+    }
+    let (said, hold) = (Queue::new(), Queue::new());
+    let child = Process::spawn(JQ_TAKE_AND_HOLD, (q.clone(), 3, 1, said.clone(), hold))?.watched();
+    ensure!(said.get_timeout(WAIT)? == 3, "the child said otherwise");
+    ensure!(q.unfinished() == Some(2), "unfinished {:?}", q.unfinished());
+    q.task_done()?;
+    q.task_done()?;
+    ensure!(
+        matches!(q.task_done(), Err(QueueError::TooManyTaskDone)),
+        "a third task_done in the master was accepted"
+    );
+    ensure!(q.join_timeout(WAIT)?, "join did not return");
+    child.kill();
+    ensure!(child.join().is_err(), "the killed child finished its task");
+    // Its slot was retired when it was reaped, before its task's failure
+    // reached `join` above: nothing is reported lost.
+    ensure!(q.join_timeout(WAIT)?, "join after the kill");
+    ensure!(q.unfinished() == Some(0), "unfinished {:?}", q.unfinished());
     Ok(())
 }
