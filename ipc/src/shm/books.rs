@@ -10,8 +10,9 @@
 //! confirmed  = hub_done + retired + Σ slot.done
 //! ```
 //!
-//! - `published` (the stream's): items put through the ring, counted by
-//!   the `tail` store that publishes them ([`Stream::published`]).
+//! - `published` (the stream's): items put through the ring, counted
+//!   just before the `tail` store that publishes them, so before anyone
+//!   can take one ([`Stream::published`]).
 //! - `hub`: the hub queue's own unfinished count (items put through the
 //!   hub, or moved there, and not confirmed), mirrored by the hub before
 //!   every decision it takes on it.
@@ -29,8 +30,10 @@
 //! slot's, which go to `retired` when the hub reaps its process. A
 //! reader of `unfinished` reads `confirmed` first, then `moved`, then
 //! `hub`, then `published`: a count that grows while it reads can only
-//! make its sum too large, never zero too early. A move counts in `hub`
-//! before `moved`; a retirement clears the slot before `retired` grows.
+//! make its sum too large, never zero too early: every confirmation it
+//! sees is of an item taken after it was counted in `published`. A move
+//! counts in `hub` before `moved`; a retirement clears the slot before
+//! `retired` grows.
 //!
 //! # A getter that dies
 //!

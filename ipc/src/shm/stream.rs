@@ -569,17 +569,18 @@ impl Stream {
     pub fn clear_leases(&self, lane: u32) -> (bool, bool) {
         let m = self.meta();
         if lane != 0 && m.writer.load(SeqCst) == lane {
-            // It died publishing a message: counted if its `tail` store
-            // was made.
+            // It died publishing a message: counted only if its `tail`
+            // store was made.
             let h = self.header();
             let p = &h.published.0;
             let end = p.pend_tail.load(SeqCst);
-            if end != 0 {
-                if h.tail.0.load(SeqCst) >= end {
-                    p.count.fetch_max(p.pend_count.load(SeqCst), SeqCst);
-                }
-                p.pend_tail.store(0, SeqCst);
+            if end != 0 && h.tail.0.load(SeqCst) < end {
+                let counted = p.pend_count.load(SeqCst);
+                let _ = p
+                    .count
+                    .compare_exchange(counted, counted - 1, SeqCst, SeqCst);
             }
+            p.pend_tail.store(0, SeqCst);
         }
         let w = lane != 0 && m.writer.compare_exchange(lane, 0, SeqCst, SeqCst).is_ok();
         let r = lane != 0 && m.reader.compare_exchange(lane, 0, SeqCst, SeqCst).is_ok();
@@ -837,14 +838,16 @@ impl Stream {
         let h = self.header();
         let end = tail + (REC + len).next_multiple_of(REC) as u64;
         if self.counted && last {
-            // Should this process die between the `tail` store and the
-            // count's, the pending marks let `clear_leases` finish it.
+            // Counted before it can be taken (a count read after a
+            // receiver's confirmation includes the message). Should this
+            // process die between the two stores, the pending marks let
+            // `clear_leases` take the count back.
             let p = &h.published.0;
             let count = p.count.load(SeqCst) + 1;
             p.pend_count.store(count, SeqCst);
             p.pend_tail.store(end, SeqCst);
-            h.tail.0.store(end, SeqCst);
             p.count.store(count, SeqCst);
+            h.tail.0.store(end, SeqCst);
             p.pend_tail.store(0, SeqCst);
         } else {
             h.tail.0.store(end, SeqCst);
@@ -854,9 +857,10 @@ impl Stream {
 
     /// Whole messages published so far (0 unless the stream was made
     /// `counted`, see [`init_with`](Self::init_with)): a message counts
-    /// from the `tail` store that makes its last record visible, also
-    /// when its sender dies right after (`clear_leases` completes the
-    /// count), and never before.
+    /// from just before the `tail` store that makes its last record
+    /// visible, so before any receiver can take it. A sender that dies
+    /// between the two leaves one too many, until its lease is cleared
+    /// (`clear_leases` takes it back).
     pub fn published(&self) -> u64 {
         self.header().published.0.count.load(SeqCst)
     }

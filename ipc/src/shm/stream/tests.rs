@@ -716,7 +716,7 @@ fn a_panic_while_reading_in_place_consumes_the_message_and_frees_the_lease() {
 }
 
 #[test]
-fn a_counted_stream_counts_whole_messages_and_finishes_a_dead_senders_count() {
+fn a_counted_stream_counts_whole_messages_before_they_show_and_takes_back_a_dead_senders() {
     let h = Heap::with(1024, true);
     let other = h.attach();
     h.stream.try_send(1, b"one").unwrap();
@@ -730,24 +730,31 @@ fn a_counted_stream_counts_whole_messages_and_finishes_a_dead_senders_count() {
     );
     let p = &h.stream.header().published.0;
     let m = h.stream.meta();
-    // Lane 5 dies after its `tail` store, before the count's: finished
-    // when its lease is cleared.
-    m.writer.store(5, SeqCst);
-    let end = h.stream.header().tail.0.load(SeqCst) + 16;
-    p.pend_count.store(3, SeqCst);
-    p.pend_tail.store(end, SeqCst);
-    h.raw_record(8, (5 << ID_SHIFT) | FIRST | LAST, &[1; 8]);
-    assert_eq!(h.stream.published(), 2);
-    h.stream.clear_leases(5);
+    // A sender's steps: marks, count, `tail` store, marks cleared.
+    let die = |lane: u32, count: bool, publish: bool| {
+        m.writer.store(lane, SeqCst);
+        let end = h.stream.header().tail.0.load(SeqCst) + 16;
+        let n = p.count.load(SeqCst) + 1;
+        p.pend_count.store(n, SeqCst);
+        p.pend_tail.store(end, SeqCst);
+        if count {
+            p.count.store(n, SeqCst);
+        }
+        if publish {
+            h.raw_record(8, (lane << ID_SHIFT) | FIRST | LAST, &[1; 8]);
+        }
+        h.stream.clear_leases(lane);
+        assert_eq!(p.pend_tail.load(SeqCst), 0);
+    };
+    // Lane 5 dies after its `tail` store: published, counted.
+    die(5, true, true);
     assert_eq!(h.stream.published(), 3, "published by its tail store");
-    // Lane 6 dies before its `tail` store: not counted.
-    m.writer.store(6, SeqCst);
-    let end = h.stream.header().tail.0.load(SeqCst) + 16;
-    p.pend_count.store(4, SeqCst);
-    p.pend_tail.store(end, SeqCst);
-    h.stream.clear_leases(6);
+    // Lane 6 dies between the count and the `tail` store: taken back.
+    die(6, true, false);
     assert_eq!(h.stream.published(), 3, "never published");
-    assert_eq!(p.pend_tail.load(SeqCst), 0);
+    // Lane 7 dies before counting: nothing to take back.
+    die(7, false, false);
+    assert_eq!(h.stream.published(), 3);
     h.stream.try_send(1, b"four").unwrap();
     assert_eq!(h.stream.published(), 4);
 }
