@@ -62,7 +62,11 @@ use super::stream::Stream;
 
 /// Processes that can take from one lane at a time; others get through
 /// the hub.
+#[cfg(not(all(test, loom)))]
 pub const SLOTS: usize = 64;
+/// (Two under the loom model: each slot is read in every count.)
+#[cfg(all(test, loom))]
+pub const SLOTS: usize = 2;
 
 const MAGIC: u64 = 0x736b_6f6f_6270_7070;
 
@@ -307,6 +311,40 @@ impl Books {
         slot.lane.store(0, SeqCst);
         self.wake_joins();
         Some(Left { debt: lost, pid })
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+
+#[cfg(all(test, loom))]
+impl Books {
+    /// Accounts as loom's atomics.
+    fn new_loom() -> Self {
+        let u64 = || Line(AtomicU64::new(0));
+        let slot = || {
+            Line(Slot {
+                lane: AtomicU32::new(0),
+                pid: AtomicU32::new(0),
+                taken: AtomicU64::new(0),
+                done: AtomicU64::new(0),
+            })
+        };
+        Books {
+            magic: Line(AtomicU64::new(MAGIC)),
+            hub: u64(),
+            moved: u64(),
+            hub_done: u64(),
+            retired: u64(),
+            joins_waiting: Line(AtomicU32::new(0)),
+            join_ev: Line(AtomicU32::new(0)),
+            take: Line(Take {
+                lane: AtomicU32::new(0),
+                pos: AtomicU64::new(0),
+                taken: AtomicU64::new(0),
+            }),
+            slots: [slot(), slot()],
+        }
     }
 }
 

@@ -223,6 +223,7 @@ struct Meta {
 }
 
 /// `Meta::options`: the stream counts the messages it publishes.
+#[cfg_attr(all(test, loom), allow(dead_code))] // set by `init_with` only
 const COUNTED: u32 = 1;
 
 /// Messages published, and the one being published: set by the holder
@@ -1436,6 +1437,11 @@ impl Mem {
 impl Stream {
     /// A stream over loom's modelled memory.
     fn new_loom(cap: usize) -> Self {
+        Self::new_loom_with(cap, false)
+    }
+
+    /// As [`new_loom`](Self::new_loom), counting messages if `counted`.
+    pub(in crate::shm) fn new_loom_with(cap: usize, counted: bool) -> Self {
         let pad32 = |v| Padded(AtomicU32::new(v));
         let header = Header {
             meta: Padded(Meta {
@@ -1464,13 +1470,13 @@ impl Stream {
         Self {
             mem: Mem(loom::sync::Arc::new(LoomMem { header, data })),
             cap,
-            counted: false,
+            counted,
             partial: Mutex::new(None),
         }
     }
 
     /// Another process's `Stream` over the same memory.
-    fn attach_loom(&self) -> Self {
+    pub(in crate::shm) fn attach_loom(&self) -> Self {
         Self {
             mem: Mem(loom::sync::Arc::clone(&self.mem.0)),
             cap: self.cap,
