@@ -1439,11 +1439,6 @@ impl Core {
         waiting
     }
 
-    /// The unfinished count now (for the join watcher).
-    pub(crate) fn total_unfinished(&self) -> u64 {
-        self.lock().total()
-    }
-
     /// Process `lane` is certainly gone: what it took through the
     /// joinable lane and did not confirm is lost (less what spare
     /// covers), reported as a `disconnect`'s losses are.

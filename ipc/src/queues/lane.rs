@@ -495,7 +495,7 @@ impl HubLane {
             };
             // A bound on how late a missed wake could make a join.
             let deadline = Some(Instant::now() + Duration::from_millis(100));
-            books.wait_confirmed(deadline, || core.total_unfinished() == 0);
+            books.wait_confirmed(deadline, || core.unfinished() == 0);
             if !core.recheck_joins(stop) {
                 return;
             }

@@ -8,8 +8,8 @@
 //! item is delivered to exactly one getter.
 //!
 //! Between processes on one machine, an unbounded [`Queue`],
-//! [`SimpleQueue`] or [`JoinableQueue`] also has a *lane*: a ring in shared memory
-//! (`queues/lane.rs`) that the hub's process, its direct local workers
+//! [`SimpleQueue`] or [`JoinableQueue`] also has a *lane*: a ring in
+//! shared memory (`queues/lane.rs`) that the hub's process, its direct local workers
 //! and its `Process` children put into and get from directly, without a
 //! hop through the hub. Remote (TCP) workers and processes without shared
 //! memory (`PROCPOOL_SHM_THRESHOLD=off`) use the hub and see the same
@@ -391,22 +391,28 @@ impl<T: Payload> Queue<T> {
             Some(lane) => lane::encode_item(&item, lane.stream(), &mut bytes),
             None => codec::encode_into(&item, &mut bytes).map(|()| None),
         };
+        let encode_failed = |e| QueueError::Encode(Arc::new(e));
         // The length of an encoding to write into the ring, not in `bytes`.
         let mut in_place = match encoded {
             Ok(len) => len,
-            Err(e) => return Err(PutError::Failed(item, QueueError::Encode(Arc::new(e)))),
+            Err(e) => return Err(PutError::Failed(item, encode_failed(e))),
         };
         let mut settle = false;
         if let Some(lane) = lane {
             // Through the ring; when it stays full a moment with nobody
-            // taking from it (no getter yet, a stopped one, or a stopped
-            // sender holding its lease), through the hub, which first
-            // moves the ring's items into its store: the put never blocks
-            // for long, and comes after this process's earlier ones.
-            // While getters make progress it waits for them, as a pipe
-            // does (the hub path is slower for them).
+            // taking from it nor from the hub (no getter yet, a stopped
+            // one, or a stopped sender holding its lease), through the
+            // hub, which first moves the ring's items into its store: the
+            // put never blocks for long, and comes after this process's
+            // earlier ones. While getters make progress it waits for
+            // them, as a pipe does (the hub path is slower for them, and
+            // one overflow would make more).
             let s = lane.stream();
-            let mut read = s.read_position();
+            // Getters progress while they take from the ring, or from
+            // the hub (items that overflowed before, which they take
+            // first): the ring frees up once those are gone.
+            let progress = || (s.read_position(), s.hub_items());
+            let mut seen = progress();
             let sent = loop {
                 let soon = Instant::now() + RING_WAIT;
                 let deadline = wait.deadline().map_or(soon, |d| d.min(soon));
@@ -421,13 +427,13 @@ impl<T: Payload> Queue<T> {
                 match r {
                     Ok(()) => break Ok(()),
                     Err(SendFail::Encode(e)) => {
-                        return Err(PutError::Failed(item, QueueError::Encode(Arc::new(e))));
+                        return Err(PutError::Failed(item, encode_failed(e)));
                     }
                     Err(SendFail::Stream(StreamError::Full))
-                        if s.read_position() != read
+                        if progress() != seen
                             && wait.deadline().is_none_or(|d| Instant::now() < d) =>
                     {
-                        read = s.read_position();
+                        seen = progress();
                     }
                     Err(SendFail::Stream(e)) => break Err(e),
                 }
@@ -444,7 +450,7 @@ impl<T: Payload> Queue<T> {
             }
             if in_place.is_some() {
                 if let Err(e) = codec::encode_into(&item, &mut bytes) {
-                    return Err(PutError::Failed(item, QueueError::Encode(Arc::new(e))));
+                    return Err(PutError::Failed(item, encode_failed(e)));
                 }
             }
         }
