@@ -36,8 +36,10 @@ const TRY_DRAIN: Task<Queue<u64>, Vec<u64>> = Task::new("try_drain");
 const PUT_SEES_CLOSED: Task<Queue<u64>, bool> = Task::new("put_sees_closed");
 /// Producer for the exactly-once test: puts `Some(start..start + n)`.
 const JQ_PRODUCE: Task<(JoinableQueue<Option<u64>>, u64, u64), u64> = Task::new("jq_produce");
-/// Consumer for the exactly-once test: (count, sum of items, sum of squares) until `None`.
-const JQ_CONSUME: Task<JoinableQueue<Option<u64>>, (u64, u64, u64)> = Task::new("jq_consume");
+/// Consumer for the exactly-once test: says it started on the second
+/// queue, then returns (count, sum of items, sum of squares) until `None`.
+type JqConsume = (JoinableQueue<Option<u64>>, Queue<()>);
+const JQ_CONSUME: Task<JqConsume, (u64, u64, u64)> = Task::new("jq_consume");
 /// Echoes numbers back until the pipe closes; returns how many.
 const ECHO: Task<PipeEnd<u64, u64>, u64> = Task::new("echo");
 /// Every remote operation and its error, as text.
@@ -246,7 +248,8 @@ fn registry() -> Registry {
             }
             n
         })
-        .task(JQ_CONSUME, |q| {
+        .task(JQ_CONSUME, |(q, started)| {
+            started.put(()).expect("say it started");
             let (mut count, mut sum, mut squares) = (0u64, 0u64, 0u64);
             loop {
                 let item = q.get().expect("get");
@@ -496,20 +499,28 @@ fn killed_writer_loses_nothing_put_accepted() -> anyhow::Result<()> {
 
 fn two_producers_two_consumers_exactly_once() -> anyhow::Result<()> {
     // Under Wine named pipes live in the wineserver, a single process every
-    // pipe read and write goes through; here each of the 3 operations per item
-    // (put, get, task_done) is a round trip to the hub: 100,000 items per
-    // producer take about 45 s there (under 2 s on Linux), too close to
-    // LIMIT on a loaded 2-core CI machine. Fewer items still interleave two
-    // producers and two consumers thousands of times.
+    // pipe read and write goes through; when each of the 3 operations per
+    // item (put, get, task_done) was a round trip to the hub, 100,000 items
+    // per producer took about 45 s there (under 2 s on Linux), too close to
+    // LIMIT on a loaded 2-core CI machine. (They go through a lane now.)
+    // Fewer items still interleave two producers and two consumers
+    // thousands of times.
     let per = if cfg!(windows) { 20_000 } else { 100_000u64 };
     let q = JoinableQueue::new();
+    // Both consumers run before anything is put: through a lane, one
+    // consumer alone can take every item while the other starts (slow
+    // under Wine).
+    let started = Queue::new();
+    let consumers = [
+        Process::spawn(JQ_CONSUME, (q.clone(), started.clone()))?.watched(),
+        Process::spawn(JQ_CONSUME, (q.clone(), started.clone()))?.watched(),
+    ];
+    for _ in 0..2 {
+        started.get_timeout(Duration::from_secs(60))?;
+    }
     let producers = [
         Process::spawn(JQ_PRODUCE, (q.clone(), 0, per))?.watched(),
         Process::spawn(JQ_PRODUCE, (q.clone(), per, per))?.watched(),
-    ];
-    let consumers = [
-        Process::spawn(JQ_CONSUME, q.clone())?.watched(),
-        Process::spawn(JQ_CONSUME, q.clone())?.watched(),
     ];
     for p in producers {
         ensure!(p.join()? == per);
