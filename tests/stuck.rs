@@ -42,22 +42,45 @@ const HEARTBEAT: Duration = Duration::from_secs(2);
 /// Returns how many items it took, when the queue fails or closes.
 const DRAIN: Task<(Queue<ByteBuf>, Queue<u32>), u64> = Task::new("drain");
 
+/// Creates the file `<path>.started`, sleeps the given milliseconds, then
+/// creates the file at the path (so the test knows the task started and
+/// finished without asking the master).
+const SLEEP_THEN_MARK: Task<(u64, String), u64> = Task::new("sleep_then_mark");
+/// A directory: run as the master of the stopped-master trial, making its
+/// markers there.
+const LATE_MASTER_ENV: &str = "PROCPOOL_TEST_STUCK_LATE_MASTER";
+/// The stopped-master trial's rounds, task timeout and task length.
+const LATE_ROUNDS: u32 = 6;
+const LATE_TIMEOUT: Duration = Duration::from_millis(1000);
+const LATE_TASK_MS: u64 = 1500;
+
 fn registry() -> Registry {
-    common::registry().task(DRAIN, |(q, ready)| {
-        let mut taken = 0;
-        while q.get().is_ok() {
-            taken += 1;
-            if taken == 1 {
-                ready.put(std::process::id()).expect("ready");
+    common::registry()
+        .task(SLEEP_THEN_MARK, |(ms, path)| {
+            std::fs::write(format!("{path}.started"), b"").expect("the marker");
+            std::thread::sleep(Duration::from_millis(ms));
+            std::fs::write(path, b"done").expect("the marker");
+            ms
+        })
+        .task(DRAIN, |(q, ready)| {
+            let mut taken = 0;
+            while q.get().is_ok() {
+                taken += 1;
+                if taken == 1 {
+                    ready.put(std::process::id()).expect("ready");
+                }
             }
-        }
-        taken
-    })
+            taken
+        })
 }
 
 fn main() {
     common::remote::serve_if_asked(REMOTE_ENV, registry);
     procpool::init(registry());
+    // After `init`: the late master's worker inherits the variable.
+    if let Some(dir) = std::env::var_os(LATE_MASTER_ENV) {
+        late_master(dir.into());
+    }
     let mut args = libtest_mimic::Arguments::from_args();
     args.test_threads.get_or_insert(1);
     #[allow(unused_mut)] // nothing more to add on Windows
@@ -73,10 +96,13 @@ fn main() {
         hung_worker_prefetch,
         stopped_worker_is_lost_with_local_heartbeat,
         stopped_remote_worker_exits_once_continued,
+        stopped_master_still_times_out_the_overrun,
     ]);
     libtest_mimic::run(&args, tests).exit();
 }
 
+#[cfg(unix)]
+use unix::stopped_master_still_times_out_the_overrun;
 #[cfg(unix)]
 use unix::{
     hung_worker_prefetch, other_workers_carry_on, stopped_queue_subscriber_does_not_block_master,
@@ -84,6 +110,37 @@ use unix::{
     stopped_worker_is_lost_with_local_heartbeat, stopped_worker_shutdown_and_drop_return,
     stopped_worker_terminate_kills,
 };
+
+/// The stopped-master trial's master: one worker, `LATE_TIMEOUT`; each
+/// round submits a task that overruns it, says so on stdout, and prints the
+/// task's outcome (`timeout <round>` when it is `Error::Timeout`).
+#[allow(clippy::print_stdout, clippy::print_stderr)] // it talks to the trial
+fn late_master(dir: std::path::PathBuf) -> ! {
+    let run = || -> anyhow::Result<()> {
+        let pool = Pool::builder()
+            .workers(1)
+            .task_timeout(LATE_TIMEOUT)
+            .build()?;
+        for round in 0..LATE_ROUNDS {
+            let marker = dir.join(round.to_string()).display().to_string();
+            let handle = pool.submit(SLEEP_THEN_MARK, (LATE_TASK_MS, marker))?;
+            println!("submitted {round}");
+            match handle.wait() {
+                Err(e) if matches!(e.inner(), Error::Timeout { .. }) => println!("timeout {round}"),
+                other => println!("{other:?} {round}"),
+            }
+        }
+        Ok(())
+    };
+    let code = match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("late master: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
 
 #[cfg(unix)]
 mod unix {
@@ -449,6 +506,74 @@ mod unix {
     /// Item 10 stops its worker mid-task. With `prefetch(0)` nothing is
     /// queued behind it, so every other item arrives through the other
     /// worker; `terminate` then kills the stopped one.
+    /// The master is the stuck peer: stopped past a task's timeout while
+    /// its worker finishes the task, late. Once continued, its reader
+    /// thread (holding the result) and its supervisor (past the deadline)
+    /// race; whichever wins, the task must fail with `Timeout`. Failed
+    /// before: when the reader won, the overrun was handed out as the
+    /// task's result (the soak's `sleep_ms(2500) returned 2500` flake).
+    pub(super) fn stopped_master_still_times_out_the_overrun() -> anyhow::Result<()> {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+
+        let dir = temp_dir("late-master")?;
+        let mut child = Command::new(std::env::current_exe()?)
+            .env(LATE_MASTER_ENV, &dir)
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let pid = child.id();
+        let mut peers = Peers::default();
+        peers.watch(pid);
+        let mut lines = BufReader::new(child.stdout.take().context("its stdout")?).lines();
+        let mut next_line = || -> anyhow::Result<String> {
+            Ok(lines.next().context("the late master ended early")??)
+        };
+        let mut v = Verdict::default();
+        for round in 0..LATE_ROUNDS {
+            let line = next_line()?;
+            ensure!(
+                line == format!("submitted {round}"),
+                "round {round}: {line}"
+            );
+            // Stopped as the task starts, well within its timeout: the
+            // deadline passes while the master sleeps, and the worker
+            // finishes after it.
+            let marker = dir.join(round.to_string());
+            wait_for_file(&marker.with_extension("started"))?;
+            peers.stop(pid)?;
+            wait_for_file(&marker)?;
+            common::peers::signal(pid, libc::SIGCONT)?;
+            let line = next_line()?;
+            if line != format!("timeout {round}") {
+                v.fail(format!("round {round}: the overrun ended as {line}"));
+            }
+        }
+        let (status, _) = within(
+            "the late master's exit",
+            Duration::from_secs(10),
+            move || child.wait(),
+        )?;
+        ensure!(status?.success(), "the late master failed");
+        peers.forget();
+        let _ = std::fs::remove_dir_all(&dir);
+        v.finish()
+    }
+
+    /// Waits (a bounded poll) until the file at `path` exists.
+    fn wait_for_file(path: &std::path::Path) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Polling the file is the check; the pause only paces it.
+        while !path.exists() {
+            ensure!(
+                Instant::now() < deadline,
+                "no {} after 10 s",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
     pub(super) fn hung_worker_prefetch() -> anyhow::Result<()> {
         const HUNG: u64 = 10;
         let pool = Arc::new(

@@ -155,6 +155,7 @@ pub(crate) fn blame(facts: Facts) -> Verdict {
             timeout,
             worker_id,
             pid,
+            killed: true,
         },
         (Some(Kill::Terminated), _) => Error::Terminated,
         _ if shutdown_sent && interrupted => Error::Interrupted,

@@ -257,7 +257,11 @@ impl PoolBuilder {
     /// times out. The chunks prefetched behind it never started:
     /// they go to other workers (see [`prefetch`](Self::prefetch)). The
     /// timeout holds whatever the worker does, even if it is stopped and
-    /// reads nothing. Default: none.
+    /// reads nothing, and whatever the master does: an item that overran,
+    /// by the worker's own clock, but whose result arrived before the
+    /// master got to kill its worker (it was stopped, or starved of CPU)
+    /// fails with [`Error::Timeout`](crate::Error::Timeout) all the same
+    /// (`killed: false`, the worker serves on). Default: none.
     pub fn task_timeout(mut self, d: Duration) -> Self {
         self.task_timeout = Some(d);
         self

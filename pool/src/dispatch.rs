@@ -128,6 +128,8 @@ pub(crate) struct Dispatch {
     /// workers: (task number, nanoseconds).
     item_ns: Vec<(u32, u64)>,
     limit: Option<u64>,
+    /// The pool's `task_timeout`, to judge results that arrive after it.
+    timeout: Option<Duration>,
     /// The initializer's encoded argument (empty for `()`).
     init_arg: Arc<[u8]>,
     /// The lane [`pump`](Self::pump) chose last, and for which job: where
@@ -146,6 +148,7 @@ impl Dispatch {
             depth: config.prefetch.map(|p| p + 1),
             item_ns: Vec::new(),
             limit: config.max_tasks_per_worker,
+            timeout: config.task_timeout,
             init_arg: config
                 .initializer
                 .as_ref()
@@ -384,6 +387,15 @@ impl Dispatch {
     /// Takes the answered chunk `id` off lane `slot`, whose last `count`
     /// items it answered; `None` if the worker answered something it was
     /// not running, or another number of items.
+    ///
+    /// The second part is the error the answer stands for instead of its
+    /// results: a `Timeout` when the chunk ran past its timeout by the
+    /// worker's own clock (`elapsed_ns` is the whole chunk's run time) and
+    /// the answer is of one item, the one that overran. The supervisor
+    /// kills such a worker at the deadline; one late to look (busy
+    /// starting a process, descheduled) must not turn an overrun into a
+    /// success. Several items answered together are accepted: which of
+    /// them overran is unknown, and their results are sound.
     pub(crate) fn complete(
         &mut self,
         slot: usize,
@@ -391,13 +403,27 @@ impl Dispatch {
         id: u64,
         count: u32,
         elapsed_ns: u64,
-    ) -> Option<Inflight> {
+    ) -> Option<(Inflight, Option<Error>)> {
+        let timeout = self.timeout;
         let lane = self.lane_mut(slot, key)?;
         let head = lane.inflight.front().filter(|f| f.id == id)?;
         let left = head.chunk.as_ref().map_or(1, Chunk::unreported);
         if left != count {
             return None;
         }
+        let overran = match (timeout, &head.chunk) {
+            (Some(t), Some(chunk)) if count == 1 => {
+                let budget = t.saturating_mul(chunk.count);
+                Duration::from_nanos(elapsed_ns) > budget
+            }
+            _ => false,
+        };
+        let late = overran.then(|| Error::Timeout {
+            timeout: timeout.unwrap_or_default(),
+            worker_id: slot,
+            pid: lane.pid,
+            killed: false,
+        });
         let done = lane.inflight.pop_front();
         if let Some(next) = lane.inflight.front_mut() {
             // The worker started the next chunk as this one ended: by its
@@ -418,7 +444,7 @@ impl Dispatch {
                 None => self.item_ns.push((chunk.task, ns)),
             }
         }
-        done
+        done.map(|d| (d, late))
     }
 }
 

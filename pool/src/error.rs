@@ -119,16 +119,21 @@ pub enum Error {
         #[source]
         source: Arc<io::Error>,
     },
-    /// The task ran longer than the pool's `task_timeout`; its worker was
-    /// killed and replaced.
-    #[error("task exceeded its {timeout:?} timeout; worker {worker_id} (pid {pid}) was killed")]
+    /// The task ran longer than the pool's `task_timeout`. Its worker was
+    /// killed and replaced; or, when the task ended before the master got
+    /// to it (measured by the worker's own clock), its result was
+    /// discarded and the worker serves on (`killed` is false).
+    #[error("task exceeded its {timeout:?} timeout on worker {worker_id} (pid {pid}){}", if *killed { ", which was killed" } else { ", which finished late: its result was discarded" })]
     Timeout {
         /// The configured timeout.
         timeout: Duration,
         /// The worker's id.
         worker_id: usize,
-        /// The killed worker's process id.
+        /// The worker's process id.
         pid: u32,
+        /// Whether the worker was killed (false: it had finished the task,
+        /// late, before it could be).
+        killed: bool,
     },
     /// The workers serve a task of this name with other input or output
     /// types than the master's declaration (a worker program built from

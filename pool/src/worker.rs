@@ -421,7 +421,7 @@ impl ReaderContext {
     /// that chunk.
     fn complete(&self, id: u64, count: u32, results: Results, dirty: &mut Dirty) -> bool {
         let mut ended = Ended::new();
-        let done = {
+        let (done, late) = {
             let mut dispatch = self.shared.dispatch();
             let Some(done) = dispatch.complete(self.slot, self.key, id, count, results.elapsed_ns)
             else {
@@ -433,7 +433,7 @@ impl ReaderContext {
         self.shared.finish_ended(ended);
         let wake = match done.chunk {
             Some(chunk) => {
-                self.shared.finish(chunk, Ok(results));
+                self.shared.finish(chunk, late.map_or(Ok(results), Err));
                 None
             }
             None => {

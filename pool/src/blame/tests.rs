@@ -200,7 +200,8 @@ fn culprits_name_the_worker() {
             Error::Timeout {
                 timeout: TIMEOUT,
                 worker_id: 3,
-                pid: PID
+                pid: PID,
+                killed: true,
             }
         ),
         "{:?}",

@@ -544,7 +544,8 @@ fn complete_takes_only_the_head_and_starts_the_next() {
     assert_eq!(held(&d, 0), 2, "nothing taken off");
     assert!(lane(&d, 0).inflight[1].started.is_none());
 
-    let done = d.complete(0, 0, ids[0], 1, 1).expect("the head");
+    let (done, late) = d.complete(0, 0, ids[0], 1, 1).expect("the head");
+    assert!(late.is_none(), "no timeout: never late");
     assert_eq!(done.id, ids[0]);
     assert_eq!(done.chunk.map(|c| c.first), Some(0));
     let l0 = lane(&d, 0);
@@ -552,6 +553,45 @@ fn complete_takes_only_the_head_and_starts_the_next() {
     assert_eq!(l0.inflight[0].id, ids[1]);
     assert!(l0.inflight[0].started.is_some(), "the next one runs now");
     assert!(d.complete(0, 0, ids[0], 1, 1).is_none(), "answered twice");
+}
+
+/// An answer that comes back after its chunk's timeout, by the worker's
+/// own clock, is a `Timeout` when it is of one item: the supervisor was
+/// late to kill the worker, and the overrun must not pass for a success.
+/// Failed before: the late result was handed out as the task's.
+#[test]
+fn a_late_answer_past_the_timeout_is_a_timeout() {
+    let mut cfg = config(1, Some(8), None);
+    cfg.task_timeout = Some(Duration::from_millis(2));
+    let (mut d, _peers) = dispatch(&cfg);
+    let (job, _rx) = job();
+    pump(
+        &mut d,
+        [chunk(&job, 0, 1), chunk(&job, 1, 3), chunk(&job, 2, 3)],
+    );
+    let ids: Vec<u64> = lane(&d, 0).inflight.iter().map(|i| i.id).collect();
+    // One item, 2.5 ms against 2 ms: a timeout, which names the worker.
+    let (done, late) = d.complete(0, 0, ids[0], 1, 2_500_000).expect("the head");
+    assert_eq!(done.id, ids[0]);
+    assert!(
+        matches!(
+            late,
+            Some(Error::Timeout {
+                worker_id: 0,
+                pid: 100,
+                killed: false,
+                ..
+            })
+        ),
+        "{late:?}"
+    );
+    // Three items, 5 ms against 3 × 2 ms: in time.
+    let (_, late) = d.complete(0, 0, ids[1], 3, 5_000_000).expect("the head");
+    assert!(late.is_none(), "{late:?}");
+    // Over 6 ms, but three items answered together: which one overran
+    // is unknown, and their results stand.
+    let (_, late) = d.complete(0, 0, ids[2], 3, 7_000_000).expect("the head");
+    assert!(late.is_none(), "{late:?}");
 }
 
 #[test]
@@ -566,7 +606,7 @@ fn the_pace_is_a_moving_average_per_task() {
     let answer = |d: &mut Dispatch, elapsed_ns| {
         let head = &lane(d, 0).inflight[0];
         let (id, count) = (head.id, head.chunk.as_ref().map_or(1, |c| c.count));
-        d.complete(0, 0, id, count, elapsed_ns).expect("the head")
+        d.complete(0, 0, id, count, elapsed_ns).expect("the head").0
     };
     assert_eq!(d.estimate(&of_task(0, 1)), None, "unknown at first");
     pump(&mut d, [of_task(0, 4)]);
@@ -619,7 +659,7 @@ fn the_initializer_runs_first_and_is_not_counted() {
     );
     assert_eq!(lane(&d, 0).assigned, 1, "only the chunk counts");
     // Its answer teaches no pace.
-    let init = d.complete(0, 0, 0, 1, 1_000).expect("the initializer");
+    let (init, _) = d.complete(0, 0, 0, 1, 1_000).expect("the initializer");
     assert!(init.chunk.is_none());
     assert!(d.item_ns.is_empty());
     // No lane: the chunk comes back.
