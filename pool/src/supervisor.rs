@@ -45,7 +45,7 @@ use crate::msg::{Catalog, Msg, catalog_of};
 use crate::remote::Listener;
 use crate::shared::Shared;
 use crate::work::Chunk;
-use crate::worker::{Kill, Seat, Worker};
+use crate::worker::{Kill, Seat, Worker, retry_spawn};
 
 /// A start-up that fails this many times in a row leaves its slot empty.
 const MAX_START_FAILURES: u32 = 3;
@@ -244,7 +244,7 @@ impl Supervisor {
     fn spawn(&mut self, slot: usize) -> Result<(), Error> {
         let key = self.next_key;
         self.next_key += 1;
-        let (worker, link) = self.seat(slot, key).spawn()?;
+        let (worker, link) = retry_spawn(|| self.seat(slot, key).spawn())?;
         let mut lane = Lane::new(key, worker.pid, link);
         lane.open = false; // until its handshake is in
         self.shared.dispatch().lanes[slot] = Some(lane);

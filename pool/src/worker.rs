@@ -34,6 +34,39 @@ use crate::shared::Shared;
 use crate::work::{Outcome, Results};
 use procpool_ipc::sync::lock;
 
+/// The pauses before the second and third attempts to start a worker
+/// process, after a failure that may pass (see [`retry_spawn`]).
+const SPAWN_RETRY_PAUSES: [Duration; 2] = [Duration::from_millis(20), Duration::from_millis(200)];
+
+/// Runs `attempt` (the start of one worker process) until it succeeds,
+/// fails for good, or has failed three times. Starting a process fails
+/// now and then for reasons that pass: `EAGAIN` from `fork` when the
+/// process table is momentarily full, `ENOMEM`, or `CreateProcess` under
+/// Wine saying "Internal error" (os error 1359) on a loaded machine. Left
+/// alone, one such failure emptied a worker's slot for good (and failed a
+/// pool's start). A program that is missing or not executable fails at
+/// once: no retry changes that.
+pub(crate) fn retry_spawn<T>(mut attempt: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let mut pauses = SPAWN_RETRY_PAUSES.iter();
+    loop {
+        match attempt() {
+            Err(Error::Spawn { source, program })
+                if !matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                let Some(&pause) = pauses.next() else {
+                    return Err(Error::Spawn { source, program });
+                };
+                tracing::warn!(error = %source, ?pause, "starting a worker failed: trying again");
+                thread::sleep(pause);
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Why the supervisor killed a worker.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Kill {
@@ -464,5 +497,54 @@ impl ReaderContext {
             let _ = self.tx.send(msg);
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn spawn_error(kind: io::ErrorKind) -> Error {
+        Error::Spawn {
+            program: PathBuf::from("worker"),
+            source: Arc::new(io::Error::from(kind)),
+        }
+    }
+
+    /// A start that fails for a passing reason is tried again (three
+    /// attempts in all); a missing or forbidden program is not.
+    #[test]
+    fn passing_spawn_failures_are_retried_twice() {
+        let mut attempts = 0;
+        let r = retry_spawn(|| {
+            attempts += 1;
+            match attempts {
+                1 => Err(spawn_error(io::ErrorKind::WouldBlock)),
+                2 => Err(spawn_error(io::ErrorKind::Other)),
+                _ => Ok(attempts),
+            }
+        });
+        assert_eq!(r.ok(), Some(3));
+
+        let mut attempts = 0;
+        let r: Result<(), _> = retry_spawn(|| {
+            attempts += 1;
+            Err(spawn_error(io::ErrorKind::OutOfMemory))
+        });
+        assert!(matches!(r, Err(Error::Spawn { .. })));
+        assert_eq!(attempts, 3, "three attempts, then the last error");
+
+        for kind in [io::ErrorKind::NotFound, io::ErrorKind::PermissionDenied] {
+            let mut attempts = 0;
+            let r: Result<(), _> = retry_spawn(|| {
+                attempts += 1;
+                Err(spawn_error(kind))
+            });
+            assert!(r.is_err());
+            assert_eq!(attempts, 1, "{kind:?} fails at once");
+        }
     }
 }
