@@ -334,18 +334,34 @@ fn a_local_and_a_remote_consumer_share_a_joinable_queue() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A `JoinableQueue` of `put` items and a child process that has taken
+/// `take` of them through the lane and confirmed `confirm`, and holds the
+/// rest until it is killed.
+fn child_holding(
+    put: u32,
+    take: u32,
+    confirm: u32,
+) -> anyhow::Result<(JoinableQueue<Option<u32>>, Process<()>)> {
+    let q = JoinableQueue::<Option<u32>>::new();
+    for seq in 0..put {
+        q.put(Some(seq))?;
+    }
+    let (said, hold) = (Queue::new(), Queue::new());
+    let child = Process::spawn(
+        JQ_TAKE_AND_HOLD,
+        (q.clone(), take, confirm, said.clone(), hold),
+    )?
+    .watched();
+    ensure!(said.get_timeout(WAIT)? == take, "the child said otherwise");
+    Ok((q, child))
+}
+
 /// A child takes 5 items of a `JoinableQueue`, confirms 2 and is killed
 /// (SIGKILL) holding 3: `join` fails naming it and the 3 items, instead
 /// of waiting for them; the master then confirms the 5 items left and a
 /// second `join` succeeds.
 fn a_consumer_killed_holding_joinable_items_fails_join() -> anyhow::Result<()> {
-    let q = JoinableQueue::<Option<u32>>::new();
-    for seq in 0..10 {
-        q.put(Some(seq))?;
-    }
-    let (said, hold) = (Queue::new(), Queue::new());
-    let child = Process::spawn(JQ_TAKE_AND_HOLD, (q.clone(), 5, 2, said.clone(), hold))?.watched();
-    ensure!(said.get_timeout(WAIT)? == 5, "the child said otherwise");
+    let (q, child) = child_holding(10, 5, 2)?;
     let pid = child.pid();
     child.kill();
     ensure!(child.join().is_err(), "the killed child finished its task");
@@ -557,13 +573,7 @@ fn killed_joinable_consumers_never_leave_join_waiting() -> anyhow::Result<()> {
 /// a third `task_done` is too many. The child is then killed: it owed
 /// nothing any more, so `join` succeeds instead of reporting it.
 fn the_master_may_confirm_what_a_lane_consumer_took() -> anyhow::Result<()> {
-    let q = JoinableQueue::<Option<u32>>::new();
-    for seq in 0..3 {
-        q.put(Some(seq))?;
-    }
-    let (said, hold) = (Queue::new(), Queue::new());
-    let child = Process::spawn(JQ_TAKE_AND_HOLD, (q.clone(), 3, 1, said.clone(), hold))?.watched();
-    ensure!(said.get_timeout(WAIT)? == 3, "the child said otherwise");
+    let (q, child) = child_holding(3, 3, 1)?;
     ensure!(q.unfinished() == Some(2), "unfinished {:?}", q.unfinished());
     q.task_done()?;
     q.task_done()?;

@@ -106,12 +106,22 @@ fn simple_queue() {
     assert!(q.is_empty().unwrap());
 }
 
+/// Another handle to `q`'s queue that encodes and decodes its items as
+/// `U`: for items one side cannot read, or writes oddly.
+fn retyped<T, U>(q: &Queue<T>) -> Queue<U>
+where
+    Queue<T>: serde::Serialize,
+    Queue<U>: serde::de::DeserializeOwned,
+{
+    let mut buf = Vec::new();
+    codec::encode_into(q, &mut buf).unwrap();
+    codec::decode(&buf).unwrap().0
+}
+
 #[test]
 fn handles_round_trip_through_the_codec_in_the_hub_process() {
     let q: Queue<u64> = Queue::new();
-    let mut buf = Vec::new();
-    codec::encode_into(&q, &mut buf).unwrap();
-    let (back, _): (Queue<u64>, usize) = codec::decode(&buf).unwrap();
+    let back: Queue<u64> = retyped(&q);
     back.put(7).unwrap();
     assert_eq!(q.get().unwrap(), 7, "one queue, two handles");
 }
@@ -126,9 +136,7 @@ fn unknown_queue_ids_do_not_decode_outside_a_worker() {
 #[test]
 fn undecodable_item_is_an_error_not_a_panic() {
     let q: Queue<String> = Queue::new();
-    let mut buf = Vec::new();
-    codec::encode_into(&q, &mut buf).unwrap();
-    let (as_bytes, _): (Queue<u32>, usize) = codec::decode(&buf).unwrap();
+    let as_bytes: Queue<u32> = retyped(&q);
     as_bytes.put(u32::MAX).unwrap(); // 0xFB 0xFF.. is not a valid String
     assert!(matches!(
         q.get(),
@@ -153,9 +161,7 @@ fn iteration_ends_when_closed_and_drained() {
 #[test]
 fn iteration_yields_a_failure_once_then_ends() {
     let q: Queue<String> = Queue::new();
-    let mut buf = Vec::new();
-    codec::encode_into(&q, &mut buf).unwrap();
-    let (as_number, _): (Queue<u32>, usize) = codec::decode(&buf).unwrap();
+    let as_number: Queue<u32> = retyped(&q);
     as_number.put(u32::MAX).unwrap(); // not a valid String
     q.put("after".to_string()).unwrap();
     let mut it = q.iter();
@@ -493,11 +499,9 @@ impl serde::Serialize for Broken {
 #[test]
 fn an_encoding_that_changes_or_fails_in_the_ring_puts_nothing_broken() {
     let raw: Queue<serde_bytes::ByteBuf> = Queue::new();
-    let mut buf = Vec::new();
-    codec::encode_into(&raw, &mut buf).unwrap();
     // The same queue, typed for the odd items.
-    let (shifty, _): (Queue<Shifty>, usize) = codec::decode(&buf).unwrap();
-    let (broken, _): (Queue<Broken>, usize) = codec::decode(&buf).unwrap();
+    let shifty: Queue<Shifty> = retyped(&raw);
+    let broken: Queue<Broken> = retyped(&raw);
     // Measured once, then written longer in the ring: it goes through the
     // buffer instead, whole.
     shifty.put(Shifty(0.into())).map_err(|_| "put").unwrap();
@@ -534,10 +538,8 @@ impl<'de> serde::Deserialize<'de> for Grenade {
 #[test]
 fn a_large_item_that_fails_or_panics_decoding_in_place_leaves_the_queue_working() {
     let raw: Queue<serde_bytes::ByteBuf> = Queue::new();
-    let mut buf = Vec::new();
-    codec::encode_into(&raw, &mut buf).unwrap();
-    let (as_string, _): (Queue<String>, usize) = codec::decode(&buf).unwrap();
-    let (grenade, _): (Queue<Grenade>, usize) = codec::decode(&buf).unwrap();
+    let as_string: Queue<String> = retyped(&raw);
+    let grenade: Queue<Grenade> = retyped(&raw);
     // Not UTF-8: a decode error, and the item is gone.
     raw.put(serde_bytes::ByteBuf::from(vec![0xff; 9000]))
         .unwrap();
