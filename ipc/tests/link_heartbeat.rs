@@ -87,9 +87,10 @@ fn the_writer_sleeps_while_another_thread_holds_the_stream() {
         1 << 20,
     )
     .expect("link");
-    link.set_heartbeat(Some(Duration::from_millis(1)));
     // Another thread flushes a frame: it takes the stream and stays in
-    // the middle of the write until released.
+    // the middle of the write until released. (No heartbeat yet: the
+    // writer thread would take the stream first now and then, and write
+    // that frame itself with a blocking write the gate does not hold.)
     let (done_tx, done) = channel();
     {
         let link = std::sync::Arc::clone(&link);
@@ -100,6 +101,8 @@ fn the_writer_sleeps_while_another_thread_holds_the_stream() {
     entered
         .recv_timeout(Duration::from_secs(10))
         .expect("the flush reached the stream");
+    // Due at once, and every millisecond, while the stream is held.
+    link.set_heartbeat(Some(Duration::from_millis(1)));
     let before = cpu_ticks("procpool-writer");
     // The window in which a heartbeat is due and the stream is held.
     std::thread::sleep(Duration::from_millis(600));
